@@ -1,0 +1,436 @@
+//! Wire protocols of the three targets: what a client writes and how its input is split into
+//! events. Only what the bench needs is implemented, but every frame is parsed exactly (lengths,
+//! not guesses), so a stream split anywhere decodes the same.
+//!
+//! The bench's own message text is shared by all targets:
+//! - measured message: `b <sender-id> <seq> <send-ns> <padding>`
+//! - readiness marker: `r <client-id>`
+//!
+//! and every target carries it as `name:text` (machat renders it so; for Redis and NATS the
+//! publisher sends those very bytes as the payload).
+
+use std::io::Write as _;
+
+/// The server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Machat,
+    Redis,
+    Nats,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Machat => "machat",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+        }
+    }
+
+    /// Whether a member connection can also publish (Redis cannot while subscribed).
+    pub fn member_can_publish(self) -> bool {
+        !matches!(self, Target::Redis)
+    }
+}
+
+/// One decoded unit of input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A chat message as `name:text` (machat line, Redis `message` push, NATS `MSG` payload).
+    Payload(&'a [u8]),
+    /// A machat server notice (`*** ...`).
+    Notice(&'a [u8]),
+    /// NATS `PING`: must be answered with `PONG`.
+    Ping,
+    /// NATS `PONG`.
+    Pong,
+    /// Redis subscribe confirmation.
+    Subscribed,
+    /// An error reported by the server (Redis `-ERR`, NATS `-ERR`).
+    Error(&'a [u8]),
+    /// Anything else (NATS `INFO`, `+OK`, Redis `PUBLISH` replies).
+    Other,
+}
+
+fn find_nl(buf: &[u8], from: usize) -> Option<usize> {
+    buf[from..].iter().position(|&b| b == b'\n').map(|i| i + from)
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Decodes every complete frame in `buf`, calling `f` for each; returns the number of bytes
+/// consumed (the rest is an incomplete frame to keep for the next read).
+pub fn decode(
+    target: Target,
+    buf: &[u8],
+    f: &mut impl FnMut(Event<'_>),
+) -> Result<usize, String> {
+    match target {
+        Target::Machat => Ok(decode_lines(buf, f)),
+        Target::Nats => decode_nats(buf, f),
+        Target::Redis => decode_resp(buf, f),
+    }
+}
+
+fn decode_lines(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> usize {
+    let mut start = 0;
+    while let Some(nl) = find_nl(buf, start) {
+        let line = strip_cr(&buf[start..nl]);
+        if line.starts_with(b"*** ") {
+            f(Event::Notice(line));
+        } else {
+            f(Event::Payload(line));
+        }
+        start = nl + 1;
+    }
+    start
+}
+
+fn parse_usize(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 18 {
+        return None;
+    }
+    let mut v = 0usize;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + usize::from(b - b'0');
+    }
+    Some(v)
+}
+
+fn decode_nats(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Result<usize, String> {
+    let mut start = 0;
+    while let Some(nl) = find_nl(buf, start) {
+        let line = strip_cr(&buf[start..nl]);
+        let op_end = line
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(line.len());
+        let op = &line[..op_end];
+        if op.eq_ignore_ascii_case(b"MSG") {
+            let len = line
+                .split(|&b| b == b' ' || b == b'\t')
+                .rfind(|t| !t.is_empty())
+                .and_then(parse_usize)
+                .ok_or_else(|| {
+                    format!("bad NATS MSG line: {}", String::from_utf8_lossy(line))
+                })?;
+            let body = nl + 1;
+            if buf.len() < body + len + 2 {
+                break; // payload not complete yet
+            }
+            f(Event::Payload(&buf[body..body + len]));
+            start = body + len + 2;
+            continue;
+        }
+        if op.eq_ignore_ascii_case(b"PING") {
+            f(Event::Ping);
+        } else if op.eq_ignore_ascii_case(b"PONG") {
+            f(Event::Pong);
+        } else if op.eq_ignore_ascii_case(b"-ERR") {
+            f(Event::Error(line));
+        } else {
+            f(Event::Other);
+        }
+        start = nl + 1;
+    }
+    Ok(start)
+}
+
+/// One RESP item inside a push array: a byte range of `buf`, or an integer.
+#[derive(Clone, Copy)]
+enum Item {
+    Bytes(usize, usize),
+    Int,
+    Nil,
+}
+
+/// Parses one non-array RESP item at `pos`; `Ok(None)` when incomplete.
+fn resp_item(buf: &[u8], pos: usize) -> Result<Option<(Item, usize)>, String> {
+    let Some(nl) = find_nl(buf, pos) else {
+        return Ok(None);
+    };
+    let head = strip_cr(&buf[pos..nl]);
+    let Some((&kind, rest)) = head.split_first() else {
+        return Err("empty RESP line".into());
+    };
+    match kind {
+        b'$' => {
+            if rest == b"-1" {
+                return Ok(Some((Item::Nil, nl + 1)));
+            }
+            let len = parse_usize(rest).ok_or("bad RESP bulk length")?;
+            let body = nl + 1;
+            if buf.len() < body + len + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Item::Bytes(body, body + len), body + len + 2)))
+        }
+        b':' => Ok(Some((Item::Int, nl + 1))),
+        b'+' | b'-' => Ok(Some((Item::Bytes(pos + 1, pos + head.len()), nl + 1))),
+        _ => Err(format!(
+            "unexpected RESP item: {}",
+            String::from_utf8_lossy(head)
+        )),
+    }
+}
+
+fn decode_resp(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Result<usize, String> {
+    let mut start = 0;
+    'frames: while start < buf.len() {
+        match buf[start] {
+            b'*' | b'>' => {
+                let Some(nl) = find_nl(buf, start) else {
+                    break;
+                };
+                let n = parse_usize(strip_cr(&buf[start + 1..nl])).ok_or("bad RESP array")?;
+                let mut items = [Item::Nil; 3];
+                let mut pos = nl + 1;
+                for i in 0..n {
+                    match resp_item(buf, pos)? {
+                        None => break 'frames,
+                        Some((item, next)) => {
+                            if i < items.len() {
+                                items[i] = item;
+                            }
+                            pos = next;
+                        }
+                    }
+                }
+                let kind = match items[0] {
+                    Item::Bytes(a, b) => &buf[a..b],
+                    _ => &b""[..],
+                };
+                if n == 3 && kind == b"message" {
+                    if let Item::Bytes(a, b) = items[2] {
+                        f(Event::Payload(&buf[a..b]));
+                    }
+                } else if kind == b"subscribe" {
+                    f(Event::Subscribed);
+                } else {
+                    f(Event::Other);
+                }
+                start = pos;
+            }
+            b'-' => {
+                let Some(nl) = find_nl(buf, start) else {
+                    break;
+                };
+                f(Event::Error(strip_cr(&buf[start..nl])));
+                start = nl + 1;
+            }
+            _ => match resp_item(buf, start)? {
+                None => break,
+                Some((_, next)) => {
+                    f(Event::Other);
+                    start = next;
+                }
+            },
+        }
+    }
+    Ok(start)
+}
+
+pub fn room_name(room: usize) -> String {
+    format!("room{room}")
+}
+
+pub fn client_name(client: usize) -> String {
+    format!("c{client}")
+}
+
+/// What a connection writes first. `subscribe`: join the room as a member (a Redis publisher
+/// connection does not subscribe).
+pub fn handshake(target: Target, name: &str, room: &str, subscribe: bool, out: &mut Vec<u8>) {
+    match target {
+        Target::Machat => {
+            // Names and rooms are generated by the bench: plain ASCII, no escaping needed.
+            let _ = write!(out, "{{\"name\":\"{name}\",\"room\":\"{room}\"}}");
+        }
+        Target::Redis => {
+            if subscribe {
+                let _ = write!(
+                    out,
+                    "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{room}\r\n",
+                    room.len()
+                );
+            }
+        }
+        Target::Nats => {
+            out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+            if subscribe {
+                let _ = write!(out, "SUB room.{room} 1\r\n");
+            }
+            out.extend_from_slice(b"PING\r\n");
+        }
+    }
+}
+
+/// Appends one chat message with text `text` from `name` to `room`.
+pub fn message(target: Target, name: &str, room: &str, text: &[u8], out: &mut Vec<u8>) {
+    match target {
+        Target::Machat => {
+            out.extend_from_slice(text);
+            out.push(b'\n');
+        }
+        Target::Redis => {
+            let _ = write!(
+                out,
+                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{room}\r\n${}\r\n{name}:",
+                room.len(),
+                name.len() + 1 + text.len()
+            );
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+        Target::Nats => {
+            let _ = write!(
+                out,
+                "PUB room.{room} {}\r\n{name}:",
+                name.len() + 1 + text.len()
+            );
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The bench's own text inside a payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Text {
+    Measured { sender: u64, seq: u64, sent_ns: u64 },
+    Ready { client: u64 },
+    Foreign,
+}
+
+fn next_num(s: &[u8], pos: &mut usize) -> Option<u64> {
+    let start = *pos;
+    let mut v: u64 = 0;
+    while *pos < s.len() && s[*pos].is_ascii_digit() {
+        v = v.checked_mul(10)?.checked_add(u64::from(s[*pos] - b'0'))?;
+        *pos += 1;
+    }
+    if *pos == start {
+        return None;
+    }
+    if *pos < s.len() {
+        if s[*pos] != b' ' {
+            return None;
+        }
+        *pos += 1;
+    }
+    Some(v)
+}
+
+/// Parses `name:text` as delivered.
+pub fn parse_payload(p: &[u8]) -> Text {
+    let Some(colon) = p.iter().position(|&b| b == b':') else {
+        return Text::Foreign;
+    };
+    let t = &p[colon + 1..];
+    if t.len() < 3 || t[1] != b' ' {
+        return Text::Foreign;
+    }
+    let mut pos = 2;
+    match t[0] {
+        b'b' => {
+            let (Some(sender), Some(seq), Some(sent_ns)) = (
+                next_num(t, &mut pos),
+                next_num(t, &mut pos),
+                next_num(t, &mut pos),
+            ) else {
+                return Text::Foreign;
+            };
+            Text::Measured {
+                sender,
+                seq,
+                sent_ns,
+            }
+        }
+        b'r' => match next_num(t, &mut pos) {
+            Some(client) => Text::Ready { client },
+            None => Text::Foreign,
+        },
+        _ => Text::Foreign,
+    }
+}
+
+/// Writes a measured text, padded with `x` to at least `min_len` bytes.
+pub fn measured_text(sender: u64, seq: u64, sent_ns: u64, min_len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = write!(out, "b {sender} {seq} {sent_ns}");
+    if out.len() < min_len {
+        out.push(b' ');
+        out.resize(min_len.max(out.len()), b'x');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(target: Target, data: &[u8]) -> Vec<String> {
+        // Feed byte by byte to check that any split decodes the same.
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for &b in data {
+            buf.push(b);
+            let n = decode(target, &buf, &mut |e| out.push(format!("{e:?}"))).unwrap();
+            buf.drain(..n);
+        }
+        assert!(buf.is_empty());
+        out
+    }
+
+    #[test]
+    fn roundtrip_all_targets() {
+        let mut text = Vec::new();
+        measured_text(3, 7, 123456, 40, &mut text);
+        assert!(text.len() >= 40);
+        for target in [Target::Machat, Target::Redis, Target::Nats] {
+            let mut wire = Vec::new();
+            match target {
+                Target::Machat => {
+                    wire.extend_from_slice(b"*** c1 joined\nc1:");
+                    wire.extend_from_slice(&text);
+                    wire.push(b'\n');
+                }
+                Target::Redis => {
+                    wire.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n$5\r\nroom0\r\n:1\r\n:5\r\n");
+                    let p = [b"c1:".as_slice(), &text].concat();
+                    wire.extend_from_slice(
+                        format!("*3\r\n$7\r\nmessage\r\n$5\r\nroom0\r\n${}\r\n", p.len())
+                            .as_bytes(),
+                    );
+                    wire.extend_from_slice(&p);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                Target::Nats => {
+                    wire.extend_from_slice(b"INFO {}\r\nPING\r\n");
+                    let p = [b"c1:".as_slice(), &text].concat();
+                    wire.extend_from_slice(format!("MSG room.room0 1 {}\r\n", p.len()).as_bytes());
+                    wire.extend_from_slice(&p);
+                    wire.extend_from_slice(b"\r\n");
+                }
+            }
+            let evs = all(target, &wire);
+            assert!(evs.iter().any(|e| e.starts_with("Payload")), "{target:?} {evs:?}");
+        }
+        assert_eq!(
+            parse_payload(&[b"c1:".as_slice(), &text].concat()),
+            Text::Measured {
+                sender: 3,
+                seq: 7,
+                sent_ns: 123456
+            }
+        );
+        assert_eq!(parse_payload(b"c9:r 9"), Text::Ready { client: 9 });
+        assert_eq!(parse_payload(b"c9:hello"), Text::Foreign);
+    }
+}

@@ -1,0 +1,484 @@
+//! Framing: turns the bytes of a connection into a handshake and then lines, within limits.
+//!
+//! The codec owns buffering and nothing else (no I/O, no policy), so the same code can be fed by
+//! any transport and tested with any split of any byte stream. Two rules matter for memory: a
+//! line longer than the limit is reported once and then discarded as it arrives, never buffered,
+//! and the buffer is released once it is empty, so an idle connection holds no buffer at all.
+
+use serde_json::Value;
+
+/// Outcome of feeding bytes to a [`HandshakeDecoder`].
+#[derive(Debug, PartialEq)]
+pub enum HandshakeStatus {
+    /// Not a complete JSON value yet.
+    Incomplete,
+    /// A complete JSON value, and how many of the fed bytes it (and surrounding whitespace) used.
+    Done(Value, usize),
+    /// The stream can never become a valid handshake.
+    Invalid(String),
+}
+
+/// Accumulates the first JSON value a client sends, however it is split over reads.
+#[derive(Debug)]
+pub struct HandshakeDecoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl HandshakeDecoder {
+    pub fn new(max: usize) -> Self {
+        HandshakeDecoder { buf: Vec::new(), max }
+    }
+
+    /// Feeds bytes. On `Done(value, used)`, `used` counts bytes of *this* input that belonged to
+    /// the handshake: the rest of the input belongs to the line stream.
+    pub fn feed(&mut self, input: &[u8]) -> HandshakeStatus {
+        let before = self.buf.len();
+        let room = (self.max + 1).saturating_sub(before);
+        self.buf.extend_from_slice(&input[..input.len().min(room)]);
+        let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(start) = start else {
+            if self.buf.len() > self.max {
+                return HandshakeStatus::Invalid(too_large(self.max));
+            }
+            return HandshakeStatus::Incomplete;
+        };
+        let mut stream =
+            serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<Value>();
+        match stream.next() {
+            Some(Ok(value)) => {
+                let end = start + stream.byte_offset();
+                if end > self.max {
+                    return HandshakeStatus::Invalid(too_large(self.max));
+                }
+                // A number at the very end may still be growing ("12" then "3"); either way it is
+                // not an object, and the caller rejects it, so there is no need to wait.
+                let used = end - before;
+                self.buf = Vec::new();
+                HandshakeStatus::Done(value, used)
+            }
+            Some(Err(e)) if e.is_eof() => {
+                if self.buf.len() > self.max {
+                    HandshakeStatus::Invalid(too_large(self.max))
+                } else {
+                    HandshakeStatus::Incomplete
+                }
+            }
+            Some(Err(e)) => HandshakeStatus::Invalid(format!("invalid handshake JSON: {e}")),
+            None => HandshakeStatus::Incomplete,
+        }
+    }
+}
+
+fn too_large(max: usize) -> String {
+    format!("handshake too large (over {max} bytes)")
+}
+
+/// One unit of the line stream.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Item<'a> {
+    /// A complete line, without its `\n` and without a `\r` just before it.
+    Line(&'a [u8]),
+    /// A line passed the limit; the rest of it, up to its `\n`, is discarded.
+    TooLong,
+}
+
+/// Whether the consumer wants more items now.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Flow {
+    Continue,
+    /// The item was taken; keep the remaining bytes for [`LineCodec::resume`].
+    Pause,
+}
+
+/// Splits the byte stream after the handshake into lines of at most `max` bytes.
+#[derive(Debug)]
+pub struct LineCodec {
+    /// A partial line, or (when paused) everything not yet handed out.
+    buf: Vec<u8>,
+    paused: bool,
+    discarding: bool,
+    max: usize,
+}
+
+impl LineCodec {
+    pub fn new(max: usize) -> Self {
+        LineCodec { buf: Vec::new(), paused: false, discarding: false, max }
+    }
+
+    /// True while bytes that were already read wait for [`LineCodec::resume`]: don't read more.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Bytes held, for memory accounting and tests.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Hands out the items in `input`. Must not be called while paused.
+    pub fn feed(&mut self, input: &[u8], f: &mut dyn FnMut(Item<'_>) -> Flow) {
+        debug_assert!(!self.paused);
+        let mut rest = input;
+        // Finish a line that started in an earlier read.
+        if !self.buf.is_empty() || self.discarding {
+            match memchr(b'\n', rest) {
+                Some(pos) => {
+                    let tail = &rest[..pos];
+                    rest = &rest[pos + 1..];
+                    if self.discarding {
+                        self.discarding = false;
+                    } else {
+                        self.buf.extend_from_slice(tail);
+                        let flow = match check(&self.buf, self.max) {
+                            Some(line) => f(Item::Line(line)),
+                            None => f(Item::TooLong),
+                        };
+                        self.buf.clear();
+                        if flow == Flow::Pause {
+                            self.pause_with(rest);
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    self.absorb_partial(rest, f);
+                    return;
+                }
+            }
+        }
+        self.split(rest, f);
+    }
+
+    /// Continues handing out bytes kept by a pause.
+    pub fn resume(&mut self, f: &mut dyn FnMut(Item<'_>) -> Flow) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        let held = std::mem::take(&mut self.buf);
+        self.split(&held, f);
+    }
+
+    /// Splits `input`, which starts at a line boundary.
+    fn split(&mut self, input: &[u8], f: &mut dyn FnMut(Item<'_>) -> Flow) {
+        let mut rest = input;
+        while let Some(pos) = memchr(b'\n', rest) {
+            let flow = match check(&rest[..pos], self.max) {
+                Some(line) => f(Item::Line(line)),
+                None => f(Item::TooLong),
+            };
+            rest = &rest[pos + 1..];
+            if flow == Flow::Pause {
+                self.pause_with(rest);
+                return;
+            }
+        }
+        self.absorb_partial(rest, f);
+    }
+
+    /// Keeps the start of a line whose end has not arrived, unless it is already too long.
+    fn absorb_partial(&mut self, rest: &[u8], f: &mut dyn FnMut(Item<'_>) -> Flow) {
+        if self.discarding || rest.is_empty() {
+            self.release_if_empty();
+            return;
+        }
+        // One more byte than the limit may be a `\r` that will be dropped.
+        if self.buf.len() + rest.len() > self.max + 1 {
+            self.buf = Vec::new();
+            self.discarding = true;
+            // The overlong line is reported now, not when (if ever) its end arrives.
+            if f(Item::TooLong) == Flow::Pause {
+                self.paused = !self.buf.is_empty();
+            }
+        } else {
+            self.buf.extend_from_slice(rest);
+        }
+    }
+
+    fn pause_with(&mut self, rest: &[u8]) {
+        if rest.is_empty() && !self.discarding {
+            self.release_if_empty();
+            return;
+        }
+        if self.discarding {
+            // Held bytes start inside an overlong line: drop them up to its end.
+            match memchr(b'\n', rest) {
+                Some(pos) => {
+                    self.discarding = false;
+                    return self.pause_with(&rest[pos + 1..]);
+                }
+                None => return,
+            }
+        }
+        self.buf.extend_from_slice(rest);
+        self.paused = true;
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+/// The line without a trailing `\r`, or None when it is over the limit.
+fn check(line: &[u8], max: usize) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    (line.len() <= max).then_some(line)
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+/// Everything the decoding of one connection produced, for tests and property checks.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Event {
+    Handshake(String),
+    BadHandshake(String),
+    Line(Vec<u8>),
+    TooLong,
+}
+
+/// A whole-connection decoder (handshake, then lines) that collects events; the server drives the
+/// two parts itself, this exists so the combination can be property-tested.
+pub struct StreamDecoder {
+    handshake: Option<HandshakeDecoder>,
+    lines: LineCodec,
+    pub events: Vec<Event>,
+    failed: bool,
+}
+
+impl StreamDecoder {
+    pub fn new(max_handshake: usize, max_line: usize) -> Self {
+        StreamDecoder {
+            handshake: Some(HandshakeDecoder::new(max_handshake)),
+            lines: LineCodec::new(max_line),
+            events: Vec::new(),
+            failed: false,
+        }
+    }
+
+    pub fn feed(&mut self, mut input: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Some(h) = &mut self.handshake {
+            match h.feed(input) {
+                HandshakeStatus::Incomplete => return,
+                HandshakeStatus::Invalid(e) => {
+                    self.events.push(Event::BadHandshake(e));
+                    self.failed = true;
+                    return;
+                }
+                HandshakeStatus::Done(v, used) => {
+                    self.events.push(Event::Handshake(v.to_string()));
+                    self.handshake = None;
+                    input = &input[used..];
+                }
+            }
+        }
+        let events = &mut self.events;
+        self.lines.feed(input, &mut |item| {
+            events.push(match item {
+                Item::Line(l) => Event::Line(l.to_vec()),
+                Item::TooLong => Event::TooLong,
+            });
+            Flow::Continue
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lines(codec: &mut LineCodec, input: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        codec.feed(input, &mut |item| {
+            out.push(match item {
+                Item::Line(l) => Event::Line(l.to_vec()),
+                Item::TooLong => Event::TooLong,
+            });
+            Flow::Continue
+        });
+        out
+    }
+
+    #[test]
+    fn handshake_then_lines_in_one_read() {
+        let mut d = StreamDecoder::new(4096, 8192);
+        d.feed(b"{\"name\":\"a\",\"room\":\"r\"}hello\nworld\r\n");
+        assert_eq!(
+            d.events,
+            vec![
+                Event::Handshake("{\"name\":\"a\",\"room\":\"r\"}".into()),
+                Event::Line(b"hello".to_vec()),
+                Event::Line(b"world".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn handshake_split_byte_by_byte_with_whitespace() {
+        let mut d = StreamDecoder::new(4096, 8192);
+        for b in b"  \n{ \"room\" : \"r\",\n \"name\":\"a\" }  x\n" {
+            d.feed(&[*b]);
+        }
+        assert_eq!(d.events.len(), 2);
+        // Whitespace after the object belongs to the line stream, as it would in MaChat's decoder.
+        assert_eq!(d.events[1], Event::Line(b"  x".to_vec()));
+    }
+
+    #[test]
+    fn handshake_limits() {
+        let mut h = HandshakeDecoder::new(16);
+        assert!(matches!(h.feed(b"{\"name\": \"aaaaaaaaaaaaaaaaaaa"), HandshakeStatus::Invalid(_)));
+        let mut h = HandshakeDecoder::new(16);
+        assert!(matches!(h.feed(&[b' '; 17]), HandshakeStatus::Invalid(_)));
+        let mut h = HandshakeDecoder::new(4096);
+        assert!(matches!(h.feed(b"nope"), HandshakeStatus::Invalid(_)));
+        let mut h = HandshakeDecoder::new(4096);
+        assert_eq!(h.feed(b"{\"a\":"), HandshakeStatus::Incomplete);
+    }
+
+    #[test]
+    fn overlong_line_reported_once_and_discarded() {
+        let mut c = LineCodec::new(8);
+        let mut ev = lines(&mut c, b"12345678\n123456789");
+        assert_eq!(c.buffered(), 9);
+        ev.extend(lines(&mut c, b"0123"));
+        assert_eq!(c.buffered(), 0);
+        ev.extend(lines(&mut c, &[b'x'; 10000]));
+        ev.extend(lines(&mut c, b"yy\nok\n"));
+        assert_eq!(ev, vec![Event::Line(b"12345678".to_vec()), Event::TooLong, Event::Line(b"ok".to_vec())]);
+        // A line of exactly the limit plus its \r\n fits.
+        assert_eq!(lines(&mut c, b"12345678\r\n"), vec![Event::Line(b"12345678".to_vec())]);
+    }
+
+    #[test]
+    fn pause_keeps_the_rest_for_resume() {
+        let mut c = LineCodec::new(100);
+        let mut got = Vec::new();
+        c.feed(b"a\nb\nc\npartial", &mut |item| {
+            got.push(format!("{item:?}"));
+            Flow::Pause
+        });
+        assert_eq!(got.len(), 1);
+        assert!(c.is_paused());
+        let mut n = 0;
+        c.resume(&mut |_| {
+            n += 1;
+            Flow::Continue
+        });
+        assert_eq!(n, 2);
+        assert!(!c.is_paused());
+        let ev = lines(&mut c, b"-end\n");
+        assert_eq!(ev, vec![Event::Line(b"partial-end".to_vec())]);
+    }
+
+    #[test]
+    fn buffer_is_released_when_idle() {
+        let mut c = LineCodec::new(8192);
+        lines(&mut c, &[b'a'; 5000]);
+        assert!(c.buffered() > 0);
+        lines(&mut c, b"\n");
+        assert_eq!(c.buffered(), 0);
+        assert_eq!(c.buf.capacity(), 0);
+    }
+
+    fn decode_all(stream: &[u8], cuts: &[usize]) -> Vec<Event> {
+        let mut d = StreamDecoder::new(64, 16);
+        let mut last = 0;
+        for &cut in cuts {
+            let cut = cut.min(stream.len()).max(last);
+            d.feed(&stream[last..cut]);
+            last = cut;
+        }
+        d.feed(&stream[last..]);
+        d.events
+    }
+
+    fn decode_paused(stream: &[u8], cuts: &[usize], pause_every: usize) -> Vec<Event> {
+        // The same stream, with a consumer that pauses and resumes, must give the same events.
+        let mut h = HandshakeDecoder::new(64);
+        let mut c = LineCodec::new(16);
+        let mut events = Vec::new();
+        let mut in_handshake = true;
+        let mut last = 0;
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        for &cut in cuts {
+            let cut = cut.min(stream.len()).max(last);
+            pieces.push(&stream[last..cut]);
+            last = cut;
+        }
+        pieces.push(&stream[last..]);
+        let mut count = 0usize;
+        for mut piece in pieces {
+            if in_handshake {
+                match h.feed(piece) {
+                    HandshakeStatus::Incomplete => continue,
+                    HandshakeStatus::Invalid(e) => {
+                        events.push(Event::BadHandshake(e));
+                        return events;
+                    }
+                    HandshakeStatus::Done(v, used) => {
+                        events.push(Event::Handshake(v.to_string()));
+                        in_handshake = false;
+                        piece = &piece[used..];
+                    }
+                }
+            }
+            let mut f = |item: Item<'_>| {
+                events.push(match item {
+                    Item::Line(l) => Event::Line(l.to_vec()),
+                    Item::TooLong => Event::TooLong,
+                });
+                count += 1;
+                if count % pause_every == 0 {
+                    Flow::Pause
+                } else {
+                    Flow::Continue
+                }
+            };
+            c.feed(piece, &mut f);
+            while c.is_paused() {
+                c.resume(&mut f);
+            }
+        }
+        events
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_events(
+            body in proptest::collection::vec(prop_oneof![
+                Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b'{'), Just(b'}'), any::<u8>()
+            ], 0..200),
+            prefix in prop_oneof![
+                Just(b"{\"name\":\"a\",\"room\":\"r\"}".to_vec()),
+                Just(b" {\"room\":\"r\",\"name\":\"a\"} ".to_vec()),
+                Just(Vec::new()),
+                Just(b"[1,2]".to_vec()),
+            ],
+            cuts in proptest::collection::vec(0usize..260, 0..12),
+            pause_every in 1usize..5,
+        ) {
+            let mut stream = prefix;
+            stream.extend_from_slice(&body);
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let whole = decode_all(&stream, &[]);
+            prop_assert_eq!(&decode_all(&stream, &cuts), &whole);
+            prop_assert_eq!(&decode_paused(&stream, &cuts, pause_every), &whole);
+            for e in &whole {
+                if let Event::Line(l) = e {
+                    prop_assert!(l.len() <= 16);
+                    prop_assert!(!l.contains(&b'\n'));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Configuration: one struct, filled from flags and `MACHAT_*` environment variables, printed at
+//! start-up. Every limit has a default that suits a public server.
+//!
+//! MaChat's docs write flags Go-style (`-a ADDR`, `-client Mina`), so [`go_style_args`] lets a
+//! single dash introduce any long flag, for every binary of the project.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+
+/// machat: a MaChat-compatible chat server. Connect with `nc`, `machat-client` or any MaChat
+/// client; flags may be written with one dash or two (`-a ADDR`, `--addr ADDR`).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "machat", version)]
+pub struct Config {
+    /// Address to listen on for the TCP chat protocol (every address a host name resolves to).
+    #[arg(short = 'a', long = "addr", alias = "a", env = "MACHAT_ADDR", default_value = "localhost:8989")]
+    pub addr: String,
+
+    /// Most connections at once; 0 = the descriptor limit minus a reserve of 64.
+    #[arg(long, env = "MACHAT_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most connections from one IP address; 0 = no limit.
+    #[arg(long, env = "MACHAT_MAX_PER_IP", default_value_t = 4096)]
+    pub max_per_ip: usize,
+
+    /// Lines per second a connection may send, sustained; a faster sender is read more slowly
+    /// (nothing is dropped). 0 = no limit.
+    #[arg(long, env = "MACHAT_MAX_LINE_RATE", default_value_t = 50.0)]
+    pub max_line_rate: f64,
+
+    /// Lines a connection may send in a burst above the sustained rate.
+    #[arg(long, env = "MACHAT_LINE_BURST", default_value_t = 100)]
+    pub line_burst: u32,
+
+    /// Bytes a client may fall behind (its outbound queue) before it is disconnected as a slow
+    /// consumer.
+    #[arg(long, env = "MACHAT_MAX_PENDING", default_value_t = 1024 * 1024)]
+    pub max_pending: usize,
+
+    /// Longest line a client may send, in bytes; longer lines are refused and discarded.
+    #[arg(long, env = "MACHAT_MAX_LINE", default_value_t = 8192)]
+    pub max_line: usize,
+
+    /// Largest handshake object, in bytes.
+    #[arg(long, env = "MACHAT_MAX_HANDSHAKE", default_value_t = 4096)]
+    pub max_handshake: usize,
+
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, env = "MACHAT_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+
+    /// Listen backlog: connects the kernel queues before accept (a burst of thousands of
+    /// clients overflows a small one, and each dropped connect waits a second to retry).
+    #[arg(long, env = "MACHAT_BACKLOG", default_value_t = 4096)]
+    pub backlog: u32,
+
+    /// Worker threads; 0 = one per CPU core.
+    #[arg(long, env = "MACHAT_THREADS", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl Config {
+    /// Parses the process's arguments (Go-style single-dash long flags accepted).
+    pub fn from_args() -> Self {
+        Config::parse_from(go_style_args(std::env::args_os(), &Config::command()))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.handshake_timeout).unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Checks what clap's types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.max_line_rate >= 0.0 && self.max_line_rate.is_finite()) {
+            return Err("--max-line-rate must be a number >= 0".into());
+        }
+        if self.line_burst == 0 && self.max_line_rate > 0.0 {
+            return Err("--line-burst must be at least 1".into());
+        }
+        if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
+            return Err("--handshake-timeout must be > 0".into());
+        }
+        if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
+            return Err("--max-line, --max-handshake and --max-pending must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites `-name` and `-name=value` to `--name...` when `name` is a long flag of `cmd`, the
+/// way Go's `flag` package reads them. Short flags (`-a`) and values are left alone.
+pub fn go_style_args(args: impl IntoIterator<Item = OsString>, cmd: &clap::Command) -> Vec<OsString> {
+    let longs: Vec<String> = cmd
+        .get_arguments()
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .map(str::to_owned)
+                .chain(a.get_all_aliases().unwrap_or_default().into_iter().map(str::to_owned))
+        })
+        .chain(["help".to_owned(), "version".to_owned()])
+        .collect();
+    let mut out = Vec::new();
+    let mut rest_positional = false;
+    for arg in args {
+        if rest_positional {
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest_positional = true;
+            out.push(arg);
+            continue;
+        }
+        if let Some(body) = s.strip_prefix('-') {
+            if !body.starts_with('-') && body.chars().count() > 1 {
+                let name = body.split('=').next().unwrap_or(body);
+                if longs.iter().any(|l| l == name) {
+                    out.push(OsString::from(format!("-{s}")));
+                    continue;
+                }
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let args = args.iter().map(OsString::from);
+        Config::try_parse_from(go_style_args(args, &Config::command())).unwrap()
+    }
+
+    #[test]
+    fn flags_work_with_one_dash_or_two() {
+        assert_eq!(parse(&["machat"]).addr, "localhost:8989");
+        assert_eq!(parse(&["machat", "-a", "127.0.0.1:1"]).addr, "127.0.0.1:1");
+        assert_eq!(parse(&["machat", "--a", "127.0.0.1:2"]).addr, "127.0.0.1:2");
+        assert_eq!(parse(&["machat", "-addr", "127.0.0.1:3"]).addr, "127.0.0.1:3");
+        assert_eq!(parse(&["machat", "--addr=127.0.0.1:4"]).addr, "127.0.0.1:4");
+        assert_eq!(parse(&["machat", "-addr=127.0.0.1:5"]).addr, "127.0.0.1:5");
+        let c = parse(&["machat", "-max-line-rate", "0", "--max-pending", "10"]);
+        assert_eq!(c.max_line_rate, 0.0);
+        assert_eq!(c.max_pending, 10);
+    }
+
+    #[test]
+    fn defaults_validate() {
+        assert!(parse(&["machat"]).validate().is_ok());
+        assert!(parse(&["machat", "--max-line-rate=-1"]).validate().is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! One task per client socket: the handshake, then a loop that reads lines into the session and
+//! writes what the room has for this client, until either side ends it.
+//!
+//! A connection that is idle holds no buffers: reads go to a stack buffer, writes are copied from
+//! the room into a per-thread scratch buffer and written at once, and only bytes the socket would
+//! not take are kept (in `pending`, bounded by the slow-consumer limit and freed once written).
+//! Reading and writing are independent branches of one `select!`, so a client that never reads
+//! can still be read from, and one that floods is paced without slowing its own deliveries.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::room::{Peer, Take};
+use crate::session::{End, Next, RateLimit, Session};
+
+/// Most bytes copied out of a room for one write.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Most bytes read in one read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Chunks written before letting other tasks run.
+const WRITES_PER_TURN: usize = 8;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(WRITE_CHUNK + 1024));
+}
+
+/// What every connection shares.
+pub struct Context {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    next_id: AtomicU64,
+}
+
+impl Context {
+    pub fn new(config: Config) -> Self {
+        let hub = Arc::new(Hub::new(config.max_pending));
+        Context { config, hub, next_id: AtomicU64::new(1) }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why a connection ended, for the log and the client's last line.
+#[derive(Debug)]
+enum Reason {
+    /// Refused before or at the handshake; the text is sent as `*** error: ...`.
+    Refused(String),
+    ClosedByClient,
+    Ended(End),
+    Shutdown,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Refused(r) => write!(f, "refused: {r}"),
+            Reason::ClosedByClient => write!(f, "closed by client"),
+            Reason::Ended(End::Quit) => write!(f, "quit"),
+            Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
+            Reason::Shutdown => write!(f, "server shutting down"),
+            Reason::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// Serves one client from its first byte to its close.
+pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let id = ctx.next_id();
+    info!(id, %addr, "connect");
+    let (hs, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
+        Ok(done) => done,
+        Err(reason) => {
+            info!(id, %addr, reason = %reason, "disconnect");
+            if let Reason::Refused(text) = &reason {
+                let mut line = Vec::new();
+                Reply::Error(text).render(Format::Text, &mut line);
+                finish(stream, line, Duration::from_secs(2), true).await;
+            }
+            return;
+        }
+    };
+    let peer = Arc::new(Peer::default());
+    let seat = match ctx.hub.join(&hs.room, id, &hs.name, hs.format, peer.clone()) {
+        Ok(seat) => seat,
+        Err(_) => {
+            let text = format!("name {} is already taken in room {}", hs.name, hs.room);
+            info!(id, %addr, name = %hs.name, room = %hs.room, "disconnect: refused: name taken");
+            let mut line = Vec::new();
+            Reply::Error(&text).render(hs.format, &mut line);
+            finish(stream, line, Duration::from_secs(2), true).await;
+            return;
+        }
+    };
+    info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
+    let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
+    let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, peer, limit);
+    let mut conn = Connection {
+        stream,
+        session,
+        codec: LineCodec::new(ctx.config.max_line),
+        pending: Vec::new(),
+        out: Out::Ready,
+        throttle: None,
+        end: None,
+    };
+    conn.feed(&leftover);
+    let reason = conn.run(&mut shutdown).await;
+    let (name, room) = (conn.session.name.clone(), conn.session.room.name().to_owned());
+    info!(id, %addr, name = %name, room = %room, reason = %reason, "disconnect");
+    conn.close(reason).await;
+}
+
+/// Reads until the first JSON value is complete, or the limits say no.
+async fn handshake(
+    stream: &TcpStream,
+    config: &Config,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(Handshake, Vec<u8>), Reason> {
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout();
+    let mut decoder = HandshakeDecoder::new(config.max_handshake);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Reason::Refused("handshake timeout".into()));
+            }
+            _ = shutdown.changed() => return Err(Reason::Shutdown),
+            ready = stream.readable() => {
+                ready.map_err(Reason::Io)?;
+                if let Some((value, leftover)) = read_handshake(stream, &mut decoder)? {
+                    let hs = parse_handshake(value).map_err(Reason::Refused)?;
+                    return Ok((hs, leftover));
+                }
+            }
+        }
+    }
+}
+
+fn read_handshake(
+    stream: &TcpStream,
+    decoder: &mut HandshakeDecoder,
+) -> Result<Option<(serde_json::Value, Vec<u8>)>, Reason> {
+    let mut buf = [0u8; 4096];
+    let n = match stream.try_read(&mut buf) {
+        Ok(0) => return Err(Reason::ClosedByClient),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(Reason::Io(e)),
+    };
+    match decoder.feed(&buf[..n]) {
+        HandshakeStatus::Incomplete => Ok(None),
+        HandshakeStatus::Invalid(e) => Err(Reason::Refused(e)),
+        HandshakeStatus::Done(value, used) => Ok(Some((value, buf[used..n].to_vec()))),
+    }
+}
+
+/// Where the outbound side stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// Nothing to send; the room will wake us.
+    Idle,
+    /// The socket is full; wait until it is writable.
+    Blocked,
+    /// More may be waiting: look again after other tasks had a turn.
+    Ready,
+}
+
+struct Connection {
+    stream: TcpStream,
+    session: Session,
+    codec: LineCodec,
+    /// Bytes taken from the room that the socket did not accept yet.
+    pending: Vec<u8>,
+    out: Out,
+    throttle: Option<Instant>,
+    end: Option<End>,
+}
+
+impl Connection {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Reason {
+        let peer = self.session.peer.clone();
+        loop {
+            if let Some(end) = self.end.take() {
+                return Reason::Ended(end);
+            }
+            let can_read = self.throttle.is_none() && !self.codec.is_paused();
+            let wake_at = self.throttle.unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = shutdown.changed() => return Reason::Shutdown,
+                ready = self.stream.readable(), if can_read => {
+                    if let Err(e) = ready {
+                        return Reason::Io(e);
+                    }
+                    match self.read() {
+                        Ok(true) => {}
+                        Ok(false) => return Reason::ClosedByClient,
+                        Err(e) => return Reason::Io(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(wake_at.into()), if self.throttle.is_some() => {
+                    self.throttle = None;
+                    self.resume();
+                }
+                _ = peer.notify.notified(), if self.out == Out::Idle => {
+                    if let Err(e) = self.flush() { return Reason::Io(e); }
+                }
+                ready = self.stream.writable(), if self.out == Out::Blocked => {
+                    if let Err(e) = ready {
+                        return Reason::Io(e);
+                    }
+                    if let Err(e) = self.flush() { return Reason::Io(e); }
+                }
+                _ = tokio::task::yield_now(), if self.out == Out::Ready => {
+                    if let Err(e) = self.flush() { return Reason::Io(e); }
+                }
+            }
+        }
+    }
+
+    /// One read. Returns false at end of stream.
+    fn read(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; READ_CHUNK];
+        match self.stream.try_read(&mut buf) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.feed(&buf[..n]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut handler = LineHandler::new(&mut self.session, &mut self.pending);
+        self.codec.feed(bytes, &mut |item| handler.item(item));
+        let next = handler.next;
+        self.after_lines(next);
+    }
+
+    fn resume(&mut self) {
+        let mut handler = LineHandler::new(&mut self.session, &mut self.pending);
+        self.codec.resume(&mut |item| handler.item(item));
+        let next = handler.next;
+        self.after_lines(next);
+    }
+
+    fn after_lines(&mut self, next: Next) {
+        match next {
+            Next::Continue => {}
+            Next::Throttle(until) => self.throttle = Some(until),
+            Next::End(end) => self.end = Some(end),
+        }
+        // Bytes handed over by a room we left must go out even if nothing wakes us.
+        if !self.pending.is_empty() && self.out == Out::Idle {
+            self.out = Out::Ready;
+        }
+    }
+
+    /// Writes what is waiting for this client, without ever waiting for the socket.
+    fn flush(&mut self) -> io::Result<()> {
+        for _ in 0..WRITES_PER_TURN {
+            if !self.pending.is_empty() {
+                match self.stream.try_write(&self.pending) {
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.out = Out::Blocked;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+                if self.pending.is_empty() {
+                    self.pending = Vec::new();
+                }
+                continue;
+            }
+            let (room, seat) = (&self.session.room, self.session.seat);
+            let (stream, pending) = (&self.stream, &mut self.pending);
+            let taken = SCRATCH.with(|scratch| -> io::Result<Take> {
+                let mut scratch = scratch.borrow_mut();
+                scratch.clear();
+                let taken = room.take(seat, &mut scratch, WRITE_CHUNK);
+                if taken == Take::Data {
+                    match stream.try_write(&scratch) {
+                        Ok(n) => pending.extend_from_slice(&scratch[n..]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            pending.extend_from_slice(&scratch)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(taken)
+            })?;
+            match taken {
+                Take::Data => {}
+                Take::Empty => {
+                    self.out = Out::Idle;
+                    return Ok(());
+                }
+                Take::Gone => {
+                    self.end = Some(End::SlowConsumer);
+                    self.out = Out::Idle;
+                    return Ok(());
+                }
+            }
+        }
+        self.out = Out::Ready;
+        Ok(())
+    }
+
+    /// Leaves the room and says goodbye: what was still unread, then the last line.
+    async fn close(mut self, reason: Reason) {
+        let format = self.session.format;
+        let mut out = std::mem::take(&mut self.pending);
+        let announce = !matches!(reason, Reason::Shutdown);
+        let last = match &reason {
+            Reason::Ended(End::SlowConsumer) | Reason::Io(_) => {
+                // Don't wait for a client that is not reading: one attempt at the error line.
+                self.session.leave(&mut Vec::new(), announce);
+                if matches!(reason, Reason::Ended(End::SlowConsumer)) {
+                    let mut line = Vec::new();
+                    Reply::Error("slow consumer: you fell too far behind").render(format, &mut line);
+                    let _ = self.stream.try_write(&line);
+                }
+                return;
+            }
+            Reason::Shutdown => Some(Reply::Notice("server shutting down")),
+            _ => None,
+        };
+        self.session.leave(&mut out, announce);
+        if let Some(reply) = last {
+            reply.render(format, &mut out);
+        }
+        let linger = matches!(reason, Reason::Ended(End::Quit));
+        finish(self.stream, out, Duration::from_secs(3), linger).await;
+    }
+}
+
+/// Hands lines from the codec to the session and stops at the first thing that needs the
+/// connection (a throttle, an end).
+struct LineHandler<'a> {
+    session: &'a mut Session,
+    pending: &'a mut Vec<u8>,
+    now: Instant,
+    next: Next,
+}
+
+impl<'a> LineHandler<'a> {
+    fn new(session: &'a mut Session, pending: &'a mut Vec<u8>) -> Self {
+        LineHandler { session, pending, now: Instant::now(), next: Next::Continue }
+    }
+
+    fn item(&mut self, item: Item<'_>) -> Flow {
+        self.next = match item {
+            Item::Line(line) => self.session.on_line(line, self.now, self.pending),
+            Item::TooLong => self.session.line_too_long(),
+        };
+        if self.next == Next::Continue {
+            Flow::Continue
+        } else {
+            Flow::Pause
+        }
+    }
+}
+
+/// Writes the last bytes (bounded by `within`), closes our side, and then reads and discards
+/// what the client still sends for a moment, so that closing with unread input does not reset
+/// the connection before the client has read our last line.
+async fn finish(mut stream: TcpStream, bytes: Vec<u8>, within: Duration, linger: bool) {
+    if !bytes.is_empty() {
+        if let Err(e) = tokio::time::timeout(within, stream.write_all(&bytes)).await {
+            debug!("last write timed out: {e}");
+            return;
+        }
+    }
+    let _ = stream.shutdown().await;
+    if linger {
+        let mut sink = [0u8; 1024];
+        let drain = async {
+            let mut total = 0usize;
+            while let Ok(n) = stream.read(&mut sink).await {
+                total += n;
+                if n == 0 || total > 64 * 1024 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    }
+}

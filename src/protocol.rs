@@ -1,0 +1,458 @@
+//! The wire protocol: what a handshake may say, which names and rooms are allowed, how a line a
+//! client sent is cleaned, and how every event is rendered in each format.
+//!
+//! Everything here is pure (no I/O), so the rules that keep one client from forging another's
+//! lines or driving another's terminal can be tested exhaustively. The exact bytes are written
+//! down in `docs/PROTOCOL.md`; keep the two in step.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Longest name, in characters (not bytes).
+pub const MAX_NAME_CHARS: usize = 32;
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+
+/// How a client wants the server's lines: MaChat's plain `name:text` or one JSON object a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text = 0,
+    Json = 1,
+}
+
+/// What a client asked for in its first JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub name: String,
+    pub room: String,
+    pub format: Format,
+}
+
+/// Parses the handshake object. Unknown keys are ignored, so clients of later versions (or with
+/// extra fields of their own) still get in.
+pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
+    let Value::Object(map) = value else {
+        return Err("handshake must be a JSON object like {\"name\":\"Mina\",\"room\":\"devroom\"}".into());
+    };
+    let field = |key: &str| -> Result<String, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Err(format!("handshake is missing \"{key}\"")),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("\"{key}\" must be a string")),
+        }
+    };
+    let name = field("name")?;
+    let room = field("room")?;
+    validate_name(&name)?;
+    validate_room(&room)?;
+    let format = match map.get("format") {
+        None | Some(Value::Null) => Format::Text,
+        Some(Value::String(s)) if s == "text" => Format::Text,
+        Some(Value::String(s)) if s == "json" => Format::Json,
+        Some(_) => return Err("\"format\" must be \"text\" or \"json\"".into()),
+    };
+    Ok(Handshake { name, room, format })
+}
+
+/// Characters that render as nothing (or reorder text) and so would let `Mina\u{200b}` pass for
+/// `Mina` in a member list.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
+        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}')
+}
+
+fn validate_ident(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if s.chars().count() > max {
+        return Err(format!("{what} is longer than {max} characters"));
+    }
+    if let Some(c) = s.chars().find(|&c| {
+        c.is_whitespace() || c.is_control() || matches!(c, ':' | '*' | '/') || is_invisible(c)
+    }) {
+        let shown = if c.is_control() || c.is_whitespace() || is_invisible(c) {
+            format!("U+{:04X}", c as u32)
+        } else {
+            c.to_string()
+        };
+        return Err(format!(
+            "{what} may not contain {shown} (no whitespace, control characters, ':', '*' or '/')"
+        ));
+    }
+    Ok(())
+}
+
+/// A name is 1 to 32 characters with no whitespace, control or invisible characters and none of
+/// `: * /`: so `name:` always ends at the first colon and `*** ` can never start a user's line.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_ident("name", name, MAX_NAME_CHARS)
+}
+
+/// A room follows the name rules with up to 64 characters.
+pub fn validate_room(room: &str) -> Result<(), String> {
+    validate_ident("room", room, MAX_ROOM_CHARS)
+}
+
+/// Cleans one received line (its `\n` and a `\r` before it already gone) for delivery: invalid
+/// UTF-8 becomes U+FFFD, and control characters other than tab are removed together with the
+/// escape sequences they start, so no client can move another's cursor, recolour its terminal or
+/// set its window title.
+pub fn clean_line(raw: &[u8]) -> String {
+    // Fast path: plain printable ASCII, the overwhelming majority of chat lines.
+    if raw.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
+        // All bytes are ASCII, so this cannot fail; the fallback keeps it panic-free anyway.
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\t' => out.push(c),
+            '\u{1b}' => match chars.peek() {
+                // CSI: ESC [ parameters intermediates final
+                Some('[') => {
+                    chars.next();
+                    skip_csi(&mut chars);
+                }
+                // OSC, DCS, SOS, PM, APC: strings ended by BEL or ESC \
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    chars.next();
+                    skip_string(&mut chars);
+                }
+                // Two-character escapes (ESC c resets the terminal, ESC 7 saves the cursor...)
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
+            },
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    // Parameter and intermediate bytes are 0x20..=0x3f; the final byte is 0x40..=0x7e.
+    while let Some(&c) = chars.peek() {
+        chars.next();
+        if ('\u{40}'..='\u{7e}').contains(&c) || !('\u{20}'..='\u{3f}').contains(&c) {
+            break;
+        }
+    }
+}
+
+fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{7}' | '\u{9c}' => break,
+            '\u{1b}' => {
+                if chars.peek() == Some(&'\\') {
+                    chars.next();
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A UTC timestamp with millisecond precision, RFC 3339 (`2026-11-26T10:44:05.123Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(mo <= 2);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Something that happened in a room, rendered once per format and shared by every member.
+#[derive(Debug, Clone, Copy)]
+pub enum RoomEvent<'a> {
+    Message { id: u64, name: &'a str, text: &'a str },
+    Action { id: u64, name: &'a str, text: &'a str },
+    Join { name: &'a str },
+    Leave { name: &'a str },
+    Nick { old: &'a str, new: &'a str },
+}
+
+#[derive(Serialize)]
+struct JsonRoomEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    room: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    ts: Timestamp,
+}
+
+impl RoomEvent<'_> {
+    /// Appends the plain-text rendering, newline included.
+    pub fn render_text(&self, out: &mut Vec<u8>) {
+        match *self {
+            RoomEvent::Message { name, text, .. } => {
+                out.reserve(name.len() + text.len() + 2);
+                out.extend_from_slice(name.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(text.as_bytes());
+            }
+            RoomEvent::Action { name, text, .. } => {
+                out.extend_from_slice(b"* ");
+                out.extend_from_slice(name.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(text.as_bytes());
+            }
+            RoomEvent::Join { name } => push_notice(out, format_args!("{name} joined")),
+            RoomEvent::Leave { name } => push_notice(out, format_args!("{name} left")),
+            RoomEvent::Nick { old, new } => push_notice(out, format_args!("{old} is now {new}")),
+        }
+        out.push(b'\n');
+    }
+
+    /// Appends the JSON rendering (one object and a newline).
+    pub fn render_json(&self, room: &str, ts: Timestamp, out: &mut Vec<u8>) {
+        let (kind, id, name, new, text) = match *self {
+            RoomEvent::Message { id, name, text } => ("message", Some(id), name, None, Some(text)),
+            RoomEvent::Action { id, name, text } => ("action", Some(id), name, None, Some(text)),
+            RoomEvent::Join { name } => ("join", None, name, None, None),
+            RoomEvent::Leave { name } => ("leave", None, name, None, None),
+            RoomEvent::Nick { old, new } => ("nick", None, old, Some(new), None),
+        };
+        let ev = JsonRoomEvent { kind, id, room, name, new, text, ts };
+        push_json(out, &ev);
+    }
+}
+
+/// Appends `*** ` + the notice + no newline.
+fn push_notice(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    out.extend_from_slice(b"*** ");
+    let mut s = String::new();
+    let _ = s.write_fmt(args);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends one JSON value and a newline. Our event types always serialize; should one ever fail,
+/// the line is dropped rather than sent half-written.
+pub fn push_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    } else {
+        out.truncate(start);
+    }
+}
+
+/// A line meant for one client only: a command's reply, an error, a private message.
+#[derive(Debug, Clone)]
+pub enum Reply<'a> {
+    Error(&'a str),
+    Notice(&'a str),
+    Who { room: &'a str, members: &'a [String] },
+    Rooms(&'a [(String, usize)], usize),
+    Private { from: &'a str, to: &'a str, text: &'a str, incoming: bool },
+    Help,
+}
+
+/// The commands `/help` lists, in order.
+pub const HELP: &[&str] = &[
+    "/who",
+    "/rooms",
+    "/join ROOM",
+    "/nick NAME",
+    "/me ACTION",
+    "/msg NAME TEXT",
+    "/quit",
+    "/help",
+];
+
+impl Reply<'_> {
+    pub fn render(&self, format: Format, out: &mut Vec<u8>) {
+        match format {
+            Format::Text => {
+                match self {
+                    Reply::Error(reason) => push_notice(out, format_args!("error: {reason}")),
+                    Reply::Notice(text) => push_notice(out, format_args!("{text}")),
+                    Reply::Who { room, members } => push_notice(
+                        out,
+                        format_args!("{} in {room}: {}", members.len(), members.join(" ")),
+                    ),
+                    Reply::Rooms(rooms, more) => {
+                        let mut s = format!("{} rooms:", rooms.len() + more);
+                        for (room, n) in rooms.iter() {
+                            let _ = write!(s, " {room}({n})");
+                        }
+                        if *more > 0 {
+                            let _ = write!(s, " and {more} more");
+                        }
+                        push_notice(out, format_args!("{s}"));
+                    }
+                    Reply::Private { from, to, text, incoming } => {
+                        if *incoming {
+                            push_notice(out, format_args!("private from {from}: {text}"));
+                        } else {
+                            push_notice(out, format_args!("private to {to}: {text}"));
+                        }
+                    }
+                    Reply::Help => {
+                        push_notice(out, format_args!("commands: {}", HELP.join(", ")));
+                    }
+                }
+                out.push(b'\n');
+            }
+            Format::Json => self.render_json(out),
+        }
+    }
+
+    fn render_json(&self, out: &mut Vec<u8>) {
+        use serde_json::json;
+        let v = match self {
+            Reply::Error(reason) => json!({"type": "error", "reason": reason}),
+            Reply::Notice(text) => json!({"type": "notice", "text": text}),
+            Reply::Who { room, members } => json!({"type": "who", "room": room, "members": members}),
+            Reply::Rooms(rooms, more) => {
+                let list: Vec<Value> = rooms
+                    .iter()
+                    .map(|(room, n)| json!({"room": room, "members": n}))
+                    .collect();
+                json!({"type": "rooms", "rooms": list, "more": more})
+            }
+            Reply::Private { from, to, text, .. } => json!({
+                "type": "private", "from": from, "to": to, "text": text, "ts": Timestamp::now()
+            }),
+            Reply::Help => json!({"type": "help", "commands": HELP}),
+        };
+        push_json(out, &v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handshake_accepts_any_key_order_and_ignores_unknown_keys() {
+        let h = parse_handshake(json!({"room": "dev", "x": [1], "name": "Mina"})).unwrap();
+        assert_eq!(h.name, "Mina");
+        assert_eq!(h.room, "dev");
+        assert_eq!(h.format, Format::Text);
+        let h = parse_handshake(json!({"room": "dev", "name": "Mina", "format": "json"})).unwrap();
+        assert_eq!(h.format, Format::Json);
+    }
+
+    #[test]
+    fn handshake_rejections_say_why() {
+        let cases = [
+            (json!([1]), "JSON object"),
+            (json!({"room": "r"}), "missing \"name\""),
+            (json!({"name": "a"}), "missing \"room\""),
+            (json!({"name": 1, "room": "r"}), "\"name\" must be a string"),
+            (json!({"name": "a", "room": true}), "\"room\" must be a string"),
+            (json!({"name": "", "room": "r"}), "name must not be empty"),
+            (json!({"name": "a", "room": ""}), "room must not be empty"),
+            (json!({"name": "Bob\nAlice", "room": "r"}), "may not contain"),
+            (json!({"name": "a:b", "room": "r"}), "may not contain"),
+            (json!({"name": "a", "room": "r", "format": "xml"}), "format"),
+        ];
+        for (v, want) in cases {
+            let err = parse_handshake(v.clone()).unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(validate_name("Mina").is_ok());
+        assert!(validate_name("Ünïcødé_名前-1").is_ok());
+        assert!(validate_name(&"a".repeat(32)).is_ok());
+        assert!(validate_name(&"é".repeat(32)).is_ok());
+        assert!(validate_name(&"a".repeat(33)).is_err());
+        for bad in ["a b", "a\tb", "a*", "*** x", "a/b", "a:b", "a\u{7}", "Mina\u{200b}", "a\u{202e}"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_room(&"r".repeat(64)).is_ok());
+        assert!(validate_room(&"r".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn clean_line_removes_control_and_escapes() {
+        assert_eq!(clean_line(b"hello\tworld"), "hello\tworld");
+        assert_eq!(clean_line(b"\x1b[31mred\x1b[0m"), "red");
+        assert_eq!(clean_line(b"\x1b]0;title\x07after"), "after");
+        assert_eq!(clean_line(b"\x1b]0;title\x1b\\after"), "after");
+        assert_eq!(clean_line(b"a\x1bcb"), "ab");
+        assert_eq!(clean_line(b"bell\x07\x08\x00x"), "bellx");
+        assert_eq!(clean_line(b"bad\xffutf8"), "bad\u{fffd}utf8");
+        assert_eq!(clean_line("c1\u{9b}2Jx".as_bytes()), "c1x");
+        assert_eq!(clean_line("ünï".as_bytes()), "ünï");
+        assert_eq!(clean_line(b"a\rb"), "ab");
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(Timestamp(1_795_690_445_007).to_string(), "2026-11-26T10:54:05.007Z");
+    }
+
+    #[test]
+    fn renders_exact_bytes() {
+        let mut out = Vec::new();
+        RoomEvent::Message { id: 1, name: "Mina", text: "hi" }.render_text(&mut out);
+        RoomEvent::Join { name: "Bob" }.render_text(&mut out);
+        RoomEvent::Nick { old: "Bob", new: "Rob" }.render_text(&mut out);
+        RoomEvent::Action { id: 2, name: "Rob", text: "waves" }.render_text(&mut out);
+        assert_eq!(out, b"Mina:hi\n*** Bob joined\n*** Bob is now Rob\n* Rob waves\n");
+        let mut out = Vec::new();
+        RoomEvent::Message { id: 7, name: "Mina", text: "a\"b" }.render_json("dev", Timestamp(0), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"type\":\"message\",\"id\":7,\"room\":\"dev\",\"name\":\"Mina\",\"text\":\"a\\\"b\",\"ts\":\"1970-01-01T00:00:00.000Z\"}\n"
+        );
+    }
+}

@@ -1,0 +1,544 @@
+//! A room: its members, and one append-only log of rendered bytes per wire format.
+//!
+//! Fan-out is the hot path of a chat server, so a message is rendered once per format and
+//! appended to the room's log; each member holds only a cursor into it. Publishing is one copy
+//! under the room's lock and a wake-up for the members that were idle; a member's connection
+//! copies everything from its cursor to the head into one write. Every member therefore sees the
+//! same order (the log's), no recipient costs an allocation, and a member that falls behind by
+//! more than `max_pending` bytes is cut off instead of holding the log (and the server's memory)
+//! hostage. Lines meant for one member only (command replies, private messages) wait in that
+//! member's own queue, tagged with the log position they were sent at, so they interleave with
+//! room traffic in the order things happened.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
+
+/// The part of a connection that rooms may touch from other tasks: its wake-up and whether it
+/// was cut off for falling behind.
+#[derive(Debug, Default)]
+pub struct Peer {
+    pub notify: Notify,
+    slow: AtomicBool,
+}
+
+impl Peer {
+    /// True once a room removed this connection because its queue overflowed.
+    pub fn was_cut_off(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+}
+
+/// Where a member sits in a room: its slot and its connection id (slots are reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    slot: usize,
+    id: u64,
+}
+
+/// What [`Room::take`] found for a member.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Bytes were appended to the output.
+    Data,
+    /// Nothing new: the member is registered for a wake-up.
+    Empty,
+    /// The member is no longer in this room (cut off as a slow consumer).
+    Gone,
+}
+
+/// Why a join, rename or private message was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoomError {
+    NameTaken,
+    NoSuchMember,
+    Gone,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Absolute position of `buf[0]`.
+    base: u64,
+    buf: Vec<u8>,
+    /// Members reading this log.
+    members: usize,
+    /// Of those, how many have unread bytes; when it drops to 0 the log is emptied.
+    behind: usize,
+    /// Length at which to look for members that fell too far behind.
+    check_at: usize,
+}
+
+impl Log {
+    fn head(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    fn clear_if_caught_up(&mut self, floor: usize) {
+        if self.behind == 0 && !self.buf.is_empty() {
+            self.base = self.head();
+            self.buf.clear();
+            if self.buf.capacity() > 64 * 1024 {
+                self.buf.shrink_to(4096);
+            }
+            self.check_at = floor;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    id: u64,
+    name: String,
+    format: Format,
+    cursor: u64,
+    /// Lines for this member only, each with the log position it was sent at.
+    private: VecDeque<(u64, Vec<u8>)>,
+    private_bytes: usize,
+    peer: Arc<Peer>,
+    waiting: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    next_id: u64,
+    logs: [Log; 2],
+    slots: Vec<Option<Member>>,
+    free: Vec<usize>,
+    count: usize,
+    waiters: Vec<usize>,
+}
+
+/// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
+/// never across an `.await`.
+#[derive(Debug)]
+pub struct Room {
+    name: Arc<str>,
+    max_pending: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Room {
+    pub fn new(name: &str, max_pending: usize) -> Self {
+        let floor = check_floor(max_pending);
+        let log = || Log { check_at: floor, ..Log::default() };
+        Room {
+            name: name.into(),
+            max_pending,
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                logs: [log(), log()],
+                slots: Vec::new(),
+                free: Vec::new(),
+                count: 0,
+                waiters: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; the room's data stays consistent
+        // enough to keep serving, so recover rather than take every member down with it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
+    pub fn join(
+        &self,
+        id: u64,
+        name: &str,
+        format: Format,
+        peer: Arc<Peer>,
+    ) -> Result<Seat, RoomError> {
+        let mut inner = self.lock();
+        if inner.find(name).is_some() {
+            return Err(RoomError::NameTaken);
+        }
+        let log = &mut inner.logs[format as usize];
+        log.members += 1;
+        let member = Member {
+            id,
+            name: name.to_owned(),
+            format,
+            cursor: log.head(),
+            private: VecDeque::new(),
+            private_bytes: 0,
+            peer,
+            waiting: false,
+        };
+        let slot = match inner.free.pop() {
+            Some(slot) => {
+                inner.slots[slot] = Some(member);
+                slot
+            }
+            None => {
+                inner.slots.push(Some(member));
+                inner.slots.len() - 1
+            }
+        };
+        inner.count += 1;
+        self.publish_locked(&mut inner, RoomEvent::Join { name });
+        Ok(Seat { slot, id })
+    }
+
+    /// Removes a member, first moving everything still unread for it to `out` so that nothing
+    /// it was sent is lost, and (if `announce`) tells the others. Returns how many members remain.
+    pub fn leave(&self, seat: Seat, out: &mut Vec<u8>, announce: bool) -> usize {
+        let mut inner = self.lock();
+        if inner.member(seat).is_some() {
+            inner.copy_out(seat.slot, out, usize::MAX);
+            if let Some(m) = inner.remove(seat.slot, self.max_pending) {
+                if announce && inner.count > 0 {
+                    self.publish_locked(&mut inner, RoomEvent::Leave { name: &m.name });
+                }
+            }
+        }
+        inner.count
+    }
+
+    /// Appends a room event from a member and wakes the idle readers. Fails if the member was
+    /// cut off meanwhile.
+    pub fn publish(&self, seat: Seat, event: RoomEvent<'_>) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        if inner.member(seat).is_none() {
+            return Err(RoomError::Gone);
+        }
+        self.publish_locked(&mut inner, event);
+        Ok(())
+    }
+
+    /// Sends a message: assigns the room's next id, renders it once per format in use, appends.
+    pub fn say(&self, seat: Seat, text: &str, action: bool) -> Result<u64, RoomError> {
+        let mut inner = self.lock();
+        let Some(m) = inner.member(seat) else {
+            return Err(RoomError::Gone);
+        };
+        // The name is copied out because publishing needs the whole room mutably.
+        let name = m.name.clone();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let event = if action {
+            RoomEvent::Action { id, name: &name, text }
+        } else {
+            RoomEvent::Message { id, name: &name, text }
+        };
+        self.publish_locked(&mut inner, event);
+        Ok(id)
+    }
+
+    /// Renames a member if the new name is free in this room, and tells the room.
+    pub fn rename(&self, seat: Seat, new: &str) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        if inner.find(new).is_some() {
+            return Err(RoomError::NameTaken);
+        }
+        let Some(m) = inner.member_mut(seat) else {
+            return Err(RoomError::Gone);
+        };
+        let old = std::mem::replace(&mut m.name, new.to_owned());
+        self.publish_locked(&mut inner, RoomEvent::Nick { old: &old, new });
+        Ok(())
+    }
+
+    /// The members' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut names: Vec<String> =
+            inner.slots.iter().flatten().map(|m| m.name.clone()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Queues a reply for one member, after everything the room sent it so far.
+    pub fn reply(&self, seat: Seat, reply: &Reply<'_>) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        let Some(m) = inner.member(seat) else {
+            return Err(RoomError::Gone);
+        };
+        let mut bytes = Vec::new();
+        reply.render(m.format, &mut bytes);
+        inner.push_private(seat.slot, bytes, self.max_pending);
+        Ok(())
+    }
+
+    /// A private message from `seat` to the member called `to`; both get a copy.
+    pub fn private(&self, seat: Seat, to: &str, text: &str) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        let Some(from) = inner.member(seat).map(|m| m.name.clone()) else {
+            return Err(RoomError::Gone);
+        };
+        let Some(target) = inner.find(to) else {
+            return Err(RoomError::NoSuchMember);
+        };
+        for (slot, incoming) in [(target, true), (seat.slot, false)] {
+            if incoming && slot == seat.slot {
+                continue; // a note to oneself: one copy is enough
+            }
+            if let Some(m) = inner.slots[slot].as_ref() {
+                let mut bytes = Vec::new();
+                Reply::Private { from: &from, to, text, incoming }.render(m.format, &mut bytes);
+                inner.push_private(slot, bytes, self.max_pending);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies up to about `max` unread bytes for a member into `out`.
+    pub fn take(&self, seat: Seat, out: &mut Vec<u8>, max: usize) -> Take {
+        let mut inner = self.lock();
+        if inner.member(seat).is_none() {
+            return Take::Gone;
+        }
+        if inner.copy_out(seat.slot, out, max) {
+            let floor = check_floor(self.max_pending);
+            for log in inner.logs.iter_mut() {
+                log.clear_if_caught_up(floor);
+            }
+            Take::Data
+        } else {
+            if let Some(m) = inner.slots[seat.slot].as_mut() {
+                m.waiting = true;
+            }
+            inner.waiters.push(seat.slot);
+            Take::Empty
+        }
+    }
+
+    fn publish_locked(&self, inner: &mut Inner, event: RoomEvent<'_>) {
+        let mut ts = None;
+        for format in [Format::Text, Format::Json] {
+            let log = &mut inner.logs[format as usize];
+            if log.members == 0 {
+                continue;
+            }
+            match format {
+                Format::Text => event.render_text(&mut log.buf),
+                Format::Json => {
+                    let ts = *ts.get_or_insert_with(Timestamp::now);
+                    event.render_json(&self.name, ts, &mut log.buf);
+                }
+            }
+            log.behind = log.members;
+            if log.buf.len() >= log.check_at {
+                self.cut_off_laggards(inner, format);
+            }
+        }
+        inner.wake_all();
+    }
+
+    /// Removes every reader of `format`'s log that is more than `max_pending` behind, and drops
+    /// the log's prefix that nobody needs any more.
+    fn cut_off_laggards(&self, inner: &mut Inner, format: Format) {
+        let head = inner.logs[format as usize].head();
+        let mut cut = Vec::new();
+        for (slot, m) in inner.slots.iter().enumerate() {
+            if let Some(m) = m {
+                if m.format == format && lag(m, head) > self.max_pending {
+                    cut.push(slot);
+                }
+            }
+        }
+        let mut names = Vec::new();
+        for slot in cut {
+            if let Some(m) = inner.remove(slot, self.max_pending) {
+                m.peer.slow.store(true, Ordering::Release);
+                m.peer.notify.notify_one();
+                names.push(m.name);
+            }
+        }
+        let min = inner
+            .slots
+            .iter()
+            .flatten()
+            .filter(|m| m.format == format)
+            .map(|m| m.cursor)
+            .min();
+        let log = &mut inner.logs[format as usize];
+        let min = min.unwrap_or(head);
+        let drop = (min - log.base) as usize;
+        log.buf.drain(..drop);
+        log.base = min;
+        log.check_at = log.buf.len() + check_floor(self.max_pending);
+        for name in names {
+            tracing::info!(room = %self.name, name = %name, "cut off: fell {} bytes behind", self.max_pending);
+            self.publish_locked(inner, RoomEvent::Leave { name: &name });
+        }
+    }
+}
+
+/// Bytes a member has not yet taken.
+fn lag(m: &Member, head: u64) -> usize {
+    (head - m.cursor) as usize + m.private_bytes
+}
+
+/// How much a log may grow before it is checked for members that fell behind.
+fn check_floor(max_pending: usize) -> usize {
+    (max_pending / 4).max(4096)
+}
+
+impl Inner {
+    fn find(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|m| m.as_ref().is_some_and(|m| m.name == name))
+    }
+
+    fn member(&self, seat: Seat) -> Option<&Member> {
+        self.slots.get(seat.slot)?.as_ref().filter(|m| m.id == seat.id)
+    }
+
+    fn member_mut(&mut self, seat: Seat) -> Option<&mut Member> {
+        self.slots.get_mut(seat.slot)?.as_mut().filter(|m| m.id == seat.id)
+    }
+
+    fn remove(&mut self, slot: usize, max_pending: usize) -> Option<Member> {
+        let m = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        self.count -= 1;
+        let log = &mut self.logs[m.format as usize];
+        log.members -= 1;
+        if m.cursor < log.head() {
+            log.behind -= 1;
+        }
+        log.clear_if_caught_up(check_floor(max_pending));
+        Some(m)
+    }
+
+    fn wake_all(&mut self) {
+        for slot in self.waiters.drain(..) {
+            if let Some(Some(m)) = self.slots.get_mut(slot) {
+                if m.waiting {
+                    m.waiting = false;
+                    m.peer.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    fn push_private(&mut self, slot: usize, bytes: Vec<u8>, max_pending: usize) {
+        let Some(m) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let head = self.logs[m.format as usize].head();
+        m.private_bytes += bytes.len();
+        m.private.push_back((head, bytes));
+        if lag(m, head) > max_pending {
+            if let Some(m) = self.remove(slot, max_pending) {
+                m.peer.slow.store(true, Ordering::Release);
+                m.peer.notify.notify_one();
+            }
+        } else if m.waiting {
+            m.waiting = false;
+            m.peer.notify.notify_one();
+        }
+    }
+
+    /// Moves up to about `max` unread bytes (log and private lines, in order) to `out`.
+    fn copy_out(&mut self, slot: usize, out: &mut Vec<u8>, max: usize) -> bool {
+        let Some(m) = self.slots[slot].as_mut() else {
+            return false;
+        };
+        let log = &mut self.logs[m.format as usize];
+        let head = log.head();
+        let start_len = out.len();
+        let was_behind = m.cursor < head;
+        while out.len() - start_len < max {
+            let until = m.private.front().map_or(head, |(pos, _)| (*pos).min(head));
+            if m.cursor < until {
+                let room = max - (out.len() - start_len);
+                let n = ((until - m.cursor) as usize).min(room);
+                let from = (m.cursor - log.base) as usize;
+                out.extend_from_slice(&log.buf[from..from + n]);
+                m.cursor += n as u64;
+            } else if let Some((_, bytes)) = m.private.pop_front() {
+                m.private_bytes -= bytes.len();
+                out.extend_from_slice(&bytes);
+            } else {
+                break;
+            }
+        }
+        if was_behind && m.cursor == head {
+            log.behind -= 1;
+        }
+        out.len() > start_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer::default())
+    }
+
+    fn drain(room: &Room, seat: Seat) -> String {
+        let mut out = Vec::new();
+        while room.take(seat, &mut out, 7) == Take::Data {}
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn everyone_sees_the_same_order_and_the_log_empties() {
+        let room = Room::new("r", 1 << 20);
+        let a = room.join(1, "a", Format::Text, peer()).unwrap();
+        let b = room.join(2, "b", Format::Text, peer()).unwrap();
+        assert_eq!(room.join(3, "a", Format::Text, peer()), Err(RoomError::NameTaken));
+        room.say(a, "hi", false).unwrap();
+        room.say(b, "yo", false).unwrap();
+        room.reply(b, &Reply::Notice("just b")).unwrap();
+        room.say(a, "there", false).unwrap();
+        assert_eq!(drain(&room, a), "*** a joined\n*** b joined\na:hi\nb:yo\na:there\n");
+        assert_eq!(drain(&room, b), "*** b joined\na:hi\nb:yo\n*** just b\na:there\n");
+        assert!(room.lock().logs[0].buf.is_empty());
+    }
+
+    #[test]
+    fn a_member_that_falls_behind_is_cut_off_and_the_log_stays_bounded() {
+        let room = Room::new("r", 10_000);
+        let slow_peer = peer();
+        let slow = room.join(1, "slow", Format::Text, slow_peer.clone()).unwrap();
+        let fast = room.join(2, "fast", Format::Text, peer()).unwrap();
+        for i in 0..5_000 {
+            room.say(fast, &format!("message {i}"), false).unwrap();
+            drain(&room, fast);
+            assert!(room.lock().logs[0].buf.len() < 20_000);
+        }
+        assert!(slow_peer.was_cut_off());
+        assert_eq!(room.take(slow, &mut Vec::new(), 100), Take::Gone);
+        assert_eq!(room.member_count(), 1);
+    }
+
+    #[test]
+    fn leaving_hands_over_the_unread_bytes() {
+        let room = Room::new("r", 1 << 20);
+        let a = room.join(1, "a", Format::Text, peer()).unwrap();
+        room.say(a, "bye", false).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(room.leave(a, &mut out, true), 0);
+        assert_eq!(out, b"*** a joined\na:bye\n");
+    }
+
+    #[test]
+    fn json_members_get_json() {
+        let room = Room::new("r", 1 << 20);
+        let a = room.join(1, "a", Format::Json, peer()).unwrap();
+        room.say(a, "hi", false).unwrap();
+        let out = drain(&room, a);
+        let lines: Vec<serde_json::Value> =
+            out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["type"], "join");
+        assert_eq!(lines[1]["type"], "message");
+        assert_eq!(lines[1]["id"], 1);
+        assert_eq!(lines[1]["text"], "hi");
+    }
+}

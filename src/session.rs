@@ -1,0 +1,247 @@
+//! A session: one client inside the chat, after its handshake. It turns each line into a
+//! message or a command, applies the line rate limit, and talks to its room and the hub.
+//!
+//! Nothing here does I/O or awaits: the connection feeds lines in and carries the outcome out,
+//! so every rule of the chat can be exercised without a socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::hub::Hub;
+use crate::protocol::{clean_line, validate_name, validate_room, Format, Reply};
+use crate::room::{Peer, Room, RoomError, Seat};
+
+/// Why a session ends; the reason is logged, and shown to the client where it is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The client asked (`/quit`).
+    Quit,
+    /// The client fell too far behind and was cut off by its room.
+    SlowConsumer,
+}
+
+/// What the connection should do after a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Stop reading until the instant: the client used up its line budget.
+    Throttle(Instant),
+    End(End),
+}
+
+/// A token bucket: `rate` lines a second sustained, `burst` at once.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: u32) -> Option<Self> {
+        (rate > 0.0).then(|| RateLimit {
+            rate,
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: Instant::now(),
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+    }
+
+    /// Spends one line. Returns when the next line may be read, if not right away.
+    pub fn spend(&mut self, now: Instant) -> Option<Instant> {
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 1.0 {
+            return None;
+        }
+        let wait = (1.0 - self.tokens) / self.rate;
+        Some(now + Duration::from_secs_f64(wait))
+    }
+}
+
+pub struct Session {
+    hub: Arc<Hub>,
+    pub id: u64,
+    pub name: String,
+    pub format: Format,
+    pub room: Arc<Room>,
+    pub seat: Seat,
+    pub peer: Arc<Peer>,
+    limit: Option<RateLimit>,
+}
+
+impl Session {
+    pub fn new(
+        hub: Arc<Hub>,
+        id: u64,
+        name: String,
+        format: Format,
+        (room, seat): (Arc<Room>, Seat),
+        peer: Arc<Peer>,
+        limit: Option<RateLimit>,
+    ) -> Self {
+        Session { hub, id, name, format, room, seat, peer, limit }
+    }
+
+    /// Handles one received line (without its line ending). `now` is read once per batch of
+    /// lines by the caller. Bytes the session must hand to the client directly (what was still
+    /// unread in a room it leaves) are appended to `out`.
+    pub fn on_line(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
+        let text = clean_line(raw);
+        let result = if text.starts_with("//") {
+            self.room.say(self.seat, &text[1..], false).map(|_| ())
+        } else if let Some(cmd) = text.strip_prefix('/') {
+            match self.command(cmd, out) {
+                Ok(Some(end)) => return Next::End(end),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.room.say(self.seat, &text, false).map(|_| ())
+        };
+        if result.is_err() {
+            return Next::End(End::SlowConsumer);
+        }
+        match self.limit.as_mut().and_then(|l| l.spend(now)) {
+            Some(until) => Next::Throttle(until),
+            None => Next::Continue,
+        }
+    }
+
+    /// A line longer than the limit arrived: say so, keep the connection.
+    pub fn line_too_long(&mut self) -> Next {
+        match self.reply(&Reply::Error("line too long")) {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::End(End::SlowConsumer),
+        }
+    }
+
+    fn reply(&self, reply: &Reply<'_>) -> Result<(), RoomError> {
+        self.room.reply(self.seat, reply)
+    }
+
+    fn error(&self, reason: &str) -> Result<Option<End>, RoomError> {
+        self.reply(&Reply::Error(reason)).map(|()| None)
+    }
+
+    fn command(&mut self, cmd: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+        let (verb, args) = match cmd.find([' ', '\t']) {
+            Some(i) => (&cmd[..i], cmd[i..].trim()),
+            None => (cmd, ""),
+        };
+        match verb.to_ascii_lowercase().as_str() {
+            "who" => {
+                let members = self.room.names();
+                self.reply(&Reply::Who { room: self.room.name(), members: &members })?;
+            }
+            "rooms" => {
+                let (rooms, more) = self.hub.rooms(100);
+                self.reply(&Reply::Rooms(&rooms, more))?;
+            }
+            "join" => return self.join(args, out),
+            "nick" => {
+                if let Err(e) = validate_name(args) {
+                    return self.error(&format!("usage: /nick NAME ({e})"));
+                }
+                if args == self.name {
+                    return self.error(&format!("you are already called {args}"));
+                }
+                match self.room.rename(self.seat, args) {
+                    Ok(()) => self.name = args.to_owned(),
+                    Err(RoomError::NameTaken) => {
+                        return self.error(&format!("name {args} is already taken in this room"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            "me" => {
+                if args.is_empty() {
+                    return self.error("usage: /me ACTION");
+                }
+                self.room.say(self.seat, args, true)?;
+            }
+            "msg" => {
+                let (to, text) = match args.find([' ', '\t']) {
+                    Some(i) => (&args[..i], args[i..].trim_start()),
+                    None => (args, ""),
+                };
+                if to.is_empty() || text.is_empty() {
+                    return self.error("usage: /msg NAME TEXT");
+                }
+                match self.room.private(self.seat, to, text) {
+                    Ok(()) => {}
+                    Err(RoomError::NoSuchMember) => {
+                        return self.error(&format!("no one called {to} in this room"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            "quit" => {
+                let _ = self.reply(&Reply::Notice("bye"));
+                return Ok(Some(End::Quit));
+            }
+            "help" => self.reply(&Reply::Help)?,
+            _ => {
+                let shown: String = verb.chars().take(32).collect();
+                return self.error(&format!("unknown command /{shown} (try /help)"));
+            }
+        }
+        Ok(None)
+    }
+
+    fn join(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+        if let Err(e) = validate_room(room) {
+            return self.error(&format!("usage: /join ROOM ({e})"));
+        }
+        if room == self.room.name() {
+            return self.error(&format!("you are already in {room}"));
+        }
+        // Take the seat in the new room first, so a taken name leaves the client where it was.
+        let joined = self.hub.join(room, self.id, &self.name, self.format, self.peer.clone());
+        match joined {
+            Ok((new_room, seat)) => {
+                let old = std::mem::replace(&mut self.room, new_room);
+                let old_seat = std::mem::replace(&mut self.seat, seat);
+                self.hub.leave(&old, old_seat, out, true);
+                Ok(None)
+            }
+            Err(RoomError::NameTaken) => {
+                self.error(&format!("name {} is already taken in {room}", self.name))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves the room for good, moving what was still unread to `out`.
+    pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
+        self.hub.leave(&self.room, self.seat, out, announce);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_paces() {
+        let start = Instant::now();
+        let mut l = RateLimit::new(10.0, 3).unwrap();
+        assert_eq!(l.spend(start), None);
+        assert_eq!(l.spend(start), None);
+        let until = l.spend(start).unwrap();
+        assert!(until > start && until <= start + Duration::from_millis(101));
+        // After a second the bucket is full again, but never above the burst.
+        let later = start + Duration::from_secs(5);
+        assert_eq!(l.spend(later), None);
+        assert_eq!(l.spend(later), None);
+        assert!(l.spend(later).is_some());
+        assert!(RateLimit::new(0.0, 10).is_none());
+    }
+}
