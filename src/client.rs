@@ -1,1 +1,160 @@
-pub fn placeholder() {}
+//! The terminal client: sends the handshake and each line typed on stdin, prints each line the
+//! server sends. Like MaChat's example client it sends nothing else unless asked to, so it works
+//! against the original Go server too.
+
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+
+use clap::{CommandFactory, Parser};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::config::go_style_args;
+
+/// machat-client: chat from a terminal. Flags may be written with one dash or two
+/// (`-client Mina`, `--client Mina`).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "machat-client", version)]
+pub struct ClientArgs {
+    /// Your name in the room (default: a random UserN).
+    #[arg(long)]
+    pub client: Option<String>,
+
+    /// The room to join.
+    #[arg(long, default_value = "lounge")]
+    pub room: String,
+
+    /// Server address; give it more than once to try the next when one cannot be reached.
+    #[arg(long, default_value = "localhost:8989")]
+    pub address: Vec<String>,
+
+    /// Ask the server for one JSON object per line instead of `name:text` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    pub fn from_args() -> Self {
+        ClientArgs::parse_from(go_style_args(std::env::args_os(), &ClientArgs::command()))
+    }
+
+    /// The handshake, byte for byte what MaChat's client sends (plus `format` if asked).
+    pub fn handshake(&self, name: &str) -> Vec<u8> {
+        let mut v = serde_json::json!({"name": name, "room": self.room});
+        if self.json {
+            v["format"] = "json".into();
+        }
+        v.to_string().into_bytes()
+    }
+}
+
+/// A name like MaChat's default, `User` and a number below 400.
+pub fn random_name() -> String {
+    let n = std::collections::hash_map::RandomState::new().build_hasher().finish() % 400;
+    format!("User{n}")
+}
+
+/// How the client ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Stdin ended and the server then closed: a normal end.
+    Done,
+    /// The server closed while the user was still typing.
+    ServerClosed,
+}
+
+async fn connect(addresses: &[String]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address given");
+    for addr in addresses {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                eprintln!("machat-client: cannot connect to {addr}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Runs the client on stdin and stdout.
+pub async fn run(args: ClientArgs) -> io::Result<Ending> {
+    let name = args.client.clone().unwrap_or_else(random_name);
+    let stream = connect(&args.address).await?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(&args.handshake(&name)).await?;
+    eprintln!("machat-client: connected as {name} in {}; type a line and press Enter", args.room);
+
+    let printer = tokio::spawn(async move {
+        let mut lines = BufReader::new(read);
+        let mut stdout = tokio::io::stdout();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    if stdout.write_all(&line).await.is_err() {
+                        break;
+                    }
+                    let _ = stdout.flush().await;
+                }
+            }
+        }
+    });
+
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut printer = printer;
+    loop {
+        tokio::select! {
+            _ = &mut printer => {
+                eprintln!("machat-client: the server closed the connection");
+                return Ok(Ending::ServerClosed);
+            }
+            line = stdin.next_line() => match line? {
+                Some(line) => {
+                    let mut bytes = line.into_bytes();
+                    bytes.push(b'\n');
+                    if write.write_all(&bytes).await.is_err() {
+                        let _ = (&mut printer).await;
+                        eprintln!("machat-client: the server closed the connection");
+                        return Ok(Ending::ServerClosed);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    // Stdin is done: say so to the server and print what it still sends until it closes.
+    let _ = write.shutdown().await;
+    let _ = printer.await;
+    Ok(Ending::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_flags_and_defaults() {
+        let parse = |a: &[&str]| {
+            let args = a.iter().map(std::ffi::OsString::from);
+            ClientArgs::try_parse_from(go_style_args(args, &ClientArgs::command())).unwrap()
+        };
+        let c = parse(&["c", "-client", "Mina", "-room", "dev", "-address", "127.0.0.1:1"]);
+        assert_eq!(c.client.as_deref(), Some("Mina"));
+        assert_eq!(c.room, "dev");
+        assert_eq!(c.address, vec!["127.0.0.1:1"]);
+        let c = parse(&["c", "--client", "Mina"]);
+        assert_eq!(c.room, "lounge");
+        assert_eq!(c.address, vec!["localhost:8989"]);
+        assert_eq!(c.handshake("Mina"), br#"{"name":"Mina","room":"lounge"}"#);
+        let c = parse(&["c", "-address", "a:1", "-address", "b:2", "-json"]);
+        assert_eq!(c.address, vec!["a:1", "b:2"]);
+        assert_eq!(c.handshake("x"), br#"{"format":"json","name":"x","room":"lounge"}"#);
+        assert!(random_name().starts_with("User"));
+    }
+}

@@ -266,8 +266,9 @@ impl Connection {
             Next::Throttle(until) => self.throttle = Some(until),
             Next::End(end) => self.end = Some(end),
         }
-        // Bytes handed over by a room we left must go out even if nothing wakes us.
-        if !self.pending.is_empty() && self.out == Out::Idle {
+        // A command may have moved us to another room (whose wake-up list we are not on) or
+        // handed us bytes from the room we left: look for output without waiting to be woken.
+        if self.out == Out::Idle {
             self.out = Out::Ready;
         }
     }

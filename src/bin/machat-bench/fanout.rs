@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,7 @@ struct ConnResult {
     member: bool,
     room: usize,
     hist: Option<Histogram<u64>>,
+    lag: Option<Histogram<u64>>,
     received: u64,
     out_of_order: u64,
     foreign: u64,
@@ -163,6 +164,8 @@ struct SendState {
     ends: VecDeque<u64>,
     text: Vec<u8>,
     last_send_ns: u64,
+    /// How late (us) each message was generated relative to its schedule (rate > 0).
+    lag: Histogram<u64>,
 }
 
 impl SendState {
@@ -205,6 +208,7 @@ impl SendState {
             if out.len() >= BATCH {
                 return Fill::Full;
             }
+            self.lag.saturating_record(now_ns.saturating_sub(sched) / 1000);
             proto::measured_text(
                 self.spec.sid,
                 self.next_seq,
@@ -290,6 +294,53 @@ impl RecvState {
     }
 }
 
+/// Paces senders for `--rate > 0`: tokio's timer has 1 ms ticks, which would add ~1 ms of
+/// generator lag to every latency; a plain thread sleeping with the kernel's timer (slack set
+/// to 1 ns) wakes each sender within tens of microseconds of its scheduled time. Senders still
+/// decide from the clock what is due, so a late wake-up only shows as latency.
+struct Pacer {
+    epoch: Instant,
+    start_ns: u64,
+    interval_ns: u64,
+    /// Sender notifies, indexed by sender id.
+    targets: Vec<Arc<EchoShared>>,
+    messages: Option<u64>,
+    duration_ns: Option<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pacer {
+    fn run(self) {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+        }
+        let n = self.targets.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let mut g: u64 = 0;
+        while !self.stop.load(Relaxed) {
+            let (sid, seq) = (g % n, g / n);
+            if self.messages.is_some_and(|m| seq >= m) {
+                return;
+            }
+            let t = self.start_ns + self.interval_ns * sid / n + seq * self.interval_ns;
+            if self.duration_ns.is_some_and(|d| t >= self.start_ns + d) {
+                return;
+            }
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            if t > now {
+                // Sleep in slices so that a stop is noticed.
+                std::thread::sleep(Duration::from_nanos((t - now).min(50_000_000)));
+                continue;
+            }
+            self.targets[sid as usize].notify.notify_one();
+            g += 1;
+        }
+    }
+}
+
 fn new_hist() -> Histogram<u64> {
     // 1 us .. 1 hour, 3 significant digits; these bounds are valid constants.
     match Histogram::new_with_bounds(1, 3_600_000_000, 3) {
@@ -365,6 +416,7 @@ async fn conn_run(
         ends: VecDeque::new(),
         text: Vec::with_capacity(ctx.payload + 64),
         last_send_ns: 0,
+        lag: new_hist(),
     });
 
     let mut rbuf = vec![0u8; ctx.read_buf];
@@ -378,6 +430,7 @@ async fn conn_run(
         let mut wake: Option<u64> = None;
         let mut blocked = false;
         let mut full = false;
+        let mut paced = false;
 
         if send_ready && !recv.ready && now_ns >= next_ready_send {
             proto::message(
@@ -406,7 +459,13 @@ async fn conn_run(
                     out_pos = 0;
                 }
                 match s.fill(ctx, &spec, start_ns, now_ns, &mut out, out_base) {
-                    Fill::At(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
+                    Fill::At(t) => {
+                        // The pacer thread wakes us on time; the timer (1 ms ticks) is only
+                        // a fallback.
+                        paced = true;
+                        let t = t + 2_000_000;
+                        wake = Some(wake.map_or(t, |w| w.min(t)));
+                    }
                     Fill::Blocked => {
                         blocked = true;
                         if ctx.interval_ns == 0 {
@@ -470,7 +529,8 @@ async fn conn_run(
             }
         }
         let want_write = out_pos < out.len();
-        let wait_notify = blocked && sender.as_ref().is_some_and(|s| s.spec.wait_notify);
+        let wait_notify =
+            paced || (blocked && sender.as_ref().is_some_and(|s| s.spec.wait_notify));
         let notified = async {
             match sender.as_ref() {
                 Some(s) if wait_notify => s.spec.shared.notify.notified().await,
@@ -539,6 +599,7 @@ async fn conn_run(
         res.sent = s.next_seq;
         res.unsent = s.ends.len() as u64;
         res.last_send_ns = s.last_send_ns;
+        res.lag = Some(s.lag);
     }
     Ok(())
 }
@@ -575,6 +636,9 @@ pub struct FanoutReport {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    pub send_lag_p50_us: u64,
+    pub send_lag_p99_us: u64,
+    pub send_lag_max_us: u64,
     pub server_peak_rss_kib: Option<u64>,
     pub server_rss_kib: Option<u64>,
     pub server_cpu_s: Option<f64>,
@@ -610,6 +674,9 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     } else {
         0
     };
+    if interval_ns > 0 && interval_ns < 1000 {
+        return Err("--rate is too high for paced sending (use 0 for as fast as possible)".into());
+    }
     let mut room_members = vec![0u64; args.rooms];
     for c in 0..args.clients {
         room_members[c % args.rooms] += 1;
@@ -702,6 +769,12 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         }
     }
     let connections = specs.len();
+    let pace_targets: Vec<Arc<EchoShared>> = specs
+        .iter()
+        .filter_map(|s| s.sender.as_ref().map(|x| (x.sid, x.shared.clone())))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Ready);
     let handles: Vec<_> = specs
@@ -742,6 +815,19 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let cpu0 = procstat::self_cpu_s();
     let start_ns = ctx.now_ns();
     let _ = phase_tx.send(Phase::Run { start_ns });
+    let pacer_stop = Arc::new(AtomicBool::new(false));
+    let pacer = (interval_ns > 0).then(|| {
+        let plan = Pacer {
+            epoch: ctx.epoch,
+            start_ns,
+            interval_ns,
+            targets: pace_targets,
+            messages: args.messages,
+            duration_ns: ctx.duration_ns,
+            stop: pacer_stop.clone(),
+        };
+        std::thread::spawn(move || plan.run())
+    });
     let drain = Duration::from_secs_f64(args.drain_timeout);
     let mut sends_done_at: Option<Instant> = None;
     let mut last_progress = (0u64, Instant::now());
@@ -770,8 +856,13 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let srv1 = procstat::sample_opt(common.server_pid)?;
     let cpu1 = procstat::self_cpu_s();
     let _ = phase_tx.send(Phase::Stop);
+    pacer_stop.store(true, Relaxed);
+    if let Some(p) = pacer {
+        let _ = p.join();
+    }
 
     let mut hist = new_hist();
+    let mut lag = new_hist();
     let mut sent = 0;
     let mut expected = 0;
     let mut received = 0;
@@ -785,6 +876,9 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         let r = h.await.map_err(|e| format!("task failed: {e}"))?;
         if let Some(hh) = &r.hist {
             hist.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
+        }
+        if let Some(hh) = &r.lag {
+            lag.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
         }
         if r.error.is_some() || !r.server_errors.is_empty() {
             if r.error.is_some() {
@@ -847,6 +941,9 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         p999_us: q(0.999),
         max_us: if hist.is_empty() { 0 } else { hist.max() },
         mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
+        send_lag_p50_us: if lag.is_empty() { 0 } else { lag.value_at_quantile(0.5) },
+        send_lag_p99_us: if lag.is_empty() { 0 } else { lag.value_at_quantile(0.99) },
+        send_lag_max_us: if lag.is_empty() { 0 } else { lag.max() },
         server_peak_rss_kib: srv1.map(|s| s.hwm_kib),
         server_rss_kib: srv1.map(|s| s.rss_kib),
         server_cpu_s: match (srv0, srv1) {
@@ -908,7 +1005,10 @@ pub fn print_table(r: &FanoutReport) {
         opt(r.server_rss_kib, " KiB"),
         opt(r.server_cpu_s.map(|c| format!("{c:.2}")), " s")
     );
-    println!("  generator    CPU {:.2} s", r.gen_cpu_s);
+    println!(
+        "  generator    CPU {:.2} s; send lag behind schedule us: p50 {}  p99 {}  max {}",
+        r.gen_cpu_s, r.send_lag_p50_us, r.send_lag_p99_us, r.send_lag_max_us
+    );
     if r.disconnects > 0 || r.first_error.is_some() || r.stalled {
         println!(
             "  problems     disconnects {}  stalled {}  first error: {}",

@@ -1,0 +1,233 @@
+//! Test harness: starts the real `machat` binary on an ephemeral loopback port and talks to it
+//! over real sockets. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_machat")), args)
+    }
+
+    /// Starts `cmd` (the server, possibly wrapped) with `-a 127.0.0.1:0` and `args`.
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+        cmd.args(["-a", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start machat");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(pos) = line.find("listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line[pos + 13..].trim().to_string());
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        Server { child, addr: addr.parse().expect("addr"), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status(self.pid(), "VmRSS:")
+    }
+
+    /// CPU seconds (user + system) the server used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until the log has a line with `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if self.log_contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn connect(&self, name: &str, room: &str) -> Client {
+        let mut c = Client::raw(self.addr);
+        c.send(&format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}"));
+        c.expect(&format!("*** {name} joined"));
+        c
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A blocking line client with bounded waits.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, s: &str) {
+        self.send_bytes(s.as_bytes());
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).expect("send");
+    }
+
+    /// The next line (without `\n`), or None on timeout or close.
+    pub fn line_within(&mut self, limit: Duration) -> Option<String> {
+        self.raw_line_within(limit).map(|l| String::from_utf8_lossy(&l).into_owned())
+    }
+
+    pub fn raw_line_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(line[..line.len() - 1].to_vec());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn line(&mut self) -> String {
+        self.line_within(TIMEOUT).expect("a line before the timeout")
+    }
+
+    pub fn expect(&mut self, want: &str) {
+        let got = self.line();
+        assert_eq!(got, want);
+    }
+
+    /// Reads lines until one equals `want`; returns the lines before it.
+    pub fn until(&mut self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let l = self.line_within(TIMEOUT).unwrap_or_else(|| panic!("no {want:?}; saw {seen:?}"));
+            if l == want {
+                return seen;
+            }
+            seen.push(l);
+        }
+    }
+
+    /// True if the server closed the connection (after any lines), within the timeout.
+    pub fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Nothing arrives for `d`.
+    pub fn quiet_for(&mut self, d: Duration) -> bool {
+        self.line_within(d).is_none() && self.buf.is_empty()
+    }
+
+    /// Reads everything until the server closes; returns it.
+    pub fn rest(&mut self) -> Vec<u8> {
+        assert!(self.closed(), "server did not close");
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Sends a handshake and expects an error line and a close.
+pub fn expect_refused(server: &Server, handshake: &[u8], reason_part: &str) {
+    let mut c = Client::raw(server.addr);
+    c.send_bytes(handshake);
+    let line = c.line();
+    assert!(
+        line.starts_with("*** error: ") && line.contains(reason_part),
+        "handshake {:?}: got {line:?}, wanted {reason_part:?}",
+        String::from_utf8_lossy(handshake)
+    );
+    assert!(c.closed(), "not closed after {line:?}");
+}
