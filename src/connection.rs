@@ -225,7 +225,7 @@ impl Connection {
                     }
                     if let Err(e) = self.flush() { return Reason::Io(e); }
                 }
-                _ = tokio::task::yield_now(), if self.out == Out::Ready => {
+                _ = std::future::ready(()), if self.out == Out::Ready => {
                     if let Err(e) = self.flush() { return Reason::Io(e); }
                 }
             }

@@ -345,15 +345,16 @@ impl Room {
         for (slot, m) in inner.slots.iter().enumerate() {
             if let Some(m) = m {
                 if m.format == format && lag(m, head) > self.max_pending {
-                    cut.push(slot);
+                    cut.push((slot, lag(m, head)));
                 }
             }
         }
         let mut names = Vec::new();
-        for slot in cut {
+        for (slot, behind) in cut {
             if let Some(m) = inner.remove(slot, self.max_pending) {
                 m.peer.slow.store(true, Ordering::Release);
                 m.peer.notify.notify_one();
+                tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, "cut off: slow consumer");
                 names.push(m.name);
             }
         }
@@ -371,7 +372,6 @@ impl Room {
         log.base = min;
         log.check_at = log.buf.len() + check_floor(self.max_pending);
         for name in names {
-            tracing::info!(room = %self.name, name = %name, "cut off: fell {} bytes behind", self.max_pending);
             self.publish_locked(inner, RoomEvent::Leave { name: &name });
         }
     }

@@ -119,6 +119,8 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Start of the unread part of `buf` (lines are not drained one by one: that is quadratic).
+    start: usize,
 }
 
 impl Client {
@@ -127,7 +129,7 @@ impl Client {
         stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client { stream, buf: Vec::new(), start: 0 }
     }
 
     pub fn send(&mut self, s: &str) {
@@ -146,9 +148,18 @@ impl Client {
     pub fn raw_line_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Some(line[..line.len() - 1].to_vec());
+            if let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+                let line = self.buf[self.start..self.start + pos].to_vec();
+                self.start += pos + 1;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Some(line);
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
             }
             if Instant::now() >= deadline {
                 return None;
@@ -209,13 +220,16 @@ impl Client {
 
     /// Nothing arrives for `d`.
     pub fn quiet_for(&mut self, d: Duration) -> bool {
-        self.line_within(d).is_none() && self.buf.is_empty()
+        self.line_within(d).is_none() && self.buf.len() == self.start
     }
 
     /// Reads everything until the server closes; returns it.
     pub fn rest(&mut self) -> Vec<u8> {
         assert!(self.closed(), "server did not close");
-        std::mem::take(&mut self.buf)
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        rest
     }
 }
 

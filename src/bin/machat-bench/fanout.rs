@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -93,6 +94,8 @@ struct Ctx {
     senders_done: AtomicUsize,
     expected: AtomicU64,
     room_members: Vec<u64>,
+    /// End-to-end latency of every delivery, us.
+    hist: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Ctx {
@@ -127,7 +130,6 @@ struct Spec {
 struct ConnResult {
     member: bool,
     room: usize,
-    hist: Option<Histogram<u64>>,
     lag: Option<Histogram<u64>>,
     received: u64,
     out_of_order: u64,
@@ -208,7 +210,8 @@ impl SendState {
             if out.len() >= BATCH {
                 return Fill::Full;
             }
-            self.lag.saturating_record(now_ns.saturating_sub(sched) / 1000);
+            self.lag
+                .saturating_record(now_ns.saturating_sub(sched) / 1000);
             proto::measured_text(
                 self.spec.sid,
                 self.next_seq,
@@ -228,7 +231,9 @@ struct RecvState {
     own_client: u64,
     own_echo: Option<(u64, Arc<EchoShared>, bool)>,
     room_first_sid: u64,
-    hist: Histogram<u64>,
+    /// Latencies (us) not yet added to the shared histogram: appending here is sequential,
+    /// while a histogram per connection (~190 KB each) would miss the cache on every record.
+    lat: Vec<u32>,
     received: u64,
     batch: u64,
     last_seq: Vec<u64>,
@@ -249,8 +254,8 @@ impl RecvState {
                     sent_ns,
                 } => {
                     self.batch += 1;
-                    self.hist
-                        .saturating_record(now_ns.saturating_sub(sent_ns) / 1000);
+                    let us = now_ns.saturating_sub(sent_ns) / 1000;
+                    self.lat.push(us.min(u64::from(u32::MAX)) as u32);
                     let local = sender.wrapping_sub(self.room_first_sid) as usize;
                     match self.last_seq.get_mut(local) {
                         Some(last) => {
@@ -341,6 +346,22 @@ impl Pacer {
     }
 }
 
+const LAT_FLUSH: usize = 4096;
+
+fn flush_latencies(ctx: &Ctx, lat: &mut Vec<u32>) {
+    if lat.is_empty() {
+        return;
+    }
+    let mut h = match ctx.hist.lock() {
+        Ok(h) => h,
+        Err(p) => p.into_inner(),
+    };
+    for &v in lat.iter() {
+        h.saturating_record(u64::from(v));
+    }
+    lat.clear();
+}
+
 fn new_hist() -> Histogram<u64> {
     // 1 us .. 1 hour, 3 significant digits; these bounds are valid constants.
     match Histogram::new_with_bounds(1, 3_600_000_000, 3) {
@@ -369,7 +390,7 @@ async fn conn_run(
     mut phase: watch::Receiver<Phase>,
     res: &mut ConnResult,
 ) -> Result<(), String> {
-    let stream: TcpStream = {
+    let mut stream: TcpStream = {
         let _permit = ctx
             .connect_sem
             .acquire()
@@ -396,7 +417,7 @@ async fn conn_run(
         own_client: spec.client as u64,
         own_echo: spec.own_echo.take(),
         room_first_sid: (spec.room * ctx.senders_per_room) as u64,
-        hist: new_hist(),
+        lat: Vec::new(),
         received: 0,
         batch: 0,
         last_seq: vec![0; ctx.senders_per_room],
@@ -419,6 +440,9 @@ async fn conn_run(
         lag: new_hist(),
     });
 
+    // Reading through AsyncRead: a short read clears the readiness, saving the extra
+    // `read` that would only return WouldBlock.
+    let (mut rd, wr) = stream.split();
     let mut rbuf = vec![0u8; ctx.read_buf];
     let mut filled = 0usize;
     let mut cur = *phase.borrow_and_update();
@@ -483,7 +507,7 @@ async fn conn_run(
 
         // Write as much as the socket takes now.
         while out_pos < out.len() {
-            match stream.try_write(&out[out_pos..]) {
+            match wr.try_write(&out[out_pos..]) {
                 Ok(n) => {
                     out_pos += n;
                     written += n as u64;
@@ -529,8 +553,7 @@ async fn conn_run(
             }
         }
         let want_write = out_pos < out.len();
-        let wait_notify =
-            paced || (blocked && sender.as_ref().is_some_and(|s| s.spec.wait_notify));
+        let wait_notify = paced || (blocked && sender.as_ref().is_some_and(|s| s.spec.wait_notify));
         let notified = async {
             match sender.as_ref() {
                 Some(s) if wait_notify => s.spec.shared.notify.notified().await,
@@ -549,9 +572,8 @@ async fn conn_run(
                     break;
                 }
             }
-            r = stream.readable() => {
-                r.map_err(|e| format!("read: {e}"))?;
-                match stream.try_read(&mut rbuf[filled..]) {
+            r = rd.read(&mut rbuf[filled..]) => {
+                match r {
                     Ok(0) => {
                         return Err(match recv.server_errors.first() {
                             Some(e) => format!("connection closed by the server after: {e}"),
@@ -569,6 +591,9 @@ async fn conn_run(
                         if filled == rbuf.len() {
                             rbuf.resize(rbuf.len() * 2, 0); // one frame larger than the buffer
                         }
+                        if recv.lat.len() >= LAT_FLUSH {
+                            flush_latencies(ctx, &mut recv.lat);
+                        }
                         if recv.batch > 0 {
                             recv.received += recv.batch;
                             ctx.received.fetch_add(recv.batch, Relaxed);
@@ -576,11 +601,10 @@ async fn conn_run(
                             res.last_delivery_ns = now_ns;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(format!("read: {e}")),
                 }
             }
-            r = stream.writable(), if want_write => {
+            r = wr.writable(), if want_write => {
                 r.map_err(|e| format!("write: {e}"))?;
             }
             _ = &mut sleep, if wake.is_some() => {}
@@ -589,7 +613,7 @@ async fn conn_run(
     }
 
     if spec.member {
-        res.hist = Some(recv.hist);
+        flush_latencies(ctx, &mut recv.lat);
     }
     res.received = recv.received;
     res.out_of_order = recv.out_of_order;
@@ -700,6 +724,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         senders_done: AtomicUsize::new(0),
         expected: AtomicU64::new(0),
         room_members: room_members.clone(),
+        hist: std::sync::Mutex::new(new_hist()),
     });
 
     // Build the connections.
@@ -804,7 +829,9 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             }
             return Err(format!(
                 "readiness failed: {ready}/{connections} ready, {failed} failed{}",
-                first.map(|e| format!(" (first error: {e})")).unwrap_or_default()
+                first
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -845,9 +872,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             if received >= ctx.expected.load(Relaxed) || now - t > drain {
                 break;
             }
-        } else if ctx.failed.load(Relaxed) == connections
-            || now - last_progress.1 > stall_after
-        {
+        } else if ctx.failed.load(Relaxed) == connections || now - last_progress.1 > stall_after {
             // Senders cannot finish (window blocked) and nothing arrives: the server stalled.
             stalled = true;
             break;
@@ -861,7 +886,6 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         let _ = p.join();
     }
 
-    let mut hist = new_hist();
     let mut lag = new_hist();
     let mut sent = 0;
     let mut expected = 0;
@@ -874,9 +898,6 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let mut first_error: Option<String> = None;
     for h in handles {
         let r = h.await.map_err(|e| format!("task failed: {e}"))?;
-        if let Some(hh) = &r.hist {
-            hist.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
-        }
         if let Some(hh) = &r.lag {
             lag.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
         }
@@ -901,6 +922,10 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             last_delivery = last_delivery.max(r.last_delivery_ns);
         }
     }
+    let hist = match ctx.hist.lock() {
+        Ok(h) => h.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
     let send_secs = (last_send - start_ns) as f64 / 1e9;
     let elapsed_secs = (last_delivery - start_ns) as f64 / 1e9;
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -941,8 +966,16 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         p999_us: q(0.999),
         max_us: if hist.is_empty() { 0 } else { hist.max() },
         mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
-        send_lag_p50_us: if lag.is_empty() { 0 } else { lag.value_at_quantile(0.5) },
-        send_lag_p99_us: if lag.is_empty() { 0 } else { lag.value_at_quantile(0.99) },
+        send_lag_p50_us: if lag.is_empty() {
+            0
+        } else {
+            lag.value_at_quantile(0.5)
+        },
+        send_lag_p99_us: if lag.is_empty() {
+            0
+        } else {
+            lag.value_at_quantile(0.99)
+        },
         send_lag_max_us: if lag.is_empty() { 0 } else { lag.max() },
         server_peak_rss_kib: srv1.map(|s| s.hwm_kib),
         server_rss_kib: srv1.map(|s| s.rss_kib),

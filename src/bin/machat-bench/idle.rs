@@ -83,10 +83,7 @@ async fn read_some(
     filled: &mut usize,
     done: &mut impl FnMut(&Event<'_>) -> bool,
 ) -> Result<(bool, usize), String> {
-    stream
-        .readable()
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    stream.readable().await.map_err(|e| format!("read: {e}"))?;
     if *filled == buf.len() {
         buf.resize(buf.len() * 2, 0);
     }
@@ -115,10 +112,7 @@ async fn read_some(
 
 async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> Result<(), String> {
     while !data.is_empty() {
-        stream
-            .writable()
-            .await
-            .map_err(|e| format!("write: {e}"))?;
+        stream.writable().await.map_err(|e| format!("write: {e}"))?;
         match stream.try_write(data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

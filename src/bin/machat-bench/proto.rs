@@ -55,7 +55,10 @@ pub enum Event<'a> {
 }
 
 fn find_nl(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..].iter().position(|&b| b == b'\n').map(|i| i + from)
+    buf[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| i + from)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -64,11 +67,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 
 /// Decodes every complete frame in `buf`, calling `f` for each; returns the number of bytes
 /// consumed (the rest is an incomplete frame to keep for the next read).
-pub fn decode(
-    target: Target,
-    buf: &[u8],
-    f: &mut impl FnMut(Event<'_>),
-) -> Result<usize, String> {
+pub fn decode(target: Target, buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Result<usize, String> {
     match target {
         Target::Machat => Ok(decode_lines(buf, f)),
         Target::Nats => decode_nats(buf, f),
@@ -118,9 +117,7 @@ fn decode_nats(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Result<usize, Strin
                 .split(|&b| b == b' ' || b == b'\t')
                 .rfind(|t| !t.is_empty())
                 .and_then(parse_usize)
-                .ok_or_else(|| {
-                    format!("bad NATS MSG line: {}", String::from_utf8_lossy(line))
-                })?;
+                .ok_or_else(|| format!("bad NATS MSG line: {}", String::from_utf8_lossy(line)))?;
             let body = nl + 1;
             if buf.len() < body + len + 2 {
                 break; // payload not complete yet
@@ -420,7 +417,10 @@ mod tests {
                 }
             }
             let evs = all(target, &wire);
-            assert!(evs.iter().any(|e| e.starts_with("Payload")), "{target:?} {evs:?}");
+            assert!(
+                evs.iter().any(|e| e.starts_with("Payload")),
+                "{target:?} {evs:?}"
+            );
         }
         assert_eq!(
             parse_payload(&[b"c1:".as_slice(), &text].concat()),
