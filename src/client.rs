@@ -50,7 +50,10 @@ impl ClientArgs {
 
 /// A name like MaChat's default, `User` and a number below 400.
 pub fn random_name() -> String {
-    let n = std::collections::hash_map::RandomState::new().build_hasher().finish() % 400;
+    let n = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % 400;
     format!("User{n}")
 }
 
@@ -83,7 +86,10 @@ pub async fn run(args: ClientArgs) -> io::Result<Ending> {
     let stream = connect(&args.address).await?;
     let (read, mut write) = stream.into_split();
     write.write_all(&args.handshake(&name)).await?;
-    eprintln!("machat-client: connected as {name} in {}; type a line and press Enter", args.room);
+    eprintln!(
+        "machat-client: connected as {name} in {}; type a line and press Enter",
+        args.room
+    );
 
     let printer = tokio::spawn(async move {
         let mut lines = BufReader::new(read);
@@ -144,7 +150,15 @@ mod tests {
             let args = a.iter().map(std::ffi::OsString::from);
             ClientArgs::try_parse_from(go_style_args(args, &ClientArgs::command())).unwrap()
         };
-        let c = parse(&["c", "-client", "Mina", "-room", "dev", "-address", "127.0.0.1:1"]);
+        let c = parse(&[
+            "c",
+            "-client",
+            "Mina",
+            "-room",
+            "dev",
+            "-address",
+            "127.0.0.1:1",
+        ]);
         assert_eq!(c.client.as_deref(), Some("Mina"));
         assert_eq!(c.room, "dev");
         assert_eq!(c.address, vec!["127.0.0.1:1"]);
@@ -154,7 +168,10 @@ mod tests {
         assert_eq!(c.handshake("Mina"), br#"{"name":"Mina","room":"lounge"}"#);
         let c = parse(&["c", "-address", "a:1", "-address", "b:2", "-json"]);
         assert_eq!(c.address, vec!["a:1", "b:2"]);
-        assert_eq!(c.handshake("x"), br#"{"format":"json","name":"x","room":"lounge"}"#);
+        assert_eq!(
+            c.handshake("x"),
+            br#"{"name":"x","room":"lounge","format":"json"}"#
+        );
         assert!(random_name().starts_with("User"));
     }
 }

@@ -27,7 +27,10 @@ pub struct HandshakeDecoder {
 
 impl HandshakeDecoder {
     pub fn new(max: usize) -> Self {
-        HandshakeDecoder { buf: Vec::new(), max }
+        HandshakeDecoder {
+            buf: Vec::new(),
+            max,
+        }
     }
 
     /// Feeds bytes. On `Done(value, used)`, `used` counts bytes of *this* input that belonged to
@@ -103,7 +106,12 @@ pub struct LineCodec {
 
 impl LineCodec {
     pub fn new(max: usize) -> Self {
-        LineCodec { buf: Vec::new(), paused: false, discarding: false, max }
+        LineCodec {
+            buf: Vec::new(),
+            paused: false,
+            discarding: false,
+            max,
+        }
     }
 
     /// True while bytes that were already read wait for [`LineCodec::resume`]: don't read more.
@@ -335,7 +343,10 @@ mod tests {
     #[test]
     fn handshake_limits() {
         let mut h = HandshakeDecoder::new(16);
-        assert!(matches!(h.feed(b"{\"name\": \"aaaaaaaaaaaaaaaaaaa"), HandshakeStatus::Invalid(_)));
+        assert!(matches!(
+            h.feed(b"{\"name\": \"aaaaaaaaaaaaaaaaaaa"),
+            HandshakeStatus::Invalid(_)
+        ));
         let mut h = HandshakeDecoder::new(16);
         assert!(matches!(h.feed(&[b' '; 17]), HandshakeStatus::Invalid(_)));
         let mut h = HandshakeDecoder::new(4096);
@@ -353,9 +364,19 @@ mod tests {
         assert_eq!(c.buffered(), 0);
         ev.extend(lines(&mut c, &[b'x'; 10000]));
         ev.extend(lines(&mut c, b"yy\nok\n"));
-        assert_eq!(ev, vec![Event::Line(b"12345678".to_vec()), Event::TooLong, Event::Line(b"ok".to_vec())]);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Line(b"12345678".to_vec()),
+                Event::TooLong,
+                Event::Line(b"ok".to_vec())
+            ]
+        );
         // A line of exactly the limit plus its \r\n fits.
-        assert_eq!(lines(&mut c, b"12345678\r\n"), vec![Event::Line(b"12345678".to_vec())]);
+        assert_eq!(
+            lines(&mut c, b"12345678\r\n"),
+            vec![Event::Line(b"12345678".to_vec())]
+        );
     }
 
     #[test]
@@ -437,7 +458,7 @@ mod tests {
                     Item::TooLong => Event::TooLong,
                 });
                 count += 1;
-                if count % pause_every == 0 {
+                if count.is_multiple_of(pause_every) {
                     Flow::Pause
                 } else {
                     Flow::Continue

@@ -15,7 +15,13 @@ use clap::{CommandFactory, Parser};
 #[command(name = "machat", version)]
 pub struct Config {
     /// Address to listen on for the TCP chat protocol (every address a host name resolves to).
-    #[arg(short = 'a', long = "addr", alias = "a", env = "MACHAT_ADDR", default_value = "localhost:8989")]
+    #[arg(
+        short = 'a',
+        long = "addr",
+        alias = "a",
+        env = "MACHAT_ADDR",
+        default_value = "localhost:8989"
+    )]
     pub addr: String,
 
     /// Most connections at once; 0 = the descriptor limit minus a reserve of 64.
@@ -92,14 +98,19 @@ impl Config {
 
 /// Rewrites `-name` and `-name=value` to `--name...` when `name` is a long flag of `cmd`, the
 /// way Go's `flag` package reads them. Short flags (`-a`) and values are left alone.
-pub fn go_style_args(args: impl IntoIterator<Item = OsString>, cmd: &clap::Command) -> Vec<OsString> {
+pub fn go_style_args(
+    args: impl IntoIterator<Item = OsString>,
+    cmd: &clap::Command,
+) -> Vec<OsString> {
     let longs: Vec<String> = cmd
         .get_arguments()
         .flat_map(|a| {
-            a.get_long()
-                .into_iter()
-                .map(str::to_owned)
-                .chain(a.get_all_aliases().unwrap_or_default().into_iter().map(str::to_owned))
+            a.get_long().into_iter().map(str::to_owned).chain(
+                a.get_all_aliases()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(str::to_owned),
+            )
         })
         .chain(["help".to_owned(), "version".to_owned()])
         .collect();
@@ -147,7 +158,10 @@ mod tests {
         assert_eq!(parse(&["machat"]).addr, "localhost:8989");
         assert_eq!(parse(&["machat", "-a", "127.0.0.1:1"]).addr, "127.0.0.1:1");
         assert_eq!(parse(&["machat", "--a", "127.0.0.1:2"]).addr, "127.0.0.1:2");
-        assert_eq!(parse(&["machat", "-addr", "127.0.0.1:3"]).addr, "127.0.0.1:3");
+        assert_eq!(
+            parse(&["machat", "-addr", "127.0.0.1:3"]).addr,
+            "127.0.0.1:3"
+        );
         assert_eq!(parse(&["machat", "--addr=127.0.0.1:4"]).addr, "127.0.0.1:4");
         assert_eq!(parse(&["machat", "-addr=127.0.0.1:5"]).addr, "127.0.0.1:5");
         let c = parse(&["machat", "-max-line-rate", "0", "--max-pending", "10"]);

@@ -47,7 +47,11 @@ pub struct Context {
 impl Context {
     pub fn new(config: Config) -> Self {
         let hub = Arc::new(Hub::new(config.max_pending));
-        Context { config, hub, next_id: AtomicU64::new(1) }
+        Context {
+            config,
+            hub,
+            next_id: AtomicU64::new(1),
+        }
     }
 
     pub fn next_id(&self) -> u64 {
@@ -80,7 +84,12 @@ impl std::fmt::Display for Reason {
 }
 
 /// Serves one client from its first byte to its close.
-pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let id = ctx.next_id();
     info!(id, %addr, "connect");
     let (hs, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
@@ -96,7 +105,10 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>, mut s
         }
     };
     let peer = Arc::new(Peer::default());
-    let seat = match ctx.hub.join(&hs.room, id, &hs.name, hs.format, peer.clone()) {
+    let seat = match ctx
+        .hub
+        .join(&hs.room, id, &hs.name, hs.format, peer.clone())
+    {
         Ok(seat) => seat,
         Err(_) => {
             let text = format!("name {} is already taken in room {}", hs.name, hs.room);
@@ -121,7 +133,10 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, ctx: Arc<Context>, mut s
     };
     conn.feed(&leftover);
     let reason = conn.run(&mut shutdown).await;
-    let (name, room) = (conn.session.name.clone(), conn.session.room.name().to_owned());
+    let (name, room) = (
+        conn.session.name.clone(),
+        conn.session.room.name().to_owned(),
+    );
     info!(id, %addr, name = %name, room = %room, reason = %reason, "disconnect");
     conn.close(reason).await;
 }
@@ -337,7 +352,8 @@ impl Connection {
                 self.session.leave(&mut Vec::new(), announce);
                 if matches!(reason, Reason::Ended(End::SlowConsumer)) {
                     let mut line = Vec::new();
-                    Reply::Error("slow consumer: you fell too far behind").render(format, &mut line);
+                    Reply::Error("slow consumer: you fell too far behind")
+                        .render(format, &mut line);
                     let _ = self.stream.try_write(&line);
                 }
                 return;
@@ -365,7 +381,12 @@ struct LineHandler<'a> {
 
 impl<'a> LineHandler<'a> {
     fn new(session: &'a mut Session, pending: &'a mut Vec<u8>) -> Self {
-        LineHandler { session, pending, now: Instant::now(), next: Next::Continue }
+        LineHandler {
+            session,
+            pending,
+            now: Instant::now(),
+            next: Next::Continue,
+        }
     }
 
     fn item(&mut self, item: Item<'_>) -> Flow {

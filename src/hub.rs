@@ -17,7 +17,10 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(max_pending: usize) -> Self {
-        Hub { rooms: Mutex::new(HashMap::new()), max_pending }
+        Hub {
+            rooms: Mutex::new(HashMap::new()),
+            max_pending,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {

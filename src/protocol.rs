@@ -35,7 +35,9 @@ pub struct Handshake {
 /// extra fields of their own) still get in.
 pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
     let Value::Object(map) = value else {
-        return Err("handshake must be a JSON object like {\"name\":\"Mina\",\"room\":\"devroom\"}".into());
+        return Err(
+            "handshake must be a JSON object like {\"name\":\"Mina\",\"room\":\"devroom\"}".into(),
+        );
     };
     let field = |key: &str| -> Result<String, String> {
         match map.get(key) {
@@ -209,11 +211,26 @@ impl Serialize for Timestamp {
 /// Something that happened in a room, rendered once per format and shared by every member.
 #[derive(Debug, Clone, Copy)]
 pub enum RoomEvent<'a> {
-    Message { id: u64, name: &'a str, text: &'a str },
-    Action { id: u64, name: &'a str, text: &'a str },
-    Join { name: &'a str },
-    Leave { name: &'a str },
-    Nick { old: &'a str, new: &'a str },
+    Message {
+        id: u64,
+        name: &'a str,
+        text: &'a str,
+    },
+    Action {
+        id: u64,
+        name: &'a str,
+        text: &'a str,
+    },
+    Join {
+        name: &'a str,
+    },
+    Leave {
+        name: &'a str,
+    },
+    Nick {
+        old: &'a str,
+        new: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -263,7 +280,15 @@ impl RoomEvent<'_> {
             RoomEvent::Leave { name } => ("leave", None, name, None, None),
             RoomEvent::Nick { old, new } => ("nick", None, old, Some(new), None),
         };
-        let ev = JsonRoomEvent { kind, id, room, name, new, text, ts };
+        let ev = JsonRoomEvent {
+            kind,
+            id,
+            room,
+            name,
+            new,
+            text,
+            ts,
+        };
         push_json(out, &ev);
     }
 }
@@ -292,9 +317,17 @@ pub fn push_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
 pub enum Reply<'a> {
     Error(&'a str),
     Notice(&'a str),
-    Who { room: &'a str, members: &'a [String] },
+    Who {
+        room: &'a str,
+        members: &'a [String],
+    },
     Rooms(&'a [(String, usize)], usize),
-    Private { from: &'a str, to: &'a str, text: &'a str, incoming: bool },
+    Private {
+        from: &'a str,
+        to: &'a str,
+        text: &'a str,
+        incoming: bool,
+    },
     Help,
 }
 
@@ -331,7 +364,12 @@ impl Reply<'_> {
                         }
                         push_notice(out, format_args!("{s}"));
                     }
-                    Reply::Private { from, to, text, incoming } => {
+                    Reply::Private {
+                        from,
+                        to,
+                        text,
+                        incoming,
+                    } => {
                         if *incoming {
                             push_notice(out, format_args!("private from {from}: {text}"));
                         } else {
@@ -353,7 +391,9 @@ impl Reply<'_> {
         let v = match self {
             Reply::Error(reason) => json!({"type": "error", "reason": reason}),
             Reply::Notice(text) => json!({"type": "notice", "text": text}),
-            Reply::Who { room, members } => json!({"type": "who", "room": room, "members": members}),
+            Reply::Who { room, members } => {
+                json!({"type": "who", "room": room, "members": members})
+            }
             Reply::Rooms(rooms, more) => {
                 let list: Vec<Value> = rooms
                     .iter()
@@ -392,10 +432,16 @@ mod tests {
             (json!({"room": "r"}), "missing \"name\""),
             (json!({"name": "a"}), "missing \"room\""),
             (json!({"name": 1, "room": "r"}), "\"name\" must be a string"),
-            (json!({"name": "a", "room": true}), "\"room\" must be a string"),
+            (
+                json!({"name": "a", "room": true}),
+                "\"room\" must be a string",
+            ),
             (json!({"name": "", "room": "r"}), "name must not be empty"),
             (json!({"name": "a", "room": ""}), "room must not be empty"),
-            (json!({"name": "Bob\nAlice", "room": "r"}), "may not contain"),
+            (
+                json!({"name": "Bob\nAlice", "room": "r"}),
+                "may not contain",
+            ),
             (json!({"name": "a:b", "room": "r"}), "may not contain"),
             (json!({"name": "a", "room": "r", "format": "xml"}), "format"),
         ];
@@ -412,7 +458,17 @@ mod tests {
         assert!(validate_name(&"a".repeat(32)).is_ok());
         assert!(validate_name(&"é".repeat(32)).is_ok());
         assert!(validate_name(&"a".repeat(33)).is_err());
-        for bad in ["a b", "a\tb", "a*", "*** x", "a/b", "a:b", "a\u{7}", "Mina\u{200b}", "a\u{202e}"] {
+        for bad in [
+            "a b",
+            "a\tb",
+            "a*",
+            "*** x",
+            "a/b",
+            "a:b",
+            "a\u{7}",
+            "Mina\u{200b}",
+            "a\u{202e}",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_room(&"r".repeat(64)).is_ok());
@@ -436,20 +492,48 @@ mod tests {
     #[test]
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Timestamp(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
-        assert_eq!(Timestamp(1_795_690_445_007).to_string(), "2026-11-26T10:54:05.007Z");
+        assert_eq!(
+            Timestamp(951_782_400_123).to_string(),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            Timestamp(1_795_690_445_007).to_string(),
+            "2026-11-26T10:54:05.007Z"
+        );
     }
 
     #[test]
     fn renders_exact_bytes() {
         let mut out = Vec::new();
-        RoomEvent::Message { id: 1, name: "Mina", text: "hi" }.render_text(&mut out);
+        RoomEvent::Message {
+            id: 1,
+            name: "Mina",
+            text: "hi",
+        }
+        .render_text(&mut out);
         RoomEvent::Join { name: "Bob" }.render_text(&mut out);
-        RoomEvent::Nick { old: "Bob", new: "Rob" }.render_text(&mut out);
-        RoomEvent::Action { id: 2, name: "Rob", text: "waves" }.render_text(&mut out);
-        assert_eq!(out, b"Mina:hi\n*** Bob joined\n*** Bob is now Rob\n* Rob waves\n");
+        RoomEvent::Nick {
+            old: "Bob",
+            new: "Rob",
+        }
+        .render_text(&mut out);
+        RoomEvent::Action {
+            id: 2,
+            name: "Rob",
+            text: "waves",
+        }
+        .render_text(&mut out);
+        assert_eq!(
+            out,
+            b"Mina:hi\n*** Bob joined\n*** Bob is now Rob\n* Rob waves\n"
+        );
         let mut out = Vec::new();
-        RoomEvent::Message { id: 7, name: "Mina", text: "a\"b" }.render_json("dev", Timestamp(0), &mut out);
+        RoomEvent::Message {
+            id: 7,
+            name: "Mina",
+            text: "a\"b",
+        }
+        .render_json("dev", Timestamp(0), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"type\":\"message\",\"id\":7,\"room\":\"dev\",\"name\":\"Mina\",\"text\":\"a\\\"b\",\"ts\":\"1970-01-01T00:00:00.000Z\"}\n"

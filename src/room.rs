@@ -124,7 +124,10 @@ pub struct Room {
 impl Room {
     pub fn new(name: &str, max_pending: usize) -> Self {
         let floor = check_floor(max_pending);
-        let log = || Log { check_at: floor, ..Log::default() };
+        let log = || Log {
+            check_at: floor,
+            ..Log::default()
+        };
         Room {
             name: name.into(),
             max_pending,
@@ -229,9 +232,17 @@ impl Room {
         let id = inner.next_id;
         inner.next_id += 1;
         let event = if action {
-            RoomEvent::Action { id, name: &name, text }
+            RoomEvent::Action {
+                id,
+                name: &name,
+                text,
+            }
         } else {
-            RoomEvent::Message { id, name: &name, text }
+            RoomEvent::Message {
+                id,
+                name: &name,
+                text,
+            }
         };
         self.publish_locked(&mut inner, event);
         Ok(id)
@@ -254,8 +265,12 @@ impl Room {
     /// The members' names, sorted.
     pub fn names(&self) -> Vec<String> {
         let inner = self.lock();
-        let mut names: Vec<String> =
-            inner.slots.iter().flatten().map(|m| m.name.clone()).collect();
+        let mut names: Vec<String> = inner
+            .slots
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect();
         names.sort_unstable();
         names
     }
@@ -287,7 +302,13 @@ impl Room {
             }
             if let Some(m) = inner.slots[slot].as_ref() {
                 let mut bytes = Vec::new();
-                Reply::Private { from: &from, to, text, incoming }.render(m.format, &mut bytes);
+                Reply::Private {
+                    from: &from,
+                    to,
+                    text,
+                    incoming,
+                }
+                .render(m.format, &mut bytes);
                 inner.push_private(slot, bytes, self.max_pending);
             }
         }
@@ -389,15 +410,23 @@ fn check_floor(max_pending: usize) -> usize {
 
 impl Inner {
     fn find(&self, name: &str) -> Option<usize> {
-        self.slots.iter().position(|m| m.as_ref().is_some_and(|m| m.name == name))
+        self.slots
+            .iter()
+            .position(|m| m.as_ref().is_some_and(|m| m.name == name))
     }
 
     fn member(&self, seat: Seat) -> Option<&Member> {
-        self.slots.get(seat.slot)?.as_ref().filter(|m| m.id == seat.id)
+        self.slots
+            .get(seat.slot)?
+            .as_ref()
+            .filter(|m| m.id == seat.id)
     }
 
     fn member_mut(&mut self, seat: Seat) -> Option<&mut Member> {
-        self.slots.get_mut(seat.slot)?.as_mut().filter(|m| m.id == seat.id)
+        self.slots
+            .get_mut(seat.slot)?
+            .as_mut()
+            .filter(|m| m.id == seat.id)
     }
 
     fn remove(&mut self, slot: usize, max_pending: usize) -> Option<Member> {
@@ -492,13 +521,22 @@ mod tests {
         let room = Room::new("r", 1 << 20);
         let a = room.join(1, "a", Format::Text, peer()).unwrap();
         let b = room.join(2, "b", Format::Text, peer()).unwrap();
-        assert_eq!(room.join(3, "a", Format::Text, peer()), Err(RoomError::NameTaken));
+        assert_eq!(
+            room.join(3, "a", Format::Text, peer()),
+            Err(RoomError::NameTaken)
+        );
         room.say(a, "hi", false).unwrap();
         room.say(b, "yo", false).unwrap();
         room.reply(b, &Reply::Notice("just b")).unwrap();
         room.say(a, "there", false).unwrap();
-        assert_eq!(drain(&room, a), "*** a joined\n*** b joined\na:hi\nb:yo\na:there\n");
-        assert_eq!(drain(&room, b), "*** b joined\na:hi\nb:yo\n*** just b\na:there\n");
+        assert_eq!(
+            drain(&room, a),
+            "*** a joined\n*** b joined\na:hi\nb:yo\na:there\n"
+        );
+        assert_eq!(
+            drain(&room, b),
+            "*** b joined\na:hi\nb:yo\n*** just b\na:there\n"
+        );
         assert!(room.lock().logs[0].buf.is_empty());
     }
 
@@ -506,7 +544,9 @@ mod tests {
     fn a_member_that_falls_behind_is_cut_off_and_the_log_stays_bounded() {
         let room = Room::new("r", 10_000);
         let slow_peer = peer();
-        let slow = room.join(1, "slow", Format::Text, slow_peer.clone()).unwrap();
+        let slow = room
+            .join(1, "slow", Format::Text, slow_peer.clone())
+            .unwrap();
         let fast = room.join(2, "fast", Format::Text, peer()).unwrap();
         for i in 0..5_000 {
             room.say(fast, &format!("message {i}"), false).unwrap();
@@ -534,8 +574,10 @@ mod tests {
         let a = room.join(1, "a", Format::Json, peer()).unwrap();
         room.say(a, "hi", false).unwrap();
         let out = drain(&room, a);
-        let lines: Vec<serde_json::Value> =
-            out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["type"], "join");
         assert_eq!(lines[1]["type"], "message");
         assert_eq!(lines[1]["id"], 1);

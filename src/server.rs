@@ -41,7 +41,11 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
-        let mut map = self.admission.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -53,7 +57,12 @@ impl Drop for Ticket {
 
 impl Admission {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Admission { max_total, max_per_ip, total: AtomicUsize::new(0), per_ip: Mutex::default() }
+        Admission {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        }
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
@@ -70,7 +79,10 @@ impl Admission {
         }
         *n += 1;
         self.total.fetch_add(1, Ordering::AcqRel);
-        Ok(Ticket { admission: self.clone(), ip })
+        Ok(Ticket {
+            admission: self.clone(),
+            ip,
+        })
     }
 
     pub fn open(&self) -> usize {
@@ -81,7 +93,10 @@ impl Admission {
 /// Raises the soft descriptor limit to the hard one (each client is a descriptor) and returns
 /// (soft, hard) as they now are.
 pub fn raise_fd_limit() -> (u64, u64) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
@@ -95,9 +110,14 @@ pub fn raise_fd_limit() -> (u64, u64) {
                 lim = raised;
             }
         }
-        info!(soft_before = before, soft = lim.rlim_cur, hard = lim.rlim_max, "descriptor limit");
+        info!(
+            soft_before = before,
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "descriptor limit"
+        );
     }
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
+    (lim.rlim_cur, lim.rlim_max)
 }
 
 /// A bound server, not yet accepting.
@@ -131,15 +151,25 @@ impl Server {
         }
         if listeners.is_empty() {
             return Err(last_err.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::AddrNotAvailable, "address resolved to nothing")
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    "address resolved to nothing",
+                )
             }));
         }
         info!(?config, max_connections = max_total, "configuration");
-        Ok(Server { listeners, ctx: Arc::new(Context::new(config)), admission })
+        Ok(Server {
+            listeners,
+            ctx: Arc::new(Context::new(config)),
+            admission,
+        })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` flips to true, then tells every client and waits (bounded) for
@@ -153,7 +183,9 @@ impl Server {
             let ctx = self.ctx.clone();
             let admission = self.admission.clone();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(accept_loop(listener, ctx, admission, shutdown)));
+            tasks.push(tokio::spawn(accept_loop(
+                listener, ctx, admission, shutdown,
+            )));
         }
         for t in tasks {
             let _ = t.await;
@@ -167,7 +199,11 @@ impl Server {
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
@@ -241,8 +277,10 @@ pub async fn run(config: Config) -> io::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         // Without signal handlers the process still stops on a signal, just not gracefully.
         return std::future::pending().await;
     };

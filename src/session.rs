@@ -87,7 +87,16 @@ impl Session {
         peer: Arc<Peer>,
         limit: Option<RateLimit>,
     ) -> Self {
-        Session { hub, id, name, format, room, seat, peer, limit }
+        Session {
+            hub,
+            id,
+            name,
+            format,
+            room,
+            seat,
+            peer,
+            limit,
+        }
     }
 
     /// Handles one received line (without its line ending). `now` is read once per batch of
@@ -139,7 +148,10 @@ impl Session {
         match verb.to_ascii_lowercase().as_str() {
             "who" => {
                 let members = self.room.names();
-                self.reply(&Reply::Who { room: self.room.name(), members: &members })?;
+                self.reply(&Reply::Who {
+                    room: self.room.name(),
+                    members: &members,
+                })?;
             }
             "rooms" => {
                 let (rooms, more) = self.hub.rooms(100);
@@ -204,7 +216,9 @@ impl Session {
             return self.error(&format!("you are already in {room}"));
         }
         // Take the seat in the new room first, so a taken name leaves the client where it was.
-        let joined = self.hub.join(room, self.id, &self.name, self.format, self.peer.clone());
+        let joined = self
+            .hub
+            .join(room, self.id, &self.name, self.format, self.peer.clone());
         match joined {
             Ok((new_room, seat)) => {
                 let old = std::mem::replace(&mut self.room, new_room);

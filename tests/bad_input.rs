@@ -22,26 +22,64 @@ fn bad_handshakes_are_refused_with_a_reason() {
         (b"{\"name\":\"a\"}", "missing \"room\""),
         (b"{\"name\":null,\"room\":\"r\"}", "missing \"name\""),
         (b"{\"name\":7,\"room\":\"r\"}", "\"name\" must be a string"),
-        (b"{\"name\":\"a\",\"room\":[\"r\"]}", "\"room\" must be a string"),
+        (
+            b"{\"name\":\"a\",\"room\":[\"r\"]}",
+            "\"room\" must be a string",
+        ),
         (b"{\"name\":\"\",\"room\":\"r\"}", "name must not be empty"),
         (b"{\"name\":\"a\",\"room\":\"\"}", "room must not be empty"),
-        (b"{\"name\":\"Bob\\nAlice\",\"room\":\"r\"}", "name may not contain U+000A"),
-        (b"{\"name\":\"a b\",\"room\":\"r\"}", "name may not contain U+0020"),
-        (b"{\"name\":\"a:b\",\"room\":\"r\"}", "name may not contain :"),
-        (b"{\"name\":\"***\",\"room\":\"r\"}", "name may not contain *"),
-        (b"{\"name\":\"a/b\",\"room\":\"r\"}", "name may not contain /"),
-        (b"{\"name\":\"a\\u001b[31m\",\"room\":\"r\"}", "name may not contain U+001B"),
-        (b"{\"name\":\"a\",\"room\":\"r\\tx\"}", "room may not contain U+0009"),
-        (b"{\"name\":\"a\",\"room\":\"r\",\"format\":\"xml\"}", "\"format\" must be"),
-        (b"{\"name\":\"bystander\",\"room\":\"r\"}", "name bystander is already taken in room r"),
+        (
+            b"{\"name\":\"Bob\\nAlice\",\"room\":\"r\"}",
+            "name may not contain U+000A",
+        ),
+        (
+            b"{\"name\":\"a b\",\"room\":\"r\"}",
+            "name may not contain U+0020",
+        ),
+        (
+            b"{\"name\":\"a:b\",\"room\":\"r\"}",
+            "name may not contain :",
+        ),
+        (
+            b"{\"name\":\"***\",\"room\":\"r\"}",
+            "name may not contain *",
+        ),
+        (
+            b"{\"name\":\"a/b\",\"room\":\"r\"}",
+            "name may not contain /",
+        ),
+        (
+            b"{\"name\":\"a\\u001b[31m\",\"room\":\"r\"}",
+            "name may not contain U+001B",
+        ),
+        (
+            b"{\"name\":\"a\",\"room\":\"r\\tx\"}",
+            "room may not contain U+0009",
+        ),
+        (
+            b"{\"name\":\"a\",\"room\":\"r\",\"format\":\"xml\"}",
+            "\"format\" must be",
+        ),
+        (
+            b"{\"name\":\"bystander\",\"room\":\"r\"}",
+            "name bystander is already taken in room r",
+        ),
     ];
     for (hs, reason) in cases {
         expect_refused(&server, hs, reason);
     }
     let long_name = format!("{{\"name\":\"{}\",\"room\":\"r\"}}", "n".repeat(33));
-    expect_refused(&server, long_name.as_bytes(), "name is longer than 32 characters");
+    expect_refused(
+        &server,
+        long_name.as_bytes(),
+        "name is longer than 32 characters",
+    );
     let long_room = format!("{{\"name\":\"a\",\"room\":\"{}\"}}", "é".repeat(65));
-    expect_refused(&server, long_room.as_bytes(), "room is longer than 64 characters");
+    expect_refused(
+        &server,
+        long_room.as_bytes(),
+        "room is longer than 64 characters",
+    );
     // 32 characters of 2 bytes each is a fine name.
     let mut ok = server.connect(&"é".repeat(32), "r");
     ok.send("still fine\n");
@@ -56,8 +94,15 @@ fn bad_handshakes_are_refused_with_a_reason() {
 #[test]
 fn handshake_over_4_kib_is_refused_even_without_an_end() {
     let server = Server::start(&[]);
-    let big = format!("{{\"name\":\"a\",\"room\":\"r\",\"pad\":\"{}\"}}", "x".repeat(5000));
-    expect_refused(&server, big.as_bytes(), "handshake too large (over 4096 bytes)");
+    let big = format!(
+        "{{\"name\":\"a\",\"room\":\"r\",\"pad\":\"{}\"}}",
+        "x".repeat(5000)
+    );
+    expect_refused(
+        &server,
+        big.as_bytes(),
+        "handshake too large (over 4096 bytes)",
+    );
     // An unterminated handshake is cut off as soon as it passes the limit.
     let mut c = Client::raw(server.addr);
     c.send("{\"pad\":\"");
@@ -77,7 +122,10 @@ fn handshake_must_complete_in_time() {
     assert_eq!(partial.line(), "*** error: handshake timeout");
     assert!(silent.closed() && partial.closed());
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -88,7 +136,10 @@ fn default_handshake_timeout_is_ten_seconds() {
     let line = silent.line_within(Duration::from_secs(15));
     assert_eq!(line.as_deref(), Some("*** error: handshake timeout"));
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(9500) && took < Duration::from_secs(13), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(9500) && took < Duration::from_secs(13),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -123,7 +174,10 @@ fn a_100_mib_line_does_not_grow_the_server() {
     a.expect("*** error: line too long");
     a.expect("a:next");
     let after = server.rss_kib();
-    assert!(after < before + 4096, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 4096,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     other.expect("a:next");
     assert!(start.elapsed() < Duration::from_secs(30));
 }
@@ -169,7 +223,10 @@ fn a_flood_is_paced_not_dropped_and_others_are_not_slowed() {
     // 10 at once, then 20 a second for the other 40: about 2 s.
     assert!(took >= Duration::from_millis(1700), "not paced: {took:?}");
     let calm_at = calm_at.expect("the calm line arrived during the flood");
-    assert!(calm_at < Duration::from_millis(1000), "calm line delayed to {calm_at:?}");
+    assert!(
+        calm_at < Duration::from_millis(1000),
+        "calm line delayed to {calm_at:?}"
+    );
 }
 
 #[test]
@@ -248,10 +305,16 @@ fn a_client_that_never_reads_does_not_slow_the_room_or_grow_memory() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(20), "20,000 lines took {took:?}");
     // 8 MiB of lines were sent; the never-reader may hold at most --max-pending (1 MiB) of them.
-    assert!(peak < before + 8 * 1024, "RSS {before} KiB -> peak {peak} KiB");
+    assert!(
+        peak < before + 8 * 1024,
+        "RSS {before} KiB -> peak {peak} KiB"
+    );
     // The never-reader was cut off (the kernel's socket buffers hold a few MiB; the rest
     // overflowed its queue).
-    assert!(server.wait_log("slow consumer"), "no slow-consumer log line");
+    assert!(
+        server.wait_log("slow consumer"),
+        "no slow-consumer log line"
+    );
     if !never_left {
         reader.until("*** never left");
     }
@@ -282,12 +345,19 @@ fn a_slow_consumer_is_told_and_disconnected() {
         }
     }
     assert!(server.log_contains("slow consumer"), "never cut off");
-    assert!(server.log_contains("name=slow"), "the wrong client was cut off");
+    assert!(
+        server.log_contains("name=slow"),
+        "the wrong client was cut off"
+    );
     // Reading now, the slow client finds the stream end: the error line if it fit, then close.
     let rest = slow.rest();
     let text = String::from_utf8_lossy(&rest);
     if text.contains("*** error") {
-        assert!(text.contains("*** error: slow consumer"), "{}", &text[text.len().saturating_sub(200)..]);
+        assert!(
+            text.contains("*** error: slow consumer"),
+            "{}",
+            &text[text.len().saturating_sub(200)..]
+        );
     }
     if !saw_left {
         sender.until("*** slow left");

@@ -69,7 +69,9 @@ fn handshake_split_over_many_reads_with_whitespace_and_unknown_keys() {
 #[test]
 fn everyone_sees_the_same_order() {
     let server = Server::start(&["--max-line-rate", "0"]);
-    let mut clients: Vec<Client> = (0..4).map(|i| server.connect(&format!("u{i}"), "r")).collect();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| server.connect(&format!("u{i}"), "r"))
+        .collect();
     // Drain the join notices so every client starts at the same point.
     for (i, c) in clients.iter_mut().enumerate() {
         for j in i + 1..4 {
@@ -90,7 +92,10 @@ fn everyone_sees_the_same_order() {
     }
     // Each sender's own lines keep their order.
     for i in 0..4 {
-        let mine: Vec<&String> = seen[0].iter().filter(|l| l.starts_with(&format!("u{i}:"))).collect();
+        let mine: Vec<&String> = seen[0]
+            .iter()
+            .filter(|l| l.starts_with(&format!("u{i}:")))
+            .collect();
         let want: Vec<String> = (0..50).map(|r| format!("u{i}:m{r}-{i}")).collect();
         assert_eq!(mine.iter().map(|s| s.as_str()).collect::<Vec<_>>(), want);
     }
@@ -156,7 +161,9 @@ fn commands() {
     a.send("/me\n");
     a.expect("*** error: usage: /me ACTION");
     a.send("/help\n");
-    assert!(a.line().starts_with("*** commands: /who, /rooms, /join ROOM"));
+    assert!(a
+        .line()
+        .starts_with("*** commands: /who, /rooms, /join ROOM"));
 
     a.send("/join other\n");
     a.expect("*** Anna joined");
@@ -212,22 +219,39 @@ fn json_format_for_programs() {
     assert_eq!(ev["room"], "r");
     assert!(ev["id"].as_u64().is_some());
     let ts = ev["ts"].as_str().unwrap();
-    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
-    for (cmd, kind) in [("/who", "who"), ("/rooms", "rooms"), ("/help", "help"), ("/bogus", "error")] {
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    for (cmd, kind) in [
+        ("/who", "who"),
+        ("/rooms", "rooms"),
+        ("/help", "help"),
+        ("/bogus", "error"),
+    ] {
         j.send(&format!("{cmd}\n"));
         let ev: serde_json::Value = serde_json::from_str(&j.line()).unwrap();
         assert_eq!(ev["type"], kind, "{cmd}: {ev}");
     }
     j.send("/msg human hey\n");
     let ev: serde_json::Value = serde_json::from_str(&j.line()).unwrap();
-    assert_eq!((ev["type"].as_str(), ev["to"].as_str()), (Some("private"), Some("human")));
+    assert_eq!(
+        (ev["type"].as_str(), ev["to"].as_str()),
+        (Some("private"), Some("human"))
+    );
     t.expect("*** private from prog: hey");
     t.send("/nick human2\n");
     let ev: serde_json::Value = serde_json::from_str(&j.line()).unwrap();
-    assert_eq!((ev["type"].as_str(), ev["new"].as_str()), (Some("nick"), Some("human2")));
+    assert_eq!(
+        (ev["type"].as_str(), ev["new"].as_str()),
+        (Some("nick"), Some("human2"))
+    );
     drop(t);
     let ev: serde_json::Value = serde_json::from_str(&j.line()).unwrap();
-    assert_eq!((ev["type"].as_str(), ev["name"].as_str()), (Some("leave"), Some("human2")));
+    assert_eq!(
+        (ev["type"].as_str(), ev["name"].as_str()),
+        (Some("leave"), Some("human2"))
+    );
 }
 
 #[test]
@@ -235,7 +259,10 @@ fn names_cannot_forge_lines_and_text_cannot_drive_terminals() {
     let server = Server::start(&[]);
     let mut a = server.connect("a", "r");
     a.send_bytes(b"\x1b[2J\x1b]0;pwned\x07clear\x1b[31m red\x00\x08 \xff end\ttab\n");
-    assert_eq!(a.raw_line_within(common::TIMEOUT).unwrap(), "a:clear red \u{fffd} end\ttab".as_bytes());
+    assert_eq!(
+        a.raw_line_within(common::TIMEOUT).unwrap(),
+        "a:clear red \u{fffd} end\ttab".as_bytes()
+    );
     // A forged notice is just text after the sender's name.
     a.send("*** b joined\n");
     a.expect("a:*** b joined");

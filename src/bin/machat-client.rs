@@ -6,7 +6,10 @@ use machat::client::{run, ClientArgs, Ending};
 
 fn main() -> ExitCode {
     let args = ClientArgs::from_args();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("machat-client: cannot start the runtime: {e}");

@@ -49,7 +49,11 @@ impl Server {
         let addr = rx
             .recv_timeout(TIMEOUT)
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-        Server { child, addr: addr.parse().expect("addr"), log }
+        Server {
+            child,
+            addr: addr.parse().expect("addr"),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -94,7 +98,10 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
     }
 }
 
@@ -126,10 +133,16 @@ pub struct Client {
 impl Client {
     pub fn raw(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new(), start: 0 }
+        Client {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+        }
     }
 
     pub fn send(&mut self, s: &str) {
@@ -142,7 +155,8 @@ impl Client {
 
     /// The next line (without `\n`), or None on timeout or close.
     pub fn line_within(&mut self, limit: Duration) -> Option<String> {
-        self.raw_line_within(limit).map(|l| String::from_utf8_lossy(&l).into_owned())
+        self.raw_line_within(limit)
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
     }
 
     pub fn raw_line_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
@@ -179,7 +193,8 @@ impl Client {
     }
 
     pub fn line(&mut self) -> String {
-        self.line_within(TIMEOUT).expect("a line before the timeout")
+        self.line_within(TIMEOUT)
+            .expect("a line before the timeout")
     }
 
     pub fn expect(&mut self, want: &str) {
@@ -191,7 +206,9 @@ impl Client {
     pub fn until(&mut self, want: &str) -> Vec<String> {
         let mut seen = Vec::new();
         loop {
-            let l = self.line_within(TIMEOUT).unwrap_or_else(|| panic!("no {want:?}; saw {seen:?}"));
+            let l = self
+                .line_within(TIMEOUT)
+                .unwrap_or_else(|| panic!("no {want:?}; saw {seen:?}"));
             if l == want {
                 return seen;
             }

@@ -1,0 +1,292 @@
+//! Connections over the server's life: limits, descriptor exhaustion, churn, silent clients,
+//! graceful shutdown, the terminal client and the logs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, TIMEOUT};
+
+#[test]
+fn total_connection_limit() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let mut a = server.connect("a", "r");
+    let _b = server.connect("b", "r");
+    let _c = Client::raw(server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut d = Client::raw(server.addr);
+    assert_eq!(d.line(), "*** error: server full: too many connections");
+    assert!(d.closed());
+    a.send("still served\n");
+    a.until("a:still served");
+}
+
+#[test]
+fn per_ip_connection_limit() {
+    let server = Server::start(&["--max-per-ip", "2"]);
+    let mut a = server.connect("a", "r");
+    let _b = server.connect("b", "r");
+    let mut c = Client::raw(server.addr);
+    assert_eq!(
+        c.line(),
+        "*** error: too many connections from your address"
+    );
+    assert!(c.closed());
+    drop(_b);
+    // A place frees up when a connection closes.
+    std::thread::sleep(Duration::from_millis(200));
+    let _b2 = server.connect("b2", "r");
+    a.send("ok\n");
+    a.until("a:ok");
+}
+
+/// Runs the server with a hard limit of 64 descriptors, fills them, and checks that the accept
+/// loop backs off instead of spinning, connected clients are still served, and new clients get
+/// in once descriptors free up.
+#[test]
+fn running_out_of_descriptors_does_not_spin_or_stop_the_server() {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -n 64 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_machat"),
+    ]);
+    let server = Server::start_with(cmd, &["--max-connections", "1000"]);
+    let mut first = server.connect("first", "r");
+    let mut extra: Vec<Client> = (0..80).map(|_| Client::raw(server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.wait_log("accept failed"),
+        "descriptors never ran out"
+    );
+    let cpu_before = server.cpu_secs();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = server.cpu_secs() - cpu_before;
+    assert!(cpu < 0.5, "accept loop spun: {cpu} CPU seconds in 2 s");
+    first.send("still here\n");
+    first.until("first:still here");
+    // Free descriptors: the server recovers and serves newcomers.
+    extra.clear();
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + TIMEOUT;
+    let mut late = loop {
+        let mut c = Client::raw(server.addr);
+        c.send(r#"{"name":"late","room":"r"}"#);
+        match c.line_within(Duration::from_secs(2)) {
+            Some(l) if l == "*** late joined" => break c,
+            _ if Instant::now() < deadline => continue,
+            other => panic!("no recovery: {other:?}"),
+        }
+    };
+    late.send("made it\n");
+    late.until("late:made it");
+    assert!(server.log_contains("descriptor limit"));
+}
+
+#[test]
+fn churn_and_silent_connections_leave_the_server_serving() {
+    let server = Server::start(&[]);
+    let mut a = server.connect("a", "r");
+    for i in 0..2000 {
+        let mut c = Client::raw(server.addr);
+        if i % 2 == 0 {
+            c.send(&format!("{{\"name\":\"c{i}\",\"room\":\"churn\"}}bye\n"));
+        }
+        // Every other client disconnects without a word, half-way through or before anything.
+    }
+    let silent: Vec<Client> = (0..1000).map(|_| Client::raw(server.addr)).collect();
+    a.send("after the churn\n");
+    a.until("a:after the churn");
+    let mut b = server.connect("b", "r");
+    b.send("hello\n");
+    b.expect("b:hello");
+    a.until("b:hello");
+    drop(silent);
+    // Rooms of departed clients are gone.
+    std::thread::sleep(Duration::from_millis(500));
+    a.send("/rooms\n");
+    a.until("*** 1 rooms: r(2)");
+}
+
+#[test]
+fn sigterm_tells_clients_flushes_and_exits_0() {
+    for sig in ["-TERM", "-INT"] {
+        let mut server = Server::start(&[]);
+        let mut a = server.connect("a", "r");
+        let mut j = Client::raw(server.addr);
+        j.send(r#"{"name":"j","room":"r","format":"json"}"#);
+        a.expect("*** j joined");
+        a.send("last words\n");
+        a.expect("a:last words");
+        let start = Instant::now();
+        server.signal(sig);
+        a.expect("*** server shutting down");
+        assert!(a.closed());
+        let lines: Vec<String> =
+            std::iter::from_fn(|| j.line_within(Duration::from_secs(5))).collect();
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(r#"{"type":"notice","text":"server shutting down"}"#)
+        );
+        let status = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "still running after 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        // New connections are refused once it is down.
+        assert!(std::net::TcpStream::connect(server.addr).is_err());
+    }
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    let mut server = Server::start(&["--max-line-rate", "0"]);
+    let _never = server.connect("never", "r");
+    let mut s = server.connect("s", "r");
+    let line = format!("{}\n", "x".repeat(1000));
+    for _ in 0..100 {
+        s.send(&line.repeat(10));
+        while s.line_within(Duration::from_millis(1)).is_some() {}
+    }
+    let start = Instant::now();
+    server.signal("-TERM");
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(6), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn logs_a_line_per_connect_and_disconnect_with_the_reason_and_none_per_message() {
+    let server = Server::start(&[]);
+    let mut a = server.connect("logme", "r");
+    for i in 0..20 {
+        a.send(&format!("message {i}\n"));
+    }
+    a.send("/quit\n");
+    assert!(a.closed());
+    assert!(server.wait_log("reason=quit"));
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("INFO") && l.contains(" connect ")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("message 1")),
+        "a line per message: {log:?}"
+    );
+}
+
+fn client_cmd(server: &Server, name: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machat-client"));
+    cmd.args([
+        "-client",
+        name,
+        "-room",
+        "dev",
+        "-address",
+        &server.addr.to_string(),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn terminal_client_chats_and_exits_cleanly_at_end_of_input() {
+    let server = Server::start(&[]);
+    let mut watcher = server.connect("watcher", "dev");
+    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    watcher.expect("*** Mina joined");
+    watcher.send("hi Mina\n");
+    watcher.expect("watcher:hi Mina");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello from the client\n").unwrap();
+    watcher.expect("Mina:hello from the client");
+    drop(stdin);
+    watcher.expect("*** Mina left");
+    let out = wait_output(child);
+    assert!(out.0.success(), "{:?}", out);
+    assert_eq!(
+        out.1,
+        "*** Mina joined\nwatcher:hi Mina\nMina:hello from the client\n"
+    );
+}
+
+#[test]
+fn terminal_client_exits_non_zero_when_the_server_closes() {
+    let mut server = Server::start(&[]);
+    let mut watcher = server.connect("watcher", "dev");
+    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    watcher.expect("*** Mina joined");
+    let _stdin = child.stdin.take();
+    server.signal("-KILL");
+    let _ = server.child.wait();
+    let (status, stdout, stderr) = wait_output(child);
+    assert!(!status.success());
+    assert!(stdout.contains("*** Mina joined"));
+    assert!(stderr.contains("closed the connection"), "{stderr}");
+}
+
+#[test]
+fn terminal_client_default_flags_with_two_dashes() {
+    let server = Server::start(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_machat-client"))
+        .args(["--room", "lounge", "--address", &server.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let (status, stdout, stderr) = wait_output(child);
+    assert!(status.success(), "{stderr}");
+    let line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("*** User") && line.ends_with(" joined"),
+        "{stdout:?} {stderr}"
+    );
+}
+
+fn wait_output(mut child: std::process::Child) -> (std::process::ExitStatus, String, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            panic!("client did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, out, err)
+}
