@@ -10,19 +10,22 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info};
 
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::protocol::{parse_handshake, Format, Reply};
 use crate::room::{Peer, Take};
 use crate::session::{End, Next, RateLimit, Session};
 
@@ -42,6 +45,7 @@ pub struct Context {
     pub config: Config,
     pub hub: Arc<Hub>,
     next_id: AtomicU64,
+    shutting_down: AtomicBool,
 }
 
 impl Context {
@@ -51,7 +55,19 @@ impl Context {
             config,
             hub,
             next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Tells every connection in a room to say goodbye (connections still in their handshake
+    /// watch the shutdown channel instead).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.hub.wake_everyone();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     pub fn next_id(&self) -> u64 {
@@ -88,20 +104,51 @@ pub async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
     ctx: Arc<Context>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    // The opening (handshake, join) and the closing are boxed: their timers and buffers are
+    // needed for moments, and would otherwise sit in every connection's task for its whole life.
+    let Some(mut conn) = Box::pin(open(stream, addr, &ctx, shutdown)).await else {
+        return;
+    };
+    let reason = conn.run(&ctx).await;
+    let session = &conn.session;
+    info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+    Box::pin(conn.close(reason)).await;
+}
+
+/// Reads the handshake and joins the room, or refuses the client with a reason.
+async fn open(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: &Context,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<Connection> {
     let id = ctx.next_id();
     info!(id, %addr, "connect");
-    let (hs, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
+    let (value, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
         Ok(done) => done,
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
             if let Reason::Refused(text) = &reason {
-                let mut line = Vec::new();
-                Reply::Error(text).render(Format::Text, &mut line);
-                finish(stream, line, Duration::from_secs(2), true).await;
+                refuse(stream, Format::Text, text).await;
             }
-            return;
+            return None;
+        }
+    };
+    // A program that asked for JSON gets its refusal in JSON too.
+    let asked = value.get("format").and_then(serde_json::Value::as_str);
+    let format = if asked == Some("json") {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let hs = match parse_handshake(value) {
+        Ok(hs) => hs,
+        Err(text) => {
+            info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+            refuse(stream, format, &text).await;
+            return None;
         }
     };
     let peer = Arc::new(Peer::default());
@@ -112,11 +159,9 @@ pub async fn serve(
         Ok(seat) => seat,
         Err(_) => {
             let text = format!("name {} is already taken in room {}", hs.name, hs.room);
-            info!(id, %addr, name = %hs.name, room = %hs.room, "disconnect: refused: name taken");
-            let mut line = Vec::new();
-            Reply::Error(&text).render(hs.format, &mut line);
-            finish(stream, line, Duration::from_secs(2), true).await;
-            return;
+            info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+            refuse(stream, hs.format, &text).await;
+            return None;
         }
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
@@ -132,13 +177,14 @@ pub async fn serve(
         end: None,
     };
     conn.feed(&leftover);
-    let reason = conn.run(&mut shutdown).await;
-    let (name, room) = (
-        conn.session.name.clone(),
-        conn.session.room.name().to_owned(),
-    );
-    info!(id, %addr, name = %name, room = %room, reason = %reason, "disconnect");
-    conn.close(reason).await;
+    Some(conn)
+}
+
+/// Sends `*** error: REASON` (or its JSON form) and closes.
+async fn refuse(stream: TcpStream, format: Format, text: &str) {
+    let mut line = Vec::new();
+    Reply::Error(text).render(format, &mut line);
+    finish(stream, line, Duration::from_secs(2), true).await;
 }
 
 /// Reads until the first JSON value is complete, or the limits say no.
@@ -146,20 +192,18 @@ async fn handshake(
     stream: &TcpStream,
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(Handshake, Vec<u8>), Reason> {
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout();
+) -> Result<(serde_json::Value, Vec<u8>), Reason> {
+    let deadline = sleep_until(tokio::time::Instant::now() + config.handshake_timeout());
+    tokio::pin!(deadline);
     let mut decoder = HandshakeDecoder::new(config.max_handshake);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(Reason::Refused("handshake timeout".into()));
-            }
+            _ = &mut deadline => return Err(Reason::Refused("handshake timeout".into())),
             _ = shutdown.changed() => return Err(Reason::Shutdown),
             ready = stream.readable() => {
                 ready.map_err(Reason::Io)?;
-                if let Some((value, leftover)) = read_handshake(stream, &mut decoder)? {
-                    let hs = parse_handshake(value).map_err(Reason::Refused)?;
-                    return Ok((hs, leftover));
+                if let Some(done) = read_handshake(stream, &mut decoder)? {
+                    return Ok(done);
                 }
             }
         }
@@ -202,46 +246,71 @@ struct Connection {
     /// Bytes taken from the room that the socket did not accept yet.
     pending: Vec<u8>,
     out: Out,
-    throttle: Option<Instant>,
+    /// While the client is over its line rate: when to read again (boxed, as few are).
+    throttle: Option<Pin<Box<Sleep>>>,
     end: Option<End>,
 }
 
 impl Connection {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Reason {
+    async fn run(&mut self, ctx: &Context) -> Reason {
         let peer = self.session.peer.clone();
         loop {
             if let Some(end) = self.end.take() {
                 return Reason::Ended(end);
             }
-            let can_read = self.throttle.is_none() && !self.codec.is_paused();
-            let wake_at = self.throttle.unwrap_or_else(Instant::now);
+            if ctx.is_shutting_down() {
+                return Reason::Shutdown;
+            }
+            // One readiness future for both directions keeps the task small (it is stored in
+            // every connection's task, idle or not).
+            let want_read = self.throttle.is_none() && !self.codec.is_paused();
+            let want_write = self.out == Out::Blocked;
+            let interest = match (want_read, want_write) {
+                (true, true) => Interest::READABLE | Interest::WRITABLE,
+                (false, true) => Interest::WRITABLE,
+                _ => Interest::READABLE,
+            };
+            let throttle = self.throttle.as_mut();
+            let throttled = throttle.is_some();
             tokio::select! {
-                _ = shutdown.changed() => return Reason::Shutdown,
-                ready = self.stream.readable(), if can_read => {
-                    if let Err(e) = ready {
-                        return Reason::Io(e);
-                    }
-                    match self.read() {
-                        Ok(true) => {}
-                        Ok(false) => return Reason::ClosedByClient,
+                ready = self.stream.ready(interest), if want_read || want_write => {
+                    let ready = match ready {
+                        Ok(ready) => ready,
                         Err(e) => return Reason::Io(e),
+                    };
+                    if want_read && ready.is_readable() {
+                        match self.read() {
+                            Ok(true) => {}
+                            Ok(false) => return Reason::ClosedByClient,
+                            Err(e) => return Reason::Io(e),
+                        }
+                    }
+                    if want_write && ready.is_writable() && self.out == Out::Blocked {
+                        if let Err(e) = self.flush() {
+                            return Reason::Io(e);
+                        }
                     }
                 }
-                _ = tokio::time::sleep_until(wake_at.into()), if self.throttle.is_some() => {
+                // Room traffic, a private line, being cut off, or shutdown.
+                _ = peer.notify.notified() => {
+                    if self.out == Out::Idle {
+                        if let Err(e) = self.flush() {
+                            return Reason::Io(e);
+                        }
+                    }
+                }
+                _ = async move {
+                    if let Some(sleep) = throttle {
+                        sleep.as_mut().await;
+                    }
+                }, if throttled => {
                     self.throttle = None;
                     self.resume();
                 }
-                _ = peer.notify.notified(), if self.out == Out::Idle => {
-                    if let Err(e) = self.flush() { return Reason::Io(e); }
-                }
-                ready = self.stream.writable(), if self.out == Out::Blocked => {
-                    if let Err(e) = ready {
+                _ = std::future::ready(()), if self.out == Out::Ready => {
+                    if let Err(e) = self.flush() {
                         return Reason::Io(e);
                     }
-                    if let Err(e) = self.flush() { return Reason::Io(e); }
-                }
-                _ = std::future::ready(()), if self.out == Out::Ready => {
-                    if let Err(e) = self.flush() { return Reason::Io(e); }
                 }
             }
         }
@@ -278,7 +347,7 @@ impl Connection {
     fn after_lines(&mut self, next: Next) {
         match next {
             Next::Continue => {}
-            Next::Throttle(until) => self.throttle = Some(until),
+            Next::Throttle(until) => self.throttle = Some(Box::pin(sleep_until(until.into()))),
             Next::End(end) => self.end = Some(end),
         }
         // A command may have moved us to another room (whose wake-up list we are not on) or

@@ -84,6 +84,14 @@ impl Hub {
         (list, more)
     }
 
+    /// Wakes every member of every room (at shutdown, so each notices and says goodbye).
+    pub fn wake_everyone(&self) {
+        let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
+        for room in rooms {
+            room.wake_everyone();
+        }
+    }
+
     pub fn room_count(&self) -> usize {
         self.lock().len()
     }

@@ -262,6 +262,13 @@ impl Room {
         Ok(())
     }
 
+    /// Wakes every member's connection, whatever it is waiting for.
+    pub fn wake_everyone(&self) {
+        for m in self.lock().slots.iter().flatten() {
+            m.peer.notify.notify_one();
+        }
+    }
+
     /// The members' names, sorted.
     pub fn names(&self) -> Vec<String> {
         let inner = self.lock();

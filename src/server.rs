@@ -190,6 +190,7 @@ impl Server {
         for t in tasks {
             let _ = t.await;
         }
+        self.ctx.begin_shutdown();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while self.admission.open() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
