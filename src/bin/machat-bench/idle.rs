@@ -270,6 +270,14 @@ pub async fn run(common: &Common, args: &IdleArgs) -> Result<IdleReport, String>
         }
     }
     let failed = args.conns - opened;
+    if opened == 0 {
+        return Err(format!(
+            "no connection could be opened{}",
+            first_error
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
     let q = |p: f64| {
         if hist.is_empty() {
             0

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Compare machat with Redis pub/sub and NATS on the same load, using machat-bench.
+#
+#   bench/compare.sh              # all scenarios: F1 F2 F3 I1
+#   bench/compare.sh F1 F2        # some of them
+#   RUNS=5 TARGETS="machat nats" bench/compare.sh F3
+#
+# Every run gets a fresh server on a free loopback port, started here and stopped after the
+# run; runs go round-robin over the targets (machat, redis, nats), RUNS times. Raw JSON lines
+# go to target/bench/raw-<date>.jsonl, server logs to target/bench/logs/, and a table of
+# medians is printed at the end (and saved as target/bench/medians-<date>.md).
+#
+# Scenarios:
+#   F1  throughput: 1 room, 100 clients, 10 senders x 10,000 messages, as fast as possible
+#       (10M deliveries). machat runs with --max-line-rate 0 (no per-connection rate limit).
+#   F2  latency: 100 rooms x 10 clients, 1 sender per room, 2,000 msgs/s in total, 20 s.
+#       machat runs with its default flags.
+#   F3  big room: 1 room of 1,000 clients, 1 sender, 200 msgs/s, 20 s.
+#       machat runs with --max-line-rate 0.
+#   I1  19,000 idle connections, 10 per room (Redis: a subscribed connection; NATS: a
+#       connection with one SUB). machat runs with its default flags.
+#
+# Environment: RUNS (3), TARGETS ("machat redis nats"), BENCH_THREADS (1, generator threads),
+# DURATION (override F2/F3 seconds, for quick checks), F1_MESSAGES (override 10000),
+# I1_CONNS (override 19000), SKIP_BUILD=1 (use the binaries as they are).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RUNS="${RUNS:-3}"
+TARGETS="${TARGETS:-machat redis nats}"
+BENCH_THREADS="${BENCH_THREADS:-1}"
+SCENARIOS=("$@")
+if [ ${#SCENARIOS[@]} -eq 0 ]; then
+    SCENARIOS=(F1 F2 F3 I1)
+fi
+for s in "${SCENARIOS[@]}"; do
+    case "$s" in
+        F1 | F2 | F3 | I1) ;;
+        *)
+            echo "unknown scenario: $s (use F1 F2 F3 I1)" >&2
+            exit 2
+            ;;
+    esac
+done
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- tools -----------------------------------------------------------------------------------
+need=()
+case " $TARGETS " in *" redis "*) command -v redis-server >/dev/null || need+=(redis-server) ;; esac
+case " $TARGETS " in *" nats "*) command -v nats-server >/dev/null || need+=(nats-server) ;; esac
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} ..." >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${need[@]}" >/dev/null 2>&1 || {
+        apt-get update >/dev/null
+        apt-get install -y "${need[@]}" >/dev/null
+    }
+fi
+command -v python3 >/dev/null || {
+    echo "python3 is needed for ports and medians" >&2
+    exit 1
+}
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    case " $TARGETS " in
+        *" machat "*) cargo build --release ;;
+        *) cargo build --release --bin machat-bench ;;
+    esac
+fi
+BENCH="$ROOT/target/release/machat-bench"
+MACHAT="$ROOT/target/release/machat"
+
+# Servers and the bench both need many descriptors for I1.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$ROOT/target/bench"
+mkdir -p "$OUT/logs"
+RAW="$OUT/raw-$STAMP.jsonl"
+: >"$RAW"
+
+# --- servers ---------------------------------------------------------------------------------
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_listening() {
+    if command -v ss >/dev/null; then
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# start_server TARGET SCENARIO PORT LOG: sets SERVER_PID
+start_server() {
+    local target=$1 scenario=$2 port=$3 log=$4
+    case "$target" in
+        machat)
+            local extra=()
+            case "$scenario" in F1 | F3) extra=(--max-line-rate 0) ;; esac
+            "$MACHAT" -a "127.0.0.1:$port" "${extra[@]}" >"$log" 2>&1 &
+            ;;
+        redis)
+            # protected-mode off: clients come from 127.0.0.2.. (spread source addresses), which
+            # Redis would otherwise refuse; it still listens on 127.0.0.1 only.
+            redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+                --protected-mode no --maxclients 19500 >"$log" 2>&1 &
+            ;;
+        nats)
+            nats-server -a 127.0.0.1 -p "$port" >"$log" 2>&1 &
+            ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do
+        if port_listening "$port"; then
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "server $target exited at start; log $log:" >&2
+            tail -5 "$log" >&2
+            SERVER_PID=""
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "server $target did not listen on $port within 10 s" >&2
+    return 1
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+
+scenario_args() {
+    local d="${DURATION:-20}"
+    case "$1" in
+        F1) echo "fanout --clients 100 --rooms 1 --senders 10 --messages ${F1_MESSAGES:-10000} --rate 0" ;;
+        F2) echo "fanout --clients 1000 --rooms 100 --senders 1 --rate 2000 --duration $d" ;;
+        F3) echo "fanout --clients 1000 --rooms 1 --senders 1 --rate 200 --duration $d" ;;
+        I1) echo "idle --conns ${I1_CONNS:-19000} --per-room 10" ;;
+    esac
+}
+
+# --- runs ------------------------------------------------------------------------------------
+echo "machat-bench compare: scenarios ${SCENARIOS[*]}, targets $TARGETS, $RUNS run(s) each" >&2
+echo "raw results: $RAW" >&2
+for scenario in "${SCENARIOS[@]}"; do
+    for run in $(seq 1 "$RUNS"); do
+        for target in $TARGETS; do
+            port=$(free_port)
+            log="$OUT/logs/$STAMP-$scenario-$target-$run.log"
+            if ! start_server "$target" "$scenario" "$port" "$log"; then
+                printf '{"label":"%s","target":"%s","run":%s,"error":"server did not start"}\n' \
+                    "$scenario" "$target" "$run" >>"$RAW"
+                stop_server
+                continue
+            fi
+            # shellcheck disable=SC2046
+            args=$(scenario_args "$scenario")
+            echo "== $scenario run $run/$RUNS: $target (port $port, pid $SERVER_PID)" >&2
+            set +e
+            # shellcheck disable=SC2086
+            line=$("$BENCH" --target "$target" --addr "127.0.0.1:$port" --server-pid "$SERVER_PID" \
+                --threads "$BENCH_THREADS" --json --label "$scenario" $args 2>"$OUT/last-error.txt")
+            rc=$?
+            set -e
+            if [ $rc -eq 0 ] && [ -n "$line" ]; then
+                echo "$line" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read()); r["run"] = int(sys.argv[1]); print(json.dumps(r))
+' "$run" >>"$RAW"
+                echo "$line" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+if r["scenario"] == "fanout":
+    print("   delivered %.0f/s  lost %d  p50 %d us  p99 %d us  peak RSS %s KiB  server CPU %s s"
+          % (r["delivered_per_s"], r["lost"], r["p50_us"], r["p99_us"], r["server_peak_rss_kib"],
+             r["server_cpu_s"]), file=sys.stderr)
+else:
+    print("   opened %d/%d in %.2f s  RSS/conn %s B  peak RSS %s KiB"
+          % (r["opened"], r["conns"], r["open_secs"], r["rss_per_conn_bytes"] and round(r["rss_per_conn_bytes"]),
+             r["server_peak_rss_kib"]), file=sys.stderr)
+'
+            else
+                err=$(tr -d '"\\' <"$OUT/last-error.txt" | tr '\n' ' ')
+                echo "   FAILED (exit $rc): $err" >&2
+                printf '{"label":"%s","target":"%s","run":%s,"error":"%s"}\n' \
+                    "$scenario" "$target" "$run" "$err" >>"$RAW"
+            fi
+            stop_server
+        done
+    done
+done
+
+# --- medians ---------------------------------------------------------------------------------
+MED="$OUT/medians-$STAMP.md"
+python3 - "$RAW" "$TARGETS" >"$MED" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+targets = sys.argv[2].split()
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+def fmt(v, nd=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{nd}f}"
+order = []
+for r in rows:
+    if r["label"] not in order:
+        order.append(r["label"])
+for label in order:
+    mine = [r for r in rows if r["label"] == label]
+    ok = [r for r in mine if "error" not in r]
+    if not ok:
+        print(f"\n### {label}: all runs failed\n")
+        continue
+    idle = ok[0]["scenario"] == "idle"
+    print(f"\n### {label}\n")
+    if idle:
+        cols = [("open_secs", "open s", 2), ("open_p99_us", "open p99 us", 0),
+                ("rss_per_conn_bytes", "RSS/conn B", 0), ("server_rss_after_kib", "RSS after KiB", 0),
+                ("server_peak_rss_kib", "peak RSS KiB", 0), ("server_cpu_s", "server CPU s", 2),
+                ("failed", "failed", 0)]
+    else:
+        cols = [("delivered_per_s", "delivered/s", 0), ("offered_per_s", "offered/s", 0),
+                ("lost", "lost", 0), ("p50_us", "p50 us", 0), ("p99_us", "p99 us", 0),
+                ("p999_us", "p99.9 us", 0), ("max_us", "max us", 0),
+                ("server_peak_rss_kib", "peak RSS KiB", 0), ("server_cpu_s", "server CPU s", 2),
+                ("gen_cpu_s", "bench CPU s", 2), ("send_lag_p99_us", "send lag p99 us", 0)]
+    print("| target | runs ok | " + " | ".join(c[1] for c in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for t in targets:
+        rs = [r for r in ok if r["target"] == t]
+        failed = len([r for r in mine if r["target"] == t and "error" in r])
+        if not rs and not failed:
+            continue
+        cells = [fmt(med([r.get(c[0]) for r in rs]), c[2]) for c in cols]
+        print(f"| {t} | {len(rs)}/{len(rs) + failed} | " + " | ".join(cells) + " |")
+PY
+cat "$MED"
+echo >&2
+echo "raw: $RAW" >&2
+echo "medians: $MED" >&2
