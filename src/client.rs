@@ -114,14 +114,20 @@ pub async fn run(args: ClientArgs) -> io::Result<Ending> {
 
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut printer = printer;
+    // After our own /quit the server closing is the expected end, not a failure.
+    let mut quit = false;
     loop {
         tokio::select! {
             _ = &mut printer => {
+                if quit {
+                    return Ok(Ending::Done);
+                }
                 eprintln!("machat-client: the server closed the connection");
                 return Ok(Ending::ServerClosed);
             }
             line = stdin.next_line() => match line? {
                 Some(line) => {
+                    quit |= line.trim().eq_ignore_ascii_case("/quit");
                     let mut bytes = line.into_bytes();
                     bytes.push(b'\n');
                     if write.write_all(&bytes).await.is_err() {

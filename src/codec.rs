@@ -101,6 +101,8 @@ pub struct LineCodec {
     buf: Vec<u8>,
     paused: bool,
     discarding: bool,
+    /// No line has ended yet (see [`blank_rest`]).
+    first: bool,
     max: usize,
 }
 
@@ -108,6 +110,7 @@ impl LineCodec {
     pub fn new(max: usize) -> Self {
         LineCodec {
             buf: Vec::new(),
+            first: true,
             paused: false,
             discarding: false,
             max,
@@ -139,6 +142,7 @@ impl LineCodec {
                     } else {
                         self.buf.extend_from_slice(tail);
                         let flow = match check(&self.buf, self.max) {
+                            Some(line) if blank_rest(&mut self.first, line) => Flow::Continue,
                             Some(line) => f(Item::Line(line)),
                             None => f(Item::TooLong),
                         };
@@ -173,6 +177,7 @@ impl LineCodec {
         let mut rest = input;
         while let Some(pos) = memchr(b'\n', rest) {
             let flow = match check(&rest[..pos], self.max) {
+                Some(line) if blank_rest(&mut self.first, line) => Flow::Continue,
                 Some(line) => f(Item::Line(line)),
                 None => f(Item::TooLong),
             };
@@ -228,6 +233,13 @@ impl LineCodec {
             self.buf = Vec::new();
         }
     }
+}
+
+/// True for the first line after the handshake when it is blank: the rest of the handshake's
+/// own line (a client that ends its JSON with Enter, like `nc`), not a message. Any line after
+/// that, blank or not, is a message, as in MaChat.
+fn blank_rest(first: &mut bool, line: &[u8]) -> bool {
+    std::mem::replace(first, false) && line.iter().all(|b| matches!(b, b' ' | b'\t'))
 }
 
 /// The line without a trailing `\r`, or None when it is over the limit.
@@ -336,8 +348,19 @@ mod tests {
             d.feed(&[*b]);
         }
         assert_eq!(d.events.len(), 2);
-        // Whitespace after the object belongs to the line stream, as it would in MaChat's decoder.
+        // Bytes after the object belong to the line stream, whitespace included.
         assert_eq!(d.events[1], Event::Line(b"  x".to_vec()));
+    }
+
+    #[test]
+    fn a_blank_rest_of_the_handshake_line_is_not_a_message() {
+        let mut d = StreamDecoder::new(4096, 8192);
+        d.feed(b"{\"name\":\"a\",\"room\":\"r\"} \r");
+        d.feed(b"\n\nhi\n");
+        assert_eq!(
+            d.events[1..],
+            [Event::Line(b"".to_vec()), Event::Line(b"hi".to_vec())]
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! can still be read from, and one that floods is paced without slowing its own deliveries.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
@@ -26,32 +28,36 @@ use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{parse_handshake, Format, Reply};
-use crate::room::{Peer, Take};
+use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 
 /// Most bytes copied out of a room for one write.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Most bytes read in one read.
 const READ_CHUNK: usize = 16 * 1024;
-/// Chunks written before letting other tasks run.
+/// Chunks written in one round.
 const WRITES_PER_TURN: usize = 8;
+
+/// Rounds of read-and-write in one poll before yielding to other connections.
+const TURNS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(WRITE_CHUNK + 1024));
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(READ_CHUNK));
 }
 
 /// What every connection shares.
-pub struct Context {
+pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
 }
 
-impl Context {
+impl Shared {
     pub fn new(config: Config) -> Self {
         let hub = Arc::new(Hub::new(config.max_pending));
-        Context {
+        Shared {
             config,
             hub,
             next_id: AtomicU64::new(1),
@@ -103,7 +109,7 @@ impl std::fmt::Display for Reason {
 pub async fn serve(
     stream: TcpStream,
     addr: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
     // The opening (handshake, join) and the closing are boxed: their timers and buffers are
@@ -121,7 +127,7 @@ pub async fn serve(
 async fn open(
     stream: TcpStream,
     addr: SocketAddr,
-    ctx: &Context,
+    ctx: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Connection> {
     let id = ctx.next_id();
@@ -151,11 +157,7 @@ async fn open(
             return None;
         }
     };
-    let peer = Arc::new(Peer::default());
-    let seat = match ctx
-        .hub
-        .join(&hs.room, id, &hs.name, hs.format, peer.clone())
-    {
+    let seat = match ctx.hub.join(&hs.room, id, &hs.name, hs.format) {
         Ok(seat) => seat,
         Err(_) => {
             let text = format!("name {} is already taken in room {}", hs.name, hs.room);
@@ -166,7 +168,7 @@ async fn open(
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
-    let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, peer, limit);
+    let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, limit);
     let mut conn = Connection {
         stream,
         session,
@@ -235,7 +237,7 @@ enum Out {
     Idle,
     /// The socket is full; wait until it is writable.
     Blocked,
-    /// More may be waiting: look again after other tasks had a turn.
+    /// More may be waiting: look again.
     Ready,
 }
 
@@ -252,82 +254,106 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(&mut self, ctx: &Context) -> Reason {
-        let peer = self.session.peer.clone();
-        loop {
-            if let Some(end) = self.end.take() {
-                return Reason::Ended(end);
-            }
-            if ctx.is_shutting_down() {
-                return Reason::Shutdown;
-            }
-            // One readiness future for both directions keeps the task small (it is stored in
-            // every connection's task, idle or not).
-            let want_read = self.throttle.is_none() && !self.codec.is_paused();
-            let want_write = self.out == Out::Blocked;
-            let interest = match (want_read, want_write) {
-                (true, true) => Interest::READABLE | Interest::WRITABLE,
-                (false, true) => Interest::WRITABLE,
-                _ => Interest::READABLE,
-            };
-            let throttle = self.throttle.as_mut();
-            let throttled = throttle.is_some();
-            tokio::select! {
-                ready = self.stream.ready(interest), if want_read || want_write => {
-                    let ready = match ready {
-                        Ok(ready) => ready,
-                        Err(e) => return Reason::Io(e),
-                    };
-                    if want_read && ready.is_readable() {
-                        match self.read() {
-                            Ok(true) => {}
-                            Ok(false) => return Reason::ClosedByClient,
-                            Err(e) => return Reason::Io(e),
-                        }
-                    }
-                    if want_write && ready.is_writable() && self.out == Out::Blocked {
-                        if let Err(e) = self.flush() {
-                            return Reason::Io(e);
-                        }
-                    }
-                }
-                // Room traffic, a private line, being cut off, or shutdown.
-                _ = peer.notify.notified() => {
-                    if self.out == Out::Idle {
-                        if let Err(e) = self.flush() {
-                            return Reason::Io(e);
-                        }
-                    }
-                }
-                _ = async move {
-                    if let Some(sleep) = throttle {
-                        sleep.as_mut().await;
-                    }
-                }, if throttled => {
-                    self.throttle = None;
-                    self.resume();
-                }
-                _ = std::future::ready(()), if self.out == Out::Ready => {
-                    if let Err(e) = self.flush() {
-                        return Reason::Io(e);
-                    }
-                }
-            }
-        }
+    async fn run(&mut self, ctx: &Shared) -> Reason {
+        std::future::poll_fn(|cx| self.poll_run(cx, ctx)).await
     }
 
-    /// One read. Returns false at end of stream.
-    fn read(&mut self) -> io::Result<bool> {
-        let mut buf = [0u8; READ_CHUNK];
-        match self.stream.try_read(&mut buf) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.feed(&buf[..n]);
-                Ok(true)
+    /// Drives both directions. The task's waker sits in the socket's read and write slots and
+    /// in the member's room slot, so an idle connection costs no future and no wake-up list
+    /// entry, and a room wakes exactly the members that were waiting.
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Reason> {
+        // Any wake-up may be the room's: look at the room once per poll. A connection blocked
+        // on a full socket is not taking from the room, so ask whether it was cut off.
+        match self.out {
+            Out::Idle => self.out = Out::Ready,
+            Out::Blocked if !self.session.room.contains(self.session.seat) => {
+                return Poll::Ready(Reason::Ended(End::SlowConsumer));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-            Err(e) => Err(e),
+            _ => {}
         }
+        for _ in 0..TURNS_PER_POLL {
+            if let Some(end) = self.end.take() {
+                return Poll::Ready(Reason::Ended(end));
+            }
+            if ctx.is_shutting_down() {
+                return Poll::Ready(Reason::Shutdown);
+            }
+            let mut progress = false;
+            if let Some(sleep) = self.throttle.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.throttle = None;
+                    self.resume();
+                    progress = true;
+                }
+            }
+            if self.throttle.is_none() && !self.codec.is_paused() {
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => match self.read() {
+                        Ok(true) => progress = true,
+                        Ok(false) => return Poll::Ready(Reason::ClosedByClient),
+                        Err(e) => return Poll::Ready(Reason::Io(e)),
+                    },
+                    Poll::Ready(Err(e)) => return Poll::Ready(Reason::Io(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.out == Out::Blocked {
+                match self.stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => self.out = Out::Ready,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Reason::Io(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.out == Out::Ready {
+                if let Err(e) = self.flush(cx.waker()) {
+                    return Poll::Ready(Reason::Io(e));
+                }
+                progress = true;
+            }
+            if !progress {
+                // Shutdown may have woken every room's members just before we put our waker
+                // in ours: look once more now that it is there.
+                if ctx.is_shutting_down() {
+                    return Poll::Ready(Reason::Shutdown);
+                }
+                return Poll::Pending;
+            }
+        }
+        // Enough for one turn: let the other connections run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One read, into a per-thread buffer. Returns false at end of stream.
+    fn read(&mut self) -> io::Result<bool> {
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            let stream = &self.stream;
+            // A short read means the socket is drained. Saying so to the reactor (by answering
+            // WouldBlock inside try_io) saves the read that would only return EAGAIN.
+            let r = stream.try_io(Interest::READABLE, || {
+                let n = stream.try_read_buf(&mut *buf)?;
+                if n > 0 && n < READ_CHUNK {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match r {
+                Ok(0) => Ok(false),
+                Ok(_) => {
+                    self.feed(&buf);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !buf.is_empty() {
+                        self.feed(&buf);
+                    }
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -357,8 +383,9 @@ impl Connection {
         }
     }
 
-    /// Writes what is waiting for this client, without ever waiting for the socket.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Writes what is waiting for this client, without ever waiting for the socket: `Blocked`
+    /// when it is full, `Idle` (with `waker` left with the room) when there is nothing more.
+    fn flush(&mut self, waker: &Waker) -> io::Result<()> {
         for _ in 0..WRITES_PER_TURN {
             if !self.pending.is_empty() {
                 match self.stream.try_write(&self.pending) {
@@ -381,7 +408,7 @@ impl Connection {
             let taken = SCRATCH.with(|scratch| -> io::Result<Take> {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
-                let taken = room.take(seat, &mut scratch, WRITE_CHUNK);
+                let taken = room.take(seat, &mut scratch, WRITE_CHUNK, waker);
                 if taken == Take::Data {
                     match stream.try_write(&scratch) {
                         Ok(n) => pending.extend_from_slice(&scratch[n..]),
@@ -474,7 +501,7 @@ impl<'a> LineHandler<'a> {
 /// Writes the last bytes (bounded by `within`), closes our side, and then reads and discards
 /// what the client still sends for a moment, so that closing with unread input does not reset
 /// the connection before the client has read our last line.
-async fn finish(mut stream: TcpStream, bytes: Vec<u8>, within: Duration, linger: bool) {
+pub async fn finish(mut stream: TcpStream, bytes: Vec<u8>, within: Duration, linger: bool) {
     if !bytes.is_empty() {
         if let Err(e) = tokio::time::timeout(within, stream.write_all(&bytes)).await {
             debug!("last write timed out: {e}");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::Format;
-use crate::room::{Peer, Room, RoomError, Seat};
+use crate::room::{Room, RoomError, Seat};
 
 #[derive(Debug)]
 pub struct Hub {
@@ -34,7 +34,6 @@ impl Hub {
         id: u64,
         name: &str,
         format: Format,
-        peer: Arc<Peer>,
     ) -> Result<(Arc<Room>, Seat), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
@@ -47,7 +46,7 @@ impl Hub {
         };
         // Joining under the registry's lock means a room being emptied cannot be dropped from
         // the registry while someone joins it.
-        match entry.join(id, name, format, peer) {
+        match entry.join(id, name, format) {
             Ok(seat) => Ok((entry, seat)),
             Err(e) => {
                 if entry.member_count() == 0 {

@@ -355,7 +355,8 @@ impl Reply<'_> {
                         format_args!("{} in {room}: {}", members.len(), members.join(" ")),
                     ),
                     Reply::Rooms(rooms, more) => {
-                        let mut s = format!("{} rooms:", rooms.len() + more);
+                        let total = rooms.len() + more;
+                        let mut s = format!("{total} room{}:", if total == 1 { "" } else { "s" });
                         for (room, n) in rooms.iter() {
                             let _ = write!(s, " {room}({n})");
                         }

@@ -11,27 +11,10 @@
 //! room traffic in the order things happened.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
-
-/// The part of a connection that rooms may touch from other tasks: its wake-up and whether it
-/// was cut off for falling behind.
-#[derive(Debug, Default)]
-pub struct Peer {
-    pub notify: Notify,
-    slow: AtomicBool,
-}
-
-impl Peer {
-    /// True once a room removed this connection because its queue overflowed.
-    pub fn was_cut_off(&self) -> bool {
-        self.slow.load(Ordering::Acquire)
-    }
-}
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +28,9 @@ pub struct Seat {
 pub enum Take {
     /// Bytes were appended to the output.
     Data,
-    /// Nothing new: the member is registered for a wake-up.
+    /// Nothing new: the member's waker is stored and will be woken by the next line for it.
     Empty,
-    /// The member is no longer in this room (cut off as a slow consumer).
+    /// The member is no longer in this room: it was cut off as a slow consumer.
     Gone,
 }
 
@@ -98,7 +81,9 @@ struct Member {
     /// Lines for this member only, each with the log position it was sent at.
     private: VecDeque<(u64, Vec<u8>)>,
     private_bytes: usize,
-    peer: Arc<Peer>,
+    /// The member's connection task, to wake when there is something for it.
+    waker: Option<Waker>,
+    /// True while the task waits for the room (its waker is current and on the waiters list).
     waiting: bool,
 }
 
@@ -157,13 +142,7 @@ impl Room {
     }
 
     /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
-    pub fn join(
-        &self,
-        id: u64,
-        name: &str,
-        format: Format,
-        peer: Arc<Peer>,
-    ) -> Result<Seat, RoomError> {
+    pub fn join(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
         let mut inner = self.lock();
         if inner.find(name).is_some() {
             return Err(RoomError::NameTaken);
@@ -177,7 +156,7 @@ impl Room {
             cursor: log.head(),
             private: VecDeque::new(),
             private_bytes: 0,
-            peer,
+            waker: None,
             waiting: false,
         };
         let slot = match inner.free.pop() {
@@ -262,10 +241,17 @@ impl Room {
         Ok(())
     }
 
-    /// Wakes every member's connection, whatever it is waiting for.
+    /// False once the member left or was cut off.
+    pub fn contains(&self, seat: Seat) -> bool {
+        self.lock().member(seat).is_some()
+    }
+
+    /// Wakes every member's connection, whatever it is waiting for (at shutdown).
     pub fn wake_everyone(&self) {
         for m in self.lock().slots.iter().flatten() {
-            m.peer.notify.notify_one();
+            if let Some(w) = &m.waker {
+                w.wake_by_ref();
+            }
         }
     }
 
@@ -322,8 +308,9 @@ impl Room {
         Ok(())
     }
 
-    /// Copies up to about `max` unread bytes for a member into `out`.
-    pub fn take(&self, seat: Seat, out: &mut Vec<u8>, max: usize) -> Take {
+    /// Copies up to about `max` unread bytes for a member into `out`; when there are none,
+    /// keeps `waker` to wake when there are.
+    pub fn take(&self, seat: Seat, out: &mut Vec<u8>, max: usize, waker: &Waker) -> Take {
         let mut inner = self.lock();
         if inner.member(seat).is_none() {
             return Take::Gone;
@@ -336,9 +323,15 @@ impl Room {
             Take::Data
         } else {
             if let Some(m) = inner.slots[seat.slot].as_mut() {
-                m.waiting = true;
+                match &mut m.waker {
+                    Some(w) => w.clone_from(waker),
+                    None => m.waker = Some(waker.clone()),
+                }
+                if !m.waiting {
+                    m.waiting = true;
+                    inner.waiters.push(seat.slot);
+                }
             }
-            inner.waiters.push(seat.slot);
             Take::Empty
         }
     }
@@ -380,8 +373,7 @@ impl Room {
         let mut names = Vec::new();
         for (slot, behind) in cut {
             if let Some(m) = inner.remove(slot, self.max_pending) {
-                m.peer.slow.store(true, Ordering::Release);
-                m.peer.notify.notify_one();
+                m.wake();
                 tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, "cut off: slow consumer");
                 names.push(m.name);
             }
@@ -401,6 +393,14 @@ impl Room {
         log.check_at = log.buf.len() + check_floor(self.max_pending);
         for name in names {
             self.publish_locked(inner, RoomEvent::Leave { name: &name });
+        }
+    }
+}
+
+impl Member {
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
         }
     }
 }
@@ -454,7 +454,7 @@ impl Inner {
             if let Some(Some(m)) = self.slots.get_mut(slot) {
                 if m.waiting {
                     m.waiting = false;
-                    m.peer.notify.notify_one();
+                    m.wake();
                 }
             }
         }
@@ -469,12 +469,12 @@ impl Inner {
         m.private.push_back((head, bytes));
         if lag(m, head) > max_pending {
             if let Some(m) = self.remove(slot, max_pending) {
-                m.peer.slow.store(true, Ordering::Release);
-                m.peer.notify.notify_one();
+                tracing::info!(name = %m.name, limit = max_pending, "cut off: slow consumer");
+                m.wake();
             }
         } else if m.waiting {
             m.waiting = false;
-            m.peer.notify.notify_one();
+            m.wake();
         }
     }
 
@@ -513,25 +513,18 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn peer() -> Arc<Peer> {
-        Arc::new(Peer::default())
-    }
-
     fn drain(room: &Room, seat: Seat) -> String {
         let mut out = Vec::new();
-        while room.take(seat, &mut out, 7) == Take::Data {}
+        while room.take(seat, &mut out, 7, Waker::noop()) == Take::Data {}
         String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn everyone_sees_the_same_order_and_the_log_empties() {
         let room = Room::new("r", 1 << 20);
-        let a = room.join(1, "a", Format::Text, peer()).unwrap();
-        let b = room.join(2, "b", Format::Text, peer()).unwrap();
-        assert_eq!(
-            room.join(3, "a", Format::Text, peer()),
-            Err(RoomError::NameTaken)
-        );
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        assert_eq!(room.join(3, "a", Format::Text), Err(RoomError::NameTaken));
         room.say(a, "hi", false).unwrap();
         room.say(b, "yo", false).unwrap();
         room.reply(b, &Reply::Notice("just b")).unwrap();
@@ -550,25 +543,22 @@ mod tests {
     #[test]
     fn a_member_that_falls_behind_is_cut_off_and_the_log_stays_bounded() {
         let room = Room::new("r", 10_000);
-        let slow_peer = peer();
-        let slow = room
-            .join(1, "slow", Format::Text, slow_peer.clone())
-            .unwrap();
-        let fast = room.join(2, "fast", Format::Text, peer()).unwrap();
+        let slow = room.join(1, "slow", Format::Text).unwrap();
+        let fast = room.join(2, "fast", Format::Text).unwrap();
         for i in 0..5_000 {
             room.say(fast, &format!("message {i}"), false).unwrap();
             drain(&room, fast);
             assert!(room.lock().logs[0].buf.len() < 20_000);
         }
-        assert!(slow_peer.was_cut_off());
-        assert_eq!(room.take(slow, &mut Vec::new(), 100), Take::Gone);
+        let mut out = Vec::new();
+        assert_eq!(room.take(slow, &mut out, 100, Waker::noop()), Take::Gone);
         assert_eq!(room.member_count(), 1);
     }
 
     #[test]
     fn leaving_hands_over_the_unread_bytes() {
         let room = Room::new("r", 1 << 20);
-        let a = room.join(1, "a", Format::Text, peer()).unwrap();
+        let a = room.join(1, "a", Format::Text).unwrap();
         room.say(a, "bye", false).unwrap();
         let mut out = Vec::new();
         assert_eq!(room.leave(a, &mut out, true), 0);
@@ -578,7 +568,7 @@ mod tests {
     #[test]
     fn json_members_get_json() {
         let room = Room::new("r", 1 << 20);
-        let a = room.join(1, "a", Format::Json, peer()).unwrap();
+        let a = room.join(1, "a", Format::Json).unwrap();
         room.say(a, "hi", false).unwrap();
         let out = drain(&room, a);
         let lines: Vec<serde_json::Value> = out

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::{serve, Context};
+use crate::connection::{finish, serve, Shared};
 use crate::protocol::{Format, Reply};
 
 /// How long shutdown waits for connections to flush their last lines.
@@ -123,7 +123,7 @@ pub fn raise_fd_limit() -> (u64, u64) {
 /// A bound server, not yet accepting.
 pub struct Server {
     listeners: Vec<TcpListener>,
-    ctx: Arc<Context>,
+    ctx: Arc<Shared>,
     admission: Arc<Admission>,
 }
 
@@ -160,7 +160,7 @@ impl Server {
         info!(?config, max_connections = max_total, "configuration");
         Ok(Server {
             listeners,
-            ctx: Arc::new(Context::new(config)),
+            ctx: Arc::new(Shared::new(config)),
             admission,
         })
     }
@@ -212,7 +212,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    ctx: Arc<Shared>,
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -253,14 +253,12 @@ async fn accept_loop(
     }
 }
 
+/// Refuses a connection over a limit: the reason, then a close that does not reset (see
+/// [`crate::connection::finish`]). Bounded in time, so refusals cannot pile up.
 async fn refuse(stream: TcpStream, reason: &'static str) {
     let mut line = Vec::new();
     Reply::Error(reason).render(Format::Text, &mut line);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.writable().await;
-        let _ = stream.try_write(&line);
-    })
-    .await;
+    finish(stream, line, Duration::from_secs(1), true).await;
 }
 
 /// Runs a server until SIGINT or SIGTERM. This is the whole of the `machat` binary.

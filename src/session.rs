@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::hub::Hub;
 use crate::protocol::{clean_line, validate_name, validate_room, Format, Reply};
-use crate::room::{Peer, Room, RoomError, Seat};
+use crate::room::{Room, RoomError, Seat};
 
 /// Why a session ends; the reason is logged, and shown to the client where it is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,6 @@ pub struct Session {
     pub format: Format,
     pub room: Arc<Room>,
     pub seat: Seat,
-    pub peer: Arc<Peer>,
     limit: Option<RateLimit>,
 }
 
@@ -84,7 +83,6 @@ impl Session {
         name: String,
         format: Format,
         (room, seat): (Arc<Room>, Seat),
-        peer: Arc<Peer>,
         limit: Option<RateLimit>,
     ) -> Self {
         Session {
@@ -94,7 +92,6 @@ impl Session {
             format,
             room,
             seat,
-            peer,
             limit,
         }
     }
@@ -216,9 +213,7 @@ impl Session {
             return self.error(&format!("you are already in {room}"));
         }
         // Take the seat in the new room first, so a taken name leaves the client where it was.
-        let joined = self
-            .hub
-            .join(room, self.id, &self.name, self.format, self.peer.clone());
+        let joined = self.hub.join(room, self.id, &self.name, self.format);
         match joined {
             Ok((new_room, seat)) => {
                 let old = std::mem::replace(&mut self.room, new_room);

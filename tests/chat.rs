@@ -115,7 +115,7 @@ fn rooms_are_separate_and_go_when_empty_and_names_come_back() {
     // A client may leave and come back with the same name; the empty room is gone meanwhile.
     std::thread::sleep(Duration::from_millis(200));
     b.send("/rooms\n");
-    assert_eq!(b.line(), "*** 1 rooms: two(1)");
+    assert_eq!(b.line(), "*** 1 room: two(1)");
     let mut a = server.connect("a", "one");
     a.send("/rooms\n");
     assert_eq!(a.line(), "*** 2 rooms: one(1) two(1)");
@@ -266,4 +266,17 @@ fn names_cannot_forge_lines_and_text_cannot_drive_terminals() {
     // A forged notice is just text after the sender's name.
     a.send("*** b joined\n");
     a.expect("a:*** b joined");
+}
+
+/// Typed in `nc`, the handshake ends with Enter: that rest of its line is not a message, while
+/// a blank line typed later is (as in MaChat).
+#[test]
+fn enter_after_the_handshake_is_not_an_empty_message() {
+    let server = Server::start(&[]);
+    let mut c = Client::raw(server.addr);
+    c.send("{\"name\": \"Mina\", \"room\": \"devroom\"}\r\n");
+    c.expect("*** Mina joined");
+    c.send("hello\n\n");
+    c.expect("Mina:hello");
+    c.expect("Mina:");
 }

@@ -107,7 +107,7 @@ fn churn_and_silent_connections_leave_the_server_serving() {
     // Rooms of departed clients are gone.
     std::thread::sleep(Duration::from_millis(500));
     a.send("/rooms\n");
-    a.until("*** 1 rooms: r(2)");
+    a.until("*** 1 room: r(2)");
 }
 
 #[test]
@@ -240,6 +240,18 @@ fn terminal_client_exits_non_zero_when_the_server_closes() {
     assert!(!status.success());
     assert!(stdout.contains("*** Mina joined"));
     assert!(stderr.contains("closed the connection"), "{stderr}");
+}
+
+#[test]
+fn terminal_client_exits_0_after_quit() {
+    let server = Server::start(&[]);
+    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"/quit\n").unwrap();
+    let (status, stdout, stderr) = wait_output(child);
+    drop(stdin);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.ends_with("*** bye\n"), "{stdout}");
 }
 
 #[test]
