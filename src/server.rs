@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -173,30 +173,119 @@ impl Server {
     }
 
     /// Serves until `shutdown` flips to true, then tells every client and waits (bounded) for
-    /// them to flush.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    /// them to flush. New connections are served on this runtime and the `workers`' in turn.
+    pub async fn run(self, shutdown: watch::Receiver<bool>, workers: Vec<Worker>) {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
+        let dispatch = Arc::new(Dispatch {
+            workers,
+            next: AtomicUsize::new(0),
+        });
         let mut tasks = Vec::new();
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let admission = self.admission.clone();
             let shutdown = shutdown.clone();
+            let dispatch = dispatch.clone();
             tasks.push(tokio::spawn(accept_loop(
-                listener, ctx, admission, shutdown,
+                listener, ctx, admission, shutdown, dispatch,
             )));
         }
         for t in tasks {
             let _ = t.await;
         }
+        // The workers' channels close with the last `Dispatch`: they stop taking connections.
+        drop(dispatch);
         self.ctx.begin_shutdown();
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.admission.open() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        drain(&self.admission).await;
         info!(still_open = self.admission.open(), "stopped");
     }
+}
+
+/// Waits (bounded) until every connection, on every runtime, has said goodbye.
+async fn drain(admission: &Admission) {
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while admission.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection accepted on one runtime, to be served on another.
+pub struct Handoff {
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+    ticket: Ticket,
+}
+
+/// Where an accepted connection goes: another runtime's channel.
+pub type Worker = mpsc::UnboundedSender<Handoff>;
+
+/// Spreads connections over the runtimes, in turn (index 0 is the accepting runtime itself).
+struct Dispatch {
+    workers: Vec<Worker>,
+    next: AtomicUsize,
+}
+
+impl Dispatch {
+    fn send(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        ticket: Ticket,
+        ctx: &Arc<Shared>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let n = self.workers.len() + 1;
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        if turn > 0 {
+            match stream.into_std() {
+                Ok(stream) => {
+                    let _ = self.workers[turn - 1].send(Handoff {
+                        stream,
+                        addr,
+                        ticket,
+                    });
+                }
+                Err(e) => warn!(%addr, "cannot hand over a connection: {e}"),
+            }
+            return;
+        }
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve(stream, addr, ctx, shutdown).await;
+            drop(ticket);
+        });
+    }
+}
+
+/// A worker runtime's loop: serve the connections handed over, until the accept loops stop.
+async fn worker(
+    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<Shared>,
+    admission: Arc<Admission>,
+    shutdown: watch::Receiver<bool>,
+) {
+    while let Some(Handoff {
+        stream,
+        addr,
+        ticket,
+    }) = handoffs.recv().await
+    {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    serve(stream, addr, ctx, shutdown).await;
+                    drop(ticket);
+                });
+            }
+            Err(e) => warn!(%addr, "cannot take over a connection: {e}"),
+        }
+    }
+    // Tasks on a single-threaded runtime only run while it is driven: keep driving until this
+    // runtime's connections (and everyone else's) have said goodbye.
+    drain(&admission).await;
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
@@ -215,6 +304,7 @@ async fn accept_loop(
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
+    dispatch: Arc<Dispatch>,
 ) {
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -226,14 +316,7 @@ async fn accept_loop(
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
                 match admission.admit(addr.ip()) {
-                    Ok(ticket) => {
-                        let ctx = ctx.clone();
-                        let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
-                            serve(stream, addr, ctx, shutdown).await;
-                            drop(ticket);
-                        });
-                    }
+                    Ok(ticket) => dispatch.send(stream, addr, ticket, &ctx, &shutdown),
                     Err(reason) => {
                         info!(%addr, reason, "disconnect: refused");
                         tokio::spawn(refuse(stream, reason));
@@ -261,17 +344,56 @@ async fn refuse(stream: TcpStream, reason: &'static str) {
     finish(stream, line, Duration::from_secs(1), true).await;
 }
 
-/// Runs a server until SIGINT or SIGTERM. This is the whole of the `machat` binary.
-pub async fn run(config: Config) -> io::Result<()> {
-    let server = Server::bind(config).await?;
+/// Runs a server until SIGINT or SIGTERM: the whole of the `machat` binary.
+///
+/// One single-threaded runtime per worker thread (`--threads`, default one per core), each
+/// serving its share of the connections: a connection's task never moves between threads, and
+/// no thread steals work from another, which on a busy server costs more than it saves. Rooms
+/// are shared by all; a message to a member on another thread wakes that thread.
+pub fn run(config: Config) -> io::Result<()> {
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let main = runtime()?;
+    let server = main.block_on(Server::bind(config))?;
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("signal received: shutting down");
-        let _ = tx.send(true);
+    let mut workers = Vec::new();
+    let mut threads_done = Vec::new();
+    for i in 1..threads {
+        let (handoff, handoffs) = mpsc::unbounded_channel();
+        workers.push(handoff);
+        let (ctx, admission, shutdown) = (server.ctx.clone(), server.admission.clone(), rx.clone());
+        let rt = runtime()?;
+        threads_done.push(
+            std::thread::Builder::new()
+                .name(format!("machat-{i}"))
+                .spawn(move || {
+                    rt.block_on(worker(handoffs, ctx, admission, shutdown));
+                    rt.shutdown_timeout(Duration::from_millis(100));
+                })?,
+        );
+    }
+    main.block_on(async move {
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("signal received: shutting down");
+            let _ = tx.send(true);
+        });
+        server.run(rx, workers).await;
     });
-    server.run(rx).await;
+    for t in threads_done {
+        let _ = t.join();
+    }
+    // Connections that did not finish within the grace period are dropped here.
+    main.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn wait_for_signal() {

@@ -55,10 +55,7 @@ pub enum Event<'a> {
 }
 
 fn find_nl(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| i + from)
+    memchr::memchr(b'\n', &buf[from..]).map(|i| i + from)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -77,7 +74,7 @@ pub fn decode(target: Target, buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Resu
 
 fn decode_lines(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> usize {
     let mut start = 0;
-    while let Some(nl) = find_nl(buf, start) {
+    for nl in memchr::memchr_iter(b'\n', buf) {
         let line = strip_cr(&buf[start..nl]);
         if line.starts_with(b"*** ") {
             f(Event::Notice(line));
@@ -306,27 +303,86 @@ pub enum Text {
     Foreign,
 }
 
+/// Per byte of `chunk` (8 bytes, first byte least significant): zero when it is an ASCII digit.
+#[inline(always)]
+fn non_digit_bytes(chunk: u64) -> u64 {
+    const LO: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+    const HI: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    // High nibble must be 3; low nibble + 6 must not carry into the high nibble (i.e. <= 9).
+    // No carry crosses a byte: a low nibble + 6 is at most 0x15.
+    ((chunk & HI) ^ 0x3030_3030_3030_3030) | (((chunk & LO) + 0x0606_0606_0606_0606) & HI)
+}
+
+/// Value of 8 ASCII digits, the first byte (least significant in `chunk`) the most significant
+/// digit. Bytes may also hold 0..=9 already (leading zeros shifted in).
+#[inline(always)]
+fn swar8(digits: u64) -> u64 {
+    let v = digits;
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_ffff_0000_ffff;
+    (v.wrapping_mul(10_000) + (v >> 32)) & 0xffff_ffff
+}
+
+const POW10: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Parses the decimal number at `*pos` (at most 19 digits, so it cannot overflow), followed by a
+/// space (skipped) or the end of `s`. Eight digits at a time while 8 bytes are readable.
+#[inline]
 fn next_num(s: &[u8], pos: &mut usize) -> Option<u64> {
     let start = *pos;
+    let mut p = start;
     let mut v: u64 = 0;
-    while *pos < s.len() && s[*pos].is_ascii_digit() {
-        v = v.checked_mul(10)?.checked_add(u64::from(s[*pos] - b'0'))?;
-        *pos += 1;
+    while let Some(b) = s.get(p..p + 8) {
+        let chunk = u64::from_le_bytes(b.try_into().ok()?);
+        let bad = non_digit_bytes(chunk);
+        let n = (bad.trailing_zeros() / 8) as usize; // leading digits in the chunk (8 = all)
+        if n == 0 {
+            break;
+        }
+        let d = chunk.wrapping_sub(0x3030_3030_3030_3030);
+        let d = if n == 8 { d } else { d << (8 * (8 - n)) }; // keep the n digits, as low places
+        v = v.wrapping_mul(POW10[n]).wrapping_add(swar8(d));
+        p += n;
+        if n < 8 {
+            break;
+        }
     }
-    if *pos == start {
+    // Tail (fewer than 8 bytes left in `s`).
+    while let Some(&b) = s.get(p) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+        p += 1;
+    }
+    if p == start || p - start > 19 {
         return None;
     }
-    if *pos < s.len() {
-        if s[*pos] != b' ' {
+    if p < s.len() {
+        if s[p] != b' ' {
             return None;
         }
-        *pos += 1;
+        p += 1;
     }
+    *pos = p;
     Some(v)
 }
 
 /// Parses `name:text` as delivered.
+#[inline]
 pub fn parse_payload(p: &[u8]) -> Text {
+    // Names are short (`c123`): a plain scan beats a vectorised search here.
     let Some(colon) = p.iter().position(|&b| b == b':') else {
         return Text::Foreign;
     };
@@ -337,11 +393,13 @@ pub fn parse_payload(p: &[u8]) -> Text {
     let mut pos = 2;
     match t[0] {
         b'b' => {
-            let (Some(sender), Some(seq), Some(sent_ns)) = (
-                next_num(t, &mut pos),
-                next_num(t, &mut pos),
-                next_num(t, &mut pos),
-            ) else {
+            let Some(sender) = next_num(t, &mut pos) else {
+                return Text::Foreign;
+            };
+            let Some(seq) = next_num(t, &mut pos) else {
+                return Text::Foreign;
+            };
+            let Some(sent_ns) = next_num(t, &mut pos) else {
                 return Text::Foreign;
             };
             Text::Measured {
@@ -383,6 +441,86 @@ mod tests {
         }
         assert!(buf.is_empty());
         out
+    }
+
+    /// The reference: digits one by one, checked arithmetic.
+    fn slow_num(s: &[u8], pos: usize) -> Option<(u64, usize)> {
+        let digits = s[pos..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 19 {
+            return None;
+        }
+        let v = std::str::from_utf8(&s[pos..pos + digits])
+            .ok()?
+            .parse()
+            .ok()?;
+        let mut end = pos + digits;
+        if end < s.len() {
+            if s[end] != b' ' {
+                return None;
+            }
+            end += 1;
+        }
+        Some((v, end))
+    }
+
+    #[test]
+    fn next_num_matches_reference() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        let nums = [
+            "0",
+            "7",
+            "12",
+            "1234567",
+            "12345678",
+            "123456789",
+            "9999999999999999",
+            "18446744073709551615",
+            "1844674407370955161",
+            "00000000000000000001",
+            "0000000000000000001",
+        ];
+        for n in nums {
+            for pre in ["", "b "] {
+                for post in [
+                    "",
+                    " ",
+                    " xxxxxxxxxxxxxxxx",
+                    "x",
+                    ":",
+                    "/",
+                    "9 1",
+                    "\n",
+                    " 1",
+                ] {
+                    cases.push(format!("{pre}{n}{post}").into_bytes());
+                }
+            }
+        }
+        cases.push(b"".to_vec());
+        cases.push(b" 1".to_vec());
+        cases.push(b"b 12345678/0000000".to_vec());
+        for c in &cases {
+            for start in 0..c.len().min(3) {
+                let mut pos = start;
+                let got = next_num(c, &mut pos).map(|v| (v, pos));
+                assert_eq!(
+                    got,
+                    slow_num(c, start),
+                    "{:?} at {start}",
+                    String::from_utf8_lossy(c)
+                );
+            }
+        }
+        // Every byte value next to a digit.
+        for b in 0..=255u8 {
+            for at in 0..10 {
+                let mut c = b"1234567890123".to_vec();
+                c[at] = b;
+                let mut pos = 0;
+                let got = next_num(&c, &mut pos).map(|v| (v, pos));
+                assert_eq!(got, slow_num(&c, 0), "{b} at {at}");
+            }
+        }
     }
 
     #[test]
@@ -431,6 +569,8 @@ mod tests {
             }
         );
         assert_eq!(parse_payload(b"c9:r 9"), Text::Ready { client: 9 });
+        assert_eq!(parse_payload(b"c9:r 9x"), Text::Foreign);
+        assert_eq!(parse_payload(b"c9:b 1 2"), Text::Foreign);
         assert_eq!(parse_payload(b"c9:hello"), Text::Foreign);
     }
 }
