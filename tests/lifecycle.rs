@@ -302,3 +302,30 @@ fn wait_output(mut child: std::process::Child) -> (std::process::ExitStatus, Str
         .unwrap();
     (status, out, err)
 }
+
+#[test]
+fn listens_on_machat_addr_from_the_environment() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .env("MACHAT_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(pos) = line.find("listening on ") {
+                let _ = tx.send(line[pos + 13..].trim().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(TIMEOUT);
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = addr.expect("no listening line");
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":8989"), "{addr}");
+}
