@@ -409,7 +409,7 @@ impl Connection {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
                 let taken = room.take(seat, &mut scratch, WRITE_CHUNK, waker);
-                if taken == Take::Data {
+                if matches!(taken, Take::Data | Take::Drained) {
                     match stream.try_write(&scratch) {
                         Ok(n) => pending.extend_from_slice(&scratch[n..]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -422,6 +422,12 @@ impl Connection {
             })?;
             match taken {
                 Take::Data => {}
+                // All taken; once the socket took it all too, wait for the room.
+                Take::Drained if self.pending.is_empty() => {
+                    self.out = Out::Idle;
+                    return Ok(());
+                }
+                Take::Drained => {}
                 Take::Empty => {
                     self.out = Out::Idle;
                     return Ok(());

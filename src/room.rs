@@ -26,8 +26,10 @@ pub struct Seat {
 /// What [`Room::take`] found for a member.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Bytes were appended to the output.
+    /// Bytes were appended to the output, and more are waiting.
     Data,
+    /// Bytes were appended to the output, and that was all: the waker is stored, as for `Empty`.
+    Drained,
     /// Nothing new: the member's waker is stored and will be woken by the next line for it.
     Empty,
     /// The member is no longer in this room: it was cut off as a slow consumer.
@@ -315,23 +317,34 @@ impl Room {
         if inner.member(seat).is_none() {
             return Take::Gone;
         }
-        if inner.copy_out(seat.slot, out, max) {
+        let copied = inner.copy_out(seat.slot, out, max);
+        if copied {
             let floor = check_floor(self.max_pending);
             for log in inner.logs.iter_mut() {
                 log.clear_if_caught_up(floor);
             }
-            Take::Data
+        }
+        let inner = &mut *inner;
+        let Some(m) = inner.slots[seat.slot].as_mut() else {
+            return Take::Gone;
+        };
+        let head = inner.logs[m.format as usize].head();
+        if m.cursor < head || !m.private.is_empty() {
+            return Take::Data;
+        }
+        // Everything is taken: leave the waker now, which saves the caller coming back (and
+        // taking the lock again) only to find nothing.
+        match &mut m.waker {
+            Some(w) => w.clone_from(waker),
+            None => m.waker = Some(waker.clone()),
+        }
+        if !m.waiting {
+            m.waiting = true;
+            inner.waiters.push(seat.slot);
+        }
+        if copied {
+            Take::Drained
         } else {
-            if let Some(m) = inner.slots[seat.slot].as_mut() {
-                match &mut m.waker {
-                    Some(w) => w.clone_from(waker),
-                    None => m.waker = Some(waker.clone()),
-                }
-                if !m.waiting {
-                    m.waiting = true;
-                    inner.waiters.push(seat.slot);
-                }
-            }
             Take::Empty
         }
     }
@@ -515,7 +528,7 @@ mod tests {
 
     fn drain(room: &Room, seat: Seat) -> String {
         let mut out = Vec::new();
-        while room.take(seat, &mut out, 7, Waker::noop()) == Take::Data {}
+        while matches!(room.take(seat, &mut out, 7, Waker::noop()), Take::Data) {}
         String::from_utf8(out).unwrap()
     }
 

@@ -379,14 +379,79 @@ fn next_num(s: &[u8], pos: &mut usize) -> Option<u64> {
     Some(v)
 }
 
+/// Widths of the zero-padded fields of a measured text: `b SSSSSSSS QQQQQQQQ TTTTTTTTTTTTTTTT`.
+/// Fixed positions let the receiver decode all three with four independent 8-digit steps; a
+/// value too wide for its field is written in full and decoded by the general parser.
+const SENDER_W: usize = 8;
+const SEQ_W: usize = 8;
+const NS_W: usize = 16;
+/// Length of a measured text without padding.
+pub const MEASURED_LEN: usize = 2 + SENDER_W + 1 + SEQ_W + 1 + NS_W;
+
+#[inline(always)]
+fn load8(s: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Position of the `:` ending the sender's name; names of up to 7 bytes (`c1234567`) are found
+/// with one 8-byte load.
+#[inline(always)]
+fn find_colon(p: &[u8]) -> Option<usize> {
+    if p.len() >= 8 {
+        let x = load8(p, 0) ^ 0x3a3a_3a3a_3a3a_3a3a; // zero byte where p[i] == ':'
+        let zero = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+        if zero != 0 {
+            // The lowest flagged byte is exact (borrows only run towards higher bytes).
+            return Some((zero.trailing_zeros() / 8) as usize);
+        }
+    }
+    p.iter().position(|&b| b == b':')
+}
+
+/// The fixed-width measured text at the start of `t`, if it is one.
+#[inline(always)]
+fn parse_fixed(t: &[u8]) -> Option<Text> {
+    const Z: u64 = 0x3030_3030_3030_3030;
+    const Q: usize = 2 + SENDER_W + 1;
+    const T: usize = Q + SEQ_W + 1;
+    if t.len() < MEASURED_LEN
+        || (t.len() > MEASURED_LEN && t[MEASURED_LEN] != b' ')
+        || t[0] != b'b'
+        || t[1] != b' '
+        || t[Q - 1] != b' '
+        || t[T - 1] != b' '
+    {
+        return None;
+    }
+    let (a, b, c, d) = (load8(t, 2), load8(t, Q), load8(t, T), load8(t, T + 8));
+    if non_digit_bytes(a) | non_digit_bytes(b) | non_digit_bytes(c) | non_digit_bytes(d) != 0 {
+        return None;
+    }
+    Some(Text::Measured {
+        sender: swar8(a - Z),
+        seq: swar8(b - Z),
+        sent_ns: swar8(c - Z) * 100_000_000 + swar8(d - Z),
+    })
+}
+
 /// Parses `name:text` as delivered.
 #[inline]
 pub fn parse_payload(p: &[u8]) -> Text {
-    // Names are short (`c123`): a plain scan beats a vectorised search here.
-    let Some(colon) = p.iter().position(|&b| b == b':') else {
+    let Some(colon) = find_colon(p) else {
         return Text::Foreign;
     };
     let t = &p[colon + 1..];
+    if let Some(m) = parse_fixed(t) {
+        return m;
+    }
+    parse_general(t)
+}
+
+/// Any spacing of the numbers (the fixed-width form is only the fast path).
+#[cold]
+fn parse_general(t: &[u8]) -> Text {
     if t.len() < 3 || t[1] != b' ' {
         return Text::Foreign;
     }
@@ -416,10 +481,33 @@ pub fn parse_payload(p: &[u8]) -> Text {
     }
 }
 
-/// Writes a measured text, padded with `x` to at least `min_len` bytes.
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn put_num(v: u64, width: usize, out: &mut Vec<u8>) {
+    let mut tmp = [b'0'; 20];
+    let mut i = tmp.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(tmp.len() - width.min(tmp.len()));
+    out.extend_from_slice(&tmp[start..]);
+}
+
+/// Writes a measured text (`b SSSSSSSS QQQQQQQQ TTTTTTTTTTTTTTTT`, zero-padded fields), padded
+/// with ` xxx...` to at least `min_len` bytes.
 pub fn measured_text(sender: u64, seq: u64, sent_ns: u64, min_len: usize, out: &mut Vec<u8>) {
     out.clear();
-    let _ = write!(out, "b {sender} {seq} {sent_ns}");
+    out.extend_from_slice(b"b ");
+    put_num(sender, SENDER_W, out);
+    out.push(b' ');
+    put_num(seq, SEQ_W, out);
+    out.push(b' ');
+    put_num(sent_ns, NS_W, out);
     if out.len() < min_len {
         out.push(b' ');
         out.resize(min_len.max(out.len()), b'x');
@@ -566,6 +654,52 @@ mod tests {
                 sender: 3,
                 seq: 7,
                 sent_ns: 123456
+            }
+        );
+        for (sender, seq, ns) in [
+            (0, 0, 0),
+            (99_999_999, 99_999_999, 9_999_999_999_999_999),
+            (100_000_000, 100_000_000, 10_000_000_000_000_000),
+            (u64::MAX / 10, 1, 2),
+        ] {
+            for min_len in [0, MEASURED_LEN, MEASURED_LEN + 1, MEASURED_LEN + 2, 64] {
+                measured_text(sender, seq, ns, min_len, &mut text);
+                assert!(text.len() >= min_len);
+                for name in ["c1", "c1234567", "c12345678", "a:b"] {
+                    let p = [name.as_bytes(), b":", &text].concat();
+                    let want = if name == "a:b" {
+                        Text::Foreign
+                    } else {
+                        Text::Measured {
+                            sender,
+                            seq,
+                            sent_ns: ns,
+                        }
+                    };
+                    assert_eq!(parse_payload(&p), want, "{}", String::from_utf8_lossy(&p));
+                }
+            }
+        }
+        measured_text(1, 2, 3, 0, &mut text);
+        assert_eq!(text, b"b 00000001 00000002 0000000000000003");
+        assert_eq!(
+            parse_payload(b"c1:b 00000001 00000002 000000000000000x"),
+            Text::Foreign
+        );
+        assert_eq!(
+            parse_payload(b"c1:b 00000001 00000002 0000000000000003x"),
+            Text::Foreign
+        );
+        assert_eq!(
+            parse_payload(b"c1:b 00000001 0000000200000000000000003"),
+            Text::Foreign
+        );
+        assert_eq!(
+            parse_payload(b"c1:b 1 2 3 xx"),
+            Text::Measured {
+                sender: 1,
+                seq: 2,
+                sent_ns: 3
             }
         );
         assert_eq!(parse_payload(b"c9:r 9"), Text::Ready { client: 9 });
