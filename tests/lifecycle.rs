@@ -317,7 +317,10 @@ fn listens_on_machat_addr_from_the_environment() {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(pos) = line.find("listening on ") {
                 let _ = tx.send(line[pos + 13..].trim().to_string());
             }
@@ -327,5 +330,8 @@ fn listens_on_machat_addr_from_the_environment() {
     let _ = child.kill();
     let _ = child.wait();
     let addr = addr.expect("no listening line");
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":8989"), "{addr}");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":8989"),
+        "{addr}"
+    );
 }

@@ -122,6 +122,13 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+#[derive(PartialEq)]
+enum Read {
+    Data,
+    Nothing,
+    Closed,
+}
+
 /// A blocking line client with bounded waits.
 pub struct Client {
     pub stream: TcpStream,
@@ -175,20 +182,30 @@ impl Client {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.fill() == Read::Closed {
                 return None;
             }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
+        }
+    }
+
+    /// One read (of at most the 100 ms read timeout) into the buffer.
+    fn fill(&mut self) -> Read {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Read::Closed,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Read::Data
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Read::Nothing
+            }
+            Err(_) => Read::Closed,
         }
     }
 
@@ -220,16 +237,8 @@ impl Client {
     pub fn closed(&mut self) -> bool {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return true,
+            if self.fill() == Read::Closed {
+                return true;
             }
         }
         false
