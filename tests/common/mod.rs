@@ -123,7 +123,7 @@ pub fn proc_status(pid: u32, key: &str) -> u64 {
 }
 
 #[derive(PartialEq)]
-enum Read {
+enum Filled {
     Data,
     Nothing,
     Closed,
@@ -182,20 +182,20 @@ impl Client {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            if Instant::now() >= deadline || self.fill() == Read::Closed {
+            if Instant::now() >= deadline || self.fill() == Filled::Closed {
                 return None;
             }
         }
     }
 
     /// One read (of at most the 100 ms read timeout) into the buffer.
-    fn fill(&mut self) -> Read {
+    fn fill(&mut self) -> Filled {
         let mut chunk = [0u8; 65536];
         match self.stream.read(&mut chunk) {
-            Ok(0) => Read::Closed,
+            Ok(0) => Filled::Closed,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
-                Read::Data
+                Filled::Data
             }
             Err(e)
                 if matches!(
@@ -203,9 +203,9 @@ impl Client {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                Read::Nothing
+                Filled::Nothing
             }
-            Err(_) => Read::Closed,
+            Err(_) => Filled::Closed,
         }
     }
 
@@ -237,7 +237,7 @@ impl Client {
     pub fn closed(&mut self) -> bool {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
-            if self.fill() == Read::Closed {
+            if self.fill() == Filled::Closed {
                 return true;
             }
         }
