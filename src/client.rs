@@ -57,6 +57,13 @@ pub fn random_name() -> String {
     format!("User{n}")
 }
 
+/// True for a line the server reads as `/quit` (the command word, any case, any arguments).
+fn is_quit(line: &str) -> bool {
+    line.strip_prefix('/')
+        .and_then(|cmd| cmd.split([' ', '\t']).next())
+        .is_some_and(|verb| verb.eq_ignore_ascii_case("quit"))
+}
+
 /// How the client ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -127,7 +134,7 @@ pub async fn run(args: ClientArgs) -> io::Result<Ending> {
             }
             line = stdin.next_line() => match line? {
                 Some(line) => {
-                    quit |= line.trim().eq_ignore_ascii_case("/quit");
+                    quit |= is_quit(&line);
                     let mut bytes = line.into_bytes();
                     bytes.push(b'\n');
                     if write.write_all(&bytes).await.is_err() {
@@ -179,5 +186,7 @@ mod tests {
             br#"{"name":"x","room":"lounge","format":"json"}"#
         );
         assert!(random_name().starts_with("User"));
+        assert!(is_quit("/quit") && is_quit("/QUIT now") && is_quit("/quit\tx"));
+        assert!(!is_quit(" /quit") && !is_quit("//quit") && !is_quit("/quitter"));
     }
 }

@@ -144,7 +144,10 @@ impl LineCodec {
                         let flow = match check(&self.buf, self.max) {
                             Some(line) if blank_rest(&mut self.first, line) => Flow::Continue,
                             Some(line) => f(Item::Line(line)),
-                            None => f(Item::TooLong),
+                            None => {
+                                self.first = false;
+                                f(Item::TooLong)
+                            }
                         };
                         self.buf.clear();
                         if flow == Flow::Pause {
@@ -179,7 +182,10 @@ impl LineCodec {
             let flow = match check(&rest[..pos], self.max) {
                 Some(line) if blank_rest(&mut self.first, line) => Flow::Continue,
                 Some(line) => f(Item::Line(line)),
-                None => f(Item::TooLong),
+                None => {
+                    self.first = false;
+                    f(Item::TooLong)
+                }
             };
             rest = &rest[pos + 1..];
             if flow == Flow::Pause {
@@ -200,6 +206,7 @@ impl LineCodec {
         if self.buf.len() + rest.len() > self.max + 1 {
             self.buf = Vec::new();
             self.discarding = true;
+            self.first = false;
             // The overlong line is reported now, not when (if ever) its end arrives.
             if f(Item::TooLong) == Flow::Pause {
                 self.paused = !self.buf.is_empty();
@@ -361,6 +368,18 @@ mod tests {
             d.events[1..],
             [Event::Line(b"".to_vec()), Event::Line(b"hi".to_vec())]
         );
+    }
+
+    #[test]
+    fn an_overlong_first_line_is_the_first_line() {
+        let mut d = StreamDecoder::new(4096, 8);
+        d.feed(b"{\"name\":\"a\",\"room\":\"r\"}123456789\n\n");
+        assert_eq!(d.events[1..], [Event::TooLong, Event::Line(b"".to_vec())]);
+        let mut d = StreamDecoder::new(4096, 8);
+        d.feed(b"{\"name\":\"a\",\"room\":\"r\"}12345");
+        d.feed(b"6789xx");
+        d.feed(b"\n\n");
+        assert_eq!(d.events[1..], [Event::TooLong, Event::Line(b"".to_vec())]);
     }
 
     #[test]

@@ -1,33 +1,36 @@
-//! One task per client socket: the handshake, then a loop that reads lines into the session and
-//! writes what the room has for this client, until either side ends it.
+//! One task per client socket: the handshake, then one poll function that reads lines into the
+//! session and writes what the room has for this client, until either side ends it.
 //!
-//! A connection that is idle holds no buffers: reads go to a stack buffer, writes are copied from
-//! the room into a per-thread scratch buffer and written at once, and only bytes the socket would
-//! not take are kept (in `pending`, bounded by the slow-consumer limit and freed once written).
-//! Reading and writing are independent branches of one `select!`, so a client that never reads
-//! can still be read from, and one that floods is paced without slowing its own deliveries.
+//! A connection that is idle holds no buffers: reads go to a per-thread buffer, writes are
+//! copied from the room into a per-thread scratch buffer and written at once, and only bytes the
+//! socket would not take are kept (in `pending`, bounded by the slow-consumer limit and freed
+//! once written). Reading and writing are independent, so a client that never reads can still
+//! be read from, and one that floods is paced without slowing its own deliveries. After the
+//! handshake a connection moves to the runtime (thread) that serves its room.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info};
 
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::protocol::{parse_handshake, Format, Reply};
+use crate::limits::Ticket;
+use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 
@@ -46,12 +49,53 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(READ_CHUNK));
 }
 
+thread_local! {
+    /// Which of the server's runtimes this thread drives.
+    static RUNTIME: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Records which runtime the current thread drives (at the thread's start).
+pub fn set_runtime_index(i: usize) {
+    RUNTIME.with(|r| r.set(i));
+}
+
+/// A runtime's inbox, for connections handed over from another thread.
+pub type Inbox = mpsc::UnboundedSender<Handoff>;
+
+/// A connection moving to another runtime: accepted ones to spread the load, greeted ones to
+/// live with the rest of their room.
+pub enum Handoff {
+    New {
+        stream: std::net::TcpStream,
+        addr: SocketAddr,
+        ticket: Ticket,
+    },
+    Greeted(Box<Greeted>),
+}
+
+/// A connection that sent a valid handshake, on its way to join its room.
+pub struct Greeted {
+    pub stream: std::net::TcpStream,
+    pub rest: Greeting,
+}
+
+/// What a greeted connection carries besides its socket.
+pub struct Greeting {
+    pub addr: SocketAddr,
+    ticket: Ticket,
+    id: u64,
+    hs: Handshake,
+    leftover: Vec<u8>,
+}
+
 /// What every connection shares.
 pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// Every runtime's inbox, by index (set once at start-up; empty means one runtime).
+    runtimes: OnceLock<Vec<Inbox>>,
 }
 
 impl Shared {
@@ -62,7 +106,36 @@ impl Shared {
             hub,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            runtimes: OnceLock::new(),
         }
+    }
+
+    pub fn set_runtimes(&self, inboxes: Vec<Inbox>) {
+        let _ = self.runtimes.set(inboxes);
+    }
+
+    pub fn runtime_count(&self) -> usize {
+        self.runtimes.get().map_or(1, |r| r.len().max(1))
+    }
+
+    pub fn hand_over(&self, runtime: usize, handoff: Handoff) {
+        if let Some(inbox) = self.runtimes.get().and_then(|r| r.get(runtime)) {
+            // Fails only when that runtime stopped at shutdown; the connection then just closes.
+            let _ = inbox.send(handoff);
+        }
+    }
+
+    /// The runtime that serves a room's members. Keeping a room's members on one thread means
+    /// a message wakes only tasks of that thread: no cross-thread wake-ups, no contention on
+    /// the room's lock. Different rooms spread over the threads.
+    fn home_of(&self, room: &str) -> usize {
+        let n = self.runtime_count();
+        if n == 1 {
+            return 0;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        room.hash(&mut h);
+        (h.finish() % n as u64) as usize
     }
 
     /// Tells every connection in a room to say goodbye (connections still in their handshake
@@ -111,25 +184,60 @@ pub async fn serve(
     addr: SocketAddr,
     ctx: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    ticket: Ticket,
 ) {
-    // The opening (handshake, join) and the closing are boxed: their timers and buffers are
-    // needed for moments, and would otherwise sit in every connection's task for its whole life.
-    let Some(mut conn) = Box::pin(open(stream, addr, &ctx, shutdown)).await else {
+    // The greeting (handshake), joining and closing are boxed: their timers and buffers are
+    // needed for moments, and would otherwise sit in every connection's task for its life.
+    let Some((stream, id, hs, leftover)) = Box::pin(greet(stream, addr, &ctx, shutdown)).await
+    else {
+        return;
+    };
+    let rest = Greeting {
+        addr,
+        ticket,
+        id,
+        hs,
+        leftover,
+    };
+    let home = ctx.home_of(&rest.hs.room);
+    if home != RUNTIME.with(Cell::get) {
+        match stream.into_std() {
+            Ok(stream) => {
+                ctx.hand_over(home, Handoff::Greeted(Box::new(Greeted { stream, rest })));
+            }
+            Err(e) => info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect"),
+        }
+        return;
+    }
+    serve_greeted(stream, rest, ctx).await;
+}
+
+/// Serves a client that sent a valid handshake, on the runtime that serves its room.
+pub async fn serve_greeted(stream: TcpStream, rest: Greeting, ctx: Arc<Shared>) {
+    let Greeting {
+        addr,
+        ticket,
+        id,
+        hs,
+        leftover,
+    } = rest;
+    let Some(mut conn) = Box::pin(join(stream, addr, &ctx, id, hs, leftover)).await else {
         return;
     };
     let reason = conn.run(&ctx).await;
     let session = &conn.session;
     info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
     Box::pin(conn.close(reason)).await;
+    drop(ticket);
 }
 
-/// Reads the handshake and joins the room, or refuses the client with a reason.
-async fn open(
+/// Reads and checks the handshake, or refuses the client with a reason.
+async fn greet(
     stream: TcpStream,
     addr: SocketAddr,
     ctx: &Shared,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<Connection> {
+) -> Option<(TcpStream, u64, Handshake, Vec<u8>)> {
     let id = ctx.next_id();
     info!(id, %addr, "connect");
     let (value, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
@@ -149,14 +257,25 @@ async fn open(
     } else {
         Format::Text
     };
-    let hs = match parse_handshake(value) {
-        Ok(hs) => hs,
+    match parse_handshake(value) {
+        Ok(hs) => Some((stream, id, hs, leftover)),
         Err(text) => {
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
             refuse(stream, format, &text).await;
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Joins the room, unless the name is taken there.
+async fn join(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: &Shared,
+    id: u64,
+    hs: Handshake,
+    leftover: Vec<u8>,
+) -> Option<Connection> {
     let seat = match ctx.hub.join(&hs.room, id, &hs.name, hs.format) {
         Ok(seat) => seat,
         Err(_) => {

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -5,11 +5,10 @@
 //! descriptor table makes `accept` fail at once, forever, so the loop backs off instead of
 //! spinning, keeps serving the clients it has, and picks up again when descriptors free up.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -17,108 +16,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::{finish, serve, Shared};
+use crate::connection::{finish, serve, serve_greeted, set_runtime_index, Handoff, Inbox, Shared};
+use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::protocol::{Format, Reply};
 
 /// How long shutdown waits for connections to flush their last lines.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
-
-/// Counts connections in total and per IP; a [`Ticket`] gives its place back when dropped.
-#[derive(Debug)]
-pub struct Admission {
-    max_total: usize,
-    max_per_ip: usize,
-    total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-#[derive(Debug)]
-pub struct Ticket {
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.admission.total.fetch_sub(1, Ordering::AcqRel);
-        let mut map = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl Admission {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Admission {
-            max_total,
-            max_per_ip,
-            total: AtomicUsize::new(0),
-            per_ip: Mutex::default(),
-        }
-    }
-
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total.load(Ordering::Acquire) >= self.max_total {
-            return Err("server full: too many connections");
-        }
-        let n = map.entry(ip).or_insert(0);
-        if self.max_per_ip > 0 && *n >= self.max_per_ip {
-            if *n == 0 {
-                map.remove(&ip);
-            }
-            return Err("too many connections from your address");
-        }
-        *n += 1;
-        self.total.fetch_add(1, Ordering::AcqRel);
-        Ok(Ticket {
-            admission: self.clone(),
-            ip,
-        })
-    }
-
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
-}
-
-/// Raises the soft descriptor limit to the hard one (each client is a descriptor) and returns
-/// (soft, hard) as they now are.
-pub fn raise_fd_limit() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return (0, 0);
-        }
-        let before = lim.rlim_cur;
-        if lim.rlim_cur < lim.rlim_max {
-            let mut raised = lim;
-            raised.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-        info!(
-            soft_before = before,
-            soft = lim.rlim_cur,
-            hard = lim.rlim_max,
-            "descriptor limit"
-        );
-    }
-    (lim.rlim_cur, lim.rlim_max)
-}
 
 /// A bound server, not yet accepting.
 pub struct Server {
@@ -173,13 +76,12 @@ impl Server {
     }
 
     /// Serves until `shutdown` flips to true, then tells every client and waits (bounded) for
-    /// them to flush. New connections are served on this runtime and the `workers`' in turn.
-    pub async fn run(self, shutdown: watch::Receiver<bool>, workers: Vec<Worker>) {
+    /// them to flush. New connections are spread over the runtimes in turn.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
         let dispatch = Arc::new(Dispatch {
-            workers,
             next: AtomicUsize::new(0),
         });
         let mut tasks = Vec::new();
@@ -195,8 +97,6 @@ impl Server {
         for t in tasks {
             let _ = t.await;
         }
-        // The workers' channels close with the last `Dispatch`: they stop taking connections.
-        drop(dispatch);
         self.ctx.begin_shutdown();
         drain(&self.admission).await;
         info!(still_open = self.admission.open(), "stopped");
@@ -211,19 +111,19 @@ async fn drain(admission: &Admission) {
     }
 }
 
-/// A connection accepted on one runtime, to be served on another.
-pub struct Handoff {
-    stream: std::net::TcpStream,
-    addr: SocketAddr,
-    ticket: Ticket,
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
-/// Where an accepted connection goes: another runtime's channel.
-pub type Worker = mpsc::UnboundedSender<Handoff>;
-
-/// Spreads connections over the runtimes, in turn (index 0 is the accepting runtime itself).
+/// Spreads new connections over the runtimes, in turn.
 struct Dispatch {
-    workers: Vec<Worker>,
     next: AtomicUsize,
 }
 
@@ -236,67 +136,59 @@ impl Dispatch {
         ctx: &Arc<Shared>,
         shutdown: &watch::Receiver<bool>,
     ) {
-        let n = self.workers.len() + 1;
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        if turn > 0 {
-            match stream.into_std() {
-                Ok(stream) => {
-                    let _ = self.workers[turn - 1].send(Handoff {
-                        stream,
-                        addr,
-                        ticket,
-                    });
-                }
-                Err(e) => warn!(%addr, "cannot hand over a connection: {e}"),
-            }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % ctx.runtime_count();
+        if turn == 0 {
+            tokio::spawn(serve(stream, addr, ctx.clone(), shutdown.clone(), ticket));
             return;
         }
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            serve(stream, addr, ctx, shutdown).await;
-            drop(ticket);
-        });
-    }
-}
-
-/// A worker runtime's loop: serve the connections handed over, until the accept loops stop.
-async fn worker(
-    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
-    ctx: Arc<Shared>,
-    admission: Arc<Admission>,
-    shutdown: watch::Receiver<bool>,
-) {
-    while let Some(Handoff {
-        stream,
-        addr,
-        ticket,
-    }) = handoffs.recv().await
-    {
-        match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    serve(stream, addr, ctx, shutdown).await;
-                    drop(ticket);
-                });
-            }
-            Err(e) => warn!(%addr, "cannot take over a connection: {e}"),
+        match stream.into_std() {
+            Ok(stream) => ctx.hand_over(
+                turn,
+                Handoff::New {
+                    stream,
+                    addr,
+                    ticket,
+                },
+            ),
+            Err(e) => warn!(%addr, "cannot hand over a connection: {e}"),
         }
     }
-    // Tasks on a single-threaded runtime only run while it is driven: keep driving until this
-    // runtime's connections (and everyone else's) have said goodbye.
-    drain(&admission).await;
 }
 
-fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+/// A runtime's inbox: serve the connections handed over to it, until shutdown.
+async fn receive(
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let handoff = tokio::select! {
+            _ = shutdown.changed() => return,
+            h = inbox.recv() => match h {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        let (ctx, sd) = (ctx.clone(), shutdown.clone());
+        match handoff {
+            Handoff::New {
+                stream,
+                addr,
+                ticket,
+            } => match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    tokio::spawn(serve(stream, addr, ctx, sd, ticket));
+                }
+                Err(e) => warn!(%addr, "cannot take over a connection: {e}"),
+            },
+            Handoff::Greeted(greeted) => match TcpStream::from_std(greeted.stream) {
+                Ok(stream) => {
+                    tokio::spawn(serve_greeted(stream, greeted.rest, ctx));
+                }
+                Err(e) => warn!(addr = %greeted.rest.addr, "cannot take over a connection: {e}"),
+            },
+        }
+    }
 }
 
 async fn accept_loop(
@@ -319,7 +211,16 @@ async fn accept_loop(
                     Ok(ticket) => dispatch.send(stream, addr, ticket, &ctx, &shutdown),
                     Err(reason) => {
                         info!(%addr, reason, "disconnect: refused");
-                        tokio::spawn(refuse(stream, reason));
+                        // Each refusal holds its socket for up to 1.5 s; under a flood of
+                        // connects, past a few dozen at once the rest are closed without a word.
+                        if REFUSING.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+                            tokio::spawn(async move {
+                                refuse(stream, reason).await;
+                                REFUSING.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        } else {
+                            REFUSING.fetch_sub(1, Ordering::AcqRel);
+                        }
                     }
                 }
             }
@@ -336,8 +237,12 @@ async fn accept_loop(
     }
 }
 
+/// Refusals being written at once (see `accept_loop`).
+static REFUSING: AtomicUsize = AtomicUsize::new(0);
+const MAX_REFUSING: usize = 64;
+
 /// Refuses a connection over a limit: the reason, then a close that does not reset (see
-/// [`crate::connection::finish`]). Bounded in time, so refusals cannot pile up.
+/// [`crate::connection::finish`]). Bounded in time.
 async fn refuse(stream: TcpStream, reason: &'static str) {
     let mut line = Vec::new();
     Reply::Error(reason).render(Format::Text, &mut line);
@@ -358,29 +263,38 @@ pub fn run(config: Config) -> io::Result<()> {
     let main = runtime()?;
     let server = main.block_on(Server::bind(config))?;
     let (tx, rx) = watch::channel(false);
-    let mut workers = Vec::new();
+    let (inboxes, mut receivers): (Vec<Inbox>, Vec<_>) =
+        (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+    server.ctx.set_runtimes(inboxes);
+    let own_inbox = receivers.remove(0);
     let mut threads_done = Vec::new();
-    for i in 1..threads {
-        let (handoff, handoffs) = mpsc::unbounded_channel();
-        workers.push(handoff);
+    for (i, inbox) in receivers.into_iter().enumerate() {
         let (ctx, admission, shutdown) = (server.ctx.clone(), server.admission.clone(), rx.clone());
         let rt = runtime()?;
         threads_done.push(
             std::thread::Builder::new()
-                .name(format!("machat-{i}"))
+                .name(format!("machat-{}", i + 1))
                 .spawn(move || {
-                    rt.block_on(worker(handoffs, ctx, admission, shutdown));
+                    set_runtime_index(i + 1);
+                    rt.block_on(async {
+                        receive(inbox, ctx, shutdown).await;
+                        // A single-threaded runtime runs its tasks only while driven: keep
+                        // driving until this runtime's connections have said goodbye too.
+                        drain(&admission).await;
+                    });
                     rt.shutdown_timeout(Duration::from_millis(100));
                 })?,
         );
     }
+    set_runtime_index(0);
     main.block_on(async move {
         tokio::spawn(async move {
             wait_for_signal().await;
             info!("signal received: shutting down");
             let _ = tx.send(true);
         });
-        server.run(rx, workers).await;
+        tokio::spawn(receive(own_inbox, server.ctx.clone(), rx.clone()));
+        server.run(rx).await;
     });
     for t in threads_done {
         let _ = t.join();

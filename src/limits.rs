@@ -1,0 +1,106 @@
+//! Connection limits: how many connections in total and per IP address, and the descriptor
+//! limit they depend on. Counting happens once at accept and once at close, never per message.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::info;
+
+/// Counts connections in total and per IP; a [`Ticket`] gives its place back when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.admission.total.fetch_sub(1, Ordering::AcqRel);
+        let mut map = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Admission {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        }
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Acquire) >= self.max_total {
+            return Err("server full: too many connections");
+        }
+        let n = map.entry(ip).or_insert(0);
+        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err("too many connections from your address");
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(Ticket {
+            admission: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (each client is a descriptor) and returns
+/// (soft, hard) as they now are.
+pub fn raise_fd_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return (0, 0);
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            let mut raised = lim;
+            raised.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        info!(
+            soft_before = before,
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "descriptor limit"
+        );
+    }
+    (lim.rlim_cur, lim.rlim_max)
+}
