@@ -10,14 +10,18 @@
 //! seen echoed back on its member connection. "As fast as possible" thus measures delivery, not
 //! the growth of a queue in the kernel or the server.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -58,7 +62,8 @@ pub struct FanoutArgs {
     /// Seconds allowed for connecting and the readiness check.
     #[arg(long, default_value_t = 60.0)]
     pub ready_timeout: f64,
-    /// Read buffer per connection, bytes.
+    /// Bytes per read. One buffer per generator thread, shared by its connections (so it stays
+    /// in the cache); a connection keeps only its incomplete last frame.
     #[arg(long, default_value_t = 64 * 1024)]
     pub read_buf: usize,
 }
@@ -94,8 +99,10 @@ struct Ctx {
     senders_done: AtomicUsize,
     expected: AtomicU64,
     room_members: Vec<u64>,
-    /// End-to-end latency of every delivery, us.
-    hist: std::sync::Mutex<Histogram<u64>>,
+    /// Identifies this run to the per-thread state.
+    run_id: usize,
+    /// End-to-end latency of every delivery, us: one aggregate per generator thread.
+    lat_aggs: std::sync::Mutex<Vec<Arc<std::sync::Mutex<LatAgg>>>>,
 }
 
 impl Ctx {
@@ -231,9 +238,6 @@ struct RecvState {
     own_client: u64,
     own_echo: Option<(u64, Arc<EchoShared>, bool)>,
     room_first_sid: u64,
-    /// Latencies (us) not yet added to the shared histogram: appending here is sequential,
-    /// while a histogram per connection (~190 KB each) would miss the cache on every record.
-    lat: Vec<u32>,
     received: u64,
     batch: u64,
     last_seq: Vec<u64>,
@@ -242,10 +246,13 @@ struct RecvState {
     ready: bool,
     pongs: usize,
     server_errors: Vec<String>,
+    /// When the last read was decoded, ns since the epoch.
+    read_ns: u64,
 }
 
 impl RecvState {
-    fn on_event(&mut self, ev: Event<'_>, now_ns: u64) {
+    #[inline(always)]
+    fn on_event(&mut self, ev: Event<'_>, now_ns: u64, lat: &mut LatAgg) {
         match ev {
             Event::Payload(p) => match proto::parse_payload(p) {
                 Text::Measured {
@@ -255,7 +262,7 @@ impl RecvState {
                 } => {
                     self.batch += 1;
                     let us = now_ns.saturating_sub(sent_ns) / 1000;
-                    self.lat.push(us.min(u64::from(u32::MAX)) as u32);
+                    lat.record(us);
                     let local = sender.wrapping_sub(self.room_first_sid) as usize;
                     match self.last_seq.get_mut(local) {
                         Some(last) => {
@@ -346,20 +353,127 @@ impl Pacer {
     }
 }
 
-const LAT_FLUSH: usize = 4096;
+/// Latencies below this many us are counted in a flat array (one increment, cache-hot: the
+/// values of a run cluster) and go into the HDR histogram, exactly, at the end; larger ones are
+/// recorded directly.
+const LAT_FLAT: usize = 1 << 16;
 
-fn flush_latencies(ctx: &Ctx, lat: &mut Vec<u32>) {
-    if lat.is_empty() {
-        return;
+/// Latencies (us) of the deliveries read by one generator thread. Connections share their
+/// thread's aggregate, so recording stays in the cache (a histogram per connection, ~190 KB
+/// each, would miss it on every record).
+struct LatAgg {
+    /// u32 counts keep the cluster of a run's latencies in the L1 cache; a count that wraps
+    /// moves 2^32 into `hist`.
+    flat: Vec<u32>,
+    hist: Histogram<u64>,
+}
+
+impl LatAgg {
+    fn new() -> LatAgg {
+        LatAgg {
+            flat: vec![0; LAT_FLAT],
+            hist: new_hist(),
+        }
     }
-    let mut h = match ctx.hist.lock() {
-        Ok(h) => h,
-        Err(p) => p.into_inner(),
+
+    #[inline(always)]
+    fn record(&mut self, us: u64) {
+        match self.flat.get_mut(us as usize) {
+            Some(c) => {
+                *c = c.wrapping_add(1);
+                if *c == 0 {
+                    self.hist.saturating_record_n(us, 1 << 32);
+                }
+            }
+            None => self.hist.saturating_record(us),
+        }
+    }
+
+    /// Adds everything recorded to `h`.
+    fn merge_into(&self, h: &mut Histogram<u64>) {
+        let _ = h.add(&self.hist); // same bounds: cannot fail
+        for (v, &n) in self.flat.iter().enumerate() {
+            if n > 0 {
+                h.saturating_record_n(v as u64, u64::from(n));
+            }
+        }
+    }
+}
+
+/// Per generator thread: the read buffer (see `FanoutArgs::read_buf`) and the latency
+/// aggregate, registered in the run's `Ctx` (by `run_id`) on first use.
+struct ThreadState {
+    buf: Vec<u8>,
+    lat: Option<(usize, Arc<std::sync::Mutex<LatAgg>>)>,
+}
+
+thread_local! {
+    static THREAD_STATE: RefCell<ThreadState> = const {
+        RefCell::new(ThreadState {
+            buf: Vec::new(),
+            lat: None,
+        })
     };
-    for &v in lat.iter() {
-        h.saturating_record(u64::from(v));
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
-    lat.clear();
+}
+
+/// Reads once into the thread's buffer (after the connection's incomplete frame, `carry`) and
+/// decodes every complete frame; returns the bytes read (0 = end of stream). The buffer is only
+/// borrowed within this poll, so the connections of a thread can share it.
+fn poll_read_decode(
+    cx: &mut Context<'_>,
+    rd: &mut ReadHalf<'_>,
+    carry: &mut Vec<u8>,
+    read_buf: usize,
+    ctx: &Ctx,
+    recv: &mut RecvState,
+) -> Poll<Result<usize, String>> {
+    THREAD_STATE.with(|cell| {
+        let mut state = cell.borrow_mut();
+        let ThreadState { buf, lat } = &mut *state;
+        let id = ctx.run_id;
+        let agg = match lat {
+            Some((i, agg)) if *i == id => agg,
+            _ => {
+                let agg = Arc::new(std::sync::Mutex::new(LatAgg::new()));
+                lock(&ctx.lat_aggs).push(agg.clone());
+                &lat.insert((id, agg)).1
+            }
+        };
+        let kept = carry.len();
+        let end = kept + read_buf; // grows with a frame larger than the buffer
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[..kept].copy_from_slice(carry);
+        let mut rb = ReadBuf::new(&mut buf[kept..end]);
+        match Pin::new(rd).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("read: {e}"))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n > 0 {
+                    let now_ns = ctx.now_ns();
+                    let data = &buf[..kept + n];
+                    // Uncontended (one lock per read; other threads only at the end).
+                    let mut agg = lock(agg);
+                    let used = proto::decode(ctx.target, data, &mut |ev| {
+                        recv.on_event(ev, now_ns, &mut agg)
+                    })?;
+                    carry.clear();
+                    carry.extend_from_slice(&data[used..]);
+                    recv.read_ns = now_ns;
+                }
+                Poll::Ready(Ok(n))
+            }
+        }
+    })
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -417,7 +531,6 @@ async fn conn_run(
         own_client: spec.client as u64,
         own_echo: spec.own_echo.take(),
         room_first_sid: (spec.room * ctx.senders_per_room) as u64,
-        lat: Vec::new(),
         received: 0,
         batch: 0,
         last_seq: vec![0; ctx.senders_per_room],
@@ -426,6 +539,7 @@ async fn conn_run(
         ready: !spec.member,
         pongs: 0,
         server_errors: Vec::new(),
+        read_ns: 0,
     };
     let mut ready_counted = false;
     let mut next_ready_send: u64 = 0; // ns; resend the marker every second until seen
@@ -443,8 +557,7 @@ async fn conn_run(
     // Reading through AsyncRead: a short read clears the readiness, saving the extra
     // `read` that would only return WouldBlock.
     let (mut rd, wr) = stream.split();
-    let mut rbuf = vec![0u8; ctx.read_buf];
-    let mut filled = 0usize;
+    let mut carry: Vec<u8> = Vec::new();
     let mut cur = *phase.borrow_and_update();
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -572,7 +685,9 @@ async fn conn_run(
                     break;
                 }
             }
-            r = rd.read(&mut rbuf[filled..]) => {
+            r = std::future::poll_fn(|cx| {
+                poll_read_decode(cx, &mut rd, &mut carry, ctx.read_buf, ctx, &mut recv)
+            }) => {
                 match r {
                     Ok(0) => {
                         return Err(match recv.server_errors.first() {
@@ -580,20 +695,8 @@ async fn conn_run(
                             None => "connection closed by the server".into(),
                         })
                     }
-                    Ok(n) => {
-                        filled += n;
-                        let now_ns = ctx.now_ns();
-                        let used = proto::decode(ctx.target, &rbuf[..filled], &mut |ev| {
-                            recv.on_event(ev, now_ns)
-                        })?;
-                        rbuf.copy_within(used..filled, 0);
-                        filled -= used;
-                        if filled == rbuf.len() {
-                            rbuf.resize(rbuf.len() * 2, 0); // one frame larger than the buffer
-                        }
-                        if recv.lat.len() >= LAT_FLUSH {
-                            flush_latencies(ctx, &mut recv.lat);
-                        }
+                    Ok(_) => {
+                        let now_ns = recv.read_ns;
                         if recv.batch > 0 {
                             recv.received += recv.batch;
                             ctx.received.fetch_add(recv.batch, Relaxed);
@@ -601,7 +704,7 @@ async fn conn_run(
                             res.last_delivery_ns = now_ns;
                         }
                     }
-                    Err(e) => return Err(format!("read: {e}")),
+                    Err(e) => return Err(e),
                 }
             }
             r = wr.writable(), if want_write => {
@@ -612,9 +715,6 @@ async fn conn_run(
         }
     }
 
-    if spec.member {
-        flush_latencies(ctx, &mut recv.lat);
-    }
     res.received = recv.received;
     res.out_of_order = recv.out_of_order;
     res.foreign = recv.foreign;
@@ -655,6 +755,8 @@ pub struct FanoutReport {
     pub foreign: u64,
     pub elapsed_secs: f64,
     pub delivered_per_s: f64,
+    /// Deliveries whose latency is in the percentiles (all measured ones: equals `received`).
+    pub latency_samples: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
@@ -724,7 +826,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         senders_done: AtomicUsize::new(0),
         expected: AtomicU64::new(0),
         room_members: room_members.clone(),
-        hist: std::sync::Mutex::new(new_hist()),
+        run_id: {
+            static RUNS: AtomicUsize = AtomicUsize::new(0);
+            RUNS.fetch_add(1, Relaxed)
+        },
+        lat_aggs: std::sync::Mutex::new(Vec::new()),
     });
 
     // Build the connections.
@@ -922,10 +1028,10 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             last_delivery = last_delivery.max(r.last_delivery_ns);
         }
     }
-    let hist = match ctx.hist.lock() {
-        Ok(h) => h.clone(),
-        Err(p) => p.into_inner().clone(),
-    };
+    let mut hist = new_hist();
+    for agg in lock(&ctx.lat_aggs).iter() {
+        lock(agg).merge_into(&mut hist);
+    }
     let send_secs = (last_send - start_ns) as f64 / 1e9;
     let elapsed_secs = (last_delivery - start_ns) as f64 / 1e9;
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -961,6 +1067,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         foreign,
         elapsed_secs,
         delivered_per_s: per_s(received, elapsed_secs),
+        latency_samples: hist.len(),
         p50_us: q(0.5),
         p99_us: q(0.99),
         p999_us: q(0.999),
@@ -1029,8 +1136,8 @@ pub fn print_table(r: &FanoutReport) {
         r.delivered_per_s, r.elapsed_secs
     );
     println!(
-        "  latency us   p50 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
-        r.p50_us, r.p99_us, r.p999_us, r.max_us, r.mean_us
+        "  latency us   p50 {}  p99 {}  p99.9 {}  max {}  mean {:.0}  ({} deliveries)",
+        r.p50_us, r.p99_us, r.p999_us, r.max_us, r.mean_us, r.latency_samples
     );
     println!(
         "  server       peak RSS {}  RSS {}  CPU {}",
