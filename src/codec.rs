@@ -256,7 +256,7 @@ fn check(line: &[u8], max: usize) -> Option<&[u8]> {
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+    memchr::memchr(needle, haystack)
 }
 
 /// Everything the decoding of one connection produced, for tests and property checks.

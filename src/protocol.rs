@@ -5,6 +5,7 @@
 //! lines or driving another's terminal can be tested exhaustively. The exact bytes are written
 //! down in `docs/PROTOCOL.md`; keep the two in step.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -105,11 +106,12 @@ pub fn validate_room(room: &str) -> Result<(), String> {
 /// UTF-8 becomes U+FFFD, and control characters other than tab are removed together with the
 /// escape sequences they start, so no client can move another's cursor, recolour its terminal or
 /// set its window title.
-pub fn clean_line(raw: &[u8]) -> String {
-    // Fast path: plain printable ASCII, the overwhelming majority of chat lines.
+pub fn clean_line(raw: &[u8]) -> Cow<'_, str> {
+    // Fast path: plain printable ASCII, the overwhelming majority of chat lines, borrowed as is.
     if raw.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
-        // All bytes are ASCII, so this cannot fail; the fallback keeps it panic-free anyway.
-        return String::from_utf8_lossy(raw).into_owned();
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return Cow::Borrowed(text);
+        }
     }
     let text = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(text.len());
@@ -140,7 +142,7 @@ pub fn clean_line(raw: &[u8]) -> String {
             c => out.push(c),
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
