@@ -280,3 +280,40 @@ fn enter_after_the_handshake_is_not_an_empty_message() {
     c.expect("Mina:hello");
     c.expect("Mina:");
 }
+
+/// Rooms live on their home thread; members who `/join` elsewhere, private messages and
+/// shutdown must work across threads too.
+#[test]
+fn many_threads_many_rooms() {
+    let server = Server::start(&["--threads", "4"]);
+    let mut clients: Vec<Client> = (0..8)
+        .map(|i| server.connect(&format!("u{i}"), &format!("room{i}")))
+        .collect();
+    // Everyone moves into one room, whatever thread its first room lived on.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send("/join hub\n");
+        c.expect(&format!("*** u{i} joined"));
+    }
+    clients[0].send("hello all\n");
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.until("u0:hello all");
+        if i > 0 {
+            c.send(&format!("/msg u0 from u{i}\n"));
+        }
+    }
+    let mut got: Vec<String> = (1..8)
+        .map(|_| loop {
+            let l = clients[0].line();
+            if l.starts_with("*** private from") {
+                break l;
+            }
+        })
+        .collect();
+    got.sort();
+    let want: Vec<String> = (1..8)
+        .map(|i| format!("*** private from u{i}: from u{i}"))
+        .collect();
+    assert_eq!(got, want);
+    clients[7].send("/who\n");
+    clients[7].until("*** 8 in hub: u0 u1 u2 u3 u4 u5 u6 u7");
+}
