@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod store;
 
 /// Sets up `tracing` logs on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

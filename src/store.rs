@@ -1,0 +1,595 @@
+//! Message history: every delivered message, by room and id, kept across restarts.
+//!
+//! Behind the small [`Store`] trait so that the cluster mode can add a distributed one. The
+//! embedded default is a SQLite file (WAL mode) owned by one writer thread that commits in
+//! batches (group commit): a room hands each message over without waiting, so fan-out never
+//! waits on the disk. Reads go through the same thread, after the appends queued before them,
+//! so a reader always sees every message up to the moment it asked: a client that joins with
+//! `"history"` gets exactly the messages before its first live one, no gap and no duplicate.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OpenFlags};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::protocol::Timestamp;
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: u64,
+    pub name: String,
+    pub text: String,
+    pub ts: Timestamp,
+    /// A `/me` action rather than a plain message.
+    pub action: bool,
+}
+
+/// The answer to a history query: the messages, oldest first, or why there are none.
+pub type History = Result<Vec<StoredMessage>, String>;
+
+/// A history query whose answer arrives later (after the appends queued before it).
+pub type Pending = oneshot::Receiver<History>;
+
+/// What any history store does.
+pub trait Store: Send + Sync {
+    /// The highest id ever given in `room` (0 for a new room), so ids are never reused.
+    fn last_id(&self, room: &str) -> u64;
+    /// Queues a message for storage. Never blocks.
+    fn append(&self, room: &str, msg: StoredMessage);
+    /// The last `limit` messages of `room`, or those after `after` when given.
+    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending;
+    /// False while writes are failing (the disk is full, say).
+    fn available(&self) -> bool;
+}
+
+/// Retention: how much history each room keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_messages: u64,
+    pub max_age: Option<Duration>,
+}
+
+fn answer(history: History) -> Pending {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(history);
+    rx
+}
+
+/// No history at all: ids still grow per room while it lives.
+pub struct NoStore;
+
+impl Store for NoStore {
+    fn last_id(&self, _room: &str) -> u64 {
+        0
+    }
+    fn append(&self, _room: &str, _msg: StoredMessage) {}
+    fn query(&self, _room: &str, _after: Option<u64>, _limit: usize) -> Pending {
+        answer(Err("history is off on this server".into()))
+    }
+    fn available(&self) -> bool {
+        false
+    }
+}
+
+/// History in memory only: kept while the process runs.
+pub struct MemoryStore {
+    rooms: Mutex<HashMap<String, VecDeque<StoredMessage>>>,
+    last_ids: Mutex<HashMap<String, u64>>,
+    retention: Retention,
+}
+
+impl MemoryStore {
+    pub fn new(retention: Retention) -> Self {
+        MemoryStore {
+            rooms: Mutex::default(),
+            last_ids: Mutex::default(),
+            retention,
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, VecDeque<StoredMessage>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn last_id(&self, room: &str) -> u64 {
+        let ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.get(room).copied().unwrap_or(0)
+    }
+
+    fn append(&self, room: &str, msg: StoredMessage) {
+        self.last_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.to_owned(), msg.id);
+        let mut rooms = self.rooms();
+        let log = rooms.entry(room.to_owned()).or_default();
+        log.push_back(msg);
+        while log.len() as u64 > self.retention.max_messages {
+            log.pop_front();
+        }
+        if let Some(age) = self.retention.max_age {
+            let oldest = Timestamp::now().0.saturating_sub(age.as_millis() as u64);
+            while log.front().is_some_and(|m| m.ts.0 < oldest) {
+                log.pop_front();
+            }
+        }
+    }
+
+    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending {
+        let rooms = self.rooms();
+        let Some(log) = rooms.get(room) else {
+            return answer(Ok(Vec::new()));
+        };
+        let picked: Vec<StoredMessage> = match after {
+            Some(after) => log
+                .iter()
+                .filter(|m| m.id > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => log
+                .iter()
+                .skip(log.len().saturating_sub(limit))
+                .cloned()
+                .collect(),
+        };
+        answer(Ok(picked))
+    }
+
+    fn available(&self) -> bool {
+        true
+    }
+}
+
+/// How long a batch may wait before it is committed, and how large it may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub window: Duration,
+    pub max_messages: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            window: Duration::from_millis(50),
+            max_messages: 1000,
+        }
+    }
+}
+
+enum Op {
+    Append(String, StoredMessage),
+    Query {
+        room: String,
+        after: Option<u64>,
+        limit: usize,
+        reply: oneshot::Sender<History>,
+    },
+}
+
+/// Most operations queued for the writer; past this, appends are dropped (and logged) rather
+/// than let a stalled disk grow memory without bound.
+const QUEUE: usize = 100_000;
+
+/// History in a SQLite file, written by one thread in batches.
+pub struct SqliteStore {
+    ops: SyncSender<Op>,
+    /// Highest id handed over per room, so a room that empties and comes back continues after
+    /// ids that are still queued.
+    last_ids: Mutex<HashMap<String, u64>>,
+    /// A read-only connection for `last_id` at room creation.
+    reader: Mutex<Connection>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) `dir/history.db`. A corrupt or unwritable file is an error here,
+    /// with the path and SQLite's reason, never later.
+    pub fn open(dir: &Path, retention: Retention, batching: Batching) -> Result<Self, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+        let path = dir.join("history.db");
+        let conn =
+            open_writer(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let (ops, rx) = mpsc::sync_channel(QUEUE);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            conn,
+            rx,
+            retention,
+            batching,
+            healthy: healthy.clone(),
+            touched: HashMap::new(),
+            last_prune: Instant::now(),
+            path: path.clone(),
+        };
+        std::thread::Builder::new()
+            .name("machat-store".into())
+            .spawn(move || writer.run())
+            .map_err(|e| format!("cannot start the store's writer: {e}"))?;
+        info!(path = %path.display(), "history store open");
+        Ok(SqliteStore {
+            ops,
+            last_ids: Mutex::default(),
+            reader: Mutex::new(reader),
+            healthy,
+        })
+    }
+}
+
+fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS messages (
+            room TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            text TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            action INTEGER NOT NULL,
+            PRIMARY KEY (room, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);",
+    )?;
+    // Reading every page once turns a corrupt file into an error now, not at the first query.
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(check),
+        ));
+    }
+    Ok(conn)
+}
+
+impl Store for SqliteStore {
+    fn last_id(&self, room: &str) -> u64 {
+        let mut ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = ids.get(room) {
+            return *id;
+        }
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let id: u64 = reader
+            .query_row(
+                "SELECT COALESCE(MAX(id), 0) FROM messages WHERE room = ?1",
+                [room],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|id| id.max(0) as u64)
+            .unwrap_or_else(|e| {
+                warn!(room, "cannot read the last id: {e}");
+                0
+            });
+        ids.insert(room.to_owned(), id);
+        id
+    }
+
+    fn append(&self, room: &str, msg: StoredMessage) {
+        self.last_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.to_owned(), msg.id);
+        match self.ops.try_send(Op::Append(room.to_owned(), msg)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.healthy.swap(false, Ordering::AcqRel) {
+                    error!("history store is not keeping up: messages are not being stored");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.healthy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Query {
+            room: room.to_owned(),
+            after,
+            limit,
+            reply,
+        };
+        if let Err(e) = self.ops.try_send(op) {
+            let op = match e {
+                TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
+            };
+            if let Op::Query { reply, .. } = op {
+                let _ = reply.send(Err("history unavailable".into()));
+            }
+        }
+        rx
+    }
+
+    fn available(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    rx: Receiver<Op>,
+    retention: Retention,
+    batching: Batching,
+    healthy: Arc<AtomicBool>,
+    /// Rooms written since the last prune.
+    touched: HashMap<String, ()>,
+    last_prune: Instant,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<(String, StoredMessage)> = Vec::new();
+        loop {
+            // Wait for work; then gather more until the window closes or the batch is full.
+            let first = match self.rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            };
+            let deadline = Instant::now() + self.batching.window;
+            let mut queries = Vec::new();
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                match op {
+                    Op::Append(room, msg) => batch.push((room, msg)),
+                    // A query answers after everything queued before it is committed.
+                    Op::Query { .. } => {
+                        queries.push(op);
+                        break;
+                    }
+                }
+                if batch.len() >= self.batching.max_messages {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(op) => next = Some(op),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.commit(&mut batch);
+            for q in queries {
+                if let Op::Query {
+                    room,
+                    after,
+                    limit,
+                    reply,
+                } = q
+                {
+                    let _ = reply.send(self.read(&room, after, limit));
+                }
+            }
+            if self.last_prune.elapsed() > Duration::from_secs(1) {
+                self.prune();
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<(String, StoredMessage)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO messages (room, id, name, text, ts, action)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (room, m) in batch.iter() {
+                    stmt.execute(params![
+                        room,
+                        m.id as i64,
+                        m.name,
+                        m.text,
+                        m.ts.0 as i64,
+                        m.action
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                if !self.healthy.swap(true, Ordering::AcqRel) {
+                    info!(path = %self.path.display(), "history store writes again");
+                }
+                for (room, _) in batch.iter() {
+                    self.touched.insert(room.clone(), ());
+                }
+            }
+            Err(e) => {
+                // Logged once per outage; chat goes on without history meanwhile.
+                if self.healthy.swap(false, Ordering::AcqRel) {
+                    error!(path = %self.path.display(), "history store cannot write: {e}");
+                }
+            }
+        }
+        batch.clear();
+    }
+
+    fn read(&mut self, room: &str, after: Option<u64>, limit: usize) -> History {
+        let limit = limit as i64;
+        let rows = match after {
+            Some(after) => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, name, text, ts, action FROM messages
+                         WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map(params![room, after as i64, limit], row_to_message)
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            }
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, name, text, ts, action FROM messages
+                         WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map(params![room, limit], row_to_message)
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map(|mut v| {
+                    v.reverse();
+                    v
+                })
+            }
+        };
+        rows.map_err(|e| {
+            warn!("history query failed: {e}");
+            "history unavailable".to_owned()
+        })
+    }
+
+    /// Retention runs here, in the background, at most once a second.
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
+        let rooms: Vec<String> = self.touched.drain().map(|(r, _)| r).collect();
+        for room in rooms {
+            let r = self.conn.execute(
+                "DELETE FROM messages WHERE room = ?1 AND id <= (
+                     SELECT id FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![room, self.retention.max_messages as i64],
+            );
+            if let Err(e) = r {
+                warn!(room, "pruning failed: {e}");
+            }
+        }
+        if let Some(age) = self.retention.max_age {
+            let oldest = Timestamp::now().0.saturating_sub(age.as_millis() as u64);
+            if let Err(e) = self
+                .conn
+                .execute("DELETE FROM messages WHERE ts < ?1", [oldest as i64])
+            {
+                warn!("pruning by age failed: {e}");
+            }
+        }
+    }
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: r.get::<_, i64>(0)?.max(0) as u64,
+        name: r.get(1)?,
+        text: r.get(2)?,
+        ts: Timestamp(r.get::<_, i64>(3)?.max(0) as u64),
+        action: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64) -> StoredMessage {
+        StoredMessage {
+            id,
+            name: "a".into(),
+            text: format!("m{id}"),
+            ts: Timestamp(id),
+            action: false,
+        }
+    }
+
+    fn ids(h: History) -> Vec<u64> {
+        h.unwrap().iter().map(|m| m.id).collect()
+    }
+
+    fn check(store: &dyn Store) {
+        assert_eq!(store.last_id("r"), 0);
+        for id in 1..=30 {
+            store.append("r", msg(id));
+        }
+        store.append("other", msg(1));
+        assert_eq!(store.last_id("r"), 30);
+        let last = store.query("r", None, 5).blocking_recv().unwrap();
+        assert_eq!(ids(last), vec![26, 27, 28, 29, 30]);
+        let after = store.query("r", Some(27), 100).blocking_recv().unwrap();
+        assert_eq!(ids(after), vec![28, 29, 30]);
+        let none = store.query("nobody", None, 5).blocking_recv().unwrap();
+        assert!(none.unwrap().is_empty());
+    }
+
+    #[test]
+    fn memory_store() {
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+        };
+        check(&MemoryStore::new(retention));
+        let small = MemoryStore::new(Retention {
+            max_messages: 3,
+            max_age: None,
+        });
+        for id in 1..=10 {
+            small.append("r", msg(id));
+        }
+        assert_eq!(
+            ids(small.query("r", None, 10).blocking_recv().unwrap()),
+            vec![8, 9, 10]
+        );
+    }
+
+    #[test]
+    fn sqlite_store_keeps_ids_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("machat-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+        };
+        {
+            let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
+            check(&store);
+            // A query waits for the appends before it: everything is on disk now.
+        }
+        let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
+        assert_eq!(store.last_id("r"), 30);
+        assert_eq!(
+            ids(store.query("r", Some(28), 10).blocking_recv().unwrap()),
+            vec![29, 30]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("machat-store-corrupt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("history.db"), vec![0x42u8; 8192]).unwrap();
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+        };
+        let err = SqliteStore::open(&dir, retention, Batching::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("history.db"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
