@@ -5,6 +5,7 @@
 //! single dash introduce any long flag, for every binary of the project.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
@@ -66,6 +67,60 @@ pub struct Config {
     /// Worker threads; 0 = one per CPU core.
     #[arg(long, env = "MACHAT_THREADS", default_value_t = 0)]
     pub threads: usize,
+
+    /// Where message history is kept: `sqlite` (a file in --data-dir, survives restarts),
+    /// `memory` (until the server stops) or `off`.
+    #[arg(long, env = "MACHAT_HISTORY", value_enum, default_value = "sqlite")]
+    pub history: HistoryMode,
+
+    /// Directory for the history database (created if missing).
+    #[arg(long, env = "MACHAT_DATA_DIR", default_value = "machat-data")]
+    pub data_dir: PathBuf,
+
+    /// Messages replayed on join to clients that do not ask (`"history": N` in the handshake
+    /// asks); 0 keeps old MaChat clients seeing exactly what they used to.
+    #[arg(long, env = "MACHAT_HISTORY_ON_JOIN", default_value_t = 0)]
+    pub history_on_join: u64,
+
+    /// Most messages kept per room; older ones are pruned in the background.
+    #[arg(long, env = "MACHAT_HISTORY_MAX", default_value_t = 10_000)]
+    pub history_max: u64,
+
+    /// Prune messages older than this (`90s`, `30m`, `12h`, `7d`; a bare number is seconds).
+    /// Default: kept until --history-max pushes them out.
+    #[arg(long, env = "MACHAT_HISTORY_MAX_AGE", value_parser = parse_age)]
+    pub history_max_age: Option<Duration>,
+}
+
+/// Where history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryMode {
+    Sqlite,
+    Memory,
+    Off,
+}
+
+/// Parses `90s`, `30m`, `12h`, `7d` or a number of seconds.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 7d, 12h, 30m, 90s)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("unknown unit in {s:?} (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("the age must be more than 0".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 impl Config {
@@ -88,6 +143,9 @@ impl Config {
         }
         if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
             return Err("--handshake-timeout must be > 0".into());
+        }
+        if self.history_max == 0 {
+            return Err("--history-max must be > 0 (use --history off for no history)".into());
         }
         if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
             return Err("--max-line, --max-handshake and --max-pending must be > 0".into());
@@ -167,6 +225,21 @@ mod tests {
         let c = parse(&["machat", "-max-line-rate", "0", "--max-pending", "10"]);
         assert_eq!(c.max_line_rate, 0.0);
         assert_eq!(c.max_pending, 10);
+    }
+
+    #[test]
+    fn history_flags() {
+        let c = parse(&["machat"]);
+        assert_eq!(
+            (c.history, c.history_on_join, c.history_max),
+            (HistoryMode::Sqlite, 0, 10_000)
+        );
+        assert_eq!(c.data_dir, PathBuf::from("machat-data"));
+        let c = parse(&["machat", "-history", "memory", "-history-max-age", "7d"]);
+        assert_eq!(c.history, HistoryMode::Memory);
+        assert_eq!(c.history_max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_age("3w").is_err() && parse_age("0s").is_err() && parse_age("").is_err());
     }
 
     #[test]

@@ -30,9 +30,11 @@ use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Ticket;
-use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::protocol::{parse_handshake, render_history, Format, Handshake, Reply};
+use crate::room::Replay;
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
+use crate::store::{History, Store, MAX_REPLAY};
 
 /// Most bytes copied out of a room for one write.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -99,8 +101,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
-        let hub = Arc::new(Hub::new(config.max_pending));
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        let hub = Arc::new(Hub::new(config.max_pending, store));
         Shared {
             config,
             hub,
@@ -276,8 +278,29 @@ async fn join(
     hs: Handshake,
     leftover: Vec<u8>,
 ) -> Option<Connection> {
-    let seat = match ctx.hub.join(&hs.room, id, &hs.name, hs.format) {
-        Ok(seat) => seat,
+    // What to replay before live messages: a resume, the last N asked for, or the default.
+    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
+    let replay = match (hs.since, hs.history) {
+        (Some(after), _) => Some(Replay {
+            after: Some(after),
+            limit: max,
+        }),
+        (None, Some(0)) => None,
+        (None, Some(n)) => Some(Replay {
+            after: None,
+            limit: (n as usize).min(max),
+        }),
+        (None, None) if ctx.config.history_on_join > 0 => Some(Replay {
+            after: None,
+            limit: (ctx.config.history_on_join as usize).min(max),
+        }),
+        (None, None) => None,
+    };
+    let (seat, history) = match ctx
+        .hub
+        .join_replaying(&hs.room, id, &hs.name, hs.format, replay)
+    {
+        Ok((room, seat, history)) => ((room, seat), history),
         Err(_) => {
             let text = format!("name {} is already taken in room {}", hs.name, hs.room);
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
@@ -286,6 +309,7 @@ async fn join(
         }
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
+    let hs_format = hs.format;
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
     let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, limit);
     let mut conn = Connection {
@@ -297,8 +321,29 @@ async fn join(
         throttle: None,
         end: None,
     };
+    if let Some(history) = history {
+        // Replayed history goes out before anything from the room (it is the first `pending`).
+        let answer = match tokio::time::timeout(Duration::from_secs(10), history).await {
+            Ok(Ok(answer)) => answer,
+            _ => Err("history unavailable".into()),
+        };
+        render_answer(
+            conn.session.room.name(),
+            hs_format,
+            answer,
+            &mut conn.pending,
+        );
+    }
     conn.feed(&leftover);
     Some(conn)
+}
+
+/// Renders a history answer: the replay, or the reason there is none.
+fn render_answer(room: &str, format: Format, answer: History, out: &mut Vec<u8>) {
+    match answer {
+        Ok(messages) => render_history(room, format, &messages, out),
+        Err(reason) => Reply::Error(&reason).render(format, out),
+    }
 }
 
 /// Sends `*** error: REASON` (or its JSON form) and closes.
@@ -398,14 +443,31 @@ impl Connection {
                 return Poll::Ready(Reason::Shutdown);
             }
             let mut progress = false;
-            if let Some(sleep) = self.throttle.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.throttle = None;
+            if let Some(answer) = self.session.history_wait.as_mut() {
+                if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
+                    self.session.history_wait = None;
+                    let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
+                    let mut bytes = Vec::new();
+                    let (room, seat) = (&self.session.room, self.session.seat);
+                    render_answer(room.name(), self.session.format, answer, &mut bytes);
+                    if room.reply_bytes(seat, bytes).is_err() {
+                        return Poll::Ready(Reason::Ended(End::SlowConsumer));
+                    }
                     self.resume();
                     progress = true;
                 }
             }
-            if self.throttle.is_none() && !self.codec.is_paused() {
+            if let Some(sleep) = self.throttle.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.throttle = None;
+                    if self.session.history_wait.is_none() {
+                        self.resume();
+                    }
+                    progress = true;
+                }
+            }
+            let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
+            if !waiting && !self.codec.is_paused() {
                 match self.stream.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => match self.read() {
                         Ok(true) => progress = true,
@@ -493,6 +555,8 @@ impl Connection {
         match next {
             Next::Continue => {}
             Next::Throttle(until) => self.throttle = Some(Box::pin(sleep_until(until.into()))),
+            // The session waits for a /history answer; poll_run picks it up.
+            Next::Wait => {}
             Next::End(end) => self.end = Some(end),
         }
         // A command may have moved us to another room (whose wake-up list we are not on) or

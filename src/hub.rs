@@ -7,19 +7,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::Format;
-use crate::room::{Room, RoomError, Seat};
+use crate::room::{Replay, Room, RoomError, Seat};
+use crate::store::{Pending, Store};
 
-#[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     max_pending: usize,
+    store: Arc<dyn Store>,
 }
 
 impl Hub {
-    pub fn new(max_pending: usize) -> Self {
+    pub fn new(max_pending: usize, store: Arc<dyn Store>) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
             max_pending,
+            store,
         }
     }
 
@@ -35,19 +37,32 @@ impl Hub {
         name: &str,
         format: Format,
     ) -> Result<(Arc<Room>, Seat), RoomError> {
+        self.join_replaying(room, id, name, format, None)
+            .map(|(room, seat, _)| (room, seat))
+    }
+
+    /// Joins (see [`Hub::join`]) and queries the history to replay (see [`Room::join_replaying`]).
+    pub fn join_replaying(
+        &self,
+        room: &str,
+        id: u64,
+        name: &str,
+        format: Format,
+        replay: Option<Replay>,
+    ) -> Result<(Arc<Room>, Seat, Option<Pending>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
             Some(r) => r.clone(),
             None => {
-                let r = Arc::new(Room::new(room, self.max_pending));
+                let r = Arc::new(Room::new(room, self.max_pending, self.store.clone()));
                 rooms.insert(room.to_owned(), r.clone());
                 r
             }
         };
         // Joining under the registry's lock means a room being emptied cannot be dropped from
         // the registry while someone joins it.
-        match entry.join(id, name, format) {
-            Ok(seat) => Ok((entry, seat)),
+        match entry.join_replaying(id, name, format, replay) {
+            Ok((seat, history)) => Ok((entry, seat, history)),
             Err(e) => {
                 if entry.member_count() == 0 {
                     rooms.remove(room);

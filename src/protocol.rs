@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::store::StoredMessage;
+
 /// Longest name, in characters (not bytes).
 pub const MAX_NAME_CHARS: usize = 32;
 /// Longest room name, in characters.
@@ -30,6 +32,10 @@ pub struct Handshake {
     pub name: String,
     pub room: String,
     pub format: Format,
+    /// `"history": N`: replay the room's last N messages before live ones.
+    pub history: Option<u64>,
+    /// `"since": ID`: replay every stored message after ID (resume after a reconnect).
+    pub since: Option<u64>,
 }
 
 /// Parses the handshake object. Unknown keys are ignored, so clients of later versions (or with
@@ -57,7 +63,24 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
         Some(Value::String(s)) if s == "json" => Format::Json,
         Some(_) => return Err("\"format\" must be \"text\" or \"json\"".into()),
     };
-    Ok(Handshake { name, room, format })
+    let count = |key: &str| -> Result<Option<u64>, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("\"{key}\" must be a whole number >= 0")),
+        }
+    };
+    let history = count("history")?;
+    let since = count("since")?;
+    Ok(Handshake {
+        name,
+        room,
+        format,
+        history,
+        since,
+    })
 }
 
 /// Characters that render as nothing (or reorder text) and so would let `Mina\u{200b}` pass for
@@ -295,6 +318,46 @@ impl RoomEvent<'_> {
     }
 }
 
+/// Renders replayed history: in text, `*** history: N messages`, the messages as ordinary
+/// lines, `*** end of history`; in JSON, `{"type":"history","room":..,"count":N}`, the message
+/// objects (with their ids and times), `{"type":"end_of_history","room":..}`.
+pub fn render_history(room: &str, format: Format, messages: &[StoredMessage], out: &mut Vec<u8>) {
+    let n = messages.len();
+    match format {
+        Format::Text => {
+            let plural = if n == 1 { "" } else { "s" };
+            push_notice(out, format_args!("history: {n} message{plural}"));
+            out.push(b'\n');
+        }
+        Format::Json => push_json(
+            out,
+            &serde_json::json!({"type": "history", "room": room, "count": n}),
+        ),
+    }
+    for m in messages {
+        let (id, name, text) = (m.id, m.name.as_str(), m.text.as_str());
+        let event = if m.action {
+            RoomEvent::Action { id, name, text }
+        } else {
+            RoomEvent::Message { id, name, text }
+        };
+        match format {
+            Format::Text => event.render_text(out),
+            Format::Json => event.render_json(room, m.ts, out),
+        }
+    }
+    match format {
+        Format::Text => {
+            push_notice(out, format_args!("end of history"));
+            out.push(b'\n');
+        }
+        Format::Json => push_json(
+            out,
+            &serde_json::json!({"type": "end_of_history", "room": room}),
+        ),
+    }
+}
+
 /// Appends `*** ` + the notice + no newline.
 fn push_notice(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
     out.extend_from_slice(b"*** ");
@@ -341,6 +404,7 @@ pub const HELP: &[&str] = &[
     "/nick NAME",
     "/me ACTION",
     "/msg NAME TEXT",
+    "/history [N]",
     "/quit",
     "/help",
 ];
@@ -447,6 +511,18 @@ mod tests {
             ),
             (json!({"name": "a:b", "room": "r"}), "may not contain"),
             (json!({"name": "a", "room": "r", "format": "xml"}), "format"),
+            (
+                json!({"name": "a", "room": "r", "history": -1}),
+                "\"history\" must be",
+            ),
+            (
+                json!({"name": "a", "room": "r", "since": "5"}),
+                "\"since\" must be",
+            ),
+            (
+                json!({"name": "a", "room": "r", "history": 1.5}),
+                "\"history\" must be",
+            ),
         ];
         for (v, want) in cases {
             let err = parse_handshake(v.clone()).unwrap_err();

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
+use crate::store::{Pending, Store, StoredMessage};
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,15 +102,25 @@ struct Inner {
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
 /// never across an `.await`.
-#[derive(Debug)]
 pub struct Room {
     name: Arc<str>,
     max_pending: usize,
+    store: Arc<dyn Store>,
     inner: Mutex<Inner>,
 }
 
+/// What a joining member wants replayed before live messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// Only messages after this id (a resume); else the last `limit`.
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
 impl Room {
-    pub fn new(name: &str, max_pending: usize) -> Self {
+    pub fn new(name: &str, max_pending: usize, store: Arc<dyn Store>) -> Self {
+        // Ids continue after the last one ever given in this room, also across restarts.
+        let next_id = store.last_id(name) + 1;
         let floor = check_floor(max_pending);
         let log = || Log {
             check_at: floor,
@@ -118,8 +129,9 @@ impl Room {
         Room {
             name: name.into(),
             max_pending,
+            store,
             inner: Mutex::new(Inner {
-                next_id: 1,
+                next_id,
                 logs: [log(), log()],
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -145,6 +157,20 @@ impl Room {
 
     /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
     pub fn join(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
+        self.join_replaying(id, name, format, None)
+            .map(|(seat, _)| seat)
+    }
+
+    /// Joins, and (if asked) queries the history up to the moment of joining: the query is
+    /// queued under the room's lock, after every earlier message's append and before any later
+    /// one's, so history and live messages meet with no gap and no duplicate.
+    pub fn join_replaying(
+        &self,
+        id: u64,
+        name: &str,
+        format: Format,
+        replay: Option<Replay>,
+    ) -> Result<(Seat, Option<Pending>), RoomError> {
         let mut inner = self.lock();
         if inner.find(name).is_some() {
             return Err(RoomError::NameTaken);
@@ -172,8 +198,29 @@ impl Room {
             }
         };
         inner.count += 1;
+        let history = replay.map(|r| self.store.query(&self.name, r.after, r.limit));
         self.publish_locked(&mut inner, RoomEvent::Join { name });
-        Ok(Seat { slot, id })
+        Ok((Seat { slot, id }, history))
+    }
+
+    /// The last `limit` stored messages of this room (for `/history`).
+    pub fn history(&self, limit: usize) -> Pending {
+        self.store.query(&self.name, None, limit)
+    }
+
+    /// Whether history is being stored right now.
+    pub fn history_available(&self) -> bool {
+        self.store.available()
+    }
+
+    /// Queues bytes rendered elsewhere (a `/history` answer) for one member.
+    pub fn reply_bytes(&self, seat: Seat, bytes: Vec<u8>) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        if inner.member(seat).is_none() {
+            return Err(RoomError::Gone);
+        }
+        inner.push_private(seat.slot, bytes, self.max_pending);
+        Ok(())
     }
 
     /// Removes a member, first moving everything still unread for it to `out` so that nothing
@@ -212,6 +259,18 @@ impl Room {
         let name = m.name.clone();
         let id = inner.next_id;
         inner.next_id += 1;
+        let ts = Timestamp::now();
+        // Handed to the store under the lock, so a room's messages are stored in id order.
+        self.store.append(
+            &self.name,
+            StoredMessage {
+                id,
+                name: name.clone(),
+                text: text.to_owned(),
+                ts,
+                action,
+            },
+        );
         let event = if action {
             RoomEvent::Action {
                 id,
@@ -225,7 +284,7 @@ impl Room {
                 text,
             }
         };
-        self.publish_locked(&mut inner, event);
+        self.publish_at(&mut inner, event, Some(ts));
         Ok(id)
     }
 
@@ -350,7 +409,11 @@ impl Room {
     }
 
     fn publish_locked(&self, inner: &mut Inner, event: RoomEvent<'_>) {
-        let mut ts = None;
+        self.publish_at(inner, event, None);
+    }
+
+    /// Appends an event; `ts` is its time if it already has one (a stored message).
+    fn publish_at(&self, inner: &mut Inner, event: RoomEvent<'_>, mut ts: Option<Timestamp>) {
         for format in [Format::Text, Format::Json] {
             let log = &mut inner.logs[format as usize];
             if log.members == 0 {
@@ -526,6 +589,10 @@ impl Inner {
 mod tests {
     use super::*;
 
+    fn new_room(name: &str, max_pending: usize) -> Room {
+        Room::new(name, max_pending, Arc::new(crate::store::NoStore))
+    }
+
     fn drain(room: &Room, seat: Seat) -> String {
         let mut out = Vec::new();
         while matches!(room.take(seat, &mut out, 7, Waker::noop()), Take::Data) {}
@@ -534,7 +601,7 @@ mod tests {
 
     #[test]
     fn everyone_sees_the_same_order_and_the_log_empties() {
-        let room = Room::new("r", 1 << 20);
+        let room = new_room("r", 1 << 20);
         let a = room.join(1, "a", Format::Text).unwrap();
         let b = room.join(2, "b", Format::Text).unwrap();
         assert_eq!(room.join(3, "a", Format::Text), Err(RoomError::NameTaken));
@@ -555,7 +622,7 @@ mod tests {
 
     #[test]
     fn a_member_that_falls_behind_is_cut_off_and_the_log_stays_bounded() {
-        let room = Room::new("r", 10_000);
+        let room = new_room("r", 10_000);
         let slow = room.join(1, "slow", Format::Text).unwrap();
         let fast = room.join(2, "fast", Format::Text).unwrap();
         for i in 0..5_000 {
@@ -570,7 +637,7 @@ mod tests {
 
     #[test]
     fn leaving_hands_over_the_unread_bytes() {
-        let room = Room::new("r", 1 << 20);
+        let room = new_room("r", 1 << 20);
         let a = room.join(1, "a", Format::Text).unwrap();
         room.say(a, "bye", false).unwrap();
         let mut out = Vec::new();
@@ -580,7 +647,7 @@ mod tests {
 
     #[test]
     fn json_members_get_json() {
-        let room = Room::new("r", 1 << 20);
+        let room = new_room("r", 1 << 20);
         let a = room.join(1, "a", Format::Json).unwrap();
         room.say(a, "hi", false).unwrap();
         let out = drain(&room, a);

@@ -39,7 +39,12 @@ impl Server {
             n => n,
         };
         let admission = Arc::new(Admission::new(max_total, config.max_per_ip));
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.addr).await?.collect();
+        // A history database that cannot be opened stops the start, with its path and reason.
+        let store = crate::store::open(&config).map_err(io::Error::other)?;
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {}: {e}", config.addr)))?
+            .collect();
         addrs.dedup();
         let mut listeners = Vec::new();
         let mut last_err = None;
@@ -48,7 +53,10 @@ impl Server {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
                     warn!(%addr, "cannot listen: {e}");
-                    last_err = Some(e);
+                    last_err = Some(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr}: {e}"),
+                    ));
                 }
             }
         }
@@ -63,7 +71,7 @@ impl Server {
         info!(?config, max_connections = max_total, "configuration");
         Ok(Server {
             listeners,
-            ctx: Arc::new(Shared::new(config)),
+            ctx: Arc::new(Shared::new(config, store)),
             admission,
         })
     }

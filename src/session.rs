@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::hub::Hub;
 use crate::protocol::{clean_line, validate_name, validate_room, Format, Reply};
 use crate::room::{Room, RoomError, Seat};
+use crate::store::{Pending, MAX_REPLAY};
 
 /// Why a session ends; the reason is logged, and shown to the client where it is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub enum Next {
     Continue,
     /// Stop reading until the instant: the client used up its line budget.
     Throttle(Instant),
+    /// Stop reading until the `/history` answer in `Session::history_wait` arrives, so replies
+    /// keep the order of the commands.
+    Wait,
     End(End),
 }
 
@@ -74,6 +78,8 @@ pub struct Session {
     pub room: Arc<Room>,
     pub seat: Seat,
     limit: Option<RateLimit>,
+    /// A `/history` answer on its way from the store.
+    pub history_wait: Option<Pending>,
 }
 
 impl Session {
@@ -93,6 +99,7 @@ impl Session {
             room,
             seat,
             limit,
+            history_wait: None,
         }
     }
 
@@ -114,6 +121,9 @@ impl Session {
         };
         if result.is_err() {
             return Next::End(End::SlowConsumer);
+        }
+        if self.history_wait.is_some() {
+            return Next::Wait;
         }
         match self.limit.as_mut().and_then(|l| l.spend(now)) {
             Some(until) => Next::Throttle(until),
@@ -197,6 +207,19 @@ impl Session {
                 return Ok(Some(End::Quit));
             }
             "help" => self.reply(&Reply::Help)?,
+            "history" => {
+                let n = match args {
+                    "" => 20,
+                    n => match n.parse::<usize>() {
+                        Ok(n) if n > 0 => n.min(MAX_REPLAY),
+                        _ => return self.error("usage: /history [N] (N from 1 to 1000)"),
+                    },
+                };
+                if !self.room.history_available() {
+                    return self.error("history unavailable");
+                }
+                self.history_wait = Some(self.room.history(n));
+            }
             _ => {
                 let shown: String = verb.chars().take(32).collect();
                 return self.error(&format!("unknown command /{shown} (try /help)"));

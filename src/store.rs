@@ -18,7 +18,13 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use crate::config::{Config, HistoryMode};
 use crate::protocol::Timestamp;
+
+/// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
+/// client can make the server hold for it. A client that missed more resumes again from the
+/// last id it got.
+pub const MAX_REPLAY: usize = 1000;
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,23 @@ pub trait Store: Send + Sync {
 pub struct Retention {
     pub max_messages: u64,
     pub max_age: Option<Duration>,
+}
+
+/// The store the configuration asks for. A database that cannot be opened is an error here.
+pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
+    let retention = Retention {
+        max_messages: config.history_max,
+        max_age: config.history_max_age,
+    };
+    Ok(match config.history {
+        HistoryMode::Off => Arc::new(NoStore),
+        HistoryMode::Memory => Arc::new(MemoryStore::new(retention)),
+        HistoryMode::Sqlite => Arc::new(SqliteStore::open(
+            &config.data_dir,
+            retention,
+            Batching::default(),
+        )?),
+    })
 }
 
 fn answer(history: History) -> Pending {

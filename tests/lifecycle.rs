@@ -308,6 +308,7 @@ fn listens_on_machat_addr_from_the_environment() {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
         .env("MACHAT_ADDR", "127.0.0.1:0")
+        .env("MACHAT_HISTORY", "memory")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

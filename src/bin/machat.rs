@@ -11,11 +11,10 @@ fn main() -> ExitCode {
         eprintln!("machat: {e}");
         return ExitCode::from(2);
     }
-    let addr = config.addr.clone();
     match machat::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("machat: cannot serve on {addr}: {e}");
+            eprintln!("machat: {e}");
             ExitCode::FAILURE
         }
     }

@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,17 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// A data directory made for this server alone, removed when it is dropped.
+    own_dir: Option<PathBuf>,
+}
+
+/// A fresh, empty directory under the system's temporary directory.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("machat-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
@@ -21,8 +34,17 @@ impl Server {
         Self::start_with(Command::new(env!("CARGO_BIN_EXE_machat")), args)
     }
 
-    /// Starts `cmd` (the server, possibly wrapped) with `-a 127.0.0.1:0` and `args`.
+    /// Starts `cmd` (the server, possibly wrapped) with `-a 127.0.0.1:0` and `args`, and a
+    /// data directory of its own unless `args` choose one.
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+        let own_dir = if args.iter().any(|a| a.contains("data-dir")) {
+            None
+        } else {
+            Some(temp_dir())
+        };
+        if let Some(dir) = &own_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
         cmd.args(["-a", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -53,6 +75,7 @@ impl Server {
             child,
             addr: addr.parse().expect("addr"),
             log,
+            own_dir,
         }
     }
 
@@ -109,6 +132,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
