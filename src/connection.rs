@@ -98,17 +98,19 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Every runtime's inbox, by index (set once at start-up; empty means one runtime).
     runtimes: OnceLock<Vec<Inbox>>,
+    pub store: Arc<dyn Store>,
 }
 
 impl Shared {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
-        let hub = Arc::new(Hub::new(config.max_pending, store));
+        let hub = Arc::new(Hub::new(config.max_pending, store.clone()));
         Shared {
             config,
             hub,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             runtimes: OnceLock::new(),
+            store,
         }
     }
 

@@ -107,6 +107,9 @@ impl Server {
         }
         self.ctx.begin_shutdown();
         drain(&self.admission).await;
+        // Everything said is written before the process ends.
+        let store = self.ctx.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         info!(still_open = self.admission.open(), "stopped");
     }
 }

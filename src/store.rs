@@ -53,6 +53,8 @@ pub trait Store: Send + Sync {
     fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
+    /// Writes everything queued and marks the store as cleanly closed (at shutdown).
+    fn close(&self) {}
 }
 
 /// Retention: how much history each room keeps.
@@ -191,6 +193,7 @@ impl Default for Batching {
 
 enum Op {
     Append(String, StoredMessage),
+    Close(mpsc::Sender<()>),
     Query {
         room: String,
         after: Option<u64>,
@@ -203,6 +206,10 @@ enum Op {
 /// than let a stalled disk grow memory without bound.
 const QUEUE: usize = 100_000;
 
+/// After a crash, ids continue this far after the last stored one: ids handed out but lost
+/// with the unwritten batch (at most the queue and one batch) are never given again.
+const CRASH_GAP: u64 = QUEUE as u64 + 10_000;
+
 /// History in a SQLite file, written by one thread in batches.
 pub struct SqliteStore {
     ops: SyncSender<Op>,
@@ -212,6 +219,8 @@ pub struct SqliteStore {
     /// A read-only connection for `last_id` at room creation.
     reader: Mutex<Connection>,
     healthy: Arc<AtomicBool>,
+    /// The last run did not close the store cleanly: skip ids (see [`CRASH_GAP`]).
+    crashed: bool,
 }
 
 impl SqliteStore {
@@ -223,6 +232,11 @@ impl SqliteStore {
         let path = dir.join("history.db");
         let conn =
             open_writer(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let crashed =
+            mark_open(&conn).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if crashed {
+            warn!(path = %path.display(), "the last run did not stop cleanly: the last batch of messages may be lost; ids continue after a gap");
+        }
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -250,6 +264,7 @@ impl SqliteStore {
             last_ids: Mutex::default(),
             reader: Mutex::new(reader),
             healthy,
+            crashed,
         })
     }
 }
@@ -268,7 +283,8 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
             action INTEGER NOT NULL,
             PRIMARY KEY (room, id)
         ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);",
+        CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
     // Reading every page once turns a corrupt file into an error now, not at the first query.
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -279,6 +295,22 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
         ));
     }
     Ok(conn)
+}
+
+/// Records that the store is in use; returns true if the previous run did not close it.
+fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
+    let clean: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
+            r.get(0)
+        })
+        .ok();
+    let has_messages: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')",
+        [],
+    )?;
+    Ok(has_messages && clean.as_deref() != Some("1"))
 }
 
 impl Store for SqliteStore {
@@ -299,6 +331,11 @@ impl Store for SqliteStore {
                 warn!(room, "cannot read the last id: {e}");
                 0
             });
+        let id = if self.crashed && id > 0 {
+            id + CRASH_GAP
+        } else {
+            id
+        };
         ids.insert(room.to_owned(), id);
         id
     }
@@ -343,6 +380,13 @@ impl Store for SqliteStore {
     fn available(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
+
+    fn close(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.ops.send(Op::Close(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(3));
+        }
+    }
 }
 
 struct Writer {
@@ -376,6 +420,18 @@ impl Writer {
                     Op::Query { .. } => {
                         queries.push(op);
                         break;
+                    }
+                    Op::Close(done) => {
+                        self.commit(&mut batch);
+                        let r = self.conn.execute(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')",
+                            [],
+                        );
+                        if let Err(e) = r {
+                            warn!("cannot mark the history store closed: {e}");
+                        }
+                        let _ = done.send(());
+                        return;
                     }
                 }
                 if batch.len() >= self.batching.max_messages {
@@ -588,7 +644,7 @@ mod tests {
         {
             let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
             check(&store);
-            // A query waits for the appends before it: everything is on disk now.
+            store.close();
         }
         let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
         assert_eq!(store.last_id("r"), 30);

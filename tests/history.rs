@@ -1,0 +1,285 @@
+//! Message history over real sockets: replay on join, resume by id, /history, retention, ids
+//! that survive restarts and crashes, and a database that cannot be opened.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{temp_dir, Client, Server};
+use serde_json::Value;
+
+fn json(c: &mut Client) -> Value {
+    serde_json::from_str(&c.line()).expect("a JSON line")
+}
+
+/// Connects in JSON format with extra handshake fields; returns the client after its own join.
+fn connect_json(server: &Server, name: &str, room: &str, extra: &str) -> (Client, Vec<Value>) {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        "{{\"name\":\"{name}\",\"room\":\"{room}\",\"format\":\"json\"{extra}}}"
+    ));
+    let mut before = Vec::new();
+    loop {
+        let v = json(&mut c);
+        if v["type"] == "join" && v["name"] == name {
+            return (c, before);
+        }
+        before.push(v);
+    }
+}
+
+fn send_all(c: &mut Client, from: usize, to: usize) {
+    for i in from..to {
+        c.send(&format!("m{i}\n"));
+    }
+}
+
+#[test]
+fn replay_on_join_in_text_and_json() {
+    for mode in ["sqlite", "memory"] {
+        let server = Server::start(&["--history", mode, "--max-line-rate", "0"]);
+        let mut a = server.connect("a", "r");
+        send_all(&mut a, 0, 5);
+        a.send("/me waves\n");
+        a.until("* a waves");
+
+        // An old client asks for nothing and gets nothing old.
+        let mut old = server.connect("old", "r");
+        old.send("hi\n");
+        old.expect("old:hi");
+
+        let mut t = Client::raw(server.addr);
+        t.send(r#"{"name":"t","room":"r","history":3}"#);
+        t.expect("*** history: 3 messages");
+        t.expect("a:m4");
+        t.expect("* a waves");
+        t.expect("old:hi");
+        t.expect("*** end of history");
+        t.expect("*** t joined");
+
+        let (_j, before) = connect_json(&server, "j", "r", r#","history":100"#);
+        assert_eq!(before[0]["type"], "history", "{mode}");
+        assert_eq!(before[0]["count"], 7);
+        let ids: Vec<u64> = before[1..8]
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (1..=7).collect::<Vec<u64>>());
+        assert_eq!(before[1]["text"], "m0");
+        assert_eq!(before[6]["type"], "action");
+        assert!(before[1]["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(before[8]["type"], "end_of_history");
+        assert_eq!(before.len(), 9);
+    }
+}
+
+#[test]
+fn history_on_join_default_and_history_command() {
+    let server = Server::start(&["--history-on-join", "2", "--max-line-rate", "0"]);
+    let mut a = Client::raw(server.addr);
+    a.send(r#"{"name":"a","room":"r"}"#);
+    // The default applies to a new room too: an empty replay.
+    a.expect("*** history: 0 messages");
+    a.expect("*** end of history");
+    a.expect("*** a joined");
+    send_all(&mut a, 0, 4);
+    a.until("a:m3");
+    let mut b = Client::raw(server.addr);
+    b.send(r#"{"name":"b","room":"r"}"#);
+    b.expect("*** history: 2 messages");
+    b.expect("a:m2");
+    b.expect("a:m3");
+    b.expect("*** end of history");
+    b.expect("*** b joined");
+    // A client may still ask for none.
+    let mut c = Client::raw(server.addr);
+    c.send(r#"{"name":"c","room":"r","history":0}"#);
+    c.expect("*** c joined");
+    b.expect("*** c joined");
+
+    b.send("/history\n");
+    b.expect("*** history: 4 messages");
+    for i in 0..4 {
+        b.expect(&format!("a:m{i}"));
+    }
+    b.expect("*** end of history");
+    b.send("/history 1\n");
+    b.expect("*** history: 1 message");
+    b.expect("a:m3");
+    b.expect("*** end of history");
+    b.send("/history zero\n");
+    b.expect("*** error: usage: /history [N] (N from 1 to 1000)");
+    // Replies keep the order of the commands.
+    b.send("/history 1\n/who\n");
+    b.expect("*** history: 1 message");
+    b.expect("a:m3");
+    b.expect("*** end of history");
+    b.expect("*** 3 in r: a b c");
+}
+
+#[test]
+fn history_off() {
+    let server = Server::start(&["--history", "off"]);
+    let mut a = server.connect("a", "r");
+    a.send("x\n");
+    a.expect("a:x");
+    a.send("/history\n");
+    a.expect("*** error: history unavailable");
+    let mut b = Client::raw(server.addr);
+    b.send(r#"{"name":"b","room":"r","history":5}"#);
+    b.expect("*** error: history is off on this server");
+    b.expect("*** b joined");
+}
+
+/// A client that reconnects with `"since"` misses nothing and sees nothing twice, while
+/// another client keeps sending.
+#[test]
+fn resume_since_has_no_gap_and_no_duplicate() {
+    let server = Server::start(&["--max-line-rate", "0"]);
+    let sender = server.connect("sender", "r");
+    let (mut reader, _) = connect_json(&server, "reader", "r", "");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let mut s = sender.stream.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 3000 {
+                if s.write_all(format!("n{i}\n").as_bytes()).is_err() {
+                    break;
+                }
+                i += 1;
+                if i % 20 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            i
+        })
+    };
+    let mut seen: Vec<u64> = Vec::new();
+    for round in 0..5 {
+        // Read some, then drop the connection and come back from the last id seen.
+        while seen.len() < (round + 1) * 100 {
+            let v = json(&mut reader);
+            if v["type"] == "message" {
+                seen.push(v["id"].as_u64().unwrap());
+            }
+        }
+        drop(reader);
+        std::thread::sleep(Duration::from_millis(30));
+        let last = *seen.last().unwrap();
+        let (r, before) = connect_json(&server, "reader", "r", &format!(r#","since":{last}"#));
+        reader = r;
+        for v in before {
+            if v["type"] == "message" {
+                seen.push(v["id"].as_u64().unwrap());
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap() as u64;
+    // Drain the rest: every id the sender was given, once each, in order.
+    let deadline = Instant::now() + common::TIMEOUT;
+    while seen.last().copied() != Some(sent) && Instant::now() < deadline {
+        let v = json(&mut reader);
+        if v["type"] == "message" {
+            seen.push(v["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, (1..=sent).collect::<Vec<u64>>());
+    drop(sender);
+}
+
+#[test]
+fn ids_and_history_survive_a_restart() {
+    let dir = temp_dir();
+    let dir_s = dir.to_str().unwrap().to_owned();
+    {
+        let server = Server::start(&["--data-dir", &dir_s, "--max-line-rate", "0"]);
+        let mut a = server.connect("a", "r");
+        send_all(&mut a, 0, 10);
+        a.until("a:m9");
+        let mut server = server;
+        server.signal("-TERM");
+        assert!(a.closed());
+        wait_exit(&mut server);
+    }
+    let server = Server::start(&["--data-dir", &dir_s]);
+    let (mut j, before) = connect_json(&server, "j", "r", r#","history":3"#);
+    let texts: Vec<&str> = before[1..4]
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m7", "m8", "m9"]);
+    j.send("after restart\n");
+    let v = json(&mut j);
+    assert_eq!(
+        (v["text"].as_str(), v["id"].as_u64()),
+        (Some("after restart"), Some(11))
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_exit(server: &mut Server) -> std::process::ExitStatus {
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn retention_keeps_at_most_history_max() {
+    for mode in ["memory", "sqlite"] {
+        let server = Server::start(&[
+            "--history",
+            mode,
+            "--history-max",
+            "5",
+            "--max-line-rate",
+            "0",
+        ]);
+        let mut a = server.connect("a", "r");
+        send_all(&mut a, 0, 12);
+        a.until("a:m11");
+        // SQLite prunes in the background, at most a second later.
+        std::thread::sleep(Duration::from_millis(1500));
+        a.send("m12\n");
+        a.until("a:m12");
+        std::thread::sleep(Duration::from_millis(1500));
+        a.send("/history 100\n");
+        let lines = a.until("*** end of history");
+        assert_eq!(lines[0], "*** history: 5 messages", "{mode}: {lines:?}");
+        assert_eq!(
+            lines[1..],
+            ["a:m8", "a:m9", "a:m10", "a:m11", "a:m12"],
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_database_stops_the_start_with_a_clear_error() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("history.db"), vec![7u8; 16384]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(["-a", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("history.db") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
