@@ -90,6 +90,18 @@ pub struct Config {
     /// Default: kept until --history-max pushes them out.
     #[arg(long, env = "MACHAT_HISTORY_MAX_AGE", value_parser = parse_age)]
     pub history_max_age: Option<Duration>,
+
+    /// `batch`: commit at least every 50 ms or 1,000 messages (a power cut may lose that
+    /// window); `sync`: a message is delivered only once committed and fsynced.
+    #[arg(long, env = "MACHAT_DURABILITY", value_enum, default_value = "batch")]
+    pub durability: Durability,
+}
+
+/// When a stored message counts as safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    Batch,
+    Sync,
 }
 
 /// Where history lives.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
-use crate::store::{Pending, Store, StoredMessage};
+use crate::store::{Deliver, Pending, Store, StoredMessage};
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +250,7 @@ impl Room {
     }
 
     /// Sends a message: assigns the room's next id, renders it once per format in use, appends.
-    pub fn say(&self, seat: Seat, text: &str, action: bool) -> Result<u64, RoomError> {
+    pub fn say(self: &Arc<Self>, seat: Seat, text: &str, action: bool) -> Result<u64, RoomError> {
         let mut inner = self.lock();
         let Some(m) = inner.member(seat) else {
             return Err(RoomError::Gone);
@@ -260,32 +260,50 @@ impl Room {
         let id = inner.next_id;
         inner.next_id += 1;
         let ts = Timestamp::now();
+        let msg = StoredMessage {
+            id,
+            name,
+            text: text.to_owned(),
+            ts,
+            action,
+        };
         // Handed to the store under the lock, so a room's messages are stored in id order.
-        self.store.append(
-            &self.name,
-            StoredMessage {
-                id,
-                name: name.clone(),
-                text: text.to_owned(),
-                ts,
-                action,
-            },
-        );
+        if self.store.durable() {
+            // Delivered by the store's writer once it is on disk, in id order.
+            let room = self.clone();
+            let stored = msg.clone();
+            let deliver: Deliver = Box::new(move || room.publish_stored(&stored));
+            self.store.append(&self.name, msg, Some(deliver));
+            return Ok(id);
+        }
         let event = if action {
             RoomEvent::Action {
                 id,
-                name: &name,
+                name: &msg.name,
                 text,
             }
         } else {
             RoomEvent::Message {
                 id,
-                name: &name,
+                name: &msg.name,
                 text,
             }
         };
         self.publish_at(&mut inner, event, Some(ts));
+        self.store.append(&self.name, msg, None);
         Ok(id)
+    }
+
+    /// Publishes a message the store has just made durable.
+    fn publish_stored(&self, m: &StoredMessage) {
+        let (id, name, text) = (m.id, m.name.as_str(), m.text.as_str());
+        let event = if m.action {
+            RoomEvent::Action { id, name, text }
+        } else {
+            RoomEvent::Message { id, name, text }
+        };
+        let mut inner = self.lock();
+        self.publish_at(&mut inner, event, Some(m.ts));
     }
 
     /// Renames a member if the new name is free in this room, and tells the room.
@@ -601,7 +619,7 @@ mod tests {
 
     #[test]
     fn everyone_sees_the_same_order_and_the_log_empties() {
-        let room = new_room("r", 1 << 20);
+        let room = Arc::new(new_room("r", 1 << 20));
         let a = room.join(1, "a", Format::Text).unwrap();
         let b = room.join(2, "b", Format::Text).unwrap();
         assert_eq!(room.join(3, "a", Format::Text), Err(RoomError::NameTaken));
@@ -622,7 +640,7 @@ mod tests {
 
     #[test]
     fn a_member_that_falls_behind_is_cut_off_and_the_log_stays_bounded() {
-        let room = new_room("r", 10_000);
+        let room = Arc::new(new_room("r", 10_000));
         let slow = room.join(1, "slow", Format::Text).unwrap();
         let fast = room.join(2, "fast", Format::Text).unwrap();
         for i in 0..5_000 {
@@ -637,7 +655,7 @@ mod tests {
 
     #[test]
     fn leaving_hands_over_the_unread_bytes() {
-        let room = new_room("r", 1 << 20);
+        let room = Arc::new(new_room("r", 1 << 20));
         let a = room.join(1, "a", Format::Text).unwrap();
         room.say(a, "bye", false).unwrap();
         let mut out = Vec::new();
@@ -647,7 +665,7 @@ mod tests {
 
     #[test]
     fn json_members_get_json() {
-        let room = new_room("r", 1 << 20);
+        let room = Arc::new(new_room("r", 1 << 20));
         let a = room.join(1, "a", Format::Json).unwrap();
         room.say(a, "hi", false).unwrap();
         let out = drain(&room, a);

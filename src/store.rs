@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, HistoryMode};
+use crate::config::{Config, Durability, HistoryMode};
 use crate::protocol::Timestamp;
 
 /// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
@@ -37,6 +37,9 @@ pub struct StoredMessage {
     pub action: bool,
 }
 
+/// What a durable store runs once a message is on disk: its delivery to the room.
+pub type Deliver = Box<dyn FnOnce() + Send>;
+
 /// The answer to a history query: the messages, oldest first, or why there are none.
 pub type History = Result<Vec<StoredMessage>, String>;
 
@@ -47,8 +50,13 @@ pub type Pending = oneshot::Receiver<History>;
 pub trait Store: Send + Sync {
     /// The highest id ever given in `room` (0 for a new room), so ids are never reused.
     fn last_id(&self, room: &str) -> u64;
-    /// Queues a message for storage. Never blocks.
-    fn append(&self, room: &str, msg: StoredMessage);
+    /// Queues a message for storage. Never blocks. A durable store calls `deliver` once the
+    /// message is on disk (from its own thread, in id order); others get `None`.
+    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>);
+    /// True if messages must be delivered only once stored (`--durability sync`).
+    fn durable(&self) -> bool {
+        false
+    }
     /// The last `limit` messages of `room`, or those after `after` when given.
     fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending;
     /// False while writes are failing (the disk is full, say).
@@ -73,11 +81,25 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
     Ok(match config.history {
         HistoryMode::Off => Arc::new(NoStore),
         HistoryMode::Memory => Arc::new(MemoryStore::new(retention)),
-        HistoryMode::Sqlite => Arc::new(SqliteStore::open(
-            &config.data_dir,
-            retention,
-            Batching::default(),
-        )?),
+        HistoryMode::Sqlite => {
+            let sync = config.durability == Durability::Sync;
+            // In sync mode every message waits for its commit, so commit whatever is queued at
+            // once instead of waiting for more (the queue itself makes the groups).
+            let batching = if sync {
+                Batching {
+                    window: Duration::ZERO,
+                    ..Batching::default()
+                }
+            } else {
+                Batching::default()
+            };
+            Arc::new(SqliteStore::open(
+                &config.data_dir,
+                retention,
+                batching,
+                sync,
+            )?)
+        }
     })
 }
 
@@ -94,7 +116,11 @@ impl Store for NoStore {
     fn last_id(&self, _room: &str) -> u64 {
         0
     }
-    fn append(&self, _room: &str, _msg: StoredMessage) {}
+    fn append(&self, _room: &str, _msg: StoredMessage, deliver: Option<Deliver>) {
+        if let Some(deliver) = deliver {
+            deliver();
+        }
+    }
     fn query(&self, _room: &str, _after: Option<u64>, _limit: usize) -> Pending {
         answer(Err("history is off on this server".into()))
     }
@@ -130,11 +156,14 @@ impl Store for MemoryStore {
         ids.get(room).copied().unwrap_or(0)
     }
 
-    fn append(&self, room: &str, msg: StoredMessage) {
+    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>) {
         self.last_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(room.to_owned(), msg.id);
+        if let Some(deliver) = deliver {
+            deliver();
+        }
         let mut rooms = self.rooms();
         let log = rooms.entry(room.to_owned()).or_default();
         log.push_back(msg);
@@ -192,7 +221,7 @@ impl Default for Batching {
 }
 
 enum Op {
-    Append(String, StoredMessage),
+    Append(String, StoredMessage, Option<Deliver>),
     Close(mpsc::Sender<()>),
     Query {
         room: String,
@@ -221,17 +250,24 @@ pub struct SqliteStore {
     healthy: Arc<AtomicBool>,
     /// The last run did not close the store cleanly: skip ids (see [`CRASH_GAP`]).
     crashed: bool,
+    /// `--durability sync`: deliver only what is committed and fsynced.
+    sync: bool,
 }
 
 impl SqliteStore {
     /// Opens (or creates) `dir/history.db`. A corrupt or unwritable file is an error here,
     /// with the path and SQLite's reason, never later.
-    pub fn open(dir: &Path, retention: Retention, batching: Batching) -> Result<Self, String> {
+    pub fn open(
+        dir: &Path,
+        retention: Retention,
+        batching: Batching,
+        sync: bool,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
         let path = dir.join("history.db");
         let conn =
-            open_writer(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            open_writer(&path, sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let crashed =
             mark_open(&conn).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         if crashed {
@@ -265,14 +301,17 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             healthy,
             crashed,
+            sync,
         })
     }
 }
 
-fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
+fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // NORMAL in WAL mode survives a process crash but may lose the last commits in a power cut;
+    // FULL fsyncs every commit.
+    conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS messages (
             room TEXT NOT NULL,
@@ -340,22 +379,32 @@ impl Store for SqliteStore {
         id
     }
 
-    fn append(&self, room: &str, msg: StoredMessage) {
+    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>) {
         self.last_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(room.to_owned(), msg.id);
-        match self.ops.try_send(Op::Append(room.to_owned(), msg)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        let op = match self.ops.try_send(Op::Append(room.to_owned(), msg, deliver)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(op)) => {
                 if self.healthy.swap(false, Ordering::AcqRel) {
                     error!("history store is not keeping up: messages are not being stored");
                 }
+                op
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Disconnected(op)) => {
                 self.healthy.store(false, Ordering::Release);
+                op
             }
+        };
+        // Not stored, but chat goes on: deliver it anyway.
+        if let Op::Append(_, _, Some(deliver)) = op {
+            deliver();
         }
+    }
+
+    fn durable(&self) -> bool {
+        self.sync
     }
 
     fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending {
@@ -403,7 +452,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<(String, StoredMessage)> = Vec::new();
+        let mut batch: Vec<(String, StoredMessage, Option<Deliver>)> = Vec::new();
         loop {
             // Wait for work; then gather more until the window closes or the batch is full.
             let first = match self.rx.recv() {
@@ -415,7 +464,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match op {
-                    Op::Append(room, msg) => batch.push((room, msg)),
+                    Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
                     // A query answers after everything queued before it is committed.
                     Op::Query { .. } => {
                         queries.push(op);
@@ -462,7 +511,8 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<(String, StoredMessage)>) {
+    /// Writes a batch in one transaction, then delivers what waited for it (sync durability).
+    fn commit(&mut self, batch: &mut Vec<(String, StoredMessage, Option<Deliver>)>) {
         if batch.is_empty() {
             return;
         }
@@ -473,7 +523,7 @@ impl Writer {
                     "INSERT OR REPLACE INTO messages (room, id, name, text, ts, action)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                for (room, m) in batch.iter() {
+                for (room, m, _) in batch.iter() {
                     stmt.execute(params![
                         room,
                         m.id as i64,
@@ -491,7 +541,7 @@ impl Writer {
                 if !self.healthy.swap(true, Ordering::AcqRel) {
                     info!(path = %self.path.display(), "history store writes again");
                 }
-                for (room, _) in batch.iter() {
+                for (room, _, _) in batch.iter() {
                     self.touched.insert(room.clone(), ());
                 }
             }
@@ -502,7 +552,12 @@ impl Writer {
                 }
             }
         }
-        batch.clear();
+        // Delivered even if the write failed: live chat goes on without history.
+        for (_, _, deliver) in batch.drain(..) {
+            if let Some(deliver) = deliver {
+                deliver();
+            }
+        }
     }
 
     fn read(&mut self, room: &str, after: Option<u64>, limit: usize) -> History {
@@ -601,9 +656,9 @@ mod tests {
     fn check(store: &dyn Store) {
         assert_eq!(store.last_id("r"), 0);
         for id in 1..=30 {
-            store.append("r", msg(id));
+            store.append("r", msg(id), None);
         }
-        store.append("other", msg(1));
+        store.append("other", msg(1), None);
         assert_eq!(store.last_id("r"), 30);
         let last = store.query("r", None, 5).blocking_recv().unwrap();
         assert_eq!(ids(last), vec![26, 27, 28, 29, 30]);
@@ -625,7 +680,7 @@ mod tests {
             max_age: None,
         });
         for id in 1..=10 {
-            small.append("r", msg(id));
+            small.append("r", msg(id), None);
         }
         assert_eq!(
             ids(small.query("r", None, 10).blocking_recv().unwrap()),
@@ -642,11 +697,11 @@ mod tests {
             max_age: None,
         };
         {
-            let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
+            let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
             check(&store);
             store.close();
         }
-        let store = SqliteStore::open(&dir, retention, Batching::default()).unwrap();
+        let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
         assert_eq!(store.last_id("r"), 30);
         assert_eq!(
             ids(store.query("r", Some(28), 10).blocking_recv().unwrap()),
@@ -665,7 +720,7 @@ mod tests {
             max_messages: 100,
             max_age: None,
         };
-        let err = SqliteStore::open(&dir, retention, Batching::default())
+        let err = SqliteStore::open(&dir, retention, Batching::default(), false)
             .err()
             .unwrap();
         assert!(err.contains("history.db"), "{err}");
