@@ -284,6 +284,9 @@ fn a_corrupt_database_stops_the_start_with_a_clear_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Messages as (id, text).
+type Messages = Vec<(u64, String)>;
+
 /// Reads every stored message of `room` after `after`, page by page (a replay is at most
 /// 1,000 messages), as (id, text).
 fn all_stored(server: &Server, room: &str, mut after: u64) -> Vec<(u64, String)> {
@@ -315,10 +318,7 @@ fn all_stored(server: &Server, room: &str, mut after: u64) -> Vec<(u64, String)>
 
 /// Floods a room, kills the server with SIGKILL, restarts it on the same data directory, and
 /// checks what the history kept. Returns (what the reader received, what is stored).
-fn crash(
-    durability: &str,
-    settle_before_kill: Duration,
-) -> (Vec<(u64, String)>, Vec<(u64, String)>, Server) {
+fn crash(durability: &str, settle_before_kill: Duration) -> (Messages, Messages, Server) {
     let dir = temp_dir();
     let dir_s = dir.to_str().unwrap().to_owned();
     let args = [
