@@ -9,8 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -235,13 +236,33 @@ enum Op {
 /// than let a stalled disk grow memory without bound.
 const QUEUE: usize = 100_000;
 
+/// The writer's queue: unbounded in type (a bounded std channel allocates its whole capacity
+/// up front, megabytes for an idle server), bounded by a count.
+struct Queue {
+    tx: Sender<Op>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn try_send(&self, op: Op) -> Result<(), TrySendError<Op>> {
+        if self.queued.load(Ordering::Acquire) >= QUEUE {
+            return Err(TrySendError::Full(op));
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(op).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            TrySendError::Disconnected(e.0)
+        })
+    }
+}
+
 /// After a crash, ids continue this far after the last stored one: ids handed out but lost
 /// with the unwritten batch (at most the queue and one batch) are never given again.
 const CRASH_GAP: u64 = QUEUE as u64 + 10_000;
 
 /// History in a SQLite file, written by one thread in batches.
 pub struct SqliteStore {
-    ops: SyncSender<Op>,
+    ops: Queue,
     /// Highest id handed over per room, so a room that empties and comes back continues after
     /// ids that are still queued.
     last_ids: Mutex<HashMap<String, u64>>,
@@ -278,15 +299,22 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let (ops, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let ops = Queue {
+            tx,
+            queued: queued.clone(),
+        };
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             conn,
             rx,
+            queued,
             retention,
             batching,
             healthy: healthy.clone(),
             touched: HashMap::new(),
+            rids: HashMap::new(),
             last_prune: Instant::now(),
             path: path.clone(),
         };
@@ -307,22 +335,29 @@ impl SqliteStore {
 }
 
 fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    // One thread owns this connection: SQLite's own locking is not needed.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process crash but may lose the last commits in a power cut;
     // FULL fsyncs every commit.
     conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS messages (
-            room TEXT NOT NULL,
+        "CREATE TABLE IF NOT EXISTS rooms (
+            rid INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        );
+        CREATE TABLE IF NOT EXISTS messages (
+            rid INTEGER NOT NULL,
             id INTEGER NOT NULL,
             name TEXT NOT NULL,
             text TEXT NOT NULL,
             ts INTEGER NOT NULL,
             action INTEGER NOT NULL,
-            PRIMARY KEY (room, id)
+            PRIMARY KEY (rid, id)
         ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
     // Reading every page once turns a corrupt file into an error now, not at the first query.
@@ -361,7 +396,8 @@ impl Store for SqliteStore {
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let id: u64 = reader
             .query_row(
-                "SELECT COALESCE(MAX(id), 0) FROM messages WHERE room = ?1",
+                "SELECT COALESCE(MAX(m.id), 0) FROM messages m JOIN rooms r ON m.rid = r.rid
+                 WHERE r.name = ?1",
                 [room],
                 |r| r.get::<_, i64>(0),
             )
@@ -432,7 +468,7 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.ops.send(Op::Close(tx)).is_ok() {
+        if self.ops.tx.send(Op::Close(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(3));
         }
     }
@@ -441,11 +477,14 @@ impl Store for SqliteStore {
 struct Writer {
     conn: Connection,
     rx: Receiver<Op>,
+    queued: Arc<AtomicUsize>,
     retention: Retention,
     batching: Batching,
     healthy: Arc<AtomicBool>,
-    /// Rooms written since the last prune.
-    touched: HashMap<String, ()>,
+    /// Rooms written since the last prune, by their row id.
+    touched: HashMap<i64, ()>,
+    /// Room name to row id (keys are integers: cheaper to compare than names).
+    rids: HashMap<String, i64>,
     last_prune: Instant,
     path: PathBuf,
 }
@@ -459,6 +498,7 @@ impl Writer {
                 Ok(op) => op,
                 Err(_) => return,
             };
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             let deadline = Instant::now() + self.batching.window;
             let mut queries = Vec::new();
             let mut next = Some(first);
@@ -488,7 +528,10 @@ impl Writer {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
-                    Ok(op) => next = Some(op),
+                    Ok(op) => {
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
+                        next = Some(op);
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
@@ -516,16 +559,27 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        let rids = &mut self.rids;
+        let touched = &mut self.touched;
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO messages (room, id, name, text, ts, action)
+                    "INSERT OR REPLACE INTO messages (rid, id, name, text, ts, action)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for (room, m, _) in batch.iter() {
+                    let rid = match rids.get(room) {
+                        Some(rid) => *rid,
+                        None => {
+                            let rid = room_id(&tx, room)?;
+                            rids.insert(room.clone(), rid);
+                            rid
+                        }
+                    };
+                    touched.insert(rid, ());
                     stmt.execute(params![
-                        room,
+                        rid,
                         m.id as i64,
                         m.name,
                         m.text,
@@ -536,13 +590,14 @@ impl Writer {
             }
             tx.commit()
         })();
+        if result.is_err() {
+            // A rolled-back transaction may have taken new rooms' rows with it.
+            rids.clear();
+        }
         match result {
             Ok(()) => {
                 if !self.healthy.swap(true, Ordering::AcqRel) {
                     info!(path = %self.path.display(), "history store writes again");
-                }
-                for (room, _, _) in batch.iter() {
-                    self.touched.insert(room.clone(), ());
                 }
             }
             Err(e) => {
@@ -562,17 +617,29 @@ impl Writer {
 
     fn read(&mut self, room: &str, after: Option<u64>, limit: usize) -> History {
         let limit = limit as i64;
+        let rid: Option<i64> = match self.rids.get(room) {
+            Some(rid) => Some(*rid),
+            None => self
+                .conn
+                .query_row("SELECT rid FROM rooms WHERE name = ?1", [room], |r| {
+                    r.get(0)
+                })
+                .ok(),
+        };
+        let Some(rid) = rid else {
+            return Ok(Vec::new());
+        };
         let rows = match after {
             Some(after) => {
                 let mut stmt = self
                     .conn
                     .prepare_cached(
                         "SELECT id, name, text, ts, action FROM messages
-                         WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                         WHERE rid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                     )
                     .map_err(|e| e.to_string())?;
                 let rows = stmt
-                    .query_map(params![room, after as i64, limit], row_to_message)
+                    .query_map(params![rid, after as i64, limit], row_to_message)
                     .map_err(|e| e.to_string())?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             }
@@ -581,11 +648,11 @@ impl Writer {
                     .conn
                     .prepare_cached(
                         "SELECT id, name, text, ts, action FROM messages
-                         WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+                         WHERE rid = ?1 ORDER BY id DESC LIMIT ?2",
                     )
                     .map_err(|e| e.to_string())?;
                 let rows = stmt
-                    .query_map(params![room, limit], row_to_message)
+                    .query_map(params![rid, limit], row_to_message)
                     .map_err(|e| e.to_string())?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map(|mut v| {
                     v.reverse();
@@ -599,30 +666,46 @@ impl Writer {
         })
     }
 
-    /// Retention runs here, in the background, at most once a second.
+    /// Retention runs here, in the background, at most once a second, for the rooms written
+    /// since; the age limit walks each room from its oldest message (ids grow with time), so it
+    /// needs no index of its own.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
-        let rooms: Vec<String> = self.touched.drain().map(|(r, _)| r).collect();
-        for room in rooms {
+        let rids: Vec<i64> = self.touched.drain().map(|(r, _)| r).collect();
+        let oldest = self
+            .retention
+            .max_age
+            .map(|age| Timestamp::now().0.saturating_sub(age.as_millis() as u64) as i64);
+        for rid in rids {
             let r = self.conn.execute(
-                "DELETE FROM messages WHERE room = ?1 AND id <= (
-                     SELECT id FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                params![room, self.retention.max_messages as i64],
+                "DELETE FROM messages WHERE rid = ?1 AND id <= (
+                     SELECT id FROM messages WHERE rid = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![rid, self.retention.max_messages as i64],
             );
             if let Err(e) = r {
-                warn!(room, "pruning failed: {e}");
+                warn!(rid, "pruning failed: {e}");
             }
-        }
-        if let Some(age) = self.retention.max_age {
-            let oldest = Timestamp::now().0.saturating_sub(age.as_millis() as u64);
-            if let Err(e) = self
-                .conn
-                .execute("DELETE FROM messages WHERE ts < ?1", [oldest as i64])
-            {
-                warn!("pruning by age failed: {e}");
+            if let Some(oldest) = oldest {
+                let r = self.conn.execute(
+                    "DELETE FROM messages WHERE rid = ?1 AND id < COALESCE(
+                         (SELECT id FROM messages WHERE rid = ?1 AND ts >= ?2 ORDER BY id LIMIT 1),
+                         (SELECT MAX(id) + 1 FROM messages WHERE rid = ?1))",
+                    params![rid, oldest],
+                );
+                if let Err(e) = r {
+                    warn!(rid, "pruning by age failed: {e}");
+                }
             }
         }
     }
+}
+
+/// The row id of a room's name, created on first use.
+fn room_id(conn: &Connection, room: &str) -> rusqlite::Result<i64> {
+    conn.execute("INSERT OR IGNORE INTO rooms (name) VALUES (?1)", [room])?;
+    conn.query_row("SELECT rid FROM rooms WHERE name = ?1", [room], |r| {
+        r.get(0)
+    })
 }
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
