@@ -439,3 +439,117 @@ fn batch_durability_loses_at_most_the_window_through_a_kill_9() {
     let (received, stored, server) = crash("batch", Duration::from_millis(300));
     check_crash(&received, &stored, &server);
 }
+
+#[test]
+fn retention_by_age() {
+    for mode in ["memory", "sqlite"] {
+        let server = Server::start(&["--history", mode, "--history-max-age", "2s"]);
+        let mut a = server.connect("a", "r");
+        a.send("old\n");
+        a.expect("a:old");
+        std::thread::sleep(Duration::from_millis(2500));
+        a.send("new\n");
+        a.expect("a:new");
+        // SQLite prunes in the background, at most a second later.
+        std::thread::sleep(Duration::from_millis(1500));
+        a.send("newer\n");
+        a.expect("a:newer");
+        a.send("/history\n");
+        let lines = a.until("*** end of history");
+        assert_eq!(
+            lines,
+            ["*** history: 2 messages", "a:new", "a:newer"],
+            "{mode}"
+        );
+    }
+}
+
+/// A tmpfs mounted on a fresh directory and unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = temp_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "this test mounts a small tmpfs and needs root (as CI runs)"
+        );
+        SmallDisk(dir)
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_history_not_chat() {
+    let disk = SmallDisk::new("256k");
+    let dir = disk.0.to_str().unwrap().to_owned();
+    let server = Server::start(&["--data-dir", &dir, "--max-line-rate", "0"]);
+    let mut a = server.connect("a", "r");
+    let mut b = server.connect("b", "r");
+    a.expect("*** b joined");
+    let line = "f".repeat(1000);
+    let mut i = 0;
+    while !server.log_contains("history store cannot write") {
+        assert!(i < 5000, "the disk never filled");
+        a.send(&format!("{i} {line}\n"));
+        a.expect(&format!("a:{i} {line}"));
+        b.expect(&format!("a:{i} {line}"));
+        i += 1;
+    }
+    // Chat goes on; history says it is unavailable; the failure is logged once.
+    a.send("still chatting\n");
+    b.expect("a:still chatting");
+    a.until("a:still chatting");
+    std::thread::sleep(Duration::from_millis(200));
+    a.send("/history\n");
+    a.expect("*** error: history unavailable");
+    let failures = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("history store cannot write"))
+        .count();
+    assert_eq!(failures, 1);
+    // Room again: writes succeed again, and /history answers.
+    disk.grow("64m");
+    let deadline = Instant::now() + common::TIMEOUT;
+    loop {
+        a.send("after\n");
+        a.until("a:after");
+        if server.log_contains("history store writes again") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "history never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.send("/history 1\n");
+    assert_eq!(
+        a.until("*** end of history"),
+        ["*** history: 1 message", "a:after"]
+    );
+    drop(server);
+}
