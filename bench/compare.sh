@@ -4,6 +4,7 @@
 #   bench/compare.sh              # all scenarios: F1 F2 F3 I1
 #   bench/compare.sh F1 F2        # some of them
 #   RUNS=5 TARGETS="machat nats" bench/compare.sh F3
+#   TARGETS="machat-nohist machat" bench/compare.sh F1   # history off vs on (the default)
 #
 # Every run gets a fresh server on a free loopback port, started here and stopped after the
 # run; runs go round-robin over the targets (machat, redis, nats), RUNS times. Raw JSON lines
@@ -109,9 +110,12 @@ port_listening() {
 start_server() {
     local target=$1 scenario=$2 port=$3 log=$4
     case "$target" in
-        machat)
-            local extra=()
-            case "$scenario" in F1 | F3) extra=(--max-line-rate 0) ;; esac
+        machat | machat-nohist)
+            # A fresh history database per run (machat-nohist: history off, for the on/off ratio).
+            local extra=(--data-dir "$OUT/data-$port")
+            rm -rf "$OUT/data-$port"
+            case "$scenario" in F1 | F3) extra+=(--max-line-rate 0) ;; esac
+            [ "$target" = machat-nohist ] && extra+=(--history off)
             "$MACHAT" -a "127.0.0.1:$port" "${extra[@]}" >"$log" 2>&1 &
             ;;
         redis)
@@ -183,15 +187,16 @@ for scenario in "${SCENARIOS[@]}"; do
             echo "== $scenario run $run/$RUNS: $target (port $port, pid $SERVER_PID)" >&2
             set +e
             # shellcheck disable=SC2086
-            line=$("$BENCH" --target "$target" --addr "127.0.0.1:$port" --server-pid "$SERVER_PID" \
+            line=$("$BENCH" --target "${target%-nohist}" --addr "127.0.0.1:$port" --server-pid "$SERVER_PID" \
                 --threads "$BENCH_THREADS" --json --label "$scenario" $args 2>"$OUT/last-error.txt")
             rc=$?
             set -e
             if [ $rc -eq 0 ] && [ -n "$line" ]; then
                 echo "$line" | python3 -c '
 import json, sys
-r = json.loads(sys.stdin.read()); r["run"] = int(sys.argv[1]); print(json.dumps(r))
-' "$run" >>"$RAW"
+r = json.loads(sys.stdin.read()); r["run"] = int(sys.argv[1]); r["target"] = sys.argv[2]
+print(json.dumps(r))
+' "$run" "$target" >>"$RAW"
                 echo "$line" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
