@@ -349,14 +349,13 @@ fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
             rid INTEGER PRIMARY KEY,
             name TEXT NOT NULL UNIQUE
         );
-        CREATE TABLE IF NOT EXISTS messages (
+        CREATE TABLE IF NOT EXISTS chunks (
             rid INTEGER NOT NULL,
-            id INTEGER NOT NULL,
-            name TEXT NOT NULL,
-            text TEXT NOT NULL,
-            ts INTEGER NOT NULL,
-            action INTEGER NOT NULL,
-            PRIMARY KEY (rid, id)
+            last_id INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (rid, last_id)
         ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
@@ -379,7 +378,7 @@ fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
         })
         .ok();
     let has_messages: bool =
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))?;
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM chunks)", [], |r| r.get(0))?;
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')",
         [],
@@ -396,7 +395,7 @@ impl Store for SqliteStore {
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let id: u64 = reader
             .query_row(
-                "SELECT COALESCE(MAX(m.id), 0) FROM messages m JOIN rooms r ON m.rid = r.rid
+                "SELECT COALESCE(MAX(c.last_id), 0) FROM chunks c JOIN rooms r ON c.rid = r.rid
                  WHERE r.name = ?1",
                 [room],
                 |r| r.get::<_, i64>(0),
@@ -564,10 +563,9 @@ impl Writer {
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO messages (rid, id, name, text, ts, action)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
+                // One row per room per commit: a batch of a busy room is one insert, not a
+                // thousand. A room's messages come in id order (appended under its lock).
+                let mut chunks: Vec<(i64, Vec<&StoredMessage>)> = Vec::new();
                 for (room, m, _) in batch.iter() {
                     let rid = match rids.get(room) {
                         Some(rid) => *rid,
@@ -577,15 +575,25 @@ impl Writer {
                             rid
                         }
                     };
-                    touched.insert(rid, ());
-                    stmt.execute(params![
-                        rid,
-                        m.id as i64,
-                        m.name,
-                        m.text,
-                        m.ts.0 as i64,
-                        m.action
-                    ])?;
+                    match chunks.iter_mut().find(|(r, _)| *r == rid) {
+                        Some((_, msgs)) => msgs.push(m),
+                        None => chunks.push((rid, vec![m])),
+                    }
+                }
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO chunks (rid, last_id, count, first_ts, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut data = Vec::new();
+                for (rid, msgs) in &chunks {
+                    touched.insert(*rid, ());
+                    data.clear();
+                    for m in msgs {
+                        encode(m, &mut data);
+                    }
+                    let last = msgs.last().map_or(0, |m| m.id as i64);
+                    let first_ts = msgs.first().map_or(0, |m| m.ts.0 as i64);
+                    stmt.execute(params![rid, last, msgs.len() as i64, first_ts, data])?;
                 }
             }
             tx.commit()
@@ -616,7 +624,6 @@ impl Writer {
     }
 
     fn read(&mut self, room: &str, after: Option<u64>, limit: usize) -> History {
-        let limit = limit as i64;
         let rid: Option<i64> = match self.rids.get(room) {
             Some(rid) => Some(*rid),
             None => self
@@ -629,75 +636,193 @@ impl Writer {
         let Some(rid) = rid else {
             return Ok(Vec::new());
         };
-        let rows = match after {
-            Some(after) => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT id, name, text, ts, action FROM messages
-                         WHERE rid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                    )
-                    .map_err(|e| e.to_string())?;
-                let rows = stmt
-                    .query_map(params![rid, after as i64, limit], row_to_message)
-                    .map_err(|e| e.to_string())?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            }
-            None => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT id, name, text, ts, action FROM messages
-                         WHERE rid = ?1 ORDER BY id DESC LIMIT ?2",
-                    )
-                    .map_err(|e| e.to_string())?;
-                let rows = stmt
-                    .query_map(params![rid, limit], row_to_message)
-                    .map_err(|e| e.to_string())?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map(|mut v| {
-                    v.reverse();
-                    v
-                })
-            }
+        let result = match after {
+            Some(after) => self.read_after(rid, after, limit),
+            None => self.read_last(rid, limit),
         };
-        rows.map_err(|e| {
+        result.map_err(|e| {
             warn!("history query failed: {e}");
             "history unavailable".to_owned()
         })
     }
 
+    /// The first `limit` messages after `after`, oldest first.
+    fn read_after(
+        &self,
+        rid: i64,
+        after: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<StoredMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT data FROM chunks WHERE rid = ?1 AND last_id > ?2 ORDER BY last_id",
+        )?;
+        let mut rows = stmt.query(params![rid, after as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let data: Vec<u8> = row.get(0)?;
+            for m in decode(&data) {
+                if m.id > after {
+                    out.push(m);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` messages, oldest first.
+    fn read_last(&self, rid: i64, limit: usize) -> rusqlite::Result<Vec<StoredMessage>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM chunks WHERE rid = ?1 ORDER BY last_id DESC")?;
+        let mut rows = stmt.query([rid])?;
+        let mut newest_first = Vec::new();
+        while newest_first.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let data: Vec<u8> = row.get(0)?;
+            let chunk = decode(&data);
+            newest_first.extend(chunk.into_iter().rev().take(limit - newest_first.len()));
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
     /// Retention runs here, in the background, at most once a second, for the rooms written
-    /// since; the age limit walks each room from its oldest message (ids grow with time), so it
-    /// needs no index of its own.
+    /// since: whole chunks past the limits are deleted, and the chunk on the boundary is
+    /// rewritten without its expired messages.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
         let rids: Vec<i64> = self.touched.drain().map(|(r, _)| r).collect();
         let oldest = self
             .retention
             .max_age
-            .map(|age| Timestamp::now().0.saturating_sub(age.as_millis() as u64) as i64);
+            .map(|age| Timestamp::now().0.saturating_sub(age.as_millis() as u64));
         for rid in rids {
-            let r = self.conn.execute(
-                "DELETE FROM messages WHERE rid = ?1 AND id <= (
-                     SELECT id FROM messages WHERE rid = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                params![rid, self.retention.max_messages as i64],
-            );
-            if let Err(e) = r {
+            if let Err(e) = self.prune_room(rid, oldest) {
                 warn!(rid, "pruning failed: {e}");
-            }
-            if let Some(oldest) = oldest {
-                let r = self.conn.execute(
-                    "DELETE FROM messages WHERE rid = ?1 AND id < COALESCE(
-                         (SELECT id FROM messages WHERE rid = ?1 AND ts >= ?2 ORDER BY id LIMIT 1),
-                         (SELECT MAX(id) + 1 FROM messages WHERE rid = ?1))",
-                    params![rid, oldest],
-                );
-                if let Err(e) = r {
-                    warn!(rid, "pruning by age failed: {e}");
-                }
             }
         }
     }
+
+    fn prune_room(&mut self, rid: i64, oldest: Option<u64>) -> rusqlite::Result<()> {
+        let keep = self.retention.max_messages;
+        let tx = self.conn.transaction()?;
+        {
+            // Newest first, without reading the messages: (last id, count, oldest time).
+            let mut chunks: Vec<(i64, u64, u64)> = Vec::new();
+            let mut stmt = tx.prepare_cached(
+                "SELECT last_id, count, first_ts FROM chunks WHERE rid = ?1 ORDER BY last_id DESC",
+            )?;
+            let mut rows = stmt.query([rid])?;
+            while let Some(row) = rows.next()? {
+                let (last_id, count, first_ts): (i64, i64, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                chunks.push((last_id, count.max(0) as u64, first_ts.max(0) as u64));
+            }
+            drop(rows);
+            let mut kept = 0u64;
+            for (i, &(last_id, count, first_ts)) in chunks.iter().enumerate() {
+                let fresh = oldest.is_none_or(|o| first_ts >= o);
+                if kept + count <= keep && fresh {
+                    kept += count;
+                    continue;
+                }
+                // The chunk on the boundary keeps only its newest messages still allowed.
+                let data: Vec<u8> = tx.query_row(
+                    "SELECT data FROM chunks WHERE rid = ?1 AND last_id = ?2",
+                    params![rid, last_id],
+                    |r| r.get(0),
+                )?;
+                let msgs = decode(&data);
+                let mut survivors: Vec<&StoredMessage> = msgs
+                    .iter()
+                    .rev()
+                    .take(keep.saturating_sub(kept) as usize)
+                    .filter(|m| oldest.is_none_or(|o| m.ts.0 >= o))
+                    .collect();
+                survivors.reverse();
+                if survivors.is_empty() {
+                    tx.execute(
+                        "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
+                        params![rid, last_id],
+                    )?;
+                } else if survivors.len() < msgs.len() {
+                    let mut data = Vec::new();
+                    for m in &survivors {
+                        encode(m, &mut data);
+                    }
+                    let first_ts = survivors[0].ts.0 as i64;
+                    tx.execute(
+                        "UPDATE chunks SET count = ?3, first_ts = ?4, data = ?5
+                         WHERE rid = ?1 AND last_id = ?2",
+                        params![rid, last_id, survivors.len() as i64, first_ts, data],
+                    )?;
+                }
+                // Everything older goes.
+                if let Some(&(older, _, _)) = chunks.get(i + 1) {
+                    tx.execute(
+                        "DELETE FROM chunks WHERE rid = ?1 AND last_id <= ?2",
+                        params![rid, older],
+                    )?;
+                }
+                break;
+            }
+        }
+        tx.commit()
+    }
+}
+
+/// A chunk holds its messages back to back: id, time (ms), action flag, name length (u16),
+/// name, text length (u32), text; numbers little-endian.
+fn encode(m: &StoredMessage, out: &mut Vec<u8>) {
+    out.extend_from_slice(&m.id.to_le_bytes());
+    out.extend_from_slice(&m.ts.0.to_le_bytes());
+    out.push(u8::from(m.action));
+    out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+    out.extend_from_slice(m.name.as_bytes());
+    out.extend_from_slice(&(m.text.len() as u32).to_le_bytes());
+    out.extend_from_slice(m.text.as_bytes());
+}
+
+/// Decodes a chunk; a damaged tail is dropped, never a panic.
+fn decode(mut data: &[u8]) -> Vec<StoredMessage> {
+    fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if data.len() < n {
+            return None;
+        }
+        let (head, rest) = data.split_at(n);
+        *data = rest;
+        Some(head)
+    }
+    fn u64_at(data: &mut &[u8]) -> Option<u64> {
+        take(data, 8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let one = (|| {
+            let id = u64_at(&mut data)?;
+            let ts = u64_at(&mut data)?;
+            let action = take(&mut data, 1)?[0] != 0;
+            let name_len = u16::from_le_bytes(take(&mut data, 2)?.try_into().ok()?) as usize;
+            let name = String::from_utf8_lossy(take(&mut data, name_len)?).into_owned();
+            let text_len = u32::from_le_bytes(take(&mut data, 4)?.try_into().ok()?) as usize;
+            let text = String::from_utf8_lossy(take(&mut data, text_len)?).into_owned();
+            Some(StoredMessage {
+                id,
+                name,
+                text,
+                ts: Timestamp(ts),
+                action,
+            })
+        })();
+        match one {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    out
 }
 
 /// The row id of a room's name, created on first use.
@@ -705,16 +830,6 @@ fn room_id(conn: &Connection, room: &str) -> rusqlite::Result<i64> {
     conn.execute("INSERT OR IGNORE INTO rooms (name) VALUES (?1)", [room])?;
     conn.query_row("SELECT rid FROM rooms WHERE name = ?1", [room], |r| {
         r.get(0)
-    })
-}
-
-fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
-    Ok(StoredMessage {
-        id: r.get::<_, i64>(0)?.max(0) as u64,
-        name: r.get(1)?,
-        text: r.get(2)?,
-        ts: Timestamp(r.get::<_, i64>(3)?.max(0) as u64),
-        action: r.get(4)?,
     })
 }
 
@@ -749,6 +864,18 @@ mod tests {
         assert_eq!(ids(after), vec![28, 29, 30]);
         let none = store.query("nobody", None, 5).blocking_recv().unwrap();
         assert!(none.unwrap().is_empty());
+    }
+
+    #[test]
+    fn chunks_round_trip_and_survive_damage() {
+        let msgs: Vec<StoredMessage> = (1..=3).map(msg).collect();
+        let mut data = Vec::new();
+        for m in &msgs {
+            encode(m, &mut data);
+        }
+        assert_eq!(decode(&data), msgs);
+        assert_eq!(decode(&data[..data.len() - 3]), msgs[..2]);
+        assert!(decode(&[1, 2, 3]).is_empty());
     }
 
     #[test]

@@ -504,28 +504,31 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_stops_history_not_chat() {
-    let disk = SmallDisk::new("256k");
+    let disk = SmallDisk::new("1m");
     let dir = disk.0.to_str().unwrap().to_owned();
     let server = Server::start(&["--data-dir", &dir, "--max-line-rate", "0"]);
     let mut a = server.connect("a", "r");
     let mut b = server.connect("b", "r");
     a.expect("*** b joined");
-    let line = "f".repeat(1000);
-    let mut i = 0;
-    while !server.log_contains("history store cannot write") {
-        assert!(i < 5000, "the disk never filled");
-        a.send(&format!("{i} {line}\n"));
-        a.expect(&format!("a:{i} {line}"));
-        b.expect(&format!("a:{i} {line}"));
-        i += 1;
+    // Fill the disk to the last byte: the store's next commit has nowhere to go.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(disk.0.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+        while filler.write_all(&[0u8; 1]).is_ok() {}
     }
-    // Chat goes on; history says it is unavailable; the failure is logged once.
-    a.send("still chatting\n");
-    b.expect("a:still chatting");
-    a.until("a:still chatting");
+    // Chat goes on; the failure is logged once, not per message.
+    for i in 0..20 {
+        a.send(&format!("chatting {i}\n"));
+        b.expect(&format!("a:chatting {i}"));
+        a.until(&format!("a:chatting {i}"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        server.wait_log("history store cannot write"),
+        "no write failed"
+    );
     std::thread::sleep(Duration::from_millis(200));
-    a.send("/history\n");
-    a.expect("*** error: history unavailable");
     let failures = server
         .log
         .lock()
@@ -534,6 +537,8 @@ fn a_full_disk_stops_history_not_chat() {
         .filter(|l| l.contains("history store cannot write"))
         .count();
     assert_eq!(failures, 1);
+    a.send("/history\n");
+    a.expect("*** error: history unavailable");
     // Room again: writes succeed again, and /history answers.
     disk.grow("64m");
     let deadline = Instant::now() + common::TIMEOUT;
