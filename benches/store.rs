@@ -36,6 +36,7 @@ fn appends(c: &mut Criterion) {
                     };
                     let store = SqliteStore::open(&dir, retention, batching, sync)
                         .unwrap_or_else(|e| panic!("{e}"));
+                    let room: std::sync::Arc<str> = "devroom".into();
                     let start = Instant::now();
                     for id in 1..=MESSAGES {
                         let msg = StoredMessage {
@@ -45,7 +46,7 @@ fn appends(c: &mut Criterion) {
                             ts: Timestamp(1_790_000_000_000 + id),
                             action: false,
                         };
-                        store.append("devroom", msg, None);
+                        store.append(&room, msg, None);
                     }
                     // Close waits for the writer to commit everything queued.
                     store.close();

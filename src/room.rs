@@ -260,6 +260,23 @@ impl Room {
         let id = inner.next_id;
         inner.next_id += 1;
         let ts = Timestamp::now();
+        if !self.store.keeps() {
+            let event = if action {
+                RoomEvent::Action {
+                    id,
+                    name: &name,
+                    text,
+                }
+            } else {
+                RoomEvent::Message {
+                    id,
+                    name: &name,
+                    text,
+                }
+            };
+            self.publish_at(&mut inner, event, Some(ts));
+            return Ok(id);
+        }
         let msg = StoredMessage {
             id,
             name,

@@ -53,10 +53,14 @@ pub trait Store: Send + Sync {
     fn last_id(&self, room: &str) -> u64;
     /// Queues a message for storage. Never blocks. A durable store calls `deliver` once the
     /// message is on disk (from its own thread, in id order); others get `None`.
-    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>);
+    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>);
     /// True if messages must be delivered only once stored (`--durability sync`).
     fn durable(&self) -> bool {
         false
+    }
+    /// False for a store that keeps nothing (`--history off`): no need to hand it anything.
+    fn keeps(&self) -> bool {
+        true
     }
     /// The last `limit` messages of `room`, or those after `after` when given.
     fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending;
@@ -104,6 +108,17 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
     })
 }
 
+/// Records a room's newest id (allocating the key only for a room's first message).
+fn note_last_id(ids: &Mutex<HashMap<String, u64>>, room: &str, id: u64) {
+    let mut ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+    match ids.get_mut(room) {
+        Some(last) => *last = id,
+        None => {
+            ids.insert(room.to_owned(), id);
+        }
+    }
+}
+
 fn answer(history: History) -> Pending {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(history);
@@ -117,10 +132,13 @@ impl Store for NoStore {
     fn last_id(&self, _room: &str) -> u64 {
         0
     }
-    fn append(&self, _room: &str, _msg: StoredMessage, deliver: Option<Deliver>) {
+    fn append(&self, _room: &Arc<str>, _msg: StoredMessage, deliver: Option<Deliver>) {
         if let Some(deliver) = deliver {
             deliver();
         }
+    }
+    fn keeps(&self) -> bool {
+        false
     }
     fn query(&self, _room: &str, _after: Option<u64>, _limit: usize) -> Pending {
         answer(Err("history is off on this server".into()))
@@ -157,16 +175,18 @@ impl Store for MemoryStore {
         ids.get(room).copied().unwrap_or(0)
     }
 
-    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>) {
-        self.last_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(room.to_owned(), msg.id);
+    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>) {
+        note_last_id(&self.last_ids, room, msg.id);
         if let Some(deliver) = deliver {
             deliver();
         }
         let mut rooms = self.rooms();
-        let log = rooms.entry(room.to_owned()).or_default();
+        if !rooms.contains_key(&**room) {
+            rooms.insert(room.to_string(), VecDeque::new());
+        }
+        let Some(log) = rooms.get_mut(&**room) else {
+            return;
+        };
         log.push_back(msg);
         while log.len() as u64 > self.retention.max_messages {
             log.pop_front();
@@ -222,7 +242,7 @@ impl Default for Batching {
 }
 
 enum Op {
-    Append(String, StoredMessage, Option<Deliver>),
+    Append(Arc<str>, StoredMessage, Option<Deliver>),
     Close(mpsc::Sender<()>),
     Query {
         room: String,
@@ -414,12 +434,9 @@ impl Store for SqliteStore {
         id
     }
 
-    fn append(&self, room: &str, msg: StoredMessage, deliver: Option<Deliver>) {
-        self.last_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(room.to_owned(), msg.id);
-        let op = match self.ops.try_send(Op::Append(room.to_owned(), msg, deliver)) {
+    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>) {
+        note_last_id(&self.last_ids, room, msg.id);
+        let op = match self.ops.try_send(Op::Append(room.clone(), msg, deliver)) {
             Ok(()) => return,
             Err(TrySendError::Full(op)) => {
                 if self.healthy.swap(false, Ordering::AcqRel) {
@@ -490,7 +507,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<(String, StoredMessage, Option<Deliver>)> = Vec::new();
+        let mut batch: Vec<(Arc<str>, StoredMessage, Option<Deliver>)> = Vec::new();
         loop {
             // Wait for work; then gather more until the window closes or the batch is full.
             let first = match self.rx.recv() {
@@ -554,7 +571,7 @@ impl Writer {
     }
 
     /// Writes a batch in one transaction, then delivers what waited for it (sync durability).
-    fn commit(&mut self, batch: &mut Vec<(String, StoredMessage, Option<Deliver>)>) {
+    fn commit(&mut self, batch: &mut Vec<(Arc<str>, StoredMessage, Option<Deliver>)>) {
         if batch.is_empty() {
             return;
         }
@@ -567,11 +584,11 @@ impl Writer {
                 // thousand. A room's messages come in id order (appended under its lock).
                 let mut chunks: Vec<(i64, Vec<&StoredMessage>)> = Vec::new();
                 for (room, m, _) in batch.iter() {
-                    let rid = match rids.get(room) {
+                    let rid = match rids.get(&**room) {
                         Some(rid) => *rid,
                         None => {
                             let rid = room_id(&tx, room)?;
-                            rids.insert(room.clone(), rid);
+                            rids.insert(room.to_string(), rid);
                             rid
                         }
                     };
@@ -854,9 +871,9 @@ mod tests {
     fn check(store: &dyn Store) {
         assert_eq!(store.last_id("r"), 0);
         for id in 1..=30 {
-            store.append("r", msg(id), None);
+            store.append(&Arc::from("r"), msg(id), None);
         }
-        store.append("other", msg(1), None);
+        store.append(&Arc::from("other"), msg(1), None);
         assert_eq!(store.last_id("r"), 30);
         let last = store.query("r", None, 5).blocking_recv().unwrap();
         assert_eq!(ids(last), vec![26, 27, 28, 29, 30]);
@@ -890,7 +907,7 @@ mod tests {
             max_age: None,
         });
         for id in 1..=10 {
-            small.append("r", msg(id), None);
+            small.append(&Arc::from("r"), msg(id), None);
         }
         assert_eq!(
             ids(small.query("r", None, 10).blocking_recv().unwrap()),
