@@ -292,7 +292,7 @@ async fn join(
             after: None,
             limit: (n as usize).min(max),
         }),
-        (None, None) if ctx.config.history_on_join > 0 => Some(Replay {
+        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
             after: None,
             limit: (ctx.config.history_on_join as usize).min(max),
         }),

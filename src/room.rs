@@ -93,6 +93,9 @@ struct Member {
 #[derive(Debug)]
 struct Inner {
     next_id: u64,
+    /// The newest message id in the log (with sync durability, behind `next_id` while
+    /// messages wait for their commit).
+    last_published: u64,
     logs: [Log; 2],
     slots: Vec<Option<Member>>,
     free: Vec<usize>,
@@ -132,6 +135,7 @@ impl Room {
             store,
             inner: Mutex::new(Inner {
                 next_id,
+                last_published: next_id - 1,
                 logs: [log(), log()],
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -198,14 +202,21 @@ impl Room {
             }
         };
         inner.count += 1;
-        let history = replay.map(|r| self.store.query(&self.name, r.after, r.limit));
+        let until = inner.last_published;
+        let history = replay.map(|r| self.store.query(&self.name, r.after, until, r.limit));
         self.publish_locked(&mut inner, RoomEvent::Join { name });
         Ok((Seat { slot, id }, history))
     }
 
     /// The last `limit` stored messages of this room (for `/history`).
     pub fn history(&self, limit: usize) -> Pending {
-        self.store.query(&self.name, None, limit)
+        let until = self.lock().last_published;
+        self.store.query(&self.name, None, until, limit)
+    }
+
+    /// False when this server keeps no history at all (`--history off`).
+    pub fn history_kept(&self) -> bool {
+        self.store.keeps()
     }
 
     /// Whether history is being stored right now.
@@ -449,6 +460,9 @@ impl Room {
 
     /// Appends an event; `ts` is its time if it already has one (a stored message).
     fn publish_at(&self, inner: &mut Inner, event: RoomEvent<'_>, mut ts: Option<Timestamp>) {
+        if let RoomEvent::Message { id, .. } | RoomEvent::Action { id, .. } = event {
+            inner.last_published = id;
+        }
         for format in [Format::Text, Format::Json] {
             let log = &mut inner.logs[format as usize];
             if log.members == 0 {

@@ -211,10 +211,13 @@ impl Session {
                 let n = match args {
                     "" => 20,
                     n => match n.parse::<usize>() {
-                        Ok(n) if n > 0 => n.min(MAX_REPLAY),
+                        Ok(n) if (1..=MAX_REPLAY).contains(&n) => n,
                         _ => return self.error("usage: /history [N] (N from 1 to 1000)"),
                     },
                 };
+                if !self.room.history_kept() {
+                    return self.error("history is off on this server");
+                }
                 if !self.room.history_available() {
                     return self.error("history unavailable");
                 }

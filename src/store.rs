@@ -62,8 +62,10 @@ pub trait Store: Send + Sync {
     fn keeps(&self) -> bool {
         true
     }
-    /// The last `limit` messages of `room`, or those after `after` when given.
-    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending;
+    /// The last `limit` messages of `room` with ids up to `until`, or (when `after` is given)
+    /// the first `limit` after it. `until` is the last id the room has delivered: with sync
+    /// durability, messages stored but not yet delivered arrive live, not in the replay.
+    fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
@@ -140,7 +142,7 @@ impl Store for NoStore {
     fn keeps(&self) -> bool {
         false
     }
-    fn query(&self, _room: &str, _after: Option<u64>, _limit: usize) -> Pending {
+    fn query(&self, _room: &str, _after: Option<u64>, _until: u64, _limit: usize) -> Pending {
         answer(Err("history is off on this server".into()))
     }
     fn available(&self) -> bool {
@@ -199,23 +201,19 @@ impl Store for MemoryStore {
         }
     }
 
-    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending {
+    fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending {
         let rooms = self.rooms();
         let Some(log) = rooms.get(room) else {
             return answer(Ok(Vec::new()));
         };
+        let upto = log.iter().filter(|m| m.id <= until);
         let picked: Vec<StoredMessage> = match after {
-            Some(after) => log
-                .iter()
-                .filter(|m| m.id > after)
-                .take(limit)
-                .cloned()
-                .collect(),
-            None => log
-                .iter()
-                .skip(log.len().saturating_sub(limit))
-                .cloned()
-                .collect(),
+            Some(after) => upto.filter(|m| m.id > after).take(limit).cloned().collect(),
+            None => {
+                let mut last: Vec<StoredMessage> = upto.rev().take(limit).cloned().collect();
+                last.reverse();
+                last
+            }
         };
         answer(Ok(picked))
     }
@@ -247,6 +245,7 @@ enum Op {
     Query {
         room: String,
         after: Option<u64>,
+        until: u64,
         limit: usize,
         reply: oneshot::Sender<History>,
     },
@@ -367,7 +366,8 @@ fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS rooms (
             rid INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE
+            name TEXT NOT NULL UNIQUE,
+            last_id INTEGER NOT NULL DEFAULT 0
         );
         CREATE TABLE IF NOT EXISTS chunks (
             rid INTEGER NOT NULL,
@@ -397,8 +397,11 @@ fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
             r.get(0)
         })
         .ok();
-    let has_messages: bool =
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM chunks)", [], |r| r.get(0))?;
+    let has_messages: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM rooms WHERE last_id > 0)",
+        [],
+        |r| r.get(0),
+    )?;
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')",
         [],
@@ -415,8 +418,9 @@ impl Store for SqliteStore {
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let id: u64 = reader
             .query_row(
-                "SELECT COALESCE(MAX(c.last_id), 0) FROM chunks c JOIN rooms r ON c.rid = r.rid
-                 WHERE r.name = ?1",
+                // Kept in the rooms table, not taken from the messages: retention may have
+                // deleted every message of a room, and its ids must still never come back.
+                "SELECT COALESCE((SELECT last_id FROM rooms WHERE name = ?1), 0)",
                 [room],
                 |r| r.get::<_, i64>(0),
             )
@@ -459,11 +463,12 @@ impl Store for SqliteStore {
         self.sync
     }
 
-    fn query(&self, room: &str, after: Option<u64>, limit: usize) -> Pending {
+    fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending {
         let (reply, rx) = oneshot::channel();
         let op = Op::Query {
             room: room.to_owned(),
             after,
+            until,
             limit,
             reply,
         };
@@ -510,9 +515,16 @@ impl Writer {
         let mut batch: Vec<(Arc<str>, StoredMessage, Option<Deliver>)> = Vec::new();
         loop {
             // Wait for work; then gather more until the window closes or the batch is full.
-            let first = match self.rx.recv() {
+            // Wake at least once a second, so retention runs even when nothing is said.
+            let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(op) => op,
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.last_prune.elapsed() > Duration::from_secs(1) {
+                        self.prune();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             };
             self.queued.fetch_sub(1, Ordering::AcqRel);
             let deadline = Instant::now() + self.batching.window;
@@ -557,11 +569,12 @@ impl Writer {
                 if let Op::Query {
                     room,
                     after,
+                    until,
                     limit,
                     reply,
                 } = q
                 {
-                    let _ = reply.send(self.read(&room, after, limit));
+                    let _ = reply.send(self.read(&room, after, until, limit));
                 }
             }
             if self.last_prune.elapsed() > Duration::from_secs(1) {
@@ -601,6 +614,8 @@ impl Writer {
                     "INSERT OR REPLACE INTO chunks (rid, last_id, count, first_ts, data)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
+                let mut last_ids = tx
+                    .prepare_cached("UPDATE rooms SET last_id = MAX(last_id, ?2) WHERE rid = ?1")?;
                 let mut data = Vec::new();
                 for (rid, msgs) in &chunks {
                     touched.insert(*rid, ());
@@ -611,6 +626,7 @@ impl Writer {
                     let last = msgs.last().map_or(0, |m| m.id as i64);
                     let first_ts = msgs.first().map_or(0, |m| m.ts.0 as i64);
                     stmt.execute(params![rid, last, msgs.len() as i64, first_ts, data])?;
+                    last_ids.execute(params![rid, last])?;
                 }
             }
             tx.commit()
@@ -640,7 +656,7 @@ impl Writer {
         }
     }
 
-    fn read(&mut self, room: &str, after: Option<u64>, limit: usize) -> History {
+    fn read(&mut self, room: &str, after: Option<u64>, until: u64, limit: usize) -> History {
         let rid: Option<i64> = match self.rids.get(room) {
             Some(rid) => Some(*rid),
             None => self
@@ -654,8 +670,8 @@ impl Writer {
             return Ok(Vec::new());
         };
         let result = match after {
-            Some(after) => self.read_after(rid, after, limit),
-            None => self.read_last(rid, limit),
+            Some(after) => self.read_after(rid, after, until, limit),
+            None => self.read_last(rid, until, limit),
         };
         result.map_err(|e| {
             warn!("history query failed: {e}");
@@ -668,6 +684,7 @@ impl Writer {
         &self,
         rid: i64,
         after: u64,
+        until: u64,
         limit: usize,
     ) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
@@ -678,6 +695,9 @@ impl Writer {
         while let Some(row) = rows.next()? {
             let data: Vec<u8> = row.get(0)?;
             for m in decode(&data) {
+                if m.id > until {
+                    return Ok(out);
+                }
                 if m.id > after {
                     out.push(m);
                     if out.len() == limit {
@@ -690,7 +710,12 @@ impl Writer {
     }
 
     /// The last `limit` messages, oldest first.
-    fn read_last(&self, rid: i64, limit: usize) -> rusqlite::Result<Vec<StoredMessage>> {
+    fn read_last(
+        &self,
+        rid: i64,
+        until: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<StoredMessage>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT data FROM chunks WHERE rid = ?1 ORDER BY last_id DESC")?;
@@ -700,7 +725,14 @@ impl Writer {
             let Some(row) = rows.next()? else { break };
             let data: Vec<u8> = row.get(0)?;
             let chunk = decode(&data);
-            newest_first.extend(chunk.into_iter().rev().take(limit - newest_first.len()));
+            let room_left = limit - newest_first.len();
+            newest_first.extend(
+                chunk
+                    .into_iter()
+                    .rev()
+                    .filter(|m| m.id <= until)
+                    .take(room_left),
+            );
         }
         newest_first.reverse();
         Ok(newest_first)
@@ -875,11 +907,26 @@ mod tests {
         }
         store.append(&Arc::from("other"), msg(1), None);
         assert_eq!(store.last_id("r"), 30);
-        let last = store.query("r", None, 5).blocking_recv().unwrap();
+        let last = store.query("r", None, u64::MAX, 5).blocking_recv().unwrap();
         assert_eq!(ids(last), vec![26, 27, 28, 29, 30]);
-        let after = store.query("r", Some(27), 100).blocking_recv().unwrap();
+        let after = store
+            .query("r", Some(27), u64::MAX, 100)
+            .blocking_recv()
+            .unwrap();
         assert_eq!(ids(after), vec![28, 29, 30]);
-        let none = store.query("nobody", None, 5).blocking_recv().unwrap();
+        let upto = store.query("r", None, 29, 2).blocking_recv().unwrap();
+        assert_eq!(ids(upto), vec![28, 29]);
+        let after = store.query("r", Some(27), 29, 100).blocking_recv().unwrap();
+        assert_eq!(ids(after), vec![28, 29]);
+        let after = store
+            .query("r", Some(27), u64::MAX, 100)
+            .blocking_recv()
+            .unwrap();
+        assert_eq!(ids(after), vec![28, 29, 30]);
+        let none = store
+            .query("nobody", None, u64::MAX, 5)
+            .blocking_recv()
+            .unwrap();
         assert!(none.unwrap().is_empty());
     }
 
@@ -910,7 +957,10 @@ mod tests {
             small.append(&Arc::from("r"), msg(id), None);
         }
         assert_eq!(
-            ids(small.query("r", None, 10).blocking_recv().unwrap()),
+            ids(small
+                .query("r", None, u64::MAX, 10)
+                .blocking_recv()
+                .unwrap()),
             vec![8, 9, 10]
         );
     }
@@ -931,7 +981,10 @@ mod tests {
         let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
         assert_eq!(store.last_id("r"), 30);
         assert_eq!(
-            ids(store.query("r", Some(28), 10).blocking_recv().unwrap()),
+            ids(store
+                .query("r", Some(28), u64::MAX, 10)
+                .blocking_recv()
+                .unwrap()),
             vec![29, 30]
         );
         let _ = std::fs::remove_dir_all(&dir);

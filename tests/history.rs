@@ -110,6 +110,8 @@ fn history_on_join_default_and_history_command() {
     b.expect("*** end of history");
     b.send("/history zero\n");
     b.expect("*** error: usage: /history [N] (N from 1 to 1000)");
+    b.send("/history 1001\n");
+    b.expect("*** error: usage: /history [N] (N from 1 to 1000)");
     // Replies keep the order of the commands.
     b.send("/history 1\n/who\n");
     b.expect("*** history: 1 message");
@@ -125,7 +127,7 @@ fn history_off() {
     a.send("x\n");
     a.expect("a:x");
     a.send("/history\n");
-    a.expect("*** error: history unavailable");
+    a.expect("*** error: history is off on this server");
     let mut b = Client::raw(server.addr);
     b.send(r#"{"name":"b","room":"r","history":5}"#);
     b.expect("*** error: history is off on this server");
@@ -136,7 +138,13 @@ fn history_off() {
 /// another client keeps sending.
 #[test]
 fn resume_since_has_no_gap_and_no_duplicate() {
-    let server = Server::start(&["--max-line-rate", "0"]);
+    for durability in ["batch", "sync"] {
+        resume_while_others_send(durability);
+    }
+}
+
+fn resume_while_others_send(durability: &str) {
+    let server = Server::start(&["--max-line-rate", "0", "--durability", durability]);
     let sender = server.connect("sender", "r");
     let (mut reader, _) = connect_json(&server, "reader", "r", "");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -188,8 +196,38 @@ fn resume_since_has_no_gap_and_no_duplicate() {
             seen.push(v["id"].as_u64().unwrap());
         }
     }
-    assert_eq!(seen, (1..=sent).collect::<Vec<u64>>());
+    assert_eq!(seen, (1..=sent).collect::<Vec<u64>>(), "{durability}");
     drop(sender);
+}
+
+#[test]
+fn ids_are_not_reused_after_retention_empties_a_room_and_a_restart() {
+    let dir = temp_dir();
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", dir_s.as_str(), "--history-max-age", "1s"];
+    {
+        let mut server = Server::start(&args);
+        let mut a = server.connect("a", "r");
+        send_all(&mut a, 0, 3);
+        a.until("a:m2");
+        // Past the age limit, the background pruning empties the room's history.
+        std::thread::sleep(Duration::from_millis(2500));
+        a.send("/history\n");
+        assert_eq!(a.until("*** end of history"), ["*** history: 0 messages"]);
+        server.signal("-TERM");
+        assert!(a.closed());
+        wait_exit(&mut server);
+    }
+    let server = Server::start(&args);
+    let (mut j, _) = connect_json(&server, "j", "r", "");
+    j.send("next\n");
+    let v = json(&mut j);
+    assert_eq!(
+        (v["text"].as_str(), v["id"].as_u64()),
+        (Some("next"), Some(4))
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
