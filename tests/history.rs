@@ -596,3 +596,23 @@ fn a_full_disk_stops_history_not_chat() {
     );
     drop(server);
 }
+
+#[test]
+fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
+    // A data directory that cannot be created: its parent is a file.
+    let file = temp_dir();
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(["-a", "127.0.0.1:0", "--data-dir"])
+        .arg(file.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot create data dir") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
