@@ -46,7 +46,7 @@ fn appends(c: &mut Criterion) {
                             ts: Timestamp(1_790_000_000_000 + id),
                             action: false,
                         };
-                        store.append(&room, msg, None);
+                        store.append(&room, &msg.as_ref(), None);
                     }
                     // Close waits for the writer to commit everything queued.
                     store.close();

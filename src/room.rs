@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
-use crate::store::{Deliver, Pending, Store, StoredMessage};
+use crate::store::{Deliver, MessageRef, Pending, Store, StoredMessage};
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,15 +263,30 @@ impl Room {
     /// Sends a message: assigns the room's next id, renders it once per format in use, appends.
     pub fn say(self: &Arc<Self>, seat: Seat, text: &str, action: bool) -> Result<u64, RoomError> {
         let mut inner = self.lock();
-        let Some(m) = inner.member(seat) else {
+        let Some(m) = inner.member_mut(seat) else {
             return Err(RoomError::Gone);
         };
-        // The name is copied out because publishing needs the whole room mutably.
-        let name = m.name.clone();
+        // The name is moved out (and back) because publishing needs the whole room mutably;
+        // nobody else sees the room until the lock is released.
+        let name = std::mem::take(&mut m.name);
         let id = inner.next_id;
         inner.next_id += 1;
         let ts = Timestamp::now();
-        if !self.store.keeps() {
+        let msg = MessageRef {
+            id,
+            name: &name,
+            text,
+            ts,
+            action,
+        };
+        if self.store.durable() {
+            // Handed to the store under the lock (so stored in id order) and delivered by its
+            // writer once it is on disk, in id order.
+            let room = self.clone();
+            let stored = msg.to_owned();
+            let deliver: Deliver = Box::new(move || room.publish_stored(&stored));
+            self.store.append(&self.name, &msg, Some(deliver));
+        } else {
             let event = if action {
                 RoomEvent::Action {
                     id,
@@ -286,39 +301,13 @@ impl Room {
                 }
             };
             self.publish_at(&mut inner, event, Some(ts));
-            return Ok(id);
-        }
-        let msg = StoredMessage {
-            id,
-            name,
-            text: text.to_owned(),
-            ts,
-            action,
-        };
-        // Handed to the store under the lock, so a room's messages are stored in id order.
-        if self.store.durable() {
-            // Delivered by the store's writer once it is on disk, in id order.
-            let room = self.clone();
-            let stored = msg.clone();
-            let deliver: Deliver = Box::new(move || room.publish_stored(&stored));
-            self.store.append(&self.name, msg, Some(deliver));
-            return Ok(id);
-        }
-        let event = if action {
-            RoomEvent::Action {
-                id,
-                name: &msg.name,
-                text,
+            if self.store.keeps() {
+                self.store.append(&self.name, &msg, None);
             }
-        } else {
-            RoomEvent::Message {
-                id,
-                name: &msg.name,
-                text,
-            }
-        };
-        self.publish_at(&mut inner, event, Some(ts));
-        self.store.append(&self.name, msg, None);
+        }
+        if let Some(m) = inner.member_mut(seat) {
+            m.name = name;
+        }
         Ok(id)
     }
 

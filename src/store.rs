@@ -27,6 +27,28 @@ use crate::protocol::Timestamp;
 /// last id it got.
 pub const MAX_REPLAY: usize = 1000;
 
+/// A message as the room hands it over: borrowed, so a store copies only what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub text: &'a str,
+    pub ts: Timestamp,
+    pub action: bool,
+}
+
+impl MessageRef<'_> {
+    pub fn to_owned(&self) -> StoredMessage {
+        StoredMessage {
+            id: self.id,
+            name: self.name.to_owned(),
+            text: self.text.to_owned(),
+            ts: self.ts,
+            action: self.action,
+        }
+    }
+}
+
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -36,6 +58,18 @@ pub struct StoredMessage {
     pub ts: Timestamp,
     /// A `/me` action rather than a plain message.
     pub action: bool,
+}
+
+impl StoredMessage {
+    pub fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            id: self.id,
+            name: &self.name,
+            text: &self.text,
+            ts: self.ts,
+            action: self.action,
+        }
+    }
 }
 
 /// What a durable store runs once a message is on disk: its delivery to the room.
@@ -53,7 +87,7 @@ pub trait Store: Send + Sync {
     fn last_id(&self, room: &str) -> u64;
     /// Queues a message for storage. Never blocks. A durable store calls `deliver` once the
     /// message is on disk (from its own thread, in id order); others get `None`.
-    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>);
+    fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>);
     /// True if messages must be delivered only once stored (`--durability sync`).
     fn durable(&self) -> bool {
         false
@@ -134,7 +168,7 @@ impl Store for NoStore {
     fn last_id(&self, _room: &str) -> u64 {
         0
     }
-    fn append(&self, _room: &Arc<str>, _msg: StoredMessage, deliver: Option<Deliver>) {
+    fn append(&self, _room: &Arc<str>, _msg: &MessageRef<'_>, deliver: Option<Deliver>) {
         if let Some(deliver) = deliver {
             deliver();
         }
@@ -177,11 +211,12 @@ impl Store for MemoryStore {
         ids.get(room).copied().unwrap_or(0)
     }
 
-    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>) {
+    fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>) {
         note_last_id(&self.last_ids, room, msg.id);
         if let Some(deliver) = deliver {
             deliver();
         }
+        let msg = msg.to_owned();
         let mut rooms = self.rooms();
         if !rooms.contains_key(&**room) {
             rooms.insert(room.to_string(), VecDeque::new());
@@ -239,8 +274,27 @@ impl Default for Batching {
     }
 }
 
+/// A message encoded for a chunk (see [`encode`]).
+struct Encoded {
+    id: u64,
+    ts: u64,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    fn new(m: &MessageRef<'_>) -> Self {
+        let mut bytes = Vec::with_capacity(23 + m.name.len() + m.text.len());
+        encode(m, &mut bytes);
+        Encoded {
+            id: m.id,
+            ts: m.ts.0,
+            bytes,
+        }
+    }
+}
+
 enum Op {
-    Append(Arc<str>, StoredMessage, Option<Deliver>),
+    Append(Arc<str>, Encoded, Option<Deliver>),
     Close(mpsc::Sender<()>),
     Query {
         room: String,
@@ -438,9 +492,14 @@ impl Store for SqliteStore {
         id
     }
 
-    fn append(&self, room: &Arc<str>, msg: StoredMessage, deliver: Option<Deliver>) {
+    fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>) {
         note_last_id(&self.last_ids, room, msg.id);
-        let op = match self.ops.try_send(Op::Append(room.clone(), msg, deliver)) {
+        // Encoded here, in one allocation, ready to be copied into the room's chunk.
+        let encoded = Encoded::new(msg);
+        let op = match self
+            .ops
+            .try_send(Op::Append(room.clone(), encoded, deliver))
+        {
             Ok(()) => return,
             Err(TrySendError::Full(op)) => {
                 if self.healthy.swap(false, Ordering::AcqRel) {
@@ -512,7 +571,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<(Arc<str>, StoredMessage, Option<Deliver>)> = Vec::new();
+        let mut batch: Vec<(Arc<str>, Encoded, Option<Deliver>)> = Vec::new();
         loop {
             // Wait for work; then gather more until the window closes or the batch is full.
             // Wake at least once a second, so retention runs even when nothing is said.
@@ -584,7 +643,7 @@ impl Writer {
     }
 
     /// Writes a batch in one transaction, then delivers what waited for it (sync durability).
-    fn commit(&mut self, batch: &mut Vec<(Arc<str>, StoredMessage, Option<Deliver>)>) {
+    fn commit(&mut self, batch: &mut Vec<(Arc<str>, Encoded, Option<Deliver>)>) {
         if batch.is_empty() {
             return;
         }
@@ -595,7 +654,7 @@ impl Writer {
             {
                 // One row per room per commit: a batch of a busy room is one insert, not a
                 // thousand. A room's messages come in id order (appended under its lock).
-                let mut chunks: Vec<(i64, Vec<&StoredMessage>)> = Vec::new();
+                let mut chunks: Vec<(i64, Vec<&Encoded>)> = Vec::new();
                 for (room, m, _) in batch.iter() {
                     let rid = match rids.get(&**room) {
                         Some(rid) => *rid,
@@ -621,10 +680,10 @@ impl Writer {
                     touched.insert(*rid, ());
                     data.clear();
                     for m in msgs {
-                        encode(m, &mut data);
+                        data.extend_from_slice(&m.bytes);
                     }
                     let last = msgs.last().map_or(0, |m| m.id as i64);
-                    let first_ts = msgs.first().map_or(0, |m| m.ts.0 as i64);
+                    let first_ts = msgs.first().map_or(0, |m| m.ts as i64);
                     stmt.execute(params![rid, last, msgs.len() as i64, first_ts, data])?;
                     last_ids.execute(params![rid, last])?;
                 }
@@ -800,7 +859,7 @@ impl Writer {
                 } else if survivors.len() < msgs.len() {
                     let mut data = Vec::new();
                     for m in &survivors {
-                        encode(m, &mut data);
+                        encode(&m.as_ref(), &mut data);
                     }
                     let first_ts = survivors[0].ts.0 as i64;
                     tx.execute(
@@ -825,7 +884,7 @@ impl Writer {
 
 /// A chunk holds its messages back to back: id, time (ms), action flag, name length (u16),
 /// name, text length (u32), text; numbers little-endian.
-fn encode(m: &StoredMessage, out: &mut Vec<u8>) {
+fn encode(m: &MessageRef<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.id.to_le_bytes());
     out.extend_from_slice(&m.ts.0.to_le_bytes());
     out.push(u8::from(m.action));
@@ -903,9 +962,9 @@ mod tests {
     fn check(store: &dyn Store) {
         assert_eq!(store.last_id("r"), 0);
         for id in 1..=30 {
-            store.append(&Arc::from("r"), msg(id), None);
+            store.append(&Arc::from("r"), &msg(id).as_ref(), None);
         }
-        store.append(&Arc::from("other"), msg(1), None);
+        store.append(&Arc::from("other"), &msg(1).as_ref(), None);
         assert_eq!(store.last_id("r"), 30);
         let last = store.query("r", None, u64::MAX, 5).blocking_recv().unwrap();
         assert_eq!(ids(last), vec![26, 27, 28, 29, 30]);
@@ -935,7 +994,7 @@ mod tests {
         let msgs: Vec<StoredMessage> = (1..=3).map(msg).collect();
         let mut data = Vec::new();
         for m in &msgs {
-            encode(m, &mut data);
+            encode(&m.as_ref(), &mut data);
         }
         assert_eq!(decode(&data), msgs);
         assert_eq!(decode(&data[..data.len() - 3]), msgs[..2]);
@@ -954,7 +1013,7 @@ mod tests {
             max_age: None,
         });
         for id in 1..=10 {
-            small.append(&Arc::from("r"), msg(id), None);
+            small.append(&Arc::from("r"), &msg(id).as_ref(), None);
         }
         assert_eq!(
             ids(small
