@@ -314,6 +314,7 @@ const QUEUE: usize = 100_000;
 struct Queue {
     tx: Sender<Op>,
     queued: Arc<AtomicUsize>,
+    urgent: Arc<AtomicBool>,
 }
 
 impl Queue {
@@ -374,15 +375,18 @@ impl SqliteStore {
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let urgent = Arc::new(AtomicBool::new(false));
         let ops = Queue {
             tx,
             queued: queued.clone(),
+            urgent: urgent.clone(),
         };
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             conn,
             rx,
             queued,
+            urgent,
             retention,
             batching,
             healthy: healthy.clone(),
@@ -531,7 +535,9 @@ impl Store for SqliteStore {
             limit,
             reply,
         };
-        if let Err(e) = self.ops.try_send(op) {
+        let sent = self.ops.try_send(op);
+        self.ops.urgent.store(true, Ordering::Release);
+        if let Err(e) = sent {
             let op = match e {
                 TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
             };
@@ -548,7 +554,10 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.ops.tx.send(Op::Close(tx)).is_ok() {
+        self.ops.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.ops.tx.send(Op::Close(tx)).is_ok();
+        self.ops.urgent.store(true, Ordering::Release);
+        if sent {
             let _ = rx.recv_timeout(Duration::from_secs(3));
         }
     }
@@ -558,6 +567,8 @@ struct Writer {
     conn: Connection,
     rx: Receiver<Op>,
     queued: Arc<AtomicUsize>,
+    /// Set when a query or a close waits in the queue: stop gathering.
+    urgent: Arc<AtomicBool>,
     retention: Retention,
     batching: Batching,
     healthy: Arc<AtomicBool>,
@@ -587,6 +598,20 @@ impl Writer {
             };
             self.queued.fetch_sub(1, Ordering::AcqRel);
             let deadline = Instant::now() + self.batching.window;
+            // Let the batch fill while asleep: the senders then never pay for waking this
+            // thread, one message at a time. A query or a close cuts the wait short.
+            if matches!(first, Op::Append(..)) {
+                loop {
+                    let now = Instant::now();
+                    if now >= deadline
+                        || self.queued.load(Ordering::Acquire) >= self.batching.max_messages
+                        || self.urgent.load(Ordering::Acquire)
+                    {
+                        break;
+                    }
+                    std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+                }
+            }
             let mut queries = Vec::new();
             let mut next = Some(first);
             while let Some(op) = next.take() {
@@ -613,15 +638,16 @@ impl Writer {
                 if batch.len() >= self.batching.max_messages {
                     break;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
+                match self.rx.try_recv() {
                     Ok(op) => {
                         self.queued.fetch_sub(1, Ordering::AcqRel);
                         next = Some(op);
                     }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(_) => break,
                 }
+            }
+            if !queries.is_empty() {
+                self.urgent.store(false, Ordering::Release);
             }
             self.commit(&mut batch);
             for q in queries {
