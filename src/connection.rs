@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info};
 
@@ -30,9 +30,12 @@ use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Ticket;
-use crate::protocol::{parse_handshake, render_history, Format, Handshake, Reply};
-use crate::room::Replay;
+use crate::protocol::{
+    parse_handshake, render_history, render_history_end, render_history_messages,
+    render_history_start, Format, Handshake, Reply,
+};
 use crate::room::Take;
+use crate::room::{Replay, ReplayStart};
 use crate::session::{End, Next, RateLimit, Session};
 use crate::store::{History, Store, MAX_REPLAY};
 
@@ -283,9 +286,10 @@ async fn join(
     // What to replay before live messages: a resume, the last N asked for, or the default.
     let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
     let replay = match (hs.since, hs.history) {
+        // A resume is paged (see `replay_history`): every stored message after the id comes.
         (Some(after), _) => Some(Replay {
             after: Some(after),
-            limit: max,
+            limit: MAX_REPLAY,
         }),
         (None, Some(0)) => None,
         (None, Some(n)) => Some(Replay {
@@ -311,7 +315,6 @@ async fn join(
         }
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
-    let hs_format = hs.format;
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
     let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, limit);
     let mut conn = Connection {
@@ -323,21 +326,70 @@ async fn join(
         throttle: None,
         end: None,
     };
-    if let Some(history) = history {
-        // Replayed history goes out before anything from the room (it is the first `pending`).
-        let answer = match tokio::time::timeout(Duration::from_secs(10), history).await {
-            Ok(Ok(answer)) => answer,
-            _ => Err("history unavailable".into()),
-        };
-        render_answer(
-            conn.session.room.name(),
-            hs_format,
-            answer,
-            &mut conn.pending,
-        );
+    if let Some(replay) = history {
+        // Replayed history goes out before anything from the room.
+        if let Err(e) = Box::pin(replay_history(&mut conn, replay)).await {
+            info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
+            return None;
+        }
     }
     conn.feed(&leftover);
     Some(conn)
+}
+
+/// Within this long the store must answer each page of a replay.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
+async fn answer<T>(pending: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(STORE_WAIT, pending).await {
+        Ok(Ok(answer)) => answer,
+        _ => Err("history unavailable".into()),
+    }
+}
+
+/// Sends a replay before anything from the room. A resume (`"since"`) may be longer than one
+/// page: its size is announced first, and the pages are written one at a time, so the server
+/// holds at most one page for a client however much it missed.
+async fn replay_history(conn: &mut Connection, replay: ReplayStart) -> io::Result<()> {
+    let room = conn.session.room.clone();
+    let format = conn.session.format;
+    let first = answer(replay.first).await;
+    let Some(total) = replay.total else {
+        render_answer(room.name(), format, first, &mut conn.pending);
+        return Ok(());
+    };
+    let (mut page, total) = match (first, answer(total).await) {
+        (Ok(page), Ok(total)) => (page, total),
+        (Err(e), _) | (_, Err(e)) => {
+            Reply::Error(&e).render(format, &mut conn.pending);
+            return Ok(());
+        }
+    };
+    let mut out = Vec::new();
+    render_history_start(room.name(), format, total, &mut out);
+    let mut sent = 0;
+    loop {
+        render_history_messages(room.name(), format, &page, &mut out);
+        sent += page.len();
+        tokio::time::timeout(STORE_WAIT, conn.stream.write_all(&out))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "replay not read"))??;
+        out.clear();
+        let Some(last) = page.last() else { break };
+        if sent >= total || page.len() < MAX_REPLAY {
+            break;
+        }
+        let after = last.id;
+        page = match answer(room.history_page(after, replay.until, MAX_REPLAY)).await {
+            Ok(page) => page,
+            Err(e) => {
+                Reply::Error(&e).render(format, &mut conn.pending);
+                return Ok(());
+            }
+        };
+    }
+    render_history_end(room.name(), format, &mut conn.pending);
+    Ok(())
 }
 
 /// Renders a history answer: the replay, or the reason there is none.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::Format;
-use crate::room::{Replay, Room, RoomError, Seat};
-use crate::store::{Pending, Store};
+use crate::room::{Replay, ReplayStart, Room, RoomError, Seat};
+use crate::store::Store;
 
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -49,7 +49,7 @@ impl Hub {
         name: &str,
         format: Format,
         replay: Option<Replay>,
-    ) -> Result<(Arc<Room>, Seat, Option<Pending>), RoomError> {
+    ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
             Some(r) => r.clone(),

@@ -322,7 +322,13 @@ impl RoomEvent<'_> {
 /// lines, `*** end of history`; in JSON, `{"type":"history","room":..,"count":N}`, the message
 /// objects (with their ids and times), `{"type":"end_of_history","room":..}`.
 pub fn render_history(room: &str, format: Format, messages: &[StoredMessage], out: &mut Vec<u8>) {
-    let n = messages.len();
+    render_history_start(room, format, messages.len(), out);
+    render_history_messages(room, format, messages, out);
+    render_history_end(room, format, out);
+}
+
+/// The line that opens a replay of `n` messages.
+pub fn render_history_start(room: &str, format: Format, n: usize, out: &mut Vec<u8>) {
     match format {
         Format::Text => {
             let plural = if n == 1 { "" } else { "s" };
@@ -334,6 +340,15 @@ pub fn render_history(room: &str, format: Format, messages: &[StoredMessage], ou
             &serde_json::json!({"type": "history", "room": room, "count": n}),
         ),
     }
+}
+
+/// Replayed messages, as ordinary message lines (text) or message objects with ids (JSON).
+pub fn render_history_messages(
+    room: &str,
+    format: Format,
+    messages: &[StoredMessage],
+    out: &mut Vec<u8>,
+) {
     for m in messages {
         let (id, name, text) = (m.id, m.name.as_str(), m.text.as_str());
         let event = if m.action {
@@ -346,6 +361,10 @@ pub fn render_history(room: &str, format: Format, messages: &[StoredMessage], ou
             Format::Json => event.render_json(room, m.ts, out),
         }
     }
+}
+
+/// The line that closes a replay.
+pub fn render_history_end(room: &str, format: Format, out: &mut Vec<u8>) {
     match format {
         Format::Text => {
             push_notice(out, format_args!("end of history"));

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
-use crate::store::{Deliver, MessageRef, Pending, Store, StoredMessage};
+use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,13 @@ pub struct Room {
     inner: Mutex<Inner>,
 }
 
+/// A replay under way: its first page, (for a resume) its size, and the last id it covers.
+pub struct ReplayStart {
+    pub first: Pending,
+    pub total: Option<PendingCount>,
+    pub until: u64,
+}
+
 /// What a joining member wants replayed before live messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
@@ -174,7 +181,7 @@ impl Room {
         name: &str,
         format: Format,
         replay: Option<Replay>,
-    ) -> Result<(Seat, Option<Pending>), RoomError> {
+    ) -> Result<(Seat, Option<ReplayStart>), RoomError> {
         let mut inner = self.lock();
         if inner.find(name).is_some() {
             return Err(RoomError::NameTaken);
@@ -203,9 +210,21 @@ impl Room {
         };
         inner.count += 1;
         let until = inner.last_published;
-        let history = replay.map(|r| self.store.query(&self.name, r.after, until, r.limit));
+        let history = replay.map(|r| ReplayStart {
+            first: self.store.query(&self.name, r.after, until, r.limit),
+            // A resume may be longer than one page: its size, counted at the same point.
+            total: r
+                .after
+                .map(|after| self.store.count(&self.name, after, until)),
+            until,
+        });
         self.publish_locked(&mut inner, RoomEvent::Join { name });
         Ok((Seat { slot, id }, history))
+    }
+
+    /// The next page of a resume: up to `limit` stored messages after `after`, up to `until`.
+    pub fn history_page(&self, after: u64, until: u64, limit: usize) -> Pending {
+        self.store.query(&self.name, Some(after), until, limit)
     }
 
     /// The last `limit` stored messages of this room (for `/history`).

@@ -81,6 +81,9 @@ pub type History = Result<Vec<StoredMessage>, String>;
 /// A history query whose answer arrives later (after the appends queued before it).
 pub type Pending = oneshot::Receiver<History>;
 
+/// A count of stored messages whose answer arrives later.
+pub type PendingCount = oneshot::Receiver<Result<usize, String>>;
+
 /// What any history store does.
 pub trait Store: Send + Sync {
     /// The highest id ever given in `room` (0 for a new room), so ids are never reused.
@@ -100,6 +103,8 @@ pub trait Store: Send + Sync {
     /// the first `limit` after it. `until` is the last id the room has delivered: with sync
     /// durability, messages stored but not yet delivered arrive live, not in the replay.
     fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending;
+    /// How many stored messages have ids in `after + 1 ..= until` (the size of a resume).
+    fn count(&self, room: &str, after: u64, until: u64) -> PendingCount;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
@@ -155,6 +160,12 @@ fn note_last_id(ids: &Mutex<HashMap<String, u64>>, room: &str, id: u64) {
     }
 }
 
+fn answer_count(count: Result<usize, String>) -> PendingCount {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(count);
+    rx
+}
+
 fn answer(history: History) -> Pending {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(history);
@@ -178,6 +189,9 @@ impl Store for NoStore {
     }
     fn query(&self, _room: &str, _after: Option<u64>, _until: u64, _limit: usize) -> Pending {
         answer(Err("history is off on this server".into()))
+    }
+    fn count(&self, _room: &str, _after: u64, _until: u64) -> PendingCount {
+        answer_count(Err("history is off on this server".into()))
     }
     fn available(&self) -> bool {
         false
@@ -253,6 +267,14 @@ impl Store for MemoryStore {
         answer(Ok(picked))
     }
 
+    fn count(&self, room: &str, after: u64, until: u64) -> PendingCount {
+        let rooms = self.rooms();
+        let n = rooms.get(room).map_or(0, |log| {
+            log.iter().filter(|m| m.id > after && m.id <= until).count()
+        });
+        answer_count(Ok(n))
+    }
+
     fn available(&self) -> bool {
         true
     }
@@ -295,6 +317,12 @@ impl Encoded {
 
 enum Op {
     Append(Arc<str>, Encoded, Option<Deliver>),
+    Count {
+        room: String,
+        after: u64,
+        until: u64,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
     Close(mpsc::Sender<()>),
     Query {
         room: String,
@@ -548,6 +576,26 @@ impl Store for SqliteStore {
         rx
     }
 
+    fn count(&self, room: &str, after: u64, until: u64) -> PendingCount {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Count {
+            room: room.to_owned(),
+            after,
+            until,
+            reply,
+        };
+        let sent = self.ops.try_send(op);
+        self.ops.urgent.store(true, Ordering::Release);
+        if let Err(
+            TrySendError::Full(Op::Count { reply, .. })
+            | TrySendError::Disconnected(Op::Count { reply, .. }),
+        ) = sent
+        {
+            let _ = reply.send(Err("history unavailable".into()));
+        }
+        rx
+    }
+
     fn available(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
@@ -618,7 +666,7 @@ impl Writer {
                 match op {
                     Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
                     // A query answers after everything queued before it is committed.
-                    Op::Query { .. } => {
+                    Op::Query { .. } | Op::Count { .. } => {
                         queries.push(op);
                         break;
                     }
@@ -651,15 +699,25 @@ impl Writer {
             }
             self.commit(&mut batch);
             for q in queries {
-                if let Op::Query {
-                    room,
-                    after,
-                    until,
-                    limit,
-                    reply,
-                } = q
-                {
-                    let _ = reply.send(self.read(&room, after, until, limit));
+                match q {
+                    Op::Query {
+                        room,
+                        after,
+                        until,
+                        limit,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.read(&room, after, until, limit));
+                    }
+                    Op::Count {
+                        room,
+                        after,
+                        until,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.count_between(&room, after, until));
+                    }
+                    _ => {}
                 }
             }
             if self.last_prune.elapsed() > Duration::from_secs(1) {
@@ -760,6 +818,53 @@ impl Writer {
         };
         result.map_err(|e| {
             warn!("history query failed: {e}");
+            "history unavailable".to_owned()
+        })
+    }
+
+    /// How many stored messages have ids in `after + 1 ..= until`: whole chunks by their
+    /// counts, the (at most two) chunks on the edges by reading them.
+    fn count_between(&mut self, room: &str, after: u64, until: u64) -> Result<usize, String> {
+        let rid: Option<i64> = match self.rids.get(room) {
+            Some(rid) => Some(*rid),
+            None => self
+                .conn
+                .query_row("SELECT rid FROM rooms WHERE name = ?1", [room], |r| {
+                    r.get(0)
+                })
+                .ok(),
+        };
+        let Some(rid) = rid else { return Ok(0) };
+        let result = (|| -> rusqlite::Result<usize> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT last_id, count, data FROM chunks WHERE rid = ?1 AND last_id > ?2
+                 ORDER BY last_id",
+            )?;
+            let mut rows = stmt.query(params![rid, after as i64])?;
+            let mut n = 0usize;
+            let mut first = true;
+            while let Some(row) = rows.next()? {
+                let last_id = row.get::<_, i64>(0)?.max(0) as u64;
+                let count = row.get::<_, i64>(1)?.max(0) as usize;
+                if first || last_id > until {
+                    // An edge chunk: count its messages one by one.
+                    let data: Vec<u8> = row.get(2)?;
+                    n += decode(&data)
+                        .iter()
+                        .filter(|m| m.id > after && m.id <= until)
+                        .count();
+                } else {
+                    n += count;
+                }
+                first = false;
+                if last_id >= until {
+                    break;
+                }
+            }
+            Ok(n)
+        })();
+        result.map_err(|e| {
+            warn!("history count failed: {e}");
             "history unavailable".to_owned()
         })
     }

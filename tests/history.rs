@@ -616,3 +616,37 @@ fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A client that missed more than one page (1,000 messages) still gets every one of them.
+#[test]
+fn a_long_resume_comes_in_pages_with_nothing_missing() {
+    let server = Server::start(&["--max-line-rate", "0"]);
+    let mut a = server.connect("a", "r");
+    let batch: String = (0..2500).map(|i| format!("p{i}\n")).collect();
+    a.send(&batch);
+    a.until("a:p2499");
+    let (mut j, before) = connect_json(&server, "j", "r", r#","since":0"#);
+    assert_eq!(before[0]["type"], "history");
+    assert_eq!(before[0]["count"], 2500);
+    let ids: Vec<u64> = before[1..before.len() - 1]
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=2500).collect::<Vec<u64>>());
+    assert_eq!(before.last().unwrap()["type"], "end_of_history");
+    a.send("live\n");
+    let v = json(&mut j);
+    assert_eq!(
+        (v["text"].as_str(), v["id"].as_u64()),
+        (Some("live"), Some(2501))
+    );
+    // Text clients get the same, with the count up front.
+    let mut t = Client::raw(server.addr);
+    t.send(r#"{"name":"t","room":"r","since":1200}"#);
+    t.expect("*** history: 1301 messages");
+    t.expect("a:p1200");
+    let rest = t.until("*** end of history");
+    assert_eq!(rest.len(), 1300);
+    assert_eq!(rest.last().map(String::as_str), Some("a:live"));
+    t.expect("*** t joined");
+}
