@@ -26,14 +26,7 @@ fn appends(c: &mut Criterion) {
                         max_messages: 100_000,
                         max_age: None,
                     };
-                    let batching = if sync {
-                        Batching {
-                            window: Duration::ZERO,
-                            ..Batching::default()
-                        }
-                    } else {
-                        Batching::default()
-                    };
+                    let batching = Batching::for_durability(sync);
                     let store = SqliteStore::open(&dir, retention, batching, sync)
                         .unwrap_or_else(|e| panic!("{e}"));
                     let room: std::sync::Arc<str> = "devroom".into();

@@ -129,16 +129,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
         HistoryMode::Memory => Arc::new(MemoryStore::new(retention)),
         HistoryMode::Sqlite => {
             let sync = config.durability == Durability::Sync;
-            // In sync mode every message waits for its commit, so commit whatever is queued at
-            // once instead of waiting for more (the queue itself makes the groups).
-            let batching = if sync {
-                Batching {
-                    window: Duration::ZERO,
-                    ..Batching::default()
-                }
-            } else {
-                Batching::default()
-            };
+            let batching = Batching::for_durability(sync);
             Arc::new(SqliteStore::open(
                 &config.data_dir,
                 retention,
@@ -285,6 +276,22 @@ impl Store for MemoryStore {
 pub struct Batching {
     pub window: Duration,
     pub max_messages: usize,
+}
+
+impl Batching {
+    /// The batching for a durability: in sync mode every message waits for its commit, so
+    /// commit whatever is queued at once instead of waiting for more (the queue makes the
+    /// groups).
+    pub fn for_durability(sync: bool) -> Self {
+        if sync {
+            Batching {
+                window: Duration::ZERO,
+                ..Batching::default()
+            }
+        } else {
+            Batching::default()
+        }
+    }
 }
 
 impl Default for Batching {
@@ -799,8 +806,9 @@ impl Writer {
         }
     }
 
-    fn read(&mut self, room: &str, after: Option<u64>, until: u64, limit: usize) -> History {
-        let rid: Option<i64> = match self.rids.get(room) {
+    /// The row id of a room that has stored messages, if it has.
+    fn known_rid(&self, room: &str) -> Option<i64> {
+        match self.rids.get(room) {
             Some(rid) => Some(*rid),
             None => self
                 .conn
@@ -808,7 +816,11 @@ impl Writer {
                     r.get(0)
                 })
                 .ok(),
-        };
+        }
+    }
+
+    fn read(&mut self, room: &str, after: Option<u64>, until: u64, limit: usize) -> History {
+        let rid = self.known_rid(room);
         let Some(rid) = rid else {
             return Ok(Vec::new());
         };
@@ -825,15 +837,7 @@ impl Writer {
     /// How many stored messages have ids in `after + 1 ..= until`: whole chunks by their
     /// counts, the (at most two) chunks on the edges by reading them.
     fn count_between(&mut self, room: &str, after: u64, until: u64) -> Result<usize, String> {
-        let rid: Option<i64> = match self.rids.get(room) {
-            Some(rid) => Some(*rid),
-            None => self
-                .conn
-                .query_row("SELECT rid FROM rooms WHERE name = ?1", [room], |r| {
-                    r.get(0)
-                })
-                .ok(),
-        };
+        let rid = self.known_rid(room);
         let Some(rid) = rid else { return Ok(0) };
         let result = (|| -> rusqlite::Result<usize> {
             let mut stmt = self.conn.prepare_cached(
