@@ -307,19 +307,24 @@ fn a_corrupt_database_stops_the_start_with_a_clear_error() {
     let dir = temp_dir();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("history.db"), vec![7u8; 16384]).unwrap();
+    start_fails_with(&dir, "history.db");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts the server on `data_dir` and expects it to stop at once, saying `reason`.
+fn start_fails_with(data_dir: &std::path::Path, reason: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_machat"))
         .args(["-a", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .arg(data_dir)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("history.db") && !stderr.contains("panicked"),
+        stderr.contains(reason) && !stderr.contains("panicked"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Messages as (id, text).
@@ -602,18 +607,7 @@ fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
     // A data directory that cannot be created: its parent is a file.
     let file = temp_dir();
     std::fs::write(&file, b"not a directory").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
-        .args(["-a", "127.0.0.1:0", "--data-dir"])
-        .arg(file.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("cannot create data dir") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
+    start_fails_with(&file.join("data"), "cannot create data dir");
     let _ = std::fs::remove_file(&file);
 }
 
