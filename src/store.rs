@@ -350,6 +350,10 @@ struct Queue {
     tx: Sender<Op>,
     queued: Arc<AtomicUsize>,
     urgent: Arc<AtomicBool>,
+    /// The writer thread, to wake early from its gathering sleep.
+    writer: std::sync::OnceLock<std::thread::Thread>,
+    /// A batch this large is committed without waiting for the window.
+    full: usize,
 }
 
 impl Queue {
@@ -357,11 +361,27 @@ impl Queue {
         if self.queued.load(Ordering::Acquire) >= QUEUE {
             return Err(TrySendError::Full(op));
         }
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(op).map_err(|e| {
+        let before = self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.send(op).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             TrySendError::Disconnected(e.0)
-        })
+        });
+        if before + 1 == self.full {
+            self.wake();
+        }
+        sent
+    }
+
+    /// Cuts the writer's gathering short (a full batch, a query, a close).
+    fn wake(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
+    }
+
+    fn urgent(&self) {
+        self.urgent.store(true, Ordering::Release);
+        self.wake();
     }
 }
 
@@ -415,6 +435,8 @@ impl SqliteStore {
             tx,
             queued: queued.clone(),
             urgent: urgent.clone(),
+            writer: std::sync::OnceLock::new(),
+            full: batching.max_messages,
         };
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
@@ -427,13 +449,15 @@ impl SqliteStore {
             healthy: healthy.clone(),
             touched: HashMap::new(),
             rids: HashMap::new(),
+            stored: HashMap::new(),
             last_prune: Instant::now(),
             path: path.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("machat-store".into())
             .spawn(move || writer.run())
             .map_err(|e| format!("cannot start the store's writer: {e}"))?;
+        let _ = ops.writer.set(thread.thread().clone());
         info!(path = %path.display(), "history store open");
         Ok(SqliteStore {
             ops,
@@ -571,7 +595,7 @@ impl Store for SqliteStore {
             reply,
         };
         let sent = self.ops.try_send(op);
-        self.ops.urgent.store(true, Ordering::Release);
+        self.ops.urgent();
         if let Err(e) = sent {
             let op = match e {
                 TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
@@ -592,7 +616,7 @@ impl Store for SqliteStore {
             reply,
         };
         let sent = self.ops.try_send(op);
-        self.ops.urgent.store(true, Ordering::Release);
+        self.ops.urgent();
         if let Err(
             TrySendError::Full(Op::Count { reply, .. })
             | TrySendError::Disconnected(Op::Count { reply, .. }),
@@ -611,7 +635,7 @@ impl Store for SqliteStore {
         let (tx, rx) = mpsc::channel();
         self.ops.queued.fetch_add(1, Ordering::AcqRel);
         let sent = self.ops.tx.send(Op::Close(tx)).is_ok();
-        self.ops.urgent.store(true, Ordering::Release);
+        self.ops.urgent();
         if sent {
             let _ = rx.recv_timeout(Duration::from_secs(3));
         }
@@ -631,6 +655,8 @@ struct Writer {
     touched: HashMap<i64, ()>,
     /// Room name to row id (keys are integers: cheaper to compare than names).
     rids: HashMap<String, i64>,
+    /// Messages stored per room, once counted (see `Writer::stored`).
+    stored: HashMap<i64, u64>,
     last_prune: Instant,
     path: PathBuf,
 }
@@ -654,7 +680,7 @@ impl Writer {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             let deadline = Instant::now() + self.batching.window;
             // Let the batch fill while asleep: the senders then never pay for waking this
-            // thread, one message at a time. A query or a close cuts the wait short.
+            // thread, one message at a time. A full batch, a query or a close wakes it early.
             if matches!(first, Op::Append(..)) {
                 loop {
                     let now = Instant::now();
@@ -664,7 +690,7 @@ impl Writer {
                     {
                         break;
                     }
-                    std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+                    std::thread::park_timeout(deadline - now);
                 }
             }
             let mut queries = Vec::new();
@@ -740,6 +766,7 @@ impl Writer {
         }
         let rids = &mut self.rids;
         let touched = &mut self.touched;
+        let mut added: Vec<(i64, u64)> = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
@@ -769,6 +796,7 @@ impl Writer {
                 let mut data = Vec::new();
                 for (rid, msgs) in &chunks {
                     touched.insert(*rid, ());
+                    added.push((*rid, msgs.len() as u64));
                     data.clear();
                     for m in msgs {
                         data.extend_from_slice(&m.bytes);
@@ -784,6 +812,12 @@ impl Writer {
         if result.is_err() {
             // A rolled-back transaction may have taken new rooms' rows with it.
             rids.clear();
+        } else {
+            for (rid, n) in added {
+                if let Some(stored) = self.stored.get_mut(&rid) {
+                    *stored += n;
+                }
+            }
         }
         match result {
             Ok(()) => {
@@ -949,43 +983,86 @@ impl Writer {
         }
     }
 
+    /// How many messages a room has stored (counted once, then kept up to date).
+    fn stored(&mut self, rid: i64) -> rusqlite::Result<u64> {
+        if let Some(n) = self.stored.get(&rid) {
+            return Ok(*n);
+        }
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM chunks WHERE rid = ?1",
+            [rid],
+            |r| r.get(0),
+        )?;
+        let n = n.max(0) as u64;
+        self.stored.insert(rid, n);
+        Ok(n)
+    }
+
+    /// Removes a room's expired messages, oldest first: whole chunks while what remains is
+    /// still enough (or they are too old), then the chunk on the boundary rewritten without its
+    /// expired messages. It reads only the chunks it removes, so a room at its limit costs a
+    /// few rows a second, not its whole history.
     fn prune_room(&mut self, rid: i64, oldest: Option<u64>) -> rusqlite::Result<()> {
         let keep = self.retention.max_messages;
+        let mut count = self.stored(rid)?;
+        let first_ts: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT first_ts FROM chunks WHERE rid = ?1 ORDER BY last_id LIMIT 1",
+                [rid],
+                |r| r.get(0),
+            )
+            .ok();
+        let too_old_somewhere =
+            matches!((oldest, first_ts), (Some(o), Some(f)) if (f.max(0) as u64) < o);
+        if count <= keep && !too_old_somewhere {
+            return Ok(());
+        }
         let tx = self.conn.transaction()?;
         {
-            // Newest first, without reading the messages: (last id, count, oldest time).
-            let mut chunks: Vec<(i64, u64, u64)> = Vec::new();
             let mut stmt = tx.prepare_cached(
-                "SELECT last_id, count, first_ts FROM chunks WHERE rid = ?1 ORDER BY last_id DESC",
+                "SELECT last_id, count, first_ts FROM chunks WHERE rid = ?1 AND last_id > ?2
+                 ORDER BY last_id LIMIT 2",
             )?;
-            let mut rows = stmt.query([rid])?;
-            while let Some(row) = rows.next()? {
-                let (last_id, count, first_ts): (i64, i64, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                chunks.push((last_id, count.max(0) as u64, first_ts.max(0) as u64));
-            }
-            drop(rows);
-            let mut kept = 0u64;
-            for (i, &(last_id, count, first_ts)) in chunks.iter().enumerate() {
-                let fresh = oldest.is_none_or(|o| first_ts >= o);
-                if kept + count <= keep && fresh {
-                    kept += count;
+            let mut after = -1i64;
+            loop {
+                let pair: Vec<(i64, u64, u64)> = stmt
+                    .query_map(params![rid, after], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get::<_, i64>(1)?.max(0) as u64,
+                            r.get::<_, i64>(2)?.max(0) as u64,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let Some(&(last_id, n, _)) = pair.first() else {
+                    break;
+                };
+                // Every message of a chunk is no newer than the next chunk's first one.
+                let wholly_old =
+                    matches!((oldest, pair.get(1)), (Some(o), Some(next)) if next.2 < o);
+                if count.saturating_sub(n) >= keep || wholly_old {
+                    tx.execute(
+                        "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
+                        params![rid, last_id],
+                    )?;
+                    count -= n;
+                    after = last_id;
                     continue;
                 }
-                // The chunk on the boundary keeps only its newest messages still allowed.
+                // The boundary: drop its oldest messages over the limit, and any too old.
                 let data: Vec<u8> = tx.query_row(
                     "SELECT data FROM chunks WHERE rid = ?1 AND last_id = ?2",
                     params![rid, last_id],
                     |r| r.get(0),
                 )?;
                 let msgs = decode(&data);
-                let mut survivors: Vec<&StoredMessage> = msgs
+                let over = count.saturating_sub(keep) as usize;
+                let survivors: Vec<&StoredMessage> = msgs
                     .iter()
-                    .rev()
-                    .take(keep.saturating_sub(kept) as usize)
+                    .skip(over)
                     .filter(|m| oldest.is_none_or(|o| m.ts.0 >= o))
                     .collect();
-                survivors.reverse();
                 if survivors.is_empty() {
                     tx.execute(
                         "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
@@ -996,24 +1073,34 @@ impl Writer {
                     for m in &survivors {
                         encode(&m.as_ref(), &mut data);
                     }
-                    let first_ts = survivors[0].ts.0 as i64;
                     tx.execute(
                         "UPDATE chunks SET count = ?3, first_ts = ?4, data = ?5
                          WHERE rid = ?1 AND last_id = ?2",
-                        params![rid, last_id, survivors.len() as i64, first_ts, data],
+                        params![
+                            rid,
+                            last_id,
+                            survivors.len() as i64,
+                            survivors[0].ts.0 as i64,
+                            data
+                        ],
                     )?;
                 }
-                // Everything older goes.
-                if let Some(&(older, _, _)) = chunks.get(i + 1) {
-                    tx.execute(
-                        "DELETE FROM chunks WHERE rid = ?1 AND last_id <= ?2",
-                        params![rid, older],
-                    )?;
+                count -= (msgs.len() - survivors.len()) as u64;
+                // If the whole chunk went, the next one may be too old as well.
+                if survivors.is_empty() && oldest.is_some() {
+                    after = last_id;
+                    continue;
                 }
                 break;
             }
         }
-        tx.commit()
+        let result = tx.commit();
+        if result.is_ok() {
+            self.stored.insert(rid, count);
+        } else {
+            self.stored.remove(&rid);
+        }
+        result
     }
 }
 
