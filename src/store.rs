@@ -1272,6 +1272,35 @@ mod tests {
     }
 
     #[test]
+    fn retention_over_many_chunks_keeps_exactly_the_newest() {
+        let dir = std::env::temp_dir().join(format!("machat-store-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let retention = Retention {
+            max_messages: 50,
+            max_age: None,
+        };
+        // No gathering window: almost every append is its own chunk.
+        let store =
+            SqliteStore::open(&dir, retention, Batching::for_durability(true), false).unwrap();
+        let room: Arc<str> = Arc::from("r");
+        for id in 1..=200 {
+            store.append(&room, &msg(id).as_ref(), None);
+            if id % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // Pruning runs on the writer at most once a second, also when idle.
+        std::thread::sleep(Duration::from_millis(2500));
+        let kept = ids(store
+            .query("r", None, u64::MAX, 1000)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(kept, (151..=200).collect::<Vec<u64>>());
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_corrupt_file_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("machat-store-corrupt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
