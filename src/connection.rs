@@ -330,6 +330,8 @@ async fn join(
         // Replayed history goes out before anything from the room.
         if let Err(e) = Box::pin(replay_history(&mut conn, replay)).await {
             info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
+            // It joined already: leave, so its name is free again and the room is told.
+            conn.session.leave(&mut Vec::new(), true);
             return None;
         }
     }

@@ -644,3 +644,31 @@ fn a_long_resume_comes_in_pages_with_nothing_missing() {
     assert_eq!(rest.last().map(String::as_str), Some("a:live"));
     t.expect("*** t joined");
 }
+
+/// A client that asks for a long resume and never reads is dropped after the write timeout,
+/// and leaves the room: its name is free again.
+#[test]
+fn a_resume_nobody_reads_does_not_leave_a_ghost() {
+    let server = Server::start(&["--max-line-rate", "0", "--history-max", "100000"]);
+    let mut a = server.connect("a", "r");
+    let line = "g".repeat(200);
+    for chunk in 0..60 {
+        let batch: String = (0..1000).map(|i| format!("{chunk}-{i} {line}\n")).collect();
+        a.send(&batch);
+        a.until(&format!("a:{chunk}-999 {line}"));
+    }
+    // 60,000 messages of ~210 bytes: far more than the kernel buffers a reader that never reads.
+    let mut ghost = Client::raw(server.addr);
+    ghost.send(r#"{"name":"ghost","room":"r","since":0}"#);
+    let start = Instant::now();
+    a.until("*** ghost left");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    let mut again = Client::raw(server.addr);
+    again.send(r#"{"name":"ghost","room":"r"}"#);
+    again.expect("*** ghost joined");
+    drop(ghost);
+}
