@@ -330,8 +330,8 @@ fn start_fails_with(data_dir: &std::path::Path, reason: &str) {
 /// Messages as (id, text).
 type Messages = Vec<(u64, String)>;
 
-/// Reads every stored message of `room` after `after`, page by page (a replay is at most
-/// 1,000 messages), as (id, text).
+/// Reads every stored message of `room` after `after` by resuming until a resume brings
+/// nothing more, as (id, text).
 fn all_stored(server: &Server, room: &str, mut after: u64) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     for page in 0.. {
