@@ -428,6 +428,9 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        reader
+            .busy_timeout(Duration::from_secs(2))
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let urgent = Arc::new(AtomicBool::new(false));
@@ -476,6 +479,9 @@ fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
+    // Another process on the same file (two servers started in one directory) makes SQLite
+    // answer "busy": wait a moment for it rather than fail the batch at once.
+    conn.busy_timeout(Duration::from_secs(2))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process crash but may lose the last commits in a power cut;
     // FULL fsyncs every commit.
