@@ -1035,13 +1035,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let send_secs = (last_send - start_ns) as f64 / 1e9;
     let elapsed_secs = (last_delivery - start_ns) as f64 / 1e9;
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    let q = |p: f64| {
-        if hist.is_empty() {
-            0
-        } else {
-            hist.value_at_quantile(p)
-        }
-    };
+    let q = |p: f64| crate::quantile(&hist, p);
     Ok(FanoutReport {
         scenario: "fanout",
         label: common.label.clone(),

@@ -278,13 +278,7 @@ pub async fn run(common: &Common, args: &IdleArgs) -> Result<IdleReport, String>
                 .unwrap_or_default()
         ));
     }
-    let q = |p: f64| {
-        if hist.is_empty() {
-            0
-        } else {
-            hist.value_at_quantile(p)
-        }
-    };
+    let q = |p: f64| crate::quantile(&hist, p);
     Ok(IdleReport {
         scenario: "idle",
         label: common.label.clone(),

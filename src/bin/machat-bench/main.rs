@@ -134,3 +134,12 @@ fn real_main(cli: Cli) -> Result<(), String> {
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, String> {
     serde_json::to_string(v).map_err(|e| format!("json: {e}"))
 }
+
+/// A quantile of a latency histogram, 0 when nothing was recorded.
+fn quantile(hist: &hdrhistogram::Histogram<u64>, p: f64) -> u64 {
+    if hist.is_empty() {
+        0
+    } else {
+        hist.value_at_quantile(p)
+    }
+}
