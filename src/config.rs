@@ -25,6 +25,22 @@ pub struct Config {
     )]
     pub addr: String,
 
+    /// Address for the web side (chat page, WebSocket at /ws, HTTP API, /metrics); `off`
+    /// disables it.
+    #[arg(long, env = "MACHAT_HTTP", default_value = "localhost:8080")]
+    pub http: String,
+
+    /// Web origins whose pages may open WebSockets here, comma-separated (`https://chat.example`),
+    /// or `*` for any. Pages served by this server (same host) and clients that send no Origin
+    /// (not browsers) are always allowed.
+    #[arg(long, env = "MACHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Seconds between WebSocket pings, which keep idle browser connections (and the proxies in
+    /// front of them) alive; 0 = no pings.
+    #[arg(long, env = "MACHAT_WS_PING", default_value_t = 30.0)]
+    pub ws_ping: f64,
+
     /// Most connections at once; 0 = the descriptor limit minus a reserve of 64.
     #[arg(long, env = "MACHAT_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
@@ -145,8 +161,17 @@ impl Config {
         Duration::try_from_secs_f64(self.handshake_timeout).unwrap_or(Duration::from_secs(10))
     }
 
+    /// The web side's address, unless it is off.
+    pub fn http_addr(&self) -> Option<&str> {
+        let a = self.http.trim();
+        (!a.eq_ignore_ascii_case("off") && !a.is_empty()).then_some(a)
+    }
+
     /// Checks what clap's types cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if !(self.ws_ping >= 0.0 && self.ws_ping.is_finite()) {
+            return Err("--ws-ping must be a number of seconds >= 0".into());
+        }
         if !(self.max_line_rate >= 0.0 && self.max_line_rate.is_finite()) {
             return Err("--max-line-rate must be a number >= 0".into());
         }

@@ -30,12 +30,12 @@ use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Ticket;
+use crate::metrics::Transport;
 use crate::protocol::{
     parse_handshake, render_history, render_history_end, render_history_messages,
     render_history_start, Format, Handshake, Reply,
 };
-use crate::room::Take;
-use crate::room::{Replay, ReplayStart};
+use crate::room::{Replay, ReplayStart, Room, Take};
 use crate::session::{End, Next, RateLimit, Session};
 use crate::store::{History, Store, MAX_REPLAY};
 
@@ -232,6 +232,9 @@ pub async fn serve_greeted(stream: TcpStream, rest: Greeting, ctx: Arc<Shared>) 
         return;
     };
     let reason = conn.run(&ctx).await;
+    if matches!(reason, Reason::Ended(End::SlowConsumer)) {
+        crate::metrics::slow_consumer();
+    }
     let session = &conn.session;
     info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
     Box::pin(conn.close(reason)).await;
@@ -252,6 +255,7 @@ async fn greet(
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
             if let Reason::Refused(text) = &reason {
+                crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
                 refuse(stream, Format::Text, text).await;
             }
             return None;
@@ -268,6 +272,7 @@ async fn greet(
         Ok(hs) => Some((stream, id, hs, leftover)),
         Err(text) => {
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
             refuse(stream, format, &text).await;
             None
         }
@@ -283,25 +288,7 @@ async fn join(
     hs: Handshake,
     leftover: Vec<u8>,
 ) -> Option<Connection> {
-    // What to replay before live messages: a resume, the last N asked for, or the default.
-    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
-    let replay = match (hs.since, hs.history) {
-        // A resume is paged (see `replay_history`): every stored message after the id comes.
-        (Some(after), _) => Some(Replay {
-            after: Some(after),
-            limit: MAX_REPLAY,
-        }),
-        (None, Some(0)) => None,
-        (None, Some(n)) => Some(Replay {
-            after: None,
-            limit: (n as usize).min(max),
-        }),
-        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
-            after: None,
-            limit: (ctx.config.history_on_join as usize).min(max),
-        }),
-        (None, None) => None,
-    };
+    let replay = replay_wanted(&hs, ctx);
     let (seat, history) = match ctx
         .hub
         .join_replaying(&hs.room, id, &hs.name, hs.format, replay)
@@ -310,6 +297,7 @@ async fn join(
         Err(_) => {
             let text = format!("name {} is already taken in room {}", hs.name, hs.room);
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+            crate::metrics::handshake_rejected("name_taken");
             refuse(stream, hs.format, &text).await;
             return None;
         }
@@ -328,7 +316,17 @@ async fn join(
     };
     if let Some(replay) = history {
         // Replayed history goes out before anything from the room.
-        if let Err(e) = Box::pin(replay_history(&mut conn, replay)).await {
+        let (room, format) = (conn.session.room.clone(), conn.session.format);
+        let mut out = TcpOut(&mut conn.stream);
+        if let Err(e) = Box::pin(replay_history(
+            &mut out,
+            &room,
+            format,
+            replay,
+            &mut conn.pending,
+        ))
+        .await
+        {
             info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
             // It joined already: leave, so its name is free again and the room is told.
             conn.session.leave(&mut Vec::new(), true);
@@ -337,6 +335,28 @@ async fn join(
     }
     conn.feed(&leftover);
     Some(conn)
+}
+
+/// What to replay before live messages: a resume, the last N asked for, or the default.
+pub(crate) fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
+    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
+    match (hs.since, hs.history) {
+        // A resume is paged (see `replay_history`): every stored message after the id comes.
+        (Some(after), _) => Some(Replay {
+            after: Some(after),
+            limit: MAX_REPLAY,
+        }),
+        (None, Some(0)) => None,
+        (None, Some(n)) => Some(Replay {
+            after: None,
+            limit: (n as usize).min(max),
+        }),
+        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
+            after: None,
+            limit: (ctx.config.history_on_join as usize).min(max),
+        }),
+        (None, None) => None,
+    }
 }
 
 /// Within this long the store must answer each page of a replay.
@@ -349,34 +369,54 @@ async fn answer<T>(pending: oneshot::Receiver<Result<T, String>>) -> Result<T, S
     }
 }
 
+/// Where the pages of a replay are written, straight to the client (each transport has one).
+pub(crate) trait ReplayOut {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+struct TcpOut<'a>(&'a mut TcpStream);
+
+impl ReplayOut for TcpOut<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes).await?;
+        crate::metrics::bytes_out(Transport::Tcp, bytes.len());
+        Ok(())
+    }
+}
+
 /// Sends a replay before anything from the room. A resume (`"since"`) may be longer than one
 /// page: its size is announced first, and the pages are written one at a time, so the server
-/// holds at most one page for a client however much it missed.
-async fn replay_history(conn: &mut Connection, replay: ReplayStart) -> io::Result<()> {
-    let room = conn.session.room.clone();
-    let format = conn.session.format;
+/// holds at most one page for a client however much it missed. What is short (a plain replay,
+/// the closing line, an error) is appended to `tail` for the connection's first write.
+pub(crate) async fn replay_history(
+    out: &mut impl ReplayOut,
+    room: &Arc<Room>,
+    format: Format,
+    replay: ReplayStart,
+    tail: &mut Vec<u8>,
+) -> io::Result<()> {
     let first = answer(replay.first).await;
     let Some(total) = replay.total else {
-        render_answer(room.name(), format, first, &mut conn.pending);
+        render_answer(room.name(), format, first, tail);
         return Ok(());
     };
     let (mut page, total) = match (first, answer(total).await) {
         (Ok(page), Ok(total)) => (page, total),
         (Err(e), _) | (_, Err(e)) => {
-            Reply::Error(&e).render(format, &mut conn.pending);
+            Reply::Error(&e).render(format, tail);
             return Ok(());
         }
     };
-    let mut out = Vec::new();
-    render_history_start(room.name(), format, total, &mut out);
+    let mut buf = Vec::new();
+    render_history_start(room.name(), format, total, &mut buf);
     let mut sent = 0;
     loop {
-        render_history_messages(room.name(), format, &page, &mut out);
+        render_history_messages(room.name(), format, &page, &mut buf);
         sent += page.len();
-        tokio::time::timeout(STORE_WAIT, conn.stream.write_all(&out))
+        tokio::time::timeout(STORE_WAIT, out.write(&buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "replay not read"))??;
-        out.clear();
+        buf.clear();
         let Some(last) = page.last() else { break };
         if sent >= total || page.len() < MAX_REPLAY {
             break;
@@ -385,17 +425,17 @@ async fn replay_history(conn: &mut Connection, replay: ReplayStart) -> io::Resul
         page = match answer(room.history_page(after, replay.until, MAX_REPLAY)).await {
             Ok(page) => page,
             Err(e) => {
-                Reply::Error(&e).render(format, &mut conn.pending);
+                Reply::Error(&e).render(format, tail);
                 return Ok(());
             }
         };
     }
-    render_history_end(room.name(), format, &mut conn.pending);
+    render_history_end(room.name(), format, tail);
     Ok(())
 }
 
 /// Renders a history answer: the replay, or the reason there is none.
-fn render_answer(room: &str, format: Format, answer: History, out: &mut Vec<u8>) {
+pub(crate) fn render_answer(room: &str, format: Format, answer: History, out: &mut Vec<u8>) {
     match answer {
         Ok(messages) => render_history(room, format, &messages, out),
         Err(reason) => Reply::Error(&reason).render(format, out),
@@ -629,10 +669,13 @@ impl Connection {
             if !self.pending.is_empty() {
                 match self.stream.try_write(&self.pending) {
                     Ok(n) => {
+                        crate::metrics::bytes_out(Transport::Tcp, n);
                         self.pending.drain(..n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.out = Out::Blocked;
+                        // Cut off while the socket is full? The room must be able to say so.
+                        self.session.room.watch(self.session.seat, waker);
                         return Ok(());
                     }
                     Err(e) => return Err(e),
@@ -650,7 +693,10 @@ impl Connection {
                 let taken = room.take(seat, &mut scratch, WRITE_CHUNK, waker);
                 if matches!(taken, Take::Data | Take::Drained) {
                     match stream.try_write(&scratch) {
-                        Ok(n) => pending.extend_from_slice(&scratch[n..]),
+                        Ok(n) => {
+                            crate::metrics::bytes_out(Transport::Tcp, n);
+                            pending.extend_from_slice(&scratch[n..]);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             pending.extend_from_slice(&scratch)
                         }

@@ -13,11 +13,13 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod web;
 
 /// Sets up `tracing` logs on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

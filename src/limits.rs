@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tracing::info;
 
+use crate::metrics::{OpenConnection, Transport};
+
 /// Counts connections in total and per IP; a [`Ticket`] gives its place back when dropped.
 #[derive(Debug)]
 pub struct Admission {
@@ -21,6 +23,7 @@ pub struct Admission {
 pub struct Ticket {
     admission: Arc<Admission>,
     ip: IpAddr,
+    _open: OpenConnection,
 }
 
 impl Drop for Ticket {
@@ -50,7 +53,11 @@ impl Admission {
         }
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, &'static str> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        transport: Transport,
+    ) -> Result<Ticket, &'static str> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Acquire) >= self.max_total {
             return Err("server full: too many connections");
@@ -67,6 +74,7 @@ impl Admission {
         Ok(Ticket {
             admission: self.clone(),
             ip,
+            _open: OpenConnection::new(transport),
         })
     }
 

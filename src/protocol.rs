@@ -168,6 +168,29 @@ pub fn clean_line(raw: &[u8]) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Cleans a message that may span lines (a WebSocket frame): each line as [`clean_line`] does,
+/// kept apart by `\n` (a `\r` before it is dropped), and trailing line ends removed. A single
+/// line comes back exactly as `clean_line` returns it.
+pub fn clean_message(raw: &[u8]) -> Cow<'_, str> {
+    let mut end = raw.len();
+    while end > 0 && matches!(raw[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let raw = &raw[..end];
+    if memchr::memchr(b'\n', raw).is_none() {
+        return clean_line(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    for (i, line) in raw.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        out.push_str(&clean_line(line));
+    }
+    Cow::Owned(out)
+}
+
 fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
     // Parameter and intermediate bytes are 0x20..=0x3f; the final byte is 0x40..=0x7e.
     while let Some(&c) = chars.peek() {
@@ -274,20 +297,32 @@ struct JsonRoomEvent<'a> {
 }
 
 impl RoomEvent<'_> {
-    /// Appends the plain-text rendering, newline included.
+    /// Appends the plain-text rendering, newline included. A message of several lines (sent
+    /// from a WebSocket) becomes one `name:line` per line, so a line of it can never pass for
+    /// another sender's.
     pub fn render_text(&self, out: &mut Vec<u8>) {
         match *self {
             RoomEvent::Message { name, text, .. } => {
                 out.reserve(name.len() + text.len() + 2);
-                out.extend_from_slice(name.as_bytes());
-                out.push(b':');
-                out.extend_from_slice(text.as_bytes());
+                for (i, line) in text.split('\n').enumerate() {
+                    if i > 0 {
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b':');
+                    out.extend_from_slice(line.as_bytes());
+                }
             }
             RoomEvent::Action { name, text, .. } => {
-                out.extend_from_slice(b"* ");
-                out.extend_from_slice(name.as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(text.as_bytes());
+                for (i, line) in text.split('\n').enumerate() {
+                    if i > 0 {
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(b"* ");
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b' ');
+                    out.extend_from_slice(line.as_bytes());
+                }
             }
             RoomEvent::Join { name } => push_notice(out, format_args!("{name} joined")),
             RoomEvent::Leave { name } => push_notice(out, format_args!("{name} left")),
@@ -456,10 +491,15 @@ impl Reply<'_> {
                         text,
                         incoming,
                     } => {
-                        if *incoming {
-                            push_notice(out, format_args!("private from {from}: {text}"));
-                        } else {
-                            push_notice(out, format_args!("private to {to}: {text}"));
+                        for (i, line) in text.split('\n').enumerate() {
+                            if i > 0 {
+                                out.push(b'\n');
+                            }
+                            if *incoming {
+                                push_notice(out, format_args!("private from {from}: {line}"));
+                            } else {
+                                push_notice(out, format_args!("private to {to}: {line}"));
+                            }
                         }
                     }
                     Reply::Help => {
@@ -500,6 +540,29 @@ impl Reply<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_message_of_several_lines_is_one_line_per_line_in_text() {
+        let text = clean_message(b"first\r\nBob:second\x1b[31m\n\n");
+        assert_eq!(text, "first\nBob:second");
+        let mut out = Vec::new();
+        RoomEvent::Message {
+            id: 1,
+            name: "Mina",
+            text: &text,
+        }
+        .render_text(&mut out);
+        assert_eq!(out, b"Mina:first\nMina:Bob:second\n");
+        out.clear();
+        RoomEvent::Message {
+            id: 1,
+            name: "Mina",
+            text: &text,
+        }
+        .render_json("r", Timestamp(0), &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(matches!(clean_message(b"plain\n"), Cow::Borrowed("plain")));
+    }
 
     #[test]
     fn handshake_accepts_any_key_order_and_ignores_unknown_keys() {

@@ -327,6 +327,7 @@ impl Room {
         if let Some(m) = inner.member_mut(seat) {
             m.name = name;
         }
+        crate::metrics::message_received();
         Ok(id)
     }
 
@@ -423,6 +424,18 @@ impl Room {
         Ok(())
     }
 
+    /// Keeps `waker` to wake if the member is cut off (or sent something) while its connection
+    /// waits for its socket rather than for the room.
+    pub fn watch(&self, seat: Seat, waker: &Waker) {
+        let mut inner = self.lock();
+        if let Some(m) = inner.member_mut(seat) {
+            match &mut m.waker {
+                Some(w) => w.clone_from(waker),
+                None => m.waker = Some(waker.clone()),
+            }
+        }
+    }
+
     /// Copies up to about `max` unread bytes for a member into `out`; when there are none,
     /// keeps `waker` to wake when there are.
     pub fn take(&self, seat: Seat, out: &mut Vec<u8>, max: usize, waker: &Waker) -> Take {
@@ -470,6 +483,7 @@ impl Room {
     fn publish_at(&self, inner: &mut Inner, event: RoomEvent<'_>, mut ts: Option<Timestamp>) {
         if let RoomEvent::Message { id, .. } | RoomEvent::Action { id, .. } = event {
             inner.last_published = id;
+            crate::metrics::delivered(inner.count);
         }
         for format in [Format::Text, Format::Json] {
             let log = &mut inner.logs[format as usize];

@@ -18,7 +18,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::connection::{finish, serve, serve_greeted, set_runtime_index, Handoff, Inbox, Shared};
 use crate::limits::{raise_fd_limit, Admission, Ticket};
+use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
+use crate::web::{Web, WebState};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// How long shutdown waits for connections to flush their last lines.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
@@ -28,6 +31,9 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
+    /// The web side (`--http`), unless it is off.
+    web: Option<Web>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl Server {
@@ -68,11 +74,19 @@ impl Server {
                 )
             }));
         }
+        let web = match config.http_addr() {
+            Some(addr) => Some(Web::bind(addr).await?),
+            None => None,
+        };
+        // The metrics are served on the web side; without it, counting would be for nobody.
+        let metrics = web.as_ref().and_then(|_| crate::metrics::install());
         info!(?config, max_connections = max_total, "configuration");
         Ok(Server {
             listeners,
             ctx: Arc::new(Shared::new(config, store)),
             admission,
+            web,
+            metrics,
         })
     }
 
@@ -93,6 +107,15 @@ impl Server {
             next: AtomicUsize::new(0),
         });
         let mut tasks = Vec::new();
+        if let Some(web) = self.web {
+            let state = Arc::new(WebState {
+                ctx: self.ctx.clone(),
+                admission: self.admission.clone(),
+                metrics: self.metrics,
+                shutdown: shutdown.clone(),
+            });
+            tasks.push(tokio::spawn(web.run(state)));
+        }
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let admission = self.admission.clone();
@@ -218,7 +241,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                match admission.admit(addr.ip()) {
+                match admission.admit(addr.ip(), Transport::Tcp) {
                     Ok(ticket) => dispatch.send(stream, addr, ticket, &ctx, &shutdown),
                     Err(reason) => {
                         info!(%addr, reason, "disconnect: refused");

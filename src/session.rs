@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hub::Hub;
-use crate::protocol::{clean_line, validate_name, validate_room, Format, Reply};
+use crate::protocol::{clean_line, clean_message, validate_name, validate_room, Format, Reply};
 use crate::room::{Room, RoomError, Seat};
 use crate::store::{Pending, MAX_REPLAY};
 
@@ -108,6 +108,23 @@ impl Session {
     /// unread in a room it leaves) are appended to `out`.
     pub fn on_line(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
         let text = clean_line(raw);
+        self.on_text(&text, now, out)
+    }
+
+    /// Handles one message that may span lines (a WebSocket frame): a single line is handled
+    /// as [`Session::on_line`] does; several lines are one message, never a command.
+    pub fn on_message(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
+        let text = clean_message(raw);
+        if text.contains('\n') && text.starts_with('/') && !text.starts_with("//") {
+            return match self.reply(&Reply::Error("a command must be one line")) {
+                Ok(()) => self.pace(now),
+                Err(_) => Next::End(End::SlowConsumer),
+            };
+        }
+        self.on_text(&text, now, out)
+    }
+
+    fn on_text(&mut self, text: &str, now: Instant, out: &mut Vec<u8>) -> Next {
         let result = if text.starts_with("//") {
             self.room.say(self.seat, &text[1..], false).map(|_| ())
         } else if let Some(cmd) = text.strip_prefix('/') {
@@ -117,7 +134,7 @@ impl Session {
                 Err(e) => Err(e),
             }
         } else {
-            self.room.say(self.seat, &text, false).map(|_| ())
+            self.room.say(self.seat, text, false).map(|_| ())
         };
         if result.is_err() {
             return Next::End(End::SlowConsumer);
@@ -125,6 +142,11 @@ impl Session {
         if self.history_wait.is_some() {
             return Next::Wait;
         }
+        self.pace(now)
+    }
+
+    /// Spends one line of the rate limit: go on, or wait until the given moment.
+    fn pace(&mut self, now: Instant) -> Next {
         match self.limit.as_mut().and_then(|l| l.spend(now)) {
             Some(until) => Next::Throttle(until),
             None => Next::Continue,

@@ -684,7 +684,8 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            let deadline = Instant::now() + self.batching.window;
+            let received = Instant::now();
+            let deadline = received + self.batching.window;
             // Let the batch fill while asleep: the senders then never pay for waking this
             // thread, one message at a time. A full batch, a query or a close wakes it early.
             if matches!(first, Op::Append(..)) {
@@ -736,7 +737,11 @@ impl Writer {
             if !queries.is_empty() {
                 self.urgent.store(false, Ordering::Release);
             }
-            self.commit(&mut batch);
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+                // The wait of the batch's oldest message: what a sync-durability sender waits.
+                crate::metrics::store_append(received.elapsed());
+            }
             for q in queries {
                 match q {
                     Op::Query {

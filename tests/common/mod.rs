@@ -15,6 +15,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP side's address, when the server was started with `--http`.
+    pub http: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
     /// A data directory made for this server alone, removed when it is dropped.
     own_dir: Option<PathBuf>,
@@ -45,6 +47,12 @@ impl Server {
         if let Some(dir) = &own_dir {
             cmd.arg("--data-dir").arg(dir);
         }
+        // The HTTP side is off unless a test asks for it (on an ephemeral port, `--http 127.0.0.1:0`).
+        let http_arg = args.iter().position(|a| *a == "--http");
+        if http_arg.is_none() {
+            cmd.args(["--http", "off"]);
+        }
+        let wants_http = http_arg.is_some_and(|i| args.get(i + 1) != Some(&"off"));
         cmd.args(["-a", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -55,12 +63,18 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (http_tx, http_rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut http_tx = Some(http_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(pos) = line.find("listening on ") {
+                if let Some(pos) = line.find("http listening on ") {
+                    if let Some(tx) = http_tx.take() {
+                        let _ = tx.send(line[pos + 18..].trim().to_string());
+                    }
+                } else if let Some(pos) = line.find("listening on ") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line[pos + 13..].trim().to_string());
                     }
@@ -71,9 +85,16 @@ impl Server {
         let addr = rx
             .recv_timeout(TIMEOUT)
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+        let http = wants_http.then(|| {
+            let addr = http_rx
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|_| panic!("http did not start: {:?}", log.lock().unwrap()));
+            addr.parse().expect("http addr")
+        });
         Server {
             child,
             addr: addr.parse().expect("addr"),
+            http,
             log,
             own_dir,
         }

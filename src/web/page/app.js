@@ -1,0 +1,515 @@
+// machat web page: one WebSocket to /ws, JSON frames as in docs/PROTOCOL.md section 6.
+// No framework, no build step. Every piece of text that comes from a user or the server is
+// inserted with textContent / createTextNode, never as HTML.
+"use strict";
+
+(function () {
+  const KEEP = 200; // entries kept in the log (and in sessionStorage)
+  const HISTORY = 50; // messages replayed on entering a room
+  const BACKOFF_MIN = 500;
+  const BACKOFF_MAX = 10000;
+  const TAKEN_RETRIES = 8; // an automatic rejoin may race our own old connection's leave
+  const SESSION_KEY = "machat.session";
+  const LAST_KEY = "machat.last";
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    login: $("login"), loginForm: $("login-form"), name: $("name"), room: $("room"),
+    loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
+    memberCount: $("member-count"), composer: $("composer"), input: $("input"),
+    status: $("status"), where: $("where"), leave: $("leave"),
+  };
+
+  // What survives a reload of this tab: who we are, where, the last message id seen per room,
+  // and the displayed entries (raw server events).
+  let session = null; // {name, room, lastIds: {room: id}, entries: [event]}
+  let ws = null;
+  let joined = false; // our own join event arrived on the current socket
+  let wanted = false; // we want to be connected (false after Leave, /quit or a refusal)
+  let backoff = BACKOFF_MIN;
+  let timer = null;
+  let takenRetries = 0;
+  // While a history replay runs: "join" (asked in the handshake), "enter" (asked after our own
+  // /join to another room) or "command" (the user's /history, shown apart and not de-duplicated).
+  let inReplay = null;
+  let enterHistory = 0; // /history requests we sent ourselves after a /join
+  let resuming = false; // the handshake asked for "since"
+  let quietWho = 0; // /who replies we asked for ourselves (to fill the member list)
+  const seen = new Set(); // room + "\n" + id of every message shown
+  const members = new Set();
+
+  // ---------- storage ----------
+
+  function load(store, key) {
+    try { return JSON.parse(store.getItem(key)); } catch (e) { return null; }
+  }
+  function save(store, key, value) {
+    try { store.setItem(key, JSON.stringify(value)); } catch (e) { /* full or disabled */ }
+  }
+  let saveTimer = null;
+  function saveSoon() {
+    if (saveTimer === null) saveTimer = setTimeout(saveNow, 100);
+  }
+  function saveNow() {
+    clearTimeout(saveTimer);
+    saveTimer = null;
+    if (session) save(sessionStorage, SESSION_KEY, session);
+  }
+  // Leaving the page (a reload, another page, or the back/forward cache, which would otherwise
+  // keep the socket open but unread): close the socket ourselves; come back resumes.
+  window.addEventListener("pagehide", () => {
+    saveNow();
+    clearTimeout(timer);
+    timer = null;
+    if (ws) {
+      const s = ws;
+      ws = null;
+      joined = false;
+      s.close();
+    }
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && wanted && !ws) {
+      backoff = BACKOFF_MIN;
+      connect();
+    }
+  });
+
+  // ---------- rendering ----------
+
+  function hhmm(ts) {
+    const d = ts ? new Date(ts) : new Date();
+    if (isNaN(d)) return "";
+    return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+  }
+
+  function hue(name) {
+    let h = 0;
+    for (const c of name) h = (h * 31 + c.codePointAt(0)) % 360;
+    return h;
+  }
+
+  function span(cls, text) {
+    const s = document.createElement("span");
+    s.className = cls;
+    s.textContent = text;
+    return s;
+  }
+
+  function nameSpan(name) {
+    const s = span("name", name);
+    s.style.setProperty("--hue", String(hue(name)));
+    return s;
+  }
+
+  // One event -> one .entry element (or null for events that are not shown).
+  function render(ev) {
+    const e = document.createElement("div");
+    e.className = "entry " + ev.type;
+    const time = document.createElement("time");
+    if (ev.ts) {
+      time.dateTime = ev.ts;
+      time.title = new Date(ev.ts).toLocaleString();
+    }
+    time.textContent = hhmm(ev.ts || ev.localTs);
+    e.appendChild(time);
+    const body = document.createElement("span");
+    body.className = "body";
+    switch (ev.type) {
+      case "message":
+        body.append(nameSpan(ev.name), span("text", ev.text));
+        break;
+      case "action":
+        body.append("* ", nameSpan(ev.name), " ", span("text", ev.text));
+        break;
+      case "join":
+        body.append(nameSpan(ev.name), " joined " + ev.room);
+        break;
+      case "leave":
+        body.append(nameSpan(ev.name), " left");
+        break;
+      case "nick":
+        body.append(nameSpan(ev.name), " is now ", nameSpan(ev.new));
+        break;
+      case "private":
+        if (ev.from === session.name && ev.to !== session.name) {
+          body.append("private to ", nameSpan(ev.to), ": ", span("text", ev.text));
+        } else {
+          body.append("private from ", nameSpan(ev.from), ": ", span("text", ev.text));
+        }
+        break;
+      case "error":
+        body.append(span("text", "error: " + ev.reason));
+        break;
+      case "notice":
+        body.append(span("text", ev.text));
+        break;
+      case "who":
+        body.append(span("text", ev.members.length + " in " + ev.room + ": " + ev.members.join(" ")));
+        break;
+      case "rooms":
+        body.append(span("text", "rooms: " +
+          ev.rooms.map((r) => r.room + " (" + r.members + ")").join(", ") +
+          (ev.more ? " and " + ev.more + " more" : "")));
+        break;
+      case "help":
+        body.append(span("text", "commands: " + ev.commands.join(", ")));
+        break;
+      case "history":
+        body.append(span("text", (ev.replay ? "history of " + ev.room + ": "
+          : ev.resumed ? "missed while away: " : "recent messages in " + ev.room + ": ") +
+          ev.count + (ev.count === 1 ? " message" : " messages")));
+        break;
+      case "end_of_history":
+        body.append(span("text", "end of history"));
+        break;
+      default:
+        body.append(span("text", JSON.stringify(ev)));
+    }
+    e.appendChild(body);
+    if (ev.replay) e.classList.add("replay");
+    if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
+      e.dataset.id = String(ev.id);
+      e.dataset.room = ev.room;
+    }
+    if (ev.name === session.name && (ev.type === "message" || ev.type === "action")) {
+      e.classList.add("mine");
+    }
+    return e;
+  }
+
+  function nearBottom() {
+    return el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 60;
+  }
+
+  // Shows an event and keeps it for a reload.
+  function show(ev, persist) {
+    if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
+    const stick = nearBottom();
+    el.log.appendChild(render(ev));
+    while (el.log.childElementCount > KEEP) el.log.firstElementChild.remove();
+    if (persist !== false) {
+      session.entries.push(ev);
+      if (session.entries.length > KEEP) session.entries.splice(0, session.entries.length - KEEP);
+      saveSoon();
+    }
+    if (stick) el.log.scrollTop = el.log.scrollHeight;
+  }
+
+  function local(text, cls) {
+    show({ type: cls || "notice", text: text, localTs: new Date().toISOString() });
+  }
+
+  function drawMembers() {
+    el.members.replaceChildren();
+    const names = Array.from(members).sort();
+    for (const n of names) {
+      const li = document.createElement("li");
+      li.appendChild(nameSpan(n));
+      if (n === session.name) li.classList.add("me");
+      el.members.appendChild(li);
+    }
+    el.memberCount.textContent = "(" + names.length + ")";
+  }
+
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.status.textContent = text;
+  }
+
+  function showWhere() {
+    el.where.textContent = session ? session.name + " in " + session.room : "";
+    document.title = session ? session.room + " - machat" : "machat";
+  }
+
+  // ---------- the connection ----------
+
+  function wsUrl() {
+    const u = new URL("ws", location.href);
+    u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    u.search = "";
+    u.hash = "";
+    return u.href;
+  }
+
+  function connect() {
+    clearTimeout(timer);
+    timer = null;
+    if (!wanted) return;
+    setStatus("connecting", "connecting...");
+    joined = false;
+    inReplay = null;
+    quietWho = 0;
+    enterHistory = 0;
+    resuming = false;
+    const sock = new WebSocket(wsUrl());
+    ws = sock;
+    sock.onopen = () => {
+      const hs = { name: session.name, room: session.room };
+      const last = session.lastIds[session.room];
+      // A resume asks for everything after the last id seen; a first visit for recent history.
+      resuming = typeof last === "number";
+      if (resuming) hs.since = last;
+      else hs.history = HISTORY;
+      sock.send(JSON.stringify(hs));
+    };
+    sock.onmessage = (m) => {
+      if (sock !== ws || typeof m.data !== "string") return;
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (e) { return; }
+      if (ev && typeof ev.type === "string") handle(ev);
+    };
+    sock.onclose = (c) => {
+      if (sock !== ws) return;
+      ws = null;
+      const wasJoined = joined;
+      joined = false;
+      if (!wanted) {
+        setStatus("offline", "not connected");
+        return;
+      }
+      if (wasJoined) backoff = BACKOFF_MIN;
+      const delay = backoff + Math.floor(Math.random() * backoff * 0.2);
+      backoff = Math.min(backoff * 2, BACKOFF_MAX);
+      setStatus("reconnecting", "reconnecting in " + (delay / 1000).toFixed(1) + " s" +
+        (c.code && c.code !== 1006 ? " (" + c.code + ")" : ""));
+      timer = setTimeout(connect, delay);
+    };
+  }
+
+  function handle(ev) {
+    if (ev.type === "error" && !joined) {
+      // A refused handshake: the server closes right after. A taken name on an automatic
+      // rejoin is most likely our own previous connection that the server has not dropped yet.
+      if (/already taken/.test(ev.reason) && session.auto && takenRetries < TAKEN_RETRIES) {
+        takenRetries++;
+        return;
+      }
+      if (!/^history/.test(ev.reason)) {
+        stop(ev.reason);
+        return;
+      }
+    }
+    switch (ev.type) {
+      case "history":
+        if (!joined) inReplay = "join";
+        else if (enterHistory > 0) { enterHistory--; inReplay = "enter"; }
+        else inReplay = "command";
+        if (inReplay === "command") show(Object.assign({ replay: true }, ev));
+        else if (ev.count > 0) show(Object.assign({ resumed: inReplay === "join" && resuming }, ev), false);
+        return;
+      case "end_of_history":
+        if (inReplay === "command") show(ev);
+        inReplay = null;
+        return;
+      case "message":
+      case "action": {
+        if (inReplay === "command") {
+          show(Object.assign({ replay: true }, ev));
+          return;
+        }
+        const key = ev.room + "\n" + ev.id;
+        if (seen.has(key)) return;
+        seen.add(key);
+        const last = session.lastIds[ev.room];
+        if (typeof last !== "number" || ev.id > last) session.lastIds[ev.room] = ev.id;
+        show(ev);
+        return;
+      }
+      case "join":
+        if (ev.name === session.name && !joined) {
+          joined = true;
+          takenRetries = 0;
+          session.auto = true;
+          backoff = BACKOFF_MIN;
+          setStatus("connected", "connected");
+        }
+        if (ev.name === session.name && ev.room !== session.room) {
+          session.room = ev.room; // after /join ROOM: show what was said there lately
+          members.clear();
+          showWhere();
+          rememberLast();
+          if (send("/history " + HISTORY)) enterHistory++;
+        }
+        if (ev.room === session.room) {
+          members.add(ev.name);
+          drawMembers();
+        }
+        if (ev.name === session.name && send("/who")) quietWho++;
+        show(ev);
+        return;
+      case "leave":
+        if (ev.room === session.room) {
+          members.delete(ev.name);
+          drawMembers();
+        }
+        show(ev);
+        return;
+      case "nick":
+        if (ev.room === session.room) {
+          members.delete(ev.name);
+          members.add(ev.new);
+        }
+        if (ev.name === session.name) {
+          session.name = ev.new;
+          showWhere();
+          rememberLast();
+        }
+        drawMembers();
+        show(ev);
+        return;
+      case "who":
+        if (ev.room === session.room) {
+          members.clear();
+          for (const n of ev.members) members.add(n);
+          drawMembers();
+        }
+        if (quietWho > 0) quietWho--;
+        else show(ev);
+        return;
+      case "notice":
+        show(ev);
+        if (ev.text === "bye") stop(null);
+        return;
+      default:
+        show(ev);
+    }
+  }
+
+  function send(text) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(text);
+      return true;
+    }
+    return false;
+  }
+
+  // Stops for good: after a refused handshake, /quit or Leave.
+  function stop(reason) {
+    wanted = false;
+    clearTimeout(timer);
+    timer = null;
+    if (ws) {
+      const s = ws;
+      ws = null;
+      try { s.close(); } catch (e) { /* already closed */ }
+    }
+    joined = false;
+    setStatus("offline", "not connected");
+    if (session) {
+      session.active = false;
+      saveNow();
+    }
+    el.name.value = session ? session.name : el.name.value;
+    el.room.value = session ? session.room : el.room.value;
+    el.loginError.textContent = reason || "";
+    showLogin(true);
+  }
+
+  function showLogin(on) {
+    el.login.hidden = !on;
+    el.chat.hidden = on;
+    el.leave.hidden = on;
+    if (on) el.name.focus(); else el.input.focus();
+  }
+
+  function rememberLast() {
+    save(localStorage, LAST_KEY, { name: session.name, room: session.room });
+    saveSoon();
+  }
+
+  // Starts (or resumes) a session and connects.
+  function start(name, room, resume) {
+    const old = load(sessionStorage, SESSION_KEY);
+    if (resume && old) {
+      session = old;
+    } else if (old && old.name === name && old.room === room && old.lastIds) {
+      session = old; // joining again as the same person: keep the log and resume from it
+    } else {
+      session = { name: name, room: room, lastIds: {}, entries: [] };
+    }
+    session.active = true;
+    session.auto = !!resume;
+    if (!Array.isArray(session.entries)) session.entries = [];
+    if (!session.lastIds || typeof session.lastIds !== "object") session.lastIds = {};
+    el.log.replaceChildren();
+    seen.clear();
+    members.clear();
+    drawMembers();
+    for (const ev of session.entries) {
+      if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
+        seen.add(ev.room + "\n" + ev.id);
+      }
+      el.log.appendChild(render(ev));
+    }
+    el.log.scrollTop = el.log.scrollHeight;
+    el.loginError.textContent = "";
+    showWhere();
+    rememberLast();
+    saveNow();
+    showLogin(false);
+    wanted = true;
+    backoff = BACKOFF_MIN;
+    takenRetries = 0;
+    connect();
+  }
+
+  // ---------- user input ----------
+
+  el.loginForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = el.name.value.trim();
+    const room = el.room.value.trim();
+    if (!name || !room) return;
+    start(name, room, false);
+  });
+
+  el.composer.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submit();
+  });
+
+  el.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    }
+  });
+
+  el.input.addEventListener("input", grow);
+  function grow() {
+    el.input.style.height = "auto";
+    el.input.style.height = Math.min(el.input.scrollHeight + 2, 200) + "px";
+  }
+
+  function submit() {
+    const text = el.input.value;
+    if (text === "") return;
+    if (!joined || !send(text)) {
+      el.input.classList.add("blocked");
+      setTimeout(() => el.input.classList.remove("blocked"), 400);
+      return; // keep the text: it can be sent once the connection is back
+    }
+    if (/^\/quit\s*$/i.test(text.trim())) session.active = false;
+    el.input.value = "";
+    grow();
+  }
+
+  el.leave.addEventListener("click", () => {
+    send("/quit");
+    stop(null);
+  });
+
+  // ---------- start ----------
+
+  const params = new URLSearchParams(location.search);
+  const last = load(localStorage, LAST_KEY) || {};
+  el.name.value = params.get("name") || last.name || "";
+  el.room.value = params.get("room") || last.room || "";
+  const previous = load(sessionStorage, SESSION_KEY);
+  if (previous && previous.active && previous.name && previous.room) {
+    start(previous.name, previous.room, true); // a reload: redraw and resume
+  } else {
+    showLogin(true);
+  }
+})();

@@ -1,0 +1,547 @@
+//! WebSocket clients: the same chat as TCP, one message per frame.
+//!
+//! The first text frame is the JSON handshake; every later text frame is one message (it may
+//! span lines). A WebSocket member reads the room's JSON log, the one JSON-over-TCP members
+//! read, and each line of it goes out as one text frame: nothing is rendered for WebSocket
+//! alone. Like the TCP connection, one poll function drives both directions, so a client that
+//! never reads can still be read from and is cut off by the room's slow-consumer rule, and an
+//! idle connection holds only tungstenite's small buffers (sized here, not its 128 KiB
+//! defaults). Bad input ends only this client, with a close frame that says why.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::time::{sleep_until, Interval, Sleep};
+use tracing::info;
+
+use super::api::error;
+use super::WebState;
+use crate::connection::{render_answer, replay_history, replay_wanted, ReplayOut, Shared};
+use crate::limits::Ticket;
+use crate::metrics::Transport;
+use crate::protocol::{parse_handshake, Format, Reply};
+use crate::room::Take;
+use crate::session::{End, Next, RateLimit, Session};
+
+/// Bytes taken from the room at once.
+const TAKE_CHUNK: usize = 64 * 1024;
+/// Frames sent in one poll before yielding to other connections.
+const FRAMES_PER_POLL: usize = 256;
+/// tungstenite's read buffer and write threshold (its defaults are 128 KiB each, per client).
+const WS_BUFFER: usize = 4096;
+/// How long closing waits for the client to take the last frames.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /ws`: checks the origin and the connection limits, then upgrades.
+pub(super) async fn upgrade(
+    State(state): State<Arc<WebState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &state.ctx.config.allowed_origins) {
+        info!(%addr, "websocket refused: origin not allowed");
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin not allowed (see --allowed-origins)",
+        );
+    }
+    if state.ctx.is_shutting_down() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let ticket = match state.admission.admit(addr.ip(), Transport::WebSocket) {
+        Ok(ticket) => ticket,
+        Err(reason) => {
+            info!(%addr, reason, "websocket refused");
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(reason));
+            return error(StatusCode::SERVICE_UNAVAILABLE, reason);
+        }
+    };
+    let config = &state.ctx.config;
+    // A frame may hold a line of --max-line bytes, or the handshake.
+    let max_message = config.max_line.max(config.max_handshake);
+    let state2 = state.clone();
+    ws.read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .max_write_buffer_size(config.max_pending.max(WS_BUFFER * 2))
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| serve(socket, addr, state2, ticket))
+}
+
+/// A browser always sends `Origin`; other clients usually don't. Allowed: no origin, the
+/// server's own (the page it serves), and the configured ones (`*` for any).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+}
+
+/// Why a WebSocket connection ended.
+#[derive(Debug)]
+enum Reason {
+    /// Refused at the handshake; sent as an error frame, then a close frame (1008).
+    Refused(String),
+    /// Closed for a protocol reason: a close code and its text.
+    Closed(u16, &'static str),
+    ClosedByClient,
+    Ended(End),
+    Shutdown,
+    Io(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Refused(r) => write!(f, "refused: {r}"),
+            Reason::Closed(code, r) => write!(f, "closed {code}: {r}"),
+            Reason::ClosedByClient => write!(f, "closed by client"),
+            Reason::Ended(End::Quit) => write!(f, "quit"),
+            Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
+            Reason::Shutdown => write!(f, "server shutting down"),
+            Reason::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket: Ticket) {
+    let ctx = &state.ctx;
+    let id = ctx.next_id();
+    info!(id, %addr, transport = "websocket", "connect");
+    let mut socket = socket;
+    let hs = match Box::pin(handshake(&mut socket, ctx, state.shutdown.clone())).await {
+        Ok(hs) => hs,
+        Err(reason) => {
+            info!(id, %addr, reason = %reason, "disconnect");
+            if let Reason::Refused(text) | Reason::Io(text) = &reason {
+                if matches!(reason, Reason::Refused(_)) {
+                    crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
+                }
+            }
+            goodbye(&mut socket, &reason, Vec::new()).await;
+            return;
+        }
+    };
+    let replay = replay_wanted(&hs, ctx);
+    let (room, seat, history) =
+        match ctx
+            .hub
+            .join_replaying(&hs.room, id, &hs.name, Format::Json, replay)
+        {
+            Ok(joined) => joined,
+            Err(_) => {
+                let text = format!("name {} is already taken in room {}", hs.name, hs.room);
+                info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+                crate::metrics::handshake_rejected("name_taken");
+                goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
+                return;
+            }
+        };
+    info!(id, name = %hs.name, room = %hs.room, transport = "websocket", "joined");
+    let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
+    let session = Session::new(
+        ctx.hub.clone(),
+        id,
+        hs.name,
+        Format::Json,
+        (room, seat),
+        limit,
+    );
+    let mut conn = WsConnection::new(socket, session, ctx);
+    if let Some(replay) = history {
+        let room = conn.session.room.clone();
+        let mut tail = Vec::new();
+        let mut out = WsOut(&mut conn.socket);
+        let sent = Box::pin(replay_history(
+            &mut out,
+            &room,
+            Format::Json,
+            replay,
+            &mut tail,
+        ));
+        if let Err(e) = sent.await {
+            info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
+            conn.session.leave(&mut Vec::new(), true);
+            return;
+        }
+        conn.partial = tail;
+    }
+    let reason = std::future::poll_fn(|cx| conn.poll_run(cx, ctx)).await;
+    if matches!(reason, Reason::Ended(End::SlowConsumer)) {
+        crate::metrics::slow_consumer();
+    }
+    let session = &conn.session;
+    info!(id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+    Box::pin(conn.close(reason)).await;
+    drop(ticket);
+}
+
+/// Waits for the handshake frame, within the handshake timeout.
+async fn handshake(
+    socket: &mut WebSocket,
+    ctx: &Shared,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<crate::protocol::Handshake, Reason> {
+    let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout();
+    loop {
+        let frame = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Reason::Refused("handshake timeout".into()));
+            }
+            _ = shutdown.wait_for(|&stop| stop) => return Err(Reason::Shutdown),
+            frame = socket.recv() => frame,
+        };
+        let text = match frame {
+            None | Some(Ok(Message::Close(_))) => return Err(Reason::ClosedByClient),
+            Some(Err(e)) => return Err(read_error(e)),
+            Some(Ok(Message::Binary(_))) => return Err(binary()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(text))) => text,
+        };
+        if text.len() > ctx.config.max_handshake {
+            return Err(Reason::Refused(format!(
+                "handshake too large (over {} bytes)",
+                ctx.config.max_handshake
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_str(text.as_str())
+            .map_err(|e| Reason::Refused(format!("invalid handshake JSON: {e}")))?;
+        // The format is always JSON here: a `"format"` in the handshake is checked, then set.
+        return parse_handshake(value).map_err(Reason::Refused);
+    }
+}
+
+fn binary() -> Reason {
+    Reason::Closed(
+        close_code::UNSUPPORTED,
+        "binary frames are not supported: send text",
+    )
+}
+
+/// A read error: a frame over the size limit gets its own close code; the rest are i/o.
+fn read_error(e: axum::Error) -> Reason {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        Reason::Closed(close_code::SIZE, "line too long")
+    } else {
+        Reason::Io(text)
+    }
+}
+
+/// Replayed history goes out frame by frame, before anything from the room.
+struct WsOut<'a>(&'a mut WebSocket);
+
+impl ReplayOut for WsOut<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(text) = Utf8Bytes::try_from(line.to_vec()) else {
+                continue;
+            };
+            crate::metrics::bytes_out(Transport::WebSocket, line.len());
+            self.0
+                .send(Message::Text(text))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+struct WsConnection {
+    socket: WebSocket,
+    session: Session,
+    /// Complete lines taken from the room, sent one frame each.
+    frames: VecDeque<Bytes>,
+    /// The start of a line whose end the room has not handed over yet.
+    partial: Vec<u8>,
+    /// True while the socket would not take more.
+    blocked: bool,
+    throttle: Option<Pin<Box<Sleep>>>,
+    ping: Option<Pin<Box<Interval>>>,
+    max_line: usize,
+    end: Option<Reason>,
+}
+
+impl WsConnection {
+    fn new(socket: WebSocket, session: Session, ctx: &Shared) -> Self {
+        let ping = Duration::try_from_secs_f64(ctx.config.ws_ping)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(|every| {
+                let start = tokio::time::Instant::now() + every;
+                Box::pin(tokio::time::interval_at(start, every))
+            });
+        WsConnection {
+            socket,
+            session,
+            frames: VecDeque::new(),
+            partial: Vec::new(),
+            blocked: false,
+            throttle: None,
+            ping,
+            max_line: ctx.config.max_line,
+            end: None,
+        }
+    }
+
+    /// Drives both directions until the connection ends (see the TCP connection's `poll_run`,
+    /// which this follows).
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Reason> {
+        if self.blocked && !self.session.room.contains(self.session.seat) {
+            return Poll::Ready(Reason::Ended(End::SlowConsumer));
+        }
+        for _ in 0..16 {
+            if let Some(end) = self.end.take() {
+                return Poll::Ready(end);
+            }
+            if ctx.is_shutting_down() {
+                return Poll::Ready(Reason::Shutdown);
+            }
+            let mut progress = false;
+            if let Some(answer) = self.session.history_wait.as_mut() {
+                if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
+                    self.session.history_wait = None;
+                    let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
+                    let mut bytes = Vec::new();
+                    let (room, seat) = (&self.session.room, self.session.seat);
+                    render_answer(room.name(), Format::Json, answer, &mut bytes);
+                    if room.reply_bytes(seat, bytes).is_err() {
+                        return Poll::Ready(Reason::Ended(End::SlowConsumer));
+                    }
+                    progress = true;
+                }
+            }
+            if let Some(sleep) = self.throttle.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.throttle = None;
+                    progress = true;
+                }
+            }
+            if let Some(ping) = self.ping.as_mut() {
+                if ping.poll_tick(cx).is_ready() {
+                    self.frames.push_back(Bytes::new()); // an empty entry stands for a ping
+                    progress = true;
+                }
+            }
+            let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
+            if !waiting {
+                match Pin::new(&mut self.socket).poll_next(cx) {
+                    Poll::Ready(Some(Ok(msg))) => {
+                        self.on_frame(msg);
+                        progress = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
+                    Poll::Ready(None) => return Poll::Ready(Reason::ClosedByClient),
+                    Poll::Pending => {}
+                }
+            }
+            match self.poll_send(cx) {
+                Ok(true) => progress = true,
+                Ok(false) => {}
+                Err(e) => return Poll::Ready(Reason::Io(e)),
+            }
+            if !progress {
+                if ctx.is_shutting_down() {
+                    return Poll::Ready(Reason::Shutdown);
+                }
+                if let Some(end) = self.end.take() {
+                    return Poll::Ready(end);
+                }
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn on_frame(&mut self, msg: Message) {
+        let text = match msg {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.end = Some(binary());
+                return;
+            }
+            Message::Close(_) => {
+                self.end = Some(Reason::ClosedByClient);
+                return;
+            }
+            // tungstenite answers pings itself; pongs only prove the client is there.
+            Message::Ping(_) | Message::Pong(_) => return,
+        };
+        if text.len() > self.max_line {
+            self.end = Some(Reason::Closed(close_code::SIZE, "line too long"));
+            return;
+        }
+        let mut left = Vec::new();
+        let next = self
+            .session
+            .on_message(text.as_bytes(), Instant::now(), &mut left);
+        // What was still unread in a room just left comes before anything of the new room.
+        self.partial.extend_from_slice(&left);
+        match next {
+            Next::Continue | Next::Wait => {}
+            Next::Throttle(until) => self.throttle = Some(Box::pin(sleep_until(until.into()))),
+            Next::End(end) => self.end = Some(Reason::Ended(end)),
+        }
+    }
+
+    /// Sends what is waiting, without waiting: frames already cut, then more from the room.
+    /// Returns whether anything was sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Result<bool, String> {
+        let mut sent = 0;
+        while sent < FRAMES_PER_POLL {
+            if self.frames.is_empty() && !self.refill(cx) {
+                break;
+            }
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e.to_string()),
+                Poll::Pending => {
+                    self.blocked = true;
+                    // Cut off meanwhile? The room wakes the waker it holds: make it ours.
+                    self.session.room.watch(self.session.seat, cx.waker());
+                    return Ok(sent > 0);
+                }
+            }
+            self.blocked = false;
+            let Some(frame) = self.frames.pop_front() else {
+                break;
+            };
+            let msg = if frame.is_empty() {
+                Message::Ping(Bytes::new())
+            } else {
+                crate::metrics::bytes_out(Transport::WebSocket, frame.len());
+                match Utf8Bytes::try_from(frame) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => continue,
+                }
+            };
+            Pin::new(&mut self.socket)
+                .start_send(msg)
+                .map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+        match Pin::new(&mut self.socket).poll_flush(cx) {
+            Poll::Ready(Err(e)) => return Err(e.to_string()),
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => self.blocked = true,
+        }
+        Ok(sent > 0)
+    }
+
+    /// Takes what the room has for this member and cuts it into lines. False when there is
+    /// nothing to send (the room then holds this task's waker).
+    fn refill(&mut self, cx: &mut Context<'_>) -> bool {
+        let (room, seat) = (&self.session.room, self.session.seat);
+        let mut taken = std::mem::take(&mut self.partial);
+        match room.take(seat, &mut taken, TAKE_CHUNK, cx.waker()) {
+            Take::Data | Take::Drained | Take::Empty => {}
+            Take::Gone => self.end = Some(Reason::Ended(End::SlowConsumer)),
+        }
+        let Some(last) = memchr::memrchr(b'\n', &taken) else {
+            self.partial = taken;
+            return false;
+        };
+        let mut lines = BytesMut::from(&taken[..last + 1]);
+        self.partial.extend_from_slice(&taken[last + 1..]);
+        while let Some(nl) = memchr::memchr(b'\n', &lines) {
+            let line = lines.split_to(nl + 1);
+            if nl > 0 {
+                self.frames.push_back(line.freeze().slice(..nl));
+            }
+        }
+        !self.frames.is_empty()
+    }
+
+    /// Leaves the room and says goodbye: what was still unread, the last words, a close frame.
+    async fn close(mut self, reason: Reason) {
+        let announce = !matches!(reason, Reason::Shutdown);
+        let mut out = std::mem::take(&mut self.partial);
+        for f in self.frames.drain(..).filter(|f| !f.is_empty()) {
+            out.extend_from_slice(&f);
+            out.push(b'\n');
+        }
+        match reason {
+            Reason::Ended(End::SlowConsumer) | Reason::Io(_) => {
+                self.session.leave(&mut Vec::new(), announce);
+                out.clear();
+            }
+            _ => self.session.leave(&mut out, announce),
+        }
+        goodbye(&mut self.socket, &reason, out).await;
+    }
+}
+
+/// The last frames (`out`: lines of JSON), the reason as an error or notice, and the close
+/// frame; bounded in time, as the client may not be reading.
+async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
+    let close = |code: u16, text: &str| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(close_reason(text)),
+        }))
+    };
+    let last = match reason {
+        Reason::Refused(text) => {
+            Reply::Error(text).render(Format::Json, &mut out);
+            Some(close(close_code::POLICY, text))
+        }
+        Reason::Closed(code, text) => {
+            Reply::Error(text).render(Format::Json, &mut out);
+            Some(close(*code, text))
+        }
+        Reason::Ended(End::SlowConsumer) => {
+            Reply::Error("slow consumer: you fell too far behind").render(Format::Json, &mut out);
+            Some(close(close_code::POLICY, "slow consumer"))
+        }
+        Reason::Ended(End::Quit) => Some(close(close_code::NORMAL, "bye")),
+        Reason::Shutdown => {
+            Reply::Notice("server shutting down").render(Format::Json, &mut out);
+            Some(close(close_code::AWAY, "server shutting down"))
+        }
+        Reason::ClosedByClient => None,
+        Reason::Io(_) => return,
+    };
+    let send = async {
+        WsOut(socket).write(&out).await?;
+        if let Some(last) = last {
+            socket.send(last).await.map_err(io::Error::other)?;
+        }
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, send).await;
+}
+
+/// A close frame's reason is at most 123 bytes.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

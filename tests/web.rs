@@ -1,0 +1,604 @@
+//! The web side over real sockets: the page, WebSocket chat with TCP and JSON clients in every
+//! direction, WebSocket bad input, the HTTP API, the metrics and the origin check.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, TIMEOUT};
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+fn web_server(args: &[&str]) -> Server {
+    let mut all = vec!["--http", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// A plain HTTP/1.1 GET; returns (status, headers, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    get_with(addr, path, "")
+}
+
+fn get_with(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect http");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read http response");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head.to_string(), body.to_string())
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, body) = get(addr, path);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}")),
+    )
+}
+
+type Ws = WebSocket<TcpStream>;
+
+/// Opens a WebSocket to `/ws` (no handshake frame sent yet).
+fn ws_open(server: &Server) -> Ws {
+    ws_open_origin(server, None).expect("websocket upgrade")
+}
+
+fn ws_open_origin(server: &Server, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let addr = server.http.expect("http on");
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect ws");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws"))
+            .unwrap();
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("Origin", origin.parse().expect("origin header"));
+    }
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
+    }
+}
+
+/// What came next on a WebSocket: a JSON text frame, a close frame, or nothing in time.
+#[derive(Debug)]
+enum Got {
+    Json(Value),
+    Close(Option<CloseFrame>),
+    Nothing,
+}
+
+fn next(ws: &mut Ws, within: Duration) -> Got {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                return Got::Json(
+                    serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("{e}: {t}")),
+                )
+            }
+            Ok(Message::Close(f)) => return Got::Close(f),
+            Ok(Message::Binary(_)) => panic!("binary frame from the server"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Got::Close(None)
+            }
+            Err(e) => panic!("websocket error: {e}"),
+        }
+    }
+    Got::Nothing
+}
+
+fn frame(ws: &mut Ws) -> Value {
+    match next(ws, TIMEOUT) {
+        Got::Json(v) => v,
+        other => panic!("wanted a frame, got {other:?}"),
+    }
+}
+
+/// Reads frames until one matches; returns the frames before it.
+fn until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        match next(ws, TIMEOUT) {
+            Got::Json(v) if want(&v) => return seen,
+            Got::Json(v) => seen.push(v),
+            other => panic!("wanted a frame, got {other:?} after {seen:?}"),
+        }
+    }
+}
+
+fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).expect("ws send");
+}
+
+/// Joins over WebSocket and returns once the server says the client joined.
+fn ws_join(server: &Server, name: &str, room: &str) -> Ws {
+    let mut ws = ws_open(server);
+    send(
+        &mut ws,
+        &format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}"),
+    );
+    until(&mut ws, |v| v["type"] == "join" && v["name"] == name);
+    ws
+}
+
+/// Expects an error frame with `reason_part`, then a close frame with `code`.
+fn expect_closed(ws: &mut Ws, code: u16, reason_part: &str) {
+    let v = frame(ws);
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains(reason_part),
+        "{v} lacks {reason_part:?}"
+    );
+    match next(ws, TIMEOUT) {
+        Got::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), code, "{f:?}");
+            assert!(f.reason.contains(reason_part), "{f:?}");
+        }
+        other => panic!("wanted a close frame {code}, got {other:?}"),
+    }
+}
+
+fn json_client(server: &Server, name: &str, room: &str) -> Client {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        "{{\"name\":\"{name}\",\"room\":\"{room}\",\"format\":\"json\"}}"
+    ));
+    loop {
+        let v: Value = serde_json::from_str(&c.line()).unwrap();
+        if v["type"] == "join" && v["name"] == name {
+            return c;
+        }
+    }
+}
+
+fn json_line(c: &mut Client) -> Value {
+    serde_json::from_str(&c.line()).expect("a JSON line")
+}
+
+#[test]
+fn the_page_is_served_with_a_strict_policy() {
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    let (status, head, body) = get(http, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("<html") && body.contains("app.js"), "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let (status, head, body) = get(http, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(head.to_ascii_lowercase().contains(kind), "{path}: {head}");
+        assert!(!body.is_empty());
+    }
+    let (status, v) = get_json(http, "/no/such/page");
+    assert_eq!(status, 404);
+    assert_eq!(v["error"], "not found");
+}
+
+#[test]
+fn websocket_tcp_and_json_clients_share_a_room_in_every_direction() {
+    let server = web_server(&[]);
+    let mut ws = ws_join(&server, "Web", "mixed");
+    let mut tcp = server.connect("Tcp", "mixed");
+    let mut json = json_client(&server, "Json", "mixed");
+    until(&mut ws, |v| v["type"] == "join" && v["name"] == "Json");
+
+    send(&mut ws, "hello from the browser");
+    assert_eq!(
+        tcp.until("Web:hello from the browser").len(),
+        1,
+        "only Json's join before"
+    );
+    let v = json_line(&mut json);
+    assert_eq!(
+        (v["type"].as_str(), v["name"].as_str(), v["text"].as_str()),
+        (Some("message"), Some("Web"), Some("hello from the browser"))
+    );
+    let v = frame(&mut ws);
+    assert_eq!(
+        v["text"], "hello from the browser",
+        "the sender sees its own"
+    );
+    let web_id = v["id"].as_u64().unwrap();
+
+    tcp.send("hello from nc\n");
+    let v = frame(&mut ws);
+    assert_eq!(
+        (v["name"].as_str(), v["text"].as_str()),
+        (Some("Tcp"), Some("hello from nc"))
+    );
+    assert_eq!(
+        v["id"].as_u64(),
+        Some(web_id + 1),
+        "one order, one id sequence"
+    );
+    assert_eq!(json_line(&mut json)["text"], "hello from nc");
+
+    json.send("hello from json\n");
+    assert_eq!(frame(&mut ws)["text"], "hello from json");
+    tcp.until("Json:hello from json");
+
+    // A multi-line message stays one message: one frame and one JSON object with its newline,
+    // and in plain text one `name:line` per line (no line can pass for another sender's).
+    send(&mut ws, "first line\nTcp:second line");
+    let v = frame(&mut ws);
+    assert_eq!(v["text"], "first line\nTcp:second line");
+    tcp.expect("Web:first line");
+    tcp.expect("Web:Tcp:second line");
+    assert_eq!(json_line(&mut json)["text"], "hello from json");
+    assert_eq!(json_line(&mut json)["text"], "first line\nTcp:second line");
+
+    // Commands work over WebSocket; their answers are JSON frames.
+    send(&mut ws, "/who");
+    let v = until(&mut ws, |v| v["type"] == "who");
+    assert!(v.is_empty(), "{v:?}");
+    send(&mut ws, "/who\n/rooms");
+    let v = frame(&mut ws);
+    assert_eq!(v["reason"], "a command must be one line");
+    send(&mut ws, "/quit");
+    let v = frame(&mut ws);
+    assert_eq!(v["type"], "notice");
+    match next(&mut ws, TIMEOUT) {
+        Got::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+        other => panic!("{other:?}"),
+    }
+    tcp.expect("*** Web left");
+}
+
+#[test]
+fn websocket_bad_input_closes_only_that_client_with_a_code_and_reason() {
+    let server = web_server(&["--handshake-timeout", "1", "--max-line", "100"]);
+    let mut bystander = server.connect("Calm", "bad");
+
+    let mut ws = ws_open(&server);
+    send(&mut ws, "hello");
+    expect_closed(&mut ws, 1008, "invalid handshake JSON");
+
+    let mut ws = ws_open(&server);
+    send(&mut ws, "{\"name\":\"a b\",\"room\":\"bad\"}");
+    expect_closed(&mut ws, 1008, "name may not contain");
+
+    let mut ws = ws_open(&server);
+    send(&mut ws, "{\"name\":\"Calm\",\"room\":\"bad\"}");
+    expect_closed(&mut ws, 1008, "name Calm is already taken in room bad");
+
+    let mut ws = ws_open(&server);
+    ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    expect_closed(&mut ws, 1003, "binary frames are not supported");
+
+    let mut ws = ws_open(&server);
+    let started = Instant::now();
+    expect_closed(&mut ws, 1008, "handshake timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let mut ws = ws_join(&server, "Big", "bad");
+    bystander.expect("*** Big joined");
+    ws.send(Message::binary(vec![0u8; 4])).unwrap();
+    expect_closed(&mut ws, 1003, "binary");
+    bystander.expect("*** Big left");
+
+    let mut ws = ws_join(&server, "Long", "bad");
+    bystander.expect("*** Long joined");
+    send(&mut ws, &"x".repeat(101));
+    expect_closed(&mut ws, 1009, "line too long");
+    bystander.expect("*** Long left");
+
+    // A frame far over the limit is refused as it arrives, not buffered whole.
+    let mut ws = ws_join(&server, "Huge", "bad");
+    bystander.expect("*** Huge joined");
+    let _ = ws.send(Message::text("y".repeat(4 * 1024 * 1024)));
+    match next(&mut ws, TIMEOUT) {
+        Got::Json(v) => assert!(v["reason"].as_str().unwrap().contains("too long"), "{v}"),
+        Got::Close(_) => {}
+        Got::Nothing => panic!("not closed"),
+    }
+    bystander.expect("*** Huge left");
+
+    // The bystander never noticed anything else.
+    bystander.send("still here\n");
+    bystander.expect("Calm:still here");
+}
+
+#[test]
+fn websocket_resume_replays_what_was_missed() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect("Tcp", "resume");
+    let mut ws = ws_join(&server, "Web", "resume");
+    tcp.expect("*** Web joined");
+    tcp.send("one\n");
+    let first = frame(&mut ws)["id"].as_u64().unwrap();
+    drop(ws);
+    tcp.until("*** Web left");
+    tcp.send("two\n");
+    tcp.send("three\n");
+    tcp.until("Tcp:three");
+    let mut ws = ws_open(&server);
+    send(
+        &mut ws,
+        &format!("{{\"name\":\"Web\",\"room\":\"resume\",\"since\":{first}}}"),
+    );
+    let v = frame(&mut ws);
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("history"), Some(2))
+    );
+    assert_eq!(frame(&mut ws)["text"], "two");
+    assert_eq!(frame(&mut ws)["text"], "three");
+    assert_eq!(frame(&mut ws)["type"], "end_of_history");
+    let v = frame(&mut ws);
+    assert_eq!(
+        (v["type"].as_str(), v["name"].as_str()),
+        (Some("join"), Some("Web"))
+    );
+}
+
+#[test]
+fn http_api_rooms_messages_and_health() {
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    let (status, v) = get_json(http, "/healthz");
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    assert_eq!(v["history"], "ok");
+
+    let mut a = server.connect("A", "api");
+    let _b = server.connect("B", "api");
+    let _c = server.connect("C", "other");
+    a.expect("*** B joined");
+    for i in 0..5 {
+        a.send(&format!("m{i}\n"));
+    }
+    a.until("A:m4");
+    let (status, v) = get_json(http, "/api/rooms");
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["rooms"],
+        serde_json::json!([{"room": "api", "members": 2}, {"room": "other", "members": 1}])
+    );
+    // The store commits in the background: wait (bounded) until all five are there.
+    let deadline = Instant::now() + TIMEOUT;
+    let v = loop {
+        let (status, v) = get_json(http, "/api/rooms/api/messages");
+        assert_eq!(status, 200, "{v}");
+        if v["messages"].as_array().unwrap().len() == 5 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let msgs = v["messages"].as_array().unwrap();
+    let texts: Vec<&str> = msgs.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(msgs[0]["type"], "message");
+    assert_eq!(msgs[0]["name"], "A");
+    let first = msgs[0]["id"].as_u64().unwrap();
+    assert_eq!(v["last_id"].as_u64(), Some(first + 4));
+
+    let (_, v) = get_json(
+        http,
+        &format!("/api/rooms/api/messages?since={first}&limit=2"),
+    );
+    let texts: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m1", "m2"]);
+    assert_eq!(v["last_id"].as_u64(), Some(first + 2));
+    let (_, v) = get_json(http, "/api/rooms/api/messages?limit=1");
+    assert_eq!(v["messages"][0]["text"], "m4");
+    let (status, v) = get_json(http, "/api/rooms/empty/messages");
+    assert_eq!(
+        (status, v["messages"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+
+    for (path, part) in [
+        ("/api/rooms/api/messages?limit=0", "limit"),
+        ("/api/rooms/api/messages?limit=5000", "limit"),
+        ("/api/rooms/api/messages?since=-1", "whole numbers"),
+        ("/api/rooms/api/messages?since=abc", "whole numbers"),
+        ("/api/rooms/a%20b/messages", "room may not contain"),
+        ("/api/rooms?limit=x", "limit"),
+    ] {
+        let (status, v) = get_json(http, path);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(part), "{path}: {v}");
+    }
+}
+
+#[test]
+fn http_api_without_history() {
+    let server = web_server(&["--history", "off"]);
+    let http = server.http.unwrap();
+    let (status, v) = get_json(http, "/healthz");
+    assert_eq!((status, v["history"].as_str()), (200, Some("off")));
+    let (status, v) = get_json(http, "/api/rooms/r/messages");
+    assert_eq!(status, 404);
+    assert_eq!(v["error"], "history is off on this server");
+}
+
+/// The value of a metric line that starts with `prefix` (name and labels).
+fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_count_connections_messages_and_rejections() {
+    let server = web_server(&["--max-pending", "65536", "--max-line-rate", "0"]);
+    let http = server.http.unwrap();
+    let mut ws = ws_join(&server, "Web", "m");
+    let mut tcp = server.connect("Tcp", "m");
+    common::expect_refused(&server, b"{\"name\":\"Tcp\",\"room\":\"m\"}", "taken");
+    common::expect_refused(&server, b"nope", "invalid handshake JSON");
+    send(&mut ws, "hi");
+    tcp.until("Web:hi");
+    tcp.send("yo\n");
+    tcp.expect("Tcp:yo");
+    until(&mut ws, |v| v["text"] == "yo");
+    // The store commits in the background: wait (bounded) for its first commit to be timed.
+    let deadline = Instant::now() + TIMEOUT;
+    let (status, head, body) = loop {
+        let got = get(http, "/metrics");
+        if got.2.contains("machat_store_append_seconds_bucket") || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("text/plain"), "{head}");
+    let m = |p: &str| metric(&body, p).unwrap_or_else(|| panic!("no {p} in\n{body}"));
+    assert_eq!(m("machat_connections{transport=\"websocket\"}"), 1.0);
+    assert_eq!(m("machat_connections{transport=\"tcp\"}"), 1.0);
+    assert_eq!(m("machat_rooms "), 1.0);
+    assert_eq!(m("machat_messages_received_total"), 2.0);
+    assert_eq!(m("machat_messages_delivered_total"), 4.0);
+    assert!(m("machat_bytes_out_total{transport=\"tcp\"}") > 0.0);
+    assert!(m("machat_bytes_out_total{transport=\"websocket\"}") > 0.0);
+    assert_eq!(
+        m("machat_handshakes_rejected_total{reason=\"name_taken\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("machat_handshakes_rejected_total{reason=\"invalid_json\"}"),
+        1.0
+    );
+    assert!(
+        body.contains("machat_store_append_seconds_bucket"),
+        "{body}"
+    );
+
+    // A client that never reads is cut off, and counted.
+    drop(ws);
+    tcp.expect("*** Web left");
+    let mut lazy = Client::raw(server.addr);
+    lazy.send("{\"name\":\"Lazy\",\"room\":\"m\"}");
+    tcp.expect("*** Lazy joined");
+    let big = "z".repeat(4000);
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.log_contains("cut off: slow consumer") && Instant::now() < deadline {
+        for _ in 0..10 {
+            tcp.send(&format!("{big}\n"));
+        }
+        // Keep the others reading so only Lazy falls behind.
+        for _ in 0..10 {
+            tcp.line();
+        }
+    }
+    assert!(server.log_contains("cut off: slow consumer"));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, _, body) = get(http, "/metrics");
+        if metric(&body, "machat_slow_consumer_disconnects_total") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn websockets_from_other_sites_are_refused_unless_allowed() {
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    match ws_open_origin(&server, Some("http://evil.example")) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("wanted 403, got {:?}", other.map(|_| ())),
+    }
+    // The page's own origin, and clients that send none, are fine.
+    let own = format!("http://{http}");
+    assert!(ws_open_origin(&server, Some(&own)).is_ok());
+    assert!(ws_open_origin(&server, None).is_ok());
+
+    let server = web_server(&["--allowed-origins", "http://evil.example,https://b.example"]);
+    let mut ws = ws_open_origin(&server, Some("http://evil.example")).expect("allowed origin");
+    send(&mut ws, "{\"name\":\"X\",\"room\":\"o\"}");
+    until(&mut ws, |v| v["type"] == "join");
+}
+
+#[test]
+fn websocket_clients_are_told_at_shutdown() {
+    let server = web_server(&[]);
+    let mut ws = ws_join(&server, "Web", "bye");
+    server.signal("-TERM");
+    let v = until(&mut ws, |v| v["type"] == "notice");
+    assert!(v.is_empty(), "{v:?}");
+    match next(&mut ws, TIMEOUT) {
+        Got::Close(Some(f)) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_websocket_that_never_reads_is_cut_off_and_closed() {
+    let server = web_server(&["--max-pending", "65536", "--max-line-rate", "0"]);
+    let mut tcp = server.connect("Tcp", "slow");
+    let mut ws = ws_join(&server, "Sleepy", "slow");
+    tcp.expect("*** Sleepy joined");
+    let big = "z".repeat(4000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    loop {
+        for _ in 0..10 {
+            tcp.send(&format!("{big}\n"));
+        }
+        sent += 10;
+        let mut left = false;
+        for _ in 0..10 {
+            left |= tcp.line() == "*** Sleepy left";
+        }
+        if left || server.log_contains("name=Sleepy") && server.log_contains("cut off") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cut off after {sent} lines");
+    }
+    // The server closed the connection: reading what it sent ends in a close (or a reset).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        assert!(Instant::now() < deadline, "still open");
+    }
+    tcp.send("after\n");
+    tcp.until("Tcp:after");
+}
