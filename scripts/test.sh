@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The browser test (tests/browser.rs) drives Debian's headless Chromium through chromedriver.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "== installing chromium and chromium-driver (for tests/browser.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+    "${install[@]}" || { apt-get update && "${install[@]}"; }
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

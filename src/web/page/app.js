@@ -278,6 +278,10 @@
   }
 
   function handle(ev) {
+    if (ev.type === "error" && /^history is off/.test(ev.reason) && (!joined || enterHistory > 0)) {
+      if (joined) enterHistory--;
+      return; // we asked for history on our own; without it the chat works all the same
+    }
     if (ev.type === "error" && !joined) {
       // A refused handshake: the server closes right after. A taken name on an automatic
       // rejoin is most likely our own previous connection that the server has not dropped yet.
