@@ -4,9 +4,9 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`);
 //! `scripts/test.sh` installs them. Without them these tests fail, they never skip.
 //!
-//! The WebDriver client is a few lines of blocking HTTP/1.1 over loopback (see `Driver::call`):
-//! the `fantoccini` dev-dependency needs an HTTP connector type from `hyper-util`, which this
-//! package does not depend on directly, so it cannot be built without TLS features.
+//! The WebDriver client is a few lines of blocking HTTP/1.1 over loopback (`webdriver` below).
+//! fantoccini is not used: without its TLS features, `ClientBuilder::new` needs a connector that
+//! implements hyper-util's `Connect`, and this package does not depend on hyper-util directly.
 
 mod common;
 
@@ -797,7 +797,19 @@ fn shift_enter_makes_a_multi_line_message() {
     let mut cy = server.connect("Cy", "lobby");
     let mut driver = Driver::start();
     let ann = driver.browser();
-    ann.join(http, "Ann", "lobby");
+    // A name in use is refused: the page says so and offers the form again.
+    ann.goto(&format!("http://{http}/?name=Cy&room=lobby"));
+    ann.click("#join");
+    let error = ann.wait_js(
+        "the refusal on the form",
+        "const e = document.getElementById('login-error').textContent; \
+         return !document.getElementById('login').hidden && e !== '' && e",
+        json!([]),
+    );
+    assert_eq!(error, "name Cy is already taken in room lobby");
+    ann.clear("#name");
+    ann.type_into("#name", &format!("Ann{ENTER}"));
+    ann.wait_connected("Ann");
     cy.expect("*** Ann joined");
 
     // Shift+Enter inserts a line break; only the final Enter sends.
