@@ -492,19 +492,19 @@ fn two_pages_and_a_tcp_client_chat() {
     let started = Instant::now();
     let server = Server::start(&["--http", "127.0.0.1:0"]);
     let http = server.http.expect("the HTTP address");
-    let mut cy = server.connect("Cy", "lobby");
+    let mut cy = server.connect("Cy", "devroom");
     let mut driver = Driver::start();
     let ann = driver.browser();
     let bob = driver.browser();
 
     // Ann comes from a link with ?name=&room=; Bob fills in the form and presses Enter.
-    ann.join(http, "Ann", "lobby");
+    ann.join(http, "Ann", "devroom");
     cy.expect("*** Ann joined");
     bob.goto(&format!("http://{http}/"));
     bob.clear("#name");
     bob.type_into("#name", "Bob");
     bob.clear("#room");
-    bob.type_into("#room", &format!("lobby{ENTER}"));
+    bob.type_into("#room", &format!("devroom{ENTER}"));
     bob.wait_connected("Bob");
     cy.expect("*** Bob joined");
     ann.wait_members(&["Ann", "Bob", "Cy"]);
@@ -792,7 +792,7 @@ fn html_in_messages_and_names_is_shown_as_text() {
 #[test]
 fn shift_enter_makes_a_multi_line_message() {
     let _serial = one_at_a_time();
-    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let server = Server::start(&["--http", "127.0.0.1:0", "--max-line", "200"]);
     let http = server.http.expect("the HTTP address");
     let mut cy = server.connect("Cy", "lobby");
     let mut driver = Driver::start();
@@ -837,4 +837,20 @@ fn shift_enter_makes_a_multi_line_message() {
     assert_eq!(ann.messages().len(), 1, "{}", ann.dump());
     let typed = ann.js("return document.getElementById('input').value", json!([]));
     assert_eq!(typed, "");
+
+    // A message over --max-line ends the connection (close 1009): the page says why, gives the
+    // text back to the message box and reconnects by itself.
+    let long = "x".repeat(300);
+    ann.type_into("#input", &format!("{long}{ENTER}"));
+    cy.expect("*** Ann left");
+    cy.expect("*** Ann joined");
+    ann.wait_connected("Ann");
+    ann.wait_js(
+        "the error and the text given back",
+        "return document.getElementById('input').value === arguments[0] \
+         && Array.from(document.querySelectorAll('#log .entry.error'))\
+            .some(e => e.textContent.includes('line too long'))",
+        json!([long]),
+    );
+    assert_eq!(ann.messages().len(), 1, "{}", ann.dump());
 }

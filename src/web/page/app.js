@@ -34,6 +34,7 @@
   let inReplay = null;
   let enterHistory = 0; // /history requests we sent ourselves after a /join
   let resuming = false; // the handshake asked for "since"
+  let lastSent = ""; // given back to the message box if the server refuses it as too long
   let quietWho = 0; // /who replies we asked for ourselves (to fill the member list)
   const seen = new Set(); // room + "\n" + id of every message shown
   const members = new Set();
@@ -375,6 +376,13 @@
         show(ev);
         if (ev.text === "bye") stop(null);
         return;
+      case "error":
+        if (ev.reason === "line too long" && el.input.value === "") {
+          el.input.value = lastSent;
+          grow();
+        }
+        show(ev);
+        return;
       default:
         show(ev);
     }
@@ -495,6 +503,7 @@
       return; // keep the text: it can be sent once the connection is back
     }
     if (/^\/quit\s*$/i.test(text.trim())) session.active = false;
+    lastSent = text;
     el.input.value = "";
     grow();
   }
