@@ -477,6 +477,15 @@ fn assert_exactly(page: &Browser, texts: &[&str]) {
     }
 }
 
+/// A directory removed when dropped (after the server that used it, if declared before it).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn target_dir() -> PathBuf {
     // CARGO_BIN_EXE_machat is TARGET/PROFILE/machat.
     let exe = Path::new(env!("CARGO_BIN_EXE_machat"));
@@ -694,8 +703,8 @@ fn a_reload_resumes_without_duplicates_or_gaps() {
 fn the_page_reconnects_after_the_server_restarts() {
     let _serial = one_at_a_time();
     let started = Instant::now();
-    let data = temp_dir();
-    let data_arg = data.to_str().unwrap().to_string();
+    let data = TempDir(temp_dir());
+    let data_arg = data.0.to_str().unwrap().to_string();
     let mut server = Server::start(&["--http", "127.0.0.1:0", "--data-dir", &data_arg]);
     let http = server.http.expect("the HTTP address");
     let http_arg = http.to_string();
@@ -733,10 +742,6 @@ fn the_page_reconnects_after_the_server_restarts() {
     assert!(lines.is_empty() || lines == ["*** Ann joined"], "{lines:?}");
     ann.wait_connected("Ann");
     assert_exactly(&ann, &["before the restart", "after the restart"]);
-    drop(ann);
-    drop(driver);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&data);
     eprintln!("server restart: {:?}", started.elapsed());
 }
 
