@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "MACHAT_WS_PING", default_value_t = 30.0)]
     pub ws_ping: f64,
 
+    /// Seconds a client may send nothing before it is disconnected; 0 = no limit. WebSocket
+    /// clients answer the server's pings (--ws-ping), which counts as sending.
+    #[arg(long, env = "MACHAT_IDLE_TIMEOUT", default_value_t = 0.0)]
+    pub idle_timeout: f64,
+
     /// Most connections at once; 0 = the descriptor limit minus a reserve of 64.
     #[arg(long, env = "MACHAT_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
@@ -48,6 +53,14 @@ pub struct Config {
     /// Most connections from one IP address; 0 = no limit.
     #[arg(long, env = "MACHAT_MAX_PER_IP", default_value_t = 4096)]
     pub max_per_ip: usize,
+
+    /// Most rooms at once; joining a new room beyond this is refused.
+    #[arg(long, env = "MACHAT_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// Most members in one room; joining a full room is refused.
+    #[arg(long, env = "MACHAT_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
+    pub max_room_members: usize,
 
     /// Lines per second a connection may send, sustained; a faster sender is read more slowly
     /// (nothing is dropped). 0 = no limit.
@@ -62,6 +75,11 @@ pub struct Config {
     /// consumer.
     #[arg(long, env = "MACHAT_MAX_PENDING", default_value_t = 1024 * 1024)]
     pub max_pending: usize,
+
+    /// Bytes queued for clients in all rooms together; above it, the clients with the most
+    /// unread bytes are cut off first, until it is met again. 0 = no limit.
+    #[arg(long, env = "MACHAT_MAX_QUEUED_TOTAL", default_value_t = 256 * 1024 * 1024)]
+    pub max_queued_total: usize,
 
     /// Longest line a client may send, in bytes; longer lines are refused and discarded.
     #[arg(long, env = "MACHAT_MAX_LINE", default_value_t = 8192)]
@@ -169,6 +187,9 @@ impl Config {
 
     /// Checks what clap's types cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if !(self.idle_timeout >= 0.0 && self.idle_timeout.is_finite()) {
+            return Err("--idle-timeout must be a number of seconds >= 0".into());
+        }
         if !(self.ws_ping >= 0.0 && self.ws_ping.is_finite()) {
             return Err("--ws-ping must be a number of seconds >= 0".into());
         }
@@ -183,6 +204,9 @@ impl Config {
         }
         if self.history_max == 0 {
             return Err("--history-max must be > 0 (use --history off for no history)".into());
+        }
+        if self.max_rooms == 0 || self.max_room_members == 0 {
+            return Err("--max-rooms and --max-room-members must be > 0".into());
         }
         if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
             return Err("--max-line, --max-handshake and --max-pending must be > 0".into());

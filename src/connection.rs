@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::Ticket;
+use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{
     parse_handshake, render_history, render_history_end, render_history_messages,
@@ -106,7 +106,16 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
-        let hub = Arc::new(Hub::new(config.max_pending, store.clone()));
+        let hub = Arc::new(Hub::with_limits(
+            config.max_pending,
+            store.clone(),
+            config.max_rooms,
+            config.max_room_members,
+            match config.max_queued_total {
+                0 => usize::MAX,
+                n => n,
+            },
+        ));
         Shared {
             config,
             hub,
@@ -169,6 +178,8 @@ enum Reason {
     ClosedByClient,
     Ended(End),
     Shutdown,
+    /// Nothing received for `--idle-timeout`.
+    Idle,
     Io(io::Error),
 }
 
@@ -180,6 +191,7 @@ impl std::fmt::Display for Reason {
             Reason::Ended(End::Quit) => write!(f, "quit"),
             Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
             Reason::Shutdown => write!(f, "server shutting down"),
+            Reason::Idle => write!(f, "idle timeout"),
             Reason::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
@@ -294,10 +306,10 @@ async fn join(
         .join_replaying(&hs.room, id, &hs.name, hs.format, replay)
     {
         Ok((room, seat, history)) => ((room, seat), history),
-        Err(_) => {
-            let text = format!("name {} is already taken in room {}", hs.name, hs.room);
+        Err(e) => {
+            let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-            crate::metrics::handshake_rejected("name_taken");
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
             refuse(stream, hs.format, &text).await;
             return None;
         }
@@ -312,6 +324,7 @@ async fn join(
         pending: Vec::new(),
         out: Out::Ready,
         throttle: None,
+        idle: IdleTimer::new(ctx.config.idle_timeout),
         end: None,
     };
     if let Some(replay) = history {
@@ -510,6 +523,8 @@ struct Connection {
     out: Out,
     /// While the client is over its line rate: when to read again (boxed, as few are).
     throttle: Option<Pin<Box<Sleep>>>,
+    /// With `--idle-timeout`: when the client last sent something.
+    idle: Option<IdleTimer>,
     end: Option<End>,
 }
 
@@ -561,6 +576,9 @@ impl Connection {
                     }
                     progress = true;
                 }
+            }
+            if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                return Poll::Ready(Reason::Idle);
             }
             let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
             if !waiting && !self.codec.is_paused() {
@@ -616,6 +634,11 @@ impl Connection {
                 }
                 Ok(n)
             });
+            if !buf.is_empty() {
+                if let Some(idle) = self.idle.as_mut() {
+                    idle.touch();
+                }
+            }
             match r {
                 Ok(0) => Ok(false),
                 Ok(_) => {
@@ -746,6 +769,7 @@ impl Connection {
                 return;
             }
             Reason::Shutdown => Some(Reply::Notice("server shutting down")),
+            Reason::Idle => Some(Reply::Error("idle timeout")),
             _ => None,
         };
         self.session.leave(&mut out, announce);

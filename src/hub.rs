@@ -7,22 +7,63 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::Format;
-use crate::room::{Replay, ReplayStart, Room, RoomError, Seat};
+use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::store::Store;
 
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     max_pending: usize,
     store: Arc<dyn Store>,
+    max_rooms: usize,
+    max_members: usize,
+    /// Bytes queued in all rooms together.
+    pub budget: Arc<Budget>,
 }
 
 impl Hub {
     pub fn new(max_pending: usize, store: Arc<dyn Store>) -> Self {
+        Self::with_limits(max_pending, store, usize::MAX, usize::MAX, usize::MAX)
+    }
+
+    /// A hub that refuses a new room beyond `max_rooms` and a member beyond `max_members` in
+    /// one room (so one client cannot fill the server with rooms, nor a crowd one room).
+    pub fn with_limits(
+        max_pending: usize,
+        store: Arc<dyn Store>,
+        max_rooms: usize,
+        max_members: usize,
+        max_queued_total: usize,
+    ) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
             max_pending,
             store,
+            max_rooms,
+            max_members,
+            budget: Arc::new(Budget::new(max_queued_total)),
         }
+    }
+
+    /// While the bytes queued in all rooms are over `max`, cuts off the member with the most
+    /// unread bytes, the largest first. Returns how many were cut.
+    pub fn enforce_budget(&self) -> usize {
+        let max = self.budget.max();
+        let mut cut = 0;
+        while self.budget.used() > max && cut < 10_000 {
+            let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
+            let largest = rooms
+                .iter()
+                .filter_map(|r| r.largest_lag().map(|(lag, seat)| (lag, seat, r)))
+                .max_by_key(|(lag, _, _)| *lag);
+            let Some((lag, seat, room)) = largest else {
+                break;
+            };
+            if lag == 0 || !room.cut_off(seat) {
+                break;
+            }
+            cut += 1;
+        }
+        cut
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
@@ -52,9 +93,17 @@ impl Hub {
     ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
+            // Every join holds the registry's lock, so the count cannot grow meanwhile.
+            Some(r) if r.member_count() >= self.max_members => return Err(RoomError::Full),
             Some(r) => r.clone(),
+            None if rooms.len() >= self.max_rooms => return Err(RoomError::TooManyRooms),
             None => {
-                let r = Arc::new(Room::new(room, self.max_pending, self.store.clone()));
+                let r = Arc::new(Room::with_budget(
+                    room,
+                    self.max_pending,
+                    self.store.clone(),
+                    self.budget.clone(),
+                ));
                 rooms.insert(room.to_owned(), r.clone());
                 r
             }
@@ -103,6 +152,17 @@ impl Hub {
         let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
         for room in rooms {
             room.wake_everyone();
+        }
+    }
+
+    /// Why a join was refused, as the client is told.
+    pub fn refusal(&self, err: &RoomError, name: &str, room: &str) -> String {
+        match err {
+            RoomError::Full => format!("room {room} is full ({} members)", self.max_members),
+            RoomError::TooManyRooms => {
+                format!("too many rooms on this server ({})", self.max_rooms)
+            }
+            _ => format!("name {name} is already taken in room {room}"),
         }
     }
 

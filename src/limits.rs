@@ -112,3 +112,48 @@ pub fn raise_fd_limit() -> (u64, u64) {
     }
     (lim.rlim_cur, lim.rlim_max)
 }
+
+/// Ends a connection that sent nothing for `--idle-timeout`. Reading only records the time
+/// (`touch`); the timer is re-armed when it fires early, so a busy connection costs no timer
+/// work per line.
+pub struct IdleTimer {
+    timeout: std::time::Duration,
+    last: std::time::Instant,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    /// None when the timeout is off (0 or not a valid duration).
+    pub fn new(seconds: f64) -> Option<Self> {
+        let timeout = std::time::Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero())?;
+        let last = std::time::Instant::now();
+        Some(IdleTimer {
+            timeout,
+            last,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        })
+    }
+
+    /// The client sent something.
+    pub fn touch(&mut self) {
+        self.last = std::time::Instant::now();
+    }
+
+    /// True once the client has been silent for the whole timeout; otherwise the task's waker
+    /// is registered for the next moment it could be.
+    pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::future::Future;
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.timeout;
+            if std::time::Instant::now() >= due {
+                return true;
+            }
+            self.sleep.as_mut().reset(due.into());
+        }
+    }
+}

@@ -157,6 +157,8 @@ pub fn rejection_reason(text: &str) -> &'static str {
         ("server full", "server_full"),
         ("too many connections from", "per_ip_limit"),
         ("authentication", "auth"),
+        ("is full", "room_full"),
+        ("too many rooms", "too_many_rooms"),
     ];
     KNOWN
         .iter()

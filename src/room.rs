@@ -11,11 +11,88 @@
 //! room traffic in the order things happened.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
 use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
+
+/// Bytes queued for members in all rooms together (room logs not yet read by everyone, and
+/// private lines), held against `--max-queued-total`. Each room adds and removes its own share
+/// when its lock is released, and only when the share changed.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+    /// Woken when `used` passes `max` (see `Hub::enforce_budget`).
+    pub over: tokio::sync::Notify,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(usize::MAX)
+    }
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+            over: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn adjust(&self, was: usize, now: usize) {
+        if now > was {
+            let used = self.used.fetch_add(now - was, Ordering::Relaxed) + (now - was);
+            if used > self.max {
+                self.over.notify_one();
+            }
+        } else {
+            self.used.fetch_sub(was - now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A room's lock; releasing it updates the room's share of the budget.
+struct Locked<'a> {
+    guard: MutexGuard<'a, Inner>,
+    budget: &'a Budget,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let inner = &mut *self.guard;
+        let now = inner.logs[0].buf.len() + inner.logs[1].buf.len() + inner.private_total;
+        if now != inner.accounted {
+            self.budget.adjust(inner.accounted, now);
+            inner.accounted = now;
+        }
+    }
+}
 
 /// Where a member sits in a room: its slot and its connection id (slots are reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +118,10 @@ pub enum Take {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RoomError {
     NameTaken,
+    /// The room has `--max-room-members` members.
+    Full,
+    /// The server has `--max-rooms` rooms and this would be a new one.
+    TooManyRooms,
     NoSuchMember,
     Gone,
 }
@@ -101,6 +182,10 @@ struct Inner {
     free: Vec<usize>,
     count: usize,
     waiters: Vec<usize>,
+    /// Bytes in the members' private queues.
+    private_total: usize,
+    /// This room's share of the budget, as last added to it.
+    accounted: usize,
 }
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
@@ -109,7 +194,15 @@ pub struct Room {
     name: Arc<str>,
     max_pending: usize,
     store: Arc<dyn Store>,
+    budget: Arc<Budget>,
     inner: Mutex<Inner>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budget.adjust(inner.accounted, 0);
+    }
 }
 
 /// A replay under way: its first page, (for a resume) its size, and the last id it covers.
@@ -129,6 +222,16 @@ pub struct Replay {
 
 impl Room {
     pub fn new(name: &str, max_pending: usize, store: Arc<dyn Store>) -> Self {
+        Self::with_budget(name, max_pending, store, Arc::default())
+    }
+
+    /// A room whose queued bytes count towards a budget shared with other rooms.
+    pub fn with_budget(
+        name: &str,
+        max_pending: usize,
+        store: Arc<dyn Store>,
+        budget: Arc<Budget>,
+    ) -> Self {
         // Ids continue after the last one ever given in this room, also across restarts.
         let next_id = store.last_id(name) + 1;
         let floor = check_floor(max_pending);
@@ -140,6 +243,7 @@ impl Room {
             name: name.into(),
             max_pending,
             store,
+            budget,
             inner: Mutex::new(Inner {
                 next_id,
                 last_published: next_id - 1,
@@ -148,6 +252,8 @@ impl Room {
                 free: Vec::new(),
                 count: 0,
                 waiters: Vec::new(),
+                private_total: 0,
+                accounted: 0,
             }),
         }
     }
@@ -156,10 +262,13 @@ impl Room {
         &self.name
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug; the room's data stays consistent
         // enough to keep serving, so recover rather than take every member down with it.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        Locked {
+            guard: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
+            budget: &self.budget,
+        }
     }
 
     pub fn member_count(&self) -> usize {
@@ -357,6 +466,40 @@ impl Room {
         Ok(())
     }
 
+    /// The member with the most unread bytes, and how many.
+    pub fn largest_lag(&self) -> Option<(usize, Seat)> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, m)| {
+                let m = m.as_ref()?;
+                let lag = lag(m, inner.logs[m.format as usize].head());
+                Some((lag, Seat { slot, id: m.id }))
+            })
+            .max_by_key(|(lag, _)| *lag)
+    }
+
+    /// Cuts a member off because the server's queued bytes are over `--max-queued-total` (see
+    /// `Hub::enforce_budget`). False if it was gone already.
+    pub fn cut_off(&self, seat: Seat) -> bool {
+        let mut inner = self.lock();
+        let Some((format, behind)) = inner.member(seat).map(|m| {
+            let head = inner.logs[m.format as usize].head();
+            (m.format, lag(m, head))
+        }) else {
+            return false;
+        };
+        self.cut_members(
+            &mut inner,
+            format,
+            vec![(seat.slot, behind)],
+            "server over --max-queued-total",
+        );
+        true
+    }
+
     /// False once the member left or was cut off.
     pub fn contains(&self, seat: Seat) -> bool {
         self.lock().member(seat).is_some()
@@ -517,11 +660,18 @@ impl Room {
                 }
             }
         }
+        self.cut_members(inner, format, cut, "more than --max-pending behind");
+    }
+
+    /// Removes the given readers of `format`'s log (slot, bytes behind), tells them (they find
+    /// themselves gone) and the room, and drops the log's prefix nobody needs any more.
+    fn cut_members(&self, inner: &mut Inner, format: Format, cut: Vec<(usize, usize)>, why: &str) {
+        let head = inner.logs[format as usize].head();
         let mut names = Vec::new();
         for (slot, behind) in cut {
             if let Some(m) = inner.remove(slot, self.max_pending) {
                 m.wake();
-                tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, "cut off: slow consumer");
+                tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, why, "cut off: slow consumer");
                 names.push(m.name);
             }
         }
@@ -587,6 +737,7 @@ impl Inner {
         let m = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.count -= 1;
+        self.private_total -= m.private_bytes;
         let log = &mut self.logs[m.format as usize];
         log.members -= 1;
         if m.cursor < log.head() {
@@ -613,6 +764,7 @@ impl Inner {
         };
         let head = self.logs[m.format as usize].head();
         m.private_bytes += bytes.len();
+        self.private_total += bytes.len();
         m.private.push_back((head, bytes));
         if lag(m, head) > max_pending {
             if let Some(m) = self.remove(slot, max_pending) {
@@ -644,6 +796,7 @@ impl Inner {
                 m.cursor += n as u64;
             } else if let Some((_, bytes)) = m.private.pop_front() {
                 m.private_bytes -= bytes.len();
+                self.private_total -= bytes.len();
                 out.extend_from_slice(&bytes);
             } else {
                 break;

@@ -116,6 +116,12 @@ impl Server {
             });
             tasks.push(tokio::spawn(web.run(state)));
         }
+        if self.ctx.config.max_queued_total > 0 {
+            tasks.push(tokio::spawn(enforce_budget(
+                self.ctx.clone(),
+                shutdown.clone(),
+            )));
+        }
         for listener in self.listeners {
             let ctx = self.ctx.clone();
             let admission = self.admission.clone();
@@ -134,6 +140,27 @@ impl Server {
         let store = self.ctx.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         info!(still_open = self.admission.open(), "stopped");
+    }
+}
+
+/// Keeps the bytes queued in all rooms under `--max-queued-total`: every member's queue is
+/// bounded by `--max-pending`, but many members just under it could still exhaust memory.
+async fn enforce_budget(ctx: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let budget = ctx.hub.budget.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = budget.over.notified() => {}
+        }
+        let used = budget.used();
+        if used > budget.max() {
+            let cut = ctx.hub.enforce_budget();
+            let max = budget.max();
+            warn!(
+                used,
+                max, cut, "queued bytes over --max-queued-total: cut off the largest queues"
+            );
+        }
     }
 }
 

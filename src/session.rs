@@ -272,6 +272,9 @@ impl Session {
             Err(RoomError::NameTaken) => {
                 self.error(&format!("name {} is already taken in {room}", self.name))
             }
+            Err(e @ (RoomError::Full | RoomError::TooManyRooms)) => {
+                self.error(&self.hub.refusal(&e, &self.name, room))
+            }
             Err(e) => Err(e),
         }
     }

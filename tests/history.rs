@@ -663,7 +663,10 @@ fn a_resume_nobody_reads_does_not_leave_a_ghost() {
     let start = Instant::now();
     // The server gives a replay nobody reads 10 s (its write timeout): wait longer than that.
     while a.line_within(Duration::from_secs(25)).as_deref() != Some("*** ghost left") {
-        assert!(start.elapsed() < Duration::from_secs(25), "ghost never left");
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "ghost never left"
+        );
     }
     assert!(
         start.elapsed() < Duration::from_secs(20),

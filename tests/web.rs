@@ -602,3 +602,58 @@ fn a_websocket_that_never_reads_is_cut_off_and_closed() {
     tcp.send("after\n");
     tcp.until("Tcp:after");
 }
+
+#[test]
+fn pings_keep_a_websocket_alive_past_the_idle_timeout() {
+    let server = web_server(&["--idle-timeout", "1", "--ws-ping", "0.3"]);
+    let mut alive = ws_join(&server, "Alive", "idle");
+    let mut silent = raw_ws_join(&server, "Silent", "idle");
+    // Alive reads all the time (so its WebSocket answers each ping); Silent never reads.
+    let start = Instant::now();
+    let mut left = false;
+    while start.elapsed() < Duration::from_millis(2500) {
+        if let Got::Json(v) = next(&mut alive, Duration::from_millis(100)) {
+            left |= v["type"] == "leave" && v["name"] == "Silent";
+        }
+    }
+    assert!(left, "Silent was not disconnected");
+    // Everything the server sent Silent: pings, then the error and a close frame 1001.
+    let mut raw = Vec::new();
+    let _ = silent.read_to_end(&mut raw);
+    let error = br#"{"type":"error","reason":"idle timeout"}"#;
+    assert!(raw.windows(error.len()).any(|w| w == error), "{raw:?}");
+    let close = b"\x88\x0e\x03\xe9idle timeout";
+    assert!(raw.ends_with(close), "{raw:?}");
+    send(&mut alive, "still here");
+    until(&mut alive, |v| v["text"] == "still here");
+}
+
+/// A WebSocket client by hand that never reads after joining (and so never answers a ping).
+fn raw_ws_join(server: &Server, name: &str, room: &str) -> TcpStream {
+    let addr = server.http.unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("upgrade response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // One masked text frame (a zero mask leaves the payload as it is).
+    let payload = format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}");
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload.as_bytes());
+    s.write_all(&frame).unwrap();
+    s
+}

@@ -29,7 +29,7 @@ use tracing::info;
 use super::api::error;
 use super::WebState;
 use crate::connection::{render_answer, replay_history, replay_wanted, ReplayOut, Shared};
-use crate::limits::Ticket;
+use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Reply};
 use crate::room::Take;
@@ -154,10 +154,10 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             .join_replaying(&hs.room, id, &hs.name, Format::Json, replay)
         {
             Ok(joined) => joined,
-            Err(_) => {
-                let text = format!("name {} is already taken in room {}", hs.name, hs.room);
+            Err(e) => {
+                let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
                 info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-                crate::metrics::handshake_rejected("name_taken");
+                crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
                 goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
                 return;
             }
@@ -283,6 +283,8 @@ struct WsConnection {
     blocked: bool,
     throttle: Option<Pin<Box<Sleep>>>,
     ping: Option<Pin<Box<Interval>>>,
+    /// With `--idle-timeout`: when the client last sent a frame (a pong counts).
+    idle: Option<IdleTimer>,
     max_line: usize,
     end: Option<Reason>,
 }
@@ -304,6 +306,7 @@ impl WsConnection {
             blocked: false,
             throttle: None,
             ping,
+            idle: IdleTimer::new(ctx.config.idle_timeout),
             max_line: ctx.config.max_line,
             end: None,
         }
@@ -348,6 +351,9 @@ impl WsConnection {
                     progress = true;
                 }
             }
+            if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
+                return Poll::Ready(Reason::Closed(close_code::AWAY, "idle timeout"));
+            }
             let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
             if !waiting {
                 match Pin::new(&mut self.socket).poll_next(cx) {
@@ -380,6 +386,9 @@ impl WsConnection {
     }
 
     fn on_frame(&mut self, msg: Message) {
+        if let Some(idle) = self.idle.as_mut() {
+            idle.touch();
+        }
         let text = match msg {
             Message::Text(text) => text,
             Message::Binary(_) => {
