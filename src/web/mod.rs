@@ -9,6 +9,8 @@
 mod api;
 mod ws;
 
+pub use ws::handshake_frame;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -31,7 +31,7 @@ use super::WebState;
 use crate::connection::{render_answer, replay_history, replay_wanted, ReplayOut, Shared};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
-use crate::protocol::{parse_handshake, Format, Reply};
+use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 
@@ -206,7 +206,7 @@ async fn handshake(
     socket: &mut WebSocket,
     ctx: &Shared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<crate::protocol::Handshake, Reason> {
+) -> Result<Handshake, Reason> {
     let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout();
     loop {
         let frame = tokio::select! {
@@ -223,17 +223,20 @@ async fn handshake(
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
         };
-        if text.len() > ctx.config.max_handshake {
-            return Err(Reason::Refused(format!(
-                "handshake too large (over {} bytes)",
-                ctx.config.max_handshake
-            )));
-        }
-        let value: serde_json::Value = serde_json::from_str(text.as_str())
-            .map_err(|e| Reason::Refused(format!("invalid handshake JSON: {e}")))?;
-        // The format is always JSON here: a `"format"` in the handshake is checked, then set.
-        return parse_handshake(value).map_err(Reason::Refused);
+        return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Reason::Refused);
     }
+}
+
+/// Reads a WebSocket handshake frame: the same object, rules and refusals as on TCP. (Public
+/// for the fuzzer.)
+pub fn handshake_frame(text: &str, max: usize) -> Result<Handshake, String> {
+    if text.len() > max {
+        return Err(format!("handshake too large (over {max} bytes)"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid handshake JSON: {e}"))?;
+    // The answer is always JSON here: a `"format"` in the handshake is checked, then ignored.
+    parse_handshake(value)
 }
 
 fn binary() -> Reason {
