@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 
 use clap::{CommandFactory, Parser};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::config::go_style_args;
@@ -31,6 +31,15 @@ pub struct ClientArgs {
     /// Ask the server for one JSON object per line instead of `name:text` lines.
     #[arg(long)]
     pub json: bool,
+
+    /// Connect with TLS (to the server's --tls-addr), checking its certificate.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: trust the certificates in this PEM file (a private CA) instead of the
+    /// system's.
+    #[arg(long, requires = "tls")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -73,10 +82,29 @@ pub enum Ending {
     ServerClosed,
 }
 
-async fn connect(addresses: &[String]) -> io::Result<TcpStream> {
+/// A connection to the server, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn connect(args: &ClientArgs) -> io::Result<Box<dyn Stream>> {
+    let tls = match args.tls {
+        true => Some(crate::tls::connector(args.ca.as_deref()).map_err(io::Error::other)?),
+        false => None,
+    };
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address given");
-    for addr in addresses {
-        match TcpStream::connect(addr).await {
+    for addr in &args.address {
+        let attempt = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            match &tls {
+                None => Ok(Box::new(stream) as Box<dyn Stream>),
+                Some(tls) => {
+                    let name = crate::tls::server_name(addr).map_err(io::Error::other)?;
+                    Ok(Box::new(tls.connect(name, stream).await?) as Box<dyn Stream>)
+                }
+            }
+        };
+        match attempt.await {
             Ok(s) => return Ok(s),
             Err(e) => {
                 eprintln!("machat-client: cannot connect to {addr}: {e}");
@@ -90,9 +118,10 @@ async fn connect(addresses: &[String]) -> io::Result<TcpStream> {
 /// Runs the client on stdin and stdout.
 pub async fn run(args: ClientArgs) -> io::Result<Ending> {
     let name = args.client.clone().unwrap_or_else(random_name);
-    let stream = connect(&args.address).await?;
-    let (read, mut write) = stream.into_split();
+    let stream = connect(&args).await?;
+    let (read, mut write) = tokio::io::split(stream);
     write.write_all(&args.handshake(&name)).await?;
+    write.flush().await?;
     eprintln!(
         "machat-client: connected as {name} in {}; type a line and press Enter",
         args.room
@@ -137,7 +166,11 @@ pub async fn run(args: ClientArgs) -> io::Result<Ending> {
                     quit |= is_quit(&line);
                     let mut bytes = line.into_bytes();
                     bytes.push(b'\n');
-                    if write.write_all(&bytes).await.is_err() {
+                    let sent = async {
+                        write.write_all(&bytes).await?;
+                        write.flush().await
+                    };
+                    if sent.await.is_err() {
                         let _ = (&mut printer).await;
                         eprintln!("machat-client: the server closed the connection");
                         return Ok(Ending::ServerClosed);

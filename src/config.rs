@@ -25,6 +25,19 @@ pub struct Config {
     )]
     pub addr: String,
 
+    /// Address for the chat protocol over TLS (needs --tls-cert and --tls-key); off unless
+    /// given.
+    #[arg(long, env = "MACHAT_TLS_ADDR")]
+    pub tls_addr: Option<String>,
+
+    /// Certificate chain (PEM) for --tls-addr and for HTTPS/WSS on --http.
+    #[arg(long, env = "MACHAT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "MACHAT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Address for the web side (chat page, WebSocket at /ws, HTTP API, /metrics); `off`
     /// disables it.
     #[arg(long, env = "MACHAT_HTTP", default_value = "localhost:8080")]
@@ -187,6 +200,12 @@ impl Config {
 
     /// Checks what clap's types cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_addr.is_some() && self.tls_cert.is_none() {
+            return Err("--tls-addr needs --tls-cert and --tls-key".into());
+        }
         if !(self.idle_timeout >= 0.0 && self.idle_timeout.is_finite()) {
             return Err("--idle-timeout must be a number of seconds >= 0".into());
         }

@@ -19,11 +19,11 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
@@ -38,11 +38,10 @@ use crate::protocol::{
 use crate::room::{Replay, ReplayStart, Room, Take};
 use crate::session::{End, Next, RateLimit, Session};
 use crate::store::{History, Store, MAX_REPLAY};
+use crate::transport::{Io, READ_CHUNK};
 
 /// Most bytes copied out of a room for one write.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// Most bytes read in one read.
-const READ_CHUNK: usize = 16 * 1024;
 /// Chunks written in one round.
 const WRITES_PER_TURN: usize = 8;
 
@@ -74,6 +73,8 @@ pub enum Handoff {
         stream: std::net::TcpStream,
         addr: SocketAddr,
         ticket: Ticket,
+        /// Accepted on the TLS port: the TLS handshake is still to do.
+        tls: bool,
     },
     Greeted(Box<Greeted>),
 }
@@ -102,10 +103,12 @@ pub struct Shared {
     /// Every runtime's inbox, by index (set once at start-up; empty means one runtime).
     runtimes: OnceLock<Vec<Inbox>>,
     pub store: Arc<dyn Store>,
+    /// The TLS side's certificate and key, when `--tls-addr` is given.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+    pub fn new(config: Config, store: Arc<dyn Store>, tls: Option<TlsAcceptor>) -> Self {
         let hub = Arc::new(Hub::with_limits(
             config.max_pending,
             store.clone(),
@@ -123,6 +126,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             runtimes: OnceLock::new(),
             store,
+            tls,
         }
     }
 
@@ -178,6 +182,8 @@ enum Reason {
     ClosedByClient,
     Ended(End),
     Shutdown,
+    /// The TLS handshake failed or did not finish in time.
+    Tls(String),
     /// Nothing received for `--idle-timeout`.
     Idle,
     Io(io::Error),
@@ -192,23 +198,71 @@ impl std::fmt::Display for Reason {
             Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
             Reason::Shutdown => write!(f, "server shutting down"),
             Reason::Idle => write!(f, "idle timeout"),
+            Reason::Tls(e) => write!(f, "tls: {e}"),
             Reason::Io(e) => write!(f, "i/o error: {e}"),
         }
     }
 }
 
-/// Serves one client from its first byte to its close.
-pub async fn serve(
+/// Serves a client of the TLS port: the TLS handshake (within the handshake timeout, which
+/// covers the whole greeting: a client that never completes it costs one timer), then as any
+/// other client.
+pub async fn serve_tls(
     stream: TcpStream,
     addr: SocketAddr,
     ctx: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     ticket: Ticket,
 ) {
+    let Some(acceptor) = ctx.tls.clone() else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let tls =
+        match tokio::time::timeout(ctx.config.handshake_timeout(), acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                info!(%addr, reason = %Reason::Tls(e.to_string()), "disconnect");
+                crate::metrics::handshake_rejected("tls");
+                return;
+            }
+            Err(_) => {
+                info!(%addr, reason = %Reason::Tls("handshake timeout".into()), "disconnect");
+                crate::metrics::handshake_rejected("tls");
+                return;
+            }
+        };
+    let left = ctx
+        .config
+        .handshake_timeout()
+        .saturating_sub(started.elapsed());
+    serve_within(tls, addr, ctx, shutdown, ticket, left).await;
+}
+
+/// Serves one client from its first byte to its close.
+pub async fn serve<S: Io>(
+    stream: S,
+    addr: SocketAddr,
+    ctx: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    ticket: Ticket,
+) {
+    let within = ctx.config.handshake_timeout();
+    serve_within(stream, addr, ctx, shutdown, ticket, within).await;
+}
+
+async fn serve_within<S: Io>(
+    stream: S,
+    addr: SocketAddr,
+    ctx: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    ticket: Ticket,
+    within: Duration,
+) {
     // The greeting (handshake), joining and closing are boxed: their timers and buffers are
     // needed for moments, and would otherwise sit in every connection's task for its life.
-    let Some((stream, id, hs, leftover)) = Box::pin(greet(stream, addr, &ctx, shutdown)).await
-    else {
+    let greeting = Box::pin(greet(stream, addr, &ctx, shutdown, within)).await;
+    let Some((stream, id, hs, leftover)) = greeting else {
         return;
     };
     let rest = Greeting {
@@ -219,7 +273,7 @@ pub async fn serve(
         leftover,
     };
     let home = ctx.home_of(&rest.hs.room);
-    if home != RUNTIME.with(Cell::get) {
+    if home != RUNTIME.with(Cell::get) && stream.movable() {
         match stream.into_std() {
             Ok(stream) => {
                 ctx.hand_over(home, Handoff::Greeted(Box::new(Greeted { stream, rest })));
@@ -232,7 +286,7 @@ pub async fn serve(
 }
 
 /// Serves a client that sent a valid handshake, on the runtime that serves its room.
-pub async fn serve_greeted(stream: TcpStream, rest: Greeting, ctx: Arc<Shared>) {
+pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
     let Greeting {
         addr,
         ticket,
@@ -254,15 +308,18 @@ pub async fn serve_greeted(stream: TcpStream, rest: Greeting, ctx: Arc<Shared>) 
 }
 
 /// Reads and checks the handshake, or refuses the client with a reason.
-async fn greet(
-    stream: TcpStream,
+async fn greet<S: Io>(
+    mut stream: S,
     addr: SocketAddr,
     ctx: &Shared,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<(TcpStream, u64, Handshake, Vec<u8>)> {
+    within: Duration,
+) -> Option<(S, u64, Handshake, Vec<u8>)> {
     let id = ctx.next_id();
-    info!(id, %addr, "connect");
-    let (value, leftover) = match handshake(&stream, &ctx.config, &mut shutdown).await {
+    let tls = stream.is_tls();
+    info!(id, %addr, tls, "connect");
+    let handshake = handshake(&mut stream, &ctx.config, &mut shutdown, within).await;
+    let (value, leftover) = match handshake {
         Ok(done) => done,
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
@@ -292,14 +349,14 @@ async fn greet(
 }
 
 /// Joins the room, unless the name is taken there.
-async fn join(
-    stream: TcpStream,
+async fn join<S: Io>(
+    stream: S,
     addr: SocketAddr,
     ctx: &Shared,
     id: u64,
     hs: Handshake,
     leftover: Vec<u8>,
-) -> Option<Connection> {
+) -> Option<Connection<S>> {
     let replay = replay_wanted(&hs, ctx);
     let (seat, history) = match ctx
         .hub
@@ -317,8 +374,14 @@ async fn join(
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
     let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, limit);
+    let transport = if stream.is_tls() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     let mut conn = Connection {
         stream,
+        transport,
         session,
         codec: LineCodec::new(ctx.config.max_line),
         pending: Vec::new(),
@@ -330,7 +393,7 @@ async fn join(
     if let Some(replay) = history {
         // Replayed history goes out before anything from the room.
         let (room, format) = (conn.session.room.clone(), conn.session.format);
-        let mut out = TcpOut(&mut conn.stream);
+        let mut out = StreamOut(&mut conn.stream, conn.transport);
         if let Err(e) = Box::pin(replay_history(
             &mut out,
             &room,
@@ -387,12 +450,13 @@ pub(crate) trait ReplayOut {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
 }
 
-struct TcpOut<'a>(&'a mut TcpStream);
+struct StreamOut<'a, S>(&'a mut S, Transport);
 
-impl ReplayOut for TcpOut<'_> {
+impl<S: Io> ReplayOut for StreamOut<'_, S> {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.0.write_all(bytes).await?;
-        crate::metrics::bytes_out(Transport::Tcp, bytes.len());
+        self.0.flush().await?;
+        crate::metrics::bytes_out(self.1, bytes.len());
         Ok(())
     }
 }
@@ -456,50 +520,41 @@ pub(crate) fn render_answer(room: &str, format: Format, answer: History, out: &m
 }
 
 /// Sends `*** error: REASON` (or its JSON form) and closes.
-async fn refuse(stream: TcpStream, format: Format, text: &str) {
+async fn refuse<S: Io>(stream: S, format: Format, text: &str) {
     let mut line = Vec::new();
     Reply::Error(text).render(format, &mut line);
     finish(stream, line, Duration::from_secs(2), true).await;
 }
 
 /// Reads until the first JSON value is complete, or the limits say no.
-async fn handshake(
-    stream: &TcpStream,
+async fn handshake<S: Io>(
+    stream: &mut S,
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
+    within: Duration,
 ) -> Result<(serde_json::Value, Vec<u8>), Reason> {
-    let deadline = sleep_until(tokio::time::Instant::now() + config.handshake_timeout());
+    let deadline = sleep_until(tokio::time::Instant::now() + within);
     tokio::pin!(deadline);
     let mut decoder = HandshakeDecoder::new(config.max_handshake);
+    let mut buf = Vec::new();
     loop {
+        buf.clear();
         tokio::select! {
             _ = &mut deadline => return Err(Reason::Refused("handshake timeout".into())),
             _ = shutdown.changed() => return Err(Reason::Shutdown),
-            ready = stream.readable() => {
-                ready.map_err(Reason::Io)?;
-                if let Some(done) = read_handshake(stream, &mut decoder)? {
-                    return Ok(done);
+            read = std::future::poll_fn(|cx| stream.poll_read_some(cx, &mut buf)) => {
+                match read {
+                    Ok(0) => return Err(Reason::ClosedByClient),
+                    Ok(_) => {}
+                    Err(e) => return Err(Reason::Io(e)),
+                }
+                match decoder.feed(&buf) {
+                    HandshakeStatus::Incomplete => {}
+                    HandshakeStatus::Invalid(e) => return Err(Reason::Refused(e)),
+                    HandshakeStatus::Done(value, used) => return Ok((value, buf[used..].to_vec())),
                 }
             }
         }
-    }
-}
-
-fn read_handshake(
-    stream: &TcpStream,
-    decoder: &mut HandshakeDecoder,
-) -> Result<Option<(serde_json::Value, Vec<u8>)>, Reason> {
-    let mut buf = [0u8; 4096];
-    let n = match stream.try_read(&mut buf) {
-        Ok(0) => return Err(Reason::ClosedByClient),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-        Err(e) => return Err(Reason::Io(e)),
-    };
-    match decoder.feed(&buf[..n]) {
-        HandshakeStatus::Incomplete => Ok(None),
-        HandshakeStatus::Invalid(e) => Err(Reason::Refused(e)),
-        HandshakeStatus::Done(value, used) => Ok(Some((value, buf[used..n].to_vec()))),
     }
 }
 
@@ -514,8 +569,9 @@ enum Out {
     Ready,
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
+    transport: Transport,
     session: Session,
     codec: LineCodec,
     /// Bytes taken from the room that the socket did not accept yet.
@@ -528,7 +584,7 @@ struct Connection {
     end: Option<End>,
 }
 
-impl Connection {
+impl<S: Io> Connection<S> {
     async fn run(&mut self, ctx: &Shared) -> Reason {
         std::future::poll_fn(|cx| self.poll_run(cx, ctx)).await
     }
@@ -582,28 +638,18 @@ impl Connection {
             }
             let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
             if !waiting && !self.codec.is_paused() {
-                match self.stream.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => match self.read() {
-                        Ok(true) => progress = true,
-                        Ok(false) => return Poll::Ready(Reason::ClosedByClient),
-                        Err(e) => return Poll::Ready(Reason::Io(e)),
-                    },
+                match self.read(cx) {
+                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(false)) => return Poll::Ready(Reason::ClosedByClient),
                     Poll::Ready(Err(e)) => return Poll::Ready(Reason::Io(e)),
                     Poll::Pending => {}
                 }
             }
-            if self.out == Out::Blocked {
-                match self.stream.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => self.out = Out::Ready,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Reason::Io(e)),
-                    Poll::Pending => {}
+            if self.out != Out::Idle {
+                match self.flush(cx) {
+                    Ok(wrote) => progress |= wrote,
+                    Err(e) => return Poll::Ready(Reason::Io(e)),
                 }
-            }
-            if self.out == Out::Ready {
-                if let Err(e) = self.flush(cx.waker()) {
-                    return Poll::Ready(Reason::Io(e));
-                }
-                progress = true;
             }
             if !progress {
                 // Shutdown may have woken every room's members just before we put our waker
@@ -619,39 +665,22 @@ impl Connection {
         Poll::Pending
     }
 
-    /// One read, into a per-thread buffer. Returns false at end of stream.
-    fn read(&mut self) -> io::Result<bool> {
+    /// One read, into a per-thread buffer. Ready(false) at the end of the stream.
+    fn read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         READ_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
             buf.clear();
-            let stream = &self.stream;
-            // A short read means the socket is drained. Saying so to the reactor (by answering
-            // WouldBlock inside try_io) saves the read that would only return EAGAIN.
-            let r = stream.try_io(Interest::READABLE, || {
-                let n = stream.try_read_buf(&mut *buf)?;
-                if n > 0 && n < READ_CHUNK {
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            if !buf.is_empty() {
-                if let Some(idle) = self.idle.as_mut() {
-                    idle.touch();
-                }
-            }
-            match r {
-                Ok(0) => Ok(false),
-                Ok(_) => {
-                    self.feed(&buf);
-                    Ok(true)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !buf.is_empty() {
-                        self.feed(&buf);
+            match self.stream.poll_read_some(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(_)) => {
+                    if let Some(idle) = self.idle.as_mut() {
+                        idle.touch();
                     }
-                    Ok(true)
+                    self.feed(&buf);
+                    Poll::Ready(Ok(true))
                 }
-                Err(e) => Err(e),
             }
         })
     }
@@ -686,22 +715,25 @@ impl Connection {
     }
 
     /// Writes what is waiting for this client, without ever waiting for the socket: `Blocked`
-    /// when it is full, `Idle` (with `waker` left with the room) when there is nothing more.
-    fn flush(&mut self, waker: &Waker) -> io::Result<()> {
+    /// when it is full, `Idle` (with the waker left with the room) when there is nothing more.
+    /// Returns whether anything moved.
+    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let mut moved = false;
         for _ in 0..WRITES_PER_TURN {
             if !self.pending.is_empty() {
-                match self.stream.try_write(&self.pending) {
-                    Ok(n) => {
-                        crate::metrics::bytes_out(Transport::Tcp, n);
+                match self.stream.poll_write_some(cx, &self.pending) {
+                    Poll::Ready(Ok(n)) => {
+                        crate::metrics::bytes_out(self.transport, n);
                         self.pending.drain(..n);
+                        moved = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Poll::Pending => {
                         self.out = Out::Blocked;
                         // Cut off while the socket is full? The room must be able to say so.
-                        self.session.room.watch(self.session.seat, waker);
-                        return Ok(());
+                        self.session.room.watch(self.session.seat, cx.waker());
+                        return Ok(moved);
                     }
-                    Err(e) => return Err(e),
+                    Poll::Ready(Err(e)) => return Err(e),
                 }
                 if self.pending.is_empty() {
                     self.pending = Vec::new();
@@ -709,46 +741,54 @@ impl Connection {
                 continue;
             }
             let (room, seat) = (&self.session.room, self.session.seat);
-            let (stream, pending) = (&self.stream, &mut self.pending);
+            let (stream, pending, transport) =
+                (&mut self.stream, &mut self.pending, self.transport);
             let taken = SCRATCH.with(|scratch| -> io::Result<Take> {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
-                let taken = room.take(seat, &mut scratch, WRITE_CHUNK, waker);
+                let taken = room.take(seat, &mut scratch, WRITE_CHUNK, cx.waker());
                 if matches!(taken, Take::Data | Take::Drained) {
-                    match stream.try_write(&scratch) {
-                        Ok(n) => {
-                            crate::metrics::bytes_out(Transport::Tcp, n);
+                    match stream.poll_write_some(cx, &scratch) {
+                        Poll::Ready(Ok(n)) => {
+                            crate::metrics::bytes_out(transport, n);
                             pending.extend_from_slice(&scratch[n..]);
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            pending.extend_from_slice(&scratch)
-                        }
-                        Err(e) => return Err(e),
+                        Poll::Pending => pending.extend_from_slice(&scratch),
+                        Poll::Ready(Err(e)) => return Err(e),
                     }
                 }
                 Ok(taken)
             })?;
             match taken {
-                Take::Data => {}
-                // All taken; once the socket took it all too, wait for the room.
-                Take::Drained if self.pending.is_empty() => {
+                Take::Data | Take::Drained if !self.pending.is_empty() => moved = true,
+                Take::Data => moved = true,
+                // All taken, and the socket took it all too: wait for the room.
+                Take::Drained => {
                     self.out = Out::Idle;
-                    return Ok(());
+                    return self.flush_out(cx).map(|()| true);
                 }
-                Take::Drained => {}
                 Take::Empty => {
                     self.out = Out::Idle;
-                    return Ok(());
+                    return self.flush_out(cx).map(|()| moved);
                 }
                 Take::Gone => {
                     self.end = Some(End::SlowConsumer);
                     self.out = Out::Idle;
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
         self.out = Out::Ready;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Pushes out what the stream buffered itself (TLS records); if the socket is full, its
+    /// readiness wakes the task, which then flushes again.
+    fn flush_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.stream.poll_flush_out(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Ok(()),
+        }
     }
 
     /// Leaves the room and says goodbye: what was still unread, then the last line.
@@ -764,7 +804,9 @@ impl Connection {
                     let mut line = Vec::new();
                     Reply::Error("slow consumer: you fell too far behind")
                         .render(format, &mut line);
-                    let _ = self.stream.try_write(&line);
+                    let mut cx = Context::from_waker(Waker::noop());
+                    let _ = self.stream.poll_write_some(&mut cx, &line);
+                    let _ = self.stream.poll_flush_out(&mut cx);
                 }
                 return;
             }
@@ -816,7 +858,7 @@ impl<'a> LineHandler<'a> {
 /// Writes the last bytes (bounded by `within`), closes our side, and then reads and discards
 /// what the client still sends for a moment, so that closing with unread input does not reset
 /// the connection before the client has read our last line.
-pub async fn finish(mut stream: TcpStream, bytes: Vec<u8>, within: Duration, linger: bool) {
+pub async fn finish<S: Io>(mut stream: S, bytes: Vec<u8>, within: Duration, linger: bool) {
     if !bytes.is_empty() {
         if let Err(e) = tokio::time::timeout(within, stream.write_all(&bytes)).await {
             debug!("last write timed out: {e}");

@@ -19,6 +19,8 @@ pub mod room;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
+pub mod transport;
 pub mod web;
 
 /// Sets up `tracing` logs on stderr, filtered by `RUST_LOG` (default `info`).

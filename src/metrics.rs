@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub enum Transport {
     /// The line protocol over TCP (plain text or JSON lines).
     Tcp,
+    /// The line protocol inside TLS (`--tls-addr`).
+    Tls,
     WebSocket,
 }
 
@@ -23,6 +25,7 @@ impl Transport {
     pub fn label(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
             Transport::WebSocket => "websocket",
         }
     }
@@ -33,6 +36,8 @@ const BYTES_OUT: &str = "machat_bytes_out_total";
 const STORE_APPEND: &str = "machat_store_append_seconds";
 
 static OPEN_TCP: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transport" => "tcp"));
+static OPEN_TLS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transport" => "tls"));
+static OUT_TLS: LazyLock<Counter> = LazyLock::new(|| counter!(BYTES_OUT, "transport" => "tls"));
 static OPEN_WS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transport" => "websocket"));
 static OUT_TCP: LazyLock<Counter> = LazyLock::new(|| counter!(BYTES_OUT, "transport" => "tcp"));
 static OUT_WS: LazyLock<Counter> =
@@ -109,6 +114,7 @@ impl Drop for OpenConnection {
 fn open_gauge(transport: Transport) -> &'static Gauge {
     match transport {
         Transport::Tcp => &OPEN_TCP,
+        Transport::Tls => &OPEN_TLS,
         Transport::WebSocket => &OPEN_WS,
     }
 }
@@ -116,6 +122,7 @@ fn open_gauge(transport: Transport) -> &'static Gauge {
 pub fn bytes_out(transport: Transport, n: usize) {
     let counter = match transport {
         Transport::Tcp => &OUT_TCP,
+        Transport::Tls => &OUT_TLS,
         Transport::WebSocket => &OUT_WS,
     };
     counter.increment(n as u64);

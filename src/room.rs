@@ -25,8 +25,9 @@ use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMess
 pub struct Budget {
     used: AtomicUsize,
     max: usize,
-    /// Woken when `used` passes `max` (see `Hub::enforce_budget`).
-    pub over: tokio::sync::Notify,
+    /// The thread that enforces the budget, unparked when `used` passes `max` (see
+    /// `Hub::enforce_budget`). A thread of its own, so a busy runtime cannot delay it.
+    enforcer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Default for Budget {
@@ -40,7 +41,7 @@ impl Budget {
         Budget {
             used: AtomicUsize::new(0),
             max,
-            over: tokio::sync::Notify::new(),
+            enforcer: std::sync::OnceLock::new(),
         }
     }
 
@@ -52,11 +53,18 @@ impl Budget {
         self.max
     }
 
+    /// Sets the thread to unpark when the budget is exceeded.
+    pub fn set_enforcer(&self, thread: std::thread::Thread) {
+        let _ = self.enforcer.set(thread);
+    }
+
     fn adjust(&self, was: usize, now: usize) {
         if now > was {
             let used = self.used.fetch_add(now - was, Ordering::Relaxed) + (now - was);
             if used > self.max {
-                self.over.notify_one();
+                if let Some(t) = self.enforcer.get() {
+                    t.unpark();
+                }
             }
         } else {
             self.used.fetch_sub(was - now, Ordering::Relaxed);

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::{finish, serve, serve_greeted, set_runtime_index, Handoff, Inbox, Shared};
+use crate::connection::{
+    finish, serve, serve_greeted, serve_tls, set_runtime_index, Handoff, Inbox, Shared,
+};
 use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
@@ -29,6 +31,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
 /// A bound server, not yet accepting.
 pub struct Server {
     listeners: Vec<TcpListener>,
+    /// The chat protocol over TLS (`--tls-addr`).
+    tls_listeners: Vec<TcpListener>,
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
     /// The web side (`--http`), unless it is off.
@@ -47,33 +51,18 @@ impl Server {
         let admission = Arc::new(Admission::new(max_total, config.max_per_ip));
         // A history database that cannot be opened stops the start, with its path and reason.
         let store = crate::store::open(&config).map_err(io::Error::other)?;
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {}: {e}", config.addr)))?
-            .collect();
-        addrs.dedup();
-        let mut listeners = Vec::new();
-        let mut last_err = None;
-        for addr in addrs {
-            match listen(addr, config.backlog) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    warn!(%addr, "cannot listen: {e}");
-                    last_err = Some(io::Error::new(
-                        e.kind(),
-                        format!("cannot listen on {addr}: {e}"),
-                    ));
-                }
+        // A certificate that cannot be loaded stops the start, with the file and the reason.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::acceptor(cert, key).map_err(io::Error::other)?)
             }
-        }
-        if listeners.is_empty() {
-            return Err(last_err.unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::AddrNotAvailable,
-                    "address resolved to nothing",
-                )
-            }));
-        }
+            _ => None,
+        };
+        let listeners = listen_all(&config.addr, config.backlog).await?;
+        let tls_listeners = match &config.tls_addr {
+            Some(addr) => listen_all(addr, config.backlog).await?,
+            None => Vec::new(),
+        };
         let web = match config.http_addr() {
             Some(addr) => Some(Web::bind(addr).await?),
             None => None,
@@ -83,7 +72,8 @@ impl Server {
         info!(?config, max_connections = max_total, "configuration");
         Ok(Server {
             listeners,
-            ctx: Arc::new(Shared::new(config, store)),
+            tls_listeners,
+            ctx: Arc::new(Shared::new(config, store, tls)),
             admission,
             web,
             metrics,
@@ -103,6 +93,13 @@ impl Server {
         for addr in self.local_addrs() {
             info!("listening on {addr}");
         }
+        for addr in self
+            .tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            info!("tls listening on {addr}");
+        }
         let dispatch = Arc::new(Dispatch {
             next: AtomicUsize::new(0),
         });
@@ -113,22 +110,24 @@ impl Server {
                 admission: self.admission.clone(),
                 metrics: self.metrics,
                 shutdown: shutdown.clone(),
+                tls: self.ctx.tls.clone(),
             });
             tasks.push(tokio::spawn(web.run(state)));
         }
         if self.ctx.config.max_queued_total > 0 {
-            tasks.push(tokio::spawn(enforce_budget(
-                self.ctx.clone(),
-                shutdown.clone(),
-            )));
+            if let Err(e) = start_budget_enforcer(self.ctx.clone()) {
+                warn!("cannot start the --max-queued-total thread: {e}");
+            }
         }
-        for listener in self.listeners {
+        let plain = self.listeners.into_iter().map(|l| (l, false));
+        let tls = self.tls_listeners.into_iter().map(|l| (l, true));
+        for (listener, tls) in plain.chain(tls) {
             let ctx = self.ctx.clone();
             let admission = self.admission.clone();
             let shutdown = shutdown.clone();
             let dispatch = dispatch.clone();
             tasks.push(tokio::spawn(accept_loop(
-                listener, ctx, admission, shutdown, dispatch,
+                listener, tls, ctx, admission, shutdown, dispatch,
             )));
         }
         for t in tasks {
@@ -144,24 +143,30 @@ impl Server {
 }
 
 /// Keeps the bytes queued in all rooms under `--max-queued-total`: every member's queue is
-/// bounded by `--max-pending`, but many members just under it could still exhaust memory.
-async fn enforce_budget(ctx: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// bounded by `--max-pending`, but many members just under it could still exhaust memory. Runs
+/// on a thread of its own, woken by the budget the moment it is exceeded.
+fn start_budget_enforcer(ctx: Arc<Shared>) -> io::Result<()> {
     let budget = ctx.hub.budget.clone();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = budget.over.notified() => {}
-        }
-        let used = budget.used();
-        if used > budget.max() {
-            let cut = ctx.hub.enforce_budget();
-            let max = budget.max();
-            warn!(
-                used,
-                max, cut, "queued bytes over --max-queued-total: cut off the largest queues"
-            );
-        }
-    }
+    let enforcer_budget = budget.clone();
+    let thread = std::thread::Builder::new()
+        .name("machat-budget".into())
+        .spawn(move || loop {
+            std::thread::park_timeout(Duration::from_secs(1));
+            if ctx.is_shutting_down() {
+                return;
+            }
+            let used = budget.used();
+            if used > budget.max() {
+                let cut = ctx.hub.enforce_budget();
+                let max = budget.max();
+                warn!(
+                    used,
+                    max, cut, "queued bytes over --max-queued-total: cut off the largest queues"
+                );
+            }
+        })?;
+    enforcer_budget.set_enforcer(thread.thread().clone());
+    Ok(())
 }
 
 /// Waits (bounded) until every connection, on every runtime, has said goodbye.
@@ -170,6 +175,38 @@ async fn drain(admission: &Admission) {
     while admission.open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Binds every address `addr` resolves to, with the configured backlog.
+async fn listen_all(addr: &str, backlog: u32) -> io::Result<Vec<TcpListener>> {
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
+        .collect();
+    addrs.dedup();
+    let mut listeners = Vec::new();
+    let mut last_err = None;
+    for addr in addrs {
+        match listen(addr, backlog) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                warn!(%addr, "cannot listen: {e}");
+                last_err = Some(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ));
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(last_err.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "address resolved to nothing",
+            )
+        }));
+    }
+    Ok(listeners)
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
@@ -194,12 +231,13 @@ impl Dispatch {
         stream: TcpStream,
         addr: SocketAddr,
         ticket: Ticket,
+        tls: bool,
         ctx: &Arc<Shared>,
         shutdown: &watch::Receiver<bool>,
     ) {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % ctx.runtime_count();
         if turn == 0 {
-            tokio::spawn(serve(stream, addr, ctx.clone(), shutdown.clone(), ticket));
+            spawn_serve(stream, addr, ticket, tls, ctx.clone(), shutdown.clone());
             return;
         }
         match stream.into_std() {
@@ -209,6 +247,7 @@ impl Dispatch {
                     stream,
                     addr,
                     ticket,
+                    tls,
                 },
             ),
             Err(e) => warn!(%addr, "cannot hand over a connection: {e}"),
@@ -236,10 +275,9 @@ async fn receive(
                 stream,
                 addr,
                 ticket,
+                tls,
             } => match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    tokio::spawn(serve(stream, addr, ctx, sd, ticket));
-                }
+                Ok(stream) => spawn_serve(stream, addr, ticket, tls, ctx, sd),
                 Err(e) => warn!(%addr, "cannot take over a connection: {e}"),
             },
             Handoff::Greeted(greeted) => match TcpStream::from_std(greeted.stream) {
@@ -252,8 +290,25 @@ async fn receive(
     }
 }
 
+/// Serves a new connection on this runtime: TLS first when it came to the TLS port.
+fn spawn_serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ticket: Ticket,
+    tls: bool,
+    ctx: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if tls {
+        tokio::spawn(serve_tls(stream, addr, ctx, shutdown, ticket));
+    } else {
+        tokio::spawn(serve(stream, addr, ctx, shutdown, ticket));
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: bool,
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
@@ -268,10 +323,18 @@ async fn accept_loop(
         match accepted {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                match admission.admit(addr.ip(), Transport::Tcp) {
-                    Ok(ticket) => dispatch.send(stream, addr, ticket, &ctx, &shutdown),
+                let transport = if tls { Transport::Tls } else { Transport::Tcp };
+                match admission.admit(addr.ip(), transport) {
+                    Ok(ticket) => dispatch.send(stream, addr, ticket, tls, &ctx, &shutdown),
                     Err(reason) => {
                         info!(%addr, reason, "disconnect: refused");
+                        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(
+                            reason,
+                        ));
+                        if tls {
+                            // No TLS session yet to say why in: just close.
+                            continue;
+                        }
                         // Each refusal holds its socket for up to 1.5 s; under a flood of
                         // connects, past a few dozen at once the rest are closed without a word.
                         if REFUSING.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {

@@ -18,10 +18,13 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::connection::Shared;
@@ -33,6 +36,8 @@ pub struct WebState {
     pub admission: Arc<Admission>,
     pub metrics: Option<PrometheusHandle>,
     pub shutdown: watch::Receiver<bool>,
+    /// With a certificate the web side speaks HTTPS (and WSS).
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// The web side's listeners, bound at start-up so a taken port stops the start with a clear
@@ -82,8 +87,9 @@ impl Web {
 
     /// Serves until shutdown. Open WebSockets are told and closed by their own tasks.
     pub async fn run(self, state: Arc<WebState>) {
+        let scheme = if state.tls.is_some() { "https" } else { "http" };
         for addr in self.local_addrs() {
-            info!("http listening on {addr}");
+            info!("http listening on {addr} ({scheme})");
         }
         let app = router(state.clone());
         let mut tasks = Vec::new();
@@ -92,20 +98,91 @@ impl Web {
                 .clone()
                 .into_make_service_with_connect_info::<SocketAddr>();
             let mut shutdown = state.shutdown.clone();
+            let stop = async move {
+                let _ = shutdown.wait_for(|&stop| stop).await;
+            };
+            let served = match &state.tls {
+                // tap_io gives the TLS listener axum's SocketAddr connect info.
+                Some(tls) => {
+                    let listener = TlsListener::start(listener, tls.clone(), &state);
+                    let serve = axum::serve(listener.tap_io(|_| {}), app);
+                    tokio::spawn(async move { serve.with_graceful_shutdown(stop).await })
+                }
+                None => {
+                    let serve = axum::serve(listener, app);
+                    tokio::spawn(async move { serve.with_graceful_shutdown(stop).await })
+                }
+            };
             tasks.push(tokio::spawn(async move {
-                let stop = async move {
-                    let _ = shutdown.wait_for(|&stop| stop).await;
-                };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
+                if let Ok(Err(e)) = served.await {
                     warn!("http server stopped: {e}");
                 }
             }));
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// Accepts TCP and completes TLS handshakes in tasks of their own, so a client that stalls its
+/// handshake holds up no one else; axum gets only finished TLS streams.
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: io::Result<SocketAddr>,
+}
+
+impl TlsListener {
+    fn start(listener: TcpListener, tls: TlsAcceptor, state: &WebState) -> Self {
+        let (tx, ready) = mpsc::channel(64);
+        let local = listener.local_addr();
+        let within = state.ctx.config.handshake_timeout();
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        warn!("https accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (tls, done) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(within, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = done.send((stream, addr)).await;
+                        }
+                        Ok(Err(e)) => info!(%addr, "https: tls handshake failed: {e}"),
+                        Err(_) => info!(%addr, "https: tls handshake timeout"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        TlsListener { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor stopped: nothing will come again.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.local {
+            Ok(addr) => Ok(*addr),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
         }
     }
 }

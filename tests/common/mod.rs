@@ -17,6 +17,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The HTTP side's address, when the server was started with `--http`.
     pub http: Option<SocketAddr>,
+    /// The chat-over-TLS address, when started with `--tls-addr`.
+    pub tls: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
     /// A data directory made for this server alone, removed when it is dropped.
     own_dir: Option<PathBuf>,
@@ -64,15 +66,29 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let (http_tx, http_rx) = std::sync::mpsc::channel();
+        let (tls_tx, tls_rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             let mut http_tx = Some(http_tx);
+            let mut tls_tx = Some(tls_tx);
+            // The address is the first word after "listening on" (a note may follow).
+            let addr_at = |line: &str, pos: usize| {
+                line[pos..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            };
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(pos) = line.find("http listening on ") {
                     if let Some(tx) = http_tx.take() {
-                        let _ = tx.send(line[pos + 18..].trim().to_string());
+                        let _ = tx.send(addr_at(&line, pos + 18));
+                    }
+                } else if let Some(pos) = line.find("tls listening on ") {
+                    if let Some(tx) = tls_tx.take() {
+                        let _ = tx.send(addr_at(&line, pos + 17));
                     }
                 } else if let Some(pos) = line.find("listening on ") {
                     if let Some(tx) = tx.take() {
@@ -91,10 +107,17 @@ impl Server {
                 .unwrap_or_else(|_| panic!("http did not start: {:?}", log.lock().unwrap()));
             addr.parse().expect("http addr")
         });
+        let tls = args.contains(&"--tls-addr").then(|| {
+            let addr = tls_rx
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|_| panic!("tls did not start: {:?}", log.lock().unwrap()));
+            addr.parse().expect("tls addr")
+        });
         Server {
             child,
             addr: addr.parse().expect("addr"),
             http,
+            tls,
             log,
             own_dir,
         }
