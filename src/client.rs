@@ -40,6 +40,15 @@ pub struct ClientArgs {
     /// system's.
     #[arg(long, requires = "tls")]
     pub ca: Option<std::path::PathBuf>,
+
+    /// The password of a registered name, read from the first line of this file (or from
+    /// the MACHAT_PASSWORD environment variable): never on the command line.
+    #[arg(long)]
+    pub password_file: Option<std::path::PathBuf>,
+
+    /// Set from --password-file or MACHAT_PASSWORD, not a flag.
+    #[arg(skip)]
+    pub password: Option<String>,
 }
 
 impl ClientArgs {
@@ -47,11 +56,28 @@ impl ClientArgs {
         ClientArgs::parse_from(go_style_args(std::env::args_os(), &ClientArgs::command()))
     }
 
+    /// Reads the password, if one is given.
+    pub fn load_password(&mut self) -> io::Result<()> {
+        self.password = match &self.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                Some(text.lines().next().unwrap_or("").to_owned())
+            }
+            None => std::env::var("MACHAT_PASSWORD").ok(),
+        };
+        Ok(())
+    }
+
     /// The handshake, byte for byte what MaChat's client sends (plus `format` if asked).
     pub fn handshake(&self, name: &str) -> Vec<u8> {
         let mut v = serde_json::json!({"name": name, "room": self.room});
         if self.json {
             v["format"] = "json".into();
+        }
+        if let Some(pw) = &self.password {
+            v["password"] = pw.as_str().into();
         }
         v.to_string().into_bytes()
     }
@@ -116,7 +142,8 @@ async fn connect(args: &ClientArgs) -> io::Result<Box<dyn Stream>> {
 }
 
 /// Runs the client on stdin and stdout.
-pub async fn run(args: ClientArgs) -> io::Result<Ending> {
+pub async fn run(mut args: ClientArgs) -> io::Result<Ending> {
+    args.load_password()?;
     let name = args.client.clone().unwrap_or_else(random_name);
     let stream = connect(&args).await?;
     let (read, mut write) = tokio::io::split(stream);

@@ -120,9 +120,21 @@ pub struct Config {
     #[arg(long, env = "MACHAT_HISTORY", value_enum, default_value = "sqlite")]
     pub history: HistoryMode,
 
-    /// Directory for the history database (created if missing).
-    #[arg(long, env = "MACHAT_DATA_DIR", default_value = "machat-data")]
+    /// Directory for the database of history and registered names (created if missing).
+    #[arg(
+        long,
+        env = "MACHAT_DATA_DIR",
+        default_value = "machat-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
+
+    /// Only registered names (`machat user add`) may join, each with its password.
+    #[arg(long, env = "MACHAT_REQUIRE_AUTH")]
+    pub require_auth: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Messages replayed on join to clients that do not ask (`"history": N` in the handshake
     /// asks); 0 keeps old MaChat clients seeing exactly what they used to.
@@ -142,6 +154,27 @@ pub struct Config {
     /// window); `sync`: a message is delivered only once committed and fsynced.
     #[arg(long, env = "MACHAT_DURABILITY", value_enum, default_value = "batch")]
     pub durability: Durability,
+}
+
+/// What `machat` does instead of serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Registered names: `machat user add NAME` (the password is read from stdin),
+    /// `machat user remove NAME`, `machat user list`. Uses --data-dir.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum UserAction {
+    /// Registers NAME, or sets a new password for it; the password is read from stdin.
+    Add { name: String },
+    /// Removes NAME's registration.
+    Remove { name: String },
+    /// Lists the registered names.
+    List,
 }
 
 /// When a stored message counts as safe.

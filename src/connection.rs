@@ -26,6 +26,7 @@ use tokio::time::{sleep_until, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use crate::auth::Users;
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -108,17 +109,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Arc<dyn Store>, tls: Option<TlsAcceptor>) -> Self {
-        let hub = Arc::new(Hub::with_limits(
-            config.max_pending,
-            store.clone(),
-            config.max_rooms,
-            config.max_room_members,
-            match config.max_queued_total {
-                0 => usize::MAX,
-                n => n,
-            },
-        ));
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        tls: Option<TlsAcceptor>,
+        users: Arc<Users>,
+    ) -> Self {
+        let hub = Arc::new(
+            Hub::with_limits(
+                config.max_pending,
+                store.clone(),
+                config.max_rooms,
+                config.max_room_members,
+                match config.max_queued_total {
+                    0 => usize::MAX,
+                    n => n,
+                },
+            )
+            .with_users(users),
+        );
         Shared {
             config,
             hub,
@@ -338,7 +347,15 @@ async fn greet<S: Io>(
         Format::Text
     };
     match parse_handshake(value) {
-        Ok(hs) => Some((stream, id, hs, leftover)),
+        Ok(hs) => match ctx.hub.users.check(addr.ip(), &hs).await {
+            Ok(()) => Some((stream, id, hs, leftover)),
+            Err(text) => {
+                info!(id, %addr, name = %hs.name, reason = %format_args!("refused: {text}"), "disconnect");
+                crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
+                refuse(stream, format, text).await;
+                None
+            }
+        },
         Err(text) => {
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
             crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));

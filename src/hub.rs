@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::auth::Users;
 use crate::protocol::Format;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::store::Store;
@@ -18,6 +19,8 @@ pub struct Hub {
     max_members: usize,
     /// Bytes queued in all rooms together.
     pub budget: Arc<Budget>,
+    /// The registered names (a name can be taken by `/nick` only if it is not one).
+    pub users: Arc<Users>,
 }
 
 impl Hub {
@@ -41,7 +44,14 @@ impl Hub {
             max_rooms,
             max_members,
             budget: Arc::new(Budget::new(max_queued_total)),
+            users: Users::none(),
         }
+    }
+
+    /// The same hub, knowing the registered names.
+    pub fn with_users(mut self, users: Arc<Users>) -> Self {
+        self.users = users;
+        self
     }
 
     /// While the bytes queued in all rooms are over `max`, cuts off the member with the most

@@ -7,6 +7,7 @@
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
 //! the flags, and [`client`] the terminal client. The binaries only wire these together.
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;

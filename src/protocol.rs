@@ -36,7 +36,22 @@ pub struct Handshake {
     pub history: Option<u64>,
     /// `"since": ID`: replay every stored message after ID (resume after a reconnect).
     pub since: Option<u64>,
+    /// `"password"`: for a registered name.
+    pub password: Option<Secret>,
 }
+
+/// A password: never printed, not even in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD: usize = 1024;
 
 /// Parses the handshake object. Unknown keys are ignored, so clients of later versions (or with
 /// extra fields of their own) still get in.
@@ -74,12 +89,21 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
     };
     let history = count("history")?;
     let since = count("since")?;
+    let password = match map.get("password") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if p.len() <= MAX_PASSWORD => Some(Secret(p.clone())),
+        Some(Value::String(_)) => {
+            return Err(format!("\"password\" is longer than {MAX_PASSWORD} bytes"))
+        }
+        Some(_) => return Err("\"password\" must be a string".into()),
+    };
     Ok(Handshake {
         name,
         room,
         format,
         history,
         since,
+        password,
     })
 }
 

@@ -58,6 +58,15 @@ impl Server {
             }
             _ => None,
         };
+        let users = crate::auth::Users::load(&config.data_dir, config.require_auth)
+            .map_err(io::Error::other)?;
+        if config.require_auth
+            && crate::auth::list_users(&config.data_dir).is_ok_and(|u| u.is_empty())
+        {
+            warn!(
+                "--require-auth with no registered names: nobody can join (machat user add NAME)"
+            );
+        }
         let listeners = listen_all(&config.addr, config.backlog).await?;
         let tls_listeners = match &config.tls_addr {
             Some(addr) => listen_all(addr, config.backlog).await?,
@@ -73,7 +82,7 @@ impl Server {
         Ok(Server {
             listeners,
             tls_listeners,
-            ctx: Arc::new(Shared::new(config, store, tls)),
+            ctx: Arc::new(Shared::new(config, store, tls, users)),
             admission,
             web,
             metrics,

@@ -194,6 +194,10 @@ impl Session {
                 if args == self.name {
                     return self.error(&format!("you are already called {args}"));
                 }
+                // A registered name is taken only at the handshake, with its password.
+                if self.hub.users.is_registered(args) {
+                    return self.error(&format!("name {args} is registered"));
+                }
                 match self.room.rename(self.seat, args) {
                     Ok(()) => self.name = args.to_owned(),
                     Err(RoomError::NameTaken) => {

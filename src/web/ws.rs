@@ -147,6 +147,12 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             return;
         }
     };
+    if let Err(text) = ctx.hub.users.check(addr.ip(), &hs).await {
+        info!(id, %addr, name = %hs.name, reason = %format_args!("refused: {text}"), "disconnect");
+        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
+        goodbye(&mut socket, &Reason::Refused(text.into()), Vec::new()).await;
+        return;
+    }
     let replay = replay_wanted(&hs, ctx);
     let (room, seat, history) =
         match ctx
