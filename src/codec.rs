@@ -60,7 +60,7 @@ impl HandshakeDecoder {
                 self.buf = Vec::new();
                 HandshakeStatus::Done(value, used)
             }
-            Some(Err(e)) if e.is_eof() => {
+            Some(Err(e)) if e.is_eof() || number_may_grow(&e, &self.buf) => {
                 if self.buf.len() > self.max {
                     HandshakeStatus::Invalid(too_large(self.max))
                 } else {
@@ -71,6 +71,13 @@ impl HandshakeDecoder {
             None => HandshakeStatus::Incomplete,
         }
     }
+}
+
+/// serde_json judges a number as soon as its digits stop, even at the end of the bytes so far:
+/// `1` and 400 zeros is out of range, but `e-400` may still arrive and make it 1. Such an error,
+/// with a buffer that ends in a digit, is not final yet.
+fn number_may_grow(e: &serde_json::Error, buf: &[u8]) -> bool {
+    buf.last().is_some_and(u8::is_ascii_digit) && e.to_string().starts_with("number out of range")
 }
 
 fn too_large(max: usize) -> String {
@@ -395,6 +402,33 @@ mod tests {
         assert!(matches!(h.feed(b"nope"), HandshakeStatus::Invalid(_)));
         let mut h = HandshakeDecoder::new(4096);
         assert_eq!(h.feed(b"{\"a\":"), HandshakeStatus::Incomplete);
+    }
+
+    #[test]
+    fn a_number_is_not_judged_before_it_ends() {
+        // Found by the handshake fuzzer: a valid handshake was refused ("number out of range")
+        // when a read ended inside the digits of `1` and 400 zeros, before its `e-400`.
+        let hs = format!(
+            "{{\"name\":\"a\",\"room\":\"r\",\"x\":1{}e-400}}",
+            "0".repeat(400)
+        );
+        let cut = hs.find("e-400").unwrap();
+        let mut h = HandshakeDecoder::new(4096);
+        assert_eq!(h.feed(&hs.as_bytes()[..cut]), HandshakeStatus::Incomplete);
+        match h.feed(&hs.as_bytes()[cut..]) {
+            HandshakeStatus::Done(v, used) => {
+                assert_eq!(used, hs.len() - cut);
+                assert_eq!(v["x"], 1.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A number that is out of range once it has ended is still refused.
+        let mut h = HandshakeDecoder::new(4096);
+        assert_eq!(h.feed(b"{\"x\":1e400"), HandshakeStatus::Incomplete);
+        assert!(matches!(
+            h.feed(b"}"),
+            HandshakeStatus::Invalid(e) if e.contains("number out of range")
+        ));
     }
 
     #[test]
