@@ -78,6 +78,10 @@ impl Admission {
         })
     }
 
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }

@@ -19,6 +19,8 @@ pub enum Transport {
     /// The line protocol inside TLS (`--tls-addr`).
     Tls,
     WebSocket,
+    /// An HTTP connection to the web side (before any WebSocket upgrade).
+    Http,
 }
 
 impl Transport {
@@ -27,6 +29,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::WebSocket => "websocket",
+            Transport::Http => "http",
         }
     }
 }
@@ -40,6 +43,7 @@ static OPEN_TLS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transpo
 static OUT_TLS: LazyLock<Counter> = LazyLock::new(|| counter!(BYTES_OUT, "transport" => "tls"));
 static OPEN_WS: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transport" => "websocket"));
 static OUT_TCP: LazyLock<Counter> = LazyLock::new(|| counter!(BYTES_OUT, "transport" => "tcp"));
+static OPEN_HTTP: LazyLock<Gauge> = LazyLock::new(|| gauge!(CONNECTIONS, "transport" => "http"));
 static OUT_WS: LazyLock<Counter> =
     LazyLock::new(|| counter!(BYTES_OUT, "transport" => "websocket"));
 static RECEIVED: LazyLock<Counter> = LazyLock::new(|| counter!("machat_messages_received_total"));
@@ -116,6 +120,7 @@ fn open_gauge(transport: Transport) -> &'static Gauge {
         Transport::Tcp => &OPEN_TCP,
         Transport::Tls => &OPEN_TLS,
         Transport::WebSocket => &OPEN_WS,
+        Transport::Http => &OPEN_HTTP,
     }
 }
 
@@ -123,7 +128,8 @@ pub fn bytes_out(transport: Transport, n: usize) {
     let counter = match transport {
         Transport::Tcp => &OUT_TCP,
         Transport::Tls => &OUT_TLS,
-        Transport::WebSocket => &OUT_WS,
+        // HTTP answers are not counted; WebSocket frames are.
+        Transport::WebSocket | Transport::Http => &OUT_WS,
     };
     counter.increment(n as u64);
 }

@@ -657,3 +657,28 @@ fn raw_ws_join(server: &Server, name: &str, room: &str) -> TcpStream {
     s.write_all(&frame).unwrap();
     s
 }
+
+#[test]
+fn slow_or_silent_http_clients_are_cut_off_at_the_handshake_timeout() {
+    let server = web_server(&["--handshake-timeout", "1"]);
+    let http = server.http.unwrap();
+    // Headers that never end (slowloris), and a connection that never sends a byte.
+    let mut slow = TcpStream::connect_timeout(&http, TIMEOUT).unwrap();
+    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut silent = TcpStream::connect_timeout(&http, TIMEOUT).unwrap();
+    silent.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let start = Instant::now();
+    for s in [&mut slow, &mut silent] {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // Meanwhile and afterwards, real requests are served.
+    let (status, _) = get_json(http, "/healthz");
+    assert_eq!(status, 200);
+}

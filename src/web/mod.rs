@@ -14,21 +14,25 @@ pub use ws::handshake_frame;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::connection::Shared;
 use crate::limits::Admission;
+use crate::metrics::Transport;
 
 /// What every web request can reach.
 pub struct WebState {
@@ -92,32 +96,17 @@ impl Web {
             info!("http listening on {addr} ({scheme})");
         }
         let app = router(state.clone());
+        // HTTP connections are counted apart from chat connections (a WebSocket is counted
+        // again as one when it upgrades), with the same limits.
+        let config = &state.ctx.config;
+        let admission = Arc::new(Admission::new(
+            state.admission.max_total(),
+            config.max_per_ip,
+        ));
         let mut tasks = Vec::new();
         for listener in self.listeners {
-            let app = app
-                .clone()
-                .into_make_service_with_connect_info::<SocketAddr>();
-            let mut shutdown = state.shutdown.clone();
-            let stop = async move {
-                let _ = shutdown.wait_for(|&stop| stop).await;
-            };
-            let served = match &state.tls {
-                // tap_io gives the TLS listener axum's SocketAddr connect info.
-                Some(tls) => {
-                    let listener = TlsListener::start(listener, tls.clone(), &state);
-                    let serve = axum::serve(listener.tap_io(|_| {}), app);
-                    tokio::spawn(async move { serve.with_graceful_shutdown(stop).await })
-                }
-                None => {
-                    let serve = axum::serve(listener, app);
-                    tokio::spawn(async move { serve.with_graceful_shutdown(stop).await })
-                }
-            };
-            tasks.push(tokio::spawn(async move {
-                if let Ok(Err(e)) = served.await {
-                    warn!("http server stopped: {e}");
-                }
-            }));
+            let (app, state, admission) = (app.clone(), state.clone(), admission.clone());
+            tasks.push(tokio::spawn(accept_loop(listener, app, state, admission)));
         }
         for t in tasks {
             let _ = t.await;
@@ -125,66 +114,75 @@ impl Web {
     }
 }
 
-/// Accepts TCP and completes TLS handshakes in tasks of their own, so a client that stalls its
-/// handshake holds up no one else; axum gets only finished TLS streams.
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: io::Result<SocketAddr>,
-}
-
-impl TlsListener {
-    fn start(listener: TcpListener, tls: TlsAcceptor, state: &WebState) -> Self {
-        let (tx, ready) = mpsc::channel(64);
-        let local = listener.local_addr();
-        let within = state.ctx.config.handshake_timeout();
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    state: Arc<WebState>,
+    admission: Arc<Admission>,
+) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|&stop| stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                warn!("http accept failed: {e}; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(ticket) = admission.admit(addr.ip(), Transport::Http) else {
+            continue; // over the limits: closed without a word
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, state) = (app.clone(), state.clone());
         tokio::spawn(async move {
-            loop {
-                let (stream, addr) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors, say: wait rather than spin.
-                        warn!("https accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (tls, done) = (tls.clone(), tx.clone());
-                tokio::spawn(async move {
+            match &state.tls {
+                None => serve_connection(stream, addr, app, &state).await,
+                Some(tls) => {
+                    let within = state.ctx.config.handshake_timeout();
                     match tokio::time::timeout(within, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = done.send((stream, addr)).await;
-                        }
+                        Ok(Ok(stream)) => serve_connection(stream, addr, app, &state).await,
                         Ok(Err(e)) => info!(%addr, "https: tls handshake failed: {e}"),
                         Err(_) => info!(%addr, "https: tls handshake timeout"),
                     }
-                });
-                if tx.is_closed() {
-                    return;
                 }
             }
+            drop(ticket);
         });
-        TlsListener { ready, local }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor stopped: nothing will come again.
-            None => std::future::pending().await,
-        }
+/// Serves HTTP/1.1 on one connection (upgrades to WebSocket included), and lets it finish its
+/// current request at shutdown. A client has `--handshake-timeout` to send a request's headers
+/// (as a chat client has to send its handshake): a slowloris client is cut off there.
+async fn serve_connection<I>(io: I, addr: SocketAddr, app: Router, state: &WebState)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(addr));
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.ctx.config.handshake_timeout());
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut shutdown = state.shutdown.clone();
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.wait_for(|&stop| stop) => {}
     }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.local {
-            Ok(addr) => Ok(*addr),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        }
-    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
 }
 
 fn router(state: Arc<WebState>) -> Router {
