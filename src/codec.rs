@@ -60,7 +60,7 @@ impl HandshakeDecoder {
                 self.buf = Vec::new();
                 HandshakeStatus::Done(value, used)
             }
-            Some(Err(e)) if e.is_eof() || number_may_grow(&e, &self.buf) => {
+            Some(Err(e)) if e.is_eof() || number_may_grow(&e, &self.buf[start..]) => {
                 if self.buf.len() > self.max {
                     HandshakeStatus::Invalid(too_large(self.max))
                 } else {
@@ -75,9 +75,16 @@ impl HandshakeDecoder {
 
 /// serde_json judges a number as soon as its digits stop, even at the end of the bytes so far:
 /// `1` and 400 zeros is out of range, but `e-400` may still arrive and make it 1. Such an error,
-/// with a buffer that ends in a digit, is not final yet.
-fn number_may_grow(e: &serde_json::Error, buf: &[u8]) -> bool {
-    buf.last().is_some_and(u8::is_ascii_digit) && e.to_string().starts_with("number out of range")
+/// detected at the last byte of `json`, is not final yet. (One detected earlier is: the exponent
+/// already overflowed, and the same bytes give the same error whatever follows.)
+fn number_may_grow(e: &serde_json::Error, json: &[u8]) -> bool {
+    if !json.last().is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    // serde_json's position of the last byte: 1-based line, and column within the line.
+    let line = 1 + memchr::memchr_iter(b'\n', json).count();
+    let column = json.len() - json.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    e.line() == line && e.column() == column && e.to_string().starts_with("number out of range")
 }
 
 fn too_large(max: usize) -> String {
@@ -422,11 +429,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The same in JSON spread over lines.
+        let mut h = HandshakeDecoder::new(4096);
+        let hs = hs.replace(",", ",\n ");
+        let cut = hs.find("e-400").unwrap();
+        assert_eq!(h.feed(&hs.as_bytes()[..cut]), HandshakeStatus::Incomplete);
+        assert!(matches!(
+            h.feed(&hs.as_bytes()[cut..]),
+            HandshakeStatus::Done(..)
+        ));
         // A number that is out of range once it has ended is still refused.
         let mut h = HandshakeDecoder::new(4096);
         assert_eq!(h.feed(b"{\"x\":1e400"), HandshakeStatus::Incomplete);
         assert!(matches!(
             h.feed(b"}"),
+            HandshakeStatus::Invalid(e) if e.contains("number out of range")
+        ));
+        // And one whose exponent overflowed before the end of the bytes is refused at once,
+        // even when the bytes end in a digit (a later number): more bytes cannot change it.
+        let mut h = HandshakeDecoder::new(4096);
+        assert!(matches!(
+            h.feed(b"{\"x\":1e99999999999,\"y\":1"),
             HandshakeStatus::Invalid(e) if e.contains("number out of range")
         ));
     }
