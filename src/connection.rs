@@ -33,12 +33,12 @@ use crate::hub::Hub;
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{
-    parse_handshake, render_history, render_history_end, render_history_messages,
+    parse_handshake, render_answer, render_history_end, render_history_messages,
     render_history_start, Format, Handshake, Reply,
 };
 use crate::room::{Replay, ReplayStart, Room, Take};
 use crate::session::{End, Next, RateLimit, Session};
-use crate::store::{History, Store, MAX_REPLAY};
+use crate::store::{Store, MAX_REPLAY};
 use crate::transport::{Io, READ_CHUNK};
 
 /// Most bytes copied out of a room for one write.
@@ -528,14 +528,6 @@ pub(crate) async fn replay_history(
     Ok(())
 }
 
-/// Renders a history answer: the replay, or the reason there is none.
-pub(crate) fn render_answer(room: &str, format: Format, answer: History, out: &mut Vec<u8>) {
-    match answer {
-        Ok(messages) => render_history(room, format, &messages, out),
-        Err(reason) => Reply::Error(&reason).render(format, out),
-    }
-}
-
 /// Sends `*** error: REASON` (or its JSON form) and closes.
 async fn refuse<S: Io>(stream: S, format: Format, text: &str) {
     let mut line = Vec::new();
@@ -627,19 +619,12 @@ impl<S: Io> Connection<S> {
                 return Poll::Ready(Reason::Shutdown);
             }
             let mut progress = false;
-            if let Some(answer) = self.session.history_wait.as_mut() {
-                if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
-                    self.session.history_wait = None;
-                    let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
-                    let mut bytes = Vec::new();
-                    let (room, seat) = (&self.session.room, self.session.seat);
-                    render_answer(room.name(), self.session.format, answer, &mut bytes);
-                    if room.reply_bytes(seat, bytes).is_err() {
-                        return Poll::Ready(Reason::Ended(End::SlowConsumer));
-                    }
-                    self.resume();
-                    progress = true;
+            if let Poll::Ready(answered) = self.session.poll_history(cx) {
+                if answered.is_err() {
+                    return Poll::Ready(Reason::Ended(End::SlowConsumer));
                 }
+                self.resume();
+                progress = true;
             }
             if let Some(sleep) = self.throttle.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {

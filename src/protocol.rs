@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::StoredMessage;
+use crate::store::{History, StoredMessage};
 
 /// Longest name, in characters (not bytes).
 pub const MAX_NAME_CHARS: usize = 32;
@@ -384,6 +384,14 @@ pub fn render_history(room: &str, format: Format, messages: &[StoredMessage], ou
     render_history_start(room, format, messages.len(), out);
     render_history_messages(room, format, messages, out);
     render_history_end(room, format, out);
+}
+
+/// Renders a history answer: the replay, or the reason there is none.
+pub fn render_answer(room: &str, format: Format, answer: History, out: &mut Vec<u8>) {
+    match answer {
+        Ok(messages) => render_history(room, format, &messages, out),
+        Err(reason) => Reply::Error(&reason).render(format, out),
+    }
 }
 
 /// The line that opens a replay of `n` messages.

@@ -73,7 +73,7 @@ impl Server {
             None => Vec::new(),
         };
         let web = match config.http_addr() {
-            Some(addr) => Some(Web::bind(addr).await?),
+            Some(addr) => Some(Web::bind(addr, config.backlog).await?),
             None => None,
         };
         // The metrics are served on the web side; without it, counting would be for nobody.
@@ -187,7 +187,7 @@ async fn drain(admission: &Admission) {
 }
 
 /// Binds every address `addr` resolves to, with the configured backlog.
-async fn listen_all(addr: &str, backlog: u32) -> io::Result<Vec<TcpListener>> {
+pub(crate) async fn listen_all(addr: &str, backlog: u32) -> io::Result<Vec<TcpListener>> {
     let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?

@@ -4,11 +4,16 @@
 //! Nothing here does I/O or awaits: the connection feeds lines in and carries the outcome out,
 //! so every rule of the chat can be exercised without a socket.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::hub::Hub;
-use crate::protocol::{clean_line, clean_message, validate_name, validate_room, Format, Reply};
+use crate::protocol::{
+    clean_line, clean_message, render_answer, validate_name, validate_room, Format, Reply,
+};
 use crate::room::{Room, RoomError, Seat};
 use crate::store::{Pending, MAX_REPLAY};
 
@@ -281,6 +286,20 @@ impl Session {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Queues a `/history` answer for the client once the store has it: Pending until then
+    /// (or when none is awaited), Ready(Err) if the client was cut off meanwhile.
+    pub fn poll_history(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RoomError>> {
+        let Some(pending) = self.history_wait.as_mut() else {
+            return Poll::Pending;
+        };
+        let answer = ready!(Pin::new(pending).poll(cx));
+        self.history_wait = None;
+        let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
+        let mut bytes = Vec::new();
+        render_answer(self.room.name(), self.format, answer, &mut bytes);
+        Poll::Ready(self.room.reply_bytes(self.seat, bytes))
     }
 
     /// Leaves the room for good, moving what was still unread to `out`.

@@ -52,33 +52,10 @@ pub struct Web {
 
 impl Web {
     /// Binds every address `addr` resolves to.
-    pub async fn bind(addr: &str) -> io::Result<Web> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+    pub async fn bind(addr: &str, backlog: u32) -> io::Result<Web> {
+        let listeners = crate::server::listen_all(addr, backlog)
             .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
-            .collect();
-        let mut listeners = Vec::new();
-        let mut last_err = None;
-        for a in addrs {
-            match TcpListener::bind(a).await {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    warn!(addr = %a, "http: cannot listen: {e}");
-                    last_err = Some(io::Error::new(
-                        e.kind(),
-                        format!("cannot listen on {a} (--http): {e}"),
-                    ));
-                }
-            }
-        }
-        if listeners.is_empty() {
-            return Err(last_err.unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::AddrNotAvailable,
-                    "--http resolved to nothing",
-                )
-            }));
-        }
+            .map_err(|e| io::Error::new(e.kind(), format!("--http: {e}")))?;
         Ok(Web { listeners })
     }
 

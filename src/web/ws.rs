@@ -28,7 +28,7 @@ use tracing::info;
 
 use super::api::error;
 use super::WebState;
-use crate::connection::{render_answer, replay_history, replay_wanted, ReplayOut, Shared};
+use crate::connection::{replay_history, replay_wanted, ReplayOut, Shared};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
@@ -335,18 +335,11 @@ impl WsConnection {
                 return Poll::Ready(Reason::Shutdown);
             }
             let mut progress = false;
-            if let Some(answer) = self.session.history_wait.as_mut() {
-                if let Poll::Ready(answer) = Pin::new(answer).poll(cx) {
-                    self.session.history_wait = None;
-                    let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
-                    let mut bytes = Vec::new();
-                    let (room, seat) = (&self.session.room, self.session.seat);
-                    render_answer(room.name(), Format::Json, answer, &mut bytes);
-                    if room.reply_bytes(seat, bytes).is_err() {
-                        return Poll::Ready(Reason::Ended(End::SlowConsumer));
-                    }
-                    progress = true;
+            if let Poll::Ready(answered) = self.session.poll_history(cx) {
+                if answered.is_err() {
+                    return Poll::Ready(Reason::Ended(End::SlowConsumer));
                 }
+                progress = true;
             }
             if let Some(sleep) = self.throttle.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
