@@ -39,7 +39,12 @@ impl HandshakeDecoder {
         let before = self.buf.len();
         let room = (self.max + 1).saturating_sub(before);
         self.buf.extend_from_slice(&input[..input.len().min(room)]);
-        let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+        // JSON's whitespace only (not form feed, which `is_ascii_whitespace` also accepts): the
+        // same bytes as a WebSocket handshake frame, parsed by serde_json alone.
+        let start = self
+            .buf
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
         let Some(start) = start else {
             if self.buf.len() > self.max {
                 return HandshakeStatus::Invalid(too_large(self.max));
@@ -409,6 +414,22 @@ mod tests {
         assert!(matches!(h.feed(b"nope"), HandshakeStatus::Invalid(_)));
         let mut h = HandshakeDecoder::new(4096);
         assert_eq!(h.feed(b"{\"a\":"), HandshakeStatus::Incomplete);
+    }
+
+    #[test]
+    fn only_json_whitespace_before_the_handshake() {
+        // Found by the ws_input fuzzer: TCP skipped a form feed before the object (any ASCII
+        // whitespace), so it accepted a handshake the WebSocket side and docs/PROTOCOL.md refuse.
+        let mut h = HandshakeDecoder::new(4096);
+        assert!(matches!(
+            h.feed(b"\x0c{\"name\":\"a\",\"room\":\"r\"}"),
+            HandshakeStatus::Invalid(e) if e.starts_with("invalid handshake JSON")
+        ));
+        let mut h = HandshakeDecoder::new(4096);
+        assert!(matches!(
+            h.feed(b" \t\r\n{\"name\":\"a\",\"room\":\"r\"}"),
+            HandshakeStatus::Done(_, 27)
+        ));
     }
 
     #[test]
