@@ -5,9 +5,16 @@
 #   bench/compare.sh F1 F2        # some of them
 #   RUNS=5 TARGETS="machat nats" bench/compare.sh F3
 #   TARGETS="machat-nohist machat" bench/compare.sh F1   # history off vs on (the default)
+#   TARGETS="machat machat-ws" bench/compare.sh F1 I1    # WebSocket clients beside TCP ones
 #
 # Every run gets a fresh server on a free loopback port, started here and stopped after the
-# run; runs go round-robin over the targets (machat, redis, nats), RUNS times. Raw JSON lines
+# run; runs go round-robin over the targets (machat, redis, nats), RUNS times.
+#
+# machat targets: `machat` (clients over TCP), `machat-nohist` (the same with --history off) and
+# `machat-ws` (clients over WebSocket, ws://127.0.0.1:HTTPPORT/ws). All three start the same
+# server, with the web side on a second free port (--http 127.0.0.1:HTTPPORT, instead of the
+# default localhost:8080 that another server on this machine may hold), so they differ only in
+# how the bench connects. Scenario flags below apply to all of them. Raw JSON lines
 # go to target/bench/raw-<date>.jsonl, server logs to target/bench/logs/, and a table of
 # medians is printed at the end (and saved as target/bench/medians-<date>.md).
 #
@@ -21,7 +28,7 @@
 #   I1  19,000 idle connections, 10 per room (Redis: a subscribed connection; NATS: a
 #       connection with one SUB). machat runs with its default flags.
 #
-# Environment: RUNS (3), TARGETS ("machat redis nats"), BENCH_THREADS (1, generator threads),
+# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws), BENCH_THREADS (1, generator threads),
 # DURATION (override F2/F3 seconds, for quick checks), F1_MESSAGES (override 10000),
 # I1_CONNS (override 19000), SKIP_BUILD=1 (use the binaries as they are).
 set -euo pipefail
@@ -66,7 +73,7 @@ command -v python3 >/dev/null || {
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     case " $TARGETS " in
-        *" machat "*) cargo build --release ;;
+        *" machat "* | *" machat-nohist "* | *" machat-ws "*) cargo build --release ;;
         *) cargo build --release --bin machat-bench ;;
     esac
 fi
@@ -106,13 +113,16 @@ port_listening() {
     fi
 }
 
-# start_server TARGET SCENARIO PORT LOG: sets SERVER_PID
+# start_server TARGET SCENARIO PORT LOG [HTTP_PORT]: sets SERVER_PID
 start_server() {
-    local target=$1 scenario=$2 port=$3 log=$4
+    local target=$1 scenario=$2 port=$3 log=$4 http_port=${5:-}
     case "$target" in
-        machat | machat-nohist)
+        machat | machat-nohist | machat-ws)
             # A fresh history database per run (machat-nohist: history off, for the on/off ratio).
-            local extra=(--data-dir "$OUT/data-$port")
+            # Defaults otherwise: --max-per-ip 4096 (I1's 19,000 connections come from 32 source
+            # addresses, ~600 each) and --max-connections = the descriptor limit (raised to the
+            # hard limit, 20,000 here) minus 64; both count TCP and WebSocket clients alike.
+            local extra=(--data-dir "$OUT/data-$port" --http "127.0.0.1:$http_port")
             rm -rf "$OUT/data-$port"
             case "$scenario" in F1 | F3) extra+=(--max-line-rate 0) ;; esac
             [ "$target" = machat-nohist ] && extra+=(--history off)
@@ -130,7 +140,7 @@ start_server() {
     esac
     SERVER_PID=$!
     for _ in $(seq 1 200); do
-        if port_listening "$port"; then
+        if port_listening "$port" && { [ -z "$http_port" ] || port_listening "$http_port"; }; then
             return 0
         fi
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -141,7 +151,7 @@ start_server() {
         fi
         sleep 0.05
     done
-    echo "server $target did not listen on $port within 10 s" >&2
+    echo "server $target did not listen on $port ${http_port:+and $http_port }within 10 s" >&2
     return 1
 }
 
@@ -175,8 +185,18 @@ for scenario in "${SCENARIOS[@]}"; do
     for run in $(seq 1 "$RUNS"); do
         for target in $TARGETS; do
             port=$(free_port)
+            http_port=""
+            bench_port=$port
+            case "$target" in
+                machat | machat-nohist | machat-ws)
+                    http_port=$(free_port)
+                    while [ "$http_port" = "$port" ]; do http_port=$(free_port); done
+                    # machat-ws: the bench connects to ws://127.0.0.1:HTTPPORT/ws
+                    [ "$target" = machat-ws ] && bench_port=$http_port
+                    ;;
+            esac
             log="$OUT/logs/$STAMP-$scenario-$target-$run.log"
-            if ! start_server "$target" "$scenario" "$port" "$log"; then
+            if ! start_server "$target" "$scenario" "$port" "$log" "$http_port"; then
                 printf '{"label":"%s","target":"%s","run":%s,"error":"server did not start"}\n' \
                     "$scenario" "$target" "$run" >>"$RAW"
                 stop_server
@@ -184,10 +204,10 @@ for scenario in "${SCENARIOS[@]}"; do
             fi
             # shellcheck disable=SC2046
             args=$(scenario_args "$scenario")
-            echo "== $scenario run $run/$RUNS: $target (port $port, pid $SERVER_PID)" >&2
+            echo "== $scenario run $run/$RUNS: $target (port $bench_port, pid $SERVER_PID)" >&2
             set +e
             # shellcheck disable=SC2086
-            line=$("$BENCH" --target "${target%-nohist}" --addr "127.0.0.1:$port" --server-pid "$SERVER_PID" \
+            line=$("$BENCH" --target "${target%-nohist}" --addr "127.0.0.1:$bench_port" --server-pid "$SERVER_PID" \
                 --threads "$BENCH_THREADS" --json --label "$scenario" $args 2>"$OUT/last-error.txt")
             rc=$?
             set -e
@@ -265,6 +285,14 @@ for label in order:
             continue
         cells = [fmt(med([r.get(c[0]) for r in rs]), c[2]) for c in cols]
         print(f"| {t} | {len(rs)}/{len(rs) + failed} | " + " | ".join(cells) + " |")
+    # WebSocket beside TCP: the ratio of the medians, same run.
+    if "machat" in targets and "machat-ws" in targets:
+        cells = []
+        for c in cols:
+            a = med([r.get(c[0]) for r in ok if r["target"] == "machat-ws"])
+            b = med([r.get(c[0]) for r in ok if r["target"] == "machat"])
+            cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+        print("| machat-ws / machat | | " + " | ".join(cells) + " |")
 PY
 cat "$MED"
 echo >&2

@@ -30,6 +30,8 @@ use crate::procstat;
 use crate::proto::{self, Event, Target, Text};
 use crate::Common;
 
+mod ws;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
     /// Clients in total, spread round-robin over the rooms.
@@ -254,54 +256,63 @@ impl RecvState {
     #[inline(always)]
     fn on_event(&mut self, ev: Event<'_>, now_ns: u64, lat: &mut LatAgg) {
         match ev {
-            Event::Payload(p) => match proto::parse_payload(p) {
-                Text::Measured {
-                    sender,
-                    seq,
-                    sent_ns,
-                } => {
-                    self.batch += 1;
-                    let us = now_ns.saturating_sub(sent_ns) / 1000;
-                    lat.record(us);
-                    let local = sender.wrapping_sub(self.room_first_sid) as usize;
-                    match self.last_seq.get_mut(local) {
-                        Some(last) => {
-                            if seq < *last {
-                                self.out_of_order += 1;
-                            }
-                            *last = seq + 1;
-                        }
-                        None => self.foreign += 1,
-                    }
-                    if let Some((sid, shared, notify)) = &self.own_echo {
-                        if *sid == sender {
-                            shared.echoed.fetch_max(seq + 1, Relaxed);
-                            if *notify {
-                                shared.notify.notify_one();
-                            }
-                        }
-                    }
-                }
-                Text::Ready { client } => {
-                    if client == self.own_client && self.target != Target::Redis {
-                        self.ready = true;
-                    }
-                }
-                Text::Foreign => self.foreign += 1,
-            },
+            Event::Payload(p) => self.on_text(proto::parse_payload(p), now_ns, lat),
+            Event::Text(t) => self.on_text(proto::parse_text(t), now_ns, lat),
             Event::Subscribed => {
                 if self.target == Target::Redis {
                     self.ready = true;
                 }
             }
             Event::Ping => self.pongs += 1,
-            Event::Error(e) => {
-                if self.server_errors.len() < 3 {
-                    self.server_errors
-                        .push(String::from_utf8_lossy(e).into_owned());
+            Event::Error(e) => self.server_error(String::from_utf8_lossy(e).into_owned()),
+            Event::Notice(_) | Event::Pong | Event::Other => {}
+        }
+    }
+
+    /// Keeps the first few errors the server reported.
+    #[cold]
+    fn server_error(&mut self, e: String) {
+        if self.server_errors.len() < 3 {
+            self.server_errors.push(e);
+        }
+    }
+
+    #[inline(always)]
+    fn on_text(&mut self, text: Text, now_ns: u64, lat: &mut LatAgg) {
+        match text {
+            Text::Measured {
+                sender,
+                seq,
+                sent_ns,
+            } => {
+                self.batch += 1;
+                let us = now_ns.saturating_sub(sent_ns) / 1000;
+                lat.record(us);
+                let local = sender.wrapping_sub(self.room_first_sid) as usize;
+                match self.last_seq.get_mut(local) {
+                    Some(last) => {
+                        if seq < *last {
+                            self.out_of_order += 1;
+                        }
+                        *last = seq + 1;
+                    }
+                    None => self.foreign += 1,
+                }
+                if let Some((sid, shared, notify)) = &self.own_echo {
+                    if *sid == sender {
+                        shared.echoed.fetch_max(seq + 1, Relaxed);
+                        if *notify {
+                            shared.notify.notify_one();
+                        }
+                    }
                 }
             }
-            Event::Notice(_) | Event::Pong | Event::Other => {}
+            Text::Ready { client } => {
+                if client == self.own_client && self.target != Target::Redis {
+                    self.ready = true;
+                }
+            }
+            Text::Foreign => self.foreign += 1,
         }
     }
 }
@@ -423,6 +434,23 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// This thread's latency aggregate for the run of `ctx` (made and registered on first use).
+fn thread_lat<'a>(
+    ctx: &Ctx,
+    lat: &'a mut Option<(usize, Arc<std::sync::Mutex<LatAgg>>)>,
+) -> &'a Arc<std::sync::Mutex<LatAgg>> {
+    let id = ctx.run_id;
+    if lat.as_ref().is_some_and(|(i, _)| *i != id) {
+        *lat = None; // left from an earlier run
+    }
+    &lat.get_or_insert_with(|| {
+        let agg = Arc::new(std::sync::Mutex::new(LatAgg::new()));
+        lock(&ctx.lat_aggs).push(agg.clone());
+        (id, agg)
+    })
+    .1
+}
+
 /// Reads once into the thread's buffer (after the connection's incomplete frame, `carry`) and
 /// decodes every complete frame; returns the bytes read (0 = end of stream). The buffer is only
 /// borrowed within this poll, so the connections of a thread can share it.
@@ -437,15 +465,7 @@ fn poll_read_decode(
     THREAD_STATE.with(|cell| {
         let mut state = cell.borrow_mut();
         let ThreadState { buf, lat } = &mut *state;
-        let id = ctx.run_id;
-        let agg = match lat {
-            Some((i, agg)) if *i == id => agg,
-            _ => {
-                let agg = Arc::new(std::sync::Mutex::new(LatAgg::new()));
-                lock(&ctx.lat_aggs).push(agg.clone());
-                &lat.insert((id, agg)).1
-            }
-        };
+        let agg = thread_lat(ctx, lat);
         let kept = carry.len();
         let end = kept + read_buf; // grows with a frame larger than the buffer
         if buf.len() < end {
@@ -491,7 +511,12 @@ async fn conn_task(ctx: Arc<Ctx>, spec: Spec, phase: watch::Receiver<Phase>) -> 
         is_sender: spec.sender.is_some(),
         ..Default::default()
     };
-    if let Err(e) = conn_run(&ctx, spec, phase, &mut res).await {
+    let run = if ctx.target == Target::MachatWs {
+        ws::conn_run(&ctx, spec, phase, &mut res).await
+    } else {
+        conn_run(&ctx, spec, phase, &mut res).await
+    };
+    if let Err(e) = run {
         ctx.failed.fetch_add(1, Relaxed);
         res.error = Some(e);
     }

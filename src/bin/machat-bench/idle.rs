@@ -2,20 +2,28 @@
 //! opening them took and the server's resident memory per connection.
 //!
 //! A connection counts as open when the server confirmed membership: machat's own
-//! `*** NAME joined` notice, Redis's subscribe confirmation, NATS's `PONG` after `SUB` + `PING`.
+//! `*** NAME joined` notice (over WebSocket: its own JSON join event), Redis's subscribe
+//! confirmation, NATS's `PONG` after `SUB` + `PING`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::net;
 use crate::procstat;
 use crate::proto::{self, Event, Target};
+use crate::ws;
 use crate::Common;
+
+/// tungstenite's read buffer per idle WebSocket connection (allocated up front): an idle member
+/// only reads the join events of its room's later members.
+const WS_READ_BUF: usize = 2048;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct IdleArgs {
@@ -129,6 +137,9 @@ async fn conn_run(
     src: Option<std::net::Ipv4Addr>,
     mut phase: watch::Receiver<bool>,
 ) -> Result<u64, String> {
+    if ctx.target == Target::MachatWs {
+        return conn_run_ws(ctx, idx, room, src, phase).await;
+    }
     let name = proto::client_name(idx);
     let room_name = proto::room_name(room);
     let joined = format!("*** {name} joined");
@@ -183,6 +194,87 @@ async fn conn_run(
                 for _ in 0..pings {
                     write_all(&stream, b"PONG\r\n").await?;
                 }
+            }
+        }
+    }
+}
+
+/// What an idle WebSocket member does with a frame; `Err` ends the connection.
+fn ws_frame(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    error: &mut Option<String>,
+) -> Result<Option<Message>, String> {
+    let why = |what: String, error: &Option<String>| match error {
+        Some(e) => format!("{what} after: {e}"),
+        None => what,
+    };
+    match msg {
+        Some(Ok(Message::Close(frame))) => Err(why(
+            format!(
+                "connection closed by the server ({})",
+                ws::close_text(frame.as_ref())
+            ),
+            error,
+        )),
+        Some(Ok(Message::Text(t))) => {
+            if let Event::Error(e) = proto::decode_ws_frame(t.as_bytes()) {
+                error.get_or_insert_with(|| String::from_utf8_lossy(e).into_owned());
+            }
+            Ok(Some(Message::Text(t)))
+        }
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(why(format!("read: {e}"), error)),
+        None => Err(why("connection closed by the server".into(), error)),
+    }
+}
+
+/// [`conn_run`] over machat's WebSocket endpoint.
+async fn conn_run_ws(
+    ctx: &Ctx,
+    idx: usize,
+    room: usize,
+    src: Option<std::net::Ipv4Addr>,
+    mut phase: watch::Receiver<bool>,
+) -> Result<u64, String> {
+    let name = proto::client_name(idx);
+    let room_name = proto::room_name(room);
+    let joined = proto::ws_join_prefix(&name, &room_name);
+    let mut hs = Vec::new();
+    proto::handshake(ctx.target, &name, &room_name, true, &mut hs);
+    let mut error = None;
+    let open_us;
+    let mut wsock;
+    {
+        let _permit = ctx
+            .sem
+            .acquire()
+            .await
+            .map_err(|_| "semaphore closed".to_string())?;
+        let t0 = Instant::now();
+        wsock = ws::connect(ctx.addr, src, &hs, WS_READ_BUF, t0).await?;
+        loop {
+            if let Some(Message::Text(t)) = ws_frame(wsock.next().await, &mut error)? {
+                if t.as_bytes().starts_with(&joined) {
+                    break;
+                }
+            }
+        }
+        open_us = t0.elapsed().as_micros() as u64;
+    }
+    ctx.opened.fetch_add(1, Relaxed);
+    // Stay: read whatever the server sends (join events of the room's later members, pings,
+    // which tungstenite answers), until told to stop.
+    loop {
+        tokio::select! {
+            biased;
+            r = phase.changed() => {
+                if r.is_err() || *phase.borrow_and_update() {
+                    ws::close(&mut wsock).await;
+                    return Ok(open_us);
+                }
+            }
+            m = wsock.next() => {
+                ws_frame(m, &mut error)?;
             }
         }
     }

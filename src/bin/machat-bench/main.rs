@@ -5,6 +5,9 @@
 //! - `idle`: many quiet connections; reports the time to open them and the server's RSS per
 //!   connection.
 //!
+//! Targets: machat over TCP (`machat`, `--addr` = its chat port), machat's WebSocket endpoint
+//! (`machat-ws`, `--addr` = its `--http` address), Redis and NATS.
+//!
 //! With `--server-pid` the server's peak RSS and CPU time are read from /proc. With `--json`
 //! exactly one JSON line per run is printed on stdout (errors go to stderr, exit code 1).
 
@@ -13,6 +16,7 @@ mod idle;
 mod net;
 mod procstat;
 mod proto;
+mod ws;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -30,7 +34,8 @@ struct Cli {
     /// Server under test.
     #[arg(long, value_enum, default_value_t = Target::Machat, global = true)]
     target: Target,
-    /// Server address.
+    /// Server address (for machat-ws: the server's --http address; the bench connects to
+    /// ws://ADDR/ws).
     #[arg(long, default_value = "127.0.0.1:8989", global = true)]
     addr: String,
     /// Server process id: report its peak RSS and CPU time (from /proc).

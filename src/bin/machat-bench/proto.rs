@@ -7,7 +7,8 @@
 //! - readiness marker: `r <client-id>`
 //!
 //! and every target carries it as `name:text` (machat renders it so; for Redis and NATS the
-//! publisher sends those very bytes as the payload).
+//! publisher sends those very bytes as the payload), except machat over WebSocket, whose frames
+//! are JSON events: there the text is read from the `"text"` field (see [`decode_ws_frame`]).
 
 use std::io::Write as _;
 
@@ -16,6 +17,9 @@ use std::io::Write as _;
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Machat,
+    /// machat's WebSocket endpoint (`ws://ADDR/ws`, ADDR = the server's `--http` address).
+    #[serde(rename = "machat-ws")]
+    MachatWs,
     Redis,
     Nats,
 }
@@ -24,6 +28,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Machat => "machat",
+            Target::MachatWs => "machat-ws",
             Target::Redis => "redis",
             Target::Nats => "nats",
         }
@@ -40,7 +45,9 @@ impl Target {
 pub enum Event<'a> {
     /// A chat message as `name:text` (machat line, Redis `message` push, NATS `MSG` payload).
     Payload(&'a [u8]),
-    /// A machat server notice (`*** ...`).
+    /// A chat message's text alone (machat over WebSocket: the JSON event's `"text"`).
+    Text(&'a [u8]),
+    /// A machat server notice (`*** ...`; over WebSocket: any other JSON event, whole).
     Notice(&'a [u8]),
     /// NATS `PING`: must be answered with `PONG`.
     Ping,
@@ -63,10 +70,15 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Decodes every complete frame in `buf`, calling `f` for each; returns the number of bytes
-/// consumed (the rest is an incomplete frame to keep for the next read).
+/// consumed (the rest is an incomplete frame to keep for the next read). For
+/// [`Target::MachatWs`] `buf` is one WebSocket frame's payload, always consumed whole.
 pub fn decode(target: Target, buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> Result<usize, String> {
     match target {
         Target::Machat => Ok(decode_lines(buf, f)),
+        Target::MachatWs => {
+            f(decode_ws_frame(buf));
+            Ok(buf.len())
+        }
         Target::Nats => decode_nats(buf, f),
         Target::Redis => decode_resp(buf, f),
     }
@@ -84,6 +96,64 @@ fn decode_lines(buf: &[u8], f: &mut impl FnMut(Event<'_>)) -> usize {
         start = nl + 1;
     });
     start
+}
+
+/// How a machat message event starts; its keys come in a fixed order
+/// (`type`, `id`, `room`, `name`, `text`, `ts`: docs/PROTOCOL.md, section 6).
+const WS_MESSAGE: &[u8] = b"{\"type\":\"message\",\"id\":";
+const WS_ROOM_KEY: &[u8] = b",\"room\":\"";
+const WS_NAME_KEY: &[u8] = b"\",\"name\":\"";
+const WS_TEXT_KEY: &[u8] = b"\",\"text\":\"";
+const WS_ERROR: &[u8] = b"{\"type\":\"error\",";
+
+/// Decodes one text frame of machat's WebSocket endpoint, one JSON event. Only as much JSON is
+/// read as the measurement needs: a message's `"text"` value, up to its closing quote. The keys
+/// before it are stepped over in their documented order (the id's digits, the room and the
+/// name up to their closing quotes: the bench's own names need no escapes); a frame of another
+/// shape is searched for `,"text":"`. The bench's own texts have no escapes either; a text with
+/// any comes out cut at its first `\"` and parses as foreign.
+#[inline]
+pub fn decode_ws_frame(frame: &[u8]) -> Event<'_> {
+    if let Some(rest) = frame.strip_prefix(WS_MESSAGE) {
+        let text = ws_text_fast(rest).or_else(|| ws_text_search(rest));
+        return match text {
+            Some(t) => Event::Text(t),
+            None => Event::Other,
+        };
+    }
+    if frame.starts_with(WS_ERROR) {
+        return Event::Error(frame);
+    }
+    Event::Notice(frame)
+}
+
+/// The text of a message event whose keys come as documented, from just after `"id":`.
+#[inline(always)]
+fn ws_text_fast(rest: &[u8]) -> Option<&[u8]> {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest[digits..].strip_prefix(WS_ROOM_KEY)?;
+    let rest = &rest[memchr::memchr(b'"', rest)?..];
+    let rest = rest.strip_prefix(WS_NAME_KEY)?;
+    let rest = &rest[memchr::memchr(b'"', rest)?..];
+    let text = rest.strip_prefix(WS_TEXT_KEY)?;
+    Some(&text[..memchr::memchr(b'"', text)?])
+}
+
+/// The text of a message event of any shape: after the first `,"text":"` (which cannot occur
+/// inside a JSON string: its quotes would be escaped).
+#[cold]
+fn ws_text_search(rest: &[u8]) -> Option<&[u8]> {
+    let key = &WS_TEXT_KEY[1..];
+    let at = memchr::memmem::find(rest, key)?;
+    let text = &rest[at + key.len()..];
+    Some(&text[..memchr::memchr(b'"', text)?])
+}
+
+/// The start of machat's JSON join event for `name` in `room`, as sent over WebSocket
+/// (`{"type":"join","room":ROOM,"name":NAME,"ts":...}`). Names and rooms are the bench's own:
+/// plain ASCII, nothing to escape.
+pub fn ws_join_prefix(name: &str, room: &str) -> Vec<u8> {
+    format!("{{\"type\":\"join\",\"room\":\"{room}\",\"name\":\"{name}\",").into_bytes()
 }
 
 /// Calls `f` with the position of every `\n` in `buf`, in order. With lines of ~70 bytes this
@@ -286,6 +356,13 @@ pub fn handshake(target: Target, name: &str, room: &str, subscribe: bool, out: &
             // Names and rooms are generated by the bench: plain ASCII, no escaping needed.
             let _ = write!(out, "{{\"name\":\"{name}\",\"room\":\"{room}\"}}");
         }
+        Target::MachatWs => {
+            // The first text frame. No replay, whatever the server's --history-on-join.
+            let _ = write!(
+                out,
+                "{{\"name\":\"{name}\",\"room\":\"{room}\",\"history\":0}}"
+            );
+        }
         Target::Redis => {
             if subscribe {
                 let _ = write!(
@@ -305,10 +382,12 @@ pub fn handshake(target: Target, name: &str, room: &str, subscribe: bool, out: &
     }
 }
 
-/// Appends one chat message with text `text` from `name` to `room`.
+/// Appends one chat message with text `text` from `name` to `room`. For
+/// [`Target::MachatWs`] each message is `text\n` too, and the connection sends each line as one
+/// text frame (the bench's texts have no newline).
 pub fn message(target: Target, name: &str, room: &str, text: &[u8], out: &mut Vec<u8>) {
     match target {
-        Target::Machat => {
+        Target::Machat | Target::MachatWs => {
             out.extend_from_slice(text);
             out.push(b'\n');
         }
@@ -548,7 +627,12 @@ pub fn parse_payload(p: &[u8]) -> Text {
     let Some(colon) = find_colon(p) else {
         return Text::Foreign;
     };
-    let t = &p[colon + 1..];
+    parse_text(&p[colon + 1..])
+}
+
+/// Parses a message's text alone (the bench's measured text or readiness marker).
+#[inline(always)]
+pub fn parse_text(t: &[u8]) -> Text {
     #[cfg(target_arch = "x86_64")]
     let fixed = parse_fixed(t);
     #[cfg(not(target_arch = "x86_64"))]
@@ -757,6 +841,60 @@ mod tests {
     }
 
     #[test]
+    fn websocket_frames() {
+        let mut text = Vec::new();
+        measured_text(3, 7, 123456, 64, &mut text);
+        let t = String::from_utf8(text.clone()).unwrap();
+        let want = Text::Measured {
+            sender: 3,
+            seq: 7,
+            sent_ns: 123456,
+        };
+        let ts = "\"ts\":\"2026-11-26T11:22:56.182Z\"}";
+        // As the server sends it, and with keys in another order or added (the slow path).
+        for frame in [
+            format!("{{\"type\":\"message\",\"id\":12,\"room\":\"room0\",\"name\":\"c1\",\"text\":\"{t}\",{ts}"),
+            format!("{{\"type\":\"message\",\"id\":1,\"room\":\"r\\\"q\",\"name\":\"c1\",\"text\":\"{t}\",{ts}"),
+            format!("{{\"type\":\"message\",\"id\":1,\"x\":2,\"room\":\"r\",\"name\":\"c1\",\"text\":\"{t}\",{ts}"),
+            format!("{{\"type\":\"message\",\"id\":1,\"text\":\"{t}\",\"name\":\"c1\",{ts}"),
+        ] {
+            let mut got = None;
+            let n = decode(Target::MachatWs, frame.as_bytes(), &mut |e| {
+                if let Event::Text(x) = e {
+                    got = Some(parse_text(x));
+                }
+            })
+            .unwrap();
+            assert_eq!(n, frame.len());
+            assert_eq!(got.as_ref(), Some(&want), "{frame}");
+        }
+        let ready = format!("{{\"type\":\"message\",\"id\":1,\"room\":\"room0\",\"name\":\"c9\",\"text\":\"r 9\",{ts}");
+        assert_eq!(
+            decode_ws_frame(ready.as_bytes()),
+            Event::Text(b"r 9".as_slice())
+        );
+        // An escaped quote cuts the text: foreign, never a wrong measurement.
+        let esc = format!("{{\"type\":\"message\",\"id\":1,\"room\":\"room0\",\"name\":\"c9\",\"text\":\"b 1 \\\"2 3\",{ts}");
+        match decode_ws_frame(esc.as_bytes()) {
+            Event::Text(x) => assert_eq!(parse_text(x), Text::Foreign),
+            e => panic!("{e:?}"),
+        }
+        let join = "{\"type\":\"join\",\"room\":\"room0\",\"name\":\"c9\",\"ts\":\"2026-11-26T11:22:54.726Z\"}";
+        assert!(join.as_bytes().starts_with(&ws_join_prefix("c9", "room0")));
+        assert!(!join.as_bytes().starts_with(&ws_join_prefix("c1", "room0")));
+        assert_eq!(
+            decode_ws_frame(join.as_bytes()),
+            Event::Notice(join.as_bytes())
+        );
+        let err = b"{\"type\":\"error\",\"reason\":\"line too long\"}";
+        assert_eq!(decode_ws_frame(err), Event::Error(err));
+        assert_eq!(
+            decode_ws_frame(b"{\"type\":\"message\",\"id\":1}"),
+            Event::Other
+        );
+    }
+
+    #[test]
     fn newlines_found_everywhere() {
         let mut buf = vec![b'x'; 300];
         for (i, b) in buf.iter_mut().enumerate() {
@@ -802,6 +940,7 @@ mod tests {
                     wire.extend_from_slice(&p);
                     wire.extend_from_slice(b"\r\n");
                 }
+                Target::MachatWs => continue, // frames, not a stream: see websocket_frames
             }
             let evs = all(target, &wire);
             assert!(
