@@ -279,37 +279,6 @@ impl Users {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hashes_verify_and_are_salted() {
-        let a = hash("pw").unwrap();
-        let b = hash("pw").unwrap();
-        assert_ne!(a, b, "a fresh salt each time");
-        assert!(a.starts_with("$argon2id$"));
-        assert!(verify("pw", &a) && verify("pw", &b));
-        assert!(!verify("pW", &a));
-        assert!(!verify("pw", "not a hash"));
-    }
-
-    #[test]
-    fn users_are_added_listed_and_removed() {
-        let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        add_user(&dir, "Mina", "secret").unwrap();
-        add_user(&dir, "Bob", "other").unwrap();
-        assert!(add_user(&dir, "bad name", "x").is_err());
-        assert!(add_user(&dir, "Empty", "").is_err());
-        assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
-        assert!(remove_user(&dir, "Bob").unwrap());
-        assert!(!remove_user(&dir, "Bob").unwrap());
-        assert_eq!(list_users(&dir).unwrap(), ["Mina"]);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// Reads a password from stdin: at a terminal, asked twice with the echo off; otherwise the
 /// first line. Never from the command line, where every user of the machine could see it.
 pub fn read_password(name: &str) -> Result<String, String> {
@@ -369,5 +338,36 @@ impl Drop for EchoOff {
                 libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_are_salted() {
+        let a = hash("pw").unwrap();
+        let b = hash("pw").unwrap();
+        assert_ne!(a, b, "a fresh salt each time");
+        assert!(a.starts_with("$argon2id$"));
+        assert!(verify("pw", &a) && verify("pw", &b));
+        assert!(!verify("pW", &a));
+        assert!(!verify("pw", "not a hash"));
+    }
+
+    #[test]
+    fn users_are_added_listed_and_removed() {
+        let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        add_user(&dir, "Mina", "secret").unwrap();
+        add_user(&dir, "Bob", "other").unwrap();
+        assert!(add_user(&dir, "bad name", "x").is_err());
+        assert!(add_user(&dir, "Empty", "").is_err());
+        assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
+        assert!(remove_user(&dir, "Bob").unwrap());
+        assert!(!remove_user(&dir, "Bob").unwrap());
+        assert_eq!(list_users(&dir).unwrap(), ["Mina"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

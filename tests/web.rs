@@ -682,3 +682,17 @@ fn slow_or_silent_http_clients_are_cut_off_at_the_handshake_timeout() {
     let (status, _) = get_json(http, "/healthz");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_websocket_closed_by_its_client_is_logged_as_such() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect("Tcp", "bye");
+    let mut ws = ws_join(&server, "Web", "bye");
+    tcp.expect("*** Web joined");
+    ws.close(None).unwrap();
+    // The server answers the close frame, then the client sees the end.
+    let _ = next(&mut ws, TIMEOUT);
+    tcp.expect("*** Web left");
+    assert!(server.wait_log("name=Web room=bye reason=closed by client"));
+    assert!(!server.log_contains("i/o error"), "{:?}", server.log);
+}

@@ -361,6 +361,11 @@ impl WsConnection {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => {
                         self.on_frame(msg);
+                        // A close (or a frame that ends the connection) ends it now: sending
+                        // after the client's close frame would only fail.
+                        if let Some(end) = self.end.take() {
+                            return Poll::Ready(end);
+                        }
                         progress = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
@@ -498,7 +503,9 @@ impl WsConnection {
             out.push(b'\n');
         }
         match reason {
-            Reason::Ended(End::SlowConsumer) | Reason::Io(_) => {
+            // The client closed (tungstenite answers its close frame), is not reading, or is
+            // gone: nothing more can reach it.
+            Reason::Ended(End::SlowConsumer) | Reason::Io(_) | Reason::ClosedByClient => {
                 self.session.leave(&mut Vec::new(), announce);
                 out.clear();
             }
@@ -535,7 +542,12 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
             Reply::Notice("server shutting down").render(Format::Json, &mut out);
             Some(close(close_code::AWAY, "server shutting down"))
         }
-        Reason::ClosedByClient => None,
+        Reason::ClosedByClient => {
+            // tungstenite queued its answer to the client's close frame: send it.
+            let flush = futures_util::SinkExt::flush(socket);
+            let _ = tokio::time::timeout(CLOSE_WAIT, flush).await;
+            return;
+        }
         Reason::Io(_) => return,
     };
     let send = async {
