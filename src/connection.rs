@@ -248,16 +248,17 @@ pub async fn serve_tls(
     serve_within(tls, addr, ctx, shutdown, ticket, left).await;
 }
 
-/// Serves one client from its first byte to its close.
-pub async fn serve<S: Io>(
+/// Serves one client from its first byte to its close. (Not an `async fn` itself: a layer of
+/// async fn would keep its own copy of the arguments in every connection's task.)
+pub fn serve<S: Io>(
     stream: S,
     addr: SocketAddr,
     ctx: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     ticket: Ticket,
-) {
+) -> impl Future<Output = ()> + Send {
     let within = ctx.config.handshake_timeout();
-    serve_within(stream, addr, ctx, shutdown, ticket, within).await;
+    serve_within(stream, addr, ctx, shutdown, ticket, within)
 }
 
 async fn serve_within<S: Io>(
@@ -303,9 +304,16 @@ pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
         hs,
         leftover,
     } = rest;
-    let Some(mut conn) = Box::pin(join(stream, addr, &ctx, id, hs, leftover)).await else {
+    let Some(conn) = Box::pin(join(stream, addr, &ctx, id, hs, leftover)).await else {
         return;
     };
+    // The connection's life is a task of its own, holding only what it needs: a task that
+    // went through the greeting would keep the greeting's arguments for as long.
+    tokio::spawn(live(conn, addr, ticket, ctx));
+}
+
+/// A joined client, until it ends.
+async fn live<S: Io>(mut conn: Connection<S>, addr: SocketAddr, ticket: Ticket, ctx: Arc<Shared>) {
     let reason = conn.run(&ctx).await;
     if matches!(reason, Reason::Ended(End::SlowConsumer)) {
         crate::metrics::slow_consumer();
@@ -545,22 +553,30 @@ async fn handshake<S: Io>(
     let deadline = sleep_until(tokio::time::Instant::now() + within);
     tokio::pin!(deadline);
     let mut decoder = HandshakeDecoder::new(config.max_handshake);
-    let mut buf = Vec::new();
+    // Each read goes to the per-thread buffer and straight into the decoder: a connection in
+    // its handshake holds only what the decoder keeps (thousands may be at once).
+    let mut read_some = |cx: &mut Context<'_>| {
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            match std::task::ready!(stream.poll_read_some(cx, &mut buf)) {
+                Ok(0) => Poll::Ready(Err(Reason::ClosedByClient)),
+                Err(e) => Poll::Ready(Err(Reason::Io(e))),
+                Ok(_) => Poll::Ready(match decoder.feed(&buf) {
+                    HandshakeStatus::Incomplete => Ok(None),
+                    HandshakeStatus::Invalid(e) => Err(Reason::Refused(e)),
+                    HandshakeStatus::Done(value, used) => Ok(Some((value, buf[used..].to_vec()))),
+                }),
+            }
+        })
+    };
     loop {
-        buf.clear();
         tokio::select! {
             _ = &mut deadline => return Err(Reason::Refused("handshake timeout".into())),
             _ = shutdown.changed() => return Err(Reason::Shutdown),
-            read = std::future::poll_fn(|cx| stream.poll_read_some(cx, &mut buf)) => {
-                match read {
-                    Ok(0) => return Err(Reason::ClosedByClient),
-                    Ok(_) => {}
-                    Err(e) => return Err(Reason::Io(e)),
-                }
-                match decoder.feed(&buf) {
-                    HandshakeStatus::Incomplete => {}
-                    HandshakeStatus::Invalid(e) => return Err(Reason::Refused(e)),
-                    HandshakeStatus::Done(value, used) => return Ok((value, buf[used..].to_vec())),
+            read = std::future::poll_fn(&mut read_some) => {
+                if let Some(done) = read? {
+                    return Ok(done);
                 }
             }
         }

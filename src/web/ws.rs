@@ -39,8 +39,12 @@ use crate::session::{End, Next, RateLimit, Session};
 const TAKE_CHUNK: usize = 64 * 1024;
 /// Frames sent in one poll before yielding to other connections.
 const FRAMES_PER_POLL: usize = 256;
-/// tungstenite's read buffer and write threshold (its defaults are 128 KiB each, per client).
-const WS_BUFFER: usize = 4096;
+/// tungstenite's read buffer (its default is 128 KiB per client, allocated at the upgrade):
+/// chat frames are small, and an idle connection keeps this buffer for its whole life.
+const WS_READ_BUFFER: usize = 1024;
+/// How much tungstenite gathers before writing (its default is 128 KiB): a few frames per
+/// write when a burst is sent; flushed at the end of every poll anyway.
+const WS_WRITE_BUFFER: usize = 4096;
 /// How long closing waits for the client to take the last frames.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -73,9 +77,9 @@ pub(super) async fn upgrade(
     // A frame may hold a line of --max-line bytes, or the handshake.
     let max_message = config.max_line.max(config.max_handshake);
     let state2 = state.clone();
-    ws.read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
-        .max_write_buffer_size(config.max_pending.max(WS_BUFFER * 2))
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(config.max_pending.max(WS_WRITE_BUFFER * 2))
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| serve(socket, addr, state2, ticket))
@@ -197,12 +201,20 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         }
         conn.partial = tail;
     }
+    // The connection's life is a task of its own, holding only what it needs (this one keeps
+    // the upgrade's and the greeting's state for as long as it runs).
+    tokio::spawn(live(conn, addr, ticket, state));
+}
+
+/// A joined WebSocket client, until it ends.
+async fn live(mut conn: WsConnection, addr: SocketAddr, ticket: Ticket, state: Arc<WebState>) {
+    let ctx = &state.ctx;
     let reason = std::future::poll_fn(|cx| conn.poll_run(cx, ctx)).await;
     if matches!(reason, Reason::Ended(End::SlowConsumer)) {
         crate::metrics::slow_consumer();
     }
     let session = &conn.session;
-    info!(id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+    info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
     Box::pin(conn.close(reason)).await;
     drop(ticket);
 }
