@@ -5,7 +5,8 @@
 //! line longer than the limit is reported once and then discarded as it arrives, never buffered,
 //! and the buffer is released once it is empty, so an idle connection holds no buffer at all.
 
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Outcome of feeding bytes to a [`HandshakeDecoder`].
 #[derive(Debug, PartialEq)]
@@ -52,9 +53,9 @@ impl HandshakeDecoder {
             return HandshakeStatus::Incomplete;
         };
         let mut stream =
-            serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<Value>();
+            serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<PlainValue>();
         match stream.next() {
-            Some(Ok(value)) => {
+            Some(Ok(PlainValue(value))) => {
                 let end = start + stream.byte_offset();
                 if end > self.max {
                     return HandshakeStatus::Invalid(too_large(self.max));
@@ -75,6 +76,78 @@ impl HandshakeDecoder {
             Some(Err(e)) => HandshakeStatus::Invalid(format!("invalid handshake JSON: {e}")),
             None => HandshakeStatus::Incomplete,
         }
+    }
+}
+
+/// A JSON value read as JSON says, without serde_json's private conventions.
+///
+/// With serde_json's `raw_value` feature, which axum turns on for the whole build, deserializing
+/// a [`Value`] treats an object whose key is `$serde_json::private::RawValue` (escapes decoded, so
+/// `\u0024serde...` too) as the JSON text in that key's string: `{"name":{"$serde_json::private::
+/// RawValue":"\"Mina\""},"room":"r"}` read as `{"name":"Mina","room":"r"}`, a handshake whose
+/// name is not a string in the bytes the client sent. This builds the same `Value` from the
+/// parser's events with no special keys. Use it for anything a client sends:
+/// `serde_json::from_str::<PlainValue>(text)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlainValue(pub Value);
+
+impl<'de> Deserialize<'de> for PlainValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PlainVisitor).map(PlainValue)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(f).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(PlainValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some((key, PlainValue(value))) = map.next_entry::<String, PlainValue>()? {
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -414,6 +487,34 @@ mod tests {
         assert!(matches!(h.feed(b"nope"), HandshakeStatus::Invalid(_)));
         let mut h = HandshakeDecoder::new(4096);
         assert_eq!(h.feed(b"{\"a\":"), HandshakeStatus::Incomplete);
+    }
+
+    #[test]
+    fn serde_json_private_keys_are_plain_keys() {
+        // Found by the handshake fuzzer: with serde_json's raw_value feature (axum enables it),
+        // a `Value` takes `{"$serde_json::private::RawValue":"TEXT"}` to be the JSON in TEXT,
+        // so a name or a whole handshake could be smuggled inside a string.
+        let done = |bytes: &[u8]| match HandshakeDecoder::new(4096).feed(bytes) {
+            HandshakeStatus::Done(v, used) if used == bytes.len() => v,
+            other => panic!("{other:?}"),
+        };
+        let key = "$serde_json::private::RawValue";
+        let v = done(br#"{"$serde_json::private::RawValue":"{\"name\":\"a\",\"room\":\"r\"}"}"#);
+        assert_eq!(
+            v,
+            serde_json::json!({ key: "{\"name\":\"a\",\"room\":\"r\"}" })
+        );
+        let v = done(br#"{"name":{"\u0024serde_json::private::RawValue":"\"Mina\""},"room":"r"}"#);
+        assert_eq!(v["name"], serde_json::json!({ key: "\"Mina\"" }));
+        // Everything else reads as serde_json reads it.
+        let text =
+            r#"{"b":[1,-2,3.5,1e-7,18446744073709551615,true,null,{}],"a":"\u00e9\n","b":0}"#;
+        let plain = done(text.as_bytes());
+        assert_eq!(plain, serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(
+            plain.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["b", "a"]
+        );
     }
 
     #[test]
