@@ -363,3 +363,30 @@ fn a_slow_consumer_is_told_and_disconnected() {
         sender.until("*** slow left");
     }
 }
+
+#[test]
+fn lookalike_names_with_invisible_characters_are_refused() {
+    let server = Server::start(&[]);
+    let mut mina = server.connect("Mina", "r");
+    // A zero-width space, a right-to-left override, a word joiner: each would let a name pass
+    // for another in a member list or reorder what others see.
+    for (escaped, code) in [
+        ("Mina\\u200b", "U+200B"),
+        ("\\u202eaniM", "U+202E"),
+        ("Mi\\u2060na", "U+2060"),
+    ] {
+        expect_refused(
+            &server,
+            format!("{{\"name\":\"{escaped}\",\"room\":\"r\"}}").as_bytes(),
+            &format!("name may not contain {code}"),
+        );
+    }
+    let mut bob = server.connect("Bob", "r");
+    mina.expect("*** Bob joined");
+    bob.send("/nick Mina\u{200b}\n");
+    bob.expect(
+        "*** error: usage: /nick NAME (name may not contain U+200B (no whitespace, control \
+         characters, ':', '*' or '/'))",
+    );
+    assert!(mina.quiet_for(Duration::from_millis(300)));
+}
