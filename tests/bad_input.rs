@@ -390,3 +390,18 @@ fn lookalike_names_with_invisible_characters_are_refused() {
     );
     assert!(mina.quiet_for(Duration::from_millis(300)));
 }
+
+#[test]
+fn serde_json_private_keys_cannot_smuggle_a_handshake() {
+    let server = Server::start(&[]);
+    expect_refused(
+        &server,
+        br#"{"name":{"$serde_json::private::RawValue":"\"Mina\""},"room":"r"}"#,
+        "\"name\" must be a string",
+    );
+    expect_refused(
+        &server,
+        br#"{"$serde_json::private::RawValue":"{\"name\":\"Mina\",\"room\":\"r\"}"}"#,
+        "handshake is missing \"name\"",
+    );
+}

@@ -696,3 +696,22 @@ fn a_websocket_closed_by_its_client_is_logged_as_such() {
     assert!(server.wait_log("name=Web room=bye reason=closed by client"));
     assert!(!server.log_contains("i/o error"), "{:?}", server.log);
 }
+
+#[test]
+fn serde_json_private_keys_cannot_smuggle_a_handshake() {
+    // With serde_json's raw_value feature (axum turns it on), this object would read as the
+    // string "Mina", and a whole handshake could hide in a string.
+    let server = web_server(&[]);
+    let mut ws = ws_open(&server);
+    send(
+        &mut ws,
+        r#"{"name":{"$serde_json::private::RawValue":"\"Mina\""},"room":"r"}"#,
+    );
+    expect_closed(&mut ws, 1008, "\"name\" must be a string");
+    let mut ws = ws_open(&server);
+    send(
+        &mut ws,
+        r#"{"$serde_json::private::RawValue":"{\"name\":\"Mina\",\"room\":\"r\"}"}"#,
+    );
+    expect_closed(&mut ws, 1008, "handshake is missing \"name\"");
+}

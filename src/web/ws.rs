@@ -251,8 +251,11 @@ pub fn handshake_frame(text: &str, max: usize) -> Result<Handshake, String> {
     if text.len() > max {
         return Err(format!("handshake too large (over {max} bytes)"));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid handshake JSON: {e}"))?;
+    // PlainValue, as on TCP: a serde_json::Value would read an object keyed
+    // "$serde_json::private::RawValue" as the JSON in its string (axum enables raw_value).
+    let value = serde_json::from_str::<crate::codec::PlainValue>(text)
+        .map(|v| v.0)
+        .map_err(|e| format!("invalid handshake JSON: {e}"))?;
     // The answer is always JSON here: a `"format"` in the handshake is checked, then ignored.
     parse_handshake(value)
 }
