@@ -100,11 +100,7 @@ fn next(ws: &mut Ws, within: Duration) -> Got {
             Ok(Message::Close(f)) => return Got::Close(f),
             Ok(Message::Binary(_)) => panic!("binary frame from the server"),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if nothing_yet(&e) => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return Got::Close(None)
             }
@@ -112,6 +108,12 @@ fn next(ws: &mut Ws, within: Duration) -> Got {
         }
     }
     Got::Nothing
+}
+
+/// A read that timed out: nothing arrived yet, the connection is fine.
+fn nothing_yet(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e)
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
 }
 
 fn frame(ws: &mut Ws) -> Value {
@@ -590,11 +592,7 @@ fn a_websocket_that_never_reads_is_cut_off_and_closed() {
     loop {
         match ws.read() {
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if nothing_yet(&e) => {}
             Err(_) => break,
         }
         assert!(Instant::now() < deadline, "still open");
