@@ -88,7 +88,7 @@ fn a_registered_name_needs_its_password_and_failures_all_look_alike() {
         r#"{"name":"Mina","room":"r","format":"json","password":"x"}"#,
     );
     assert_eq!(line, r#"{"type":"error","reason":"authentication failed"}"#);
-    assert!(server.log_contains("reason=refused: authentication failed"));
+    assert!(server.wait_log("reason=refused: authentication failed"));
     assert!(
         !server.log_contains("battery staple"),
         "a password reached the log"

@@ -82,7 +82,7 @@ fn running_out_of_descriptors_does_not_spin_or_stop_the_server() {
     };
     late.send("made it\n");
     late.until("late:made it");
-    assert!(server.log_contains("descriptor limit"));
+    assert!(server.wait_log("descriptor limit"));
 }
 
 #[test]

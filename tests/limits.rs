@@ -114,6 +114,9 @@ fn queued_bytes_over_the_global_cap_cut_the_largest_queues_first() {
         }
         assert!(Instant::now() < deadline, "only {left} cut off");
     }
+    // The enforcer logs after the cuts (and the leaves they send), and stderr is read by a
+    // thread of the harness: wait for the line rather than race it.
+    let logged = server.wait_log("server over --max-queued-total");
     let cuts: Vec<String> = server
         .log
         .lock()
@@ -122,10 +125,7 @@ fn queued_bytes_over_the_global_cap_cut_the_largest_queues_first() {
         .filter(|l| l.contains("cut off") || l.contains("queued") || l.contains("disconnect"))
         .cloned()
         .collect();
-    assert!(
-        server.log_contains("server over --max-queued-total"),
-        "{cuts:#?}"
-    );
+    assert!(logged, "{cuts:#?}");
     assert!(!server.log_contains("more than --max-pending behind"));
     sender.send("after\n");
     sender.until("Sender:after");
