@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints (warnings are errors), then every unit,
 # property and integration test. Integration tests start the real server binaries on ephemeral
-# loopback ports; nothing else needs to be running.
+# loopback ports; what they need besides (Chromium, nats-server) is installed here if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,14 @@ cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "== installing chromium and chromium-driver (for tests/browser.rs)"
     install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+    "${install[@]}" || { apt-get update && "${install[@]}"; }
+fi
+
+# The cluster tests (tests/cluster.rs) start Debian's nats-server with JetStream themselves,
+# on ephemeral loopback ports.
+if ! command -v nats-server >/dev/null; then
+    echo "== installing nats-server (for tests/cluster.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server)
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 

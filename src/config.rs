@@ -154,6 +154,22 @@ pub struct Config {
     /// window); `sync`: a message is delivered only once committed and fsynced.
     #[arg(long, env = "MACHAT_DURABILITY", value_enum, default_value = "batch")]
     pub durability: Durability,
+
+    /// Cluster mode: the NATS server(s) with JetStream to share rooms, history and names with
+    /// other machat nodes (`nats://host:4222`, several separated by commas). History then
+    /// lives in JetStream and --history and --durability do not apply. Default: one machine.
+    #[arg(long, env = "MACHAT_NATS")]
+    pub nats: Option<String>,
+
+    /// Cluster mode: copies JetStream keeps of the history and the names (1, or 3 on a
+    /// three-server NATS cluster). Used when this node is the first to create them.
+    #[arg(long, env = "MACHAT_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// Cluster mode: seconds after which the names of a node that died are free again. Its
+    /// names are rewritten every third of this.
+    #[arg(long, env = "MACHAT_PRESENCE_TTL", default_value_t = 15.0)]
+    pub presence_ttl: f64,
 }
 
 /// What `machat` does instead of serving.
@@ -253,6 +269,12 @@ impl Config {
         }
         if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
             return Err("--handshake-timeout must be > 0".into());
+        }
+        if !(self.presence_ttl >= 1.0 && self.presence_ttl <= 86_400.0) {
+            return Err("--presence-ttl must be from 1 to 86400 seconds".into());
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err("--nats-replicas must be from 1 to 5".into());
         }
         if self.history_max == 0 {
             return Err("--history-max must be > 0 (use --history off for no history)".into());

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::auth::Users;
+use crate::cluster::Cluster;
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -114,20 +115,27 @@ impl Shared {
         store: Arc<dyn Store>,
         tls: Option<TlsAcceptor>,
         users: Arc<Users>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        let hub = Arc::new(
-            Hub::with_limits(
-                config.max_pending,
-                store.clone(),
-                config.max_rooms,
-                config.max_room_members,
-                match config.max_queued_total {
-                    0 => usize::MAX,
-                    n => n,
-                },
-            )
-            .with_users(users),
-        );
+        let mut hub = Hub::with_limits(
+            config.max_pending,
+            store.clone(),
+            config.max_rooms,
+            config.max_room_members,
+            match config.max_queued_total {
+                0 => usize::MAX,
+                n => n,
+            },
+        )
+        .with_users(users);
+        if let Some(cluster) = &cluster {
+            hub = hub.with_bus(cluster.clone());
+        }
+        let hub = Arc::new(hub);
+        if let Some(cluster) = &cluster {
+            // From here on the cluster's events reach this hub's rooms.
+            cluster.attach(hub.clone());
+        }
         Shared {
             config,
             hub,
@@ -383,12 +391,21 @@ async fn join<S: Io>(
     leftover: Vec<u8>,
 ) -> Option<Connection<S>> {
     let replay = replay_wanted(&hs, ctx);
+    // In a cluster the name must be free on every node, not just here.
+    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
+        let text = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
+        info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
+        refuse(stream, hs.format, &text).await;
+        return None;
+    }
     let (seat, history) = match ctx
         .hub
         .join_replaying(&hs.room, id, &hs.name, hs.format, replay)
     {
         Ok((room, seat, history)) => ((room, seat), history),
         Err(e) => {
+            ctx.hub.release(&hs.room, &hs.name, id);
             let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
             info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
             crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
@@ -635,9 +652,14 @@ impl<S: Io> Connection<S> {
                 return Poll::Ready(Reason::Shutdown);
             }
             let mut progress = false;
-            if let Poll::Ready(answered) = self.session.poll_history(cx) {
-                if answered.is_err() {
-                    return Poll::Ready(Reason::Ended(End::SlowConsumer));
+            if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut self.pending) {
+                match answered {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return Poll::Ready(Reason::Ended(end)),
+                    Err(_) => return Poll::Ready(Reason::Ended(End::SlowConsumer)),
+                }
+                if self.out == Out::Idle {
+                    self.out = Out::Ready;
                 }
                 self.resume();
                 progress = true;
@@ -645,7 +667,7 @@ impl<S: Io> Connection<S> {
             if let Some(sleep) = self.throttle.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
                     self.throttle = None;
-                    if self.session.history_wait.is_none() {
+                    if !self.session.waiting() {
                         self.resume();
                     }
                     progress = true;
@@ -654,7 +676,7 @@ impl<S: Io> Connection<S> {
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
                 return Poll::Ready(Reason::Idle);
             }
-            let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
+            let waiting = self.throttle.is_some() || self.session.waiting();
             if !waiting && !self.codec.is_paused() {
                 match self.read(cx) {
                     Poll::Ready(Ok(true)) => progress = true,

@@ -4,9 +4,11 @@
 //! session holds its `Arc<Room>`, messages go straight to the room.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Users;
+use crate::bus::{Bus, ClaimError, Envelope};
 use crate::protocol::Format;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::store::Store;
@@ -21,7 +23,15 @@ pub struct Hub {
     pub budget: Arc<Budget>,
     /// The registered names (a name can be taken by `/nick` only if it is not one).
     pub users: Arc<Users>,
+    /// In cluster mode, the backplane every room publishes through.
+    bus: Option<Arc<dyn Bus>>,
 }
+
+/// What a client is told when the cluster cannot confirm its name.
+pub const UNAVAILABLE: &str = "the cluster is unavailable, try again";
+
+/// How long a join or rename waits for the cluster to confirm a name.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Hub {
     pub fn new(max_pending: usize, store: Arc<dyn Store>) -> Self {
@@ -45,7 +55,78 @@ impl Hub {
             max_members,
             budget: Arc::new(Budget::new(max_queued_total)),
             users: Users::none(),
+            bus: None,
         }
+    }
+
+    /// The same hub, in cluster mode: rooms publish through `bus`, names are claimed from it.
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    pub fn clustered(&self) -> bool {
+        self.bus.is_some()
+    }
+
+    /// Claims `name` in `room` across the cluster before a join or a rename (at once, without a
+    /// cluster).
+    pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {
+        let Some(bus) = &self.bus else {
+            return Ok(());
+        };
+        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner)).await;
+        match answer {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(ClaimError::Taken))) => Err(ClaimError::Taken),
+            Ok(Ok(Err(ClaimError::Unavailable(why)))) => {
+                tracing::warn!(room, name, why, "cannot claim a name");
+                Err(ClaimError::Unavailable(why))
+            }
+            Ok(Err(_)) | Err(_) => {
+                // The claim may still land: give it back so the name does not stay taken.
+                bus.release(room, name, owner);
+                Err(ClaimError::Unavailable("no answer in time".into()))
+            }
+        }
+    }
+
+    /// Why a claim for a join was refused, as the client is told.
+    pub fn claim_refusal(&self, err: &ClaimError, name: &str, room: &str) -> String {
+        match err {
+            ClaimError::Taken => self.refusal(&RoomError::NameTaken, name, room),
+            ClaimError::Unavailable(_) => UNAVAILABLE.into(),
+        }
+    }
+
+    /// Gives back a name claimed with [`Hub::claim`].
+    pub fn release(&self, room: &str, name: &str, owner: u64) {
+        if let Some(bus) = &self.bus {
+            bus.release(room, name, owner);
+        }
+    }
+
+    /// Appends an event the cluster delivered to this node's room of that name, if there is
+    /// one, and records `seq` as the point everything up to which this node has seen. Both under
+    /// the registry's lock: a room created afterwards starts its history there, so none of the
+    /// room's events is both replayed and delivered live, nor neither.
+    pub fn deliver(&self, room: &str, seq: u64, envelope: &Envelope, seen: &AtomicU64) {
+        let rooms = self.lock();
+        if let Some(r) = rooms.get(room) {
+            r.deliver(seq, envelope);
+        }
+        seen.store(seq, Ordering::Release);
+    }
+
+    /// The members of `room`: across the cluster in cluster mode.
+    pub fn who(&self, room: &Room) -> Vec<String> {
+        let mut names = room.names();
+        if let Some(bus) = &self.bus {
+            names.extend(bus.members(room.name()));
+            names.sort_unstable();
+            names.dedup();
+        }
+        names
     }
 
     /// The same hub, knowing the registered names.
@@ -113,6 +194,7 @@ impl Hub {
                     self.max_pending,
                     self.store.clone(),
                     self.budget.clone(),
+                    self.bus.clone(),
                 ));
                 rooms.insert(room.to_owned(), r.clone());
                 r
@@ -151,6 +233,16 @@ impl Hub {
             .map(|r| (r.name().to_owned(), r.member_count()))
             .filter(|(_, n)| *n > 0)
             .collect();
+        if let Some(bus) = &self.bus {
+            // The cluster's view counts this node's members too, once they are confirmed; a
+            // room just joined here may not be in it yet.
+            let mut cluster: HashMap<String, usize> = bus.rooms().into_iter().collect();
+            for (name, n) in list.drain(..) {
+                let c = cluster.entry(name).or_insert(0);
+                *c = (*c).max(n);
+            }
+            list = cluster.into_iter().filter(|(_, n)| *n > 0).collect();
+        }
         list.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let more = list.len().saturating_sub(limit);
         list.truncate(limit);

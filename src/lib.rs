@@ -8,7 +8,9 @@
 //! the flags, and [`client`] the terminal client. The binaries only wire these together.
 
 pub mod auth;
+pub mod bus;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;

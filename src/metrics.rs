@@ -173,6 +173,7 @@ pub fn rejection_reason(text: &str) -> &'static str {
         ("failed logins", "auth_rate_limited"),
         ("is full", "room_full"),
         ("too many rooms", "too_many_rooms"),
+        ("cluster is unavailable", "cluster_unavailable"),
     ];
     KNOWN
         .iter()

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use crate::bus::{Bus, Envelope};
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
 use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
 
@@ -203,6 +204,9 @@ pub struct Room {
     max_pending: usize,
     store: Arc<dyn Store>,
     budget: Arc<Budget>,
+    /// In cluster mode: where events go instead of this log; they come back through
+    /// [`Room::deliver`], in the cluster's order and with its ids.
+    bus: Option<Arc<dyn Bus>>,
     inner: Mutex<Inner>,
 }
 
@@ -230,7 +234,7 @@ pub struct Replay {
 
 impl Room {
     pub fn new(name: &str, max_pending: usize, store: Arc<dyn Store>) -> Self {
-        Self::with_budget(name, max_pending, store, Arc::default())
+        Self::with_budget(name, max_pending, store, Arc::default(), None)
     }
 
     /// A room whose queued bytes count towards a budget shared with other rooms.
@@ -239,6 +243,7 @@ impl Room {
         max_pending: usize,
         store: Arc<dyn Store>,
         budget: Arc<Budget>,
+        bus: Option<Arc<dyn Bus>>,
     ) -> Self {
         // Ids continue after the last one ever given in this room, also across restarts.
         let next_id = store.last_id(name) + 1;
@@ -252,6 +257,7 @@ impl Room {
             max_pending,
             store,
             budget,
+            bus,
             inner: Mutex::new(Inner {
                 next_id,
                 last_published: next_id - 1,
@@ -335,7 +341,7 @@ impl Room {
                 .map(|after| self.store.count(&self.name, after, until)),
             until,
         });
-        self.publish_locked(&mut inner, RoomEvent::Join { name });
+        self.announce(&mut inner, RoomEvent::Join { name });
         Ok((Seat { slot, id }, history))
     }
 
@@ -377,8 +383,10 @@ impl Room {
         if inner.member(seat).is_some() {
             inner.copy_out(seat.slot, out, usize::MAX);
             if let Some(m) = inner.remove(seat.slot, self.max_pending) {
-                if announce && inner.count > 0 {
-                    self.publish_locked(&mut inner, RoomEvent::Leave { name: &m.name });
+                // In a cluster, members on other nodes must hear of it even when this node's
+                // share of the room is now empty.
+                if announce && (inner.count > 0 || self.bus.is_some()) {
+                    self.announce(&mut inner, RoomEvent::Leave { name: &m.name });
                 }
             }
         }
@@ -404,6 +412,24 @@ impl Room {
         };
         // The name is moved out (and back) because publishing needs the whole room mutably;
         // nobody else sees the room until the lock is released.
+        if let Some(bus) = &self.bus {
+            // The cluster gives the id and the order; the message is shown when it comes back.
+            let event = if action {
+                crate::bus::Event::Action {
+                    name: m.name.clone(),
+                    text: text.to_owned(),
+                }
+            } else {
+                crate::bus::Event::Message {
+                    name: m.name.clone(),
+                    text: text.to_owned(),
+                }
+            };
+            drop(inner);
+            bus.publish(&self.name, Envelope::new(event), Some((self.clone(), seat)));
+            crate::metrics::message_received();
+            return Ok(0);
+        }
         let name = std::mem::take(&mut m.name);
         let id = inner.next_id;
         inner.next_id += 1;
@@ -470,7 +496,7 @@ impl Room {
             return Err(RoomError::Gone);
         };
         let old = std::mem::replace(&mut m.name, new.to_owned());
-        self.publish_locked(&mut inner, RoomEvent::Nick { old: &old, new });
+        self.announce(&mut inner, RoomEvent::Nick { old: &old, new });
         Ok(())
     }
 
@@ -626,6 +652,28 @@ impl Room {
         }
     }
 
+    /// Tells the room of a join, leave or rename: straight into the log, or (in a cluster)
+    /// through the bus, to come back in the cluster's order.
+    fn announce(&self, inner: &mut Inner, event: RoomEvent<'_>) {
+        match &self.bus {
+            Some(bus) => bus.publish(&self.name, Envelope::from_room_event(&event), None),
+            None => self.publish_locked(inner, event),
+        }
+    }
+
+    /// Appends an event the cluster delivered: `seq` is its place in the cluster's order, and
+    /// the id of a message. History queries end at the last one delivered, so a member joining
+    /// now gets everything before it from history and everything after it live.
+    pub fn deliver(&self, seq: u64, envelope: &Envelope) {
+        let mut inner = self.lock();
+        self.publish_at(
+            &mut inner,
+            envelope.as_room_event(seq),
+            Some(Timestamp(envelope.ts)),
+        );
+        inner.last_published = inner.last_published.max(seq);
+    }
+
     fn publish_locked(&self, inner: &mut Inner, event: RoomEvent<'_>) {
         self.publish_at(inner, event, None);
     }
@@ -697,7 +745,7 @@ impl Room {
         log.base = min;
         log.check_at = log.buf.len() + check_floor(self.max_pending);
         for name in names {
-            self.publish_locked(inner, RoomEvent::Leave { name: &name });
+            self.announce(inner, RoomEvent::Leave { name: &name });
         }
     }
 }

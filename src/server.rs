@@ -50,7 +50,19 @@ impl Server {
         };
         let admission = Arc::new(Admission::new(max_total, config.max_per_ip));
         // A history database that cannot be opened stops the start, with its path and reason.
-        let store = crate::store::open(&config).map_err(io::Error::other)?;
+        // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
+        let cluster = match &config.nats {
+            Some(_) => Some(
+                crate::cluster::Cluster::start(&config)
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
+        let store = match &cluster {
+            Some(cluster) => cluster.store(),
+            None => crate::store::open(&config).map_err(io::Error::other)?,
+        };
         // A certificate that cannot be loaded stops the start, with the file and the reason.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -82,7 +94,7 @@ impl Server {
         Ok(Server {
             listeners,
             tls_listeners,
-            ctx: Arc::new(Shared::new(config, store, tls, users)),
+            ctx: Arc::new(Shared::new(config, store, tls, users, cluster)),
             admission,
             web,
             metrics,

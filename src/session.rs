@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::bus::ClaimError;
 use crate::hub::Hub;
 use crate::protocol::{
     clean_line, clean_message, render_answer, validate_name, validate_room, Format, Reply,
@@ -84,7 +85,20 @@ pub struct Session {
     pub seat: Seat,
     limit: Option<RateLimit>,
     /// A `/history` answer on its way from the store.
-    pub history_wait: Option<Pending>,
+    history_wait: Option<Pending>,
+    /// In cluster mode: a `/nick` or `/join` waiting for the cluster to confirm the name.
+    claim_wait: Option<ClaimWait>,
+}
+
+/// A command that goes on once the cluster has answered a claim.
+struct ClaimWait {
+    answer: Pin<Box<dyn Future<Output = Result<(), ClaimError>> + Send>>,
+    then: AfterClaim,
+}
+
+enum AfterClaim {
+    Nick(String),
+    Join(String),
 }
 
 impl Session {
@@ -105,7 +119,14 @@ impl Session {
             seat,
             limit,
             history_wait: None,
+            claim_wait: None,
         }
+    }
+
+    /// True while a command waits for an answer (history, or the cluster): the connection
+    /// stops reading, so replies keep the order of the commands.
+    pub fn waiting(&self) -> bool {
+        self.history_wait.is_some() || self.claim_wait.is_some()
     }
 
     /// Handles one received line (without its line ending). `now` is read once per batch of
@@ -144,7 +165,7 @@ impl Session {
         if result.is_err() {
             return Next::End(End::SlowConsumer);
         }
-        if self.history_wait.is_some() {
+        if self.waiting() {
             return Next::Wait;
         }
         self.pace(now)
@@ -181,7 +202,7 @@ impl Session {
         };
         match verb.to_ascii_lowercase().as_str() {
             "who" => {
-                let members = self.room.names();
+                let members = self.hub.who(&self.room);
                 self.reply(&Reply::Who {
                     room: self.room.name(),
                     members: &members,
@@ -203,13 +224,11 @@ impl Session {
                 if self.hub.users.is_registered(args) {
                     return self.error(&format!("name {args} is registered"));
                 }
-                match self.room.rename(self.seat, args) {
-                    Ok(()) => self.name = args.to_owned(),
-                    Err(RoomError::NameTaken) => {
-                        return self.error(&format!("name {args} is already taken in this room"));
-                    }
-                    Err(e) => return Err(e),
+                if self.hub.clustered() {
+                    self.wait_for_claim(self.room.name().to_owned(), AfterClaim::Nick(args.into()));
+                    return Ok(None);
                 }
+                return self.rename(args);
             }
             "me" => {
                 if args.is_empty() {
@@ -262,6 +281,24 @@ impl Session {
         Ok(None)
     }
 
+    fn rename(&mut self, new: &str) -> Result<Option<End>, RoomError> {
+        match self.room.rename(self.seat, new) {
+            Ok(()) => {
+                let old = std::mem::replace(&mut self.name, new.to_owned());
+                self.hub.release(self.room.name(), &old, self.id);
+                Ok(None)
+            }
+            Err(RoomError::NameTaken) => {
+                self.hub.release(self.room.name(), new, self.id);
+                self.error(&format!("name {new} is already taken in this room"))
+            }
+            Err(e) => {
+                self.hub.release(self.room.name(), new, self.id);
+                Err(e)
+            }
+        }
+    }
+
     fn join(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         if let Err(e) = validate_room(room) {
             return self.error(&format!("usage: /join ROOM ({e})"));
@@ -269,6 +306,27 @@ impl Session {
         if room == self.room.name() {
             return self.error(&format!("you are already in {room}"));
         }
+        if self.hub.clustered() {
+            self.wait_for_claim(room.to_owned(), AfterClaim::Join(room.to_owned()));
+            return Ok(None);
+        }
+        self.join_now(room, out)
+    }
+
+    /// Asks the cluster for a name in a room; the command goes on in [`Session::poll_wait`].
+    fn wait_for_claim(&mut self, room: String, then: AfterClaim) {
+        let (hub, id) = (self.hub.clone(), self.id);
+        let name = match &then {
+            AfterClaim::Nick(new) => new.clone(),
+            AfterClaim::Join(_) => self.name.clone(),
+        };
+        self.claim_wait = Some(ClaimWait {
+            answer: Box::pin(async move { hub.claim(&room, &name, id).await }),
+            then,
+        });
+    }
+
+    fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         // Take the seat in the new room first, so a taken name leaves the client where it was.
         let joined = self.hub.join(room, self.id, &self.name, self.format);
         match joined {
@@ -276,21 +334,56 @@ impl Session {
                 let old = std::mem::replace(&mut self.room, new_room);
                 let old_seat = std::mem::replace(&mut self.seat, seat);
                 self.hub.leave(&old, old_seat, out, true);
+                self.hub.release(old.name(), &self.name, self.id);
                 Ok(None)
             }
-            Err(RoomError::NameTaken) => {
-                self.error(&format!("name {} is already taken in {room}", self.name))
+            Err(e) => {
+                self.hub.release(room, &self.name, self.id);
+                match e {
+                    RoomError::NameTaken => {
+                        self.error(&format!("name {} is already taken in {room}", self.name))
+                    }
+                    RoomError::Full | RoomError::TooManyRooms => {
+                        self.error(&self.hub.refusal(&e, &self.name, room))
+                    }
+                    e => Err(e),
+                }
             }
-            Err(e @ (RoomError::Full | RoomError::TooManyRooms)) => {
-                self.error(&self.hub.refusal(&e, &self.name, room))
-            }
-            Err(e) => Err(e),
         }
+    }
+
+    /// Finishes whatever the session waits for, once its answer is in: queues a `/history`
+    /// answer, or completes a `/nick` or `/join` the cluster answered. Pending until then (or
+    /// when nothing is awaited); Ready(Err) if the client was cut off meanwhile. Bytes for the
+    /// client from a room it left go to `out`.
+    pub fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<Option<End>, RoomError>> {
+        if let Some(wait) = self.claim_wait.as_mut() {
+            let answer = ready!(wait.answer.as_mut().poll(cx));
+            let Some(wait) = self.claim_wait.take() else {
+                return Poll::Pending;
+            };
+            return Poll::Ready(match (answer, wait.then) {
+                (Ok(()), AfterClaim::Nick(new)) => self.rename(&new),
+                (Ok(()), AfterClaim::Join(room)) => self.join_now(&room, out),
+                (Err(ClaimError::Taken), AfterClaim::Nick(new)) => {
+                    self.error(&format!("name {new} is already taken in this room"))
+                }
+                (Err(ClaimError::Taken), AfterClaim::Join(room)) => {
+                    self.error(&format!("name {} is already taken in {room}", self.name))
+                }
+                (Err(ClaimError::Unavailable(_)), _) => self.error(crate::hub::UNAVAILABLE),
+            });
+        }
+        self.poll_history(cx).map(|r| r.map(|()| None))
     }
 
     /// Queues a `/history` answer for the client once the store has it: Pending until then
     /// (or when none is awaited), Ready(Err) if the client was cut off meanwhile.
-    pub fn poll_history(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RoomError>> {
+    fn poll_history(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RoomError>> {
         let Some(pending) = self.history_wait.as_mut() else {
             return Poll::Pending;
         };
@@ -305,6 +398,14 @@ impl Session {
     /// Leaves the room for good, moving what was still unread to `out`.
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
         self.hub.leave(&self.room, self.seat, out, announce);
+        self.hub.release(self.room.name(), &self.name, self.id);
+        // A claim still on its way would otherwise hold the name until the cluster's TTL.
+        if let Some(wait) = self.claim_wait.take() {
+            match wait.then {
+                AfterClaim::Nick(new) => self.hub.release(self.room.name(), &new, self.id),
+                AfterClaim::Join(room) => self.hub.release(&room, &self.name, self.id),
+            }
+        }
     }
 }
 

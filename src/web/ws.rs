@@ -158,6 +158,14 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         return;
     }
     let replay = replay_wanted(&hs, ctx);
+    // In a cluster the name must be free on every node, not just here.
+    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
+        let text = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
+        info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
+        goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
+        return;
+    }
     let (room, seat, history) =
         match ctx
             .hub
@@ -165,6 +173,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         {
             Ok(joined) => joined,
             Err(e) => {
+                ctx.hub.release(&hs.room, &hs.name, id);
                 let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
                 info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
                 crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
@@ -350,10 +359,15 @@ impl WsConnection {
                 return Poll::Ready(Reason::Shutdown);
             }
             let mut progress = false;
-            if let Poll::Ready(answered) = self.session.poll_history(cx) {
-                if answered.is_err() {
-                    return Poll::Ready(Reason::Ended(End::SlowConsumer));
+            let mut left = Vec::new();
+            if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut left) {
+                match answered {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return Poll::Ready(Reason::Ended(end)),
+                    Err(_) => return Poll::Ready(Reason::Ended(End::SlowConsumer)),
                 }
+                // What was still unread in a room just left comes before the new room's.
+                self.partial.extend_from_slice(&left);
                 progress = true;
             }
             if let Some(sleep) = self.throttle.as_mut() {
@@ -371,7 +385,7 @@ impl WsConnection {
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
                 return Poll::Ready(Reason::Closed(close_code::AWAY, "idle timeout"));
             }
-            let waiting = self.throttle.is_some() || self.session.history_wait.is_some();
+            let waiting = self.throttle.is_some() || self.session.waiting();
             if !waiting {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => {

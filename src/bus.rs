@@ -1,0 +1,149 @@
+//! The cluster backplane, as rooms and the hub see it.
+//!
+//! On one machine a room's log is the only order there is, so the embedded mode needs no bus at
+//! all (`None`). In cluster mode (`--nats`, see [`crate::cluster`]) every node must show a room's
+//! events in one order, so a room does not append what its members say: it hands each event to
+//! the bus, and appends what the bus brings back, on every node, this one included, with the id
+//! the bus gave it. Names must be unique per room across the cluster too, so joins and renames
+//! first claim the name from the bus.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::protocol::{RoomEvent, Timestamp};
+use crate::room::{Room, Seat};
+
+/// A room event as it travels between nodes: owned, and with the time it was first sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub event: Event,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Message { name: String, text: String },
+    Action { name: String, text: String },
+    Join { name: String },
+    Leave { name: String },
+    Nick { old: String, new: String },
+}
+
+impl Envelope {
+    pub fn new(event: Event) -> Self {
+        Envelope {
+            event,
+            ts: Timestamp::now().0,
+        }
+    }
+
+    /// Messages and actions are kept as history; joins, leaves and renames are not.
+    pub fn is_message(&self) -> bool {
+        matches!(self.event, Event::Message { .. } | Event::Action { .. })
+    }
+
+    /// The event as a room renders it, with `id` for a message or an action.
+    pub fn as_room_event(&self, id: u64) -> RoomEvent<'_> {
+        match &self.event {
+            Event::Message { name, text } => RoomEvent::Message { id, name, text },
+            Event::Action { name, text } => RoomEvent::Action { id, name, text },
+            Event::Join { name } => RoomEvent::Join { name },
+            Event::Leave { name } => RoomEvent::Leave { name },
+            Event::Nick { old, new } => RoomEvent::Nick { old, new },
+        }
+    }
+
+    /// The owned form of a room event (ids are the bus's to give, so they are dropped).
+    pub fn from_room_event(event: &RoomEvent<'_>) -> Self {
+        let event = match *event {
+            RoomEvent::Message { name, text, .. } => Event::Message {
+                name: name.into(),
+                text: text.into(),
+            },
+            RoomEvent::Action { name, text, .. } => Event::Action {
+                name: name.into(),
+                text: text.into(),
+            },
+            RoomEvent::Join { name } => Event::Join { name: name.into() },
+            RoomEvent::Leave { name } => Event::Leave { name: name.into() },
+            RoomEvent::Nick { old, new } => Event::Nick {
+                old: old.into(),
+                new: new.into(),
+            },
+        };
+        Envelope::new(event)
+    }
+}
+
+/// Why a name could not be claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Someone, on some node, has it in this room.
+    Taken,
+    /// The cluster could not be asked; the text says why.
+    Unavailable(String),
+}
+
+/// The answer to a claim, which needs a round trip to the cluster.
+pub type PendingClaim = oneshot::Receiver<Result<(), ClaimError>>;
+
+/// What a room and the hub need from the cluster.
+pub trait Bus: Send + Sync {
+    /// Hands a room event to the cluster. Never blocks. It comes back through
+    /// [`crate::hub::Hub::deliver`] on every node with a room of that name, in the cluster's
+    /// order. If it cannot be published, `sender`'s member is told with an error line, so a
+    /// message is never dropped silently.
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>);
+
+    /// Claims `name` in `room` for `owner` (a connection of this node), unless someone has it
+    /// anywhere.
+    fn claim(&self, room: &str, name: &str, owner: u64) -> PendingClaim;
+
+    /// Gives back a name `owner` claimed (it left, was renamed, or gave up waiting), also if the
+    /// claim is still on its way. A name someone else holds is left alone.
+    fn release(&self, room: &str, name: &str, owner: u64);
+
+    /// The names in `room` across the cluster, as last seen.
+    fn members(&self, room: &str) -> Vec<String>;
+
+    /// Every room with members somewhere in the cluster, and how many.
+    fn rooms(&self) -> Vec<(String, usize)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_travel_as_small_json() {
+        let e = Envelope {
+            event: Event::Nick {
+                old: "a".into(),
+                new: "b".into(),
+            },
+            ts: 5,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"type":"nick","old":"a","new":"b","ts":5}"#);
+        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
+        let m = Envelope::from_room_event(&RoomEvent::Action {
+            id: 9,
+            name: "Mina",
+            text: "waves",
+        });
+        assert!(m.is_message());
+        assert!(matches!(
+            m.as_room_event(12),
+            RoomEvent::Action {
+                id: 12,
+                name: "Mina",
+                text: "waves"
+            }
+        ));
+    }
+}

@@ -1,0 +1,176 @@
+//! History in cluster mode: the stream is the store. Appending is publishing (done by the room
+//! through the bus), so this side only answers queries, on the subject that holds a room's
+//! messages, and any node answers for any room.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+use super::{subject, Cluster};
+use crate::bus::{Envelope, Event};
+use crate::protocol::Timestamp;
+use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
+
+/// How long one message of a query may take to arrive before the query gives up.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+pub struct ClusterStore {
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterStore {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        ClusterStore { cluster }
+    }
+}
+
+/// An ephemeral consumer of one room's messages from `from`, and how many it has to read.
+async fn open(
+    cluster: &Cluster,
+    room: &str,
+    from: Option<u64>,
+) -> Result<
+    (
+        async_nats::jetstream::consumer::Consumer<pull::OrderedConfig>,
+        u64,
+    ),
+    String,
+> {
+    let config = pull::OrderedConfig {
+        filter_subject: subject(room, true),
+        deliver_policy: match from {
+            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            None => DeliverPolicy::All,
+        },
+        ..Default::default()
+    };
+    let consumer = cluster
+        .stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    Ok((consumer, pending))
+}
+
+/// Deletes a query's consumer now rather than when the server notices it is idle.
+async fn close(
+    cluster: &Cluster,
+    consumer: &async_nats::jetstream::consumer::Consumer<pull::OrderedConfig>,
+) {
+    let name = consumer.cached_info().name.clone();
+    let _ = cluster.stream.delete_consumer(&name).await;
+}
+
+/// The messages of `room` after `after` (or from the start) up to `until`: the first `limit`
+/// after `after`, or the last `limit` without it.
+async fn query(
+    cluster: &Cluster,
+    room: &str,
+    after: Option<u64>,
+    until: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, String> {
+    let (consumer, pending) = open(cluster, room, after.map(|a| a + 1)).await?;
+    let name = consumer.cached_info().name.clone();
+    let mut out: VecDeque<StoredMessage> = VecDeque::new();
+    if pending > 0 && limit > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        loop {
+            let message = match tokio::time::timeout(READ_WAIT, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(None) | Err(_) => return Err("history read timed out".into()),
+            };
+            let Ok((seq, left)) = message.info().map(|i| (i.stream_sequence, i.pending)) else {
+                continue;
+            };
+            if seq > until {
+                break;
+            }
+            if let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) {
+                if let Some(m) = stored(seq, envelope) {
+                    out.push_back(m);
+                }
+            }
+            if after.is_some() && out.len() >= limit {
+                break;
+            }
+            if after.is_none() && out.len() > limit {
+                out.pop_front();
+            }
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    let _ = cluster.stream.delete_consumer(&name).await;
+    Ok(out.into())
+}
+
+fn stored(id: u64, envelope: Envelope) -> Option<StoredMessage> {
+    let (name, text, action) = match envelope.event {
+        Event::Message { name, text } => (name, text, false),
+        Event::Action { name, text } => (name, text, true),
+        _ => return None,
+    };
+    Some(StoredMessage {
+        id,
+        name,
+        text,
+        ts: Timestamp(envelope.ts),
+        action,
+    })
+}
+
+/// How many of `room`'s messages have ids in `after + 1 ..= until`.
+async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<usize, String> {
+    let (from_after, total) = open(cluster, room, Some(after + 1)).await?;
+    close(cluster, &from_after).await;
+    let (from_until, later) = open(cluster, room, Some(until + 1)).await?;
+    close(cluster, &from_until).await;
+    Ok(total.saturating_sub(later) as usize)
+}
+
+impl Store for ClusterStore {
+    /// Where this node's feed is: a room created now has seen nothing after it.
+    fn last_id(&self, _room: &str) -> u64 {
+        self.cluster.seen.load(Ordering::Acquire)
+    }
+
+    /// Nothing to do: the room published the message to the stream, which is the store.
+    fn append(&self, _room: &Arc<str>, _msg: &MessageRef<'_>, _deliver: Option<Deliver>) {}
+
+    fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        let cluster = self.cluster.clone();
+        let room = room.to_owned();
+        self.cluster.runtime.spawn(async move {
+            let _ = tx.send(query(&cluster, &room, after, until, limit).await);
+        });
+        rx
+    }
+
+    fn count(&self, room: &str, after: u64, until: u64) -> PendingCount {
+        let (tx, rx) = oneshot::channel();
+        let cluster = self.cluster.clone();
+        let room = room.to_owned();
+        self.cluster.runtime.spawn(async move {
+            let _ = tx.send(count(&cluster, &room, after, until).await);
+        });
+        rx
+    }
+
+    fn available(&self) -> bool {
+        self.cluster.connected()
+    }
+
+    fn close(&self) {
+        self.cluster.close();
+    }
+}

@@ -1,0 +1,515 @@
+//! Cluster mode (`--nats URL`): rooms that span machat nodes, on NATS JetStream.
+//!
+//! We do not replicate anything ourselves: JetStream is the log, and every node reads it.
+//! - Every room event (message, action, join, leave, rename) is published to one stream, on the
+//!   subject `machat.room.<room in hex>.m` (messages and actions, the history) or `.e` (the
+//!   rest). The stream's sequence is the order and the message ids: one order per room, the same
+//!   on every node.
+//! - Each node reads the whole stream from where it started, with one ordered consumer (the
+//!   feed), and appends each event to its local room of that name, if it has one. A room that a
+//!   node creates later starts its history where the feed is, so nothing is both replayed and
+//!   delivered live. Every node sees every room's traffic: simple, and cheap next to fanning it
+//!   out to members (see docs/CLUSTER.md for the limits of that choice).
+//! - History and resume are queries on the stream, so any node answers them for any room.
+//! - Names are claimed in a key-value bucket with create-only writes; the bucket's TTL frees the
+//!   names of a node that died (see [`presence`]).
+//!
+//! All NATS work runs on a thread of its own (`machat-cluster`), so the chat runtimes never wait
+//! on the network: they hand events over through a channel and get answers through oneshots.
+
+mod history;
+mod presence;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::bus::{Bus, ClaimError, Envelope, PendingClaim};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::protocol::Reply;
+use crate::room::{Room, Seat};
+use crate::store::Store;
+
+pub use history::ClusterStore;
+
+/// The stream that holds every room's events.
+pub const STREAM: &str = "MACHAT";
+/// The key-value bucket of claimed names.
+pub const BUCKET: &str = "machat-presence";
+const SUBJECTS: &str = "machat.room.>";
+
+/// How long a message that was sent but not confirmed is retried (with the same message id, so
+/// JetStream keeps one copy) before its sender is told it failed.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// Events waiting to be published; beyond this a sender is told the cluster is busy.
+const QUEUE: usize = 65_536;
+
+/// A node's connection to the cluster. Cheap to share.
+pub struct Cluster {
+    /// This node's name in the cluster (random per start), in presence entries and message ids.
+    node: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    presence: presence::Presence,
+    /// The stream sequence up to which this node has delivered every event to its rooms.
+    seen: Arc<AtomicU64>,
+    /// The cluster thread's runtime, where every NATS call runs.
+    runtime: tokio::runtime::Handle,
+    outgoing: mpsc::Sender<Outgoing>,
+    next_msg: AtomicU64,
+    /// The hub to deliver to, set once the server has built it.
+    hub: OnceLock<Arc<Hub>>,
+}
+
+/// An event on its way to the stream.
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+    /// `Nats-Msg-Id`: a retry of the same event is stored once.
+    msg_id: String,
+    /// Who to tell if it cannot be published (a message's sender).
+    sender: Option<(Arc<Room>, Seat)>,
+}
+
+/// The subject of a room's events: the room's name in hex, since a name may hold any character
+/// and a subject may not.
+pub fn subject(room: &str, message: bool) -> String {
+    let mut s = String::with_capacity(16 + room.len() * 2);
+    s.push_str("machat.room.");
+    push_hex(&mut s, room);
+    s.push_str(if message { ".m" } else { ".e" });
+    s
+}
+
+fn push_hex(s: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in text.bytes() {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+}
+
+fn hex(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() * 2);
+    push_hex(&mut s, text);
+    s
+}
+
+fn unhex(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The room a subject belongs to.
+fn room_of(subject: &str) -> Option<String> {
+    let rest = subject.strip_prefix("machat.room.")?;
+    let (room, _kind) = rest.rsplit_once('.')?;
+    unhex(room)
+}
+
+impl Cluster {
+    /// Connects to NATS, creates the stream and the bucket if they are missing, and starts the
+    /// cluster thread. An unreachable NATS stops the start, with the URL and the reason.
+    pub async fn start(config: &Config) -> Result<Arc<Cluster>, String> {
+        let url = config.nats.clone().unwrap_or_default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let settings = Settings::from(config);
+        std::thread::Builder::new()
+            .name("machat-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("cannot start the cluster runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let (outgoing, queue) = mpsc::channel(QUEUE);
+                    match connect(&url, &settings, outgoing).await {
+                        Ok(cluster) => {
+                            if tx.send(Ok(cluster.clone())).is_ok() {
+                                cluster.run(queue).await;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("cannot use NATS at {url}: {e}")));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        rx.await
+            .map_err(|_| "the cluster thread stopped".to_string())?
+    }
+
+    /// The history store: queries on the stream.
+    pub fn store(self: &Arc<Self>) -> Arc<dyn Store> {
+        Arc::new(ClusterStore::new(self.clone()))
+    }
+
+    /// Starts delivering the stream's events to the hub's rooms.
+    pub fn attach(&self, hub: Arc<Hub>) {
+        let _ = self.hub.set(hub);
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Publishes what the rooms hand over, in order, and never loses one silently: an event
+    /// that cannot be sent is refused to its sender at once; one sent but not confirmed is
+    /// retried (with the same message id) and refused if it still is not after `RETRY_FOR`.
+    async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+        self.runtime.spawn(self.clone().feed());
+        self.runtime.spawn(self.presence.clone().watch());
+        self.runtime.spawn(self.presence.clone().refresh());
+        let mut batch = Vec::with_capacity(256);
+        while queue.recv_many(&mut batch, 256).await > 0 {
+            if !self.connected() {
+                for o in batch.drain(..) {
+                    refuse(o, "message not sent: the cluster is unavailable, try again");
+                }
+                continue;
+            }
+            let mut sent = Vec::with_capacity(batch.len());
+            for o in batch.drain(..) {
+                let ack = self.send(&o).await;
+                sent.push((o, ack));
+            }
+            for (o, ack) in sent {
+                let confirmed = match ack {
+                    Some(ack) => ack.await.is_ok(),
+                    None => false,
+                };
+                if !confirmed {
+                    self.retry(o).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, o: &Outgoing) -> Option<jetstream::context::PublishAckFuture> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(o.payload.clone())
+            .message_id(&o.msg_id);
+        self.js
+            .send_publish(o.subject.clone(), publish)
+            .await
+            .inspect_err(|e| warn!(error = %e, "cannot publish to the cluster"))
+            .ok()
+    }
+
+    async fn retry(&self, o: Outgoing) {
+        let deadline = Instant::now() + RETRY_FOR;
+        while Instant::now() < deadline {
+            if !self.connected() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            if let Some(ack) = self.send(&o).await {
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), ack).await {
+                    return;
+                }
+            }
+        }
+        warn!(subject = %o.subject, "event not confirmed by the cluster: told its sender");
+        refuse(
+            o,
+            "message not confirmed by the cluster, it may not have been delivered",
+        );
+    }
+
+    /// Reads the stream from where this node started, for ever, and hands each event to the
+    /// hub. The ordered consumer restarts itself after a gap or a reconnect; if it fails for
+    /// good, a new one starts where the last left off.
+    async fn feed(self: Arc<Self>) {
+        let hub = loop {
+            if let Some(hub) = self.hub.get() {
+                break hub.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        loop {
+            let from = self.seen.load(Ordering::Acquire) + 1;
+            let config = consumer::pull::OrderedConfig {
+                filter_subject: SUBJECTS.into(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            };
+            let messages = match self.stream.create_consumer(config).await {
+                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the cluster's stream; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "reading the cluster's stream failed; resuming");
+                        break;
+                    }
+                };
+                let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
+                    continue;
+                };
+                if seq <= self.seen.load(Ordering::Acquire) {
+                    continue; // already delivered, before a restart of the consumer
+                }
+                let room = room_of(message.subject.as_str());
+                let envelope = serde_json::from_slice::<Envelope>(&message.payload);
+                match (room, envelope) {
+                    (Some(room), Ok(envelope)) => hub.deliver(&room, seq, &envelope, &self.seen),
+                    _ => {
+                        warn!(subject = %message.subject, seq, "not a machat event: skipped");
+                        self.seen.store(seq, Ordering::Release);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits (briefly) until this node's feed has delivered everything the stream held when asked,
+/// so a room created now starts its history after what its member already saw elsewhere.
+async fn catch_up(js: &jetstream::Context, seen: &AtomicU64) {
+    {
+        let last = match js.get_stream(STREAM).await {
+            Ok(stream) => stream.cached_info().state.last_sequence,
+            Err(e) => {
+                warn!(error = %e, "cannot read the stream's position");
+                return;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.load(Ordering::Acquire) < last && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Gives back every name this node holds and waits (briefly) for what is being published.
+    pub fn close(&self) {
+        let presence = self.presence.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            presence.release_all().await;
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(2));
+    }
+}
+
+fn refuse(o: Outgoing, why: &str) {
+    if let Some((room, seat)) = o.sender {
+        // Gone already: nobody to tell.
+        let _ = room.reply(seat, &Reply::Error(why));
+    }
+}
+
+/// What the cluster takes from the configuration.
+#[derive(Clone)]
+struct Settings {
+    history_max: u64,
+    history_max_age: Option<Duration>,
+    replicas: usize,
+    presence_ttl: Duration,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Settings {
+            history_max: c.history_max,
+            history_max_age: c.history_max_age,
+            replicas: c.nats_replicas,
+            presence_ttl: Duration::from_secs_f64(c.presence_ttl),
+        }
+    }
+}
+
+async fn connect(
+    url: &str,
+    settings: &Settings,
+    outgoing: mpsc::Sender<Outgoing>,
+) -> Result<Arc<Cluster>, String> {
+    let node = format!("{:016x}", random_u64());
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("machat {node}"))
+        .connection_timeout(Duration::from_secs(5))
+        // Back soon after NATS is: the default waits up to 8 s between attempts.
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(50 * (attempt as u64).min(40)).max(Duration::from_millis(50))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("cluster: connected to NATS"),
+                async_nats::Event::Disconnected => warn!("cluster: lost NATS, reconnecting"),
+                other => info!(event = %other, "cluster"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client.clone());
+    let stream_config = stream::Config {
+        name: STREAM.into(),
+        subjects: vec![SUBJECTS.into()],
+        max_messages_per_subject: i64::try_from(settings.history_max).unwrap_or(i64::MAX),
+        max_age: settings.history_max_age.unwrap_or_default(),
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(stream_config)
+        .await
+        .map_err(|e| format!("stream {STREAM}: {e}"))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {STREAM}: {e}"))?
+        .state
+        .last_sequence;
+    let presence = presence::Presence::open(&js, &node, settings)
+        .await
+        .map_err(|e| format!("bucket {BUCKET}: {e}"))?;
+    info!(node, stream = STREAM, last, "cluster mode: joined");
+    Ok(Arc::new(Cluster {
+        node,
+        client,
+        js,
+        stream,
+        presence,
+        seen: Arc::new(AtomicU64::new(last)),
+        runtime: tokio::runtime::Handle::current(),
+        outgoing,
+        next_msg: AtomicU64::new(1),
+        hub: OnceLock::new(),
+    }))
+}
+
+/// A random number for the node's name (no crate for this: the standard hasher is seeded
+/// randomly per process).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Bus for Cluster {
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>) {
+        let payload = match serde_json::to_vec(&envelope) {
+            Ok(p) => Bytes::from(p),
+            Err(_) => return, // cannot happen: strings and a number
+        };
+        let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
+        let o = Outgoing {
+            subject: subject(room, envelope.is_message()),
+            payload,
+            msg_id: format!("{}-{n}", self.node),
+            sender,
+        };
+        if let Err(e) = self.outgoing.try_send(o) {
+            let o = match e {
+                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
+            };
+            warn!(room, "cluster queue full: event refused");
+            refuse(o, "message not sent: the cluster is busy, try again");
+        }
+    }
+
+    fn claim(&self, room: &str, name: &str, owner: u64) -> PendingClaim {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.connected() {
+            let _ = tx.send(Err(ClaimError::Unavailable("not connected to NATS".into())));
+            return rx;
+        }
+        let (presence, js, seen) = (self.presence.clone(), self.js.clone(), self.seen.clone());
+        let (room, name, rt) = (room.to_owned(), name.to_owned(), self.runtime.clone());
+        self.runtime.spawn(async move {
+            let result = presence.claim(&room, &name, owner).await;
+            if result.is_ok() {
+                // A join's replay should hold every message the cluster had when it came.
+                catch_up(&js, &seen).await;
+            }
+            if tx.send(result.clone()).is_err() && result.is_ok() {
+                // Nobody waits any more: give the name back.
+                presence.release(&rt, &room, &name, owner);
+            }
+        });
+        rx
+    }
+
+    fn release(&self, room: &str, name: &str, owner: u64) {
+        self.presence.release(&self.runtime, room, name, owner);
+    }
+
+    fn members(&self, room: &str) -> Vec<String> {
+        self.presence.members(room)
+    }
+
+    fn rooms(&self) -> Vec<(String, usize)> {
+        self.presence.rooms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_any_room_name() {
+        for room in ["devroom", "a.b", "*>", "salle à manger"] {
+            let s = subject(room, true);
+            assert!(s.starts_with("machat.room.") && s.ends_with(".m"));
+            assert!(!s["machat.room.".len()..s.len() - 2].contains(['.', '*', '>', ' ']));
+            assert_eq!(room_of(&s).as_deref(), Some(room));
+            assert_eq!(room_of(&subject(room, false)).as_deref(), Some(room));
+        }
+        assert_eq!(room_of("machat.room.zz.m"), None);
+        assert_eq!(room_of("machat.room.6.m"), None);
+        assert_eq!(room_of("other.subject"), None);
+        assert_eq!(unhex(&hex("ü")).as_deref(), Some("ü"));
+    }
+}

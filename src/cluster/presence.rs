@@ -1,0 +1,307 @@
+//! Who is in which room, across the cluster, in a JetStream key-value bucket.
+//!
+//! A name is claimed with a create-only write of the key `<room hex>.<name hex>`, which fails if
+//! anyone holds it: the cluster's one place that decides. The bucket's `max_age` is the TTL, and
+//! the node that holds a name rewrites it every third of the TTL, so when a node dies its names
+//! free up within the TTL, with nobody having to notice. NATS 2.9 removes expired keys without
+//! telling watchers, so each node's view of the bucket (for `/who` and `/rooms`) also drops
+//! entries not rewritten within the TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::{self, stream::StorageType};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::runtime::Handle;
+use tracing::warn;
+
+use super::{hex, unhex, Settings, BUCKET};
+use crate::bus::ClaimError;
+
+#[derive(Clone)]
+pub struct Presence {
+    kv: kv::Store,
+    node: Arc<str>,
+    ttl: Duration,
+    /// The names this node holds, by key.
+    held: Arc<Mutex<HashMap<String, Claim>>>,
+    /// The whole bucket as last seen: key → entry.
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+}
+
+struct Claim {
+    /// The connection that holds it.
+    owner: u64,
+    state: ClaimState,
+}
+
+#[derive(Clone, Copy)]
+enum ClaimState {
+    /// The create is on its way; `release` says the owner gave up meanwhile.
+    Claiming {
+        release: bool,
+    },
+    Held {
+        revision: u64,
+    },
+}
+
+struct Seen {
+    room: String,
+    name: String,
+    at: Instant,
+}
+
+fn key(room: &str, name: &str) -> String {
+    format!("{}.{}", hex(room), hex(name))
+}
+
+fn parse_key(key: &str) -> Option<(String, String)> {
+    let (room, name) = key.split_once('.')?;
+    Some((unhex(room)?, unhex(name)?))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Presence {
+    pub async fn open(
+        js: &jetstream::Context,
+        node: &str,
+        settings: &Settings,
+    ) -> Result<Presence, String> {
+        // The bucket's stream, made by hand as the key-value spec lays it out:
+        // `create_key_value` first asks for the account's info, which async-nats cannot read
+        // from a NATS 2.9 server.
+        let config = jetstream::stream::Config {
+            name: format!("KV_{BUCKET}"),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: settings.presence_ttl,
+            storage: StorageType::File,
+            num_replicas: settings.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kv = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
+        Ok(Presence {
+            kv,
+            node: node.into(),
+            ttl: settings.presence_ttl,
+            held: Arc::default(),
+            seen: Arc::default(),
+        })
+    }
+
+    fn value(&self) -> Bytes {
+        Bytes::from(format!("{{\"node\":\"{}\"}}", self.node))
+    }
+
+    pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {
+        let key = key(room, name);
+        {
+            let mut held = lock(&self.held);
+            if held.contains_key(&key) {
+                // Held (or being claimed) by another connection of this node.
+                return Err(ClaimError::Taken);
+            }
+            held.insert(
+                key.clone(),
+                Claim {
+                    owner,
+                    state: ClaimState::Claiming { release: false },
+                },
+            );
+        }
+        let this = self;
+        {
+            let created = this.kv.create(&key, this.value()).await;
+            let mut gave_up = None;
+            let result = {
+                let mut held = lock(&this.held);
+                match created {
+                    Ok(revision) => {
+                        let released = matches!(
+                            held.get(&key).map(|c| c.state),
+                            Some(ClaimState::Claiming { release: true })
+                        );
+                        if released {
+                            held.remove(&key);
+                            gave_up = Some(revision);
+                        } else if let Some(c) = held.get_mut(&key) {
+                            c.state = ClaimState::Held { revision };
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        held.remove(&key);
+                        if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                            Err(ClaimError::Taken)
+                        } else {
+                            Err(ClaimError::Unavailable(e.to_string()))
+                        }
+                    }
+                }
+            };
+            if let Some(revision) = gave_up {
+                this.delete(key.clone(), revision).await;
+            }
+            result
+        }
+    }
+
+    pub fn release(&self, rt: &Handle, room: &str, name: &str, owner: u64) {
+        let key = key(room, name);
+        let mut held = lock(&self.held);
+        let Some(claim) = held.get_mut(&key).filter(|c| c.owner == owner) else {
+            return;
+        };
+        match claim.state {
+            ClaimState::Claiming { .. } => claim.state = ClaimState::Claiming { release: true },
+            ClaimState::Held { revision } => {
+                held.remove(&key);
+                drop(held);
+                let this = self.clone();
+                rt.spawn(async move { this.delete(key, revision).await });
+            }
+        }
+    }
+
+    /// Deletes a key if it is still ours (the revision we wrote): after an outage the key may
+    /// have expired and been claimed by someone else.
+    async fn delete(&self, key: String, revision: u64) {
+        if let Err(e) = self.kv.delete_expect_revision(&key, Some(revision)).await {
+            tracing::debug!(key, error = %e, "presence: not deleted");
+        }
+        lock(&self.seen).remove(&key);
+    }
+
+    /// At shutdown: gives back every name this node holds.
+    pub async fn release_all(&self) {
+        let keys: Vec<(String, u64)> = lock(&self.held)
+            .drain()
+            .filter_map(|(k, c)| match c.state {
+                ClaimState::Held { revision } => Some((k, revision)),
+                ClaimState::Claiming { .. } => None,
+            })
+            .collect();
+        let deletes = keys.into_iter().map(|(k, r)| self.delete(k, r));
+        futures_util::future::join_all(deletes).await;
+    }
+
+    /// Rewrites every name this node holds, every third of the TTL, so they do not expire.
+    pub async fn refresh(self) {
+        let period = self.ttl / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let keys: Vec<(String, u64)> = lock(&self.held)
+                .iter()
+                .filter_map(|(k, c)| match c.state {
+                    ClaimState::Held { revision } => Some((k.clone(), revision)),
+                    ClaimState::Claiming { .. } => None,
+                })
+                .collect();
+            for chunk in keys.chunks(256) {
+                let this = &self;
+                let updates = chunk.iter().map(|(key, revision)| async move {
+                    let mut result = this.kv.update(key, this.value(), *revision).await;
+                    if result.is_err() {
+                        // Expired during an outage: take it again if nobody else did.
+                        result = this.kv.create(key, this.value()).await.map_err(|e| {
+                            kv::UpdateError::with_source(kv::UpdateErrorKind::Other, e)
+                        });
+                    }
+                    (key, result)
+                });
+                for (key, result) in futures_util::future::join_all(updates).await {
+                    let mut held = lock(&self.held);
+                    let Some(claim) = held.get_mut(key) else {
+                        continue; // released meanwhile
+                    };
+                    match result {
+                        Ok(revision) => claim.state = ClaimState::Held { revision },
+                        Err(e) => {
+                            let (room, name) = parse_key(key).unwrap_or_default();
+                            warn!(room, name, error = %e, "presence: cannot keep a name");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the bucket for ever, keeping this node's view of who is where.
+    pub async fn watch(self) {
+        loop {
+            match self.kv.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    lock(&self.seen).clear();
+                    while let Some(entry) = entries.next().await {
+                        let Ok(entry) = entry else { break };
+                        let mut seen = lock(&self.seen);
+                        match entry.operation {
+                            Operation::Put => {
+                                if let Some((room, name)) = parse_key(&entry.key) {
+                                    let at = Instant::now();
+                                    seen.insert(entry.key, Seen { room, name, at });
+                                }
+                            }
+                            Operation::Delete | Operation::Purge => {
+                                seen.remove(&entry.key);
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "presence: cannot watch the bucket; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn live<'a>(&self, seen: &'a HashMap<String, Seen>) -> impl Iterator<Item = &'a Seen> {
+        let ttl = self.ttl;
+        seen.values().filter(move |s| s.at.elapsed() < ttl)
+    }
+
+    pub fn members(&self, room: &str) -> Vec<String> {
+        let seen = lock(&self.seen);
+        self.live(&seen)
+            .filter(|s| s.room == room)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    pub fn rooms(&self) -> Vec<(String, usize)> {
+        let seen = lock(&self.seen);
+        let mut rooms: HashMap<&str, usize> = HashMap::new();
+        for s in self.live(&seen) {
+            *rooms.entry(&s.room).or_insert(0) += 1;
+        }
+        rooms.into_iter().map(|(r, n)| (r.to_owned(), n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hold_any_room_and_name() {
+        for (room, name) in [("devroom", "Mina"), ("a.b", "x.y"), ("é", "*>")] {
+            let k = key(room, name);
+            assert_eq!(k.matches('.').count(), 1);
+            assert_eq!(parse_key(&k), Some((room.to_owned(), name.to_owned())));
+        }
+        assert_eq!(parse_key("nodot"), None);
+    }
+}

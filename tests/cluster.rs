@@ -1,0 +1,343 @@
+//! Cluster mode with real processes: a `nats-server -js` on an ephemeral loopback port and two
+//! or three machat nodes on it, with TCP, JSON and WebSocket clients on different nodes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ws::*;
+use common::{Client, Nats, Server, TIMEOUT};
+use serde_json::Value;
+
+fn node(nats: &Nats, args: &[&str]) -> Server {
+    let url = nats.url();
+    let mut all = vec!["--nats", url.as_str()];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// A JSON client that joined (asking for `extra` handshake fields too).
+fn json_join(server: &Server, name: &str, room: &str, extra: &str) -> Client {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        "{{\"name\":\"{name}\",\"room\":\"{room}\",\"format\":\"json\"{extra}}}"
+    ));
+    c
+}
+
+/// JSON lines until one matches; returns those before it.
+fn json_until(c: &mut Client, mut want: impl FnMut(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let l = c
+            .line_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("timed out after {seen:?}"));
+        let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if want(&v) {
+            return seen;
+        }
+        seen.push(v);
+    }
+}
+
+/// The (id, name, text) of the messages among `events`.
+fn messages(events: &[Value]) -> Vec<(u64, String, String)> {
+    events
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap_or(0),
+                v["name"].as_str().unwrap_or("").to_owned(),
+                v["text"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn is_text(v: &Value, text: &str) -> bool {
+    v["type"] == "message" && v["text"] == text
+}
+
+#[test]
+fn rooms_span_nodes_with_one_order_on_every_node() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &["--http", "127.0.0.1:0"]);
+    let c = node(&nats, &[]);
+    let mut tom = a.connect("Tom", "r");
+    let mut wes = ws_join(&b, "Wes", "r");
+    let mut jay = json_join(&c, "Jay", "r", "");
+    json_until(&mut jay, |v| v["type"] == "join" && v["name"] == "Jay");
+    // Everyone hears of the others' joins, wherever they joined.
+    tom.until("*** Jay joined");
+    until(&mut wes, |v| v["type"] == "join" && v["name"] == "Jay");
+    // Three senders on three nodes, interleaved as fast as they can.
+    for i in 0..20 {
+        tom.send(&format!("tom {i}\n"));
+        send(&mut wes, &format!("wes {i}"));
+        jay.send(&format!("jay {i}\n"));
+    }
+    tom.send("tom done\n");
+    send(&mut wes, "wes done");
+    jay.send("jay done\n");
+    let mut seen_jay = Vec::new();
+    let mut seen_wes = Vec::new();
+    let mut text_tom = Vec::new();
+    // Read until each has all three "done" lines.
+    for _ in 0..3 {
+        seen_jay.extend(json_until(&mut jay, |v| {
+            v["type"] == "message" && v["text"].as_str().is_some_and(|t| t.ends_with("done"))
+        }));
+        seen_wes.extend(until(&mut wes, |v| {
+            v["type"] == "message" && v["text"].as_str().is_some_and(|t| t.ends_with("done"))
+        }));
+        loop {
+            let l = tom.line();
+            if l.ends_with(" done") {
+                break;
+            }
+            text_tom.push(l);
+        }
+    }
+    let (mj, mw) = (messages(&seen_jay), messages(&seen_wes));
+    assert_eq!(mj.len(), 60, "{mj:?}");
+    assert_eq!(mj, mw, "JSON on C and WebSocket on B disagree");
+    // Ids are the stream's sequence: they only grow.
+    assert!(mj.windows(2).all(|w| w[0].0 < w[1].0), "{mj:?}");
+    // The text client on A saw the same order, as NAME:text lines.
+    let tom_msgs: Vec<String> = text_tom
+        .into_iter()
+        .filter(|l| !l.starts_with("***"))
+        .collect();
+    let want: Vec<String> = mj
+        .iter()
+        .map(|(_, name, text)| format!("{name}:{text}"))
+        .collect();
+    assert_eq!(tom_msgs, want);
+    // Leaving is heard on the other nodes.
+    tom.send("/quit\n");
+    json_until(&mut jay, |v| v["type"] == "leave" && v["name"] == "Tom");
+}
+
+#[test]
+fn history_resume_and_the_api_from_any_node() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &["--http", "127.0.0.1:0"]);
+    let mut mina = json_join(&a, "Mina", "hist", "");
+    json_until(&mut mina, |v| v["type"] == "join");
+    for i in 1..=5 {
+        mina.send(&format!("m{i}\n"));
+        let v = json_until(&mut mina, |v| is_text(v, &format!("m{i}")));
+        assert!(messages(&v).is_empty());
+    }
+    mina.send("/me waves\n");
+    json_until(&mut mina, |v| v["type"] == "action");
+    // A late joiner on B asks for the last 3: served from JetStream.
+    let mut bob = b.connect_with("Bob", "hist", r#","history":3"#);
+    let replay = bob.until("*** Bob joined");
+    assert_eq!(
+        replay,
+        [
+            "*** history: 3 messages",
+            "Mina:m4",
+            "Mina:m5",
+            "* Mina waves",
+            "*** end of history"
+        ]
+    );
+    // /history on B.
+    bob.send("/history 2\n");
+    let h = bob.until("*** end of history");
+    assert_eq!(h, ["*** history: 2 messages", "Mina:m5", "* Mina waves"]);
+    // The HTTP API on B, and a resume by id on B after the first two.
+    let (status, body) = get_json(b.http.expect("http"), "/api/rooms/hist/messages");
+    assert_eq!(status, 200, "{body}");
+    let list = body["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 6, "{body}");
+    let second = list[1]["id"].as_u64().expect("id");
+    let mut res = json_join(&b, "Res", "hist", &format!(r#","since":{second}"#));
+    let got = json_until(&mut res, |v| v["type"] == "end_of_history");
+    assert_eq!(got[0]["type"], "history");
+    assert_eq!(got[0]["count"], 4, "{got:?}");
+    let texts: Vec<&str> = got[1..].iter().filter_map(|v| v["text"].as_str()).collect();
+    assert_eq!(texts, ["m3", "m4", "m5", "waves"]);
+    let resumed_ids: Vec<u64> = got[1..].iter().filter_map(|v| v["id"].as_u64()).collect();
+    let api_ids: Vec<u64> = list[2..].iter().filter_map(|v| v["id"].as_u64()).collect();
+    assert_eq!(resumed_ids, api_ids);
+    // Live traffic continues after the replay with no gap and no duplicate.
+    mina.send("m6\n");
+    let after = json_until(&mut res, |v| is_text(v, "m6"));
+    assert!(messages(&after).is_empty(), "{after:?}");
+}
+
+#[test]
+fn names_are_unique_across_nodes_and_who_and_rooms_are_cluster_wide() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut mina = a.connect("Mina", "uniq");
+    // The same name on another node is refused, as on one node.
+    let mut dup = Client::raw(b.addr);
+    dup.send(r#"{"name":"Mina","room":"uniq"}"#);
+    assert_eq!(
+        dup.line(),
+        "*** error: name Mina is already taken in room uniq"
+    );
+    assert!(dup.closed());
+    // Another room is fine.
+    let _elsewhere = b.connect("Mina", "other");
+    let mut bob = b.connect("Bob", "uniq");
+    mina.until("*** Bob joined");
+    // /who and /rooms on B show members on A.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send("/who\n");
+        let who = bob.line();
+        if who == "*** 2 in uniq: Bob Mina" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{who}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bob.send("/rooms\n");
+    assert_eq!(bob.line(), "*** 2 rooms: uniq(2) other(1)");
+    // /nick to a name held on the other node is refused; a free one is taken.
+    bob.send("/nick Mina\n");
+    assert_eq!(
+        bob.line(),
+        "*** error: name Mina is already taken in this room"
+    );
+    bob.send("/nick Bobby\n");
+    mina.until("*** Bob is now Bobby");
+    // Once Mina quits on A, her name is free on B; Bob's old name is free too.
+    mina.send("/quit\n");
+    bob.until("*** Mina left");
+    let _mina_b = b.connect("Mina", "uniq");
+    let _bob_a = a.connect("Bob", "uniq");
+}
+
+#[test]
+fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--presence-ttl", "2"]);
+    let b = node(&nats, &["--presence-ttl", "2"]);
+    let c = node(&nats, &["--presence-ttl", "2"]);
+    let mut reader = json_join(&a, "Reader", "fail", "");
+    json_until(&mut reader, |v| {
+        v["type"] == "join" && v["name"] == "Reader"
+    });
+    // A join on another node may come after other joins it has not shown yet: wait for ours.
+    let mut sender = c.connect_with("Sender", "fail", "");
+    sender.until("*** Sender joined");
+    let mut last = 0;
+    for i in 0..10 {
+        sender.send(&format!("s{i}\n"));
+        let v = json_until(&mut reader, |v| is_text(v, &format!("s{i}")));
+        assert!(messages(&v).is_empty());
+        last = i;
+    }
+    let last_id = {
+        sender.send("mark\n");
+        let mut id = 0;
+        json_until(&mut reader, |v| {
+            id = v["id"].as_u64().unwrap_or(0);
+            is_text(v, "mark")
+        });
+        id
+    };
+    assert!(last == 9 && last_id > 0);
+    a.signal("-KILL");
+    // While A is dead, the room goes on.
+    for i in 10..20 {
+        sender.send(&format!("s{i}\n"));
+    }
+    sender.until("Sender:s19");
+    // The reader comes back on B with its last id. Its name is held by the dead node until
+    // the TTL passes: it is refused meanwhile, then gets in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut back, replay) = loop {
+        let mut c = json_join(&b, "Reader", "fail", &format!(r#","since":{last_id}"#));
+        let first = c.line_within(TIMEOUT).expect("an answer");
+        let v: Value = serde_json::from_str(&first).expect("json");
+        if v["type"] == "history" {
+            let rest = json_until(&mut c, |v| v["type"] == "end_of_history");
+            break (c, rest);
+        }
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(v["reason"].as_str().unwrap_or("").contains("already taken"));
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's name never freed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let texts: Vec<String> = messages(&replay).into_iter().map(|m| m.2).collect();
+    let want: Vec<String> = (10..20).map(|i| format!("s{i}")).collect();
+    assert_eq!(texts, want, "missed or duplicated across the failover");
+    sender.send("live\n");
+    let between = json_until(&mut back, |v| is_text(v, "live"));
+    assert!(messages(&between).is_empty(), "{between:?}");
+}
+
+#[test]
+fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
+    let mut nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut ann = a.connect("Ann", "out");
+    let mut bob = b.connect("Bob", "out");
+    ann.until("*** Bob joined");
+    ann.send("before\n");
+    bob.until("Ann:before");
+    ann.until("Ann:before");
+    nats.stop();
+    assert!(a.wait_log("lost NATS"));
+    ann.send("during\n");
+    // Refused at once: NATS is known to be gone.
+    let refusal = ann.line();
+    assert!(
+        refusal.starts_with("*** error: message not sent"),
+        "{refusal}"
+    );
+    // A join cannot be confirmed either.
+    let mut late = Client::raw(b.addr);
+    late.send(r#"{"name":"Late","room":"out"}"#);
+    let l = late.line();
+    assert!(
+        l.starts_with("*** error: the cluster is unavailable"),
+        "{l}"
+    );
+    nats.restart();
+    // Nodes reconnect by themselves. Until they have, a message may be refused; every one that
+    // is not refused must arrive, once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    let through = loop {
+        sent += 1;
+        ann.send(&format!("after {sent}\n"));
+        if let Some(l) = bob.line_within(Duration::from_millis(300)) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no recovery");
+    };
+    assert!(through.starts_with("Ann:after "), "{through}");
+    ann.send("final\n");
+    let mut bob_saw = vec![through];
+    bob_saw.extend(bob.until("Ann:final"));
+    let ann_saw = ann.until("Ann:final");
+    let refused = ann_saw
+        .iter()
+        .filter(|l| l.starts_with("*** error:"))
+        .count();
+    let echoed: Vec<&String> = ann_saw.iter().filter(|l| l.starts_with("Ann:")).collect();
+    assert_eq!(refused + echoed.len(), sent, "{ann_saw:?}");
+    let bob_msgs: Vec<&String> = bob_saw.iter().filter(|l| l.starts_with("Ann:")).collect();
+    assert_eq!(bob_msgs, echoed);
+    // The history from before the outage survived NATS's restart.
+    let mut h = b.connect_with("Hist", "out", r#","history":100"#);
+    let replay = h.until("*** Hist joined");
+    assert_eq!(replay[1], "Ann:before", "{replay:?}");
+    assert!(!replay.contains(&"Ann:during".to_string()), "{replay:?}");
+}

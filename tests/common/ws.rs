@@ -1,0 +1,177 @@
+//! Web clients for the tests: plain HTTP GETs, WebSockets and JSON-over-TCP clients, each with
+//! bounded waits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+use super::{Client, Server, TIMEOUT};
+
+/// A plain HTTP/1.1 GET; returns (status, headers, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    get_with(addr, path, "")
+}
+
+pub fn get_with(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect http");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read http response");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head.to_string(), body.to_string())
+}
+
+pub fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, body) = get(addr, path);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}")),
+    )
+}
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// Opens a WebSocket to `/ws` (no handshake frame sent yet).
+pub fn ws_open(server: &Server) -> Ws {
+    ws_open_origin(server, None).expect("websocket upgrade")
+}
+
+pub fn ws_open_origin(server: &Server, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let addr = server.http.expect("http on");
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect ws");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws"))
+            .unwrap();
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("Origin", origin.parse().expect("origin header"));
+    }
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
+    }
+}
+
+/// What came next on a WebSocket: a JSON text frame, a close frame, or nothing in time.
+#[derive(Debug)]
+pub enum Got {
+    Json(Value),
+    Close(Option<CloseFrame>),
+    Nothing,
+}
+
+pub fn next(ws: &mut Ws, within: Duration) -> Got {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                return Got::Json(
+                    serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("{e}: {t}")),
+                )
+            }
+            Ok(Message::Close(f)) => return Got::Close(f),
+            Ok(Message::Binary(_)) => panic!("binary frame from the server"),
+            Ok(_) => {}
+            Err(e) if nothing_yet(&e) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Got::Close(None)
+            }
+            Err(e) => panic!("websocket error: {e}"),
+        }
+    }
+    Got::Nothing
+}
+
+/// A read that timed out: nothing arrived yet, the connection is fine.
+pub fn nothing_yet(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e)
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+pub fn frame(ws: &mut Ws) -> Value {
+    match next(ws, TIMEOUT) {
+        Got::Json(v) => v,
+        other => panic!("wanted a frame, got {other:?}"),
+    }
+}
+
+/// Reads frames until one matches; returns the frames before it.
+pub fn until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        match next(ws, TIMEOUT) {
+            Got::Json(v) if want(&v) => return seen,
+            Got::Json(v) => seen.push(v),
+            other => panic!("wanted a frame, got {other:?} after {seen:?}"),
+        }
+    }
+}
+
+pub fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).expect("ws send");
+}
+
+/// Joins over WebSocket and returns once the server says the client joined.
+pub fn ws_join(server: &Server, name: &str, room: &str) -> Ws {
+    let mut ws = ws_open(server);
+    send(
+        &mut ws,
+        &format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}"),
+    );
+    until(&mut ws, |v| v["type"] == "join" && v["name"] == name);
+    ws
+}
+
+/// Expects an error frame with `reason_part`, then a close frame with `code`.
+pub fn expect_closed(ws: &mut Ws, code: u16, reason_part: &str) {
+    let v = frame(ws);
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains(reason_part),
+        "{v} lacks {reason_part:?}"
+    );
+    match next(ws, TIMEOUT) {
+        Got::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), code, "{f:?}");
+            assert!(f.reason.contains(reason_part), "{f:?}");
+        }
+        other => panic!("wanted a close frame {code}, got {other:?}"),
+    }
+}
+
+pub fn json_client(server: &Server, name: &str, room: &str) -> Client {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        "{{\"name\":\"{name}\",\"room\":\"{room}\",\"format\":\"json\"}}"
+    ));
+    loop {
+        let v: Value = serde_json::from_str(&c.line()).unwrap();
+        if v["type"] == "join" && v["name"] == name {
+            return c;
+        }
+    }
+}
+
+pub fn json_line(c: &mut Client) -> Value {
+    serde_json::from_str(&c.line()).expect("a JSON line")
+}
