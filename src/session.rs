@@ -395,8 +395,10 @@ impl Session {
         Poll::Ready(self.room.reply_bytes(self.seat, bytes))
     }
 
-    /// Leaves the room for good, moving what was still unread to `out`.
+    /// Leaves the room for good, moving what was still unread to `out`. At shutdown the room is not told (everyone is leaving), unless it spans a cluster: members
+    /// on other nodes stay, and must hear of it.
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
+        let announce = announce || self.hub.clustered();
         self.hub.leave(&self.room, self.seat, out, announce);
         self.hub.release(self.room.name(), &self.name, self.id);
         // A claim still on its way would otherwise hold the name until the cluster's TTL.

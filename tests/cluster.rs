@@ -341,3 +341,21 @@ fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
     assert_eq!(replay[1], "Ann:before", "{replay:?}");
     assert!(!replay.contains(&"Ann:during".to_string()), "{replay:?}");
 }
+
+#[test]
+fn a_node_that_stops_cleanly_says_goodbye_and_frees_its_names_at_once() {
+    let nats = Nats::start();
+    // A TTL far longer than the test: the names must be given back, not expire.
+    let a = node(&nats, &["--presence-ttl", "600"]);
+    let b = node(&nats, &["--presence-ttl", "600"]);
+    let mut ann = a.connect("Ann", "bye");
+    let mut bob = b.connect_with("Bob", "bye", "");
+    bob.until("*** Bob joined");
+    ann.until("*** Bob joined");
+    a.signal("-TERM");
+    let rest = String::from_utf8_lossy(&ann.rest()).into_owned();
+    assert!(rest.contains("*** server shutting down"), "{rest:?}");
+    bob.until("*** Ann left");
+    let mut again = b.connect_with("Ann", "bye", "");
+    again.until("*** Ann joined");
+}

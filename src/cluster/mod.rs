@@ -20,7 +20,7 @@
 mod history;
 mod presence;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub struct Cluster {
     /// The cluster thread's runtime, where every NATS call runs.
     runtime: tokio::runtime::Handle,
     outgoing: mpsc::Sender<Outgoing>,
+    /// Events handed over and not yet confirmed or refused (shutdown waits for them).
+    unsettled: AtomicUsize,
     next_msg: AtomicU64,
     /// The hub to deliver to, set once the server has built it.
     hub: OnceLock<Arc<Hub>>,
@@ -188,10 +190,12 @@ impl Cluster {
         self.runtime.spawn(self.presence.clone().refresh());
         let mut batch = Vec::with_capacity(256);
         while queue.recv_many(&mut batch, 256).await > 0 {
+            let settled = batch.len();
             if !self.connected() {
                 for o in batch.drain(..) {
                     refuse(o, "message not sent: the cluster is unavailable, try again");
                 }
+                self.unsettled.fetch_sub(settled, Ordering::AcqRel);
                 continue;
             }
             let mut sent = Vec::with_capacity(batch.len());
@@ -208,6 +212,7 @@ impl Cluster {
                     self.retry(o).await;
                 }
             }
+            self.unsettled.fetch_sub(settled, Ordering::AcqRel);
         }
     }
 
@@ -321,8 +326,13 @@ async fn catch_up(js: &jetstream::Context, seen: &AtomicU64) {
 }
 
 impl Cluster {
-    /// Gives back every name this node holds and waits (briefly) for what is being published.
+    /// At shutdown: waits (briefly) until what the rooms handed over is published (the
+    /// goodbyes of this node's members among it), then gives back every name this node holds.
     pub fn close(&self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.unsettled.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let presence = self.presence.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
@@ -417,6 +427,7 @@ async fn connect(
         seen: Arc::new(AtomicU64::new(last)),
         runtime: tokio::runtime::Handle::current(),
         outgoing,
+        unsettled: AtomicUsize::new(0),
         next_msg: AtomicU64::new(1),
         hub: OnceLock::new(),
     }))
@@ -450,7 +461,9 @@ impl Bus for Cluster {
             msg_id: format!("{}-{n}", self.node),
             sender,
         };
+        self.unsettled.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.outgoing.try_send(o) {
+            self.unsettled.fetch_sub(1, Ordering::AcqRel);
             let o = match e {
                 mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
             };
