@@ -635,6 +635,12 @@ impl Outage {
     }
 }
 
+/// What comes after a lost connection.
+enum Next {
+    Connected(usize, Box<dyn Stream>),
+    Stop(Ending),
+}
+
 /// How one connection ended.
 enum End {
     /// The user is done (`/quit`, or input over and all of it sent) and the server closed.
@@ -808,25 +814,28 @@ impl Failover {
                 }
             }
             match me.reconnect().await? {
-                Some((i, s)) => (at, stream) = (i, s),
-                None => return Ok(Ending::ServerClosed),
+                Next::Connected(i, s) => (at, stream) = (i, s),
+                Next::Stop(ending) => return Ok(ending),
             }
         }
     }
 
     /// Tries the addresses round-robin from the one after the lost one, until one accepts a
-    /// connection or the time is up (None).
-    async fn reconnect(&mut self) -> io::Result<Option<(usize, Box<dyn Stream>)>> {
+    /// connection, the time is up, or the user is done.
+    async fn reconnect(&mut self) -> io::Result<Next> {
         loop {
-            let Some(o) = self.outage.as_mut() else {
-                return Ok(None);
-            };
-            if self.stdin_done && self.waiting.is_empty() {
-                eprintln!(
-                    "machat-client: input ended while reconnecting, with nothing left to send"
-                );
-                return Ok(None);
+            if let Some(ending) = self.user_done() {
+                match ending {
+                    Ending::Done => eprintln!("machat-client: /quit while reconnecting: quitting"),
+                    Ending::ServerClosed => eprintln!(
+                        "machat-client: input ended while reconnecting, with nothing left to send"
+                    ),
+                }
+                return Ok(Next::Stop(ending));
             }
+            let Some(o) = self.outage.as_mut() else {
+                return Ok(Next::Stop(Ending::ServerClosed));
+            };
             let now = Instant::now();
             if now >= o.until {
                 let n = self.waiting.len();
@@ -839,15 +848,16 @@ impl Failover {
                     "machat-client: could not reconnect within {} s; giving up{unsent}",
                     self.args.reconnect_for.as_secs_f64()
                 );
-                return Ok(None);
+                return Ok(Next::Stop(Ending::ServerClosed));
             }
             let i = o.next % self.args.address.len().max(1);
             o.next = i + 1;
             let limit = CONNECT_TIMEOUT.min(o.until - now);
             let addr = self.args.address[i].clone();
             match self.connect_within(&addr, limit).await? {
-                Ok(stream) => return Ok(Some((i, stream))),
-                Err(e) => {
+                None => {} // the user is done: said at the top of the loop
+                Some(Ok(stream)) => return Ok(Next::Connected(i, stream)),
+                Some(Err(e)) => {
                     if let Some(o) = self.outage.as_mut() {
                         o.say(format!("cannot connect to {addr}: {e}"));
                     }
@@ -869,23 +879,38 @@ impl Failover {
         self.pause(wait).await
     }
 
-    /// Waits, still taking typed lines.
-    async fn pause(&mut self, wait: Duration) -> io::Result<()> {
-        let until = Instant::now() + wait;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(until) => return Ok(()),
-                input = self.stdin.recv(), if !self.stdin_done => self.take_input(input)?,
-            }
+    /// With nothing left for a server (input over and nothing waiting, or only a /quit
+    /// waiting), how to end instead of reconnecting.
+    fn user_done(&self) -> Option<Ending> {
+        if self.stdin_done && self.waiting.is_empty() {
+            // The connection was lost while the user was still typing: as with one address.
+            Some(Ending::ServerClosed)
+        } else if self.waiting.len() == 1 && self.waiting.front().is_some_and(|l| is_quit_line(l)) {
+            Some(Ending::Done)
+        } else {
+            None
         }
     }
 
-    /// Connects, still taking typed lines; the inner error says why it failed.
+    /// Waits, still taking typed lines; ends early when the user is done.
+    async fn pause(&mut self, wait: Duration) -> io::Result<()> {
+        let until = Instant::now() + wait;
+        while self.user_done().is_none() {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                input = self.stdin.recv(), if !self.stdin_done => self.take_input(input)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects, still taking typed lines; the inner error says why it failed. None: the user
+    /// is done, and the attempt was dropped.
     async fn connect_within(
         &mut self,
         addr: &str,
         limit: Duration,
-    ) -> io::Result<Result<Box<dyn Stream>, String>> {
+    ) -> io::Result<Option<Result<Box<dyn Stream>, String>>> {
         let tls = self.tls.clone();
         let attempt = async move {
             match tokio::time::timeout(limit, connect_to(addr, tls.as_ref())).await {
@@ -895,12 +920,13 @@ impl Failover {
             }
         };
         tokio::pin!(attempt);
-        loop {
+        while self.user_done().is_none() {
             tokio::select! {
-                done = &mut attempt => return Ok(done),
+                done = &mut attempt => return Ok(Some(done)),
                 input = self.stdin.recv(), if !self.stdin_done => self.take_input(input)?,
             }
         }
+        Ok(None)
     }
 
     fn take_input(&mut self, input: Option<io::Result<Vec<u8>>>) -> io::Result<()> {
@@ -962,9 +988,10 @@ impl Failover {
         let why = loop {
             let can_send =
                 conn.ready && (!self.waiting.is_empty() || (self.stdin_done && !finished));
-            // Once in, a full queue waits for the socket instead of dropping lines.
-            let can_type =
-                !self.stdin_done && (!conn.ready || self.waiting.len() < MAX_WAITING_LINES);
+            // Lines are dropped only while reconnecting: otherwise a full queue waits, as
+            // input piped in at start waits for the first join.
+            let can_type = !self.stdin_done
+                && (self.outage.is_some() || self.waiting.len() < MAX_WAITING_LINES);
             tokio::select! {
                 got = read.read_until(b'\n', &mut line) => {
                     // Cancel-safe: a part read before another branch won stays in `line`.
