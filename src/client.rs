@@ -410,6 +410,8 @@ struct Tracker {
     machat: bool,
     /// In a room at least once: until then a refused join ends the client, as before failover.
     joined_once: bool,
+    /// Our own join line was shown: it is shown once, not again after each failover.
+    join_shown: bool,
     /// "The server keeps no history" was said already.
     history_said: bool,
 }
@@ -429,6 +431,8 @@ struct Conn {
     replayed: u64,
     /// Messages not shown because their id was not above the last one shown.
     skipped: u64,
+    /// A live message (not replayed) has arrived.
+    live: bool,
     /// The server's reason, when it refused the join.
     refusal: Option<String>,
     /// Why there was no replay (history off or unavailable).
@@ -446,6 +450,7 @@ impl Tracker {
             raw,
             machat: false,
             joined_once: false,
+            join_shown: false,
             history_said: false,
         }
     }
@@ -463,6 +468,7 @@ impl Tracker {
             block: None,
             replayed: 0,
             skipped: 0,
+            live: false,
             refusal: None,
             no_history: None,
             notes: Vec::new(),
@@ -523,8 +529,8 @@ impl Tracker {
             }
             "join" if !conn.in_room && name == Some(&self.name) && room == Some(&conn.room) => {
                 conn.in_room = true;
-                conn.ready = true;
-                if std::mem::replace(&mut self.joined_once, true) {
+                self.assume_in(conn);
+                if std::mem::replace(&mut self.join_shown, true) {
                     // Back in after a failover: stdout goes on as if we had never left.
                     return;
                 }
@@ -546,6 +552,9 @@ impl Tracker {
                 let reason = s("reason").unwrap_or("");
                 if is_history_error(reason) {
                     conn.no_history = Some(reason.to_owned());
+                    // Without a replay the last id is no use, and may even mislead: with
+                    // --history off a room's ids start over when it is created anew.
+                    self.last.remove(&conn.room);
                     return;
                 }
                 conn.refusal = Some(reason.to_owned());
@@ -592,7 +601,23 @@ impl Tracker {
             }
             _ => {}
         }
+        let first_live = conn.block.is_none() && !std::mem::replace(&mut conn.live, true);
         match self.last.get_mut(room) {
+            // A server that resumed after `since` sends only later ids, so if its replay was
+            // empty and its first live id is not later, its ids started over (a server with
+            // --history memory restarted): skipping would hide every message until the ids
+            // caught up.
+            Some(last)
+                if id <= *last
+                    && first_live
+                    && matches!(conn.ask, Ask::Since(_))
+                    && conn.replayed + conn.skipped == 0 =>
+            {
+                conn.notes.push(format!(
+                    "message ids in {room} started over at the server (its history was lost?): showing them from {id} on"
+                ));
+                *last = id;
+            }
             Some(last) if id <= *last => {
                 conn.skipped += 1;
                 if conn.block.is_none() {
@@ -1320,6 +1345,15 @@ mod tests {
         let mut c = t.conn();
         feed(&mut t, &mut c, &[HIST0, END, &join("Cli", "r")]);
         assert_eq!(t.conn().ask, Ask::Since(0));
+
+        // A join slower than QUIET_JOIN, taken for done before it came: still shown, once.
+        let mut t = Tracker::new("Cli".into(), "r".into(), false);
+        let mut c = t.conn();
+        t.assume_in(&mut c);
+        let out = feed(&mut t, &mut c, &[HIST0, END, &join("Cli", "r")]);
+        assert_eq!(out, "*** Cli joined\n");
+        let mut c = t.conn();
+        assert_eq!(feed(&mut t, &mut c, &[HIST0, END, &join("Cli", "r")]), "");
     }
 
     #[test]
@@ -1353,10 +1387,48 @@ mod tests {
         assert_eq!(out, "S:m2\nS:m3\n");
         assert_eq!((c.replayed, c.skipped), (1, 2));
         assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        // A second live copy is not shown either.
+        assert_eq!(feed(&mut t, &mut c, &[&msg(2, "S", "m2")]), "");
         // The user's own /history shows old messages and its markers, and changes nothing.
         let out = feed(&mut t, &mut c, &[HIST1, &msg(1, "S", "m1"), END]);
         assert_eq!(out, "*** history: 1 message\nS:m1\n*** end of history\n");
         assert_eq!(t.conn().ask, Ask::Since(3));
+    }
+
+    #[test]
+    fn ids_that_started_over_are_shown_not_skipped() {
+        let mut t = Tracker::new("Cli".into(), "r".into(), false);
+        let mut c = t.conn();
+        feed(
+            &mut t,
+            &mut c,
+            &[HIST0, END, &join("Cli", "r"), &msg(20, "S", "m20")],
+        );
+        // A restarted --history memory server: nothing after 20, and ids from 1 again.
+        let mut c = t.conn();
+        let out = feed(
+            &mut t,
+            &mut c,
+            &[
+                HIST0,
+                END,
+                &join("Cli", "r"),
+                &msg(3, "S", "a"),
+                &msg(4, "S", "b"),
+            ],
+        );
+        assert_eq!(out, "S:a\nS:b\n");
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert_eq!(t.conn().ask, Ask::Since(4));
+        // A server with --history off cannot resume: its ids are no guide either.
+        let mut c = t.conn();
+        let off = r#"{"type":"error","reason":"history is off on this server"}"#;
+        let out = feed(&mut t, &mut c, &[off, &join("Cli", "r"), &msg(1, "S", "c")]);
+        assert_eq!(out, "S:c\n");
+        assert_eq!(
+            c.no_history.as_deref(),
+            Some("history is off on this server")
+        );
     }
 
     #[test]

@@ -569,3 +569,31 @@ fn quit_while_reconnecting_ends_at_once_with_status_0() {
         cli.err()
     );
 }
+
+#[test]
+fn a_server_whose_ids_started_over_is_not_taken_for_duplicates() {
+    // --history memory: a restarted server gives ids from 1 again.
+    let args = ["--history", "memory"];
+    let mut a = Server::start(&args);
+    let p = free_port();
+    let (a_addr, b_addr) = (a.addr.to_string(), format!("127.0.0.1:{p}"));
+    let mut cli = Cli::spawn(&failover_args("Cli", &a_addr, &b_addr));
+    cli.wait_out("*** Cli joined");
+    let mut sender = a.connect("Sender", "r");
+    for i in 1..=5 {
+        sender.send(&format!("m{i}\n"));
+    }
+    cli.wait_out("Sender:m5");
+    a.signal("-KILL");
+    let _ = a.child.wait();
+    let b = start_on(p, &args);
+    cli.wait_err(&format!("reconnected to {b_addr}"));
+    let mut sender = b.connect("Sender", "r");
+    for i in 6..=8 {
+        sender.send(&format!("m{i}\n"));
+    }
+    cli.wait_out("Sender:m8");
+    assert!(cli.finish().success(), "{}", cli.err());
+    assert_eq!(from_sender(&cli.out()), numbered(1, 8));
+    assert!(cli.err().contains("started over"), "{}", cli.err());
+}
