@@ -597,3 +597,50 @@ fn a_server_whose_ids_started_over_is_not_taken_for_duplicates() {
     assert_eq!(from_sender(&cli.out()), numbered(1, 8));
     assert!(cli.err().contains("started over"), "{}", cli.err());
 }
+
+#[test]
+fn the_password_of_a_registered_name_goes_again_with_each_reconnect() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let d = dir.to_str().expect("utf-8 temp dir");
+    let mut add = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(["user", "add", "Cli", "--data-dir", d])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("machat user add");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"secret pw\n")
+        .expect("password");
+    let added = add.wait_with_output().expect("user add");
+    assert!(added.status.success(), "{added:?}");
+    let pwfile = dir.join("pw.txt");
+    std::fs::write(&pwfile, "secret pw\n").expect("password file");
+
+    let args = ["--data-dir", d, "--durability", "sync"];
+    let mut a = Server::start(&args);
+    let p = free_port();
+    let (a_addr, b_addr) = (a.addr.to_string(), format!("127.0.0.1:{p}"));
+    let mut cli_args = failover_args("Cli", &a_addr, &b_addr);
+    let pw = pwfile.to_str().expect("utf-8 path");
+    cli_args.extend(["--password-file", pw]);
+    let mut cli = Cli::spawn(&cli_args);
+    cli.wait_out("*** Cli joined");
+    a.signal("-KILL");
+    let _ = a.child.wait();
+    let b = start_on(p, &args);
+    cli.wait_err(&format!("reconnected to {b_addr}"));
+    let mut sender = b.connect("Sender", "r");
+    sender.send("m1\n");
+    cli.wait_out("Sender:m1");
+    assert!(cli.finish().success(), "{}", cli.err());
+    assert!(
+        !cli.err().contains("authentication failed"),
+        "{}",
+        cli.err()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
