@@ -36,7 +36,8 @@ pub struct ClientArgs {
     #[arg(long, default_value = "lounge")]
     pub room: String,
 
-    /// Server address; give it more than once to try the next when one cannot be reached.
+    /// Server address; give it more than once to try the next when one cannot be reached, and
+    /// to fail over to the next (resuming where the lost one stopped) when a connection is lost.
     #[arg(long, default_value = "localhost:8989")]
     pub address: Vec<String>,
 
