@@ -68,6 +68,13 @@ pub struct FanoutArgs {
     /// in the cache); a connection keeps only its incomplete last frame.
     #[arg(long, default_value_t = 64 * 1024)]
     pub read_buf: usize,
+    /// Connect the readers (members that do not send) here instead of to --addr; repeat it to
+    /// spread them over several servers, e.g. the nodes of a machat cluster sharing the rooms.
+    /// Senders stay on --addr. Readers go round-robin over these addresses within each room,
+    /// so every room has readers on each; latency and loss are then also reported per address
+    /// (`nodes`), and for the addresses other than --addr together (`cross_node`).
+    #[arg(long = "reader-addr", value_name = "ADDR")]
+    pub reader_addr: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +91,8 @@ struct EchoShared {
 
 struct Ctx {
     target: Target,
-    addr: SocketAddr,
+    /// The servers: `--addr` first (the senders'), then the other `--reader-addr`s.
+    nodes: Vec<SocketAddr>,
     epoch: Instant,
     payload: usize,
     window: u64,
@@ -103,8 +111,9 @@ struct Ctx {
     room_members: Vec<u64>,
     /// Identifies this run to the per-thread state.
     run_id: usize,
-    /// End-to-end latency of every delivery, us: one aggregate per generator thread.
-    lat_aggs: std::sync::Mutex<Vec<Arc<std::sync::Mutex<LatAgg>>>>,
+    /// End-to-end latency of every delivery, us: one aggregate per generator thread, and in it
+    /// one per node (the connection's server), so cross-node latency can be told apart.
+    lat_aggs: std::sync::Mutex<Vec<ThreadLat>>,
 }
 
 impl Ctx {
@@ -124,6 +133,8 @@ struct SenderSpec {
 
 struct Spec {
     client: usize,
+    /// Index of the server (in `Ctx::nodes`) this connection goes to.
+    node: usize,
     name: String,
     room: usize,
     room_name: String,
@@ -139,6 +150,7 @@ struct Spec {
 struct ConnResult {
     member: bool,
     room: usize,
+    node: usize,
     lag: Option<Histogram<u64>>,
     received: u64,
     out_of_order: u64,
@@ -237,6 +249,8 @@ impl SendState {
 
 struct RecvState {
     target: Target,
+    /// The connection's server: which of the thread's latency aggregates it records into.
+    node: usize,
     own_client: u64,
     own_echo: Option<(u64, Arc<EchoShared>, bool)>,
     room_first_sid: u64,
@@ -411,11 +425,14 @@ impl LatAgg {
     }
 }
 
+/// One generator thread's latency aggregates, one per node (`Ctx::nodes`).
+type ThreadLat = Arc<std::sync::Mutex<Vec<LatAgg>>>;
+
 /// Per generator thread: the read buffer (see `FanoutArgs::read_buf`) and the latency
-/// aggregate, registered in the run's `Ctx` (by `run_id`) on first use.
+/// aggregates, registered in the run's `Ctx` (by `run_id`) on first use.
 struct ThreadState {
     buf: Vec<u8>,
-    lat: Option<(usize, Arc<std::sync::Mutex<LatAgg>>)>,
+    lat: Option<(usize, ThreadLat)>,
 }
 
 thread_local! {
@@ -434,17 +451,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// This thread's latency aggregate for the run of `ctx` (made and registered on first use).
-fn thread_lat<'a>(
-    ctx: &Ctx,
-    lat: &'a mut Option<(usize, Arc<std::sync::Mutex<LatAgg>>)>,
-) -> &'a Arc<std::sync::Mutex<LatAgg>> {
+/// This thread's latency aggregates for the run of `ctx` (made and registered on first use).
+fn thread_lat<'a>(ctx: &Ctx, lat: &'a mut Option<(usize, ThreadLat)>) -> &'a ThreadLat {
     let id = ctx.run_id;
     if lat.as_ref().is_some_and(|(i, _)| *i != id) {
         *lat = None; // left from an earlier run
     }
     &lat.get_or_insert_with(|| {
-        let agg = Arc::new(std::sync::Mutex::new(LatAgg::new()));
+        let per_node = ctx.nodes.iter().map(|_| LatAgg::new()).collect();
+        let agg = Arc::new(std::sync::Mutex::new(per_node));
         lock(&ctx.lat_aggs).push(agg.clone());
         (id, agg)
     })
@@ -482,10 +497,10 @@ fn poll_read_decode(
                     let now_ns = ctx.now_ns();
                     let data = &buf[..kept + n];
                     // Uncontended (one lock per read; other threads only at the end).
-                    let mut agg = lock(agg);
-                    let used = proto::decode(ctx.target, data, &mut |ev| {
-                        recv.on_event(ev, now_ns, &mut agg)
-                    })?;
+                    let mut aggs = lock(agg);
+                    let agg = node_lat(&mut aggs, recv.node)?;
+                    let used =
+                        proto::decode(ctx.target, data, &mut |ev| recv.on_event(ev, now_ns, agg))?;
                     carry.clear();
                     carry.extend_from_slice(&data[used..]);
                     recv.read_ns = now_ns;
@@ -494,6 +509,12 @@ fn poll_read_decode(
             }
         }
     })
+}
+
+/// The aggregate of `node` among a thread's (one per node, so always there).
+fn node_lat(aggs: &mut [LatAgg], node: usize) -> Result<&mut LatAgg, String> {
+    aggs.get_mut(node)
+        .ok_or_else(|| format!("no latency aggregate for node {node}"))
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -508,6 +529,7 @@ async fn conn_task(ctx: Arc<Ctx>, spec: Spec, phase: watch::Receiver<Phase>) -> 
     let mut res = ConnResult {
         member: spec.member,
         room: spec.room,
+        node: spec.node,
         is_sender: spec.sender.is_some(),
         ..Default::default()
     };
@@ -535,7 +557,7 @@ async fn conn_run(
             .acquire()
             .await
             .map_err(|_| "semaphore closed".to_string())?;
-        net::connect(ctx.addr, spec.src).await?
+        net::connect(ctx.nodes[spec.node], spec.src).await?
     };
     let mut out: Vec<u8> = Vec::with_capacity(BATCH + 1024);
     let mut out_pos = 0usize;
@@ -553,6 +575,7 @@ async fn conn_run(
 
     let mut recv = RecvState {
         target: ctx.target,
+        node: spec.node,
         own_client: spec.client as u64,
         own_echo: spec.own_echo.take(),
         room_first_sid: (spec.room * ctx.senders_per_room) as u64,
@@ -797,6 +820,66 @@ pub struct FanoutReport {
     pub disconnects: usize,
     pub first_error: Option<String>,
     pub stalled: bool,
+    /// The readers' addresses (`--reader-addr`), when given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reader_addrs: Vec<String>,
+    /// Per server when connections went to more than one (`--reader-addr`): node 0 is
+    /// `--addr`, the senders' server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
+    /// The deliveries read from servers other than the senders': the cross-node latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_node: Option<Latency>,
+    /// Each server process, when several `--server-pid`s were given (in their order); the
+    /// `server_*` figures above are then their sums.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerReport>,
+}
+
+/// Latency percentiles of a set of deliveries, us.
+#[derive(serde::Serialize, Debug)]
+pub struct Latency {
+    pub deliveries: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            deliveries: h.len(),
+            p50_us: crate::quantile(h, 0.5),
+            p99_us: crate::quantile(h, 0.99),
+            p999_us: crate::quantile(h, 0.999),
+            max_us: if h.is_empty() { 0 } else { h.max() },
+            mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+        }
+    }
+}
+
+/// What the members connected to one server received.
+#[derive(serde::Serialize, Debug)]
+pub struct NodeReport {
+    pub addr: String,
+    /// Member connections to this server (senders included).
+    pub members: usize,
+    pub senders: usize,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub latency: Latency,
+}
+
+/// One server process's figures over the measurement.
+#[derive(serde::Serialize, Debug)]
+pub struct ServerReport {
+    pub pid: u32,
+    pub peak_rss_kib: u64,
+    pub rss_kib: u64,
+    pub cpu_s: f64,
 }
 
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, String> {
@@ -832,10 +915,31 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     for c in 0..args.clients {
         room_members[c % args.rooms] += 1;
     }
-    let srcs = net::source_addrs(common.addr, common.src_addrs);
+    // Node 0 is --addr (the senders'); each further reader address once. `readers_at` is the
+    // round-robin of the readers, as given (an address given twice gets twice the readers).
+    let mut nodes = vec![common.addr];
+    let mut readers_at = Vec::new();
+    for a in &args.reader_addr {
+        let addr = crate::resolve("--reader-addr", a)?;
+        let i = match nodes.iter().position(|n| *n == addr) {
+            Some(i) => i,
+            None => {
+                nodes.push(addr);
+                nodes.len() - 1
+            }
+        };
+        readers_at.push(i);
+    }
+    if readers_at.is_empty() {
+        readers_at.push(0);
+    }
+    let srcs: Vec<Vec<Ipv4Addr>> = nodes
+        .iter()
+        .map(|n| net::source_addrs(*n, common.src_addrs))
+        .collect();
     let ctx = Arc::new(Ctx {
         target: common.target,
-        addr: common.addr,
+        nodes: nodes.clone(),
         epoch: Instant::now(),
         payload: args.payload,
         window: args.window,
@@ -860,7 +964,8 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
 
     // Build the connections.
     let mut specs = Vec::new();
-    let src_of = |i: usize| {
+    let src_of = |node: usize, i: usize| {
+        let srcs = &srcs[node];
         if srcs.is_empty() {
             None
         } else {
@@ -873,6 +978,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         let in_room = c / args.rooms;
         let name = proto::client_name(c);
         let room_name = proto::room_name(room);
+        // Round-robin within the room, so that every room has readers on every node.
+        let node = match in_room.checked_sub(args.senders) {
+            Some(reader) => readers_at[reader % readers_at.len()],
+            None => 0,
+        };
         let sender = (in_room < args.senders).then(|| {
             let sid = (room * args.senders + in_room) as u64;
             SenderSpec {
@@ -891,10 +1001,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         if separate_pub {
             specs.push(Spec {
                 client: c,
+                node,
                 name: name.clone(),
                 room,
                 room_name: room_name.clone(),
-                src: src_of(specs.len()),
+                src: src_of(node, specs.len()),
                 member: true,
                 own_echo,
                 sender: None,
@@ -902,10 +1013,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             if let Some(s) = sender {
                 specs.push(Spec {
                     client: c,
+                    node,
                     name,
                     room,
                     room_name,
-                    src: src_of(specs.len()),
+                    src: src_of(node, specs.len()),
                     member: false,
                     own_echo: None,
                     sender: Some(s),
@@ -914,10 +1026,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         } else {
             specs.push(Spec {
                 client: c,
+                node,
                 name,
                 room,
                 room_name,
-                src: src_of(specs.len()),
+                src: src_of(node, specs.len()),
                 member: true,
                 own_echo,
                 sender,
@@ -969,7 +1082,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     }
 
     // Measure.
-    let srv0 = procstat::sample_opt(common.server_pid)?;
+    let srv0 = procstat::sample_all(&common.server_pids)?;
     let cpu0 = procstat::self_cpu_s();
     let start_ns = ctx.now_ns();
     let _ = phase_tx.send(Phase::Run { start_ns });
@@ -1009,7 +1122,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             break;
         }
     }
-    let srv1 = procstat::sample_opt(common.server_pid)?;
+    let srv1 = procstat::sample_all(&common.server_pids)?;
     let cpu1 = procstat::self_cpu_s();
     let _ = phase_tx.send(Phase::Stop);
     pacer_stop.store(true, Relaxed);
@@ -1027,8 +1140,39 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let mut last_send = start_ns;
     let mut disconnects = 0;
     let mut first_error: Option<String> = None;
+    let mut results = Vec::with_capacity(handles.len());
     for h in handles {
-        let r = h.await.map_err(|e| format!("task failed: {e}"))?;
+        results.push(h.await.map_err(|e| format!("task failed: {e}"))?);
+    }
+    // What each room's senders got out: every member of the room should receive all of it.
+    let mut room_sent = vec![0u64; args.rooms];
+    for r in results.iter().filter(|r| r.is_sender) {
+        room_sent[r.room] += r.sent - r.unsent;
+    }
+    let mut node_reports: Vec<NodeReport> = nodes
+        .iter()
+        .map(|n| NodeReport {
+            addr: n.to_string(),
+            members: 0,
+            senders: 0,
+            expected: 0,
+            received: 0,
+            lost: 0,
+            latency: Latency::of(&new_hist()),
+        })
+        .collect();
+    for r in &results {
+        if let Some(n) = node_reports.get_mut(r.node) {
+            if r.member {
+                n.members += 1;
+                n.expected += room_sent[r.room];
+                n.received += r.received;
+            }
+            // Redis: the sender's publishing connection (not a member) counts.
+            n.senders += usize::from(r.is_sender);
+        }
+    }
+    for r in results {
         if let Some(hh) = &r.lag {
             lag.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
         }
@@ -1053,10 +1197,46 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             last_delivery = last_delivery.max(r.last_delivery_ns);
         }
     }
-    let mut hist = new_hist();
-    for agg in lock(&ctx.lat_aggs).iter() {
-        lock(agg).merge_into(&mut hist);
+    let mut node_hists: Vec<Histogram<u64>> = nodes.iter().map(|_| new_hist()).collect();
+    for aggs in lock(&ctx.lat_aggs).iter() {
+        for (agg, h) in lock(aggs).iter().zip(node_hists.iter_mut()) {
+            agg.merge_into(h);
+        }
     }
+    let mut hist = new_hist();
+    let mut cross = new_hist();
+    for (i, h) in node_hists.iter().enumerate() {
+        hist.add(h).map_err(|e| format!("histogram merge: {e:?}"))?;
+        if i > 0 {
+            cross
+                .add(h)
+                .map_err(|e| format!("histogram merge: {e:?}"))?;
+        }
+    }
+    let multi_node = nodes.len() > 1;
+    for (n, h) in node_reports.iter_mut().zip(&node_hists) {
+        n.lost = n.expected.saturating_sub(n.received);
+        n.latency = Latency::of(h);
+    }
+    let (srv0, srv1, servers) = (
+        procstat::total(&srv0),
+        procstat::total(&srv1),
+        if srv1.len() > 1 {
+            common
+                .server_pids
+                .iter()
+                .zip(srv0.iter().zip(&srv1))
+                .map(|(&pid, (a, b))| ServerReport {
+                    pid,
+                    peak_rss_kib: b.hwm_kib,
+                    rss_kib: b.rss_kib,
+                    cpu_s: b.cpu_s - a.cpu_s,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    );
     let send_secs = (last_send - start_ns) as f64 / 1e9;
     let elapsed_secs = (last_delivery - start_ns) as f64 / 1e9;
     let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -1113,6 +1293,10 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         disconnects,
         first_error,
         stalled,
+        reader_addrs: args.reader_addr.clone(),
+        nodes: if multi_node { node_reports } else { Vec::new() },
+        cross_node: multi_node.then(|| Latency::of(&cross)),
+        servers,
     })
 }
 
@@ -1168,6 +1352,34 @@ pub fn print_table(r: &FanoutReport) {
         "  generator    CPU {:.2} s; send lag behind schedule us: p50 {}  p99 {}  max {}",
         r.gen_cpu_s, r.send_lag_p50_us, r.send_lag_p99_us, r.send_lag_max_us
     );
+    for (i, n) in r.nodes.iter().enumerate() {
+        println!(
+            "  node {i}       {} ({}): {} members ({} senders), expected {}  received {}  lost {}; latency us p50 {}  p99 {}  p99.9 {}  max {}",
+            n.addr,
+            if i == 0 { "senders' node" } else { "readers only" },
+            n.members,
+            n.senders,
+            n.expected,
+            n.received,
+            n.lost,
+            n.latency.p50_us,
+            n.latency.p99_us,
+            n.latency.p999_us,
+            n.latency.max_us
+        );
+    }
+    if let Some(c) = &r.cross_node {
+        println!(
+            "  cross-node   latency us p50 {}  p99 {}  p99.9 {}  max {}  mean {:.0}  ({} deliveries)",
+            c.p50_us, c.p99_us, c.p999_us, c.max_us, c.mean_us, c.deliveries
+        );
+    }
+    for s in &r.servers {
+        println!(
+            "  process {}  peak RSS {} KiB  RSS {} KiB  CPU {:.2} s",
+            s.pid, s.peak_rss_kib, s.rss_kib, s.cpu_s
+        );
+    }
     if r.disconnects > 0 || r.first_error.is_some() || r.stalled {
         println!(
             "  problems     disconnects {}  stalled {}  first error: {}",

@@ -316,7 +316,7 @@ pub async fn run(common: &Common, args: &IdleArgs) -> Result<IdleReport, String>
         opened: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
     });
-    let srv0 = procstat::sample_opt(common.server_pid)?;
+    let srv0 = procstat::sample_opt(&common.server_pids)?;
     let cpu0 = procstat::self_cpu_s();
     let t0 = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -342,7 +342,7 @@ pub async fn run(common: &Common, args: &IdleArgs) -> Result<IdleReport, String>
     let open_secs = t0.elapsed().as_secs_f64();
     let opened = ctx.opened.load(Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let srv1 = procstat::sample_opt(common.server_pid)?;
+    let srv1 = procstat::sample_opt(&common.server_pids)?;
     let cpu1 = procstat::self_cpu_s();
     if args.hold > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;

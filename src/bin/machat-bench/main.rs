@@ -8,7 +8,12 @@
 //! Targets: machat over TCP (`machat`, `--addr` = its chat port), machat's WebSocket endpoint
 //! (`machat-ws`, `--addr` = its `--http` address), Redis and NATS.
 //!
-//! With `--server-pid` the server's peak RSS and CPU time are read from /proc. With `--json`
+//! Several servers sharing rooms (a machat cluster): `fanout --reader-addr ADDR`, repeated,
+//! keeps the senders on `--addr` and spreads the readers over those addresses; latency is then
+//! also reported per server, and for the servers other than the senders' (cross-node latency).
+//!
+//! With `--server-pid` the server's peak RSS and CPU time are read from /proc (repeat it for a
+//! server made of several processes: a cluster's nodes and its NATS server). With `--json`
 //! exactly one JSON line per run is printed on stdout (errors go to stderr, exit code 1).
 
 mod fanout;
@@ -38,9 +43,11 @@ struct Cli {
     /// ws://ADDR/ws).
     #[arg(long, default_value = "127.0.0.1:8989", global = true)]
     addr: String,
-    /// Server process id: report its peak RSS and CPU time (from /proc).
+    /// Server process id: report its peak RSS and CPU time (from /proc). Repeat it for a
+    /// server made of several processes (a cluster's nodes and its NATS server): the figures
+    /// are then their sums, and fanout also reports each process (`servers`).
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Worker threads of the generator (1 = a single-threaded runtime).
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
@@ -70,7 +77,7 @@ enum Cmd {
 pub struct Common {
     pub target: Target,
     pub addr: SocketAddr,
-    pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
     pub threads: usize,
     pub label: Option<String>,
     pub src_addrs: u8,
@@ -85,18 +92,13 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> Result<(), String> {
-    let addr = cli
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| format!("bad --addr {}: {e}", cli.addr))?
-        .next()
-        .ok_or_else(|| format!("--addr {} resolves to nothing", cli.addr))?;
+    let addr = resolve("--addr", &cli.addr)?;
     procstat::raise_nofile();
     let threads = cli.threads.max(1);
     let common = Common {
         target: cli.target,
         addr,
-        server_pid: cli.server_pid,
+        server_pids: cli.server_pid,
         threads,
         label: cli.label,
         src_addrs: cli.src_addrs,
@@ -134,6 +136,14 @@ fn real_main(cli: Cli) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// The first socket address `addr` (given as `flag`) resolves to.
+pub fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("bad {flag} {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {addr} resolves to nothing"))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, String> {

@@ -49,9 +49,32 @@ pub fn sample(pid: u32) -> Result<ProcSample, String> {
     Ok(s)
 }
 
-/// Optional server sampling: None when no --server-pid was given.
-pub fn sample_opt(pid: Option<u32>) -> Result<Option<ProcSample>, String> {
-    pid.map(sample).transpose()
+/// Samples every server process given (`--server-pid`, repeatable), in order.
+pub fn sample_all(pids: &[u32]) -> Result<Vec<ProcSample>, String> {
+    pids.iter().map(|&p| sample(p)).collect()
+}
+
+/// The sum of several processes' samples (None for none), so that a server made of several
+/// processes (a cluster's nodes and its NATS server) reads like one. The peak RSS is the sum of
+/// each process's own peak: an upper bound of their peak together.
+pub fn total(samples: &[ProcSample]) -> Option<ProcSample> {
+    if samples.is_empty() {
+        return None;
+    }
+    Some(
+        samples
+            .iter()
+            .fold(ProcSample::default(), |a, s| ProcSample {
+                rss_kib: a.rss_kib + s.rss_kib,
+                hwm_kib: a.hwm_kib + s.hwm_kib,
+                cpu_s: a.cpu_s + s.cpu_s,
+            }),
+    )
+}
+
+/// Optional server sampling: None when no --server-pid was given; the sum when several were.
+pub fn sample_opt(pids: &[u32]) -> Result<Option<ProcSample>, String> {
+    Ok(total(&sample_all(pids)?))
 }
 
 /// CPU seconds (user + system) used by this process so far.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{
-    lock, new_hist, thread_lat, ConnResult, Ctx, Fill, Phase, RecvState, SendState, Spec,
+    lock, new_hist, node_lat, thread_lat, ConnResult, Ctx, Fill, Phase, RecvState, SendState, Spec,
     ThreadState, BATCH, THREAD_STATE,
 };
 use crate::proto;
@@ -103,7 +103,8 @@ fn poll_io(
         let mut state = cell.borrow_mut();
         let ThreadState { lat, .. } = &mut *state;
         // Uncontended (one lock per poll; other threads only at the end).
-        let mut agg = lock(thread_lat(ctx, lat));
+        let mut aggs = lock(thread_lat(ctx, lat));
+        let agg = node_lat(&mut aggs, recv.node)?;
         while io.frames < FRAMES_PER_POLL {
             match Pin::new(&mut *wsock).poll_next(cx) {
                 Poll::Ready(Some(Ok(msg))) => {
@@ -112,7 +113,7 @@ fn poll_io(
                         Message::Text(t) => {
                             // Received when the read that completed it returned.
                             let now_ns = wsock.get_ref().read_ns;
-                            recv.on_event(proto::decode_ws_frame(t.as_bytes()), now_ns, &mut agg);
+                            recv.on_event(proto::decode_ws_frame(t.as_bytes()), now_ns, agg);
                             recv.read_ns = now_ns;
                         }
                         Message::Close(frame) => recv.server_error(ws::close_text(frame.as_ref())),
@@ -161,7 +162,14 @@ pub(super) async fn conn_run(
             .acquire()
             .await
             .map_err(|_| "semaphore closed".to_string())?;
-        ws::connect(ctx.addr, spec.src, &handshake, READ_BUF, ctx.epoch).await?
+        ws::connect(
+            ctx.nodes[spec.node],
+            spec.src,
+            &handshake,
+            READ_BUF,
+            ctx.epoch,
+        )
+        .await?
     };
     let result = run(ctx, &mut spec, &mut phase, res, &mut wsock).await;
     if result.is_ok() {
@@ -188,6 +196,7 @@ async fn run(
     let ready_text = format!("r {}", spec.client);
     let mut recv = RecvState {
         target: ctx.target,
+        node: spec.node,
         own_client: spec.client as u64,
         own_echo: spec.own_echo.take(),
         room_first_sid: (spec.room * ctx.senders_per_room) as u64,
