@@ -6,6 +6,7 @@
 #   RUNS=5 TARGETS="machat nats" bench/compare.sh F3
 #   TARGETS="machat-nohist machat" bench/compare.sh F1   # history off vs on (the default)
 #   TARGETS="machat machat-ws" bench/compare.sh F1 I1    # WebSocket clients beside TCP ones
+#   TARGETS="machat machat-cluster1 machat-cluster2" bench/compare.sh F1 F2 F3   # cluster mode
 #
 # Every run gets a fresh server on a free loopback port, started here and stopped after the
 # run; runs go round-robin over the targets (machat, redis, nats), RUNS times.
@@ -14,9 +15,19 @@
 # `machat-ws` (clients over WebSocket, ws://127.0.0.1:HTTPPORT/ws). All three start the same
 # server, with the web side on a second free port (--http 127.0.0.1:HTTPPORT, instead of the
 # default localhost:8080 that another server on this machine may hold), so they differ only in
-# how the bench connects. Scenario flags below apply to all of them. Raw JSON lines
-# go to target/bench/raw-<date>.jsonl, server logs to target/bench/logs/, and a table of
-# medians is printed at the end (and saved as target/bench/medians-<date>.md).
+# how the bench connects. Scenario flags below apply to all of them.
+#
+# Cluster targets (`--nats`, NATS JetStream): `machat-cluster1` is one node on a fresh
+# `nats-server -js` (free loopback port, fresh store dir under target/bench/); `machat-cluster2`
+# is two nodes on one such nats-server, with the senders on node 1 and the readers of every room
+# spread over both (`machat-bench fanout --reader-addr NODE1 --reader-addr NODE2`), so the
+# readers on node 2 measure cross-node latency. The bench gets every process's pid (nodes, then
+# nats-server) and reports their sum as the server's CPU and peak RSS, and each apart. I1 with a
+# cluster target opens its connections on node 1 only. After each run every process the run
+# started is stopped (the nodes first, then nats-server) and its data dirs are removed.
+#
+# Raw JSON lines go to target/bench/raw-<date>.jsonl, server logs to target/bench/logs/, and a
+# table of medians is printed at the end (and saved as target/bench/medians-<date>.md).
 #
 # Scenarios:
 #   F1  throughput: 1 room, 100 clients, 10 senders x 10,000 messages, as fast as possible
@@ -28,8 +39,10 @@
 #   I1  19,000 idle connections, 10 per room (Redis: a subscribed connection; NATS: a
 #       connection with one SUB). machat runs with its default flags.
 #
-# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws), BENCH_THREADS (1, generator threads),
+# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws,
+# machat-cluster1, machat-cluster2), BENCH_THREADS (1, generator threads),
 # DURATION (override F2/F3 seconds, for quick checks), F1_MESSAGES (override 10000),
+# CLUSTER_F1_MESSAGES (F1 messages per sender for the cluster targets; default F1_MESSAGES),
 # I1_CONNS (override 19000), SKIP_BUILD=1 (use the binaries as they are).
 set -euo pipefail
 
@@ -57,7 +70,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 # --- tools -----------------------------------------------------------------------------------
 need=()
 case " $TARGETS " in *" redis "*) command -v redis-server >/dev/null || need+=(redis-server) ;; esac
-case " $TARGETS " in *" nats "*) command -v nats-server >/dev/null || need+=(nats-server) ;; esac
+case " $TARGETS " in *" nats "* | *" machat-cluster"*) command -v nats-server >/dev/null || need+=(nats-server) ;; esac
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -73,7 +86,7 @@ command -v python3 >/dev/null || {
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     case " $TARGETS " in
-        *" machat "* | *" machat-nohist "* | *" machat-ws "*) cargo build --release ;;
+        *" machat "* | *" machat-nohist "* | *" machat-ws "* | *" machat-cluster"*) cargo build --release ;;
         *) cargo build --release --bin machat-bench ;;
     esac
 fi
@@ -90,19 +103,49 @@ RAW="$OUT/raw-$STAMP.jsonl"
 : >"$RAW"
 
 # --- servers ---------------------------------------------------------------------------------
+# A target is one or more processes: SERVER_PIDS holds them all in the order the bench reports
+# them (machat node 1, node 2, then nats-server for the cluster targets), SERVER_PID the first
+# (the one the bench's clients connect to), DATA_DIRS what they write, removed after each run.
 SERVER_PID=""
-cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PIDS=()
+DATA_DIRS=()
+# Cluster targets: the chat ports of the nodes (node 1 first).
+NODE_PORTS=()
+
+stop_server() {
+    local pid
+    # machat nodes before nats-server: a node's clean stop publishes its members' goodbyes and
+    # gives back their names through NATS.
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ ${#DATA_DIRS[@]} -gt 0 ]; then
+        rm -rf "${DATA_DIRS[@]}"
     fi
     SERVER_PID=""
+    SERVER_PIDS=()
+    DATA_DIRS=()
+    NODE_PORTS=()
 }
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# A free port that none of the ports given is.
+other_free_port() {
+    local p
+    p=$(free_port)
+    while [[ " $* " == *" $p "* ]]; do p=$(free_port); done
+    echo "$p"
 }
 
 port_listening() {
@@ -113,65 +156,109 @@ port_listening() {
     fi
 }
 
-# start_server TARGET SCENARIO PORT LOG [HTTP_PORT]: sets SERVER_PID
+# wait_listening NAME PID LOG PORT [PORT...]: until the process listens on every port.
+wait_listening() {
+    local name=$1 pid=$2 log=$3 port all
+    shift 3
+    for _ in $(seq 1 200); do
+        all=1
+        for port in "$@"; do
+            port_listening "$port" || all=0
+        done
+        [ $all = 1 ] && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "server $name exited at start; log $log:" >&2
+            tail -5 "$log" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "server $name did not listen on $* within 10 s" >&2
+    return 1
+}
+
+# start_machat SCENARIO PORT HTTP_PORT LOG [FLAGS...]: one machat process with a fresh data dir.
+start_machat() {
+    local scenario=$1 port=$2 http_port=$3 log=$4
+    shift 4
+    # Defaults otherwise: --max-per-ip 4096 (I1's 19,000 connections come from 32 source
+    # addresses, ~600 each) and --max-connections = the descriptor limit (raised to the hard
+    # limit, 20,000 here) minus 64; both count TCP and WebSocket clients alike.
+    local extra=(--data-dir "$OUT/data-$port" --http "127.0.0.1:$http_port")
+    rm -rf "$OUT/data-$port"
+    DATA_DIRS+=("$OUT/data-$port")
+    case "$scenario" in F1 | F3) extra+=(--max-line-rate 0) ;; esac
+    "$MACHAT" -a "127.0.0.1:$port" "${extra[@]}" "$@" >"$log" 2>&1 &
+    local pid=$!
+    SERVER_PIDS+=("$pid")
+    wait_listening machat "$pid" "$log" "$port" "$http_port"
+}
+
+# start_server TARGET SCENARIO PORT LOG [HTTP_PORT]: sets SERVER_PID, SERVER_PIDS, NODE_PORTS
 start_server() {
     local target=$1 scenario=$2 port=$3 log=$4 http_port=${5:-}
     case "$target" in
         machat | machat-nohist | machat-ws)
             # A fresh history database per run (machat-nohist: history off, for the on/off ratio).
-            # Defaults otherwise: --max-per-ip 4096 (I1's 19,000 connections come from 32 source
-            # addresses, ~600 each) and --max-connections = the descriptor limit (raised to the
-            # hard limit, 20,000 here) minus 64; both count TCP and WebSocket clients alike.
-            local extra=(--data-dir "$OUT/data-$port" --http "127.0.0.1:$http_port")
-            rm -rf "$OUT/data-$port"
-            case "$scenario" in F1 | F3) extra+=(--max-line-rate 0) ;; esac
-            [ "$target" = machat-nohist ] && extra+=(--history off)
-            "$MACHAT" -a "127.0.0.1:$port" "${extra[@]}" >"$log" 2>&1 &
+            local flags=()
+            [ "$target" = machat-nohist ] && flags+=(--history off)
+            start_machat "$scenario" "$port" "$http_port" "$log" "${flags[@]}" || return 1
+            ;;
+        machat-cluster1 | machat-cluster2)
+            # A fresh nats-server with JetStream (its own store dir) and one or two nodes on it;
+            # history lives in JetStream (the nodes' --history and data dirs go unused).
+            local nats_port nats_dir="$OUT/nats-$port" n=1 node_port node_http
+            nats_port=$(other_free_port "$port" "$http_port")
+            rm -rf "$nats_dir"
+            mkdir -p "$nats_dir"
+            nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$nats_dir" >"${log%.log}-nats.log" 2>&1 &
+            local nats_pid=$!
+            DATA_DIRS+=("$nats_dir")
+            wait_listening nats-server "$nats_pid" "${log%.log}-nats.log" "$nats_port" || {
+                SERVER_PIDS+=("$nats_pid")
+                return 1
+            }
+            [ "$target" = machat-cluster2 ] && n=2
+            NODE_PORTS=("$port")
+            start_machat "$scenario" "$port" "$http_port" "$log" --nats "nats://127.0.0.1:$nats_port" || {
+                SERVER_PIDS+=("$nats_pid")
+                return 1
+            }
+            if [ $n = 2 ]; then
+                node_port=$(other_free_port "$port" "$http_port" "$nats_port")
+                node_http=$(other_free_port "$port" "$http_port" "$nats_port" "$node_port")
+                NODE_PORTS+=("$node_port")
+                start_machat "$scenario" "$node_port" "$node_http" "${log%.log}-node2.log" \
+                    --nats "nats://127.0.0.1:$nats_port" || {
+                    SERVER_PIDS+=("$nats_pid")
+                    return 1
+                }
+            fi
+            # nats-server last: the bench reports the processes in this order, and it is
+            # stopped after the nodes.
+            SERVER_PIDS+=("$nats_pid")
             ;;
         redis)
             # protected-mode off: clients come from 127.0.0.2.. (spread source addresses), which
             # Redis would otherwise refuse; it still listens on 127.0.0.1 only.
             redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
                 --protected-mode no --maxclients 19500 >"$log" 2>&1 &
+            SERVER_PIDS+=($!)
+            wait_listening redis "$!" "$log" "$port" || return 1
             ;;
         nats)
             nats-server -a 127.0.0.1 -p "$port" >"$log" 2>&1 &
+            SERVER_PIDS+=($!)
+            wait_listening nats "$!" "$log" "$port" || return 1
             ;;
     esac
-    SERVER_PID=$!
-    for _ in $(seq 1 200); do
-        if port_listening "$port" && { [ -z "$http_port" ] || port_listening "$http_port"; }; then
-            return 0
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server $target exited at start; log $log:" >&2
-            tail -5 "$log" >&2
-            SERVER_PID=""
-            return 1
-        fi
-        sleep 0.05
-    done
-    echo "server $target did not listen on $port ${http_port:+and $http_port }within 10 s" >&2
-    return 1
-}
-
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
+    SERVER_PID=${SERVER_PIDS[0]}
 }
 
 scenario_args() {
     local d="${DURATION:-20}"
     case "$1" in
-        F1) echo "fanout --clients 100 --rooms 1 --senders 10 --messages ${F1_MESSAGES:-10000} --rate 0" ;;
+        F1) echo "fanout --clients 100 --rooms 1 --senders 10 --messages $2 --rate 0" ;;
         F2) echo "fanout --clients 1000 --rooms 100 --senders 1 --rate 2000 --duration $d" ;;
         F3) echo "fanout --clients 1000 --rooms 1 --senders 1 --rate 200 --duration $d" ;;
         I1) echo "idle --conns ${I1_CONNS:-19000} --per-room 10" ;;
@@ -188,9 +275,8 @@ for scenario in "${SCENARIOS[@]}"; do
             http_port=""
             bench_port=$port
             case "$target" in
-                machat | machat-nohist | machat-ws)
-                    http_port=$(free_port)
-                    while [ "$http_port" = "$port" ]; do http_port=$(free_port); done
+                machat | machat-nohist | machat-ws | machat-cluster1 | machat-cluster2)
+                    http_port=$(other_free_port "$port")
                     # machat-ws: the bench connects to ws://127.0.0.1:HTTPPORT/ws
                     [ "$target" = machat-ws ] && bench_port=$http_port
                     ;;
@@ -202,12 +288,25 @@ for scenario in "${SCENARIOS[@]}"; do
                 stop_server
                 continue
             fi
-            # shellcheck disable=SC2046
-            args=$(scenario_args "$scenario")
-            echo "== $scenario run $run/$RUNS: $target (port $bench_port, pid $SERVER_PID)" >&2
+            f1_messages=${F1_MESSAGES:-10000}
+            bench_target=${target%-nohist}
+            pid_args=()
+            for pid in "${SERVER_PIDS[@]}"; do pid_args+=(--server-pid "$pid"); done
+            case "$target" in
+                machat-cluster*)
+                    bench_target=machat
+                    f1_messages=${CLUSTER_F1_MESSAGES:-$f1_messages}
+                    ;;
+            esac
+            args=$(scenario_args "$scenario" "$f1_messages")
+            # machat-cluster2: senders on node 1 (--addr), readers spread over both nodes.
+            if [ "$target" = machat-cluster2 ] && [ "$scenario" != I1 ]; then
+                for p in "${NODE_PORTS[@]}"; do args+=" --reader-addr 127.0.0.1:$p"; done
+            fi
+            echo "== $scenario run $run/$RUNS: $target (port $bench_port, pids ${SERVER_PIDS[*]})" >&2
             set +e
             # shellcheck disable=SC2086
-            line=$("$BENCH" --target "${target%-nohist}" --addr "127.0.0.1:$bench_port" --server-pid "$SERVER_PID" \
+            line=$("$BENCH" --target "$bench_target" --addr "127.0.0.1:$bench_port" "${pid_args[@]}" \
                 --threads "$BENCH_THREADS" --json --label "$scenario" $args 2>"$OUT/last-error.txt")
             rc=$?
             set -e
@@ -215,6 +314,19 @@ for scenario in "${SCENARIOS[@]}"; do
                 echo "$line" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read()); r["run"] = int(sys.argv[1]); r["target"] = sys.argv[2]
+# Cluster targets: the processes are the nodes, then nats-server (the order of --server-pid).
+procs = r.get("servers") or []
+if sys.argv[2].startswith("machat-cluster") and len(procs) >= 2:
+    nodes, nats = procs[:-1], procs[-1]
+    r["machat_cpu_s"] = sum(p["cpu_s"] for p in nodes)
+    r["machat_peak_rss_kib"] = sum(p["peak_rss_kib"] for p in nodes)
+    r["nats_cpu_s"] = nats["cpu_s"]
+    r["nats_peak_rss_kib"] = nats["peak_rss_kib"]
+# Readers on several nodes: the node of the senders and the others (cross-node), flat for the medians.
+if r.get("nodes"):
+    for k in ("p50_us", "p99_us", "max_us"):
+        r["same_node_" + k] = r["nodes"][0]["latency"][k]
+        r["cross_node_" + k] = r["cross_node"][k]
 print(json.dumps(r))
 ' "$run" "$target" >>"$RAW"
                 echo "$line" | python3 -c '
@@ -224,6 +336,10 @@ if r["scenario"] == "fanout":
     print("   delivered %.0f/s  lost %d  p50 %d us  p99 %d us  peak RSS %s KiB  server CPU %s s"
           % (r["delivered_per_s"], r["lost"], r["p50_us"], r["p99_us"], r["server_peak_rss_kib"],
              r["server_cpu_s"]), file=sys.stderr)
+    if r.get("cross_node"):
+        c = r["cross_node"]
+        print("   cross-node: %d deliveries  p50 %d us  p99 %d us  max %d us"
+              % (c["deliveries"], c["p50_us"], c["p99_us"], c["max_us"]), file=sys.stderr)
 else:
     print("   opened %d/%d in %.2f s  RSS/conn %s B  peak RSS %s KiB"
           % (r["opened"], r["conns"], r["open_secs"], r["rss_per_conn_bytes"] and round(r["rss_per_conn_bytes"]),
@@ -293,6 +409,34 @@ for label in order:
             b = med([r.get(c[0]) for r in ok if r["target"] == "machat"])
             cells.append(f"{a / b:.2f}" if a is not None and b else "-")
         print("| machat-ws / machat | | " + " | ".join(cells) + " |")
+    # Cluster targets beside the embedded server, same run; then what only they have: the CPU
+    # and memory of the nodes and of nats-server, and latency by reader node.
+    clusters = [t for t in targets if t.startswith("machat-cluster") and any(r["target"] == t for r in ok)]
+    if "machat" in targets:
+        for t in clusters:
+            cells = []
+            for c in cols:
+                a = med([r.get(c[0]) for r in ok if r["target"] == t])
+                b = med([r.get(c[0]) for r in ok if r["target"] == "machat"])
+                cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+            print(f"| {t} / machat | | " + " | ".join(cells) + " |")
+    if clusters and not idle:
+        ccols = [("machat_cpu_s", "machat nodes CPU s", 2), ("nats_cpu_s", "nats-server CPU s", 2),
+                 ("machat_peak_rss_kib", "machat nodes peak RSS KiB", 0),
+                 ("nats_peak_rss_kib", "nats-server peak RSS KiB", 0),
+                 ("same_node_p50_us", "senders' node p50 us", 0),
+                 ("same_node_p99_us", "senders' node p99 us", 0),
+                 ("cross_node_p50_us", "cross-node p50 us", 0),
+                 ("cross_node_p99_us", "cross-node p99 us", 0),
+                 ("cross_node_max_us", "cross-node max us", 0)]
+        print(f"\n{label}, cluster targets (server CPU and peak RSS above are the sums of these "
+              "processes; latency by the node the reader is connected to):\n")
+        print("| target | " + " | ".join(c[1] for c in ccols) + " |")
+        print("|---|" + "---|" * len(ccols))
+        for t in clusters:
+            rs = [r for r in ok if r["target"] == t]
+            cells = [fmt(med([r.get(c[0]) for r in rs]), c[2]) for c in ccols]
+            print(f"| {t} | " + " | ".join(cells) + " |")
 PY
 cat "$MED"
 echo >&2
