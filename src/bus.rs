@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::protocol::{RoomEvent, Timestamp};
+use crate::protocol::{clean_message, validate_name, RoomEvent, Timestamp};
 use crate::room::{Room, Seat};
 
 /// A room event as it travels between nodes: owned, and with the time it was first sent.
@@ -45,6 +45,21 @@ impl Envelope {
     /// Messages and actions are kept as history; joins, leaves and renames are not.
     pub fn is_message(&self) -> bool {
         matches!(self.event, Event::Message { .. } | Event::Action { .. })
+    }
+
+    /// True if every name passes the name rules and every text is what `clean_message` would
+    /// leave: what a node of ours publishes. Checked on arrival, so that whoever else can write
+    /// to the stream cannot slip control characters or impossible names to the clients.
+    pub fn is_clean(&self) -> bool {
+        let name_ok = |n: &str| validate_name(n).is_ok();
+        let text_ok = |t: &str| !t.is_empty() && clean_message(t.as_bytes()) == t;
+        match &self.event {
+            Event::Message { name, text } | Event::Action { name, text } => {
+                name_ok(name) && text_ok(text)
+            }
+            Event::Join { name } | Event::Leave { name } => name_ok(name),
+            Event::Nick { old, new } => name_ok(old) && name_ok(new),
+        }
     }
 
     /// The event as a room renders it, with `id` for a message or an action.
@@ -136,7 +151,19 @@ mod tests {
             name: "Mina",
             text: "waves",
         });
-        assert!(m.is_message());
+        assert!(m.is_message() && m.is_clean());
+        let forged = |event| Envelope { event, ts: 1 };
+        assert!(!forged(Event::Message {
+            name: "Mina".into(),
+            text: "hi\u{1b}[2J".into()
+        })
+        .is_clean());
+        assert!(!forged(Event::Join { name: "a:b".into() }).is_clean());
+        assert!(forged(Event::Message {
+            name: "Mina".into(),
+            text: "two\nlines".into()
+        })
+        .is_clean());
         assert!(matches!(
             m.as_room_event(12),
             RoomEvent::Action {

@@ -90,7 +90,9 @@ impl Server {
         };
         // The metrics are served on the web side; without it, counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());
-        info!(?config, max_connections = max_total, "configuration");
+        let mut shown = config.clone();
+        shown.nats = shown.nats.as_deref().map(crate::cluster::redact_url);
+        info!(config = ?shown, max_connections = max_total, "configuration");
         Ok(Server {
             listeners,
             tls_listeners,

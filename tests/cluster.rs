@@ -396,3 +396,85 @@ fn machat_client_fails_over_to_another_node_with_nothing_lost_or_repeated() {
     assert_eq!(got, want, "stderr: {}", cli.err());
     assert!(!out.contains("*** history"), "{out}");
 }
+
+#[test]
+fn nats_credentials_come_from_the_url_and_stay_out_of_the_log() {
+    let nats = Nats::start_with(&["--user", "machat", "--pass", "s3cret-pw"]);
+    let good = format!("nats://machat:s3cret-pw@127.0.0.1:{}", nats.port);
+    let a = Server::start(&["--nats", &good]);
+    let b = Server::start(&["--nats", &good]);
+    let mut ann = a.connect("Ann", "auth");
+    let mut bob = b.connect_with("Bob", "auth", "");
+    bob.until("*** Bob joined");
+    ann.send("hi\n");
+    bob.until("Ann:hi");
+    assert!(a.wait_log("cluster mode: joined"));
+    assert!(!a.log_contains("s3cret-pw"), "{:?}", a.log.lock().unwrap());
+    // A wrong password stops the start, with a clear error and still no password in it.
+    let bad = format!("nats://machat:wrong-pw@127.0.0.1:{}", nats.port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(["-a", "127.0.0.1:0", "--http", "off", "--nats", &bad])
+        .output()
+        .expect("run machat");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot use NATS at nats://***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw"), "{err}");
+}
+
+#[test]
+fn what_others_write_to_the_stream_is_checked_before_any_client_sees_it() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let mut ann = a.connect("Ann", "forge");
+    // Someone else with access to NATS writes to the room's subjects.
+    let url = nats.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let subject = format!(
+            "machat.room.{}.m",
+            "forge"
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        for payload in [
+            "not json".to_string(),
+            r#"{"type":"message","name":"Mina","text":"\u001b[2Jwiped","ts":1}"#.into(),
+            r#"{"type":"message","name":"a:b","text":"fake","ts":1}"#.into(),
+            r#"{"type":"message","name":"Ann","text":"","ts":1}"#.into(),
+            r#"{"type":"unknown","ts":1}"#.into(),
+            r#"{"type":"message","name":"Mina","text":"fine","ts":1}"#.into(),
+        ] {
+            js.publish(subject.clone(), payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    });
+    // Only the well-formed one arrives, and the node keeps serving.
+    assert_eq!(ann.line(), "Mina:fine");
+    ann.send("still here\n");
+    ann.expect("Ann:still here");
+    let mut h = a.connect_with("Hist", "forge", r#","history":10"#);
+    let replay = h.until("*** Hist joined");
+    assert_eq!(
+        replay,
+        [
+            "*** history: 2 messages",
+            "Mina:fine",
+            "Ann:still here",
+            "*** end of history"
+        ]
+    );
+}

@@ -94,7 +94,7 @@ async fn query(
                 break;
             }
             if let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) {
-                if let Some(m) = stored(seq, envelope) {
+                if let Some(m) = envelope.is_clean().then(|| stored(seq, envelope)).flatten() {
                     out.push_back(m);
                 }
             }

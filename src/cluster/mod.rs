@@ -153,7 +153,8 @@ impl Cluster {
                             }
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(format!("cannot use NATS at {url}: {e}")));
+                            let at = redact_url(&url);
+                            let _ = tx.send(Err(format!("cannot use NATS at {at}: {e}")));
                         }
                     }
                 });
@@ -295,7 +296,9 @@ impl Cluster {
                 let room = room_of(message.subject.as_str());
                 let envelope = serde_json::from_slice::<Envelope>(&message.payload);
                 match (room, envelope) {
-                    (Some(room), Ok(envelope)) => hub.deliver(&room, seq, &envelope, &self.seen),
+                    (Some(room), Ok(envelope)) if envelope.is_clean() => {
+                        hub.deliver(&room, seq, &envelope, &self.seen)
+                    }
                     _ => {
                         warn!(subject = %message.subject, seq, "not a machat event: skipped");
                         self.seen.store(seq, Ordering::Release);
@@ -376,7 +379,22 @@ async fn connect(
     outgoing: mpsc::Sender<Outgoing>,
 ) -> Result<Arc<Cluster>, String> {
     let node = format!("{:016x}", random_u64());
-    let client = async_nats::ConnectOptions::new()
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad --nats URL: {e}"))?;
+    let mut options = async_nats::ConnectOptions::new();
+    // Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the
+    // server's to check; async-nats does not take them from the URL by itself.
+    if let Some(server) = servers.iter().find(|s| s.has_user_pass()) {
+        options = match (server.username(), server.password()) {
+            (Some(user), Some(pass)) => options.user_and_password(user.into(), pass.into()),
+            (Some(token), None) => options.token(token.into()),
+            _ => options,
+        };
+    }
+    let client = options
         .name(format!("machat {node}"))
         .connection_timeout(Duration::from_secs(5))
         // Back soon after NATS is: the default waits up to 8 s between attempts.
@@ -390,7 +408,7 @@ async fn connect(
                 other => info!(event = %other, "cluster"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| e.to_string())?;
     let js = jetstream::new(client.clone());
@@ -431,6 +449,19 @@ async fn connect(
         next_msg: AtomicU64::new(1),
         hub: OnceLock::new(),
     }))
+}
+
+/// The URL(s) with any user, password or token replaced by `***`, for the logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A random number for the node's name (no crate for this: the standard hasher is seeded
@@ -524,5 +555,13 @@ mod tests {
         assert_eq!(room_of("machat.room.6.m"), None);
         assert_eq!(room_of("other.subject"), None);
         assert_eq!(unhex(&hex("ü")).as_deref(), Some("ü"));
+    }
+
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            redact_url("nats://u:secret@h:4222, tls://tok@h2,nats://h3:4222"),
+            "nats://***@h:4222, tls://***@h2,nats://h3:4222"
+        );
     }
 }

@@ -223,6 +223,8 @@ impl Presence {
                     }
                     (key, result)
                 });
+                let mut failed = 0;
+                let mut last_error = None;
                 for (key, result) in futures_util::future::join_all(updates).await {
                     let mut held = lock(&self.held);
                     let Some(claim) = held.get_mut(key) else {
@@ -231,10 +233,14 @@ impl Presence {
                     match result {
                         Ok(revision) => claim.state = ClaimState::Held { revision },
                         Err(e) => {
-                            let (room, name) = parse_key(key).unwrap_or_default();
-                            warn!(room, name, error = %e, "presence: cannot keep a name");
+                            failed += 1;
+                            last_error = Some(e);
                         }
                     }
+                }
+                // One line per round, not one per name, while NATS is away.
+                if let Some(e) = last_error {
+                    warn!(failed, error = %e, "presence: cannot keep names (retrying)");
                 }
             }
         }

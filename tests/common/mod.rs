@@ -360,15 +360,22 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// More arguments for nats-server (`--user`, `--pass`).
+    extra: Vec<String>,
 }
 
 impl Nats {
     pub fn start() -> Nats {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Nats {
         let dir = temp_dir();
         let mut nats = Nats {
             child: None,
             port: 0,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         nats.launch("-1");
         nats
@@ -388,6 +395,7 @@ impl Nats {
         let mut child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", port, "-m", "0", "-sd"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
