@@ -152,6 +152,11 @@ fn history_resume_and_the_api_from_any_node() {
     bob.send("/history 2\n");
     let h = bob.until("*** end of history");
     assert_eq!(h, ["*** history: 2 messages", "Mina:m5", "* Mina waves"]);
+    let (_, health) = get_json(b.http.expect("http"), "/healthz");
+    assert_eq!(
+        health,
+        serde_json::json!({"status":"ok","history":"ok","cluster":"connected"})
+    );
     // The HTTP API on B, and a resume by id on B after the first two.
     let (status, body) = get_json(b.http.expect("http"), "/api/rooms/hist/messages");
     assert_eq!(status, 200, "{body}");
@@ -286,7 +291,7 @@ fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
 fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
     let mut nats = Nats::start();
     let a = node(&nats, &[]);
-    let b = node(&nats, &[]);
+    let b = node(&nats, &["--http", "127.0.0.1:0"]);
     let mut ann = a.connect("Ann", "out");
     let mut bob = b.connect("Bob", "out");
     ann.until("*** Bob joined");
@@ -310,6 +315,11 @@ fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
         l.starts_with("*** error: the cluster is unavailable"),
         "{l}"
     );
+    assert!(b.wait_log("lost NATS"));
+    let (status, health) = get_json(b.http.expect("http"), "/healthz");
+    assert_eq!(status, 200);
+    assert_eq!(health["cluster"], "disconnected", "{health}");
+    assert_eq!(health["history"], "unavailable", "{health}");
     nats.restart();
     // Nodes reconnect by themselves. Until they have, a message may be refused; every one that
     // is not refused must arrive, once.

@@ -28,7 +28,8 @@ fn json_bytes(body: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz`: 200 while the server serves; says whether history is being stored.
+/// `GET /healthz`: 200 while the server serves; says whether history is being stored (and, in
+/// a cluster, whether NATS is reachable, so a load balancer can tell).
 pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
     let store = &state.ctx.store;
     let history = match (store.keeps(), store.available()) {
@@ -41,6 +42,16 @@ pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
     } else {
         "ok"
     };
+    if state.ctx.hub.clustered() {
+        // In a cluster, history is JetStream's: available exactly while NATS is reachable.
+        let cluster = if store.available() {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        return axum::Json(json!({ "status": status, "history": history, "cluster": cluster }))
+            .into_response();
+    }
     axum::Json(json!({ "status": status, "history": history })).into_response()
 }
 
