@@ -70,6 +70,8 @@ pub struct Cluster {
     next_msg: AtomicU64,
     /// The hub to deliver to, set once the server has built it.
     hub: OnceLock<Arc<Hub>>,
+    /// Changes on every (re)connection to NATS.
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 /// An event on its way to the stream.
@@ -279,7 +281,15 @@ impl Cluster {
                     continue;
                 }
             };
-            while let Some(message) = messages.next().await {
+            let mut connections = self.connections.clone();
+            connections.mark_unchanged();
+            loop {
+                let message = tokio::select! {
+                    m = messages.next() => m,
+                    // NATS came back (maybe a new server, maybe restarted): start over now.
+                    _ = connections.changed() => break,
+                };
+                let Some(message) = message else { break };
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
@@ -384,6 +394,10 @@ async fn connect(
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("bad --nats URL: {e}"))?;
+    // Counts connections to NATS, so the feed and the presence watcher start over at once
+    // after a reconnect instead of waiting for their consumers to miss heartbeats.
+    let (connections_tx, connections) = tokio::sync::watch::channel(0u64);
+    let connections_tx = Arc::new(connections_tx);
     let mut options = async_nats::ConnectOptions::new();
     // Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the
     // server's to check; async-nats does not take them from the URL by itself.
@@ -401,11 +415,19 @@ async fn connect(
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis(50 * (attempt as u64).min(40)).max(Duration::from_millis(50))
         })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => info!("cluster: connected to NATS"),
-                async_nats::Event::Disconnected => warn!("cluster: lost NATS, reconnecting"),
-                other => info!(event = %other, "cluster"),
+        .event_callback(move |event| {
+            let connections = connections_tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("cluster: connected to NATS");
+                        connections.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!("cluster: lost NATS, reconnecting")
+                    }
+                    other => info!(event = %other, "cluster"),
+                }
             }
         })
         .connect(servers)
@@ -432,7 +454,7 @@ async fn connect(
         .map_err(|e| format!("stream {STREAM}: {e}"))?
         .state
         .last_sequence;
-    let presence = presence::Presence::open(&js, &node, settings)
+    let presence = presence::Presence::open(&js, &node, settings, connections.clone())
         .await
         .map_err(|e| format!("bucket {BUCKET}: {e}"))?;
     info!(node, stream = STREAM, last, "cluster mode: joined");
@@ -448,6 +470,7 @@ async fn connect(
         unsettled: AtomicUsize::new(0),
         next_msg: AtomicU64::new(1),
         hub: OnceLock::new(),
+        connections,
     }))
 }
 

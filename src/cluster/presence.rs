@@ -30,6 +30,8 @@ pub struct Presence {
     held: Arc<Mutex<HashMap<String, Claim>>>,
     /// The whole bucket as last seen: key → entry.
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Changes on every (re)connection to NATS: the watch starts over.
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 struct Claim {
@@ -73,6 +75,7 @@ impl Presence {
         js: &jetstream::Context,
         node: &str,
         settings: &Settings,
+        connections: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Presence, String> {
         // The bucket's stream, made by hand as the key-value spec lays it out:
         // `create_key_value` first asks for the account's info, which async-nats cannot read
@@ -100,6 +103,7 @@ impl Presence {
             ttl: settings.presence_ttl,
             held: Arc::default(),
             seen: Arc::default(),
+            connections,
         })
     }
 
@@ -252,8 +256,14 @@ impl Presence {
             match self.kv.watch_with_history(">").await {
                 Ok(mut entries) => {
                     lock(&self.seen).clear();
-                    while let Some(entry) = entries.next().await {
-                        let Ok(entry) = entry else { break };
+                    let mut connections = self.connections.clone();
+                    connections.mark_unchanged();
+                    loop {
+                        let entry = tokio::select! {
+                            e = entries.next() => e,
+                            _ = connections.changed() => break,
+                        };
+                        let Some(Ok(entry)) = entry else { break };
                         let mut seen = lock(&self.seen);
                         match entry.operation {
                             Operation::Put => {
