@@ -351,6 +351,22 @@ fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
     let replay = h.until("*** Hist joined");
     assert_eq!(replay[1], "Ann:before", "{replay:?}");
     assert!(!replay.contains(&"Ann:during".to_string()), "{replay:?}");
+    // The nodes' view of who is where came back too.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        ann.send("/who\n");
+        let who = loop {
+            let l = ann.line();
+            if l.contains(" in out: ") {
+                break l;
+            }
+        };
+        if who == "*** 3 in out: Ann Bob Hist" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{who:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -485,6 +501,47 @@ fn what_others_write_to_the_stream_is_checked_before_any_client_sees_it() {
             "Mina:fine",
             "Ann:still here",
             "*** end of history"
+        ]
+    );
+}
+
+#[test]
+fn the_last_messages_of_a_long_history_interleaved_with_other_rooms() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--max-line-rate", "0"]);
+    let b = node(&nats, &[]);
+    let mut long = a.connect("Long", "long");
+    let mut other = a.connect("Other", "other");
+    // 1,500 messages in one room, every third one with a message of another room between.
+    let mut batch = String::new();
+    for i in 1..=1500 {
+        batch.push_str(&format!("l{i}\n"));
+        if i % 3 == 0 {
+            other.send(&format!("o{i}\n"));
+        }
+    }
+    long.send(&batch);
+    long.until("Long:l1500");
+    other.until("Other:o1500");
+    for n in [1, 3, 50] {
+        let name = format!("Late{n}");
+        let mut late = b.connect_with(&name, "long", &format!(r#","history":{n}"#));
+        let replay = late.until(&format!("*** {name} joined"));
+        let want: Vec<String> = (1501 - n..=1500).map(|i| format!("Long:l{i}")).collect();
+        assert_eq!(replay.len(), n + 2, "{replay:?}");
+        assert_eq!(replay[1..=n], want[..], "history {n}");
+    }
+    long.send("/history 5\n");
+    long.until("*** history: 5 messages");
+    let h = long.until("*** end of history");
+    assert_eq!(
+        h,
+        [
+            "Long:l1496",
+            "Long:l1497",
+            "Long:l1498",
+            "Long:l1499",
+            "Long:l1500"
         ]
     );
 }

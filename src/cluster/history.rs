@@ -67,6 +67,43 @@ async fn close(
     let _ = cluster.stream.delete_consumer(&name).await;
 }
 
+/// How many of `room`'s messages have sequences from `from` on.
+async fn pending_from(cluster: &Cluster, room: &str, from: u64) -> Result<u64, String> {
+    let (consumer, pending) = open(cluster, room, Some(from)).await?;
+    close(cluster, &consumer).await;
+    Ok(pending)
+}
+
+/// Where the last `limit` messages up to `until` start, when the room keeps many more than
+/// that: JetStream cannot read a subject backwards, but a consumer's pending count says how many
+/// messages lie at or after a sequence, so a binary search over sequences finds the start with
+/// about two requests per halving, instead of reading the whole retained history. None when
+/// reading it all is cheaper.
+async fn start_of_last(
+    cluster: &Cluster,
+    room: &str,
+    until: u64,
+    limit: usize,
+) -> Result<Option<u64>, String> {
+    let limit = limit as u64;
+    let later = pending_from(cluster, room, until + 1).await?;
+    let count = |pending: u64| pending.saturating_sub(later);
+    if count(pending_from(cluster, room, 1).await?) <= limit.saturating_mul(4) + 1_000 {
+        return Ok(None);
+    }
+    // count(lo) >= limit > count(hi): the start is the last sequence that keeps `limit`.
+    let (mut lo, mut hi) = (1, until + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if count(pending_from(cluster, room, mid).await?) >= limit {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(lo))
+}
+
 /// The messages of `room` after `after` (or from the start) up to `until`: the first `limit`
 /// after `after`, or the last `limit` without it.
 async fn query(
@@ -76,7 +113,12 @@ async fn query(
     until: u64,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, String> {
-    let (consumer, pending) = open(cluster, room, after.map(|a| a + 1)).await?;
+    let from = match after {
+        Some(a) => Some(a + 1),
+        None if limit > 0 => start_of_last(cluster, room, until, limit).await?,
+        None => None,
+    };
+    let (consumer, pending) = open(cluster, room, from).await?;
     let name = consumer.cached_info().name.clone();
     let mut out: VecDeque<StoredMessage> = VecDeque::new();
     if pending > 0 && limit > 0 {
