@@ -333,9 +333,10 @@ print(json.dumps(r))
 import json, sys
 r = json.loads(sys.stdin.read())
 if r["scenario"] == "fanout":
+    cpu = r["server_cpu_s"]
     print("   delivered %.0f/s  lost %d  p50 %d us  p99 %d us  peak RSS %s KiB  server CPU %s s"
           % (r["delivered_per_s"], r["lost"], r["p50_us"], r["p99_us"], r["server_peak_rss_kib"],
-             r["server_cpu_s"]), file=sys.stderr)
+             "-" if cpu is None else "%.2f" % cpu), file=sys.stderr)
     if r.get("cross_node"):
         c = r["cross_node"]
         print("   cross-node: %d deliveries  p50 %d us  p99 %d us  max %d us"
