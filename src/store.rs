@@ -889,7 +889,7 @@ impl Writer {
                 "SELECT last_id, count, data FROM chunks WHERE rid = ?1 AND last_id > ?2
                  ORDER BY last_id",
             )?;
-            let mut rows = stmt.query(params![rid, after as i64])?;
+            let mut rows = stmt.query(params![rid, sql_id(after)])?;
             let mut n = 0usize;
             let mut first = true;
             while let Some(row) = rows.next()? {
@@ -929,7 +929,7 @@ impl Writer {
         let mut stmt = self.conn.prepare_cached(
             "SELECT data FROM chunks WHERE rid = ?1 AND last_id > ?2 ORDER BY last_id",
         )?;
-        let mut rows = stmt.query(params![rid, after as i64])?;
+        let mut rows = stmt.query(params![rid, sql_id(after)])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let data: Vec<u8> = row.get(0)?;
@@ -1128,6 +1128,12 @@ fn encode(m: &MessageRef<'_>, out: &mut Vec<u8>) {
 }
 
 /// Decodes a chunk; a damaged tail is dropped, never a panic.
+/// An id as SQLite's signed integer. A client may name any u64 as `since`; cast as it is, the
+/// largest would turn negative and make a query read the whole room to return nothing.
+fn sql_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
 fn decode(mut data: &[u8]) -> Vec<StoredMessage> {
     fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if data.len() < n {

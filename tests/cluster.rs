@@ -163,6 +163,13 @@ fn history_resume_and_the_api_from_any_node() {
     let list = body["messages"].as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 6, "{body}");
     let second = list[1]["id"].as_u64().expect("id");
+    // The largest id a client can name is no error and no wrap-around: nothing comes after it.
+    let (status, body) = get_json(
+        b.http.expect("http"),
+        &format!("/api/rooms/hist/messages?since={}", u64::MAX),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"], serde_json::json!([]), "{body}");
     let mut res = json_join(&b, "Res", "hist", &format!(r#","since":{second}"#));
     let got = json_until(&mut res, |v| v["type"] == "end_of_history");
     assert_eq!(got[0]["type"], "history");

@@ -253,6 +253,12 @@ fn http_api_rooms_messages_and_health() {
     assert_eq!(v["last_id"].as_u64(), Some(first + 2));
     let (_, v) = get_json(http, "/api/rooms/api/messages?limit=1");
     assert_eq!(v["messages"][0]["text"], "m4");
+    // The largest id there is: nothing after it, and no wrap-around to the start.
+    let (status, v) = get_json(http, &format!("/api/rooms/api/messages?since={}", u64::MAX));
+    assert_eq!(
+        (status, v["messages"].clone()),
+        (200, serde_json::json!([]))
+    );
     let (status, v) = get_json(http, "/api/rooms/empty/messages");
     assert_eq!(
         (status, v["messages"].as_array().map(Vec::len)),

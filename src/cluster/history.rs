@@ -86,6 +86,16 @@ async fn start_of_last(
     limit: usize,
 ) -> Result<Option<u64>, String> {
     let limit = limit as u64;
+    // `until` may be "no bound" (u64::MAX, from the HTTP API): the stream's last sequence bounds
+    // both the count of later messages and the search.
+    let last = cluster
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let until = until.min(last);
     let later = pending_from(cluster, room, until + 1).await?;
     let count = |pending: u64| pending.saturating_sub(later);
     if count(pending_from(cluster, room, 1).await?) <= limit.saturating_mul(4) + 1_000 {
@@ -114,7 +124,7 @@ async fn query(
     limit: usize,
 ) -> Result<Vec<StoredMessage>, String> {
     let from = match after {
-        Some(a) => Some(a + 1),
+        Some(a) => Some(a.saturating_add(1)),
         None if limit > 0 => start_of_last(cluster, room, until, limit).await?,
         None => None,
     };
@@ -172,10 +182,11 @@ fn stored(id: u64, envelope: Envelope) -> Option<StoredMessage> {
 
 /// How many of `room`'s messages have ids in `after + 1 ..= until`.
 async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<usize, String> {
-    let (from_after, total) = open(cluster, room, Some(after + 1)).await?;
-    close(cluster, &from_after).await;
-    let (from_until, later) = open(cluster, room, Some(until + 1)).await?;
-    close(cluster, &from_until).await;
+    let total = pending_from(cluster, room, after.saturating_add(1)).await?;
+    let later = match until.checked_add(1) {
+        Some(next) => pending_from(cluster, room, next).await?,
+        None => 0,
+    };
     Ok(total.saturating_sub(later) as usize)
 }
 
