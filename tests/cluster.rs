@@ -262,13 +262,31 @@ fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
     };
     assert!(last == 9 && last_id > 0);
     a.signal("-KILL");
-    // While A is dead, the room goes on.
+    // Its name is held by the dead node until the TTL passes: refused meanwhile.
+    let mut early = json_join(&b, "Reader", "fail", "");
+    let refused: Value = serde_json::from_str(&early.line()).expect("json");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("already taken"));
+    // While A is dead, the room goes on, and once the name lapses the surviving nodes tell the
+    // room that the reader left, once, though both B and C notice.
     for i in 10..20 {
         sender.send(&format!("s{i}\n"));
     }
-    sender.until("Sender:s19");
-    // The reader comes back on B with its last id. Its name is held by the dead node until
-    // the TTL passes: it is refused meanwhile, then gets in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut transcript = Vec::new();
+    while !(transcript.iter().any(|l| l == "Sender:s19")
+        && transcript.iter().any(|l| l == "*** Reader left"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = sender.line_within(left);
+        transcript.push(
+            line.unwrap_or_else(|| panic!("no goodbye for the dead node's member: {transcript:?}")),
+        );
+    }
+    // The reader comes back on B with its last id.
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut back, replay) = loop {
         let mut c = json_join(&b, "Reader", "fail", &format!(r#","since":{last_id}"#));
@@ -292,6 +310,13 @@ fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
     sender.send("live\n");
     let between = json_until(&mut back, |v| is_text(v, "live"));
     assert!(messages(&between).is_empty(), "{between:?}");
+    transcript.extend(sender.until("Sender:live"));
+    let about_reader: Vec<&String> = transcript.iter().filter(|l| l.contains("Reader")).collect();
+    assert_eq!(
+        about_reader,
+        ["*** Reader left", "*** Reader joined"],
+        "{transcript:?}"
+    );
 }
 
 #[test]

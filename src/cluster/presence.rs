@@ -5,7 +5,8 @@
 //! the node that holds a name rewrites it every third of the TTL, so when a node dies its names
 //! free up within the TTL, with nobody having to notice. NATS 2.9 removes expired keys without
 //! telling watchers, so each node's view of the bucket (for `/who` and `/rooms`) also drops
-//! entries not rewritten within the TTL.
+//! entries not rewritten within the TTL, and hands them to [`super::departures`], which tells
+//! the room they left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +56,28 @@ struct Seen {
     room: String,
     name: String,
     at: Instant,
+    revision: u64,
+    /// The node that wrote it.
+    node: String,
+    /// The connection to NATS it came through: after a reconnect, what was seen before says
+    /// nothing about who lapsed (nobody could write during the outage).
+    connection: u64,
+}
+
+/// What a node writes as a name's value: who holds it.
+#[derive(serde::Deserialize)]
+struct Holder {
+    node: String,
+}
+
+/// A name another node held and stopped rewriting: that node died or lost NATS.
+pub struct Lapsed {
+    pub room: String,
+    pub name: String,
+    pub key: String,
+    pub revision: u64,
+    /// How long since it was last written, as this node saw it.
+    pub age: Duration,
 }
 
 fn key(room: &str, name: &str) -> String {
@@ -268,8 +291,18 @@ impl Presence {
                         match entry.operation {
                             Operation::Put => {
                                 if let Some((room, name)) = parse_key(&entry.key) {
-                                    let at = Instant::now();
-                                    seen.insert(entry.key, Seen { room, name, at });
+                                    let node = serde_json::from_slice::<Holder>(&entry.value)
+                                        .map(|h| h.node)
+                                        .unwrap_or_default();
+                                    let seen_now = Seen {
+                                        room,
+                                        name,
+                                        at: Instant::now(),
+                                        revision: entry.revision,
+                                        node,
+                                        connection: *self.connections.borrow(),
+                                    };
+                                    seen.insert(entry.key, seen_now);
                                 }
                             }
                             Operation::Delete | Operation::Purge => {
@@ -282,6 +315,49 @@ impl Presence {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The names other nodes held and have not rewritten within the TTL.
+    pub fn lapsed(&self) -> Vec<Lapsed> {
+        let connection = *self.connections.borrow();
+        let held = lock(&self.held);
+        let seen = lock(&self.seen);
+        seen.iter()
+            .filter(|(key, s)| {
+                s.connection == connection
+                    && s.node != *self.node
+                    && !held.contains_key(*key)
+                    && s.at.elapsed() >= self.ttl
+            })
+            .map(|(key, s)| Lapsed {
+                room: s.room.clone(),
+                name: s.name.clone(),
+                key: key.clone(),
+                revision: s.revision,
+                age: s.at.elapsed(),
+            })
+            .collect()
+    }
+
+    /// Drops a lapsed name from this node's view, unless it was written again meanwhile.
+    pub fn forget(&self, key: &str, revision: u64) {
+        let mut seen = lock(&self.seen);
+        if seen.get(key).is_some_and(|s| s.revision == revision) {
+            seen.remove(key);
+        }
+    }
+
+    /// The revision of `key` in the bucket now, if anyone holds it.
+    pub async fn holder(&self, key: &str) -> Result<Option<u64>, String> {
+        match self.kv.entry(key).await {
+            Ok(Some(e)) if e.operation == Operation::Put => Ok(Some(e.revision)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn live<'a>(&self, seen: &'a HashMap<String, Seen>) -> impl Iterator<Item = &'a Seen> {
