@@ -36,9 +36,10 @@ pub struct ClientArgs {
     #[arg(long, default_value = "lounge")]
     pub room: String,
 
-    /// Server address; give it more than once to try the next when one cannot be reached, and
-    /// to fail over to the next (resuming where the lost one stopped) when a connection is lost.
-    #[arg(long, default_value = "localhost:8989")]
+    /// Server address; give it more than once (or several separated by commas) to try the next
+    /// when one cannot be reached, and to fail over to the next (resuming where the lost one
+    /// stopped) when a connection is lost.
+    #[arg(long, default_value = "localhost:8989", value_delimiter = ',')]
     pub address: Vec<String>,
 
     /// Ask the server for one JSON object per line instead of `name:text` lines.

@@ -126,7 +126,9 @@ fn lines_typed_while_disconnected_are_sent_once_after_the_reconnect() {
     let mut a = Server::start(&args);
     let p = free_port();
     let (a_addr, b_addr) = (a.addr.to_string(), format!("127.0.0.1:{p}"));
-    let mut cli = Cli::spawn(&failover_args("Cli", &a_addr, &b_addr));
+    // The addresses as one comma-separated value, as they are often written.
+    let both = format!("{a_addr},{b_addr}");
+    let mut cli = Cli::spawn(&["-client", "Cli", "-room", "r", "-address", &both]);
     cli.wait_out("*** Cli joined");
     cli.type_in("before\n");
     cli.wait_out("Cli:before");
