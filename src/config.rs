@@ -166,8 +166,8 @@ pub struct Config {
     #[arg(long, env = "MACHAT_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
 
-    /// Cluster mode: seconds after which the names of a node that died are free again. Its
-    /// names are rewritten every third of this.
+    /// Cluster mode: seconds after which the names of a node that died are free again and its
+    /// members are announced as left. Its names are rewritten every third of this.
     #[arg(long, env = "MACHAT_PRESENCE_TTL", default_value_t = 15.0)]
     pub presence_ttl: f64,
 }
