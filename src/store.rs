@@ -1127,13 +1127,13 @@ fn encode(m: &MessageRef<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(m.text.as_bytes());
 }
 
-/// Decodes a chunk; a damaged tail is dropped, never a panic.
 /// An id as SQLite's signed integer. A client may name any u64 as `since`; cast as it is, the
 /// largest would turn negative and make a query read the whole room to return nothing.
 fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// Decodes a chunk; a damaged tail is dropped, never a panic.
 fn decode(mut data: &[u8]) -> Vec<StoredMessage> {
     fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if data.len() < n {
