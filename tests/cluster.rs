@@ -234,9 +234,9 @@ fn names_are_unique_across_nodes_and_who_and_rooms_are_cluster_wide() {
 #[test]
 fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
     let nats = Nats::start();
-    let a = node(&nats, &["--presence-ttl", "2"]);
-    let b = node(&nats, &["--presence-ttl", "2"]);
-    let c = node(&nats, &["--presence-ttl", "2"]);
+    let a = node(&nats, &["--presence-ttl", "3"]);
+    let b = node(&nats, &["--presence-ttl", "3"]);
+    let c = node(&nats, &["--presence-ttl", "3"]);
     let mut reader = json_join(&a, "Reader", "fail", "");
     json_until(&mut reader, |v| {
         v["type"] == "join" && v["name"] == "Reader"
@@ -262,7 +262,8 @@ fn a_killed_node_frees_its_names_and_its_clients_resume_elsewhere() {
     };
     assert!(last == 9 && last_id > 0);
     a.signal("-KILL");
-    // Its name is held by the dead node until the TTL passes: refused meanwhile.
+    // Its name is held by the dead node until the TTL passes (at least 2 s from now: it was
+    // rewritten at most a third of the 3 s TTL ago): refused meanwhile.
     let mut early = json_join(&b, "Reader", "fail", "");
     let refused: Value = serde_json::from_str(&early.line()).expect("json");
     assert_eq!(refused["type"], "error", "{refused}");
