@@ -8,7 +8,8 @@
 //! address, and past the limit an address is refused without hashing at all, so guessing costs
 //! the server nothing. At most two hashes are computed at once (argon2 is made to be costly in
 //! CPU and memory). `machat user add` writes the table; a running server sees the change within
-//! two seconds.
+//! two seconds. In cluster mode the names registered for the whole cluster (see
+//! [`crate::cluster::users`]) count too, and take precedence over the data directory's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,8 +70,8 @@ fn verify(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
-/// `machat user add NAME`: registers (or re-registers) a name.
-pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), String> {
+/// The hash to register `name` with, once the name and the password pass the rules.
+pub fn new_hash(name: &str, password: &str) -> Result<String, String> {
     validate_name(name)?;
     if password.is_empty() {
         return Err("the password must not be empty".into());
@@ -81,11 +82,16 @@ pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), Strin
             crate::protocol::MAX_PASSWORD
         ));
     }
+    hash(password)
+}
+
+/// `machat user add NAME`: registers (or re-registers) a name.
+pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), String> {
+    let hash = new_hash(name, password)?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let path = db_path(data_dir);
     let conn = open(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hash = hash(password)?;
     conn.execute(
         "INSERT OR REPLACE INTO users (name, hash) VALUES (?1, ?2)",
         params![name, hash],
@@ -123,6 +129,8 @@ pub fn list_users(data_dir: &Path) -> Result<Vec<String>, String> {
 /// The server's view of the registered names.
 pub struct Users {
     hashes: Mutex<HashMap<String, String>>,
+    /// Cluster mode: the names registered for every node.
+    cluster: std::sync::OnceLock<crate::cluster::users::Registered>,
     require: bool,
     fails: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     hashing: Semaphore,
@@ -135,6 +143,7 @@ impl Users {
         let path = db_path(data_dir);
         let users = Arc::new(Users {
             hashes: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
             require,
             fails: Mutex::new(HashMap::new()),
             hashing: Semaphore::new(2),
@@ -169,6 +178,7 @@ impl Users {
     pub fn none() -> Arc<Users> {
         Arc::new(Users {
             hashes: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
             require: false,
             fails: Mutex::new(HashMap::new()),
             hashing: Semaphore::new(2),
@@ -215,15 +225,38 @@ impl Users {
         Ok(())
     }
 
+    /// Cluster mode: the cluster's registered names count too.
+    pub fn share_with(&self, registered: crate::cluster::users::Registered) {
+        let _ = self.cluster.set(registered);
+    }
+
+    /// Whether any names are registered, here or for the cluster.
+    pub fn any(&self) -> bool {
+        !self.lock().is_empty()
+            || self
+                .cluster
+                .get()
+                .is_some_and(|r| !r.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+    }
+
+    /// The hash `name` is registered with: the cluster's, else the data directory's.
+    fn hash_of(&self, name: &str) -> Option<String> {
+        let in_cluster = self.cluster.get().and_then(|r| {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            r.get(name).cloned()
+        });
+        in_cluster.or_else(|| self.lock().get(name).cloned())
+    }
+
     pub fn is_registered(&self, name: &str) -> bool {
-        self.lock().contains_key(name)
+        self.hash_of(name).is_some()
     }
 
     /// Checks a handshake's name and password. Ok for an unregistered name (unless
     /// `--require-auth`) and for a registered one with its password; otherwise, after the fixed
     /// delay, the reason to send.
     pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<(), &'static str> {
-        let stored = self.lock().get(&hs.name).cloned();
+        let stored = self.hash_of(&hs.name);
         if stored.is_none() && !self.require {
             return Ok(());
         }

@@ -158,12 +158,12 @@ pub struct Config {
     /// Cluster mode: the NATS server(s) with JetStream to share rooms, history and names with
     /// other machat nodes (`nats://host:4222`, several separated by commas). History then
     /// lives in JetStream and --history and --durability do not apply. Default: one machine.
-    #[arg(long, env = "MACHAT_NATS")]
+    #[arg(long, env = "MACHAT_NATS", global = true)]
     pub nats: Option<String>,
 
     /// Cluster mode: copies JetStream keeps of the history and the names (1, or 3 on a
     /// three-server NATS cluster). Used when this node is the first to create them.
-    #[arg(long, env = "MACHAT_NATS_REPLICAS", default_value_t = 1)]
+    #[arg(long, env = "MACHAT_NATS_REPLICAS", default_value_t = 1, global = true)]
     pub nats_replicas: usize,
 
     /// Cluster mode: seconds after which the names of a node that died are free again and its
@@ -185,7 +185,8 @@ pub enum Command {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum UserAction {
-    /// Registers NAME, or sets a new password for it; the password is read from stdin.
+    /// Registers NAME, or sets a new password for it; the password is read from stdin. With
+    /// --nats, for every node of the cluster; otherwise in --data-dir.
     Add { name: String },
     /// Removes NAME's registration.
     Remove { name: String },

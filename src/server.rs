@@ -72,9 +72,10 @@ impl Server {
         };
         let users = crate::auth::Users::load(&config.data_dir, config.require_auth)
             .map_err(io::Error::other)?;
-        if config.require_auth
-            && crate::auth::list_users(&config.data_dir).is_ok_and(|u| u.is_empty())
-        {
+        if let Some(cluster) = &cluster {
+            users.share_with(cluster.registered());
+        }
+        if config.require_auth && !users.any() {
             warn!(
                 "--require-auth with no registered names: nobody can join (machat user add NAME)"
             );

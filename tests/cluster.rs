@@ -578,3 +578,88 @@ fn the_last_messages_of_a_long_history_interleaved_with_other_rooms() {
         ]
     );
 }
+
+/// `machat user ARGS --nats URL` with `input` on stdin: success, stdout, stderr.
+fn user_cmd(nats: &Nats, args: &[&str], input: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .arg("user")
+        .args(args)
+        .args(["--nats", &nats.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("machat user");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("machat user ran");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn names_registered_for_the_cluster_need_their_password_on_every_node() {
+    let nats = Nats::start();
+    // Registered before any node starts: each reads the cluster's names at start, though its
+    // own data directory has none.
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "s3cret\n");
+    assert!(ok, "{err}");
+    assert!(err.contains("registered in the cluster"), "{err}");
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    for n in [&a, &b] {
+        let mut c = Client::raw(n.addr);
+        c.send(r#"{"name":"Mina","room":"reg"}"#);
+        assert_eq!(c.line(), "*** error: authentication failed");
+        assert!(c.closed());
+    }
+    let mut mina = b.connect_with("Mina", "reg", r#","password":"s3cret""#);
+    mina.expect("*** Mina joined");
+
+    // Registered while the nodes run: followed at once, on every node; /nick cannot take it.
+    let mut bob = a.connect("Bob", "reg");
+    let (ok, _, err) = user_cmd(&nats, &["add", "Zed"], "pw\n");
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send("/nick Zed\n");
+        let l = bob.line();
+        if l == "*** error: name Zed is registered" {
+            break;
+        }
+        assert_eq!(l, "*** Bob is now Zed", "unexpected answer");
+        bob.send("/nick Bob\n");
+        bob.expect("*** Zed is now Bob");
+        assert!(Instant::now() < deadline, "node A never saw Zed registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, err) = user_cmd(&nats, &["list"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "Mina\nZed\n");
+
+    // Removed: free again on every node (the first try may race the removal reaching B).
+    let (ok, _, err) = user_cmd(&nats, &["remove", "Zed"], "");
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::raw(b.addr);
+        c.send(r#"{"name":"Zed","room":"other"}"#);
+        let l = c.line();
+        if l == "*** Zed joined" {
+            break;
+        }
+        assert_eq!(l, "*** error: authentication failed");
+        assert!(Instant::now() < deadline, "node B never saw Zed removed");
+    }
+    let (ok, _, err) = user_cmd(&nats, &["remove", "Zed"], "");
+    assert!(!ok && err.contains("not registered"), "{err}");
+}

@@ -24,8 +24,50 @@ fn main() -> ExitCode {
 }
 
 fn user(config: &Config, action: &UserAction) -> ExitCode {
+    let done = match &config.nats {
+        Some(url) => cluster_user(url, config.nats_replicas, action),
+        None => local_user(config, action),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("machat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `machat user ... --nats URL`: the names registered for every node of a cluster.
+fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), String> {
+    use machat::cluster::users;
+    let at = machat::cluster::redact_url(url);
+    match action {
+        UserAction::Add { name } => {
+            let password = machat::auth::read_password(name)?;
+            let hash = machat::auth::new_hash(name, &password)?;
+            users::add(url, replicas, name, &hash)?;
+            eprintln!("machat: {name} is registered in the cluster at {at}");
+            Ok(())
+        }
+        UserAction::Remove { name } => match users::remove(url, replicas, name)? {
+            true => {
+                eprintln!("machat: {name} is no longer registered in the cluster at {at}");
+                Ok(())
+            }
+            false => Err(format!("{name} is not registered in the cluster at {at}")),
+        },
+        UserAction::List => {
+            for n in users::list(url, replicas)? {
+                println!("{n}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn local_user(config: &Config, action: &UserAction) -> Result<(), String> {
     let dir = &config.data_dir;
-    let done = match action {
+    match action {
         UserAction::Add { name } => machat::auth::read_password(name)
             .and_then(|pw| machat::auth::add_user(dir, name, &pw))
             .map(|()| eprintln!("machat: {name} is registered in {}", dir.display())),
@@ -42,12 +84,5 @@ fn user(config: &Config, action: &UserAction) -> ExitCode {
                 println!("{n}");
             }
         }),
-    };
-    match done {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("machat: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

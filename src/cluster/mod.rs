@@ -21,6 +21,7 @@
 mod departures;
 mod history;
 mod presence;
+pub mod users;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -74,6 +75,9 @@ pub struct Cluster {
     hub: OnceLock<Arc<Hub>>,
     /// Changes on every (re)connection to NATS.
     connections: tokio::sync::watch::Receiver<u64>,
+    users_kv: jetstream::kv::Store,
+    /// The cluster's registered names, kept up to date from `users_kv`.
+    registered: users::Registered,
 }
 
 /// An event on its way to the stream.
@@ -178,6 +182,11 @@ impl Cluster {
         let _ = self.hub.set(hub);
     }
 
+    /// The registered names of the whole cluster (see [`users`]).
+    pub fn registered(&self) -> users::Registered {
+        self.registered.clone()
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -194,6 +203,11 @@ impl Cluster {
         self.runtime.spawn(self.presence.clone().watch());
         self.runtime.spawn(self.presence.clone().refresh());
         self.runtime.spawn(departures::run(self.clone()));
+        self.runtime.spawn(users::follow(
+            self.users_kv.clone(),
+            self.registered.clone(),
+            self.connections.clone(),
+        ));
         let mut batch = Vec::with_capacity(256);
         while queue.recv_many(&mut batch, 256).await > 0 {
             let settled = batch.len();
@@ -392,26 +406,12 @@ async fn connect(
     outgoing: mpsc::Sender<Outgoing>,
 ) -> Result<Arc<Cluster>, String> {
     let node = format!("{:016x}", random_u64());
-    let servers = url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad --nats URL: {e}"))?;
+    let servers = parse_servers(url)?;
     // Counts connections to NATS, so the feed and the presence watcher start over at once
     // after a reconnect instead of waiting for their consumers to miss heartbeats.
     let (connections_tx, connections) = tokio::sync::watch::channel(0u64);
     let connections_tx = Arc::new(connections_tx);
-    let mut options = async_nats::ConnectOptions::new();
-    // Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the
-    // server's to check; async-nats does not take them from the URL by itself.
-    if let Some(server) = servers.iter().find(|s| s.has_user_pass()) {
-        options = match (server.username(), server.password()) {
-            (Some(user), Some(pass)) => options.user_and_password(user.into(), pass.into()),
-            (Some(token), None) => options.token(token.into()),
-            _ => options,
-        };
-    }
-    let client = options
+    let client = with_credentials(async_nats::ConnectOptions::new(), &servers)
         .name(format!("machat {node}"))
         .connection_timeout(Duration::from_secs(5))
         // Back soon after NATS is: the default waits up to 8 s between attempts.
@@ -457,9 +457,12 @@ async fn connect(
         .map_err(|e| format!("stream {STREAM}: {e}"))?
         .state
         .last_sequence;
-    let presence = presence::Presence::open(&js, &node, settings, connections.clone())
-        .await
-        .map_err(|e| format!("bucket {BUCKET}: {e}"))?;
+    let presence = presence::Presence::open(&js, &node, settings, connections.clone()).await?;
+    // Every registered name is known before the first client is let in.
+    let users_kv = users::open(&js, settings.replicas).await?;
+    let registered = users::load(&users_kv).await?;
+    info!(registered = registered.len(), "cluster: registered names");
+    let registered = Arc::new(std::sync::Mutex::new(registered));
     info!(node, stream = STREAM, last, "cluster mode: joined");
     Ok(Arc::new(Cluster {
         node,
@@ -474,7 +477,63 @@ async fn connect(
         next_msg: AtomicU64::new(1),
         hub: OnceLock::new(),
         connections,
+        users_kv,
+        registered,
     }))
+}
+
+/// The servers of a `--nats` value (several separated by commas).
+fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad --nats URL: {e}"))
+}
+
+/// Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the server's
+/// to check; async-nats does not take them from the URL by itself.
+fn with_credentials(
+    options: async_nats::ConnectOptions,
+    servers: &[async_nats::ServerAddr],
+) -> async_nats::ConnectOptions {
+    let Some(server) = servers.iter().find(|s| s.has_user_pass()) else {
+        return options;
+    };
+    match (server.username(), server.password()) {
+        (Some(user), Some(pass)) => options.user_and_password(user.into(), pass.into()),
+        (Some(token), None) => options.token(token.into()),
+        _ => options,
+    }
+}
+
+/// Opens a key-value bucket, creating its stream by hand as the key-value spec lays it out:
+/// `create_key_value` first asks for the account's info, which async-nats cannot read from a
+/// NATS 2.9 server. `max_age` zero keeps entries for ever.
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, String> {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| format!("bucket {bucket}: {e}"))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("bucket {bucket}: {e}"))
 }
 
 /// The URL(s) with any user, password or token replaced by `***`, for the logs.

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::{self, stream::StorageType};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::runtime::Handle;
@@ -100,26 +100,7 @@ impl Presence {
         settings: &Settings,
         connections: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Presence, String> {
-        // The bucket's stream, made by hand as the key-value spec lays it out:
-        // `create_key_value` first asks for the account's info, which async-nats cannot read
-        // from a NATS 2.9 server.
-        let config = jetstream::stream::Config {
-            name: format!("KV_{BUCKET}"),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: settings.presence_ttl,
-            storage: StorageType::File,
-            num_replicas: settings.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let kv = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
+        let kv = super::open_bucket(js, BUCKET, settings.presence_ttl, settings.replicas).await?;
         Ok(Presence {
             kv,
             node: node.into(),

@@ -1,0 +1,158 @@
+//! Registered names in cluster mode, the same on every node.
+//!
+//! On one machine `machat user add` writes the argon2 hash into the data directory. In a
+//! cluster that would register a name on one node only, and anyone could take it on another.
+//! So with `--nats`, `machat user add|remove|list` work on the key-value bucket `machat-users`
+//! (key: the name in hex, value: the PHC hash string), and every node reads the whole bucket
+//! before it accepts a client and then follows it, so a registration or a removal counts on
+//! every node within moments.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tracing::warn;
+
+use super::{hex, open_bucket, parse_servers, unhex, with_credentials};
+
+/// The bucket of registered names.
+pub const USERS: &str = "machat-users";
+
+/// Name → argon2 hash, as the bucket holds them; shared with [`crate::auth::Users`].
+pub type Registered = Arc<Mutex<HashMap<String, String>>>;
+
+fn lock(r: &Registered) -> MutexGuard<'_, HashMap<String, String>> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) async fn open(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    open_bucket(js, USERS, Duration::ZERO, replicas).await
+}
+
+/// Everything the bucket holds now.
+pub(super) async fn load(kv: &kv::Store) -> Result<HashMap<String, String>, String> {
+    let mut keys = kv.keys().await.map_err(|e| format!("{USERS}: {e}"))?;
+    let mut out = HashMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| format!("{USERS}: {e}"))?;
+        let value = kv.get(&key).await.map_err(|e| format!("{USERS}: {e}"))?;
+        if let Some((name, hash)) = value.and_then(|v| entry(&key, &v)) {
+            out.insert(name, hash);
+        }
+    }
+    Ok(out)
+}
+
+/// A well-formed entry: a hex name and a UTF-8 hash. Anything else is not a registration.
+fn entry(key: &str, value: &[u8]) -> Option<(String, String)> {
+    let name = unhex(key)?;
+    let hash = std::str::from_utf8(value).ok()?;
+    Some((name, hash.to_owned()))
+}
+
+/// Follows the bucket for ever. After a reconnect the watch starts over with the bucket's
+/// current state; the names already known stay in force meanwhile.
+pub(super) async fn follow(
+    kv: kv::Store,
+    registered: Registered,
+    connections: tokio::sync::watch::Receiver<u64>,
+) {
+    loop {
+        match kv.watch_with_history(">").await {
+            Ok(mut entries) => {
+                let mut connections = connections.clone();
+                connections.mark_unchanged();
+                loop {
+                    let entry = tokio::select! {
+                        e = entries.next() => e,
+                        _ = connections.changed() => break,
+                    };
+                    let Some(Ok(entry)) = entry else { break };
+                    let mut registered = lock(&registered);
+                    match entry.operation {
+                        Operation::Put => {
+                            if let Some((name, hash)) = self::entry(&entry.key, &entry.value) {
+                                registered.insert(name, hash);
+                            }
+                        }
+                        Operation::Delete | Operation::Purge => {
+                            if let Some(name) = unhex(&entry.key) {
+                                registered.remove(&name);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot follow the registered names; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs one piece of work on the bucket from the command line (`machat user ... --nats URL`).
+fn with_bucket<T, F, Fut>(url: &str, replicas: usize, work: F) -> Result<T, String>
+where
+    F: FnOnce(kv::Store) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async move {
+        let at = super::redact_url(url);
+        let servers = parse_servers(url)?;
+        let client = with_credentials(async_nats::ConnectOptions::new(), &servers)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(servers)
+            .await
+            .map_err(|e| format!("cannot use NATS at {at}: {e}"))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let kv = open(&js, replicas).await?;
+        let result = work(kv).await;
+        let _ = client.flush().await;
+        result
+    })
+}
+
+/// `machat user add NAME --nats URL`: registers NAME (or sets its new hash) for the cluster.
+pub fn add(url: &str, replicas: usize, name: &str, hash: &str) -> Result<(), String> {
+    let (key, hash) = (hex(name), Bytes::from(hash.to_owned()));
+    with_bucket(url, replicas, |kv| async move {
+        kv.put(key, hash)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{USERS}: {e}"))
+    })
+}
+
+/// `machat user remove NAME --nats URL`. False if there was no such name.
+pub fn remove(url: &str, replicas: usize, name: &str) -> Result<bool, String> {
+    let key = hex(name);
+    with_bucket(url, replicas, |kv| async move {
+        let there = kv
+            .get(&key)
+            .await
+            .map_err(|e| format!("{USERS}: {e}"))?
+            .is_some();
+        if there {
+            kv.delete(&key).await.map_err(|e| format!("{USERS}: {e}"))?;
+        }
+        Ok(there)
+    })
+}
+
+/// `machat user list --nats URL`: the registered names, sorted.
+pub fn list(url: &str, replicas: usize) -> Result<Vec<String>, String> {
+    with_bucket(url, replicas, |kv| async move {
+        let mut names: Vec<String> = load(&kv).await?.into_keys().collect();
+        names.sort();
+        Ok(names)
+    })
+}
