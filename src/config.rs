@@ -176,7 +176,8 @@ pub struct Config {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// Registered names: `machat user add NAME` (the password is read from stdin),
-    /// `machat user remove NAME`, `machat user list`. Uses --data-dir, or with --nats the cluster's names.
+    /// `machat user remove NAME`, `machat user list`. Uses --data-dir, or with --nats the
+    /// cluster's names.
     User {
         #[command(subcommand)]
         action: UserAction,
