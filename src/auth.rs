@@ -230,21 +230,19 @@ impl Users {
         let _ = self.cluster.set(registered);
     }
 
+    fn cluster_lock(&self) -> Option<MutexGuard<'_, HashMap<String, String>>> {
+        let registered = self.cluster.get()?;
+        Some(registered.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Whether any names are registered, here or for the cluster.
     pub fn any(&self) -> bool {
-        !self.lock().is_empty()
-            || self
-                .cluster
-                .get()
-                .is_some_and(|r| !r.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+        !self.lock().is_empty() || self.cluster_lock().is_some_and(|r| !r.is_empty())
     }
 
     /// The hash `name` is registered with: the cluster's, else the data directory's.
     fn hash_of(&self, name: &str) -> Option<String> {
-        let in_cluster = self.cluster.get().and_then(|r| {
-            let r = r.lock().unwrap_or_else(|e| e.into_inner());
-            r.get(name).cloned()
-        });
+        let in_cluster = self.cluster_lock().and_then(|r| r.get(name).cloned());
         in_cluster.or_else(|| self.lock().get(name).cloned())
     }
 
