@@ -536,6 +536,37 @@ async fn open_bucket(
         .map_err(|e| format!("bucket {bucket}: {e}"))
 }
 
+/// Follows a key-value bucket for ever: `start` each time a watch (re)starts, `apply` for each
+/// entry, from the bucket's current state on. The watch starts over at once after a reconnect
+/// to NATS (instead of waiting for its consumer to miss heartbeats), and after a failure.
+async fn follow_bucket(
+    kv: jetstream::kv::Store,
+    connections: tokio::sync::watch::Receiver<u64>,
+    what: &str,
+    mut start: impl FnMut(),
+    mut apply: impl FnMut(jetstream::kv::Entry),
+) {
+    loop {
+        match kv.watch_with_history(">").await {
+            Ok(mut entries) => {
+                start();
+                let mut connections = connections.clone();
+                connections.mark_unchanged();
+                loop {
+                    let entry = tokio::select! {
+                        e = entries.next() => e,
+                        _ = connections.changed() => break,
+                    };
+                    let Some(Ok(entry)) = entry else { break };
+                    apply(entry);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot follow {what}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The URL(s) with any user, password or token replaced by `***`, for the logs.
 pub fn redact_url(url: &str) -> String {
     url.split(',')

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tracing::warn;
 
@@ -256,46 +255,33 @@ impl Presence {
 
     /// Follows the bucket for ever, keeping this node's view of who is where.
     pub async fn watch(self) {
-        loop {
-            match self.kv.watch_with_history(">").await {
-                Ok(mut entries) => {
-                    lock(&self.seen).clear();
-                    let mut connections = self.connections.clone();
-                    connections.mark_unchanged();
-                    loop {
-                        let entry = tokio::select! {
-                            e = entries.next() => e,
-                            _ = connections.changed() => break,
+        let (kv, connections) = (self.kv.clone(), self.connections.clone());
+        let start = || lock(&self.seen).clear();
+        let apply = |entry: kv::Entry| {
+            let mut seen = lock(&self.seen);
+            match entry.operation {
+                Operation::Put => {
+                    if let Some((room, name)) = parse_key(&entry.key) {
+                        let node = serde_json::from_slice::<Holder>(&entry.value)
+                            .map(|h| h.node)
+                            .unwrap_or_default();
+                        let seen_now = Seen {
+                            room,
+                            name,
+                            at: Instant::now(),
+                            revision: entry.revision,
+                            node,
+                            connection: *self.connections.borrow(),
                         };
-                        let Some(Ok(entry)) = entry else { break };
-                        let mut seen = lock(&self.seen);
-                        match entry.operation {
-                            Operation::Put => {
-                                if let Some((room, name)) = parse_key(&entry.key) {
-                                    let node = serde_json::from_slice::<Holder>(&entry.value)
-                                        .map(|h| h.node)
-                                        .unwrap_or_default();
-                                    let seen_now = Seen {
-                                        room,
-                                        name,
-                                        at: Instant::now(),
-                                        revision: entry.revision,
-                                        node,
-                                        connection: *self.connections.borrow(),
-                                    };
-                                    seen.insert(entry.key, seen_now);
-                                }
-                            }
-                            Operation::Delete | Operation::Purge => {
-                                seen.remove(&entry.key);
-                            }
-                        }
+                        seen.insert(entry.key, seen_now);
                     }
                 }
-                Err(e) => warn!(error = %e, "presence: cannot watch the bucket; retrying"),
+                Operation::Delete | Operation::Purge => {
+                    seen.remove(&entry.key);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        };
+        super::follow_bucket(kv, connections, "the presence bucket", start, apply).await;
     }
 
     /// The names other nodes held and have not rewritten within the TTL.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tracing::warn;
 
 use super::{hex, open_bucket, parse_servers, unhex, with_credentials};
 
@@ -63,36 +62,22 @@ pub(super) async fn follow(
     registered: Registered,
     connections: tokio::sync::watch::Receiver<u64>,
 ) {
-    loop {
-        match kv.watch_with_history(">").await {
-            Ok(mut entries) => {
-                let mut connections = connections.clone();
-                connections.mark_unchanged();
-                loop {
-                    let entry = tokio::select! {
-                        e = entries.next() => e,
-                        _ = connections.changed() => break,
-                    };
-                    let Some(Ok(entry)) = entry else { break };
-                    let mut registered = lock(&registered);
-                    match entry.operation {
-                        Operation::Put => {
-                            if let Some((name, hash)) = self::entry(&entry.key, &entry.value) {
-                                registered.insert(name, hash);
-                            }
-                        }
-                        Operation::Delete | Operation::Purge => {
-                            if let Some(name) = unhex(&entry.key) {
-                                registered.remove(&name);
-                            }
-                        }
-                    }
+    let apply = |entry: kv::Entry| {
+        let mut registered = lock(&registered);
+        match entry.operation {
+            Operation::Put => {
+                if let Some((name, hash)) = self::entry(&entry.key, &entry.value) {
+                    registered.insert(name, hash);
                 }
             }
-            Err(e) => warn!(error = %e, "cannot follow the registered names; retrying"),
+            Operation::Delete | Operation::Purge => {
+                if let Some(name) = unhex(&entry.key) {
+                    registered.remove(&name);
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    super::follow_bucket(kv, connections, "the registered names", || {}, apply).await;
 }
 
 /// Runs one piece of work on the bucket from the command line (`machat user ... --nats URL`).
