@@ -257,6 +257,17 @@ impl LineCodec {
         self.split(rest, f);
     }
 
+    /// Keeps bytes that arrived before the line stream may be read (with the handshake, while
+    /// its replay is under way) to be handed out by [`LineCodec::resume`], as after a pause.
+    pub fn hold(&mut self, input: &[u8]) {
+        if input.is_empty() {
+            return;
+        }
+        debug_assert!(!self.paused && self.buf.is_empty());
+        self.buf.extend_from_slice(input);
+        self.paused = true;
+    }
+
     /// Continues handing out bytes kept by a pause.
     pub fn resume(&mut self, f: &mut dyn FnMut(Item<'_>) -> Flow) {
         if !self.paused {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
@@ -33,11 +33,8 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
-use crate::protocol::{
-    parse_handshake, render_answer, render_history_end, render_history_messages,
-    render_history_start, Format, Handshake, Reply,
-};
-use crate::room::{Replay, ReplayStart, Room, Take};
+use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::room::{Replay, Take};
 use crate::session::{End, Next, RateLimit, Session};
 use crate::store::{Store, MAX_REPLAY};
 use crate::transport::{Io, READ_CHUNK};
@@ -415,7 +412,21 @@ async fn join<S: Io>(
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
-    let session = Session::new(ctx.hub.clone(), id, hs.name, hs.format, seat, limit);
+    let mut session = Session::new(
+        ctx.hub.clone(),
+        id,
+        hs.name,
+        hs.format,
+        seat,
+        limit,
+        ctx.config.max_line,
+    );
+    // Replayed history goes out before anything from the room, a page at a time as the
+    // client takes it (see `replay`); lines sent meanwhile wait their turn.
+    let replaying = history.is_some();
+    if let Some(start) = history {
+        session.start_replay(start);
+    }
     let transport = if stream.is_tls() {
         Transport::Tls
     } else {
@@ -432,26 +443,11 @@ async fn join<S: Io>(
         idle: IdleTimer::new(ctx.config.idle_timeout),
         end: None,
     };
-    if let Some(replay) = history {
-        // Replayed history goes out before anything from the room.
-        let (room, format) = (conn.session.room.clone(), conn.session.format);
-        let mut out = StreamOut(&mut conn.stream, conn.transport);
-        if let Err(e) = Box::pin(replay_history(
-            &mut out,
-            &room,
-            format,
-            replay,
-            &mut conn.pending,
-        ))
-        .await
-        {
-            info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
-            // It joined already: leave, so its name is free again and the room is told.
-            conn.session.leave(&mut Vec::new(), true);
-            return None;
-        }
+    if replaying {
+        conn.codec.hold(&leftover);
+    } else {
+        conn.feed(&leftover);
     }
-    conn.feed(&leftover);
     Some(conn)
 }
 
@@ -459,7 +455,7 @@ async fn join<S: Io>(
 pub(crate) fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
     let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
     match (hs.since, hs.history) {
-        // A resume is paged (see `replay_history`): every stored message after the id comes.
+        // A resume is paged (see `replay`): every stored message after the id comes.
         (Some(after), _) => Some(Replay {
             after: Some(after),
             limit: MAX_REPLAY,
@@ -475,82 +471,6 @@ pub(crate) fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
         }),
         (None, None) => None,
     }
-}
-
-/// Within this long the store must answer each page of a replay.
-const STORE_WAIT: Duration = Duration::from_secs(10);
-
-async fn answer<T>(pending: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
-    match tokio::time::timeout(STORE_WAIT, pending).await {
-        Ok(Ok(answer)) => answer,
-        _ => Err("history unavailable".into()),
-    }
-}
-
-/// Where the pages of a replay are written, straight to the client (each transport has one).
-pub(crate) trait ReplayOut {
-    async fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
-}
-
-struct StreamOut<'a, S>(&'a mut S, Transport);
-
-impl<S: Io> ReplayOut for StreamOut<'_, S> {
-    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes).await?;
-        self.0.flush().await?;
-        crate::metrics::bytes_out(self.1, bytes.len());
-        Ok(())
-    }
-}
-
-/// Sends a replay before anything from the room. A resume (`"since"`) may be longer than one
-/// page: its size is announced first, and the pages are written one at a time, so the server
-/// holds at most one page for a client however much it missed. What is short (a plain replay,
-/// the closing line, an error) is appended to `tail` for the connection's first write.
-pub(crate) async fn replay_history(
-    out: &mut impl ReplayOut,
-    room: &Arc<Room>,
-    format: Format,
-    replay: ReplayStart,
-    tail: &mut Vec<u8>,
-) -> io::Result<()> {
-    let first = answer(replay.first).await;
-    let Some(total) = replay.total else {
-        render_answer(room.name(), format, first, tail);
-        return Ok(());
-    };
-    let (mut page, total) = match (first, answer(total).await) {
-        (Ok(page), Ok(total)) => (page, total),
-        (Err(e), _) | (_, Err(e)) => {
-            Reply::Error(&e).render(format, tail);
-            return Ok(());
-        }
-    };
-    let mut buf = Vec::new();
-    render_history_start(room.name(), format, total, &mut buf);
-    let mut sent = 0;
-    loop {
-        render_history_messages(room.name(), format, &page, &mut buf);
-        sent += page.len();
-        tokio::time::timeout(STORE_WAIT, out.write(&buf))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "replay not read"))??;
-        buf.clear();
-        let Some(last) = page.last() else { break };
-        if sent >= total || page.len() < MAX_REPLAY {
-            break;
-        }
-        let after = last.id;
-        page = match answer(room.history_page(after, replay.until, MAX_REPLAY)).await {
-            Ok(page) => page,
-            Err(e) => {
-                Reply::Error(&e).render(format, tail);
-                return Ok(());
-            }
-        };
-    }
-    render_history_end(room.name(), format, tail);
-    Ok(())
 }
 
 /// Sends `*** error: REASON` (or its JSON form) and closes.
@@ -661,7 +581,9 @@ impl<S: Io> Connection<S> {
                 if self.out == Out::Idle {
                     self.out = Out::Ready;
                 }
-                self.resume();
+                if !self.session.waiting() {
+                    self.resume();
+                }
                 progress = true;
             }
             if let Some(sleep) = self.throttle.as_mut() {

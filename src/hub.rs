@@ -149,7 +149,7 @@ impl Hub {
             let Some((lag, seat, room)) = largest else {
                 break;
             };
-            if lag == 0 || !room.cut_off(seat) {
+            if lag == 0 || !room.cut_off(seat, "server over --max-queued-total") {
                 break;
             }
             cut += 1;

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod replay;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -17,7 +17,7 @@ use std::task::Waker;
 
 use crate::bus::{Bus, Envelope};
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
-use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
+use crate::store::{Deliver, MessageRef, Pending, PendingCount, PendingSpan, Store, StoredMessage};
 
 /// Bytes queued for members in all rooms together (room logs not yet read by everyone, and
 /// private lines), held against `--max-queued-total`. Each room adds and removes its own share
@@ -95,7 +95,10 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let inner = &mut *self.guard;
-        let now = inner.logs[0].buf.len() + inner.logs[1].buf.len() + inner.private_total;
+        let now = inner.logs[0].buf.len()
+            + inner.logs[1].buf.len()
+            + inner.private_total
+            + inner.held_total;
         if now != inner.accounted {
             self.budget.adjust(inner.accounted, now);
             inner.accounted = now;
@@ -178,6 +181,30 @@ struct Member {
     waker: Option<Waker>,
     /// True while the task waits for the room (its waker is current and on the waiters list).
     waiting: bool,
+    /// A replay under way: the member's cursor stops at its place until it is over.
+    hold: Option<Hold>,
+}
+
+/// Where a replay (history on joining, `/history`) stands in a member's stream. The replay is
+/// read from the store a page at a time as the member drains it; meanwhile the room's newer
+/// traffic and later private lines wait behind it, so everything keeps its order, and every
+/// byte held for the replay counts as the member's lag and towards the server's budget.
+#[derive(Debug)]
+struct Hold {
+    /// The log position the replay stands at.
+    pos: u64,
+    /// How many of the private lines queued when it began come before it.
+    before: usize,
+    /// The rendered page the member has not taken yet.
+    page: Vec<u8>,
+    /// Bytes of stored messages the session holds for the next pages.
+    raw: usize,
+}
+
+impl Hold {
+    fn bytes(&self) -> usize {
+        self.page.len() + self.raw
+    }
 }
 
 #[derive(Debug)]
@@ -193,6 +220,8 @@ struct Inner {
     waiters: Vec<usize>,
     /// Bytes in the members' private queues.
     private_total: usize,
+    /// Bytes held for replays under way (see [`Hold`]).
+    held_total: usize,
     /// This room's share of the budget, as last added to it.
     accounted: usize,
 }
@@ -217,11 +246,16 @@ impl Drop for Room {
     }
 }
 
-/// A replay under way: its first page, (for a resume) its size, and the last id it covers.
+/// A replay that has begun: how its size is being found, and the last id it covers.
 pub struct ReplayStart {
-    pub first: Pending,
-    pub total: Option<PendingCount>,
+    pub size: ReplaySize,
     pub until: u64,
+}
+
+/// How a replay's size is found: the span of the last N messages, or the count after an id.
+pub enum ReplaySize {
+    Last(PendingSpan),
+    After(u64, PendingCount),
 }
 
 /// What a joining member wants replayed before live messages.
@@ -267,6 +301,7 @@ impl Room {
                 count: 0,
                 waiters: Vec::new(),
                 private_total: 0,
+                held_total: 0,
                 accounted: 0,
             }),
         }
@@ -274,6 +309,11 @@ impl Room {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How far behind a member may fall before it is cut off (`--max-pending`).
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -320,6 +360,12 @@ impl Room {
             private_bytes: 0,
             waker: None,
             waiting: false,
+            hold: replay.map(|_| Hold {
+                pos: log.head(),
+                before: 0,
+                page: Vec::new(),
+                raw: 0,
+            }),
         };
         let slot = match inner.free.pop() {
             Some(slot) => {
@@ -333,27 +379,108 @@ impl Room {
         };
         inner.count += 1;
         let until = inner.last_published;
-        let history = replay.map(|r| ReplayStart {
-            first: self.store.query(&self.name, r.after, until, r.limit),
-            // A resume may be longer than one page: its size, counted at the same point.
-            total: r
-                .after
-                .map(|after| self.store.count(&self.name, after, until)),
-            until,
-        });
+        let history = replay.map(|r| self.replay_start(r, until));
         self.announce(&mut inner, RoomEvent::Join { name });
         Ok((Seat { slot, id }, history))
     }
 
-    /// The next page of a resume: up to `limit` stored messages after `after`, up to `until`.
+    /// Asks the store for a replay's size: queued under the room's lock, after every earlier
+    /// message's append and before any later one's.
+    fn replay_start(&self, r: Replay, until: u64) -> ReplayStart {
+        let size = match r.after {
+            Some(after) => ReplaySize::After(after, self.store.count(&self.name, after, until)),
+            None => ReplaySize::Last(self.store.last_span(&self.name, until, r.limit)),
+        };
+        ReplayStart { size, until }
+    }
+
+    /// A page of a replay: up to `limit` stored messages after `after`, up to `until`.
     pub fn history_page(&self, after: u64, until: u64, limit: usize) -> Pending {
         self.store.query(&self.name, Some(after), until, limit)
     }
 
-    /// The last `limit` stored messages of this room (for `/history`).
-    pub fn history(&self, limit: usize) -> Pending {
-        let until = self.lock().last_published;
-        self.store.query(&self.name, None, until, limit)
+    /// Begins a replay of the last `limit` stored messages for a member (`/history`): it goes
+    /// out where the member stands now, before anything that comes later.
+    pub fn history(&self, seat: Seat, limit: usize) -> Result<ReplayStart, RoomError> {
+        let mut inner = self.lock();
+        let until = inner.last_published;
+        let inner = &mut *inner;
+        let Some(m) = inner.slots.get_mut(seat.slot).and_then(|m| m.as_mut()) else {
+            return Err(RoomError::Gone);
+        };
+        if m.id != seat.id {
+            return Err(RoomError::Gone);
+        }
+        let pos = inner.logs[m.format as usize].head();
+        if let Some(h) = m.hold.take() {
+            // One replay at a time; a new one ends the old one where it was.
+            inner.held_total -= h.bytes();
+            m.release(h, &mut inner.private_total);
+        }
+        m.hold = Some(Hold {
+            pos,
+            before: m.private.len(),
+            page: Vec::new(),
+            raw: 0,
+        });
+        Ok(self.replay_start(Replay { after: None, limit }, until))
+    }
+
+    /// Hands a member the next rendered page of its replay; `raw` is what the session still
+    /// holds for the pages after it. Both count as the member's lag.
+    pub fn push_replay(&self, seat: Seat, page: &[u8], raw: usize) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(m) = inner.slots.get_mut(seat.slot).and_then(|m| m.as_mut()) else {
+            return Err(RoomError::Gone);
+        };
+        if m.id != seat.id {
+            return Err(RoomError::Gone);
+        }
+        let Some(h) = m.hold.as_mut() else {
+            return Err(RoomError::Gone);
+        };
+        let was = h.bytes();
+        h.page.extend_from_slice(page);
+        h.raw = raw;
+        inner.held_total = inner.held_total - was + h.bytes();
+        let head = inner.logs[m.format as usize].head();
+        if lag(m, head) > self.max_pending {
+            if let Some(m) = inner.remove(seat.slot, self.max_pending) {
+                tracing::info!(room = %self.name, name = %m.name, limit = self.max_pending, "cut off: slow consumer");
+                m.wake();
+            }
+            return Err(RoomError::Gone);
+        }
+        if m.waiting {
+            m.waiting = false;
+            m.wake();
+        }
+        Ok(())
+    }
+
+    /// True once the member has taken the last page it was handed.
+    pub fn replay_drained(&self, seat: Seat) -> Result<bool, RoomError> {
+        let inner = self.lock();
+        let m = inner.member(seat).ok_or(RoomError::Gone)?;
+        Ok(m.hold.as_ref().is_none_or(|h| h.page.is_empty()))
+    }
+
+    /// Ends a member's replay: what is left of it goes out, then everything that waited.
+    pub fn end_replay(&self, seat: Seat) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(m) = inner.slots.get_mut(seat.slot).and_then(|m| m.as_mut()) else {
+            return;
+        };
+        if m.id != seat.id {
+            return;
+        }
+        if let Some(h) = m.hold.take() {
+            inner.held_total -= h.bytes();
+            m.release(h, &mut inner.private_total);
+            m.wake();
+        }
     }
 
     /// False when this server keeps no history at all (`--history off`).
@@ -366,21 +493,12 @@ impl Room {
         self.store.available()
     }
 
-    /// Queues bytes rendered elsewhere (a `/history` answer) for one member.
-    pub fn reply_bytes(&self, seat: Seat, bytes: Vec<u8>) -> Result<(), RoomError> {
-        let mut inner = self.lock();
-        if inner.member(seat).is_none() {
-            return Err(RoomError::Gone);
-        }
-        inner.push_private(seat.slot, bytes, self.max_pending);
-        Ok(())
-    }
-
     /// Removes a member, first moving everything still unread for it to `out` so that nothing
     /// it was sent is lost, and (if `announce`) tells the others. Returns how many members remain.
     pub fn leave(&self, seat: Seat, out: &mut Vec<u8>, announce: bool) -> usize {
         let mut inner = self.lock();
         if inner.member(seat).is_some() {
+            inner.end_hold(seat.slot);
             inner.copy_out(seat.slot, out, usize::MAX);
             if let Some(m) = inner.remove(seat.slot, self.max_pending) {
                 // In a cluster, members on other nodes must hear of it even when this node's
@@ -515,9 +633,9 @@ impl Room {
             .max_by_key(|(lag, _)| *lag)
     }
 
-    /// Cuts a member off because the server's queued bytes are over `--max-queued-total` (see
-    /// `Hub::enforce_budget`). False if it was gone already.
-    pub fn cut_off(&self, seat: Seat) -> bool {
+    /// Cuts a member off, `why` (over `--max-queued-total`, see `Hub::enforce_budget`; or a
+    /// replay not read in time). False if it was gone already.
+    pub fn cut_off(&self, seat: Seat, why: &str) -> bool {
         let mut inner = self.lock();
         let Some((format, behind)) = inner.member(seat).map(|m| {
             let head = inner.logs[m.format as usize].head();
@@ -525,12 +643,7 @@ impl Room {
         }) else {
             return false;
         };
-        self.cut_members(
-            &mut inner,
-            format,
-            vec![(seat.slot, behind)],
-            "server over --max-queued-total",
-        );
+        self.cut_members(&mut inner, format, vec![(seat.slot, behind)], why);
         true
     }
 
@@ -632,7 +745,13 @@ impl Room {
             return Take::Gone;
         };
         let head = inner.logs[m.format as usize].head();
-        if m.cursor < head || !m.private.is_empty() {
+        if let Some(h) = &m.hold {
+            if copied && h.page.is_empty() {
+                // The page is taken: the session fetches the next one in this task's next poll.
+                waker.wake_by_ref();
+            }
+        }
+        if m.has_data(head) {
             return Take::Data;
         }
         // Everything is taken: leave the waker now, which saves the caller coming back (and
@@ -756,11 +875,30 @@ impl Member {
             w.wake_by_ref();
         }
     }
+
+    /// True if `take` would hand over something now (a replay under way lets through only
+    /// what comes before it, and its page).
+    fn has_data(&self, head: u64) -> bool {
+        match &self.hold {
+            None => self.cursor < head || !self.private.is_empty(),
+            Some(h) => self.cursor < h.pos.min(head) || h.before > 0 || !h.page.is_empty(),
+        }
+    }
+
+    /// Puts what is left of a replay's page among the private lines, where the replay stood.
+    fn release(&mut self, h: Hold, private_total: &mut usize) {
+        if !h.page.is_empty() {
+            let at = h.before.min(self.private.len());
+            self.private_bytes += h.page.len();
+            *private_total += h.page.len();
+            self.private.insert(at, (h.pos, h.page));
+        }
+    }
 }
 
-/// Bytes a member has not yet taken.
+/// Bytes a member has not yet taken, or that are held for it.
 fn lag(m: &Member, head: u64) -> usize {
-    (head - m.cursor) as usize + m.private_bytes
+    (head - m.cursor) as usize + m.private_bytes + m.hold.as_ref().map_or(0, Hold::bytes)
 }
 
 /// How much a log may grow before it is checked for members that fell behind.
@@ -794,6 +932,7 @@ impl Inner {
         self.free.push(slot);
         self.count -= 1;
         self.private_total -= m.private_bytes;
+        self.held_total -= m.hold.as_ref().map_or(0, Hold::bytes);
         let log = &mut self.logs[m.format as usize];
         log.members -= 1;
         if m.cursor < log.head() {
@@ -801,6 +940,17 @@ impl Inner {
         }
         log.clear_if_caught_up(check_floor(max_pending));
         Some(m)
+    }
+
+    /// Ends a member's replay in place (it is leaving): its page joins the private lines.
+    fn end_hold(&mut self, slot: usize) {
+        let Some(m) = self.slots.get_mut(slot).and_then(|m| m.as_mut()) else {
+            return;
+        };
+        if let Some(h) = m.hold.take() {
+            self.held_total -= h.bytes();
+            m.release(h, &mut self.private_total);
+        }
     }
 
     fn wake_all(&mut self) {
@@ -842,18 +992,32 @@ impl Inner {
         let head = log.head();
         let start_len = out.len();
         let was_behind = m.cursor < head;
+        // A replay under way: the log up to its place and the private lines before it, then
+        // its page, and nothing after it until it ends.
+        let limit = m.hold.as_ref().map_or(head, |h| h.pos.min(head));
         while out.len() - start_len < max {
-            let until = m.private.front().map_or(head, |(pos, _)| (*pos).min(head));
+            let private_next = m.hold.as_ref().is_none_or(|h| h.before > 0);
+            let until = match m.private.front() {
+                Some((pos, _)) if private_next => (*pos).min(limit),
+                _ => limit,
+            };
             if m.cursor < until {
                 let room = max - (out.len() - start_len);
                 let n = ((until - m.cursor) as usize).min(room);
                 let from = (m.cursor - log.base) as usize;
                 out.extend_from_slice(&log.buf[from..from + n]);
                 m.cursor += n as u64;
-            } else if let Some((_, bytes)) = m.private.pop_front() {
+            } else if let Some((_, bytes)) = private_next.then(|| m.private.pop_front()).flatten() {
                 m.private_bytes -= bytes.len();
                 self.private_total -= bytes.len();
+                if let Some(h) = m.hold.as_mut() {
+                    h.before -= 1;
+                }
                 out.extend_from_slice(&bytes);
+            } else if let Some(h) = m.hold.as_mut().filter(|h| !h.page.is_empty()) {
+                self.held_total -= h.page.len();
+                out.extend_from_slice(&h.page);
+                h.page = Vec::new();
             } else {
                 break;
             }

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::bus::ClaimError;
 use crate::hub::Hub;
-use crate::protocol::{
-    clean_line, clean_message, render_answer, validate_name, validate_room, Format, Reply,
-};
-use crate::room::{Room, RoomError, Seat};
-use crate::store::{Pending, MAX_REPLAY};
+use crate::protocol::{clean_line, clean_message, validate_name, validate_room, Format, Reply};
+use crate::replay::{PagedReplay, Step};
+use crate::room::{ReplayStart, Room, RoomError, Seat};
+use crate::store::MAX_REPLAY;
 
 /// Why a session ends; the reason is logged, and shown to the client where it is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +32,8 @@ pub enum Next {
     Continue,
     /// Stop reading until the instant: the client used up its line budget.
     Throttle(Instant),
-    /// Stop reading until the `/history` answer in `Session::history_wait` arrives, so replies
-    /// keep the order of the commands.
+    /// Stop reading until the replay in `Session::replay` is over, so replies keep the order
+    /// of the commands.
     Wait,
     End(End),
 }
@@ -84,8 +83,10 @@ pub struct Session {
     pub room: Arc<Room>,
     pub seat: Seat,
     limit: Option<RateLimit>,
-    /// A `/history` answer on its way from the store.
-    history_wait: Option<Pending>,
+    /// The longest line a client may send (`--max-line`): what sizes a replay's pages.
+    max_line: usize,
+    /// A replay under way (history on joining, or `/history`).
+    replay: Option<PagedReplay>,
     /// In cluster mode: a `/nick` or `/join` waiting for the cluster to confirm the name.
     claim_wait: Option<ClaimWait>,
 }
@@ -109,6 +110,7 @@ impl Session {
         format: Format,
         (room, seat): (Arc<Room>, Seat),
         limit: Option<RateLimit>,
+        max_line: usize,
     ) -> Self {
         Session {
             hub,
@@ -118,15 +120,22 @@ impl Session {
             room,
             seat,
             limit,
-            history_wait: None,
+            max_line,
+            replay: None,
             claim_wait: None,
         }
     }
 
-    /// True while a command waits for an answer (history, or the cluster): the connection
-    /// stops reading, so replies keep the order of the commands.
+    /// Sends a replay (begun when the member joined) before anything newer from the room.
+    pub fn start_replay(&mut self, start: ReplayStart) {
+        let max_pending = self.room.max_pending();
+        self.replay = Some(PagedReplay::new(start, max_pending, self.max_line));
+    }
+
+    /// True while a replay is under way or a command waits for an answer (the cluster): the
+    /// connection stops reading, so replies keep the order of the commands.
     pub fn waiting(&self) -> bool {
-        self.history_wait.is_some() || self.claim_wait.is_some()
+        self.replay.is_some() || self.claim_wait.is_some()
     }
 
     /// Handles one received line (without its line ending). `now` is read once per batch of
@@ -271,7 +280,8 @@ impl Session {
                 if !self.room.history_available() {
                     return self.error("history unavailable");
                 }
-                self.history_wait = Some(self.room.history(n));
+                let start = self.room.history(self.seat, n)?;
+                self.start_replay(start);
             }
             _ => {
                 let shown: String = verb.chars().take(32).collect();
@@ -352,10 +362,10 @@ impl Session {
         }
     }
 
-    /// Finishes whatever the session waits for, once its answer is in: queues a `/history`
-    /// answer, or completes a `/nick` or `/join` the cluster answered. Pending until then (or
-    /// when nothing is awaited); Ready(Err) if the client was cut off meanwhile. Bytes for the
-    /// client from a room it left go to `out`.
+    /// Moves on whatever the session waits for: hands the room the next page of a replay, or
+    /// completes a `/nick` or `/join` the cluster answered. Ready when something changed,
+    /// Pending until then (or when nothing is awaited); Ready(Err) if the client was cut off
+    /// meanwhile. Bytes for the client from a room it left go to `out`.
     pub fn poll_wait(
         &mut self,
         cx: &mut Context<'_>,
@@ -378,27 +388,21 @@ impl Session {
                 (Err(ClaimError::Unavailable(_)), _) => self.error(crate::hub::UNAVAILABLE),
             });
         }
-        self.poll_history(cx).map(|r| r.map(|()| None))
-    }
-
-    /// Queues a `/history` answer for the client once the store has it: Pending until then
-    /// (or when none is awaited), Ready(Err) if the client was cut off meanwhile.
-    fn poll_history(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RoomError>> {
-        let Some(pending) = self.history_wait.as_mut() else {
+        let Some(replay) = self.replay.as_mut() else {
             return Poll::Pending;
         };
-        let answer = ready!(Pin::new(pending).poll(cx));
-        self.history_wait = None;
-        let answer = answer.unwrap_or_else(|_| Err("history unavailable".into()));
-        let mut bytes = Vec::new();
-        render_answer(self.room.name(), self.format, answer, &mut bytes);
-        Poll::Ready(self.room.reply_bytes(self.seat, bytes))
+        let step = ready!(replay.poll(cx, &self.room, self.seat, self.format));
+        if step != Ok(Step::Progress) {
+            self.replay = None;
+        }
+        Poll::Ready(step.map(|_| None))
     }
 
     /// Leaves the room for good, moving what was still unread to `out`. At shutdown the room is not told (everyone is leaving), unless it spans a cluster: members
     /// on other nodes stay, and must hear of it.
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
         let announce = announce || self.hub.clustered();
+        self.replay = None;
         self.hub.leave(&self.room, self.seat, out, announce);
         self.hub.release(self.room.name(), &self.name, self.id);
         // A claim still on its way would otherwise hold the name until the cluster's TTL.

@@ -84,6 +84,18 @@ pub type Pending = oneshot::Receiver<History>;
 /// A count of stored messages whose answer arrives later.
 pub type PendingCount = oneshot::Receiver<Result<usize, String>>;
 
+/// Where a replay of a room's last messages starts, and how long it is: the replay is then
+/// read in pages after `after`, so nobody holds the whole of it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The replay is every stored message with an id above this (and up to its `until`).
+    pub after: u64,
+    pub count: usize,
+}
+
+/// A [`Span`] whose answer arrives later.
+pub type PendingSpan = oneshot::Receiver<Result<Span, String>>;
+
 /// What any history store does.
 pub trait Store: Send + Sync {
     /// The highest id ever given in `room` (0 for a new room), so ids are never reused.
@@ -105,6 +117,9 @@ pub trait Store: Send + Sync {
     fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending;
     /// How many stored messages have ids in `after + 1 ..= until` (the size of a resume).
     fn count(&self, room: &str, after: u64, until: u64) -> PendingCount;
+    /// Where the last `limit` messages with ids up to `until` start, and how many there are,
+    /// without handing them over (a replay then reads them a page at a time).
+    fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
@@ -163,6 +178,25 @@ fn answer(history: History) -> Pending {
     rx
 }
 
+fn answer_span(span: Result<Span, String>) -> PendingSpan {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(span);
+    rx
+}
+
+/// The span of the last `limit` ids up to `until`, from ids given newest first.
+pub fn span_of_newest(newest_first: impl Iterator<Item = u64>, until: u64, limit: usize) -> Span {
+    let mut span = Span {
+        after: until,
+        count: 0,
+    };
+    for id in newest_first.filter(|&id| id <= until).take(limit) {
+        span.after = id.saturating_sub(1);
+        span.count += 1;
+    }
+    span
+}
+
 /// No history at all: ids still grow per room while it lives.
 pub struct NoStore;
 
@@ -183,6 +217,9 @@ impl Store for NoStore {
     }
     fn count(&self, _room: &str, _after: u64, _until: u64) -> PendingCount {
         answer_count(Err("history is off on this server".into()))
+    }
+    fn last_span(&self, _room: &str, _until: u64, _limit: usize) -> PendingSpan {
+        answer_span(Err("history is off on this server".into()))
     }
     fn available(&self) -> bool {
         false
@@ -266,6 +303,12 @@ impl Store for MemoryStore {
         answer_count(Ok(n))
     }
 
+    fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan {
+        let rooms = self.rooms();
+        let ids = rooms.get(room).into_iter().flat_map(|log| log.iter().rev());
+        answer_span(Ok(span_of_newest(ids.map(|m| m.id), until, limit)))
+    }
+
     fn available(&self) -> bool {
         true
     }
@@ -331,6 +374,12 @@ enum Op {
         reply: oneshot::Sender<Result<usize, String>>,
     },
     Close(mpsc::Sender<()>),
+    Span {
+        room: String,
+        until: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Span, String>>,
+    },
     Query {
         room: String,
         after: Option<u64>,
@@ -633,6 +682,26 @@ impl Store for SqliteStore {
         rx
     }
 
+    fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Span {
+            room: room.to_owned(),
+            until,
+            limit,
+            reply,
+        };
+        let sent = self.ops.try_send(op);
+        self.ops.urgent();
+        if let Err(
+            TrySendError::Full(Op::Span { reply, .. })
+            | TrySendError::Disconnected(Op::Span { reply, .. }),
+        ) = sent
+        {
+            let _ = reply.send(Err("history unavailable".into()));
+        }
+        rx
+    }
+
     fn available(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
@@ -706,7 +775,7 @@ impl Writer {
                 match op {
                     Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
                     // A query answers after everything queued before it is committed.
-                    Op::Query { .. } | Op::Count { .. } => {
+                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } => {
                         queries.push(op);
                         break;
                     }
@@ -760,6 +829,14 @@ impl Writer {
                         reply,
                     } => {
                         let _ = reply.send(self.count_between(&room, after, until));
+                    }
+                    Op::Span {
+                        room,
+                        until,
+                        limit,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.span_of_last(&room, until, limit));
                     }
                     _ => {}
                 }
@@ -914,6 +991,40 @@ impl Writer {
         })();
         result.map_err(|e| {
             warn!("history count failed: {e}");
+            "history unavailable".to_owned()
+        })
+    }
+
+    /// Where the last `limit` messages up to `until` start: chunks newest first, one decoded
+    /// at a time, only their ids kept.
+    fn span_of_last(&mut self, room: &str, until: u64, limit: usize) -> Result<Span, String> {
+        let empty = Span {
+            after: until,
+            count: 0,
+        };
+        let Some(rid) = self.known_rid(room) else {
+            return Ok(empty);
+        };
+        let result = (|| -> rusqlite::Result<Span> {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT data FROM chunks WHERE rid = ?1 ORDER BY last_id DESC")?;
+            let mut rows = stmt.query([rid])?;
+            let mut span = empty;
+            while span.count < limit {
+                let Some(row) = rows.next()? else { break };
+                let data: Vec<u8> = row.get(0)?;
+                let ids: Vec<u64> = decode(&data).iter().rev().map(|m| m.id).collect();
+                let part = span_of_newest(ids.into_iter(), until, limit - span.count);
+                if part.count > 0 {
+                    span.after = part.after;
+                    span.count += part.count;
+                }
+            }
+            Ok(span)
+        })();
+        result.map_err(|e| {
+            warn!("history query failed: {e}");
             "history unavailable".to_owned()
         })
     }

@@ -14,7 +14,10 @@ use tokio::sync::oneshot;
 use super::{subject, Cluster};
 use crate::bus::{Envelope, Event};
 use crate::protocol::Timestamp;
-use crate::store::{Deliver, MessageRef, Pending, PendingCount, Store, StoredMessage};
+use crate::store::{
+    span_of_newest, Deliver, MessageRef, Pending, PendingCount, PendingSpan, Span, Store,
+    StoredMessage,
+};
 
 /// How long one message of a query may take to arrive before the query gives up.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -190,6 +193,30 @@ async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<
     Ok(total.saturating_sub(later) as usize)
 }
 
+/// Where the last `limit` messages of `room` up to `until` start, and how many there are: by
+/// the pending-count search for a long room, else by reading the (short) room's ids once.
+async fn last_span(
+    cluster: &Cluster,
+    room: &str,
+    until: u64,
+    limit: usize,
+) -> Result<Span, String> {
+    if limit == 0 {
+        return Ok(Span {
+            after: until,
+            count: 0,
+        });
+    }
+    if let Some(start) = start_of_last(cluster, room, until, limit).await? {
+        let after = start.saturating_sub(1);
+        let count = count(cluster, room, after, until).await?.min(limit);
+        return Ok(Span { after, count });
+    }
+    let messages = query(cluster, room, None, until, limit).await?;
+    let ids = messages.iter().rev().map(|m| m.id);
+    Ok(span_of_newest(ids, until, limit))
+}
+
 impl Store for ClusterStore {
     /// Where this node's feed is: a room created now has seen nothing after it.
     fn last_id(&self, _room: &str) -> u64 {
@@ -215,6 +242,16 @@ impl Store for ClusterStore {
         let room = room.to_owned();
         self.cluster.runtime.spawn(async move {
             let _ = tx.send(count(&cluster, &room, after, until).await);
+        });
+        rx
+    }
+
+    fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan {
+        let (tx, rx) = oneshot::channel();
+        let cluster = self.cluster.clone();
+        let room = room.to_owned();
+        self.cluster.runtime.spawn(async move {
+            let _ = tx.send(last_span(&cluster, &room, until, limit).await);
         });
         rx
     }

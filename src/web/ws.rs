@@ -28,7 +28,7 @@ use tracing::info;
 
 use super::api::error;
 use super::WebState;
-use crate::connection::{replay_history, replay_wanted, ReplayOut, Shared};
+use crate::connection::{replay_wanted, Shared};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
@@ -183,33 +183,20 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         };
     info!(id, name = %hs.name, room = %hs.room, transport = "websocket", "joined");
     let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
-    let session = Session::new(
+    let mut session = Session::new(
         ctx.hub.clone(),
         id,
         hs.name,
         Format::Json,
         (room, seat),
         limit,
+        ctx.config.max_line,
     );
-    let mut conn = WsConnection::new(socket, session, ctx);
-    if let Some(replay) = history {
-        let room = conn.session.room.clone();
-        let mut tail = Vec::new();
-        let mut out = WsOut(&mut conn.socket);
-        let sent = Box::pin(replay_history(
-            &mut out,
-            &room,
-            Format::Json,
-            replay,
-            &mut tail,
-        ));
-        if let Err(e) = sent.await {
-            info!(id, %addr, reason = %format_args!("i/o error: {e}"), "disconnect");
-            conn.session.leave(&mut Vec::new(), true);
-            return;
-        }
-        conn.partial = tail;
+    // Replayed history goes out first, a page at a time as the client takes it.
+    if let Some(start) = history {
+        session.start_replay(start);
     }
+    let conn = WsConnection::new(socket, session, ctx);
     // The connection's life is a task of its own, holding only what it needs (this one keeps
     // the upgrade's and the greeting's state for as long as it runs).
     tokio::spawn(live(conn, addr, ticket, state));
@@ -283,25 +270,6 @@ fn read_error(e: axum::Error) -> Reason {
         Reason::Closed(close_code::SIZE, "line too long")
     } else {
         Reason::Io(text)
-    }
-}
-
-/// Replayed history goes out frame by frame, before anything from the room.
-struct WsOut<'a>(&'a mut WebSocket);
-
-impl ReplayOut for WsOut<'_> {
-    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(text) = Utf8Bytes::try_from(line.to_vec()) else {
-                continue;
-            };
-            crate::metrics::bytes_out(Transport::WebSocket, line.len());
-            self.0
-                .send(Message::Text(text))
-                .await
-                .map_err(io::Error::other)?;
-        }
-        Ok(())
     }
 }
 
@@ -580,7 +548,16 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
         Reason::Io(_) => return,
     };
     let send = async {
-        WsOut(socket).write(&out).await?;
+        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(text) = Utf8Bytes::try_from(line.to_vec()) else {
+                continue;
+            };
+            crate::metrics::bytes_out(Transport::WebSocket, line.len());
+            socket
+                .send(Message::Text(text))
+                .await
+                .map_err(io::Error::other)?;
+        }
         if let Some(last) = last {
             socket.send(last).await.map_err(io::Error::other)?;
         }
