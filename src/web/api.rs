@@ -20,14 +20,6 @@ pub(super) fn error(status: StatusCode, reason: &str) -> Response {
     (status, axum::Json(json!({ "error": reason }))).into_response()
 }
 
-fn json_bytes(body: Vec<u8>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        axum::body::Body::from(body),
-    )
-        .into_response()
-}
-
 /// `GET /healthz`: 200 while the server serves; says whether history is being stored (and, in
 /// a cluster, whether NATS is reachable, so a load balancer can tell).
 pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
@@ -108,34 +100,140 @@ pub(super) async fn messages(
     if !store.keeps() {
         return error(StatusCode::NOT_FOUND, "history is off on this server");
     }
-    let pending = store.query(&room, q.since, u64::MAX, limit);
-    let found = match tokio::time::timeout(STORE_WAIT, pending).await {
-        Ok(Ok(Ok(found))) => found,
-        Ok(Ok(Err(e))) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
-        _ => return error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable"),
+    // Where the answer starts and how long it may be; then its first page, so that a store
+    // that cannot answer still gets a proper status.
+    let (after, total) = match q.since {
+        Some(since) => (since, limit),
+        None => match wait(store.last_span(&room, u64::MAX, limit)).await {
+            Ok(span) => (span.after, span.count),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        },
     };
-    // Each message in the same shape as on the wire (the JSON format's message objects).
-    let mut body = Vec::with_capacity(64 + found.len() * 128);
-    body.extend_from_slice(b"{\"room\":");
-    crate::protocol::push_json(&mut body, &room);
-    body.pop(); // push_json's newline
-    body.extend_from_slice(b",\"messages\":[");
-    for (i, m) in found.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    let mut paging = Paging {
+        store: store.clone(),
+        room,
+        after,
+        left: total,
+        last_id: q.since.unwrap_or(0),
+        state: PagingState::Done,
+    };
+    let first = match paging.fetch().await {
+        Ok(first) => first,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    };
+    paging.state = PagingState::Page(first);
+    let body = if paging.left == 0 {
+        // All of it is here: one body with its length, as any client expects.
+        match paging.next_chunk().await {
+            Some(Ok(bytes)) => axum::body::Body::from(bytes),
+            _ => return error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable"),
         }
-        let (id, name, text) = (m.id, m.name.as_str(), m.text.as_str());
-        let event = if m.action {
-            RoomEvent::Action { id, name, text }
-        } else {
-            RoomEvent::Message { id, name, text }
-        };
-        event.render_json(&room, m.ts, &mut body);
-        body.pop();
+    } else {
+        let pages = futures_util::stream::unfold(paging, |mut paging| async move {
+            let chunk = paging.next_chunk().await?;
+            Some((chunk, paging))
+        });
+        axum::body::Body::from_stream(pages)
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Stored messages the API asks for at once: a long answer is read from the store a page at
+/// a time, as the client takes it, so an answer nobody reads holds one page, not all of it.
+const API_PAGE: usize = 32;
+
+async fn wait<T>(pending: tokio::sync::oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(STORE_WAIT, pending).await {
+        Ok(Ok(answer)) => answer,
+        _ => Err("history unavailable".into()),
     }
-    let last_id = found.last().map(|m| m.id).or(q.since).unwrap_or(0);
-    body.extend_from_slice(format!("],\"last_id\":{last_id}}}").as_bytes());
-    json_bytes(body)
+}
+
+/// A `messages` answer being written: `{"room":...,"messages":[` then the pages, then
+/// `],"last_id":N}`.
+struct Paging {
+    store: Arc<dyn crate::store::Store>,
+    room: String,
+    after: u64,
+    left: usize,
+    last_id: u64,
+    state: PagingState,
+}
+
+enum PagingState {
+    /// The first page, fetched before the status was sent.
+    Page(Vec<crate::store::StoredMessage>),
+    /// Fetch the next page; `first` if no message was written yet.
+    More {
+        first: bool,
+    },
+    Done,
+}
+
+impl Paging {
+    async fn fetch(&mut self) -> Result<Vec<crate::store::StoredMessage>, String> {
+        let want = self.left.min(API_PAGE);
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let page = wait(
+            self.store
+                .query(&self.room, Some(self.after), u64::MAX, want),
+        )
+        .await?;
+        match page.last() {
+            Some(last) if page.len() == want => {
+                self.after = last.id;
+                self.left -= want;
+            }
+            // Fewer than asked for: that was all.
+            _ => self.left = 0,
+        }
+        Ok(page)
+    }
+
+    /// The next piece of the body; an error mid-way ends the connection (the status is sent).
+    async fn next_chunk(&mut self) -> Option<Result<bytes::Bytes, std::io::Error>> {
+        let mut body = Vec::new();
+        let (page, first) = match std::mem::replace(&mut self.state, PagingState::Done) {
+            PagingState::Done => return None,
+            PagingState::Page(page) => {
+                body.extend_from_slice(b"{\"room\":");
+                crate::protocol::push_json(&mut body, &self.room);
+                body.pop(); // push_json's newline
+                body.extend_from_slice(b",\"messages\":[");
+                (page, true)
+            }
+            PagingState::More { first } => match self.fetch().await {
+                Ok(page) => (page, first),
+                Err(e) => return Some(Err(std::io::Error::other(e))),
+            },
+        };
+        for (i, m) in page.iter().enumerate() {
+            if i > 0 || !first {
+                body.push(b',');
+            }
+            let (id, name, text) = (m.id, m.name.as_str(), m.text.as_str());
+            let event = if m.action {
+                RoomEvent::Action { id, name, text }
+            } else {
+                RoomEvent::Message { id, name, text }
+            };
+            event.render_json(&self.room, m.ts, &mut body);
+            body.pop();
+        }
+        if let Some(last) = page.last() {
+            self.last_id = last.id;
+        }
+        if self.left == 0 {
+            body.extend_from_slice(format!("],\"last_id\":{}}}", self.last_id).as_bytes());
+        } else {
+            self.state = PagingState::More {
+                first: first && page.is_empty(),
+            };
+        }
+        Some(Ok(body.into()))
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -7,6 +7,7 @@
 //! elsewhere, so it works offline.
 
 mod api;
+mod deadline;
 mod ws;
 
 pub use ws::handshake_frame;
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 use crate::connection::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
+use deadline::{WriteDeadline, WRITE_DEADLINE};
 
 /// What every web request can reach.
 pub struct WebState {
@@ -150,7 +152,10 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(state.ctx.config.handshake_timeout());
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(
+            TokioIo::new(WriteDeadline::new(io, WRITE_DEADLINE)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let mut shutdown = state.shutdown.clone();

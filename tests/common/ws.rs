@@ -28,12 +28,34 @@ pub fn get_with(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, Stri
     s.read_to_end(&mut raw).expect("read http response");
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").expect("http head");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    (status, head.to_string(), body.to_string())
+    (status, head.to_string(), body)
+}
+
+/// The body of a chunked response (long history answers are sent as they are read).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("chunk end");
+    }
 }
 
 pub fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
