@@ -65,13 +65,7 @@ pub struct PagedReplay {
     /// Messages fetched and not yet rendered, and their bytes.
     queue: VecDeque<StoredMessage>,
     queued_bytes: usize,
-    /// Messages to ask for next, from the sizes seen so far.
-    per_page: usize,
-    /// Rendered bytes handed to the room at once.
-    page_bytes: usize,
-    /// Most messages one query may ask for: that many of the longest possible messages held
-    /// at once stay well under the lag limit.
-    max_per_page: usize,
+    size: PageSize,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -79,7 +73,6 @@ impl PagedReplay {
     /// A replay whose size the store is finding; pages are sized for a member who may be
     /// `max_pending` bytes behind, in a room whose messages have at most `max_line` bytes.
     pub fn new(start: ReplayStart, max_pending: usize, max_line: usize) -> Self {
-        let longest = max_line + std::mem::size_of::<StoredMessage>() + 64;
         PagedReplay {
             state: State::Sizing(start.size),
             until: start.until,
@@ -88,10 +81,12 @@ impl PagedReplay {
             fetched: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            per_page: FIRST_PAGE,
             // A page and the messages held for the next ones stay well under the lag limit.
-            page_bytes: (max_pending / 8).clamp(1024, 32 * 1024),
-            max_per_page: (max_pending / 4 / longest).clamp(FIRST_PAGE, MAX_REPLAY),
+            size: PageSize::new(
+                (max_pending / 8).clamp(1024, 32 * 1024),
+                max_pending / 4,
+                max_line,
+            ),
             deadline: Box::pin(tokio::time::sleep(DEADLINE)),
         }
     }
@@ -143,9 +138,7 @@ impl PagedReplay {
                         None => self.total = self.fetched,
                         Some(last) => {
                             self.after = last.id;
-                            let bytes: usize = page.iter().map(raw_size).sum();
-                            let average = (bytes / page.len()).max(1);
-                            self.per_page = (self.page_bytes / average).clamp(1, self.max_per_page);
+                            let bytes = self.size.observe(&page);
                             self.fetched += page.len();
                             self.queued_bytes += bytes;
                             self.queue.extend(page);
@@ -171,7 +164,7 @@ impl PagedReplay {
                         render_history_end(room.name(), format, &mut buf);
                         return self.finish(room, seat, &buf);
                     }
-                    let want = self.per_page.min(self.total - self.fetched);
+                    let want = self.size.next().min(self.total - self.fetched);
                     self.state = State::Fetching(room.history_page(self.after, self.until, want));
                     self.arm();
                 }
@@ -182,7 +175,7 @@ impl PagedReplay {
 
     /// Renders queued messages up to about one page (at least one message).
     fn render_page(&mut self, room: &str, format: Format, buf: &mut Vec<u8>) {
-        while buf.len() < self.page_bytes {
+        while buf.len() < self.size.page_bytes {
             let Some(m) = self.queue.pop_front() else {
                 break;
             };
@@ -217,6 +210,43 @@ impl PagedReplay {
 /// The bytes a fetched message holds until it is rendered.
 fn raw_size(m: &StoredMessage) -> usize {
     m.name.len() + m.text.len() + std::mem::size_of::<StoredMessage>()
+}
+
+/// How many stored messages to ask for at once, so that a page is about `page_bytes` and
+/// never more than `max_bytes` however long the next messages are: learnt from the sizes seen.
+#[derive(Debug, Clone, Copy)]
+pub struct PageSize {
+    /// About how many rendered bytes a page should have.
+    pub page_bytes: usize,
+    per_page: usize,
+    max_per_page: usize,
+}
+
+impl PageSize {
+    /// For messages of at most `max_line` bytes.
+    pub fn new(page_bytes: usize, max_bytes: usize, max_line: usize) -> Self {
+        let longest = max_line + std::mem::size_of::<StoredMessage>() + 64;
+        PageSize {
+            page_bytes,
+            per_page: FIRST_PAGE,
+            max_per_page: (max_bytes / longest).clamp(FIRST_PAGE, MAX_REPLAY),
+        }
+    }
+
+    /// How many messages to ask for next.
+    pub fn next(&self) -> usize {
+        self.per_page
+    }
+
+    /// Learns from a page that arrived; returns the bytes it holds.
+    pub fn observe(&mut self, page: &[StoredMessage]) -> usize {
+        let bytes: usize = page.iter().map(raw_size).sum();
+        if !page.is_empty() {
+            let average = (bytes / page.len()).max(1);
+            self.per_page = (self.page_bytes / average).clamp(1, self.max_per_page);
+        }
+        bytes
+    }
 }
 
 /// A store answer, within the replay's deadline.

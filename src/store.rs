@@ -1013,9 +1013,12 @@ impl Writer {
             let mut span = empty;
             while span.count < limit {
                 let Some(row) = rows.next()? else { break };
-                let data: Vec<u8> = row.get(0)?;
-                let ids: Vec<u64> = decode(&data).iter().rev().map(|m| m.id).collect();
-                let part = span_of_newest(ids.into_iter(), until, limit - span.count);
+                let mut ids = Vec::new();
+                decode_where(row.get_ref(0)?.as_blob()?, |id| {
+                    ids.push(id);
+                    Want::Skip
+                });
+                let part = span_of_newest(ids.into_iter().rev(), until, limit - span.count);
                 if part.count > 0 {
                     span.after = part.after;
                     span.count += part.count;
@@ -1043,17 +1046,22 @@ impl Writer {
         let mut rows = stmt.query(params![rid, sql_id(after)])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let data: Vec<u8> = row.get(0)?;
-            for m in decode(&data) {
-                if m.id > until {
-                    return Ok(out);
+            let data = row.get_ref(0)?.as_blob()?;
+            let (mut kept, mut done) = (out.len(), false);
+            let page = decode_where(data, |id| {
+                if id > until || kept == limit {
+                    done = true;
+                    Want::Stop
+                } else if id > after {
+                    kept += 1;
+                    Want::Keep
+                } else {
+                    Want::Skip
                 }
-                if m.id > after {
-                    out.push(m);
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
+            });
+            out.extend(page);
+            if done || out.len() == limit {
+                return Ok(out);
             }
         }
         Ok(out)
@@ -1244,8 +1252,21 @@ fn sql_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// What to do with a message of a chunk, by its id.
+enum Want {
+    Keep,
+    /// Skipped without copying its name and text (a page of a replay needs a few of a chunk).
+    Skip,
+    Stop,
+}
+
 /// Decodes a chunk; a damaged tail is dropped, never a panic.
-fn decode(mut data: &[u8]) -> Vec<StoredMessage> {
+fn decode(data: &[u8]) -> Vec<StoredMessage> {
+    decode_where(data, |_| Want::Keep)
+}
+
+/// Decodes the messages of a chunk that `want` keeps, until it says stop.
+fn decode_where(mut data: &[u8], mut want: impl FnMut(u64) -> Want) -> Vec<StoredMessage> {
     fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if data.len() < n {
             return None;
@@ -1264,20 +1285,24 @@ fn decode(mut data: &[u8]) -> Vec<StoredMessage> {
             let ts = u64_at(&mut data)?;
             let action = take(&mut data, 1)?[0] != 0;
             let name_len = u16::from_le_bytes(take(&mut data, 2)?.try_into().ok()?) as usize;
-            let name = String::from_utf8_lossy(take(&mut data, name_len)?).into_owned();
+            let name = take(&mut data, name_len)?;
             let text_len = u32::from_le_bytes(take(&mut data, 4)?.try_into().ok()?) as usize;
-            let text = String::from_utf8_lossy(take(&mut data, text_len)?).into_owned();
-            Some(StoredMessage {
+            let text = take(&mut data, text_len)?;
+            Some((id, ts, action, name, text))
+        })();
+        let Some((id, ts, action, name, text)) = one else {
+            break;
+        };
+        match want(id) {
+            Want::Keep => out.push(StoredMessage {
                 id,
-                name,
-                text,
+                name: String::from_utf8_lossy(name).into_owned(),
+                text: String::from_utf8_lossy(text).into_owned(),
                 ts: Timestamp(ts),
                 action,
-            })
-        })();
-        match one {
-            Some(m) => out.push(m),
-            None => break,
+            }),
+            Want::Skip => {}
+            Want::Stop => break,
         }
     }
     out

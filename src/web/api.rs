@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::WebState;
 use crate::protocol::{validate_room, RoomEvent};
+use crate::replay::PageSize;
 use crate::store::MAX_REPLAY;
 
 /// How long the API waits for the history store.
@@ -115,6 +116,11 @@ pub(super) async fn messages(
         after,
         left: total,
         last_id: q.since.unwrap_or(0),
+        size: PageSize::new(
+            API_PAGE_BYTES,
+            4 * API_PAGE_BYTES,
+            state.ctx.config.max_line,
+        ),
         state: PagingState::Done,
     };
     let first = match paging.fetch().await {
@@ -138,9 +144,9 @@ pub(super) async fn messages(
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Stored messages the API asks for at once: a long answer is read from the store a page at
-/// a time, as the client takes it, so an answer nobody reads holds one page, not all of it.
-const API_PAGE: usize = 32;
+/// About how much of an answer is rendered at once: a long answer is read from the store a
+/// page at a time, as the client takes it, so an answer nobody reads holds a page, not all of it.
+const API_PAGE_BYTES: usize = 32 * 1024;
 
 async fn wait<T>(pending: tokio::sync::oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
     match tokio::time::timeout(STORE_WAIT, pending).await {
@@ -157,6 +163,7 @@ struct Paging {
     after: u64,
     left: usize,
     last_id: u64,
+    size: PageSize,
     state: PagingState,
 }
 
@@ -172,7 +179,7 @@ enum PagingState {
 
 impl Paging {
     async fn fetch(&mut self) -> Result<Vec<crate::store::StoredMessage>, String> {
-        let want = self.left.min(API_PAGE);
+        let want = self.left.min(self.size.next());
         if want == 0 {
             return Ok(Vec::new());
         }
@@ -181,6 +188,7 @@ impl Paging {
                 .query(&self.room, Some(self.after), u64::MAX, want),
         )
         .await?;
+        self.size.observe(&page);
         match page.last() {
             Some(last) if page.len() == want => {
                 self.after = last.id;

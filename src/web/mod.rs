@@ -93,6 +93,10 @@ impl Web {
     }
 }
 
+/// Most bytes hyper buffers per connection, each way (its default is about 400 KiB): room
+/// for any request head we accept and a page of a long answer.
+const WEB_BUFFER: usize = 64 * 1024;
+
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
@@ -150,7 +154,9 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.ctx.config.handshake_timeout());
+        .header_read_timeout(state.ctx.config.handshake_timeout())
+        // hyper's default lets a response gather ~400 KiB for a client that does not read.
+        .max_buf_size(WEB_BUFFER);
     let conn = builder
         .serve_connection(
             TokioIo::new(WriteDeadline::new(io, WRITE_DEADLINE)),
