@@ -95,7 +95,9 @@ pub fn new_hash(name: &str, password: &str) -> Result<String, String> {
 pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), String> {
     validate_name(name)?;
     if let Some(like) = lookalike(name, list_users(data_dir)?) {
-        return Err(format!("name {name} is too much like {like}, already registered"));
+        return Err(format!(
+            "name {name} is too much like {like}, already registered"
+        ));
     }
     let hash = new_hash(name, password)?;
     std::fs::create_dir_all(data_dir)
@@ -470,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn registered_names_are_found_by_their_lookalikes() {
+        let mut r = ByKey::default();
+        assert!(r.insert("Mina".into(), "h1".into()));
+        assert!(
+            r.insert("Mina".into(), "h2".into()),
+            "a new hash for the same name"
+        );
+        assert!(!r.insert("MINA".into(), "h3".into()));
+        for like in ["mina", "\u{41c}ina", "\u{ff2d}ina", "Mina"] {
+            assert_eq!(
+                r.get(&name_key(like)).map(|(_, h)| h.as_str()),
+                Some("h2"),
+                "{like}"
+            );
+        }
+        r.remove("mina");
+        assert_eq!(r.len(), 1, "a look-alike does not remove the name");
+        r.remove("Mina");
+        assert!(r.is_empty());
+    }
+
+    #[test]
     fn users_are_added_listed_and_removed() {
         let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -477,6 +501,9 @@ mod tests {
         add_user(&dir, "Bob", "other").unwrap();
         assert!(add_user(&dir, "bad name", "x").is_err());
         assert!(add_user(&dir, "Empty", "").is_err());
+        let err = add_user(&dir, "BOB", "x").unwrap_err();
+        assert_eq!(err, "name BOB is too much like Bob, already registered");
+        add_user(&dir, "Bob", "new password").unwrap();
         assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
         assert!(remove_user(&dir, "Bob").unwrap());
         assert!(!remove_user(&dir, "Bob").unwrap());

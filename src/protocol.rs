@@ -262,7 +262,11 @@ pub fn clean_message(raw: &[u8]) -> Cow<'_, str> {
         "\u{2029}".as_bytes(),
         "\u{85}".as_bytes(),
     ];
-    if !raw.is_ascii() && BREAKS.iter().any(|b| memchr::memmem::find(raw, b).is_some()) {
+    if !raw.is_ascii()
+        && BREAKS
+            .iter()
+            .any(|b| memchr::memmem::find(raw, b).is_some())
+    {
         let mut copy = Vec::with_capacity(raw.len());
         let mut i = 0;
         while i < raw.len() {
@@ -749,6 +753,93 @@ mod tests {
         }
         assert!(validate_room(&"r".repeat(64)).is_ok());
         assert!(validate_room(&"r".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn names_are_an_allow_list_of_classes_without_invisible_characters() {
+        for ok in [
+            "Mina",
+            "o'brien",
+            "j.doe",
+            "<b>Eve",
+            "🦀",
+            "नमस्ते",
+            "Jose\u{301}",
+            "x+y",
+        ] {
+            assert!(validate_name(ok).is_ok(), "{ok:?}");
+        }
+        for c in [
+            '\u{fe00}',
+            '\u{fe0f}',
+            '\u{e0100}',
+            '\u{e01ef}',
+            '\u{e0000}',
+            '\u{e0041}',
+            '\u{e007f}',
+            '\u{180b}',
+            '\u{180f}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{2028}',
+            '\u{85}',
+            '\u{e000}',
+            '\u{3164}',
+            '\u{115f}',
+            '\u{34f}',
+            '\u{ad}',
+            '\u{61c}',
+            '\u{a0}',
+            '\u{3000}',
+        ] {
+            let name = format!("Mina{c}");
+            let err = validate_name(&name).unwrap_err();
+            assert!(err.contains(&format!("U+{:04X}", c as u32)), "{err}");
+        }
+    }
+
+    #[test]
+    fn lookalikes_share_a_key() {
+        let clash = |a: &str, b: &str| name_key(a).clashes(&name_key(b));
+        for (a, b) in [
+            ("Alice", "alice"),
+            ("Alice", "ALICE"),
+            ("Alice", "\u{410}lice"),
+            ("Alice", "\u{ff21}lice"),
+            ("Jos\u{e9}", "Jose\u{301}"),
+            ("Mina", "\u{41c}ina"),
+            ("TOM", "\u{422}\u{41e}\u{41c}"),
+            ("mina", "rnina"),
+            ("stra\u{df}e", "STRASSE"),
+        ] {
+            assert!(clash(a, b), "{a:?} {b:?}");
+        }
+        for (a, b) in [
+            ("Alice", "Alicia"),
+            ("Ann", "Anna"),
+            ("Bob", "Rob"),
+            ("a", "b"),
+        ] {
+            assert!(!clash(a, b), "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn unicode_line_breaks_are_line_breaks() {
+        assert_eq!(
+            clean_line("hi\u{2028}Alice:forged".as_bytes()),
+            "hiAlice:forged"
+        );
+        assert_eq!(clean_line("a\u{2029}b\u{85}c".as_bytes()), "abc");
+        assert_eq!(
+            clean_message("hi\u{2028}Alice:forged\u{2029}x\u{85}y".as_bytes()),
+            "hi\nAlice:forged\nx\ny"
+        );
+        assert_eq!(clean_message("ünï".as_bytes()), "ünï");
     }
 
     #[test]

@@ -291,7 +291,11 @@ fn concurrent_guesses_cannot_race_the_limit_and_other_addresses_are_served() {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let pw = if i == 200 { "right".to_owned() } else { format!("guess{i}") };
+            let pw = if i == 200 {
+                "right".to_owned()
+            } else {
+                format!("guess{i}")
+            };
             let hs = format!(r#"{{"name":"Mina","room":"r","password":"{pw}"}}"#);
             std::thread::spawn(move || first_line(s, &hs))
         })
@@ -304,7 +308,11 @@ fn concurrent_guesses_cannot_race_the_limit_and_other_addresses_are_served() {
         let line = first_line(stream, r#"{"name":"Other","room":"o","password":"theirs"}"#);
         assert_eq!(line, "*** Other joined");
         // A generous bound: the guesses of one address must not queue everyone else.
-        assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            start.elapsed()
+        );
     } else {
         eprintln!("cannot bind 127.0.0.2: skipping the other-address part");
     }
@@ -335,7 +343,10 @@ fn a_success_clears_only_its_own_failures() {
     let (line, _, _bob) = attempt(&server, r#"{"name":"Bob","room":"r","password":"bobs"}"#);
     assert_eq!(line, "*** Bob joined");
     // Bob's login cleared Bob's failures only: Alice is still held back from this address.
-    let (line, _, _) = attempt(&server, r#"{"name":"Alice","room":"r","password":"alices"}"#);
+    let (line, _, _) = attempt(
+        &server,
+        r#"{"name":"Alice","room":"r","password":"alices"}"#,
+    );
     assert_eq!(line, TOO_MANY);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -421,9 +421,19 @@ fn invisible_format_characters_are_refused_in_names_and_rooms() {
         );
     }
     alice.send("/nick Alice\u{e0100}\n");
-    assert!(alice.line().starts_with("*** error: usage: /nick NAME (name may not contain U+E0100"));
+    assert!(alice
+        .line()
+        .starts_with("*** error: usage: /nick NAME (name may not contain U+E0100"));
     // Letters of any script, marks, digits, punctuation and symbols are all still fine.
-    for name in ["Ünïcødé_名前-1", "o'brien", "j.doe", "<b>Eve", "🦀", "नमस्ते", "x+y=z"] {
+    for name in [
+        "Ünïcødé_名前-1",
+        "o'brien",
+        "j.doe",
+        "<b>Eve",
+        "🦀",
+        "नमस्ते",
+        "x+y=z",
+    ] {
         let _c = server.connect(name, "ok");
     }
 }
