@@ -2,19 +2,24 @@
 //! handshake.
 //!
 //! A registered name can be used only with its password; `--require-auth` closes the server to
-//! unregistered names. Every failure answers the same `authentication failed` after the same
-//! delay (measured from the start of the check, which covers the hash's own time), so a guesser
-//! learns neither whether the name exists nor which part was wrong. Failures are counted per IP
-//! address, and past the limit an address is refused without hashing at all, so guessing costs
-//! the server nothing. At most two hashes are computed at once (argon2 is made to be costly in
-//! CPU and memory). `machat user add` writes the table; a running server sees the change within
-//! two seconds. In cluster mode the names registered for the whole cluster (see
-//! [`crate::cluster::users`]) count too, and take precedence over the data directory's.
+//! unregistered names. Names are looked up by their canonical key
+//! ([`crate::protocol::name_key`]), so a look-alike of a registered name (`mina`, Cyrillic
+//! `Мina`) is that name: it needs its password. Every failure answers the same `authentication
+//! failed` after the same delay (measured from the start of the check, which covers the hash's
+//! own time), so a guesser learns neither whether the name exists nor which part was wrong; an
+//! unknown name (under `--require-auth`) or a missing password is checked against a stand-in
+//! hash, so it costs the same and waits in the same queue as a wrong password. How often an
+//! address may try is [`crate::login_limit`]'s: turns per address, failures counted before the
+//! hash, a delay that grows per (address, name). At most two hashes are computed at once
+//! (argon2 is made to be costly in CPU and memory). `machat user add` writes the table; a
+//! running server sees the change within two seconds. In cluster mode the names registered for
+//! the whole cluster (see [`crate::cluster::users`]) count too, and take precedence over the
+//! data directory's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -23,17 +28,17 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::protocol::{validate_name, Handshake};
+use crate::login_limit::{LoginLimit, Refused, Source};
+use crate::protocol::{name_key, validate_name, Handshake, NameKey};
 
 /// The one answer to every failed check.
 pub const FAILED: &str = "authentication failed";
-/// What an address past the failure limit is told (without any hashing).
+/// What an address held back after its failures is told (without any hashing).
 pub const TOO_MANY: &str = "too many failed logins from your address; try again later";
 /// A failed check answers no sooner than this after it began.
 const FAIL_DELAY: Duration = Duration::from_secs(1);
-/// Failed checks an address may have in `FAIL_WINDOW`.
-const MAX_FAILS: u32 = 5;
-const FAIL_WINDOW: Duration = Duration::from_secs(60);
+/// Argon2 hashes computed at once, over all clients.
+const HASHING: usize = 2;
 /// How often a running server looks for new or removed users.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
@@ -85,8 +90,15 @@ pub fn new_hash(name: &str, password: &str) -> Result<String, String> {
     hash(password)
 }
 
-/// `machat user add NAME`: registers (or re-registers) a name.
+/// `machat user add NAME`: registers (or re-registers) a name. Refused if the name is too
+/// much like another registered name (the same [`name_key`]).
 pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), String> {
+    validate_name(name)?;
+    if let Some(like) = lookalike(name, list_users(data_dir)?) {
+        return Err(format!(
+            "name {name} is too much like {like}, already registered"
+        ));
+    }
     let hash = new_hash(name, password)?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
@@ -98,6 +110,15 @@ pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), Strin
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())
+}
+
+/// Another name of `registered` with `name`'s key (the name itself does not count: that is a
+/// new password for it).
+pub fn lookalike(name: &str, registered: impl IntoIterator<Item = String>) -> Option<String> {
+    let key = name_key(name);
+    registered
+        .into_iter()
+        .find(|other| other != name && name_key(other).clashes(&key))
 }
 
 /// `machat user remove NAME`. False if there was no such user.
@@ -126,28 +147,88 @@ pub fn list_users(data_dir: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Registered names (and their hashes), found by either of a name's keys (see
+/// [`crate::protocol::NameKey`]).
+#[derive(Debug, Default)]
+pub struct ByKey {
+    /// `lower` key → (name as registered, hash).
+    entries: HashMap<String, (String, String)>,
+    /// `upper` key → `lower` key.
+    upper: HashMap<String, String>,
+}
+
+impl ByKey {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The registered (name, hash) too much like a name of `key`.
+    pub fn get(&self, key: &NameKey) -> Option<&(String, String)> {
+        self.entries.get(&key.lower).or_else(|| {
+            let lower = self.upper.get(&key.upper)?;
+            self.entries.get(lower)
+        })
+    }
+
+    /// Registers `name` (a new hash for it, if it is there); false, and nothing changed, if
+    /// another name too much like it is there.
+    pub fn insert(&mut self, name: String, hash: String) -> bool {
+        let key = name_key(&name);
+        if self.get(&key).is_some_and(|(n, _)| *n != name) {
+            return false;
+        }
+        self.upper.insert(key.upper, key.lower.clone());
+        self.entries.insert(key.lower, (name, hash));
+        true
+    }
+
+    /// Removes `name` itself (not a look-alike of it).
+    pub fn remove(&mut self, name: &str) {
+        let key = name_key(name);
+        if self.entries.get(&key.lower).is_some_and(|(n, _)| n == name) {
+            self.entries.remove(&key.lower);
+            self.upper.remove(&key.upper);
+        }
+    }
+}
+
 /// The server's view of the registered names.
 pub struct Users {
-    hashes: Mutex<HashMap<String, String>>,
+    hashes: Mutex<ByKey>,
     /// Cluster mode: the names registered for every node.
-    cluster: std::sync::OnceLock<crate::cluster::users::Registered>,
+    cluster: OnceLock<crate::cluster::users::Registered>,
     require: bool,
-    fails: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    limit: Arc<LoginLimit>,
     hashing: Semaphore,
 }
 
+/// A hash of no password: what an unknown name or a missing password is checked against, so
+/// it costs what a wrong password costs.
+fn stand_in() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| hash("machat: no such password").unwrap_or_default())
+}
+
 impl Users {
+    fn new(require: bool) -> Users {
+        Users {
+            hashes: Mutex::new(ByKey::default()),
+            cluster: OnceLock::new(),
+            require,
+            limit: LoginLimit::new(FAIL_DELAY),
+            hashing: Semaphore::new(HASHING),
+        }
+    }
+
     /// Loads the registered names of `data_dir` (none if it has no database yet) and keeps
     /// them up to date from a thread of its own.
     pub fn load(data_dir: &Path, require: bool) -> Result<Arc<Users>, String> {
         let path = db_path(data_dir);
-        let users = Arc::new(Users {
-            hashes: Mutex::new(HashMap::new()),
-            cluster: std::sync::OnceLock::new(),
-            require,
-            fails: Mutex::new(HashMap::new()),
-            hashing: Semaphore::new(2),
-        });
+        let users = Arc::new(Users::new(require));
         let mut version = None;
         users.reload(&path, &mut version)?;
         let count = users.lock().len();
@@ -176,16 +257,10 @@ impl Users {
 
     /// No registered names, nothing required (tests, or a server without a data dir).
     pub fn none() -> Arc<Users> {
-        Arc::new(Users {
-            hashes: Mutex::new(HashMap::new()),
-            cluster: std::sync::OnceLock::new(),
-            require: false,
-            fails: Mutex::new(HashMap::new()),
-            hashing: Semaphore::new(2),
-        })
+        Arc::new(Users::new(false))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, String>> {
+    fn lock(&self) -> MutexGuard<'_, ByKey> {
         self.hashes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -196,7 +271,7 @@ impl Users {
         seen: &mut Option<(u64, std::time::SystemTime)>,
     ) -> Result<(), String> {
         let Ok(meta) = std::fs::metadata(path) else {
-            self.lock().clear();
+            *self.lock() = ByKey::default();
             return Ok(());
         };
         // WAL mode writes the -wal file first: look at both.
@@ -214,13 +289,13 @@ impl Users {
         }
         let conn = open(path, false).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut stmt = conn
-            .prepare("SELECT name, hash FROM users")
+            .prepare("SELECT name, hash FROM users ORDER BY name")
             .map_err(|e| e.to_string())?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<HashMap<_, _>>>())
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| e.to_string())?;
-        *self.lock() = rows;
+        *self.lock() = by_key(rows);
         *seen = Some(stamp);
         Ok(())
     }
@@ -230,7 +305,7 @@ impl Users {
         let _ = self.cluster.set(registered);
     }
 
-    fn cluster_lock(&self) -> Option<MutexGuard<'_, HashMap<String, String>>> {
+    fn cluster_lock(&self) -> Option<MutexGuard<'_, ByKey>> {
         let registered = self.cluster.get()?;
         Some(registered.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -240,74 +315,83 @@ impl Users {
         !self.lock().is_empty() || self.cluster_lock().is_some_and(|r| !r.is_empty())
     }
 
-    /// The hash `name` is registered with: the cluster's, else the data directory's.
-    fn hash_of(&self, name: &str) -> Option<String> {
-        let in_cluster = self.cluster_lock().and_then(|r| r.get(name).cloned());
-        in_cluster.or_else(|| self.lock().get(name).cloned())
+    /// Whether only registered names are let in (`--require-auth`).
+    pub fn required(&self) -> bool {
+        self.require
     }
 
+    /// The hash the name of `key` is registered with: the cluster's, else the data
+    /// directory's.
+    fn hash_of(&self, key: &NameKey) -> Option<String> {
+        let in_cluster = self
+            .cluster_lock()
+            .and_then(|r| r.get(key).map(|(_, h)| h.clone()));
+        in_cluster.or_else(|| self.lock().get(key).map(|(_, h)| h.clone()))
+    }
+
+    /// Whether `name`, or a name it is too much like, is registered.
     pub fn is_registered(&self, name: &str) -> bool {
-        self.hash_of(name).is_some()
+        self.hash_of(&name_key(name)).is_some()
     }
 
     /// Checks a handshake's name and password. Ok for an unregistered name (unless
-    /// `--require-auth`) and for a registered one with its password; otherwise, after the fixed
-    /// delay, the reason to send.
+    /// `--require-auth`) and for a registered one (or a look-alike of one) with its password;
+    /// otherwise, after the fixed delay, the reason to send.
     pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<(), &'static str> {
-        let stored = self.hash_of(&hs.name);
+        let key = name_key(&hs.name);
+        let stored = self.hash_of(&key);
         if stored.is_none() && !self.require {
             return Ok(());
         }
         let started = Instant::now();
-        if self.too_many_fails(ip) {
-            tokio::time::sleep_until((started + FAIL_DELAY).into()).await;
-            return Err(TOO_MANY);
+        let answer_at = tokio::time::Instant::from_std(started + FAIL_DELAY);
+        // Wait for this address's turn; the turn is held until the answer, failures included.
+        let turn = match self.limit.turn(Source::of(ip)).await {
+            Ok(turn) => turn,
+            Err(_) => {
+                tokio::time::sleep_until(answer_at).await;
+                return Err(FAILED);
+            }
+        };
+        // Counted as a failure before the hash, so no number of concurrent attempts passes.
+        if let Err(why) = self.limit.reserve(&turn, &key.lower, Instant::now()) {
+            tokio::time::sleep_until(answer_at).await;
+            return Err(match why {
+                Refused::HeldBack => TOO_MANY,
+                Refused::Busy => FAILED,
+            });
         }
         let password = hs.password.as_ref().map(|p| p.0.clone());
-        let ok = match (stored, password) {
-            (Some(hash), Some(password)) => {
-                // The permit bounds the CPU and memory spent hashing at once.
-                let Ok(_permit) = self.hashing.acquire().await else {
-                    return Err(FAILED);
-                };
-                tokio::task::spawn_blocking(move || verify(&password, &hash))
-                    .await
-                    .unwrap_or(false)
-            }
-            _ => false,
+        let real = stored.is_some() && password.is_some();
+        let hash = stored.unwrap_or_else(|| stand_in().to_owned());
+        let password = password.unwrap_or_default();
+        // The permit bounds the CPU and memory spent hashing at once.
+        let verified = match self.hashing.acquire().await {
+            Ok(_permit) => tokio::task::spawn_blocking(move || verify(&password, &hash))
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
         };
-        if ok {
-            self.fails_lock().remove(&ip);
+        if real && verified {
+            self.limit.succeeded(&turn, &key.lower);
             return Ok(());
         }
-        self.record_fail(ip);
-        tokio::time::sleep_until((started + FAIL_DELAY).into()).await;
+        tokio::time::sleep_until(answer_at).await;
+        drop(turn);
         Err(FAILED)
     }
+}
 
-    fn fails_lock(&self) -> MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.fails.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn too_many_fails(&self, ip: IpAddr) -> bool {
-        let fails = self.fails_lock();
-        fails
-            .get(&ip)
-            .is_some_and(|(n, since)| *n >= MAX_FAILS && since.elapsed() < FAIL_WINDOW)
-    }
-
-    fn record_fail(&self, ip: IpAddr) {
-        let mut fails = self.fails_lock();
-        // Forget old windows now and then, so the map stays small under a spray of addresses.
-        if fails.len() > 10_000 {
-            fails.retain(|_, (_, since)| since.elapsed() < FAIL_WINDOW);
+/// Registered names by key; of names with one key (registered before keys were compared), the
+/// first in order wins, and the others are named in the log.
+pub fn by_key(rows: impl IntoIterator<Item = (String, String)>) -> ByKey {
+    let mut out = ByKey::default();
+    for (name, hash) in rows {
+        if !out.insert(name.clone(), hash) {
+            warn!(name, "a registered name is too much like another: ignored");
         }
-        let entry = fails.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FAIL_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
     }
+    out
 }
 
 /// Reads a password from stdin: at a terminal, asked twice with the echo off; otherwise the
@@ -388,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn registered_names_are_found_by_their_lookalikes() {
+        let mut r = ByKey::default();
+        assert!(r.insert("Mina".into(), "h1".into()));
+        assert!(
+            r.insert("Mina".into(), "h2".into()),
+            "a new hash for the same name"
+        );
+        assert!(!r.insert("MINA".into(), "h3".into()));
+        for like in ["mina", "\u{41c}ina", "\u{ff2d}ina", "Mina"] {
+            assert_eq!(
+                r.get(&name_key(like)).map(|(_, h)| h.as_str()),
+                Some("h2"),
+                "{like}"
+            );
+        }
+        r.remove("mina");
+        assert_eq!(r.len(), 1, "a look-alike does not remove the name");
+        r.remove("Mina");
+        assert!(r.is_empty());
+    }
+
+    #[test]
     fn users_are_added_listed_and_removed() {
         let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -395,6 +501,9 @@ mod tests {
         add_user(&dir, "Bob", "other").unwrap();
         assert!(add_user(&dir, "bad name", "x").is_err());
         assert!(add_user(&dir, "Empty", "").is_err());
+        let err = add_user(&dir, "BOB", "x").unwrap_err();
+        assert_eq!(err, "name BOB is too much like Bob, already registered");
+        add_user(&dir, "Bob", "new password").unwrap();
         assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
         assert!(remove_user(&dir, "Bob").unwrap());
         assert!(!remove_user(&dir, "Bob").unwrap());

@@ -264,6 +264,9 @@ impl Hub {
             RoomError::TooManyRooms => {
                 format!("too many rooms on this server ({})", self.max_rooms)
             }
+            RoomError::LooksLike(like) => {
+                crate::protocol::too_much_like(name, like, &format!("room {room}"))
+            }
             _ => format!("name {name} is already taken in room {room}"),
         }
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod limits;
+pub mod login_limit;
 pub mod metrics;
 pub mod protocol;
 pub mod replay;

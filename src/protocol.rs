@@ -107,13 +107,23 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
     })
 }
 
-/// Characters that render as nothing (or reorder text) and so would let `Mina\u{200b}` pass for
-/// `Mina` in a member list.
-fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
-        | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
-        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}')
+/// Whether a name or room may hold `c`: an allow-list of character classes (letters, marks,
+/// numbers, punctuation and symbols), less `: * /` and every default-ignorable code point
+/// (variation selectors, tag characters, Mongolian free variation selectors, Hangul fillers,
+/// zero-width joiners, ...), which render as nothing and would let `Mina` + U+E0100 pass for
+/// `Mina`. Whitespace, control, format, private-use and unassigned characters are not in the
+/// classes. The tables are the crates' (Unicode's own data), not ours.
+fn allowed_in_ident(c: char) -> bool {
+    use unicode_properties::{GeneralCategoryGroup as G, UnicodeGeneralCategory};
+    use unicode_security::general_security_profile::IdentifierType;
+    use unicode_security::GeneralSecurityProfile;
+    if c.is_ascii() {
+        return c.is_ascii_graphic() && !matches!(c, ':' | '*' | '/');
+    }
+    matches!(
+        c.general_category_group(),
+        G::Letter | G::Mark | G::Number | G::Punctuation | G::Symbol
+    ) && c.identifier_type() != Some(IdentifierType::Default_Ignorable)
 }
 
 fn validate_ident(what: &str, s: &str, max: usize) -> Result<(), String> {
@@ -123,13 +133,11 @@ fn validate_ident(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.chars().count() > max {
         return Err(format!("{what} is longer than {max} characters"));
     }
-    if let Some(c) = s.chars().find(|&c| {
-        c.is_whitespace() || c.is_control() || matches!(c, ':' | '*' | '/') || is_invisible(c)
-    }) {
-        let shown = if c.is_control() || c.is_whitespace() || is_invisible(c) {
-            format!("U+{:04X}", c as u32)
-        } else {
+    if let Some(c) = s.chars().find(|&c| !allowed_in_ident(c)) {
+        let shown = if matches!(c, ':' | '*' | '/') {
             c.to_string()
+        } else {
+            format!("U+{:04X}", c as u32)
         };
         return Err(format!(
             "{what} may not contain {shown} (no whitespace, control characters, ':', '*' or '/')"
@@ -137,6 +145,54 @@ fn validate_ident(what: &str, s: &str, max: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The keys names are compared by, for uniqueness in a room and for registration: two names
+/// are too much alike when either key is the same. Both are NFKC, then the confusable skeleton
+/// of Unicode TS #39, then case folding; `lower` takes the skeleton of the case-folded name
+/// (so `alice`, `ALICE`, `Аlice` with a Cyrillic А, `Ａlice` fullwidth, `rnina`/`mina` meet),
+/// `upper` of the upper-cased one (capitals whose small letters look unlike their Latin
+/// twins: Cyrillic `Мina`/`Mina`, `ТОМ`/`TOM`). `José` in NFC and in NFD have one key.
+/// Computed at a join, a rename or a login, never per message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    pub lower: String,
+    pub upper: String,
+}
+
+impl NameKey {
+    pub fn clashes(&self, other: &NameKey) -> bool {
+        self.lower == other.lower || self.upper == other.upper
+    }
+}
+
+pub fn name_key(name: &str) -> NameKey {
+    use unicode_normalization::UnicodeNormalization;
+    let nfkc: String = name.nfkc().collect();
+    let shape = |s: &str| -> String {
+        let skeleton: String = unicode_security::skeleton(s).collect();
+        caseless::default_case_fold_str(&skeleton)
+    };
+    NameKey {
+        lower: shape(&caseless::default_case_fold_str(&nfkc)),
+        upper: shape(&nfkc.to_uppercase()),
+    }
+}
+
+/// The refusal of a name whose key is another's in the same room: `place` is `room ROOM` or
+/// `this room`.
+pub fn too_much_like(name: &str, like: &str, place: &str) -> String {
+    format!("name {name} is too much like {like}, already in {place}")
+}
+
+/// The refusal of `/nick` to a registered name or a look-alike of one (without
+/// `--require-auth`): such a name is taken only at the handshake, with its password.
+pub fn needs_password(name: &str) -> String {
+    format!("name {name} needs a password: reconnect with it")
+}
+
+/// The refusal of every `/nick` under `--require-auth`, whatever the target (so it tells
+/// registered names from others no more than the handshake does).
+pub const NICK_REQUIRES_AUTH: &str = "you can only be your registered name on this server";
 
 /// A name is 1 to 32 characters with no whitespace, control or invisible characters and none of
 /// `: * /`: so `name:` always ends at the first colon and `*** ` can never start a user's line.
@@ -185,6 +241,9 @@ pub fn clean_line(raw: &[u8]) -> Cow<'_, str> {
             },
             '\u{9b}' => skip_csi(&mut chars),
             '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
+            // Unicode line and paragraph separators end a line for some clients: a line of
+            // text cannot hold a line break, so they go like CR (NEL, U+0085, is a control).
+            '\u{2028}' | '\u{2029}' => {}
             c if c.is_control() => {}
             c => out.push(c),
         }
@@ -196,6 +255,34 @@ pub fn clean_line(raw: &[u8]) -> Cow<'_, str> {
 /// kept apart by `\n` (a `\r` before it is dropped), and trailing line ends removed. A single
 /// line comes back exactly as `clean_line` returns it.
 pub fn clean_message(raw: &[u8]) -> Cow<'_, str> {
+    // U+2028 and U+2029 (and NEL, U+0085) are line breaks too: as `\n`, so each line gets the
+    // sender's name in plain text.
+    const BREAKS: [&[u8]; 3] = [
+        "\u{2028}".as_bytes(),
+        "\u{2029}".as_bytes(),
+        "\u{85}".as_bytes(),
+    ];
+    if !raw.is_ascii()
+        && BREAKS
+            .iter()
+            .any(|b| memchr::memmem::find(raw, b).is_some())
+    {
+        let mut copy = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            match BREAKS.iter().find(|b| raw[i..].starts_with(b)) {
+                Some(b) => {
+                    copy.push(b'\n');
+                    i += b.len();
+                }
+                None => {
+                    copy.push(raw[i]);
+                    i += 1;
+                }
+            }
+        }
+        return Cow::Owned(clean_message(&copy).into_owned());
+    }
     let mut end = raw.len();
     while end > 0 && matches!(raw[end - 1], b'\n' | b'\r') {
         end -= 1;
@@ -666,6 +753,93 @@ mod tests {
         }
         assert!(validate_room(&"r".repeat(64)).is_ok());
         assert!(validate_room(&"r".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn names_are_an_allow_list_of_classes_without_invisible_characters() {
+        for ok in [
+            "Mina",
+            "o'brien",
+            "j.doe",
+            "<b>Eve",
+            "🦀",
+            "नमस्ते",
+            "Jose\u{301}",
+            "x+y",
+        ] {
+            assert!(validate_name(ok).is_ok(), "{ok:?}");
+        }
+        for c in [
+            '\u{fe00}',
+            '\u{fe0f}',
+            '\u{e0100}',
+            '\u{e01ef}',
+            '\u{e0000}',
+            '\u{e0041}',
+            '\u{e007f}',
+            '\u{180b}',
+            '\u{180f}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{2028}',
+            '\u{85}',
+            '\u{e000}',
+            '\u{3164}',
+            '\u{115f}',
+            '\u{34f}',
+            '\u{ad}',
+            '\u{61c}',
+            '\u{a0}',
+            '\u{3000}',
+        ] {
+            let name = format!("Mina{c}");
+            let err = validate_name(&name).unwrap_err();
+            assert!(err.contains(&format!("U+{:04X}", c as u32)), "{err}");
+        }
+    }
+
+    #[test]
+    fn lookalikes_share_a_key() {
+        let clash = |a: &str, b: &str| name_key(a).clashes(&name_key(b));
+        for (a, b) in [
+            ("Alice", "alice"),
+            ("Alice", "ALICE"),
+            ("Alice", "\u{410}lice"),
+            ("Alice", "\u{ff21}lice"),
+            ("Jos\u{e9}", "Jose\u{301}"),
+            ("Mina", "\u{41c}ina"),
+            ("TOM", "\u{422}\u{41e}\u{41c}"),
+            ("mina", "rnina"),
+            ("stra\u{df}e", "STRASSE"),
+        ] {
+            assert!(clash(a, b), "{a:?} {b:?}");
+        }
+        for (a, b) in [
+            ("Alice", "Alicia"),
+            ("Ann", "Anna"),
+            ("Bob", "Rob"),
+            ("a", "b"),
+        ] {
+            assert!(!clash(a, b), "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn unicode_line_breaks_are_line_breaks() {
+        assert_eq!(
+            clean_line("hi\u{2028}Alice:forged".as_bytes()),
+            "hiAlice:forged"
+        );
+        assert_eq!(clean_line("a\u{2029}b\u{85}c".as_bytes()), "abc");
+        assert_eq!(
+            clean_message("hi\u{2028}Alice:forged\u{2029}x\u{85}y".as_bytes()),
+            "hi\nAlice:forged\nx\ny"
+        );
+        assert_eq!(clean_message("ünï".as_bytes()), "ünï");
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub enum Take {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RoomError {
     NameTaken,
+    /// The name is too much like (has the same [`crate::protocol::name_key`] as) this
+    /// member's.
+    LooksLike(String),
     /// The room has `--max-room-members` members.
     Full,
     /// The server has `--max-rooms` rooms and this would be a new one.
@@ -172,6 +175,8 @@ impl Log {
 struct Member {
     id: u64,
     name: String,
+    /// The name's [`crate::protocol::name_key`]: names in a room are unique by it.
+    key: crate::protocol::NameKey,
     format: Format,
     cursor: u64,
     /// Lines for this member only, each with the log position it was sent at.
@@ -345,15 +350,15 @@ impl Room {
         format: Format,
         replay: Option<Replay>,
     ) -> Result<(Seat, Option<ReplayStart>), RoomError> {
+        let key = crate::protocol::name_key(name);
         let mut inner = self.lock();
-        if inner.find(name).is_some() {
-            return Err(RoomError::NameTaken);
-        }
+        inner.check_free(name, &key, None)?;
         let log = &mut inner.logs[format as usize];
         log.members += 1;
         let member = Member {
             id,
             name: name.to_owned(),
+            key,
             format,
             cursor: log.head(),
             private: VecDeque::new(),
@@ -606,13 +611,14 @@ impl Room {
 
     /// Renames a member if the new name is free in this room, and tells the room.
     pub fn rename(&self, seat: Seat, new: &str) -> Result<(), RoomError> {
+        let key = crate::protocol::name_key(new);
         let mut inner = self.lock();
-        if inner.find(new).is_some() {
-            return Err(RoomError::NameTaken);
-        }
+        // One's own name in another case or form is a rename, not a clash.
+        inner.check_free(new, &key, Some(seat.slot))?;
         let Some(m) = inner.member_mut(seat) else {
             return Err(RoomError::Gone);
         };
+        m.key = key;
         let old = std::mem::replace(&mut m.name, new.to_owned());
         self.announce(&mut inner, RoomEvent::Nick { old: &old, new });
         Ok(())
@@ -907,10 +913,34 @@ fn check_floor(max_pending: usize) -> usize {
 }
 
 impl Inner {
+    /// The slot of the member called exactly `name` (for `/msg`: no key per message).
     fn find(&self, name: &str) -> Option<usize> {
         self.slots
             .iter()
             .position(|m| m.as_ref().is_some_and(|m| m.name == name))
+    }
+
+    /// The member whose name has `key`, other than the one in slot `except`.
+    fn find_key(&self, key: &crate::protocol::NameKey, except: Option<usize>) -> Option<&Member> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| Some(*slot) != except)
+            .find_map(|(_, m)| m.as_ref().filter(|m| m.key.clashes(key)))
+    }
+
+    /// Ok if no one else in the room has `name`, nor a name too much like it.
+    fn check_free(
+        &self,
+        name: &str,
+        key: &crate::protocol::NameKey,
+        except: Option<usize>,
+    ) -> Result<(), RoomError> {
+        match self.find_key(key, except) {
+            None => Ok(()),
+            Some(m) if m.name == name => Err(RoomError::NameTaken),
+            Some(m) => Err(RoomError::LooksLike(m.name.clone())),
+        }
     }
 
     fn member(&self, seat: Seat) -> Option<&Member> {

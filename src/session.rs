@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::bus::ClaimError;
 use crate::hub::Hub;
-use crate::protocol::{clean_line, clean_message, validate_name, validate_room, Format, Reply};
+use crate::protocol::{
+    clean_line, clean_message, needs_password, too_much_like, validate_name, validate_room, Format,
+    Reply, NICK_REQUIRES_AUTH,
+};
 use crate::replay::{PagedReplay, Step};
 use crate::room::{ReplayStart, Room, RoomError, Seat};
 use crate::store::MAX_REPLAY;
@@ -229,9 +232,15 @@ impl Session {
                 if args == self.name {
                     return self.error(&format!("you are already called {args}"));
                 }
-                // A registered name is taken only at the handshake, with its password.
+                // Under --require-auth a person is only the name they logged in with: the same
+                // answer whatever the target, registered or not.
+                if self.hub.users.required() {
+                    return self.error(NICK_REQUIRES_AUTH);
+                }
+                // A registered name (or a look-alike of one, which is that name) is taken only
+                // at the handshake, with its password.
                 if self.hub.users.is_registered(args) {
-                    return self.error(&format!("name {args} is registered"));
+                    return self.error(&needs_password(args));
                 }
                 if self.hub.clustered() {
                     self.wait_for_claim(self.room.name().to_owned(), AfterClaim::Nick(args.into()));
@@ -302,6 +311,10 @@ impl Session {
                 self.hub.release(self.room.name(), new, self.id);
                 self.error(&format!("name {new} is already taken in this room"))
             }
+            Err(RoomError::LooksLike(like)) => {
+                self.hub.release(self.room.name(), new, self.id);
+                self.error(&too_much_like(new, &like, "this room"))
+            }
             Err(e) => {
                 self.hub.release(self.room.name(), new, self.id);
                 Err(e)
@@ -353,7 +366,7 @@ impl Session {
                     RoomError::NameTaken => {
                         self.error(&format!("name {} is already taken in {room}", self.name))
                     }
-                    RoomError::Full | RoomError::TooManyRooms => {
+                    RoomError::Full | RoomError::TooManyRooms | RoomError::LooksLike(_) => {
                         self.error(&self.hub.refusal(&e, &self.name, room))
                     }
                     e => Err(e),

@@ -388,6 +388,56 @@ fn lookalike_names_with_invisible_characters_are_refused() {
     assert!(mina.quiet_for(Duration::from_millis(300)));
 }
 
+/// Issue 11, item 6: the block-list of invisible characters missed variation selectors, tag
+/// characters, Mongolian free variation selectors, musical and shorthand format controls: a
+/// name with one of them joined beside the name without. Names and rooms now take letters,
+/// marks, digits, punctuation and symbols only, and never a default-ignorable character.
+#[test]
+fn invisible_format_characters_are_refused_in_names_and_rooms() {
+    let server = Server::start(&[]);
+    let mut alice = server.connect("Alice", "r");
+    for (escaped, code) in [
+        ("Alice\\ufe00", "U+FE00"),
+        ("Alice\\udb40\\udd00", "U+E0100"),
+        ("Alice\\udb40\\udc41", "U+E0041"),
+        ("Alice\\udb40\\udc01", "U+E0001"),
+        ("Alice\\u180b", "U+180B"),
+        ("Alice\\u180f", "U+180F"),
+        ("Alice\\ud834\\udd73", "U+1D173"),
+        ("Alice\\ud82f\\udca0", "U+1BCA0"),
+        ("Alice\\u200d", "U+200D"),
+        ("Alice\\u3164", "U+3164"),
+        ("Alice\\ue000", "U+E000"),
+    ] {
+        expect_refused(
+            &server,
+            format!("{{\"name\":\"{escaped}\",\"room\":\"r\"}}").as_bytes(),
+            &format!("name may not contain {code}"),
+        );
+        expect_refused(
+            &server,
+            format!("{{\"name\":\"x\",\"room\":\"{escaped}\"}}").as_bytes(),
+            &format!("room may not contain {code}"),
+        );
+    }
+    alice.send("/nick Alice\u{e0100}\n");
+    assert!(alice
+        .line()
+        .starts_with("*** error: usage: /nick NAME (name may not contain U+E0100"));
+    // Letters of any script, marks, digits, punctuation and symbols are all still fine.
+    for name in [
+        "Ünïcødé_名前-1",
+        "o'brien",
+        "j.doe",
+        "<b>Eve",
+        "🦀",
+        "नमस्ते",
+        "x+y=z",
+    ] {
+        let _c = server.connect(name, "ok");
+    }
+}
+
 #[test]
 fn serde_json_private_keys_cannot_smuggle_a_handshake() {
     let server = Server::start(&[]);

@@ -317,3 +317,72 @@ fn many_threads_many_rooms() {
     clients[7].send("/who\n");
     clients[7].until("*** 8 in hub: u0 u1 u2 u3 u4 u5 u6 u7");
 }
+
+/// Issue 11: U+2028 and U+2029 passed through, and a client that splits on Unicode line breaks
+/// showed `Alice:forged` as a line of its own. Over TCP they are removed; a WebSocket message
+/// (which may span lines) has them as line breaks, each line with the sender's name.
+#[test]
+fn unicode_line_separators_cannot_forge_a_line() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut watcher = server.connect("Watcher", "r");
+    let mut mallory = server.connect("Mallory", "r");
+    watcher.expect("*** Mallory joined");
+    let splits = |line: &str| -> Vec<String> {
+        line.split(['\u{2028}', '\u{2029}', '\u{85}', '\u{b}', '\u{c}'])
+            .map(str::to_owned)
+            .collect()
+    };
+    for sep in ["\u{2028}", "\u{2029}", "\u{85}"] {
+        mallory.send(&format!("hi{sep}Alice:forged\n"));
+        let line = watcher.line();
+        assert_eq!(splits(&line).len(), 1, "{line:?}");
+        assert!(line.starts_with("Mallory:"), "{line:?}");
+    }
+    let mut web = common::ws::ws_join(&server, "Web", "r");
+    watcher.expect("*** Web joined");
+    common::ws::send(&mut web, "hi\u{2028}Alice:forged\u{2029}third");
+    for want in ["Web:hi", "Web:Alice:forged", "Web:third"] {
+        let line = watcher.line();
+        assert_eq!(line, want);
+    }
+}
+
+/// Issue 11, item 6: case variants, NFD forms, Cyrillic and fullwidth look-alikes sat beside
+/// the real name. Each is refused with the name it is confused with; another room is fine.
+#[test]
+fn lookalike_names_are_refused_beside_the_real_one() {
+    let server = Server::start(&[]);
+    let mut alice = server.connect("Alice", "r");
+    let mut jose = server.connect("Jos\u{e9}", "r");
+    alice.expect("*** Jos\u{e9} joined");
+    for (name, like) in [
+        ("alice", "Alice"),
+        ("ALICE", "Alice"),
+        ("\u{410}lice", "Alice"),
+        ("\u{ff21}lice", "Alice"),
+        ("Jose\u{301}", "Jos\u{e9}"),
+    ] {
+        common::expect_refused(
+            &server,
+            format!("{{\"name\":\"{name}\",\"room\":\"r\"}}").as_bytes(),
+            &format!("name {name} is too much like {like}, already in room r"),
+        );
+    }
+    // In a room of its own a look-alike is just a name.
+    let _elsewhere = server.connect("\u{410}lice", "other");
+    // /nick and /join say the same.
+    jose.send("/nick \u{410}LICE\n");
+    jose.expect("*** error: name \u{410}LICE is too much like Alice, already in this room");
+    let mut bob = server.connect("Bob", "other");
+    bob.send("/join r\n");
+    bob.expect("*** Bob joined");
+    bob.send("/nick JOSE\u{301}\n");
+    bob.expect("*** error: name JOSE\u{301} is too much like Jos\u{e9}, already in this room");
+    // One's own name in another case is a rename, not a clash.
+    alice.until("*** Bob joined");
+    alice.send("/nick ALICE\n");
+    alice.expect("*** Alice is now ALICE");
+    let mut c = Client::raw(server.addr);
+    c.send("{\"name\":\"alice\",\"room\":\"other\"}");
+    c.expect("*** error: name alice is too much like \u{410}lice, already in room other");
+}

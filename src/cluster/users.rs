@@ -7,7 +7,6 @@
 //! before it accepts a client and then follows it, so a registration or a removal counts on
 //! every node within moments.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,10 +19,11 @@ use super::{hex, open_bucket, parse_servers, unhex, with_credentials};
 /// The bucket of registered names.
 pub const USERS: &str = "machat-users";
 
-/// Name → argon2 hash, as the bucket holds them; shared with [`crate::auth::Users`].
-pub type Registered = Arc<Mutex<HashMap<String, String>>>;
+/// The names and argon2 hashes the bucket holds, found by their keys
+/// ([`crate::protocol::name_key`]); shared with [`crate::auth::Users`].
+pub type Registered = Arc<Mutex<crate::auth::ByKey>>;
 
-fn lock(r: &Registered) -> MutexGuard<'_, HashMap<String, String>> {
+fn lock(r: &Registered) -> MutexGuard<'_, crate::auth::ByKey> {
     r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -34,15 +34,22 @@ pub(super) async fn open(
     open_bucket(js, USERS, Duration::ZERO, replicas).await
 }
 
-/// Everything the bucket holds now.
-pub(super) async fn load(kv: &kv::Store) -> Result<HashMap<String, String>, String> {
+/// Everything the bucket holds now, by name key.
+pub(super) async fn load(kv: &kv::Store) -> Result<crate::auth::ByKey, String> {
+    load_names(kv).await.map(|mut names| {
+        names.sort();
+        crate::auth::by_key(names)
+    })
+}
+
+async fn load_names(kv: &kv::Store) -> Result<Vec<(String, String)>, String> {
     let mut keys = kv.keys().await.map_err(|e| format!("{USERS}: {e}"))?;
-    let mut out = HashMap::new();
+    let mut out = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(|e| format!("{USERS}: {e}"))?;
         let value = kv.get(&key).await.map_err(|e| format!("{USERS}: {e}"))?;
-        if let Some((name, hash)) = value.and_then(|v| entry(&key, &v)) {
-            out.insert(name, hash);
+        if let Some(named) = value.and_then(|v| entry(&key, &v)) {
+            out.push(named);
         }
     }
     Ok(out)
@@ -67,6 +74,8 @@ pub(super) async fn follow(
         match entry.operation {
             Operation::Put => {
                 if let Some((name, hash)) = self::entry(&entry.key, &entry.value) {
+                    // A look-alike of a name already there (machat user add refuses those)
+                    // does not replace it.
                     registered.insert(name, hash);
                 }
             }
@@ -106,10 +115,17 @@ where
     })
 }
 
-/// `machat user add NAME --nats URL`: registers NAME (or sets its new hash) for the cluster.
+/// `machat user add NAME --nats URL`: registers NAME (or sets its new hash) for the cluster,
+/// unless it is too much like another registered name.
 pub fn add(url: &str, replicas: usize, name: &str, hash: &str) -> Result<(), String> {
     let (key, hash) = (hex(name), Bytes::from(hash.to_owned()));
     with_bucket(url, replicas, |kv| async move {
+        let names = load_names(&kv).await?.into_iter().map(|(n, _)| n);
+        if let Some(like) = crate::auth::lookalike(name, names) {
+            return Err(format!(
+                "name {name} is too much like {like}, already registered"
+            ));
+        }
         kv.put(key, hash)
             .await
             .map(|_| ())
@@ -136,7 +152,7 @@ pub fn remove(url: &str, replicas: usize, name: &str) -> Result<bool, String> {
 /// `machat user list --nats URL`: the registered names, sorted.
 pub fn list(url: &str, replicas: usize) -> Result<Vec<String>, String> {
     with_bucket(url, replicas, |kv| async move {
-        let mut names: Vec<String> = load(&kv).await?.into_keys().collect();
+        let mut names: Vec<String> = load_names(&kv).await?.into_iter().map(|(n, _)| n).collect();
         names.sort();
         Ok(names)
     })
