@@ -1074,6 +1074,53 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_goes_out_at_its_place_and_later_traffic_waits_behind_it() {
+        let room = Arc::new(new_room("r", 1 << 20));
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        room.say(a, "before", false).unwrap();
+        room.reply(b, &Reply::Notice("queued before")).unwrap();
+        let _ = room.history(b, 10).unwrap();
+        room.say(a, "during", false).unwrap();
+        room.reply(b, &Reply::Notice("queued during")).unwrap();
+        // Nothing of the replay yet: b gets what came before it, and then waits.
+        assert_eq!(
+            drain(&room, b),
+            "*** b joined\na:before\n*** queued before\n"
+        );
+        assert_eq!(room.replay_drained(b), Ok(true));
+        room.push_replay(b, b"page one\n", 100).unwrap();
+        assert_eq!(room.replay_drained(b), Ok(false));
+        assert_eq!(drain(&room, b), "page one\n");
+        assert_eq!(room.replay_drained(b), Ok(true));
+        room.push_replay(b, b"the end\n", 0).unwrap();
+        room.end_replay(b);
+        assert_eq!(drain(&room, b), "the end\na:during\n*** queued during\n");
+    }
+
+    #[test]
+    fn a_replay_counts_as_lag_and_leaving_hands_it_over_in_order() {
+        let room = Arc::new(new_room("r", 1000));
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        drain(&room, b);
+        let _ = room.history(b, 10).unwrap();
+        room.say(a, "later", false).unwrap();
+        room.push_replay(b, b"page\n", 200).unwrap();
+        let (lag, seat) = room.largest_lag().unwrap();
+        assert_eq!(seat, b);
+        assert_eq!(lag, "a:later\n".len() + "page\n".len() + 200);
+        let mut out = Vec::new();
+        room.leave(b, &mut out, false);
+        assert_eq!(String::from_utf8(out).unwrap(), "page\na:later\n");
+        // Over the limit with what is held for it: cut off.
+        let c = room.join(3, "c", Format::Text).unwrap();
+        let _ = room.history(c, 10).unwrap();
+        assert_eq!(room.push_replay(c, b"x", 2000), Err(RoomError::Gone));
+        assert!(!room.contains(c));
+    }
+
+    #[test]
     fn everyone_sees_the_same_order_and_the_log_empties() {
         let room = Arc::new(new_room("r", 1 << 20));
         let a = room.join(1, "a", Format::Text).unwrap();
