@@ -1362,6 +1362,41 @@ mod tests {
             .blocking_recv()
             .unwrap();
         assert!(none.unwrap().is_empty());
+        // Where the last N start, without reading them: the span a paged replay reads after.
+        let span = |room: &str, until: u64, n: usize| {
+            store
+                .last_span(room, until, n)
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(
+            span("r", u64::MAX, 5),
+            Span {
+                after: 25,
+                count: 5
+            }
+        );
+        assert_eq!(
+            span("r", 29, 2),
+            Span {
+                after: 27,
+                count: 2
+            }
+        );
+        assert_eq!(
+            span("r", u64::MAX, 100),
+            Span {
+                after: 0,
+                count: 30
+            }
+        );
+        assert_eq!(span("nobody", 7, 5), Span { after: 7, count: 0 });
+        // Pages of a few, in order, up to `until`, never past a limit.
+        let page = store.query("r", Some(25), 29, 3).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![26, 27, 28]);
+        let page = store.query("r", Some(28), 29, 3).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![29]);
     }
 
     #[test]
