@@ -633,7 +633,7 @@ fn names_registered_for_the_cluster_need_their_password_on_every_node() {
     loop {
         bob.send("/nick Zed\n");
         let l = bob.line();
-        if l == "*** error: name Zed is registered" {
+        if l == "*** error: name Zed needs a password: reconnect with it" {
             break;
         }
         assert_eq!(l, "*** Bob is now Zed", "unexpected answer");
