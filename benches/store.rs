@@ -25,6 +25,7 @@ fn appends(c: &mut Criterion) {
                     let retention = Retention {
                         max_messages: 100_000,
                         max_age: None,
+                        max_total_bytes: 0,
                     };
                     let batching = Batching::for_durability(sync);
                     let store = SqliteStore::open(&dir, retention, batching, sync)

@@ -150,6 +150,11 @@ pub struct Config {
     #[arg(long, env = "MACHAT_HISTORY_MAX_AGE", value_parser = parse_age)]
     pub history_max_age: Option<Duration>,
 
+    /// Most bytes of history kept over all rooms together (0: no bound); past it the oldest
+    /// messages are pruned first, whatever their room.
+    #[arg(long, env = "MACHAT_HISTORY_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub history_max_bytes: u64,
+
     /// `batch`: commit at least every 50 ms or 1,000 messages (a power cut may lose that
     /// window); `sync`: a message is delivered only once committed and fsynced.
     #[arg(long, env = "MACHAT_DURABILITY", value_enum, default_value = "batch")]

@@ -207,6 +207,7 @@ impl Hub {
             Err(e) => {
                 if entry.member_count() == 0 {
                     rooms.remove(room);
+                    self.store.forget(room);
                 }
                 Err(e)
             }
@@ -220,6 +221,7 @@ impl Hub {
             if let Some(r) = rooms.get(room.name()) {
                 if Arc::ptr_eq(r, room) && r.member_count() == 0 {
                     rooms.remove(room.name());
+                    self.store.forget(room.name());
                 }
             }
         }

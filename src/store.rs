@@ -124,13 +124,20 @@ pub trait Store: Send + Sync {
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
     fn close(&self) {}
+    /// `room` has no members left and the hub has dropped it: what the store keeps in memory
+    /// for it may go, once its ids are safe where [`Store::last_id`] will find them again.
+    /// Without this, every room name ever used would stay in memory.
+    fn forget(&self, _room: &str) {}
 }
 
-/// Retention: how much history each room keeps.
+/// Retention: how much history each room keeps, and all rooms together.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub max_messages: u64,
     pub max_age: Option<Duration>,
+    /// Most bytes of history kept over all rooms (0: no bound); the oldest go first. Without
+    /// it, writers spread over many rooms fill the disk (or, in memory, the RAM).
+    pub max_total_bytes: u64,
 }
 
 /// The store the configuration asks for. A database that cannot be opened is an error here.
@@ -138,6 +145,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
     let retention = Retention {
         max_messages: config.history_max,
         max_age: config.history_max_age,
+        max_total_bytes: config.history_max_bytes,
     };
     Ok(match config.history {
         HistoryMode::Off => Arc::new(NoStore),
@@ -155,13 +163,24 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
     })
 }
 
+/// Highest id handed out per room, and whether ids were handed out since it was read from
+/// disk (then they may still be queued for the writer).
+type LastIds = Arc<Mutex<HashMap<String, LastId>>>;
+
+#[derive(Debug, Clone, Copy)]
+struct LastId {
+    id: u64,
+    appended: bool,
+}
+
 /// Records a room's newest id (allocating the key only for a room's first message).
-fn note_last_id(ids: &Mutex<HashMap<String, u64>>, room: &str, id: u64) {
+fn note_last_id(ids: &Mutex<HashMap<String, LastId>>, room: &str, id: u64) {
     let mut ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+    let last = LastId { id, appended: true };
     match ids.get_mut(room) {
-        Some(last) => *last = id,
+        Some(entry) => *entry = last,
         None => {
-            ids.insert(room.to_owned(), id);
+            ids.insert(room.to_owned(), last);
         }
     }
 }
@@ -228,85 +247,168 @@ impl Store for NoStore {
 
 /// History in memory only: kept while the process runs.
 pub struct MemoryStore {
-    rooms: Mutex<HashMap<String, VecDeque<StoredMessage>>>,
-    last_ids: Mutex<HashMap<String, u64>>,
+    inner: Mutex<MemoryRooms>,
     retention: Retention,
+}
+
+#[derive(Default)]
+struct MemoryRooms {
+    /// Only rooms with stored messages: a room's entry (and its last id) goes with its last
+    /// message, so memory follows the history that exists.
+    rooms: HashMap<String, MemoryLog>,
+    /// Each stored message's room and id, oldest first: what the total bound drops first.
+    /// Entries of messages already gone by a room's own retention are skipped when met, and
+    /// swept when they outnumber the live ones.
+    order: VecDeque<(Arc<str>, u64)>,
+    /// Messages stored, and what they cost.
+    count: usize,
+    bytes: u64,
+}
+
+struct MemoryLog {
+    last_id: u64,
+    msgs: VecDeque<StoredMessage>,
+}
+
+/// What a message held in memory costs, for the total bound.
+fn memory_cost(m: &StoredMessage) -> u64 {
+    (std::mem::size_of::<StoredMessage>() + m.name.len() + m.text.len()) as u64
+}
+
+impl MemoryRooms {
+    /// Drops the oldest message of `room` if it is `id` (not already gone).
+    fn drop_oldest(&mut self, room: &str, id: u64) {
+        let Some(log) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if log.msgs.front().is_some_and(|m| m.id == id) {
+            self.pop_front(room);
+        }
+    }
+
+    fn pop_front(&mut self, room: &str) {
+        let Some(log) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some(m) = log.msgs.pop_front() {
+            self.count -= 1;
+            self.bytes = self.bytes.saturating_sub(memory_cost(&m));
+        }
+        if log.msgs.is_empty() {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Forgets the order of messages that are gone, when they are most of it.
+    fn sweep_order(&mut self) {
+        if self.order.len() <= 2 * self.count + 1024 {
+            return;
+        }
+        let rooms = &self.rooms;
+        self.order.retain(|(room, id)| {
+            rooms
+                .get(&**room)
+                .is_some_and(|log| log.msgs.binary_search_by_key(id, |m| m.id).is_ok())
+        });
+    }
 }
 
 impl MemoryStore {
     pub fn new(retention: Retention) -> Self {
         MemoryStore {
-            rooms: Mutex::default(),
-            last_ids: Mutex::default(),
+            inner: Mutex::default(),
             retention,
         }
     }
 
-    fn rooms(&self) -> MutexGuard<'_, HashMap<String, VecDeque<StoredMessage>>> {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, MemoryRooms> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_log<T>(&self, room: &str, f: impl FnOnce(&VecDeque<StoredMessage>) -> T) -> T {
+        let inner = self.lock();
+        match inner.rooms.get(room) {
+            Some(log) => f(&log.msgs),
+            None => f(&VecDeque::new()),
+        }
     }
 }
 
 impl Store for MemoryStore {
     fn last_id(&self, room: &str) -> u64 {
-        let ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
-        ids.get(room).copied().unwrap_or(0)
+        self.lock().rooms.get(room).map_or(0, |log| log.last_id)
     }
 
     fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>) {
-        note_last_id(&self.last_ids, room, msg.id);
         if let Some(deliver) = deliver {
             deliver();
         }
         let msg = msg.to_owned();
-        let mut rooms = self.rooms();
-        if !rooms.contains_key(&**room) {
-            rooms.insert(room.to_string(), VecDeque::new());
-        }
-        let Some(log) = rooms.get_mut(&**room) else {
-            return;
+        let (id, cost) = (msg.id, memory_cost(&msg));
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let log = match inner.rooms.get_mut(&**room) {
+            Some(log) => log,
+            None => inner.rooms.entry(room.to_string()).or_insert(MemoryLog {
+                last_id: 0,
+                msgs: VecDeque::new(),
+            }),
         };
-        log.push_back(msg);
-        while log.len() as u64 > self.retention.max_messages {
-            log.pop_front();
-        }
+        log.last_id = id;
+        log.msgs.push_back(msg);
+        let mut over = log
+            .msgs
+            .len()
+            .saturating_sub(self.retention.max_messages as usize);
         if let Some(age) = self.retention.max_age {
             let oldest = Timestamp::now().0.saturating_sub(age.as_millis() as u64);
-            while log.front().is_some_and(|m| m.ts.0 < oldest) {
-                log.pop_front();
+            over = over.max(log.msgs.iter().take_while(|m| m.ts.0 < oldest).count());
+        }
+        inner.count += 1;
+        inner.bytes += cost;
+        for _ in 0..over {
+            inner.pop_front(room);
+        }
+        let max_total = self.retention.max_total_bytes;
+        if max_total > 0 {
+            inner.order.push_back((room.clone(), id));
+            while inner.bytes > max_total {
+                let Some((oldest_room, oldest_id)) = inner.order.pop_front() else {
+                    break;
+                };
+                inner.drop_oldest(&oldest_room, oldest_id);
             }
+            inner.sweep_order();
         }
     }
 
     fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending {
-        let rooms = self.rooms();
-        let Some(log) = rooms.get(room) else {
-            return answer(Ok(Vec::new()));
-        };
-        let upto = log.iter().filter(|m| m.id <= until);
-        let picked: Vec<StoredMessage> = match after {
-            Some(after) => upto.filter(|m| m.id > after).take(limit).cloned().collect(),
-            None => {
-                let mut last: Vec<StoredMessage> = upto.rev().take(limit).cloned().collect();
-                last.reverse();
-                last
+        let picked = self.with_log(room, |log| {
+            let upto = log.iter().filter(|m| m.id <= until);
+            match after {
+                Some(after) => upto.filter(|m| m.id > after).take(limit).cloned().collect(),
+                None => {
+                    let mut last: Vec<StoredMessage> = upto.rev().take(limit).cloned().collect();
+                    last.reverse();
+                    last
+                }
             }
-        };
+        });
         answer(Ok(picked))
     }
 
     fn count(&self, room: &str, after: u64, until: u64) -> PendingCount {
-        let rooms = self.rooms();
-        let n = rooms.get(room).map_or(0, |log| {
+        let n = self.with_log(room, |log| {
             log.iter().filter(|m| m.id > after && m.id <= until).count()
         });
         answer_count(Ok(n))
     }
 
     fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan {
-        let rooms = self.rooms();
-        let ids = rooms.get(room).into_iter().flat_map(|log| log.iter().rev());
-        answer_span(Ok(span_of_newest(ids.map(|m| m.id), until, limit)))
+        let span = self.with_log(room, |log| {
+            span_of_newest(log.iter().rev().map(|m| m.id), until, limit)
+        });
+        answer_span(Ok(span))
     }
 
     fn available(&self) -> bool {
@@ -374,6 +476,8 @@ enum Op {
         reply: oneshot::Sender<Result<usize, String>>,
     },
     Close(mpsc::Sender<()>),
+    /// The room is gone from the hub (see [`Store::forget`]).
+    Forget(String),
     Span {
         room: String,
         until: u64,
@@ -421,6 +525,16 @@ impl Queue {
         sent
     }
 
+    /// Queues `op` whatever the queue holds (a close, a forget: rare and small).
+    fn send(&self, op: Op) -> bool {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.tx.send(op).is_ok();
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
     /// Cuts the writer's gathering short (a full batch, a query, a close).
     fn wake(&self) {
         if let Some(writer) = self.writer.get() {
@@ -442,8 +556,9 @@ const CRASH_GAP: u64 = QUEUE as u64 + 10_000;
 pub struct SqliteStore {
     ops: Queue,
     /// Highest id handed over per room, so a room that empties and comes back continues after
-    /// ids that are still queued.
-    last_ids: Mutex<HashMap<String, u64>>,
+    /// ids that are still queued. A room's entry goes when the room does and the writer has
+    /// put its ids on disk (see [`Writer::forget`]).
+    last_ids: LastIds,
     /// A read-only connection for `last_id` at room creation.
     reader: Mutex<Connection>,
     healthy: Arc<AtomicBool>,
@@ -491,7 +606,13 @@ impl SqliteStore {
             full: batching.max_messages,
         };
         let healthy = Arc::new(AtomicBool::new(true));
+        let last_ids = LastIds::default();
+        let total_bytes =
+            stored_bytes(&conn).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let writer = Writer {
+            last_ids: last_ids.clone(),
+            crashed,
+            total_bytes,
             conn,
             rx,
             queued,
@@ -513,7 +634,7 @@ impl SqliteStore {
         info!(path = %path.display(), "history store open");
         Ok(SqliteStore {
             ops,
-            last_ids: Mutex::default(),
+            last_ids,
             reader: Mutex::new(reader),
             healthy,
             crashed,
@@ -549,6 +670,7 @@ fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
             data BLOB NOT NULL,
             PRIMARY KEY (rid, last_id)
         ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS chunks_by_age ON chunks (first_ts);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
     // Reading every page once turns a corrupt file into an error now, not at the first query.
@@ -581,32 +703,51 @@ fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(has_messages && clean.as_deref() != Some("1"))
 }
 
+/// The bytes of history on disk (a chunk's length is in its record header: no blob is read).
+fn stored_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(length(data)), 0) FROM chunks",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// A room's last id as stored. Kept in the rooms table, not taken from the messages:
+/// retention may have deleted every message of a room, and its ids must still never come back.
+fn last_id_on_disk(conn: &Connection, room: &str) -> rusqlite::Result<u64> {
+    let mut stmt =
+        conn.prepare_cached("SELECT COALESCE((SELECT last_id FROM rooms WHERE name = ?1), 0)")?;
+    let id: i64 = stmt.query_row([room], |r| r.get(0))?;
+    Ok(id.max(0) as u64)
+}
+
+/// Where a room's ids continue after a restart: its last stored id, after the crash gap if the
+/// last run did not stop cleanly.
+fn continued_id(stored: u64, crashed: bool) -> u64 {
+    if crashed && stored > 0 {
+        stored + CRASH_GAP
+    } else {
+        stored
+    }
+}
+
 impl Store for SqliteStore {
     fn last_id(&self, room: &str) -> u64 {
         let mut ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = ids.get(room) {
-            return *id;
+        if let Some(last) = ids.get(room) {
+            return last.id;
         }
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let id: u64 = reader
-            .query_row(
-                // Kept in the rooms table, not taken from the messages: retention may have
-                // deleted every message of a room, and its ids must still never come back.
-                "SELECT COALESCE((SELECT last_id FROM rooms WHERE name = ?1), 0)",
-                [room],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|id| id.max(0) as u64)
-            .unwrap_or_else(|e| {
+        let id = match last_id_on_disk(&reader, room) {
+            Ok(id) => continued_id(id, self.crashed),
+            Err(e) => {
                 warn!(room, "cannot read the last id: {e}");
                 0
-            });
-        let id = if self.crashed && id > 0 {
-            id + CRASH_GAP
-        } else {
-            id
+            }
         };
-        ids.insert(room.to_owned(), id);
+        let appended = false;
+        ids.insert(room.to_owned(), LastId { id, appended });
         id
     }
 
@@ -708,12 +849,28 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         let (tx, rx) = mpsc::channel();
-        self.ops.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = self.ops.tx.send(Op::Close(tx)).is_ok();
+        let sent = self.ops.send(Op::Close(tx));
         self.ops.urgent();
         if sent {
             let _ = rx.recv_timeout(Duration::from_secs(3));
         }
+    }
+
+    fn forget(&self, room: &str) {
+        {
+            let mut ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+            if ids.get(room).is_some_and(|last| !last.appended) {
+                // Nothing said since its id was read from disk: nothing to wait for (a room
+                // joined and left without a word costs the writer nothing).
+                ids.remove(room);
+                if ids.capacity() > 4 * ids.len() + 1024 {
+                    ids.shrink_to_fit();
+                }
+                return;
+            }
+        }
+        // Past the queue's bound too: a lost forget would keep the room in memory for good.
+        self.ops.send(Op::Forget(room.to_owned()));
     }
 }
 
@@ -734,6 +891,12 @@ struct Writer {
     stored: HashMap<i64, u64>,
     last_prune: Instant,
     path: PathBuf,
+    /// Shared with the store: the writer removes a forgotten room's entry once its ids are on
+    /// disk.
+    last_ids: LastIds,
+    crashed: bool,
+    /// Bytes of history on disk, for `Retention::max_total_bytes`.
+    total_bytes: u64,
 }
 
 impl Writer {
@@ -770,10 +933,13 @@ impl Writer {
                 }
             }
             let mut queries = Vec::new();
+            let mut forgotten = Vec::new();
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match op {
                     Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
+                    // After the batch: the room's last appends came before its forget.
+                    Op::Forget(room) => forgotten.push(room),
                     // A query answers after everything queued before it is committed.
                     Op::Query { .. } | Op::Count { .. } | Op::Span { .. } => {
                         queries.push(op);
@@ -810,6 +976,9 @@ impl Writer {
                 self.commit(&mut batch);
                 // The wait of the batch's oldest message: what a sync-durability sender waits.
                 crate::metrics::store_append(received.elapsed());
+            }
+            for room in forgotten {
+                self.forget(&room);
             }
             for q in queries {
                 match q {
@@ -855,6 +1024,7 @@ impl Writer {
         let rids = &mut self.rids;
         let touched = &mut self.touched;
         let mut added: Vec<(i64, u64)> = Vec::new();
+        let mut added_bytes = 0u64;
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
@@ -892,6 +1062,7 @@ impl Writer {
                     let last = msgs.last().map_or(0, |m| m.id as i64);
                     let first_ts = msgs.first().map_or(0, |m| m.ts as i64);
                     stmt.execute(params![rid, last, msgs.len() as i64, first_ts, data])?;
+                    added_bytes += data.len() as u64;
                     last_ids.execute(params![rid, last])?;
                 }
             }
@@ -901,6 +1072,7 @@ impl Writer {
             // A rolled-back transaction may have taken new rooms' rows with it.
             rids.clear();
         } else {
+            self.total_bytes += added_bytes;
             for (rid, n) in added {
                 if let Some(stored) = self.stored.get_mut(&rid) {
                     *stored += n;
@@ -1102,14 +1274,101 @@ impl Writer {
     fn prune(&mut self) {
         self.last_prune = Instant::now();
         let rids: Vec<i64> = self.touched.drain().map(|(r, _)| r).collect();
-        let oldest = self
-            .retention
-            .max_age
-            .map(|age| Timestamp::now().0.saturating_sub(age.as_millis() as u64));
+        let oldest = self.oldest();
         for rid in rids {
             if let Err(e) = self.prune_room(rid, oldest) {
                 warn!(rid, "pruning failed: {e}");
             }
+        }
+        if let Err(e) = self.prune_total() {
+            warn!("pruning to --history-max-bytes failed: {e}");
+        }
+    }
+
+    /// The oldest time a message may have under `--history-max-age`.
+    fn oldest(&self) -> Option<u64> {
+        self.retention
+            .max_age
+            .map(|age| Timestamp::now().0.saturating_sub(age.as_millis() as u64))
+    }
+
+    /// Deletes the oldest chunks of any room while the history is over its total bound (in
+    /// the order of the `chunks_by_age` index: a few rows read per chunk deleted).
+    fn prune_total(&mut self) -> rusqlite::Result<()> {
+        let max = self.retention.max_total_bytes;
+        while max > 0 && self.total_bytes > max {
+            let tx = self.conn.transaction()?;
+            let mut freed = 0u64;
+            let mut gone: Vec<(i64, u64)> = Vec::new();
+            {
+                let mut oldest = tx.prepare_cached(
+                    "SELECT rid, last_id, count, length(data) FROM chunks
+                     ORDER BY first_ts, rid, last_id LIMIT 64",
+                )?;
+                let chunks: Vec<(i64, i64, u64, u64)> = oldest
+                    .query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get::<_, i64>(2)?.max(0) as u64,
+                            r.get::<_, i64>(3)?.max(0) as u64,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                if chunks.is_empty() {
+                    // Nothing left to delete: the count was off; start again from the file.
+                    drop(oldest);
+                    tx.commit()?;
+                    self.total_bytes = stored_bytes(&self.conn)?;
+                    return Ok(());
+                }
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2")?;
+                for (rid, last_id, count, len) in chunks {
+                    if self.total_bytes.saturating_sub(freed) <= max {
+                        break;
+                    }
+                    delete.execute(params![rid, last_id])?;
+                    freed += len;
+                    gone.push((rid, count));
+                }
+            }
+            tx.commit()?;
+            self.total_bytes = self.total_bytes.saturating_sub(freed);
+            for (rid, count) in gone {
+                if let Some(stored) = self.stored.get_mut(&rid) {
+                    *stored = stored.saturating_sub(count);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A room the hub dropped: its retention is applied now (nothing will touch it later), its
+    /// row id and count leave memory, and so does its last id once it is the one on disk (an
+    /// append queued since, by the room come back, keeps it until the next forget).
+    fn forget(&mut self, room: &str) {
+        if let Some(rid) = self.rids.remove(room) {
+            if self.touched.remove(&rid).is_some() {
+                let oldest = self.oldest();
+                if let Err(e) = self.prune_room(rid, oldest) {
+                    warn!(rid, "pruning failed: {e}");
+                }
+            }
+            self.stored.remove(&rid);
+        }
+        let Ok(on_disk) = last_id_on_disk(&self.conn, room) else {
+            return; // kept: the next forget tries again
+        };
+        let continued = continued_id(on_disk, self.crashed);
+        let mut ids = self.last_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.get(room).is_some_and(|last| last.id <= continued) {
+            ids.remove(room);
+        }
+        // A burst of rooms (many joined while the writer was behind) leaves a large table:
+        // give it back once it is mostly empty.
+        if ids.capacity() > 4 * ids.len() + 1024 {
+            ids.shrink_to_fit();
         }
     }
 
@@ -1149,23 +1408,25 @@ impl Writer {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
+        let mut freed = 0u64;
         {
             let mut stmt = tx.prepare_cached(
-                "SELECT last_id, count, first_ts FROM chunks WHERE rid = ?1 AND last_id > ?2
-                 ORDER BY last_id LIMIT 2",
+                "SELECT last_id, count, first_ts, length(data) FROM chunks
+                 WHERE rid = ?1 AND last_id > ?2 ORDER BY last_id LIMIT 2",
             )?;
             let mut after = -1i64;
             loop {
-                let pair: Vec<(i64, u64, u64)> = stmt
+                let pair: Vec<(i64, u64, u64, u64)> = stmt
                     .query_map(params![rid, after], |r| {
                         Ok((
                             r.get(0)?,
                             r.get::<_, i64>(1)?.max(0) as u64,
                             r.get::<_, i64>(2)?.max(0) as u64,
+                            r.get::<_, i64>(3)?.max(0) as u64,
                         ))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
-                let Some(&(last_id, n, _)) = pair.first() else {
+                let Some(&(last_id, n, _, len)) = pair.first() else {
                     break;
                 };
                 // Every message of a chunk is no newer than the next chunk's first one.
@@ -1177,6 +1438,7 @@ impl Writer {
                         params![rid, last_id],
                     )?;
                     count -= n;
+                    freed += len;
                     after = last_id;
                     continue;
                 }
@@ -1198,11 +1460,13 @@ impl Writer {
                         "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
                         params![rid, last_id],
                     )?;
+                    freed += len;
                 } else if survivors.len() < msgs.len() {
                     let mut data = Vec::new();
                     for m in &survivors {
                         encode(&m.as_ref(), &mut data);
                     }
+                    freed += len.saturating_sub(data.len() as u64);
                     tx.execute(
                         "UPDATE chunks SET count = ?3, first_ts = ?4, data = ?5
                          WHERE rid = ?1 AND last_id = ?2",
@@ -1226,6 +1490,7 @@ impl Writer {
         }
         let result = tx.commit();
         if result.is_ok() {
+            self.total_bytes = self.total_bytes.saturating_sub(freed);
             self.stored.insert(rid, count);
         } else {
             self.stored.remove(&rid);
@@ -1416,11 +1681,13 @@ mod tests {
         let retention = Retention {
             max_messages: 100,
             max_age: None,
+            max_total_bytes: 0,
         };
         check(&MemoryStore::new(retention));
         let small = MemoryStore::new(Retention {
             max_messages: 3,
             max_age: None,
+            max_total_bytes: 0,
         });
         for id in 1..=10 {
             small.append(&Arc::from("r"), &msg(id).as_ref(), None);
@@ -1441,6 +1708,7 @@ mod tests {
         let retention = Retention {
             max_messages: 100,
             max_age: None,
+            max_total_bytes: 0,
         };
         {
             let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
@@ -1466,6 +1734,7 @@ mod tests {
         let retention = Retention {
             max_messages: 50,
             max_age: None,
+            max_total_bytes: 0,
         };
         // No gathering window: almost every append is its own chunk.
         let store =
@@ -1497,11 +1766,141 @@ mod tests {
         let retention = Retention {
             max_messages: 100,
             max_age: None,
+            max_total_bytes: 0,
         };
         let err = SqliteStore::open(&dir, retention, Batching::default(), false)
             .err()
             .unwrap();
         assert!(err.contains("history.db"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn cached_rooms(store: &SqliteStore) -> usize {
+        store.last_ids.lock().unwrap().len()
+    }
+
+    /// Waits (bounded) for the writer to have handled everything queued before.
+    fn flush(store: &SqliteStore) {
+        let _ = store.count("flush", 0, 0).blocking_recv();
+    }
+
+    #[test]
+    fn forgotten_rooms_leave_memory_and_keep_their_ids() {
+        let dir = std::env::temp_dir().join(format!("machat-store-forget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
+        // Rooms joined and left without a word: nothing stays.
+        for i in 0..1000 {
+            let room = format!("quiet{i}");
+            assert_eq!(store.last_id(&room), 0);
+            store.forget(&room);
+        }
+        flush(&store);
+        assert_eq!(cached_rooms(&store), 0);
+        // A room with messages: forgotten once they are on disk, and its ids go on from there.
+        for id in 1..=5 {
+            store.append(&Arc::from("busy"), &msg(id).as_ref(), None);
+        }
+        store.forget("busy");
+        flush(&store);
+        assert_eq!(cached_rooms(&store), 0);
+        assert!(store.ops.queued.load(Ordering::Acquire) == 0);
+        assert_eq!(store.last_id("busy"), 5);
+        // Come back before the forget is handled: an append queued after it keeps the entry.
+        store.forget("busy");
+        store.append(&Arc::from("busy"), &msg(6).as_ref(), None);
+        flush(&store);
+        assert_eq!(store.last_id("busy"), 6);
+        store.forget("busy");
+        flush(&store);
+        assert_eq!(cached_rooms(&store), 0);
+        assert_eq!(store.last_id("busy"), 6);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_total_bound_drops_the_oldest_chunks_first() {
+        let dir = std::env::temp_dir().join(format!("machat-store-total-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let retention = Retention {
+            max_messages: 1000,
+            max_age: None,
+            max_total_bytes: 21_000,
+        };
+        let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
+        let big = |id: u64| StoredMessage {
+            text: "z".repeat(1000),
+            ..msg(id)
+        };
+        for room in ["a", "b", "c"] {
+            for id in 1..=10 {
+                store.append(&Arc::from(room), &big(id).as_ref(), None);
+            }
+            // One chunk per room, committed in this order (so oldest first by time too).
+            flush(&store);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        let len = |room: &str| {
+            store
+                .query(room, None, u64::MAX, 100)
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+                .len()
+        };
+        // 30 KB over a 21 KB bound: room a's chunk went, b and c stayed.
+        assert_eq!((len("a"), len("b"), len("c")), (0, 10, 10));
+        // The ids of a room whose history went are still not reused.
+        assert_eq!(store.last_id("a"), 10);
+        store.close();
+        drop(store);
+        // The bound is counted from the file on reopen.
+        let store = SqliteStore::open(&dir, retention, Batching::default(), false).unwrap();
+        for id in 11..=20 {
+            store.append(&Arc::from("c"), &big(id).as_ref(), None);
+        }
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        let b = store
+            .query("b", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap();
+        assert!(ids(b).is_empty());
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_memory_store_keeps_only_rooms_with_history_under_its_bound() {
+        let store = MemoryStore::new(Retention {
+            max_messages: 5,
+            max_age: None,
+            max_total_bytes: 10 * memory_cost(&msg(1)) + 100,
+        });
+        for room in 0..100 {
+            for id in 1..=3 {
+                store.append(&Arc::from(format!("r{room}")), &msg(id).as_ref(), None);
+            }
+        }
+        let inner = store.lock();
+        assert!(inner.count <= 11, "{} messages kept", inner.count);
+        assert!(inner.rooms.len() <= 5, "{} rooms kept", inner.rooms.len());
+        assert!(inner.order.len() <= 2 * inner.count + 1024);
+        assert!(inner.rooms.contains_key("r99"));
+        drop(inner);
+        assert_eq!(store.last_id("r99"), 3);
+        // One room at its own limit for a long time: the order does not grow without end.
+        for id in 4..=20_000 {
+            store.append(&Arc::from("r99"), &msg(id).as_ref(), None);
+        }
+        let inner = store.lock();
+        assert!(inner.order.len() <= 2 * inner.count + 1024);
     }
 }

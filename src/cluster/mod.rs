@@ -385,6 +385,7 @@ fn refuse(o: Outgoing, why: &str) {
 struct Settings {
     history_max: u64,
     history_max_age: Option<Duration>,
+    history_max_bytes: u64,
     replicas: usize,
     presence_ttl: Duration,
 }
@@ -394,6 +395,7 @@ impl From<&Config> for Settings {
         Settings {
             history_max: c.history_max,
             history_max_age: c.history_max_age,
+            history_max_bytes: c.history_max_bytes,
             replicas: c.nats_replicas,
             presence_ttl: Duration::from_secs_f64(c.presence_ttl),
         }
@@ -442,6 +444,11 @@ async fn connect(
         subjects: vec![SUBJECTS.into()],
         max_messages_per_subject: i64::try_from(settings.history_max).unwrap_or(i64::MAX),
         max_age: settings.history_max_age.unwrap_or_default(),
+        // The stream drops its oldest messages past this (JetStream's discard policy "old").
+        max_bytes: match settings.history_max_bytes {
+            0 => -1,
+            n => i64::try_from(n).unwrap_or(i64::MAX),
+        },
         storage: stream::StorageType::File,
         num_replicas: settings.replicas,
         duplicate_window: Duration::from_secs(120),
