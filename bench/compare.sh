@@ -86,8 +86,8 @@ command -v python3 >/dev/null || {
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     case " $TARGETS " in
-        *" machat "* | *" machat-nohist "* | *" machat-ws "* | *" machat-cluster"*) cargo build --release ;;
-        *) cargo build --release --bin machat-bench ;;
+        *" machat "* | *" machat-nohist "* | *" machat-ws "* | *" machat-cluster"*) cargo build --release --workspace ;;
+        *) cargo build --release -p machat-bench ;;
     esac
 fi
 BENCH="$ROOT/target/release/machat-bench"
