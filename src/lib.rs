@@ -7,18 +7,18 @@
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
 //! the flags, and [`client`] the terminal client. The binaries only wire these together.
 
+pub use machat_proto::{codec, protocol};
+
 pub mod auth;
 pub mod bus;
 pub mod client;
 pub mod cluster;
-pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod limits;
 pub mod login_limit;
 pub mod metrics;
-pub mod protocol;
 pub mod replay;
 pub mod room;
 pub mod server;

@@ -21,62 +21,15 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Durability, HistoryMode};
 use crate::protocol::Timestamp;
+pub use machat_proto::message::{History, MessageRef, StoredMessage};
 
 /// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
 /// client can make the server hold for it. A client that missed more resumes again from the
 /// last id it got.
 pub const MAX_REPLAY: usize = 1000;
 
-/// A message as the room hands it over: borrowed, so a store copies only what it keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct MessageRef<'a> {
-    pub id: u64,
-    pub name: &'a str,
-    pub text: &'a str,
-    pub ts: Timestamp,
-    pub action: bool,
-}
-
-impl MessageRef<'_> {
-    pub fn to_owned(&self) -> StoredMessage {
-        StoredMessage {
-            id: self.id,
-            name: self.name.to_owned(),
-            text: self.text.to_owned(),
-            ts: self.ts,
-            action: self.action,
-        }
-    }
-}
-
-/// One stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub id: u64,
-    pub name: String,
-    pub text: String,
-    pub ts: Timestamp,
-    /// A `/me` action rather than a plain message.
-    pub action: bool,
-}
-
-impl StoredMessage {
-    pub fn as_ref(&self) -> MessageRef<'_> {
-        MessageRef {
-            id: self.id,
-            name: &self.name,
-            text: &self.text,
-            ts: self.ts,
-            action: self.action,
-        }
-    }
-}
-
 /// What a durable store runs once a message is on disk: its delivery to the room.
 pub type Deliver = Box<dyn FnOnce() + Send>;
-
-/// The answer to a history query: the messages, oldest first, or why there are none.
-pub type History = Result<Vec<StoredMessage>, String>;
 
 /// A history query whose answer arrives later (after the appends queued before it).
 pub type Pending = oneshot::Receiver<History>;

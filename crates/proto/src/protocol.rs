@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::{History, StoredMessage};
+use crate::message::{History, StoredMessage};
 
 /// Longest name, in characters (not bytes).
 pub const MAX_NAME_CHARS: usize = 32;
