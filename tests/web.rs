@@ -553,3 +553,123 @@ fn serde_json_private_keys_cannot_smuggle_a_handshake() {
     );
     expect_closed(&mut ws, 1008, "handshake is missing \"name\"");
 }
+
+/// A request by hand: `GET path` with the given header lines (`Host` among them, or not).
+fn get_as(http: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    request(
+        http,
+        &format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
+    )
+}
+
+/// The WebSocket upgrade request a browser sends, for `host` from a page at `origin`.
+fn upgrade_request(host: &str, origin: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+fn error_of(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    v["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn requests_for_host_names_not_ours_are_refused_everywhere() {
+    // DNS rebinding: a page on rebind.attacker.example, whose name the attacker then points at
+    // this server, is the same origin as the server in the browser's eyes. Only `Host` tells.
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    let port = http.port();
+    let evil = format!("rebind.attacker.example:{port}");
+    for path in [
+        "/",
+        "/app.js",
+        "/healthz",
+        "/api/rooms",
+        "/api/rooms/r/messages",
+        "/metrics",
+        "/ws",
+        "/no/such/page",
+    ] {
+        let (status, head, body) = get_as(http, path, &format!("Host: {evil}\r\n"));
+        assert_eq!(status, 421, "{path}: {head}\n{body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert!(error_of(&body).contains("--allowed-hosts"), "{body}");
+    }
+    // The WebSocket the rebinding page opens: its Origin is its Host, still refused.
+    let (status, _, body) = request(http, &upgrade_request(&evil, &format!("http://{evil}")));
+    assert_eq!(status, 421, "{body}");
+    // The target's authority counts as the Host (absolute form).
+    let (status, _, _) = request(
+        http,
+        &format!("GET http://{evil}/healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 421);
+
+    // Ours: IP literals (a rebinding needs a name) and localhost, any port, case or final dot.
+    for host in [
+        http.to_string(),
+        "127.0.0.1".into(),
+        "10.1.2.3:9".into(),
+        format!("localhost:{port}"),
+        "LocalHost.".into(),
+        "[::1]:8080".into(),
+        "[::1]".into(),
+    ] {
+        let (status, _, body) = get_as(http, "/healthz", &format!("Host: {host}\r\n"));
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, _, _) = request(
+        http,
+        &upgrade_request(&http.to_string(), &format!("http://{http}")),
+    );
+    assert_eq!(status, 101);
+
+    // No Host (HTTP/1.1 or 1.0), an empty one, two of them: refused.
+    for raw in [
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+        "GET /healthz HTTP/1.0\r\n\r\n".to_string(),
+        "GET /healthz HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n".to_string(),
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: {http}\r\nHost: {evil}\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let (status, _, body) = request(http, &raw);
+        assert_eq!(status, 400, "{raw:?}: {body}");
+        assert!(error_of(&body).contains("Host"), "{body}");
+    }
+
+    // The names of --allowed-hosts, compared without case, final dot or port.
+    let server = web_server(&["--allowed-hosts", "chat.example.org,Other.Example:8443"]);
+    let http = server.http.unwrap();
+    for host in ["Chat.Example.ORG.:443", "chat.example.org", "other.example"] {
+        let (status, _, body) = get_as(http, "/healthz", &format!("Host: {host}\r\n"));
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, _, _) = get_as(http, "/healthz", &format!("Host: {evil}\r\n"));
+    assert_eq!(status, 421);
+    let (status, _, _) = get_as(http, "/healthz", "Host: sub.chat.example.org\r\n");
+    assert_eq!(status, 421);
+    let (status, _, _) = request(
+        http,
+        &upgrade_request("chat.example.org", "http://chat.example.org"),
+    );
+    assert_eq!(status, 101);
+
+    // `*` turns the check off.
+    let server = web_server(&["--allowed-hosts", "*"]);
+    let (status, _, _) = get_as(
+        server.http.unwrap(),
+        "/healthz",
+        &format!("Host: {evil}\r\n"),
+    );
+    assert_eq!(status, 200);
+}

@@ -8,6 +8,7 @@
 
 mod api;
 mod deadline;
+mod guard;
 mod ws;
 
 pub use ws::handshake_frame;
@@ -31,10 +32,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
+use crate::config::Config;
 use crate::connection::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
+use guard::Hosts;
 
 /// What every web request can reach.
 pub struct WebState {
@@ -50,15 +53,22 @@ pub struct WebState {
 /// error, like the chat port.
 pub struct Web {
     listeners: Vec<TcpListener>,
+    /// The host names requests may be for.
+    hosts: Hosts,
 }
 
 impl Web {
-    /// Binds every address `addr` resolves to.
-    pub async fn bind(addr: &str, backlog: u32) -> io::Result<Web> {
-        let listeners = crate::server::listen_all(addr, backlog)
+    /// Binds every address `config.http` resolves to (None when the web side is off). A bad
+    /// `--allowed-hosts` entry stops the start too.
+    pub async fn bind(config: &Config) -> io::Result<Option<Web>> {
+        let Some(addr) = config.http_addr() else {
+            return Ok(None);
+        };
+        let hosts = Hosts::new(config).map_err(io::Error::other)?;
+        let listeners = crate::server::listen_all(addr, config.backlog)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("--http: {e}")))?;
-        Ok(Web { listeners })
+        Ok(Some(Web { listeners, hosts }))
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -82,15 +92,28 @@ impl Web {
             state.admission.max_total(),
             config.max_per_ip,
         ));
+        let edge = Arc::new(Edge {
+            hosts: self.hosts,
+            tls: state.tls.clone(),
+        });
         let mut tasks = Vec::new();
         for listener in self.listeners {
             let (app, state, admission) = (app.clone(), state.clone(), admission.clone());
-            tasks.push(tokio::spawn(accept_loop(listener, app, state, admission)));
+            let edge = edge.clone();
+            tasks.push(tokio::spawn(accept_loop(
+                listener, app, state, admission, edge,
+            )));
         }
         for t in tasks {
             let _ = t.await;
         }
     }
+}
+
+/// How a listener's connections are served: the hosts they may ask for, and TLS.
+struct Edge {
+    hosts: Hosts,
+    tls: Option<TlsAcceptor>,
 }
 
 /// Most bytes hyper buffers per connection, each way (its default is about 400 KiB): room
@@ -102,6 +125,7 @@ async fn accept_loop(
     app: Router,
     state: Arc<WebState>,
     admission: Arc<Admission>,
+    edge: Arc<Edge>,
 ) {
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -122,14 +146,16 @@ async fn accept_loop(
             continue; // over the limits: closed without a word
         };
         let _ = stream.set_nodelay(true);
-        let (app, state) = (app.clone(), state.clone());
+        let (app, state, edge) = (app.clone(), state.clone(), edge.clone());
         tokio::spawn(async move {
-            match &state.tls {
-                None => serve_connection(stream, addr, app, &state).await,
+            match &edge.tls {
+                None => serve_connection(stream, addr, app, &state, edge.clone()).await,
                 Some(tls) => {
                     let within = state.ctx.config.handshake_timeout();
                     match tokio::time::timeout(within, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, addr, app, &state).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, addr, app, &state, edge.clone()).await
+                        }
                         Ok(Err(e)) => info!(%addr, "https: tls handshake failed: {e}"),
                         Err(_) => info!(%addr, "https: tls handshake timeout"),
                     }
@@ -143,13 +169,28 @@ async fn accept_loop(
 /// Serves HTTP/1.1 on one connection (upgrades to WebSocket included), and lets it finish its
 /// current request at shutdown. A client has `--handshake-timeout` to send a request's headers
 /// (as a chat client has to send its handshake): a slowloris client is cut off there.
-async fn serve_connection<I>(io: I, addr: SocketAddr, app: Router, state: &WebState)
-where
+///
+/// Every request passes the edge's checks here, before any route sees it: one place for the
+/// page, the WebSocket, the API and the metrics alike.
+async fn serve_connection<I>(
+    io: I,
+    addr: SocketAddr,
+    app: Router,
+    state: &WebState,
+    edge: Arc<Edge>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let refused = edge.hosts.check(&req);
+        let app = app.clone();
+        async move {
+            match refused {
+                Some(refusal) => Ok(refusal),
+                None => app.oneshot(req.map(axum::body::Body::new)).await,
+            }
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
