@@ -184,12 +184,21 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
         let refused = edge.hosts.check(&req);
-        let app = app.clone();
+        let (app, hsts) = (app.clone(), edge.tls.is_some());
         async move {
-            match refused {
-                Some(refusal) => Ok(refusal),
-                None => app.oneshot(req.map(axum::body::Body::new)).await,
+            let mut response = match refused {
+                Some(refusal) => refusal,
+                None => app.oneshot(req.map(axum::body::Body::new)).await?,
+            };
+            if hsts {
+                // Over HTTPS: browsers are to come back only over HTTPS (a year; the other
+                // names of the domain are the operator's to include).
+                response.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
             }
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
