@@ -56,6 +56,16 @@ pub struct Config {
     #[arg(long, env = "MACHAT_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
+    /// Serve /metrics on this address only (e.g. `127.0.0.1:9090`; plain HTTP even with a
+    /// certificate), and no longer on --http. Default: /metrics on --http.
+    #[arg(long, env = "MACHAT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// A file whose first line is a token that /metrics then requires, wherever it is served
+    /// (`Authorization: Bearer TOKEN`). A missing or empty file stops the start.
+    #[arg(long, env = "MACHAT_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// Seconds between WebSocket pings, which keep idle browser connections (and the proxies in
     /// front of them) alive; 0 = no pings.
     #[arg(long, env = "MACHAT_WS_PING", default_value_t = 30.0)]

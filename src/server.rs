@@ -86,7 +86,8 @@ impl Server {
             None => Vec::new(),
         };
         let web = Web::bind(&config).await?;
-        // The metrics are served on the web side; without it, counting would be for nobody.
+        // The metrics are served on the web side (--http or --metrics-addr); without it,
+        // counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());
         let mut shown = config.clone();
         shown.nats = shown.nats.as_deref().map(crate::cluster::redact_url);

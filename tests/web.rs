@@ -673,3 +673,109 @@ fn requests_for_host_names_not_ours_are_refused_everywhere() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn metrics_can_move_to_their_own_port_or_need_a_token() {
+    // On a listener of their own, and then not on the web port.
+    let server = web_server(&["--metrics-addr", "127.0.0.1:0"]);
+    let (http, metrics) = (server.http.unwrap(), server.metrics.unwrap());
+    assert_ne!(http, metrics);
+    let (status, v) = get_json(http, "/metrics");
+    assert_eq!((status, v["error"].as_str()), (404, Some("not found")));
+    let (status, head, body) = get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("text/plain"), "{head}");
+    assert!(body.contains("machat_connections"), "{body}");
+    // Only the metrics there, and the Host check too.
+    for path in ["/", "/healthz", "/api/rooms", "/ws"] {
+        let (status, _, _) = get(metrics, path);
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _, _) = get_as(metrics, "/metrics", "Host: rebind.attacker.example\r\n");
+    assert_eq!(status, 421);
+    // The rest of the web side is where it was.
+    let (status, _) = get_json(http, "/healthz");
+    assert_eq!(status, 200);
+
+    // Behind a token: `Authorization: Bearer TOKEN` (the file's first line).
+    let dir = common::temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("metrics.token");
+    std::fs::write(&file, "s3cret-Token_1\n").unwrap();
+    let server = web_server(&["--metrics-token-file", file.to_str().unwrap()]);
+    let http = server.http.unwrap();
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Bearer s3cret-Token_\r\n",
+        "Authorization: Bearer s3cret-Token_12\r\n",
+        "Authorization: Basic czNjcmV0LVRva2VuXzE=\r\n",
+        "Authorization: s3cret-Token_1\r\n",
+    ] {
+        let (status, head, body) = get_with(http, "/metrics", auth);
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        assert!(error_of(&body).contains("token"), "{body}");
+    }
+    for auth in [
+        "Authorization: Bearer s3cret-Token_1\r\n",
+        "Authorization: bearer  s3cret-Token_1\r\n",
+    ] {
+        let (status, _, body) = get_with(http, "/metrics", auth);
+        assert_eq!(status, 200, "{auth:?}");
+        assert!(body.contains("machat_connections"), "{body}");
+    }
+    // Nothing else needs it.
+    let (status, _) = get_json(http, "/healthz");
+    assert_eq!(status, 200);
+    // On a listener of its own, with the web side off, the token holds there too.
+    let alone = Server::start(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--metrics-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let metrics = alone.metrics.unwrap();
+    assert_eq!(get(metrics, "/metrics").0, 401);
+    let (status, _, body) = get_with(
+        metrics,
+        "/metrics",
+        "Authorization: Bearer s3cret-Token_1\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("machat_connections"), "{body}");
+
+    // A token file that is missing or empty stops the start, saying which and why.
+    let empty = dir.join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    for (path, why) in [
+        (dir.join("missing.token"), "missing.token"),
+        (empty, "empty"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
+            .args([
+                "-a",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--history",
+                "off",
+            ])
+            .arg("--metrics-token-file")
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--metrics-token-file") && err.contains(why),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

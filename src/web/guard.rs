@@ -1,14 +1,20 @@
-//! What every web request passes before anything is served: the host it is for.
+//! What web requests pass before anything is served: the host they are for, and the token
+//! `/metrics` may require.
 //!
 //! **DNS rebinding.** A page on `rebind.attacker.example` can point that name at this server's
 //! address once the page is loaded; the browser then treats the server as the page's own origin
 //! (its requests carry `Host: rebind.attacker.example` and a matching `Origin`), so the page
 //! could read the API and open a WebSocket as any visitor. Rebinding needs a DNS name, so a
-//! request is served only if its `Host` is an IP address, `localhost`, the host of `--http` or a name in `--allowed-hosts`; anything else gets `421`.
+//! request is served only if its `Host` is an IP address, `localhost`, the host of `--http` (or
+//! of `--metrics-addr`) or a name in `--allowed-hosts`; anything else gets `421`.
+//!
+//! **The metrics token** (`--metrics-token-file`): `/metrics` then requires
+//! `Authorization: Bearer TOKEN`, compared in constant time.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::Response;
 
 use super::api::error;
@@ -33,8 +39,8 @@ enum Host {
 }
 
 impl Hosts {
-    /// The accepted names: `localhost`, the host of `--http` when it is a
-    /// name, and `--allowed-hosts`. An entry that is not a host (`--allowed-hosts a/b`)
+    /// The accepted names: `localhost`, the hosts of `--http` and `--metrics-addr` when they
+    /// are names, and `--allowed-hosts`. An entry that is not a host (`--allowed-hosts a/b`)
     /// is an error, so a typo does not silently lock everyone out.
     pub fn new(config: &Config) -> Result<Hosts, String> {
         let mut hosts = Hosts {
@@ -57,8 +63,11 @@ impl Hosts {
                 }
             }
         }
-        if let Some(Host::Name(name)) = config.http_addr().and_then(parse) {
-            hosts.add(name);
+        let listens = [config.http_addr(), config.metrics_addr.as_deref()];
+        for addr in listens.into_iter().flatten() {
+            if let Some(Host::Name(name)) = parse(addr.trim()) {
+                hosts.add(name);
+            }
         }
         Ok(hosts)
     }
@@ -105,6 +114,62 @@ impl Hosts {
         }
         None
     }
+}
+
+/// The token `/metrics` requires (`--metrics-token-file`).
+pub struct Token(Vec<u8>);
+
+impl Token {
+    /// Reads the token: the file's first line, without the spaces around it. A file that
+    /// cannot be read, or gives no token, is an error naming the file.
+    pub fn load(path: &Path) -> Result<Token, String> {
+        let what = format!("--metrics-token-file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(format!(
+                "{what}: the file is empty (put the token on its first line)"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{what}: the token must be printable ASCII without spaces"
+            ));
+        }
+        Ok(Token(token.as_bytes().to_vec()))
+    }
+
+    /// Whether a request carries `Authorization: Bearer TOKEN` (the scheme in any case).
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes().trim_ascii();
+        let Some(space) = value.iter().position(|&b| b == b' ' || b == b'\t') else {
+            return false;
+        };
+        let (scheme, presented) = value.split_at(space);
+        scheme.eq_ignore_ascii_case(b"bearer") && same(presented.trim_ascii(), &self.0)
+    }
+}
+
+/// Compares a presented secret with the expected one in a time that depends only on the
+/// expected one's length: every byte of it is compared (the presented bytes wrapping around)
+/// and a different length counts as a difference, so the time tells nothing of where the
+/// first wrong byte is, nor of the length.
+fn same(presented: &[u8], expected: &[u8]) -> bool {
+    if presented.is_empty() {
+        return false;
+    }
+    let mut diff = presented.len() ^ expected.len();
+    for (i, &e) in expected.iter().enumerate() {
+        let p = presented
+            .get(i % presented.len())
+            .copied()
+            .unwrap_or_default();
+        diff |= usize::from(std::hint::black_box(p ^ e));
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Takes a host apart: `name`, `name:port`, `1.2.3.4[:port]`, `[v6][:port]` (or a bare v6
@@ -156,6 +221,31 @@ mod tests {
         let mut all = vec!["machat"];
         all.extend_from_slice(args);
         Hosts::new(&Config::try_parse_from(all).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        let token = Token(b"s3cret".to_vec());
+        let with = |auth: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, auth.parse().unwrap());
+            token.admits(&headers)
+        };
+        assert!(with("Bearer s3cret") && with("bearer s3cret ") && with("BEARER\ts3cret"));
+        for no in [
+            "Bearer s3cre",
+            "Bearer s3cret3",
+            "Bearer s3cres",
+            "Bearer",
+            "Bearer ",
+            "s3cret",
+            "Basic s3cret",
+            "Bearer S3CRET",
+        ] {
+            assert!(!with(no), "{no:?}");
+        }
+        assert!(!token.admits(&HeaderMap::new()));
+        assert!(same(b"x", b"x") && !same(b"xx", b"x") && !same(b"x", b"xx") && !same(b"", b""));
     }
 
     #[test]
@@ -212,8 +302,13 @@ mod tests {
         ] {
             assert!(!h.allows(no), "{no}");
         }
-        let h = hosts(&["--allowed-hosts", "a.example, B.example.:9"]);
-        for ok in ["a.example", "b.example", "localhost"] {
+        let h = hosts(&[
+            "--allowed-hosts",
+            "a.example, B.example.:9",
+            "--metrics-addr",
+            "metrics.internal:9090",
+        ]);
+        for ok in ["a.example", "b.example", "metrics.internal", "localhost"] {
             assert!(h.allows(ok), "{ok}");
         }
         assert!(!h.allows("chat.internal"));

@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,7 +37,7 @@ use crate::connection::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
-use guard::Hosts;
+use guard::{Hosts, Token};
 
 /// What every web request can reach.
 pub struct WebState {
@@ -53,22 +53,46 @@ pub struct WebState {
 /// error, like the chat port.
 pub struct Web {
     listeners: Vec<TcpListener>,
+    /// `--metrics-addr`: /metrics alone, here and not on `listeners`.
+    metrics_listeners: Vec<TcpListener>,
     /// The host names requests may be for.
     hosts: Hosts,
+    /// `--metrics-token-file`: what /metrics requires.
+    metrics_token: Option<Arc<Token>>,
 }
 
 impl Web {
-    /// Binds every address `config.http` resolves to (None when the web side is off). A bad
-    /// `--allowed-hosts` entry stops the start too.
+    /// Binds every address `--http` (and `--metrics-addr`) resolves to; None when neither is
+    /// on. A bad `--allowed-hosts` entry or a token file that gives no token stops the start
+    /// too.
     pub async fn bind(config: &Config) -> io::Result<Option<Web>> {
-        let Some(addr) = config.http_addr() else {
-            return Ok(None);
+        let metrics_token = match &config.metrics_token_file {
+            Some(path) => Some(Arc::new(Token::load(path).map_err(io::Error::other)?)),
+            None => None,
         };
+        let http = config.http_addr();
+        let metrics_addr = config.metrics_addr.as_deref().map(str::trim);
+        if http.is_none() && metrics_addr.is_none() {
+            return Ok(None);
+        }
         let hosts = Hosts::new(config).map_err(io::Error::other)?;
-        let listeners = crate::server::listen_all(addr, config.backlog)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("--http: {e}")))?;
-        Ok(Some(Web { listeners, hosts }))
+        let bind = |flag: &'static str, addr: Option<&str>| {
+            let addr = addr.map(str::to_owned);
+            async move {
+                let Some(addr) = addr else {
+                    return Ok(Vec::new());
+                };
+                crate::server::listen_all(&addr, config.backlog)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("{flag}: {e}")))
+            }
+        };
+        Ok(Some(Web {
+            listeners: bind("--http", http).await?,
+            metrics_listeners: bind("--metrics-addr", metrics_addr).await?,
+            hosts,
+            metrics_token,
+        }))
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -84,7 +108,23 @@ impl Web {
         for addr in self.local_addrs() {
             info!("http listening on {addr} ({scheme})");
         }
-        let app = router(state.clone());
+        for addr in self
+            .metrics_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            info!("metrics listening on {addr} (http)");
+        }
+        let metrics = metrics_route(self.metrics_token.clone());
+        let (app, metrics_app) = if self.metrics_listeners.is_empty() {
+            (router(state.clone(), Some(metrics)), None)
+        } else {
+            let alone = Router::new()
+                .route("/metrics", metrics)
+                .fallback(not_found)
+                .with_state(state.clone());
+            (router(state.clone(), None), Some(alone))
+        };
         // HTTP connections are counted apart from chat connections (a WebSocket is counted
         // again as one when it upgrades), with the same limits.
         let config = &state.ctx.config;
@@ -93,11 +133,21 @@ impl Web {
             config.max_per_ip,
         ));
         let edge = Arc::new(Edge {
-            hosts: self.hosts,
+            hosts: self.hosts.clone(),
             tls: state.tls.clone(),
         });
+        // The metrics listener speaks plain HTTP: it is meant for a private address.
+        let metrics_edge = Arc::new(Edge {
+            hosts: self.hosts,
+            tls: None,
+        });
+        let web = self.listeners.into_iter().map(|l| (l, &app, &edge));
+        let metrics = self.metrics_listeners.into_iter().filter_map(|l| {
+            let app = metrics_app.as_ref()?;
+            Some((l, app, &metrics_edge))
+        });
         let mut tasks = Vec::new();
-        for listener in self.listeners {
+        for (listener, app, edge) in web.chain(metrics) {
             let (app, state, admission) = (app.clone(), state.clone(), admission.clone());
             let edge = edge.clone();
             tasks.push(tokio::spawn(accept_loop(
@@ -223,18 +273,29 @@ async fn serve_connection<I>(
     let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
 }
 
-fn router(state: Arc<WebState>) -> Router {
-    Router::new()
+/// The web side's routes; /metrics among them unless it has a listener of its own.
+fn router(state: Arc<WebState>, metrics: Option<MethodRouter<Arc<WebState>>>) -> Router {
+    let mut router = Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/api/rooms", get(api::rooms))
-        .route("/api/rooms/{room}/messages", get(api::messages))
-        .route("/metrics", get(api::metrics))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/api/rooms/{room}/messages", get(api::messages));
+    if let Some(metrics) = metrics {
+        router = router.route("/metrics", metrics);
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+/// `GET /metrics`, behind the token when there is one.
+fn metrics_route(token: Option<Arc<Token>>) -> MethodRouter<Arc<WebState>> {
+    get(
+        move |State(state): State<Arc<WebState>>, headers: HeaderMap| {
+            std::future::ready(api::metrics(&state, &headers, token.as_deref()))
+        },
+    )
 }
 
 const INDEX_HTML: &str = include_str!("page/index.html");
