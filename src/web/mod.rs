@@ -8,6 +8,7 @@
 
 mod api;
 mod deadline;
+mod frames;
 mod guard;
 mod ws;
 
