@@ -694,6 +694,9 @@ fn requests_for_host_names_not_ours_are_refused_everywhere() {
         &format!("GET http://{evil}/healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!(status, 421);
+    // The log says which host was refused, for the operator who forgot a name.
+    assert!(server.wait_log("http refused: host not allowed or missing addr=127.0.0.1:"));
+    assert!(server.log_contains(&format!("host=\"{evil}\"")));
 
     // Ours: IP literals (a rebinding needs a name) and localhost, any port, case or final dot.
     for host in [

@@ -235,6 +235,15 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
         let refused = edge.hosts.check(&req);
+        if refused.is_some() {
+            // What the host was, so an operator can tell a name missing from --allowed-hosts.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            let host: String = host.unwrap_or_default().chars().take(100).collect();
+            info!(%addr, host = ?host, "http refused: host not allowed or missing");
+        }
         let (app, hsts) = (app.clone(), edge.tls.is_some());
         async move {
             let mut response = match refused {
