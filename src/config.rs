@@ -49,6 +49,23 @@ pub struct Config {
     #[arg(long, env = "MACHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Host names the web side answers to, comma-separated (`chat.example.org`), besides IP
+    /// addresses, `localhost` and the host of --http, which are always accepted; a request for
+    /// any other `Host` gets 421 (DNS rebinding). `*` accepts any host: then a page on any site
+    /// whose name is made to resolve to this server can use it as its own.
+    #[arg(long, env = "MACHAT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// Serve /metrics on this address only (e.g. `127.0.0.1:9090`; plain HTTP even with a
+    /// certificate), and no longer on --http. Default: /metrics on --http.
+    #[arg(long, env = "MACHAT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// A file whose first line is a token that /metrics then requires, wherever it is served
+    /// (`Authorization: Bearer TOKEN`). A missing or empty file stops the start.
+    #[arg(long, env = "MACHAT_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// Seconds between WebSocket pings, which keep idle browser connections (and the proxies in
     /// front of them) alive; 0 = no pings.
     #[arg(long, env = "MACHAT_WS_PING", default_value_t = 30.0)]

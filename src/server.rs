@@ -85,11 +85,9 @@ impl Server {
             Some(addr) => listen_all(addr, config.backlog).await?,
             None => Vec::new(),
         };
-        let web = match config.http_addr() {
-            Some(addr) => Some(Web::bind(addr, config.backlog).await?),
-            None => None,
-        };
-        // The metrics are served on the web side; without it, counting would be for nobody.
+        let web = Web::bind(&config).await?;
+        // The metrics are served on the web side (--http or --metrics-addr); without it,
+        // counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());
         let mut shown = config.clone();
         shown.nats = shown.nats.as_deref().map(crate::cluster::redact_url);

@@ -280,3 +280,66 @@ fn a_bad_certificate_stops_the_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-addr needs --tls-cert"), "{err}");
 }
+
+/// One HTTPS request by hand; returns the whole answer (the server closes after it).
+fn https_request(cert: &Cert, addr: SocketAddr, path: &str, host: &str) -> String {
+    let mut s = tls_connect(cert, addr);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn https_answers_tell_browsers_to_stay_on_https() {
+    let cert = Cert::new();
+    let server = tls_server(&cert, &["--http", "127.0.0.1:0"]);
+    let http = server.http.unwrap();
+    let hsts = "strict-transport-security: max-age=31536000\r\n";
+    // Every answer: the page, the API, an error, a refused host, a WebSocket upgrade.
+    for (path, host, status) in [
+        ("/", "localhost", "200"),
+        ("/healthz", "127.0.0.1", "200"),
+        ("/api/rooms", "localhost", "200"),
+        ("/no/such/page", "localhost", "404"),
+        ("/healthz", "rebind.attacker.example", "421"),
+    ] {
+        let answer = https_request(&cert, http, path, host);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase()
+            + "\r\n";
+        assert!(head.contains(hsts), "{path}: {head}");
+        assert!(!head.contains("includesubdomains"), "{head}");
+    }
+    let stream = tls_connect(&cert, http);
+    let (_ws, response) =
+        tungstenite::client(format!("wss://localhost:{}/ws", http.port()), stream)
+            .expect("wss upgrade");
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+
+    // Plain HTTP does not send it (it would mean nothing there).
+    let plain = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut s = TcpStream::connect_timeout(&plain.http.unwrap(), TIMEOUT).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(!answer.contains("strict-transport-security"), "{answer}");
+}

@@ -468,9 +468,19 @@ fn pings_keep_a_websocket_alive_past_the_idle_timeout() {
 
 /// A WebSocket client by hand that never reads after joining (and so never answers a ping).
 fn raw_ws_join(server: &Server, name: &str, room: &str) -> TcpStream {
+    let mut s = raw_ws_open(server);
+    let payload = format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}");
+    s.write_all(&client_frame(0x81, payload.as_bytes()))
+        .unwrap();
+    s
+}
+
+/// A WebSocket upgraded by hand; no frame sent yet.
+fn raw_ws_open(server: &Server) -> TcpStream {
     let addr = server.http.unwrap();
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -488,12 +498,83 @@ fn raw_ws_join(server: &Server, name: &str, room: &str) -> TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    // One masked text frame (a zero mask leaves the payload as it is).
-    let payload = format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}");
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(payload.as_bytes());
-    s.write_all(&frame).unwrap();
     s
+}
+
+/// One masked client frame (a zero mask leaves the payload as it is; at most 125 bytes):
+/// `first` is the FIN bit and the opcode (0x81 a whole text frame, 0x89 a ping, 0x01 a text
+/// frame with more to come, 0x00 a continuation, 0x80 the last one).
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut frame = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// What a server sent on a raw WebSocket: its frames, (opcode, payload), until its close
+/// frame, the end of the connection or the timeout.
+fn server_frames(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut raw = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 65536];
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        // Whole frames off the front (the server's are not masked).
+        loop {
+            if raw.len() < 2 {
+                break;
+            }
+            let (len, at) = match raw[1] & 0x7f {
+                126 if raw.len() >= 4 => (usize::from(u16::from_be_bytes([raw[2], raw[3]])), 4),
+                127 if raw.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&raw[2..10]);
+                    (u64::from_be_bytes(b) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (usize::from(n), 2),
+            };
+            if raw.len() < at + len {
+                break;
+            }
+            frames.push((raw[0] & 0x0f, raw[at..at + len].to_vec()));
+            raw.drain(..at + len);
+        }
+        if frames.last().is_some_and(|(op, _)| *op == 0x8) {
+            break;
+        }
+    }
+    frames
+}
+
+/// The last frames of a connection the server closed: an error frame with `reason`, then a
+/// close frame with `code` and the same reason.
+fn assert_closed_with(frames: &[(u8, Vec<u8>)], code: u16, reason: &str) {
+    let n = frames.len();
+    assert!(n >= 2, "not closed: {} frames", n);
+    let (op, close) = &frames[n - 1];
+    assert_eq!(*op, 0x8, "no close frame at the end");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), code, "{close:?}");
+    assert_eq!(String::from_utf8_lossy(&close[2..]), reason);
+    let (op, error) = &frames[n - 2];
+    assert_eq!(*op, 0x1);
+    let v: serde_json::Value = serde_json::from_slice(error).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["reason"].as_str()),
+        (Some("error"), Some(reason))
+    );
 }
 
 #[test]
@@ -552,4 +633,367 @@ fn serde_json_private_keys_cannot_smuggle_a_handshake() {
         r#"{"$serde_json::private::RawValue":"{\"name\":\"Mina\",\"room\":\"r\"}"}"#,
     );
     expect_closed(&mut ws, 1008, "handshake is missing \"name\"");
+}
+
+/// A request by hand: `GET path` with the given header lines (`Host` among them, or not).
+fn get_as(http: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    request(
+        http,
+        &format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"),
+    )
+}
+
+/// The WebSocket upgrade request a browser sends, for `host` from a page at `origin`.
+fn upgrade_request(host: &str, origin: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+fn error_of(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    v["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn requests_for_host_names_not_ours_are_refused_everywhere() {
+    // DNS rebinding: a page on rebind.attacker.example, whose name the attacker then points at
+    // this server, is the same origin as the server in the browser's eyes. Only `Host` tells.
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    let port = http.port();
+    let evil = format!("rebind.attacker.example:{port}");
+    for path in [
+        "/",
+        "/app.js",
+        "/healthz",
+        "/api/rooms",
+        "/api/rooms/r/messages",
+        "/metrics",
+        "/ws",
+        "/no/such/page",
+    ] {
+        let (status, head, body) = get_as(http, path, &format!("Host: {evil}\r\n"));
+        assert_eq!(status, 421, "{path}: {head}\n{body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert!(error_of(&body).contains("--allowed-hosts"), "{body}");
+    }
+    // The WebSocket the rebinding page opens: its Origin is its Host, still refused.
+    let (status, _, body) = request(http, &upgrade_request(&evil, &format!("http://{evil}")));
+    assert_eq!(status, 421, "{body}");
+    // The target's authority counts as the Host (absolute form).
+    let (status, _, _) = request(
+        http,
+        &format!("GET http://{evil}/healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 421);
+    // The log says which host was refused, for the operator who forgot a name.
+    assert!(server.wait_log("http refused: host not allowed or missing addr=127.0.0.1:"));
+    assert!(server.log_contains(&format!("host=\"{evil}\"")));
+
+    // Ours: IP literals (a rebinding needs a name) and localhost, any port, case or final dot.
+    for host in [
+        http.to_string(),
+        "127.0.0.1".into(),
+        "10.1.2.3:9".into(),
+        format!("localhost:{port}"),
+        "LocalHost.".into(),
+        "[::1]:8080".into(),
+        "[::1]".into(),
+    ] {
+        let (status, _, body) = get_as(http, "/healthz", &format!("Host: {host}\r\n"));
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, _, _) = request(
+        http,
+        &upgrade_request(&http.to_string(), &format!("http://{http}")),
+    );
+    assert_eq!(status, 101);
+
+    // No Host (HTTP/1.1 or 1.0), an empty one, two of them: refused.
+    for raw in [
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+        "GET /healthz HTTP/1.0\r\n\r\n".to_string(),
+        "GET /healthz HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n".to_string(),
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: {http}\r\nHost: {evil}\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let (status, _, body) = request(http, &raw);
+        assert_eq!(status, 400, "{raw:?}: {body}");
+        assert!(error_of(&body).contains("Host"), "{body}");
+    }
+
+    // The names of --allowed-hosts, compared without case, final dot or port.
+    let server = web_server(&["--allowed-hosts", "chat.example.org,Other.Example:8443"]);
+    let http = server.http.unwrap();
+    for host in ["Chat.Example.ORG.:443", "chat.example.org", "other.example"] {
+        let (status, _, body) = get_as(http, "/healthz", &format!("Host: {host}\r\n"));
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, _, _) = get_as(http, "/healthz", &format!("Host: {evil}\r\n"));
+    assert_eq!(status, 421);
+    let (status, _, _) = get_as(http, "/healthz", "Host: sub.chat.example.org\r\n");
+    assert_eq!(status, 421);
+    let (status, _, _) = request(
+        http,
+        &upgrade_request("chat.example.org", "http://chat.example.org"),
+    );
+    assert_eq!(status, 101);
+
+    // `*` turns the check off.
+    let server = web_server(&["--allowed-hosts", "*"]);
+    let (status, _, _) = get_as(
+        server.http.unwrap(),
+        "/healthz",
+        &format!("Host: {evil}\r\n"),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn metrics_can_move_to_their_own_port_or_need_a_token() {
+    // On a listener of their own, and then not on the web port.
+    let server = web_server(&["--metrics-addr", "127.0.0.1:0"]);
+    let (http, metrics) = (server.http.unwrap(), server.metrics.unwrap());
+    assert_ne!(http, metrics);
+    let (status, v) = get_json(http, "/metrics");
+    assert_eq!((status, v["error"].as_str()), (404, Some("not found")));
+    let (status, head, body) = get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("text/plain"), "{head}");
+    assert!(body.contains("machat_connections"), "{body}");
+    // Only the metrics there, and the Host check too.
+    for path in ["/", "/healthz", "/api/rooms", "/ws"] {
+        let (status, _, _) = get(metrics, path);
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _, _) = get_as(metrics, "/metrics", "Host: rebind.attacker.example\r\n");
+    assert_eq!(status, 421);
+    // The rest of the web side is where it was.
+    let (status, _) = get_json(http, "/healthz");
+    assert_eq!(status, 200);
+
+    // Behind a token: `Authorization: Bearer TOKEN` (the file's first line).
+    let dir = common::temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("metrics.token");
+    std::fs::write(&file, "s3cret-Token_1\n").unwrap();
+    let server = web_server(&["--metrics-token-file", file.to_str().unwrap()]);
+    let http = server.http.unwrap();
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Bearer s3cret-Token_\r\n",
+        "Authorization: Bearer s3cret-Token_12\r\n",
+        "Authorization: Basic czNjcmV0LVRva2VuXzE=\r\n",
+        "Authorization: s3cret-Token_1\r\n",
+    ] {
+        let (status, head, body) = get_with(http, "/metrics", auth);
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        assert!(error_of(&body).contains("token"), "{body}");
+    }
+    for auth in [
+        "Authorization: Bearer s3cret-Token_1\r\n",
+        "Authorization: bearer  s3cret-Token_1\r\n",
+    ] {
+        let (status, _, body) = get_with(http, "/metrics", auth);
+        assert_eq!(status, 200, "{auth:?}");
+        assert!(body.contains("machat_connections"), "{body}");
+    }
+    // Nothing else needs it.
+    let (status, _) = get_json(http, "/healthz");
+    assert_eq!(status, 200);
+    // On a listener of its own, with the web side off, the token holds there too.
+    let alone = Server::start(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--metrics-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let metrics = alone.metrics.unwrap();
+    assert_eq!(get(metrics, "/metrics").0, 401);
+    let (status, _, body) = get_with(
+        metrics,
+        "/metrics",
+        "Authorization: Bearer s3cret-Token_1\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("machat_connections"), "{body}");
+
+    // A token file that is missing or empty stops the start, saying which and why.
+    let empty = dir.join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    for (path, why) in [
+        (dir.join("missing.token"), "missing.token"),
+        (empty, "empty"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
+            .args([
+                "-a",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--history",
+                "off",
+            ])
+            .arg("--metrics-token-file")
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--metrics-token-file") && err.contains(why),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn websocket_ping_floods_are_closed_and_cost_little() {
+    let server = web_server(&[]);
+    let mut calm = ws_join(&server, "Calm", "flood");
+    let mut flood = raw_ws_join(&server, "Flood", "flood");
+    until(&mut calm, |v| v["type"] == "join" && v["name"] == "Flood");
+    let cpu = server.cpu_secs();
+    // 200,000 pings as fast as the socket takes them (each one a pong to write, unpaced,
+    // before the fix), read meanwhile.
+    let mut writer = flood.try_clone().unwrap();
+    let pings = client_frame(0x89, b"").repeat(200_000);
+    let flooding = std::thread::spawn(move || writer.write_all(&pings).is_ok());
+    let frames = server_frames(&mut flood);
+    let all_written = flooding.join().unwrap();
+    let used = server.cpu_secs() - cpu;
+    let pongs = frames.iter().filter(|(op, _)| *op == 0xa).count();
+    eprintln!("200k pings: server CPU {used:.2} s, {pongs} pongs, all written: {all_written}");
+    assert_closed_with(&frames, 1008, "too many control frames");
+    assert!(pongs <= 200, "{pongs} pongs");
+    assert!(used < 0.5, "{used} CPU-s");
+    // The others in the room are served as before.
+    until(&mut calm, |v| v["type"] == "leave" && v["name"] == "Flood");
+    let start = Instant::now();
+    send(&mut calm, "still fine");
+    until(&mut calm, |v| v["text"] == "still fine");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn websocket_ping_floods_before_the_handshake_are_closed_too() {
+    let server = web_server(&["--handshake-timeout", "5"]);
+    let mut flood = raw_ws_open(&server);
+    let mut writer = flood.try_clone().unwrap();
+    let pings = client_frame(0x89, b"x").repeat(20_000);
+    let flooding = std::thread::spawn(move || {
+        let _ = writer.write_all(&pings);
+    });
+    let frames = server_frames(&mut flood);
+    flooding.join().unwrap();
+    assert_closed_with(&frames, 1008, "too many control frames");
+}
+
+#[test]
+fn websocket_floods_of_empty_fragments_are_closed() {
+    // tungstenite puts fragments together before the server sees a message: an endless
+    // message of empty continuation frames never showed up as anything to count.
+    let server = web_server(&[]);
+    let mut bystander = server.connect("Calm", "frag");
+    let mut flood = raw_ws_join(&server, "Frag", "frag");
+    bystander.expect("*** Frag joined");
+    let mut writer = flood.try_clone().unwrap();
+    let mut frames = client_frame(0x01, b"x");
+    frames.extend(client_frame(0x00, b"").repeat(100_000));
+    let flooding = std::thread::spawn(move || {
+        let _ = writer.write_all(&frames);
+    });
+    let frames = server_frames(&mut flood);
+    flooding.join().unwrap();
+    assert_closed_with(&frames, 1008, "too many fragments");
+    bystander.expect("*** Frag left");
+    // A message in a few fragments is still one message.
+    let mut ws = raw_ws_join(&server, "Parts", "frag");
+    bystander.expect("*** Parts joined");
+    let mut parts = client_frame(0x01, b"one ");
+    parts.extend(client_frame(0x00, b""));
+    parts.extend(client_frame(0x00, b"message"));
+    parts.extend(client_frame(0x80, b" in four"));
+    ws.write_all(&parts).unwrap();
+    bystander.expect("Parts:one message in four");
+}
+
+#[test]
+fn websocket_pings_count_towards_the_line_rate() {
+    let server = web_server(&["--max-line-rate", "10", "--line-burst", "20"]);
+    let mut bystander = server.connect("Calm", "rate");
+    let mut pinger = raw_ws_join(&server, "Pinger", "rate");
+    bystander.expect("*** Pinger joined");
+    // 20 pings spend the burst: the 10 messages after them come at 10 a second.
+    let mut frames = client_frame(0x89, b"").repeat(20);
+    for i in 0..10 {
+        frames.extend(client_frame(0x81, format!("m{i}").as_bytes()));
+    }
+    let start = Instant::now();
+    pinger.write_all(&frames).unwrap();
+    bystander.expect("Pinger:m0");
+    let first = start.elapsed();
+    bystander.until("Pinger:m9");
+    let last = start.elapsed();
+    assert!(
+        last >= Duration::from_millis(800) && last - first >= Duration::from_millis(700),
+        "first after {first:?}, last after {last:?}"
+    );
+}
+
+#[test]
+fn requests_to_the_websocket_endpoint_that_are_not_upgrades_get_json_errors() {
+    let server = web_server(&[]);
+    let http = server.http.unwrap();
+    let (status, _, body) = get(http, "/ws");
+    assert_eq!(status, 400);
+    assert!(
+        error_of(&body).contains("WebSocket upgrade is needed"),
+        "{body}"
+    );
+    let (status, head, body) = request(
+        http,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 426, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+    let (status, _, body) = request(
+        http,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(
+        (status, error_of(&body).as_str()),
+        (400, "Sec-WebSocket-Key is missing")
+    );
 }

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::guard::Token;
 use super::WebState;
 use crate::protocol::{validate_room, RoomEvent};
 use crate::replay::PageSize;
@@ -244,8 +245,20 @@ impl Paging {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(super) async fn metrics(State(state): State<Arc<WebState>>) -> Response {
+/// `GET /metrics`: Prometheus text format; with a token (`--metrics-token-file`), only for
+/// requests that carry it.
+pub(super) fn metrics(state: &WebState, headers: &HeaderMap, token: Option<&Token>) -> Response {
+    if token.is_some_and(|token| !token.admits(headers)) {
+        let mut refused = error(
+            StatusCode::UNAUTHORIZED,
+            "the metrics need their token: Authorization: Bearer TOKEN (see --metrics-token-file)",
+        );
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"machat metrics\""),
+        );
+        return refused;
+    }
     let Some(handle) = &state.metrics else {
         return error(StatusCode::NOT_FOUND, "metrics are not enabled");
     };

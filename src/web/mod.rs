@@ -8,6 +8,8 @@
 
 mod api;
 mod deadline;
+mod frames;
+mod guard;
 mod ws;
 
 pub use ws::handshake_frame;
@@ -17,10 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,10 +33,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
+use crate::config::Config;
 use crate::connection::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
+use guard::{Hosts, Token};
 
 /// What every web request can reach.
 pub struct WebState {
@@ -50,15 +54,46 @@ pub struct WebState {
 /// error, like the chat port.
 pub struct Web {
     listeners: Vec<TcpListener>,
+    /// `--metrics-addr`: /metrics alone, here and not on `listeners`.
+    metrics_listeners: Vec<TcpListener>,
+    /// The host names requests may be for.
+    hosts: Hosts,
+    /// `--metrics-token-file`: what /metrics requires.
+    metrics_token: Option<Arc<Token>>,
 }
 
 impl Web {
-    /// Binds every address `addr` resolves to.
-    pub async fn bind(addr: &str, backlog: u32) -> io::Result<Web> {
-        let listeners = crate::server::listen_all(addr, backlog)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("--http: {e}")))?;
-        Ok(Web { listeners })
+    /// Binds every address `--http` (and `--metrics-addr`) resolves to; None when neither is
+    /// on. A bad `--allowed-hosts` entry or a token file that gives no token stops the start
+    /// too.
+    pub async fn bind(config: &Config) -> io::Result<Option<Web>> {
+        let metrics_token = match &config.metrics_token_file {
+            Some(path) => Some(Arc::new(Token::load(path).map_err(io::Error::other)?)),
+            None => None,
+        };
+        let http = config.http_addr();
+        let metrics_addr = config.metrics_addr.as_deref().map(str::trim);
+        if http.is_none() && metrics_addr.is_none() {
+            return Ok(None);
+        }
+        let hosts = Hosts::new(config).map_err(io::Error::other)?;
+        let bind = |flag: &'static str, addr: Option<&str>| {
+            let addr = addr.map(str::to_owned);
+            async move {
+                let Some(addr) = addr else {
+                    return Ok(Vec::new());
+                };
+                crate::server::listen_all(&addr, config.backlog)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("{flag}: {e}")))
+            }
+        };
+        Ok(Some(Web {
+            listeners: bind("--http", http).await?,
+            metrics_listeners: bind("--metrics-addr", metrics_addr).await?,
+            hosts,
+            metrics_token,
+        }))
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -74,7 +109,23 @@ impl Web {
         for addr in self.local_addrs() {
             info!("http listening on {addr} ({scheme})");
         }
-        let app = router(state.clone());
+        for addr in self
+            .metrics_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            info!("metrics listening on {addr} (http)");
+        }
+        let metrics = metrics_route(self.metrics_token.clone());
+        let (app, metrics_app) = if self.metrics_listeners.is_empty() {
+            (router(state.clone(), Some(metrics)), None)
+        } else {
+            let alone = Router::new()
+                .route("/metrics", metrics)
+                .fallback(not_found)
+                .with_state(state.clone());
+            (router(state.clone(), None), Some(alone))
+        };
         // HTTP connections are counted apart from chat connections (a WebSocket is counted
         // again as one when it upgrades), with the same limits.
         let config = &state.ctx.config;
@@ -82,15 +133,38 @@ impl Web {
             state.admission.max_total(),
             config.max_per_ip,
         ));
+        let edge = Arc::new(Edge {
+            hosts: self.hosts.clone(),
+            tls: state.tls.clone(),
+        });
+        // The metrics listener speaks plain HTTP: it is meant for a private address.
+        let metrics_edge = Arc::new(Edge {
+            hosts: self.hosts,
+            tls: None,
+        });
+        let web = self.listeners.into_iter().map(|l| (l, &app, &edge));
+        let metrics = self.metrics_listeners.into_iter().filter_map(|l| {
+            let app = metrics_app.as_ref()?;
+            Some((l, app, &metrics_edge))
+        });
         let mut tasks = Vec::new();
-        for listener in self.listeners {
+        for (listener, app, edge) in web.chain(metrics) {
             let (app, state, admission) = (app.clone(), state.clone(), admission.clone());
-            tasks.push(tokio::spawn(accept_loop(listener, app, state, admission)));
+            let edge = edge.clone();
+            tasks.push(tokio::spawn(accept_loop(
+                listener, app, state, admission, edge,
+            )));
         }
         for t in tasks {
             let _ = t.await;
         }
     }
+}
+
+/// How a listener's connections are served: the hosts they may ask for, and TLS.
+struct Edge {
+    hosts: Hosts,
+    tls: Option<TlsAcceptor>,
 }
 
 /// Most bytes hyper buffers per connection, each way (its default is about 400 KiB): room
@@ -102,6 +176,7 @@ async fn accept_loop(
     app: Router,
     state: Arc<WebState>,
     admission: Arc<Admission>,
+    edge: Arc<Edge>,
 ) {
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -122,14 +197,16 @@ async fn accept_loop(
             continue; // over the limits: closed without a word
         };
         let _ = stream.set_nodelay(true);
-        let (app, state) = (app.clone(), state.clone());
+        let (app, state, edge) = (app.clone(), state.clone(), edge.clone());
         tokio::spawn(async move {
-            match &state.tls {
-                None => serve_connection(stream, addr, app, &state).await,
+            match &edge.tls {
+                None => serve_connection(stream, addr, app, &state, edge.clone()).await,
                 Some(tls) => {
                     let within = state.ctx.config.handshake_timeout();
                     match tokio::time::timeout(within, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, addr, app, &state).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, addr, app, &state, edge.clone()).await
+                        }
                         Ok(Err(e)) => info!(%addr, "https: tls handshake failed: {e}"),
                         Err(_) => info!(%addr, "https: tls handshake timeout"),
                     }
@@ -143,13 +220,46 @@ async fn accept_loop(
 /// Serves HTTP/1.1 on one connection (upgrades to WebSocket included), and lets it finish its
 /// current request at shutdown. A client has `--handshake-timeout` to send a request's headers
 /// (as a chat client has to send its handshake): a slowloris client is cut off there.
-async fn serve_connection<I>(io: I, addr: SocketAddr, app: Router, state: &WebState)
-where
+///
+/// Every request passes the edge's checks here, before any route sees it: one place for the
+/// page, the WebSocket, the API and the metrics alike.
+async fn serve_connection<I>(
+    io: I,
+    addr: SocketAddr,
+    app: Router,
+    state: &WebState,
+    edge: Arc<Edge>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let refused = edge.hosts.check(&req);
+        if refused.is_some() {
+            // What the host was, so an operator can tell a name missing from --allowed-hosts.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            let host: String = host.unwrap_or_default().chars().take(100).collect();
+            info!(%addr, host = ?host, "http refused: host not allowed or missing");
+        }
+        let (app, hsts) = (app.clone(), edge.tls.is_some());
+        async move {
+            let mut response = match refused {
+                Some(refusal) => refusal,
+                None => app.oneshot(req.map(axum::body::Body::new)).await?,
+            };
+            if hsts {
+                // Over HTTPS: browsers are to come back only over HTTPS (a year; the other
+                // names of the domain are the operator's to include).
+                response.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -173,18 +283,29 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
 }
 
-fn router(state: Arc<WebState>) -> Router {
-    Router::new()
+/// The web side's routes; /metrics among them unless it has a listener of its own.
+fn router(state: Arc<WebState>, metrics: Option<MethodRouter<Arc<WebState>>>) -> Router {
+    let mut router = Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/api/rooms", get(api::rooms))
-        .route("/api/rooms/{room}/messages", get(api::messages))
-        .route("/metrics", get(api::metrics))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/api/rooms/{room}/messages", get(api::messages));
+    if let Some(metrics) = metrics {
+        router = router.route("/metrics", metrics);
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+/// `GET /metrics`, behind the token when there is one.
+fn metrics_route(token: Option<Arc<Token>>) -> MethodRouter<Arc<WebState>> {
+    get(
+        move |State(state): State<Arc<WebState>>, headers: HeaderMap| {
+            std::future::ready(api::metrics(&state, &headers, token.as_deref()))
+        },
+    )
 }
 
 const INDEX_HTML: &str = include_str!("page/index.html");

@@ -6,10 +6,10 @@
 //! alone. Like the TCP connection, one poll function drives both directions, so a client that
 //! never reads can still be read from and is cut off by the room's slow-consumer rule, and an
 //! idle connection holds only tungstenite's small buffers (sized here, not its 128 KiB
-//! defaults). Bad input ends only this client, with a close frame that says why.
+//! defaults). Bad input ends only this client, with a close frame that says why. Every frame
+//! the client sends is counted and paced as it is read, under tungstenite ([`FrameMeter`]).
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,16 +17,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, Stream};
-use tokio::time::{sleep_until, Interval, Sleep};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::time::Interval;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tracing::info;
 
 use super::api::error;
+use super::frames::{Flood, FrameMeter};
 use super::WebState;
 use crate::connection::{replay_wanted, Shared};
 use crate::limits::{IdleTimer, Ticket};
@@ -34,6 +42,10 @@ use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
+
+/// A WebSocket connection: tungstenite over the upgraded HTTP connection, every frame the
+/// client sends counted on the way in (see [`FrameMeter`]).
+type WebSocket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
 /// Bytes taken from the room at once.
 const TAKE_CHUNK: usize = 64 * 1024;
@@ -48,14 +60,20 @@ const WS_WRITE_BUFFER: usize = 4096;
 /// How long closing waits for the client to take the last frames.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// `GET /ws`: checks the origin and the connection limits, then upgrades.
+/// `GET /ws`: checks the WebSocket request, the origin and the connection limits, then
+/// upgrades. The upgrade is done here rather than by axum's extractor so that the frames
+/// are read through a [`FrameMeter`].
 pub(super) async fn upgrade(
     State(state): State<Arc<WebState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
-    if !origin_allowed(&headers, &state.ctx.config.allowed_origins) {
+    let headers = req.headers();
+    let key = match websocket_key(headers) {
+        Ok(key) => key,
+        Err(not) => return not.answer(),
+    };
+    if !origin_allowed(headers, &state.ctx.config.allowed_origins) {
         info!(%addr, "websocket refused: origin not allowed");
         return error(
             StatusCode::FORBIDDEN,
@@ -76,13 +94,90 @@ pub(super) async fn upgrade(
     let config = &state.ctx.config;
     // A frame may hold a line of --max-line bytes, or the handshake.
     let max_message = config.max_line.max(config.max_handshake);
-    let state2 = state.clone();
-    ws.read_buffer_size(WS_READ_BUFFER)
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_write_buffer_size(config.max_pending.max(WS_WRITE_BUFFER * 2))
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| serve(socket, addr, state2, ticket))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    // Every frame counts towards the line rate (the session then has no limit of its own).
+    let pace = RateLimit::new(config.max_line_rate, config.line_burst);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let state2 = state.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                info!(%addr, "websocket upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = FrameMeter::new(TokioIo::new(upgraded), pace);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+        serve(socket, addr, state2, ticket).await;
+    });
+    let mut answer = HeaderMap::new();
+    answer.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    answer.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        answer.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    (StatusCode::SWITCHING_PROTOCOLS, answer, Body::empty()).into_response()
+}
+
+/// Why a request to `/ws` is not a WebSocket opening request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotWebSocket {
+    NoUpgrade,
+    Version,
+    NoKey,
+}
+
+impl NotWebSocket {
+    fn answer(self) -> Response {
+        match self {
+            NotWebSocket::NoUpgrade => error(
+                StatusCode::BAD_REQUEST,
+                "this is the WebSocket endpoint: a WebSocket upgrade is needed",
+            ),
+            NotWebSocket::Version => {
+                let mut refusal = error(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "WebSocket version 13 is needed",
+                );
+                refusal.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                refusal
+            }
+            NotWebSocket::NoKey => error(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing"),
+        }
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket opening request (RFC 6455, 4.2.1).
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, NotWebSocket> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err(NotWebSocket::NoUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(NotWebSocket::Version);
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !key.is_empty() => Ok(key.clone()),
+        _ => Err(NotWebSocket::NoKey),
+    }
 }
 
 /// A browser always sends `Origin`; other clients usually don't. Allowed: no origin, the
@@ -112,7 +207,7 @@ enum Reason {
     /// Refused at the handshake; sent as an error frame, then a close frame (1008).
     Refused(String),
     /// Closed for a protocol reason: a close code and its text.
-    Closed(u16, &'static str),
+    Closed(CloseCode, &'static str),
     ClosedByClient,
     Ended(End),
     Shutdown,
@@ -123,7 +218,7 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Refused(r) => write!(f, "refused: {r}"),
-            Reason::Closed(code, r) => write!(f, "closed {code}: {r}"),
+            Reason::Closed(code, r) => write!(f, "closed {}: {r}", u16::from(*code)),
             Reason::ClosedByClient => write!(f, "closed by client"),
             Reason::Ended(End::Quit) => write!(f, "quit"),
             Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
@@ -182,14 +277,14 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             }
         };
     info!(id, name = %hs.name, room = %hs.room, transport = "websocket", "joined");
-    let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
+    // No line rate here: the FrameMeter spends it on every frame, text or not.
     let mut session = Session::new(
         ctx.hub.clone(),
         id,
         hs.name,
         Format::Json,
         (room, seat),
-        limit,
+        None,
         ctx.config.max_line,
     );
     // Replayed history goes out first, a page at a time as the client takes it.
@@ -228,13 +323,13 @@ async fn handshake(
                 return Err(Reason::Refused("handshake timeout".into()));
             }
             _ = shutdown.wait_for(|&stop| stop) => return Err(Reason::Shutdown),
-            frame = socket.recv() => frame,
+            frame = socket.next() => frame,
         };
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => return Err(Reason::ClosedByClient),
             Some(Err(e)) => return Err(read_error(e)),
             Some(Ok(Message::Binary(_))) => return Err(binary()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
         };
         return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Reason::Refused);
@@ -258,18 +353,21 @@ pub fn handshake_frame(text: &str, max: usize) -> Result<Handshake, String> {
 
 fn binary() -> Reason {
     Reason::Closed(
-        close_code::UNSUPPORTED,
+        CloseCode::Unsupported,
         "binary frames are not supported: send text",
     )
 }
 
-/// A read error: a frame over the size limit gets its own close code; the rest are i/o.
-fn read_error(e: axum::Error) -> Reason {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-        Reason::Closed(close_code::SIZE, "line too long")
-    } else {
-        Reason::Io(text)
+/// A read error: a frame over the size limit, and a flood the [`FrameMeter`] stopped, get
+/// their own close codes; the rest are i/o.
+fn read_error(e: WsError) -> Reason {
+    match e {
+        WsError::Capacity(_) => Reason::Closed(CloseCode::Size, "line too long"),
+        WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<Flood>()) {
+            Some(flood) => Reason::Closed(CloseCode::Policy, flood.reason()),
+            None => Reason::Io(e.to_string()),
+        },
+        e => Reason::Io(e.to_string()),
     }
 }
 
@@ -282,7 +380,6 @@ struct WsConnection {
     partial: Vec<u8>,
     /// True while the socket would not take more.
     blocked: bool,
-    throttle: Option<Pin<Box<Sleep>>>,
     ping: Option<Pin<Box<Interval>>>,
     /// With `--idle-timeout`: when the client last sent a frame (a pong counts).
     idle: Option<IdleTimer>,
@@ -305,7 +402,6 @@ impl WsConnection {
             frames: VecDeque::new(),
             partial: Vec::new(),
             blocked: false,
-            throttle: None,
             ping,
             idle: IdleTimer::new(ctx.config.idle_timeout),
             max_line: ctx.config.max_line,
@@ -338,12 +434,6 @@ impl WsConnection {
                 self.partial.extend_from_slice(&left);
                 progress = true;
             }
-            if let Some(sleep) = self.throttle.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.throttle = None;
-                    progress = true;
-                }
-            }
             if let Some(ping) = self.ping.as_mut() {
                 if ping.poll_tick(cx).is_ready() {
                     self.frames.push_back(Bytes::new()); // an empty entry stands for a ping
@@ -351,10 +441,10 @@ impl WsConnection {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Reason::Closed(close_code::AWAY, "idle timeout"));
+                return Poll::Ready(Reason::Closed(CloseCode::Away, "idle timeout"));
             }
-            let waiting = self.throttle.is_some() || self.session.waiting();
-            if !waiting {
+            // The line rate is not paced here but as frames are read (FrameMeter).
+            if !self.session.waiting() {
                 match Pin::new(&mut self.socket).poll_next(cx) {
                     Poll::Ready(Some(Ok(msg))) => {
                         self.on_frame(msg);
@@ -403,11 +493,12 @@ impl WsConnection {
                 self.end = Some(Reason::ClosedByClient);
                 return;
             }
-            // tungstenite answers pings itself; pongs only prove the client is there.
-            Message::Ping(_) | Message::Pong(_) => return,
+            // tungstenite answers pings itself; pongs only prove the client is there. Both
+            // were counted as they were read (FrameMeter).
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
         };
         if text.len() > self.max_line {
-            self.end = Some(Reason::Closed(close_code::SIZE, "line too long"));
+            self.end = Some(Reason::Closed(CloseCode::Size, "line too long"));
             return;
         }
         let mut left = Vec::new();
@@ -417,8 +508,8 @@ impl WsConnection {
         // What was still unread in a room just left comes before anything of the new room.
         self.partial.extend_from_slice(&left);
         match next {
-            Next::Continue | Next::Wait => {}
-            Next::Throttle(until) => self.throttle = Some(Box::pin(sleep_until(until.into()))),
+            // No Throttle: this session has no line rate of its own (see `serve`).
+            Next::Continue | Next::Wait | Next::Throttle(_) => {}
             Next::End(end) => self.end = Some(Reason::Ended(end)),
         }
     }
@@ -515,7 +606,7 @@ impl WsConnection {
 /// The last frames (`out`: lines of JSON), the reason as an error or notice, and the close
 /// frame; bounded in time, as the client may not be reading.
 async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
-    let close = |code: u16, text: &str| {
+    let close = |code: CloseCode, text: &str| {
         Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(close_reason(text)),
@@ -524,7 +615,7 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
     let last = match reason {
         Reason::Refused(text) => {
             Reply::Error(text).render(Format::Json, &mut out);
-            Some(close(close_code::POLICY, text))
+            Some(close(CloseCode::Policy, text))
         }
         Reason::Closed(code, text) => {
             Reply::Error(text).render(Format::Json, &mut out);
@@ -532,16 +623,16 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
         }
         Reason::Ended(End::SlowConsumer) => {
             Reply::Error("slow consumer: you fell too far behind").render(Format::Json, &mut out);
-            Some(close(close_code::POLICY, "slow consumer"))
+            Some(close(CloseCode::Policy, "slow consumer"))
         }
-        Reason::Ended(End::Quit) => Some(close(close_code::NORMAL, "bye")),
+        Reason::Ended(End::Quit) => Some(close(CloseCode::Normal, "bye")),
         Reason::Shutdown => {
             Reply::Notice("server shutting down").render(Format::Json, &mut out);
-            Some(close(close_code::AWAY, "server shutting down"))
+            Some(close(CloseCode::Away, "server shutting down"))
         }
         Reason::ClosedByClient => {
             // tungstenite queued its answer to the client's close frame: send it.
-            let flush = futures_util::SinkExt::flush(socket);
+            let flush = socket.flush();
             let _ = tokio::time::timeout(CLOSE_WAIT, flush).await;
             return;
         }

@@ -22,6 +22,8 @@ pub struct Server {
     pub http: Option<SocketAddr>,
     /// The chat-over-TLS address, when started with `--tls-addr`.
     pub tls: Option<SocketAddr>,
+    /// The metrics listener's address, when started with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
     /// A data directory made for this server alone, removed when it is dropped.
     own_dir: Option<PathBuf>,
@@ -70,11 +72,13 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let (http_tx, http_rx) = std::sync::mpsc::channel();
         let (tls_tx, tls_rx) = std::sync::mpsc::channel();
+        let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             let mut http_tx = Some(http_tx);
             let mut tls_tx = Some(tls_tx);
+            let mut metrics_tx = Some(metrics_tx);
             // The address is the first word after "listening on" (a note may follow).
             let addr_at = |line: &str, pos: usize| {
                 line[pos..]
@@ -88,6 +92,10 @@ impl Server {
                 if let Some(pos) = line.find("http listening on ") {
                     if let Some(tx) = http_tx.take() {
                         let _ = tx.send(addr_at(&line, pos + 18));
+                    }
+                } else if let Some(pos) = line.find("metrics listening on ") {
+                    if let Some(tx) = metrics_tx.take() {
+                        let _ = tx.send(addr_at(&line, pos + 21));
                     }
                 } else if let Some(pos) = line.find("tls listening on ") {
                     if let Some(tx) = tls_tx.take() {
@@ -116,11 +124,18 @@ impl Server {
                 .unwrap_or_else(|_| panic!("tls did not start: {:?}", log.lock().unwrap()));
             addr.parse().expect("tls addr")
         });
+        let metrics = args.contains(&"--metrics-addr").then(|| {
+            let addr = metrics_rx
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|_| panic!("metrics did not start: {:?}", log.lock().unwrap()));
+            addr.parse().expect("metrics addr")
+        });
         Server {
             child,
             addr: addr.parse().expect("addr"),
             http,
             tls,
+            metrics,
             log,
             own_dir,
         }

@@ -1,7 +1,7 @@
 //! Web clients for the tests: plain HTTP GETs, WebSockets and JSON-over-TCP clients, each with
 //! bounded waits.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -17,44 +17,74 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
 }
 
 pub fn get_with(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, String, String) {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"),
+    )
+}
+
+/// Sends `raw` (a whole request, written by hand) and reads one response: (status, head,
+/// body). The body is read by its `Content-Length`, or to its last chunk, or to the close, so
+/// a connection the server keeps open does not hold the test up.
+pub fn request(addr: SocketAddr, raw: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect http");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
-    )
-    .unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    read_response(&mut s)
+}
+
+/// Reads one HTTP response from `s` (see [`request`]).
+pub fn read_response(s: &mut impl Read) -> (u16, String, String) {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read http response");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("http head");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => panic!(
+                "no complete response head: {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let lower = head.to_ascii_lowercase();
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let mut body = Vec::new();
+    if let Some(n) = length {
+        body.resize(n, 0);
+        s.read_exact(&mut body).expect("read http body");
+    } else if lower.contains("transfer-encoding: chunked") {
+        body = read_chunked(&mut BufReader::new(s)).into_bytes();
+    } else if !head.starts_with("HTTP/1.1 101") {
+        let _ = s.read_to_end(&mut body);
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let head = head.trim_end().to_string();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    (status, head.to_string(), body)
+    (status, head, body)
 }
 
-/// The body of a chunked response (long history answers are sent as they are read).
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
+/// The body of a chunked response (long history answers are sent as they are read), read to
+/// its last chunk.
+fn read_chunked(s: &mut impl BufRead) -> String {
+    let mut body = Vec::new();
     loop {
-        let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+        let mut size = String::new();
+        s.read_line(&mut size).expect("chunk size line");
         let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        let mut chunk = vec![0u8; size + 2];
+        s.read_exact(&mut chunk).expect("chunk");
         if size == 0 {
-            return body;
+            return String::from_utf8_lossy(&body).into_owned();
         }
-        body.push_str(&after[..size]);
-        rest = after[size..].strip_prefix("\r\n").expect("chunk end");
+        body.extend_from_slice(&chunk[..size]);
     }
 }
 

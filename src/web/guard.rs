@@ -1,0 +1,319 @@
+//! What web requests pass before anything is served: the host they are for, and the token
+//! `/metrics` may require.
+//!
+//! **DNS rebinding.** A page on `rebind.attacker.example` can point that name at this server's
+//! address once the page is loaded; the browser then treats the server as the page's own origin
+//! (its requests carry `Host: rebind.attacker.example` and a matching `Origin`), so the page
+//! could read the API and open a WebSocket as any visitor. Rebinding needs a DNS name, so a
+//! request is served only if its `Host` is an IP address, `localhost`, the host of `--http` (or
+//! of `--metrics-addr`) or a name in `--allowed-hosts`; anything else gets `421`.
+//!
+//! **The metrics token** (`--metrics-token-file`): `/metrics` then requires
+//! `Authorization: Bearer TOKEN`, compared in constant time.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::Response;
+
+use super::api::error;
+use crate::config::Config;
+
+/// The host names the web side answers to (IP addresses are always accepted).
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    /// `*` in `--allowed-hosts`: no check.
+    any: bool,
+    /// Lower case, without a final dot or a port.
+    names: Vec<String>,
+}
+
+/// A `Host` value, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+enum Host {
+    /// An IPv4 or IPv6 address (in brackets or, leniently, without).
+    Ip,
+    /// A name, in lower case, without a final dot.
+    Name(String),
+}
+
+impl Hosts {
+    /// The accepted names: `localhost`, the hosts of `--http` and `--metrics-addr` when they
+    /// are names, and `--allowed-hosts`. An entry that is not a host (`--allowed-hosts a/b`)
+    /// is an error, so a typo does not silently lock everyone out.
+    pub fn new(config: &Config) -> Result<Hosts, String> {
+        let mut hosts = Hosts {
+            any: false,
+            names: vec!["localhost".to_string()],
+        };
+        for entry in &config.allowed_hosts {
+            let entry = entry.trim();
+            if entry == "*" {
+                hosts.any = true;
+                continue;
+            }
+            match parse(entry) {
+                Some(Host::Name(name)) => hosts.add(name),
+                Some(Host::Ip) => {}
+                None => {
+                    return Err(format!(
+                        "--allowed-hosts: {entry:?} is not a host name (or `*`)"
+                    ))
+                }
+            }
+        }
+        let listens = [config.http_addr(), config.metrics_addr.as_deref()];
+        for addr in listens.into_iter().flatten() {
+            if let Some(Host::Name(name)) = parse(addr.trim()) {
+                hosts.add(name);
+            }
+        }
+        Ok(hosts)
+    }
+
+    fn add(&mut self, name: String) {
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+    }
+
+    /// Whether `host` (a `Host` header's value, or a target's authority) names this server.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        match parse(host.trim()) {
+            Some(Host::Ip) => true,
+            Some(Host::Name(name)) => self.names.contains(&name),
+            None => false,
+        }
+    }
+
+    /// Checks a request's host: `None` to serve it, or the answer that refuses it. A request
+    /// must have exactly one non-empty `Host` (HTTP/1.0 included); with a target in absolute
+    /// form (`GET http://host/path`) its authority must be allowed too.
+    pub fn check<B>(&self, req: &Request<B>) -> Option<Response> {
+        let mut all = req.headers().get_all(header::HOST).iter();
+        let host = match (all.next(), all.next()) {
+            (Some(host), None) => host.to_str().ok().map(str::trim).unwrap_or_default(),
+            _ => "",
+        };
+        if host.is_empty() {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                "a request needs one Host header",
+            ));
+        }
+        let target = req.uri().authority().map(|a| a.host());
+        if !self.allows(host) || target.is_some_and(|t| !self.allows(t)) {
+            return Some(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server does not answer to that host name (see --allowed-hosts)",
+            ));
+        }
+        None
+    }
+}
+
+/// The token `/metrics` requires (`--metrics-token-file`).
+pub struct Token(Vec<u8>);
+
+impl Token {
+    /// Reads the token: the file's first line, without the spaces around it. A file that
+    /// cannot be read, or gives no token, is an error naming the file.
+    pub fn load(path: &Path) -> Result<Token, String> {
+        let what = format!("--metrics-token-file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(format!(
+                "{what}: the file is empty (put the token on its first line)"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{what}: the token must be printable ASCII without spaces"
+            ));
+        }
+        Ok(Token(token.as_bytes().to_vec()))
+    }
+
+    /// Whether a request carries `Authorization: Bearer TOKEN` (the scheme in any case).
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes().trim_ascii();
+        let Some(space) = value.iter().position(|&b| b == b' ' || b == b'\t') else {
+            return false;
+        };
+        let (scheme, presented) = value.split_at(space);
+        scheme.eq_ignore_ascii_case(b"bearer") && same(presented.trim_ascii(), &self.0)
+    }
+}
+
+/// Compares a presented secret with the expected one in a time that depends only on the
+/// expected one's length: every byte of it is compared (the presented bytes wrapping around)
+/// and a different length counts as a difference, so the time tells nothing of where the
+/// first wrong byte is, nor of the length.
+fn same(presented: &[u8], expected: &[u8]) -> bool {
+    if presented.is_empty() {
+        return false;
+    }
+    let mut diff = presented.len() ^ expected.len();
+    for (i, &e) in expected.iter().enumerate() {
+        let p = presented
+            .get(i % presented.len())
+            .copied()
+            .unwrap_or_default();
+        diff |= usize::from(std::hint::black_box(p ^ e));
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Takes a host apart: `name`, `name:port`, `1.2.3.4[:port]`, `[v6][:port]` (or a bare v6
+/// address). Names are compared in lower case and without a final dot; `None` for anything
+/// that is not a host.
+fn parse(s: &str) -> Option<Host> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        ip.parse::<Ipv6Addr>().ok()?;
+        return port_ok(after).then_some(Host::Ip);
+    }
+    if s.parse::<Ipv6Addr>().is_ok() {
+        return Some(Host::Ip);
+    }
+    let (host, after) = match s.find(':') {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    if !port_ok(after) {
+        return None;
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Some(Host::Ip);
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    valid.then_some(Host::Name(name))
+}
+
+/// What may follow a host: nothing, or `:` and a port (digits; empty is allowed by RFC 3986).
+fn port_ok(after: &str) -> bool {
+    match after.strip_prefix(':') {
+        None => after.is_empty(),
+        Some(port) => port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn hosts(args: &[&str]) -> Hosts {
+        let mut all = vec!["machat"];
+        all.extend_from_slice(args);
+        Hosts::new(&Config::try_parse_from(all).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        let token = Token(b"s3cret".to_vec());
+        let with = |auth: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, auth.parse().unwrap());
+            token.admits(&headers)
+        };
+        assert!(with("Bearer s3cret") && with("bearer s3cret ") && with("BEARER\ts3cret"));
+        for no in [
+            "Bearer s3cre",
+            "Bearer s3cret3",
+            "Bearer s3cres",
+            "Bearer",
+            "Bearer ",
+            "s3cret",
+            "Basic s3cret",
+            "Bearer S3CRET",
+        ] {
+            assert!(!with(no), "{no:?}");
+        }
+        assert!(!token.admits(&HeaderMap::new()));
+        assert!(same(b"x", b"x") && !same(b"xx", b"x") && !same(b"x", b"xx") && !same(b"", b""));
+    }
+
+    #[test]
+    fn hosts_are_taken_apart() {
+        assert_eq!(parse("127.0.0.1"), Some(Host::Ip));
+        assert_eq!(parse("127.0.0.1:8080"), Some(Host::Ip));
+        assert_eq!(parse("[::1]"), Some(Host::Ip));
+        assert_eq!(parse("[::1]:80"), Some(Host::Ip));
+        assert_eq!(parse("::1"), Some(Host::Ip));
+        assert_eq!(parse("[fe80::1%25eth0]"), None);
+        assert_eq!(
+            parse("Chat.Example.ORG.:443"),
+            Some(Host::Name("chat.example.org".into()))
+        );
+        assert_eq!(parse("localhost:"), Some(Host::Name("localhost".into())));
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a b",
+            "a/b",
+            "a:b",
+            "a:1:2",
+            "[::1",
+            "[::1]x",
+            "a:123456",
+            "é.example",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        // Not an IPv4 literal as a browser writes one, so a name (and refused as such).
+        assert_eq!(parse("127.1"), Some(Host::Name("127.1".into())));
+    }
+
+    #[test]
+    fn the_default_accepts_addresses_localhost_and_the_http_host() {
+        let h = hosts(&["--http", "chat.internal:8080"]);
+        for ok in [
+            "10.0.0.1",
+            "[::1]:1",
+            "localhost",
+            "LOCALHOST.:8080",
+            "chat.internal",
+            "Chat.Internal:1",
+        ] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for no in [
+            "rebind.attacker.example",
+            "localhost.attacker.example",
+            "sub.chat.internal",
+            "",
+        ] {
+            assert!(!h.allows(no), "{no}");
+        }
+        let h = hosts(&[
+            "--allowed-hosts",
+            "a.example, B.example.:9",
+            "--metrics-addr",
+            "metrics.internal:9090",
+        ]);
+        for ok in ["a.example", "b.example", "metrics.internal", "localhost"] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        assert!(!h.allows("chat.internal"));
+        assert!(hosts(&["--allowed-hosts", "*"]).allows("anything.example"));
+        let config = Config::try_parse_from(["machat", "--allowed-hosts", "a/b"]).unwrap();
+        assert!(Hosts::new(&config).unwrap_err().contains("a/b"));
+    }
+}
