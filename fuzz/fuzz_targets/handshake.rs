@@ -21,8 +21,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use machat::codec::{HandshakeDecoder, HandshakeStatus, PlainValue};
-use machat::protocol::{parse_handshake, validate_name, validate_room, Handshake};
+use machat_proto::codec::{HandshakeDecoder, HandshakeStatus, PlainValue};
+use machat_proto::protocol::{parse_handshake, validate_name, validate_room, Handshake};
 use serde_json::Value;
 
 #[path = "common.rs"]

@@ -23,8 +23,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use machat::codec::{Flow, Item, LineCodec};
-use machat::protocol::{clean_line, clean_message};
+use machat_proto::codec::{Flow, Item, LineCodec};
+use machat_proto::protocol::{clean_line, clean_message};
 
 #[path = "common.rs"]
 mod common;

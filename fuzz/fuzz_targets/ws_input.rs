@@ -1,5 +1,5 @@
-//! What a WebSocket client sends as text: the handshake frame (`machat::web::handshake_frame`)
-//! and message frames (`clean_message`, then rendered for text and JSON members).
+//! What a WebSocket client sends as text: the handshake frame
+//! (`machat_proto::protocol::handshake_frame`) and message frames (`clean_message`, then rendered for text and JSON members).
 //!
 //! Input: `[limit lo, limit hi, name, room, id x8, ts x8, stream...]`; the frame is the stream as
 //! UTF-8 (invalid bytes replaced: a WebSocket text frame is always UTF-8). The limit is 4096 or
@@ -20,11 +20,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use machat::codec::{HandshakeDecoder, HandshakeStatus};
-use machat::protocol::{
-    clean_message, parse_handshake, validate_name, validate_room, RoomEvent, Timestamp,
+use machat_proto::codec::{HandshakeDecoder, HandshakeStatus};
+use machat_proto::protocol::{
+    clean_message, handshake_frame, parse_handshake, validate_name, validate_room, RoomEvent,
+    Timestamp,
 };
-use machat::web::handshake_frame;
 use serde_json::Value;
 
 #[path = "common.rs"]

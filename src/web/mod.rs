@@ -12,8 +12,6 @@ mod frames;
 mod guard;
 mod ws;
 
-pub use ws::handshake_frame;
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

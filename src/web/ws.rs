@@ -39,7 +39,7 @@ use super::WebState;
 use crate::connection::{replay_wanted, Shared};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
-use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::protocol::{handshake_frame, Format, Handshake, Reply};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 
@@ -334,21 +334,6 @@ async fn handshake(
         };
         return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Reason::Refused);
     }
-}
-
-/// Reads a WebSocket handshake frame: the same object, rules and refusals as on TCP. (Public
-/// for the fuzzer.)
-pub fn handshake_frame(text: &str, max: usize) -> Result<Handshake, String> {
-    if text.len() > max {
-        return Err(format!("handshake too large (over {max} bytes)"));
-    }
-    // PlainValue, as on TCP: a serde_json::Value would read an object keyed
-    // "$serde_json::private::RawValue" as the JSON in its string (axum enables raw_value).
-    let value = serde_json::from_str::<crate::codec::PlainValue>(text)
-        .map(|v| v.0)
-        .map_err(|e| format!("invalid handshake JSON: {e}"))?;
-    // The answer is always JSON here: a `"format"` in the handshake is checked, then ignored.
-    parse_handshake(value)
 }
 
 fn binary() -> Reason {

@@ -53,6 +53,20 @@ impl std::fmt::Debug for Secret {
 /// Longest password accepted, in bytes.
 pub const MAX_PASSWORD: usize = 1024;
 
+/// Reads a WebSocket handshake frame: the same object, rules and refusals as on TCP.
+pub fn handshake_frame(text: &str, max: usize) -> Result<Handshake, String> {
+    if text.len() > max {
+        return Err(format!("handshake too large (over {max} bytes)"));
+    }
+    // PlainValue, as on TCP: a serde_json::Value would read an object keyed
+    // "$serde_json::private::RawValue" as the JSON in its string (axum enables raw_value).
+    let value = serde_json::from_str::<crate::codec::PlainValue>(text)
+        .map(|v| v.0)
+        .map_err(|e| format!("invalid handshake JSON: {e}"))?;
+    // The answer is always JSON here: a `"format"` in the handshake is checked, then ignored.
+    parse_handshake(value)
+}
+
 /// Parses the handshake object. Unknown keys are ignored, so clients of later versions (or with
 /// extra fields of their own) still get in.
 pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
