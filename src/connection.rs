@@ -31,6 +31,7 @@ use crate::cluster::Cluster;
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::lifecycle::{self, Entry, Refusal};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
@@ -320,11 +321,11 @@ pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
 /// A joined client, until it ends.
 async fn live<S: Io>(mut conn: Connection<S>, addr: SocketAddr, ticket: Ticket, ctx: Arc<Shared>) {
     let reason = conn.run(&ctx).await;
-    if matches!(reason, Reason::Ended(End::SlowConsumer)) {
-        crate::metrics::slow_consumer();
-    }
-    let session = &conn.session;
-    info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+    let end = match &reason {
+        Reason::Ended(end) => Some(end),
+        _ => None,
+    };
+    lifecycle::ended(&conn.session, addr, &reason, end);
     Box::pin(conn.close(reason)).await;
     drop(ticket);
 }
@@ -359,19 +360,15 @@ async fn greet<S: Io>(
     } else {
         Format::Text
     };
-    match parse_handshake(value) {
-        Ok(hs) => match ctx.hub.users.check(addr.ip(), &hs).await {
-            Ok(()) => Some((stream, id, hs, leftover)),
-            Err(text) => {
-                info!(id, %addr, name = %hs.name, reason = %format_args!("refused: {text}"), "disconnect");
-                crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
-                refuse(stream, format, text).await;
-                None
-            }
-        },
-        Err(text) => {
-            info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
+    let checked = match parse_handshake(value) {
+        Ok(hs) => lifecycle::authenticate(ctx, id, addr, &hs)
+            .await
+            .map(|()| hs),
+        Err(text) => Err(Refusal::new(id, addr, text)),
+    };
+    match checked {
+        Ok(hs) => Some((stream, id, hs, leftover)),
+        Err(Refusal(text)) => {
             refuse(stream, format, &text).await;
             None
         }
@@ -387,51 +384,26 @@ async fn join<S: Io>(
     hs: Handshake,
     leftover: Vec<u8>,
 ) -> Option<Connection<S>> {
-    let replay = replay_wanted(&hs, ctx);
-    // In a cluster the name must be free on every node, not just here.
-    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
-        let text = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
-        info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
-        refuse(stream, hs.format, &text).await;
-        return None;
-    }
-    let (seat, history) = match ctx
-        .hub
-        .join_replaying(&hs.room, id, &hs.name, hs.format, replay)
-    {
-        Ok((room, seat, history)) => ((room, seat), history),
-        Err(e) => {
-            ctx.hub.release(&hs.room, &hs.name, id);
-            let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
-            info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
-            refuse(stream, hs.format, &text).await;
-            return None;
-        }
-    };
-    info!(id, name = %hs.name, room = %hs.room, format = ?hs.format, "joined");
-    let limit = RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst);
-    let mut session = Session::new(
-        ctx.hub.clone(),
-        id,
-        hs.name,
-        hs.format,
-        seat,
-        limit,
-        ctx.config.max_line,
-    );
-    // Replayed history goes out before anything from the room, a page at a time as the
-    // client takes it (see `replay`); lines sent meanwhile wait their turn.
-    let replaying = history.is_some();
-    if let Some(start) = history {
-        session.start_replay(start);
-    }
     let transport = if stream.is_tls() {
         Transport::Tls
     } else {
         Transport::Tcp
     };
+    let format = hs.format;
+    let entry = Entry {
+        format,
+        limit: RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst),
+        transport,
+    };
+    let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
+        Ok(session) => session,
+        Err(Refusal(text)) => {
+            refuse(stream, format, &text).await;
+            return None;
+        }
+    };
+    // Lines sent while the replay goes out wait their turn.
+    let replaying = session.replaying();
     let mut conn = Connection {
         stream,
         transport,

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod lifecycle;
 pub mod limits;
 pub mod login_limit;
 pub mod metrics;

@@ -135,6 +135,11 @@ impl Session {
         self.replay = Some(PagedReplay::new(start, max_pending, self.max_line));
     }
 
+    /// True while a replay is under way (lines received meanwhile wait their turn).
+    pub fn replaying(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// True while a replay is under way or a command waits for an answer (the cluster): the
     /// connection stops reading, so replies keep the order of the commands.
     pub fn waiting(&self) -> bool {

@@ -36,7 +36,8 @@ use tracing::info;
 use super::api::error;
 use super::frames::{Flood, FrameMeter};
 use super::WebState;
-use crate::connection::{replay_wanted, Shared};
+use crate::connection::Shared;
+use crate::lifecycle::{self, Entry, Refusal};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{handshake_frame, Format, Handshake, Reply};
@@ -246,51 +247,23 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             return;
         }
     };
-    if let Err(text) = ctx.hub.users.check(addr.ip(), &hs).await {
-        info!(id, %addr, name = %hs.name, reason = %format_args!("refused: {text}"), "disconnect");
-        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
-        goodbye(&mut socket, &Reason::Refused(text.into()), Vec::new()).await;
-        return;
-    }
-    let replay = replay_wanted(&hs, ctx);
-    // In a cluster the name must be free on every node, not just here.
-    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
-        let text = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
-        info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
+    if let Err(Refusal(text)) = lifecycle::authenticate(ctx, id, addr, &hs).await {
         goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
         return;
     }
-    let (room, seat, history) =
-        match ctx
-            .hub
-            .join_replaying(&hs.room, id, &hs.name, Format::Json, replay)
-        {
-            Ok(joined) => joined,
-            Err(e) => {
-                ctx.hub.release(&hs.room, &hs.name, id);
-                let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
-                info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-                crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
-                goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
-                return;
-            }
-        };
-    info!(id, name = %hs.name, room = %hs.room, transport = "websocket", "joined");
-    // No line rate here: the FrameMeter spends it on every frame, text or not.
-    let mut session = Session::new(
-        ctx.hub.clone(),
-        id,
-        hs.name,
-        Format::Json,
-        (room, seat),
-        None,
-        ctx.config.max_line,
-    );
-    // Replayed history goes out first, a page at a time as the client takes it.
-    if let Some(start) = history {
-        session.start_replay(start);
-    }
+    let entry = Entry {
+        format: Format::Json,
+        // No line rate here: the FrameMeter spends it on every frame, text or not.
+        limit: None,
+        transport: Transport::WebSocket,
+    };
+    let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
+        Ok(session) => session,
+        Err(Refusal(text)) => {
+            goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
+            return;
+        }
+    };
     let conn = WsConnection::new(socket, session, ctx);
     // The connection's life is a task of its own, holding only what it needs (this one keeps
     // the upgrade's and the greeting's state for as long as it runs).
@@ -301,11 +274,11 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
 async fn live(mut conn: WsConnection, addr: SocketAddr, ticket: Ticket, state: Arc<WebState>) {
     let ctx = &state.ctx;
     let reason = std::future::poll_fn(|cx| conn.poll_run(cx, ctx)).await;
-    if matches!(reason, Reason::Ended(End::SlowConsumer)) {
-        crate::metrics::slow_consumer();
-    }
-    let session = &conn.session;
-    info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+    let end = match &reason {
+        Reason::Ended(end) => Some(end),
+        _ => None,
+    };
+    lifecycle::ended(&conn.session, addr, &reason, end);
     Box::pin(conn.close(reason)).await;
     drop(ticket);
 }
