@@ -91,7 +91,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     esac
 fi
 BENCH="$ROOT/target/release/machat-bench"
-MACHAT="$ROOT/target/release/machat"
+# MACHAT_BIN runs another build of the server (a before/after comparison in one session).
+MACHAT="${MACHAT_BIN:-$ROOT/target/release/machat}"
 
 # Servers and the bench both need many descriptors for I1.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
