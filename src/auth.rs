@@ -9,7 +9,7 @@
 //! own time), so a guesser learns neither whether the name exists nor which part was wrong; an
 //! unknown name (under `--require-auth`) or a missing password is checked against a stand-in
 //! hash, so it costs the same and waits in the same queue as a wrong password. How often an
-//! address may try is [`crate::login_limit`]'s: turns per address, failures counted before the
+//! address may try is `login_limit`'s: turns per address, failures counted before the
 //! hash, a delay that grows per (address, name). At most two hashes are computed at once
 //! (argon2 is made to be costly in CPU and memory). `machat user add` writes the table; a
 //! running server sees the change within two seconds. In cluster mode the names registered for

@@ -1,33 +1,36 @@
 //! machat: a chat server that speaks MaChat's wire protocol byte for byte, and goes further.
 //!
 //! A message flows one way through these modules:
-//! socket → [`codec`] (handshake, lines, limits) → [`session`] (commands, rate limit) →
-//! [`hub`] (room registry) → [`room`] (one log per format, a cursor per member) →
-//! [`connection`] (copies from the member's cursor into one write) → socket.
+//! socket → [`codec`] (handshake, lines, limits) → `lifecycle` (password, claim, join) →
+//! `session` (commands, rate limit) → `hub` (room registry) → `room` (one log per format, a
+//! cursor per member) → `connection` or `web::ws` (copies from the member's cursor into one
+//! write) → socket.
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
 //! the flags, and [`client`] the terminal client. The binaries only wire these together.
 
 pub use machat_proto::{codec, protocol};
 
+// Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
+// `config`, `client`), the cluster's user commands and the store's benchmark.
 pub mod auth;
-pub mod bus;
+mod bus;
 pub mod client;
 pub mod cluster;
 pub mod config;
-pub mod connection;
-pub mod hub;
-pub mod lifecycle;
-pub mod limits;
-pub mod login_limit;
-pub mod metrics;
-pub mod replay;
-pub mod room;
+mod connection;
+mod hub;
+mod lifecycle;
+mod limits;
+mod login_limit;
+mod metrics;
+mod replay;
+mod room;
 pub mod server;
-pub mod session;
+mod session;
 pub mod store;
-pub mod tls;
-pub mod transport;
-pub mod web;
+mod tls;
+mod transport;
+mod web;
 
 /// Sets up `tracing` logs on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

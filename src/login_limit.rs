@@ -258,6 +258,7 @@ impl LoginLimit {
     }
 
     /// Entries in the two tables and queues (for tests and bounds).
+    #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize) {
         let state = self.lock();
         (state.names.len(), state.sources.len(), state.queues.len())

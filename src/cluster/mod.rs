@@ -12,8 +12,8 @@
 //!   out to members (see docs/CLUSTER.md for the limits of that choice).
 //! - History and resume are queries on the stream, so any node answers them for any room.
 //! - Names are claimed in a key-value bucket with create-only writes; the bucket's TTL frees the
-//!   names of a node that died (see [`presence`]), and the other nodes then tell its rooms that
-//!   those members left (see [`departures`]).
+//!   names of a node that died (see `presence`), and the other nodes then tell its rooms that
+//!   those members left (see `departures`).
 //!
 //! All NATS work runs on a thread of its own (`machat-cluster`), so the chat runtimes never wait
 //! on the network: they hand events over through a channel and get answers through oneshots.
