@@ -30,11 +30,10 @@ use tracing::{info, warn};
 
 use crate::login_limit::{LoginLimit, Refused, Source};
 use crate::protocol::{name_key, validate_name, Handshake, NameKey};
+use crate::refusal::Refusal;
 
 /// The one answer to every failed check.
-pub const FAILED: &str = "authentication failed";
-/// What an address held back after its failures is told (without any hashing).
-pub const TOO_MANY: &str = "too many failed logins from your address; try again later";
+const FAILED: Refusal = Refusal::AuthenticationFailed;
 /// A failed check answers no sooner than this after it began.
 const FAIL_DELAY: Duration = Duration::from_secs(1);
 /// Argon2 hashes computed at once, over all clients.
@@ -337,7 +336,7 @@ impl Users {
     /// Checks a handshake's name and password. Ok for an unregistered name (unless
     /// `--require-auth`) and for a registered one (or a look-alike of one) with its password;
     /// otherwise, after the fixed delay, the reason to send.
-    pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<(), &'static str> {
+    pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<(), Refusal> {
         let key = name_key(&hs.name);
         let stored = self.hash_of(&key);
         if stored.is_none() && !self.require {
@@ -357,7 +356,8 @@ impl Users {
         if let Err(why) = self.limit.reserve(&turn, &key.lower, Instant::now()) {
             tokio::time::sleep_until(answer_at).await;
             return Err(match why {
-                Refused::HeldBack => TOO_MANY,
+                // What an address held back after its failures is told (without a hash).
+                Refused::HeldBack => Refusal::TooManyFailedLogins,
                 Refused::Busy => FAILED,
             });
         }

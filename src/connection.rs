@@ -31,10 +31,11 @@ use crate::cluster::Cluster;
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::lifecycle::{self, Entry, Refusal};
+use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
+use crate::refusal::Refusal;
 use crate::room::{Replay, Take};
 use crate::session::{End, Next, RateLimit, Session};
 use crate::store::{Store, MAX_REPLAY};
@@ -364,12 +365,12 @@ async fn greet<S: Io>(
         Ok(hs) => lifecycle::authenticate(ctx, id, addr, &hs)
             .await
             .map(|()| hs),
-        Err(text) => Err(Refusal::new(id, addr, text)),
+        Err(text) => Err(lifecycle::refused(id, addr, Refusal::Handshake(text))),
     };
     match checked {
         Ok(hs) => Some((stream, id, hs, leftover)),
-        Err(Refusal(text)) => {
-            refuse(stream, format, &text).await;
+        Err(refusal) => {
+            refuse(stream, format, &refusal.to_string()).await;
             None
         }
     }
@@ -397,8 +398,8 @@ async fn join<S: Io>(
     };
     let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
         Ok(session) => session,
-        Err(Refusal(text)) => {
-            refuse(stream, format, &text).await;
+        Err(refusal) => {
+            refuse(stream, format, &refusal.to_string()).await;
             return None;
         }
     };

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::auth::Users;
 use crate::bus::{Bus, ClaimError, Envelope};
 use crate::protocol::Format;
+use crate::refusal::Refusal;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::store::Store;
 
@@ -26,9 +27,6 @@ pub struct Hub {
     /// In cluster mode, the backplane every room publishes through.
     bus: Option<Arc<dyn Bus>>,
 }
-
-/// What a client is told when the cluster cannot confirm its name.
-pub const UNAVAILABLE: &str = "the cluster is unavailable, try again";
 
 /// How long a join or rename waits for the cluster to confirm a name.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -92,10 +90,10 @@ impl Hub {
     }
 
     /// Why a claim for a join was refused, as the client is told.
-    pub fn claim_refusal(&self, err: &ClaimError, name: &str, room: &str) -> String {
+    pub fn claim_refusal(&self, err: &ClaimError, name: &str, room: &str) -> Refusal {
         match err {
             ClaimError::Taken => self.refusal(&RoomError::NameTaken, name, room),
-            ClaimError::Unavailable(_) => UNAVAILABLE.into(),
+            ClaimError::Unavailable(_) => Refusal::ClusterUnavailable,
         }
     }
 
@@ -260,16 +258,22 @@ impl Hub {
     }
 
     /// Why a join was refused, as the client is told.
-    pub fn refusal(&self, err: &RoomError, name: &str, room: &str) -> String {
+    pub fn refusal(&self, err: &RoomError, name: &str, room: &str) -> Refusal {
         match err {
-            RoomError::Full => format!("room {room} is full ({} members)", self.max_members),
-            RoomError::TooManyRooms => {
-                format!("too many rooms on this server ({})", self.max_rooms)
-            }
-            RoomError::LooksLike(like) => {
-                crate::protocol::too_much_like(name, like, &format!("room {room}"))
-            }
-            _ => format!("name {name} is already taken in room {room}"),
+            RoomError::Full => Refusal::RoomFull {
+                room: room.into(),
+                max: self.max_members,
+            },
+            RoomError::TooManyRooms => Refusal::TooManyRooms(self.max_rooms),
+            RoomError::LooksLike(like) => Refusal::TooMuchLike {
+                name: name.into(),
+                like: like.clone(),
+                place: format!("room {room}"),
+            },
+            _ => Refusal::NameTaken {
+                name: name.into(),
+                place: format!("room {room}"),
+            },
         }
     }
 

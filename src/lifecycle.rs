@@ -16,19 +16,16 @@ use tracing::info;
 use crate::connection::{replay_wanted, Shared};
 use crate::metrics::Transport;
 use crate::protocol::{Format, Handshake};
+use crate::refusal::Refusal;
 use crate::session::{End, RateLimit, Session};
 
-/// Why a client was not let in, as it is to be told. Logged and counted when made.
-#[derive(Debug)]
-pub struct Refusal(pub String);
-
-impl Refusal {
-    /// Logs client `id`'s refusal as its disconnect line and counts it by reason.
-    pub fn new(id: u64, addr: SocketAddr, text: String) -> Self {
-        info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
-        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
-        Refusal(text)
-    }
+/// Logs client `id`'s refusal as its disconnect line and counts it by reason; the transport
+/// then tells the client.
+pub fn refused(id: u64, addr: SocketAddr, refusal: Refusal) -> Refusal {
+    let text = refusal.to_string();
+    info!(id, %addr, reason = %format_args!("refused: {text}"), "disconnect");
+    crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&text));
+    refusal
 }
 
 /// Checks the handshake's name and password (`Users::check`: registered names, their
@@ -43,7 +40,7 @@ pub async fn authenticate(
         .users
         .check(addr.ip(), hs)
         .await
-        .map_err(|text| Refusal::new(id, addr, text.into()))
+        .map_err(|refusal| refused(id, addr, refusal))
 }
 
 /// How a transport's members take part: the format of what they are sent, their line rate
@@ -65,8 +62,8 @@ pub async fn enter(
 ) -> Result<Session, Refusal> {
     let replay = replay_wanted(&hs, ctx);
     if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
-        let text = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
-        return Err(Refusal::new(id, addr, text));
+        let refusal = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
+        return Err(refused(id, addr, refusal));
     }
     let joined = ctx
         .hub
@@ -75,8 +72,8 @@ pub async fn enter(
         Ok(joined) => joined,
         Err(e) => {
             ctx.hub.release(&hs.room, &hs.name, id);
-            let text = ctx.hub.refusal(&e, &hs.name, &hs.room);
-            return Err(Refusal::new(id, addr, text));
+            let refusal = ctx.hub.refusal(&e, &hs.name, &hs.room);
+            return Err(refused(id, addr, refusal));
         }
     };
     info!(id, name = %hs.name, room = %hs.room, format = ?entry.format, transport = entry.transport.label(), "joined");

@@ -23,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use crate::protocol::{
     render_history_end, render_history_messages, render_history_start, Format, Reply,
 };
+use crate::refusal::Refusal;
 use crate::room::{ReplaySize, ReplayStart, Room, RoomError, Seat};
 use crate::store::{Pending, StoredMessage, MAX_REPLAY};
 
@@ -265,13 +266,13 @@ impl PollAnswer for Sleep {
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, String>> {
         if let Poll::Ready(answer) = Pin::new(rx).poll(cx) {
-            return Poll::Ready(answer.unwrap_or_else(|_| Err(UNAVAILABLE.into())));
+            return Poll::Ready(
+                answer.unwrap_or_else(|_| Err(Refusal::HistoryUnavailable.to_string())),
+            );
         }
         match self.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(UNAVAILABLE.into())),
+            Poll::Ready(()) => Poll::Ready(Err(Refusal::HistoryUnavailable.to_string())),
             Poll::Pending => Poll::Pending,
         }
     }
 }
-
-const UNAVAILABLE: &str = "history unavailable";

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::bus::ClaimError;
 use crate::hub::Hub;
-use crate::protocol::{
-    clean_line, clean_message, needs_password, too_much_like, validate_name, validate_room, Format,
-    Reply, NICK_REQUIRES_AUTH,
-};
+use crate::protocol::{clean_line, clean_message, validate_name, validate_room, Format, Reply};
+use crate::refusal::Refusal;
 use crate::replay::{PagedReplay, Step};
 use crate::room::{ReplayStart, Room, RoomError, Seat};
 use crate::store::MAX_REPLAY;
@@ -159,7 +157,7 @@ impl Session {
     pub fn on_message(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
         let text = clean_message(raw);
         if text.contains('\n') && text.starts_with('/') && !text.starts_with("//") {
-            return match self.reply(&Reply::Error("a command must be one line")) {
+            return match self.reply(&Reply::Error(&Refusal::CommandOneLine.to_string())) {
                 Ok(()) => self.pace(now),
                 Err(_) => Next::End(End::SlowConsumer),
             };
@@ -198,7 +196,7 @@ impl Session {
 
     /// A line longer than the limit arrived: say so, keep the connection.
     pub fn line_too_long(&mut self) -> Next {
-        match self.reply(&Reply::Error("line too long")) {
+        match self.reply(&Reply::Error(&Refusal::LineTooLong.to_string())) {
             Ok(()) => Next::Continue,
             Err(_) => Next::End(End::SlowConsumer),
         }
@@ -208,8 +206,9 @@ impl Session {
         self.room.reply(self.seat, reply)
     }
 
-    fn error(&self, reason: &str) -> Result<Option<End>, RoomError> {
-        self.reply(&Reply::Error(reason)).map(|()| None)
+    fn error(&self, refusal: Refusal) -> Result<Option<End>, RoomError> {
+        self.reply(&Reply::Error(&refusal.to_string()))
+            .map(|()| None)
     }
 
     fn command(&mut self, cmd: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
@@ -232,20 +231,20 @@ impl Session {
             "join" => return self.join(args, out),
             "nick" => {
                 if let Err(e) = validate_name(args) {
-                    return self.error(&format!("usage: /nick NAME ({e})"));
+                    return self.error(Refusal::NickUsage(e));
                 }
                 if args == self.name {
-                    return self.error(&format!("you are already called {args}"));
+                    return self.error(Refusal::AlreadyCalled(args.into()));
                 }
                 // Under --require-auth a person is only the name they logged in with: the same
                 // answer whatever the target, registered or not.
                 if self.hub.users.required() {
-                    return self.error(NICK_REQUIRES_AUTH);
+                    return self.error(Refusal::OnlyYourRegisteredName);
                 }
                 // A registered name (or a look-alike of one, which is that name) is taken only
                 // at the handshake, with its password.
                 if self.hub.users.is_registered(args) {
-                    return self.error(&needs_password(args));
+                    return self.error(Refusal::NeedsPassword(args.into()));
                 }
                 if self.hub.clustered() {
                     self.wait_for_claim(self.room.name().to_owned(), AfterClaim::Nick(args.into()));
@@ -255,7 +254,7 @@ impl Session {
             }
             "me" => {
                 if args.is_empty() {
-                    return self.error("usage: /me ACTION");
+                    return self.error(Refusal::MeUsage);
                 }
                 self.room.say(self.seat, args, true)?;
             }
@@ -265,12 +264,12 @@ impl Session {
                     None => (args, ""),
                 };
                 if to.is_empty() || text.is_empty() {
-                    return self.error("usage: /msg NAME TEXT");
+                    return self.error(Refusal::MsgUsage);
                 }
                 match self.room.private(self.seat, to, text) {
                     Ok(()) => {}
                     Err(RoomError::NoSuchMember) => {
-                        return self.error(&format!("no one called {to} in this room"));
+                        return self.error(Refusal::NoSuchMember(to.into()));
                     }
                     Err(e) => return Err(e),
                 }
@@ -285,21 +284,21 @@ impl Session {
                     "" => 20,
                     n => match n.parse::<usize>() {
                         Ok(n) if (1..=MAX_REPLAY).contains(&n) => n,
-                        _ => return self.error("usage: /history [N] (N from 1 to 1000)"),
+                        _ => return self.error(Refusal::HistoryUsage),
                     },
                 };
                 if !self.room.history_kept() {
-                    return self.error("history is off on this server");
+                    return self.error(Refusal::HistoryOff);
                 }
                 if !self.room.history_available() {
-                    return self.error("history unavailable");
+                    return self.error(Refusal::HistoryUnavailable);
                 }
                 let start = self.room.history(self.seat, n)?;
                 self.start_replay(start);
             }
             _ => {
                 let shown: String = verb.chars().take(32).collect();
-                return self.error(&format!("unknown command /{shown} (try /help)"));
+                return self.error(Refusal::UnknownCommand(shown));
             }
         }
         Ok(None)
@@ -314,11 +313,15 @@ impl Session {
             }
             Err(RoomError::NameTaken) => {
                 self.hub.release(self.room.name(), new, self.id);
-                self.error(&format!("name {new} is already taken in this room"))
+                self.error(taken(new, "this room"))
             }
             Err(RoomError::LooksLike(like)) => {
                 self.hub.release(self.room.name(), new, self.id);
-                self.error(&too_much_like(new, &like, "this room"))
+                self.error(Refusal::TooMuchLike {
+                    name: new.into(),
+                    like,
+                    place: "this room".into(),
+                })
             }
             Err(e) => {
                 self.hub.release(self.room.name(), new, self.id);
@@ -329,10 +332,10 @@ impl Session {
 
     fn join(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         if let Err(e) = validate_room(room) {
-            return self.error(&format!("usage: /join ROOM ({e})"));
+            return self.error(Refusal::JoinUsage(e));
         }
         if room == self.room.name() {
-            return self.error(&format!("you are already in {room}"));
+            return self.error(Refusal::AlreadyIn(room.into()));
         }
         if self.hub.clustered() {
             self.wait_for_claim(room.to_owned(), AfterClaim::Join(room.to_owned()));
@@ -368,11 +371,9 @@ impl Session {
             Err(e) => {
                 self.hub.release(room, &self.name, self.id);
                 match e {
-                    RoomError::NameTaken => {
-                        self.error(&format!("name {} is already taken in {room}", self.name))
-                    }
+                    RoomError::NameTaken => self.error(taken(&self.name, room)),
                     RoomError::Full | RoomError::TooManyRooms | RoomError::LooksLike(_) => {
-                        self.error(&self.hub.refusal(&e, &self.name, room))
+                        self.error(self.hub.refusal(&e, &self.name, room))
                     }
                     e => Err(e),
                 }
@@ -398,12 +399,12 @@ impl Session {
                 (Ok(()), AfterClaim::Nick(new)) => self.rename(&new),
                 (Ok(()), AfterClaim::Join(room)) => self.join_now(&room, out),
                 (Err(ClaimError::Taken), AfterClaim::Nick(new)) => {
-                    self.error(&format!("name {new} is already taken in this room"))
+                    self.error(taken(&new, "this room"))
                 }
                 (Err(ClaimError::Taken), AfterClaim::Join(room)) => {
-                    self.error(&format!("name {} is already taken in {room}", self.name))
+                    self.error(taken(&self.name, &room))
                 }
-                (Err(ClaimError::Unavailable(_)), _) => self.error(crate::hub::UNAVAILABLE),
+                (Err(ClaimError::Unavailable(_)), _) => self.error(Refusal::ClusterUnavailable),
             });
         }
         let Some(replay) = self.replay.as_mut() else {
@@ -430,6 +431,14 @@ impl Session {
                 AfterClaim::Join(room) => self.hub.release(&room, &self.name, self.id),
             }
         }
+    }
+}
+
+/// `name NAME is already taken in PLACE` (`this room`, or the room of a `/join`).
+fn taken(name: &str, place: &str) -> Refusal {
+    Refusal::NameTaken {
+        name: name.into(),
+        place: place.into(),
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Durability, HistoryMode};
 use crate::protocol::Timestamp;
+use crate::refusal::Refusal;
 pub use machat_proto::message::{History, MessageRef, StoredMessage};
 
 /// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
@@ -185,13 +186,13 @@ impl Store for NoStore {
         false
     }
     fn query(&self, _room: &str, _after: Option<u64>, _until: u64, _limit: usize) -> Pending {
-        answer(Err("history is off on this server".into()))
+        answer(Err(Refusal::HistoryOff.to_string()))
     }
     fn count(&self, _room: &str, _after: u64, _until: u64) -> PendingCount {
-        answer_count(Err("history is off on this server".into()))
+        answer_count(Err(Refusal::HistoryOff.to_string()))
     }
     fn last_span(&self, _room: &str, _until: u64, _limit: usize) -> PendingSpan {
-        answer_span(Err("history is off on this server".into()))
+        answer_span(Err(Refusal::HistoryOff.to_string()))
     }
     fn available(&self) -> bool {
         false
@@ -750,7 +751,7 @@ impl Store for SqliteStore {
                 TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
             };
             if let Op::Query { reply, .. } = op {
-                let _ = reply.send(Err("history unavailable".into()));
+                let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
             }
         }
         rx
@@ -771,7 +772,7 @@ impl Store for SqliteStore {
             | TrySendError::Disconnected(Op::Count { reply, .. }),
         ) = sent
         {
-            let _ = reply.send(Err("history unavailable".into()));
+            let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
         }
         rx
     }
@@ -791,7 +792,7 @@ impl Store for SqliteStore {
             | TrySendError::Disconnected(Op::Span { reply, .. }),
         ) = sent
         {
-            let _ = reply.send(Err("history unavailable".into()));
+            let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
         }
         rx
     }
@@ -1077,7 +1078,7 @@ impl Writer {
         };
         result.map_err(|e| {
             warn!("history query failed: {e}");
-            "history unavailable".to_owned()
+            Refusal::HistoryUnavailable.to_string()
         })
     }
 
@@ -1116,7 +1117,7 @@ impl Writer {
         })();
         result.map_err(|e| {
             warn!("history count failed: {e}");
-            "history unavailable".to_owned()
+            Refusal::HistoryUnavailable.to_string()
         })
     }
 
@@ -1153,7 +1154,7 @@ impl Writer {
         })();
         result.map_err(|e| {
             warn!("history query failed: {e}");
-            "history unavailable".to_owned()
+            Refusal::HistoryUnavailable.to_string()
         })
     }
 

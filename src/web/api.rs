@@ -12,6 +12,7 @@ use serde_json::json;
 use super::guard::Token;
 use super::WebState;
 use crate::protocol::{validate_room, RoomEvent};
+use crate::refusal::Refusal;
 use crate::replay::PageSize;
 use crate::store::MAX_REPLAY;
 
@@ -133,7 +134,12 @@ pub(super) async fn messages(
         // All of it is here: one body with its length, as any client expects.
         match paging.next_chunk().await {
             Some(Ok(bytes)) => axum::body::Body::from(bytes),
-            _ => return error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable"),
+            _ => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &Refusal::HistoryUnavailable.to_string(),
+                )
+            }
         }
     } else {
         let pages = futures_util::stream::unfold(paging, |mut paging| async move {

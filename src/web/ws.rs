@@ -37,7 +37,7 @@ use super::api::error;
 use super::frames::{Flood, FrameMeter};
 use super::WebState;
 use crate::connection::Shared;
-use crate::lifecycle::{self, Entry, Refusal};
+use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{handshake_frame, Format, Handshake, Reply};
@@ -247,8 +247,13 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             return;
         }
     };
-    if let Err(Refusal(text)) = lifecycle::authenticate(ctx, id, addr, &hs).await {
-        goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
+    if let Err(refusal) = lifecycle::authenticate(ctx, id, addr, &hs).await {
+        goodbye(
+            &mut socket,
+            &Reason::Refused(refusal.to_string()),
+            Vec::new(),
+        )
+        .await;
         return;
     }
     let entry = Entry {
@@ -259,8 +264,13 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
     };
     let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
         Ok(session) => session,
-        Err(Refusal(text)) => {
-            goodbye(&mut socket, &Reason::Refused(text), Vec::new()).await;
+        Err(refusal) => {
+            goodbye(
+                &mut socket,
+                &Reason::Refused(refusal.to_string()),
+                Vec::new(),
+            )
+            .await;
             return;
         }
     };

@@ -192,22 +192,6 @@ pub fn name_key(name: &str) -> NameKey {
     }
 }
 
-/// The refusal of a name whose key is another's in the same room: `place` is `room ROOM` or
-/// `this room`.
-pub fn too_much_like(name: &str, like: &str, place: &str) -> String {
-    format!("name {name} is too much like {like}, already in {place}")
-}
-
-/// The refusal of `/nick` to a registered name or a look-alike of one (without
-/// `--require-auth`): such a name is taken only at the handshake, with its password.
-pub fn needs_password(name: &str) -> String {
-    format!("name {name} needs a password: reconnect with it")
-}
-
-/// The refusal of every `/nick` under `--require-auth`, whatever the target (so it tells
-/// registered names from others no more than the handshake does).
-pub const NICK_REQUIRES_AUTH: &str = "you can only be your registered name on this server";
-
 /// A name is 1 to 32 characters with no whitespace, control or invisible characters and none of
 /// `: * /`: so `name:` always ends at the first colon and `*** ` can never start a user's line.
 pub fn validate_name(name: &str) -> Result<(), String> {

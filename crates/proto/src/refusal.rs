@@ -1,0 +1,116 @@
+//! Every refusal a client can be told, in one place: the text after `*** error: ` (or in a JSON
+//! `error`, or a WebSocket close), exactly as `docs/PROTOCOL.md` gives it. The server decides
+//! *when* to refuse; this module alone decides *what it says*, so a transport to come (IRC)
+//! says the same, and a change of wording is one change here (and one in the docs).
+
+use thiserror::Error;
+
+/// A refusal, rendered by `Display`. Names and rooms in it have passed the name rules (or are
+/// the client's own words cut short), so the text is safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// A handshake that breaks a rule (its text comes from [`crate::protocol`]'s checks).
+    #[error("{0}")]
+    Handshake(String),
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    #[error("too many failed logins from your address; try again later")]
+    TooManyFailedLogins,
+    /// `/nick` under `--require-auth`: the same answer for every name, registered or not.
+    #[error("you can only be your registered name on this server")]
+    OnlyYourRegisteredName,
+    /// `/nick` to a registered name (or a look-alike of one) without `--require-auth`.
+    #[error("name {0} needs a password: reconnect with it")]
+    NeedsPassword(String),
+    /// The name is in use where the client wants it; `place` is `room ROOM` at the handshake,
+    /// `ROOM` for `/join`, `this room` for `/nick`.
+    #[error("name {name} is already taken in {place}")]
+    NameTaken { name: String, place: String },
+    /// The name is too much like (has the same key as) a member's; `place` as for `NameTaken`.
+    #[error("name {name} is too much like {like}, already in {place}")]
+    TooMuchLike {
+        name: String,
+        like: String,
+        place: String,
+    },
+    #[error("room {room} is full ({max} members)")]
+    RoomFull { room: String, max: usize },
+    #[error("too many rooms on this server ({0})")]
+    TooManyRooms(usize),
+    #[error("the cluster is unavailable, try again")]
+    ClusterUnavailable,
+    #[error("a command must be one line")]
+    CommandOneLine,
+    #[error("line too long")]
+    LineTooLong,
+    /// `/nick` with a name that breaks a rule (the rule's own text).
+    #[error("usage: /nick NAME ({0})")]
+    NickUsage(String),
+    #[error("you are already called {0}")]
+    AlreadyCalled(String),
+    #[error("usage: /me ACTION")]
+    MeUsage,
+    #[error("usage: /msg NAME TEXT")]
+    MsgUsage,
+    #[error("no one called {0} in this room")]
+    NoSuchMember(String),
+    #[error("usage: /history [N] (N from 1 to 1000)")]
+    HistoryUsage,
+    #[error("history is off on this server")]
+    HistoryOff,
+    #[error("history unavailable")]
+    HistoryUnavailable,
+    /// The command as typed, cut to 32 characters.
+    #[error("unknown command /{0} (try /help)")]
+    UnknownCommand(String),
+    /// `/join` with a room that breaks a rule (the rule's own text).
+    #[error("usage: /join ROOM ({0})")]
+    JoinUsage(String),
+    #[error("you are already in {0}")]
+    AlreadyIn(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_the_protocol_documents_them() {
+        let cases = [
+            (Refusal::AuthenticationFailed, "authentication failed"),
+            (
+                Refusal::NameTaken {
+                    name: "Mina".into(),
+                    place: "room devroom".into(),
+                },
+                "name Mina is already taken in room devroom",
+            ),
+            (
+                Refusal::TooMuchLike {
+                    name: "Аlice".into(),
+                    like: "Alice".into(),
+                    place: "room devroom".into(),
+                },
+                "name Аlice is too much like Alice, already in room devroom",
+            ),
+            (
+                Refusal::RoomFull {
+                    room: "r".into(),
+                    max: 3,
+                },
+                "room r is full (3 members)",
+            ),
+            (
+                Refusal::UnknownCommand("frob".into()),
+                "unknown command /frob (try /help)",
+            ),
+            (
+                Refusal::NeedsPassword("Ann".into()),
+                "name Ann needs a password: reconnect with it",
+            ),
+        ];
+        for (refusal, text) in cases {
+            assert_eq!(refusal.to_string(), text);
+        }
+    }
+}
