@@ -176,7 +176,7 @@ struct Member {
     id: u64,
     name: String,
     /// The name's [`crate::protocol::name_key`]: names in a room are unique by it.
-    key: crate::protocol::NameKey,
+    key: KeyHash,
     format: Format,
     cursor: u64,
     /// Lines for this member only, each with the log position it was sent at.
@@ -186,14 +186,41 @@ struct Member {
     waker: Option<Waker>,
     /// True while the task waits for the room (its waker is current and on the waiters list).
     waiting: bool,
-    /// A replay under way: the member's cursor stops at its place until it is over.
-    hold: Option<Hold>,
+    /// A replay under way: the member's cursor stops at its place until it is over. Boxed, so
+    /// an idle member pays a pointer for it.
+    hold: Option<Box<Hold>>,
 }
 
 /// Where a replay (history on joining, `/history`) stands in a member's stream. The replay is
 /// read from the store a page at a time as the member drains it; meanwhile the room's newer
 /// traffic and later private lines wait behind it, so everything keeps its order, and every
 /// byte held for the replay counts as the member's lag and towards the server's budget.
+/// A name's key as a member keeps it: the two forms of [`crate::protocol::NameKey`] as hashes
+/// keyed at random per process. A member holds 16 bytes instead of two strings (about 100
+/// bytes with their allocations), and since nobody knows the keys, nobody can pick two names
+/// whose hashes meet (by chance: one in 2^64 per pair of names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyHash {
+    lower: u64,
+    upper: u64,
+}
+
+impl KeyHash {
+    fn of(key: &crate::protocol::NameKey) -> Self {
+        use std::hash::BuildHasher;
+        static STATE: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let state = STATE.get_or_init(std::hash::RandomState::new);
+        KeyHash {
+            lower: state.hash_one(&key.lower),
+            upper: state.hash_one(&key.upper),
+        }
+    }
+
+    fn clashes(&self, other: &KeyHash) -> bool {
+        self.lower == other.lower || self.upper == other.upper
+    }
+}
+
 #[derive(Debug)]
 struct Hold {
     /// The log position the replay stands at.
@@ -350,7 +377,7 @@ impl Room {
         format: Format,
         replay: Option<Replay>,
     ) -> Result<(Seat, Option<ReplayStart>), RoomError> {
-        let key = crate::protocol::name_key(name);
+        let key = KeyHash::of(&crate::protocol::name_key(name));
         let mut inner = self.lock();
         inner.check_free(name, &key, None)?;
         let log = &mut inner.logs[format as usize];
@@ -365,11 +392,13 @@ impl Room {
             private_bytes: 0,
             waker: None,
             waiting: false,
-            hold: replay.map(|_| Hold {
-                pos: log.head(),
-                before: 0,
-                page: Vec::new(),
-                raw: 0,
+            hold: replay.map(|_| {
+                Box::new(Hold {
+                    pos: log.head(),
+                    before: 0,
+                    page: Vec::new(),
+                    raw: 0,
+                })
             }),
         };
         let slot = match inner.free.pop() {
@@ -420,14 +449,14 @@ impl Room {
         if let Some(h) = m.hold.take() {
             // One replay at a time; a new one ends the old one where it was.
             inner.held_total -= h.bytes();
-            m.release(h, &mut inner.private_total);
+            m.release(*h, &mut inner.private_total);
         }
-        m.hold = Some(Hold {
+        m.hold = Some(Box::new(Hold {
             pos,
             before: m.private.len(),
             page: Vec::new(),
             raw: 0,
-        });
+        }));
         Ok(self.replay_start(Replay { after: None, limit }, until))
     }
 
@@ -483,7 +512,7 @@ impl Room {
         }
         if let Some(h) = m.hold.take() {
             inner.held_total -= h.bytes();
-            m.release(h, &mut inner.private_total);
+            m.release(*h, &mut inner.private_total);
             m.wake();
         }
     }
@@ -611,7 +640,7 @@ impl Room {
 
     /// Renames a member if the new name is free in this room, and tells the room.
     pub fn rename(&self, seat: Seat, new: &str) -> Result<(), RoomError> {
-        let key = crate::protocol::name_key(new);
+        let key = KeyHash::of(&crate::protocol::name_key(new));
         let mut inner = self.lock();
         // One's own name in another case or form is a rename, not a clash.
         inner.check_free(new, &key, Some(seat.slot))?;
@@ -904,7 +933,7 @@ impl Member {
 
 /// Bytes a member has not yet taken, or that are held for it.
 fn lag(m: &Member, head: u64) -> usize {
-    (head - m.cursor) as usize + m.private_bytes + m.hold.as_ref().map_or(0, Hold::bytes)
+    (head - m.cursor) as usize + m.private_bytes + m.hold.as_ref().map_or(0, |h| h.bytes())
 }
 
 /// How much a log may grow before it is checked for members that fell behind.
@@ -921,7 +950,7 @@ impl Inner {
     }
 
     /// The member whose name has `key`, other than the one in slot `except`.
-    fn find_key(&self, key: &crate::protocol::NameKey, except: Option<usize>) -> Option<&Member> {
+    fn find_key(&self, key: &KeyHash, except: Option<usize>) -> Option<&Member> {
         self.slots
             .iter()
             .enumerate()
@@ -933,7 +962,7 @@ impl Inner {
     fn check_free(
         &self,
         name: &str,
-        key: &crate::protocol::NameKey,
+        key: &KeyHash,
         except: Option<usize>,
     ) -> Result<(), RoomError> {
         match self.find_key(key, except) {
@@ -962,7 +991,7 @@ impl Inner {
         self.free.push(slot);
         self.count -= 1;
         self.private_total -= m.private_bytes;
-        self.held_total -= m.hold.as_ref().map_or(0, Hold::bytes);
+        self.held_total -= m.hold.as_ref().map_or(0, |h| h.bytes());
         let log = &mut self.logs[m.format as usize];
         log.members -= 1;
         if m.cursor < log.head() {
@@ -979,7 +1008,7 @@ impl Inner {
         };
         if let Some(h) = m.hold.take() {
             self.held_total -= h.bytes();
-            m.release(h, &mut self.private_total);
+            m.release(*h, &mut self.private_total);
         }
     }
 

@@ -86,8 +86,9 @@ pub struct Session {
     limit: Option<RateLimit>,
     /// The longest line a client may send (`--max-line`): what sizes a replay's pages.
     max_line: usize,
-    /// A replay under way (history on joining, or `/history`).
-    replay: Option<PagedReplay>,
+    /// A replay under way (history on joining, or `/history`). Boxed: an idle session (most
+    /// of them, most of the time) then pays one pointer for it, not its 128 bytes.
+    replay: Option<Box<PagedReplay>>,
     /// In cluster mode: a `/nick` or `/join` waiting for the cluster to confirm the name.
     claim_wait: Option<ClaimWait>,
 }
@@ -130,7 +131,16 @@ impl Session {
     /// Sends a replay (begun when the member joined) before anything newer from the room.
     pub fn start_replay(&mut self, start: ReplayStart) {
         let max_pending = self.room.max_pending();
-        self.replay = Some(PagedReplay::new(start, max_pending, self.max_line));
+        self.replay = Some(Box::new(PagedReplay::new(
+            start,
+            max_pending,
+            self.max_line,
+        )));
+    }
+
+    /// The longest line the client may send (`--max-line`).
+    pub fn max_line(&self) -> usize {
+        self.max_line
     }
 
     /// True while a replay is under way (lines received meanwhile wait their turn).

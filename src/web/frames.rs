@@ -73,8 +73,8 @@ pub struct FrameMeter<I> {
     held_at: usize,
     /// The header of the frame being walked: its bytes so far, and how many it has.
     header: [u8; 14],
-    have: usize,
-    need: usize,
+    have: u8,
+    need: u8,
     /// Payload bytes of the current frame still to pass.
     payload_left: u64,
     /// The line rate (None with `--max-line-rate 0`).
@@ -127,7 +127,7 @@ impl<I> FrameMeter<I> {
             if self.have == 0 && !self.frame_starts(bytes[i], now, cx) {
                 return i;
             }
-            self.header[self.have] = bytes[i];
+            self.header[usize::from(self.have)] = bytes[i];
             self.have += 1;
             i += 1;
             if self.have == 2 {

@@ -351,7 +351,6 @@ struct WsConnection {
     ping: Option<Pin<Box<Interval>>>,
     /// With `--idle-timeout`: when the client last sent a frame (a pong counts).
     idle: Option<IdleTimer>,
-    max_line: usize,
     end: Option<Reason>,
 }
 
@@ -372,7 +371,6 @@ impl WsConnection {
             blocked: false,
             ping,
             idle: IdleTimer::new(ctx.config.idle_timeout),
-            max_line: ctx.config.max_line,
             end: None,
         }
     }
@@ -465,7 +463,7 @@ impl WsConnection {
             // were counted as they were read (FrameMeter).
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
         };
-        if text.len() > self.max_line {
+        if text.len() > self.session.max_line() {
             self.end = Some(Reason::Closed(CloseCode::Size, "line too long"));
             return;
         }
