@@ -10,35 +10,29 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Sleep};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use crate::auth::Users;
-use crate::cluster::Cluster;
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::context::{Greeted, Greeting, Handoff, Shared};
 use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::refusal::Refusal;
-use crate::room::{Replay, Take};
+use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
-use crate::store::{Store, MAX_REPLAY};
 use crate::transport::{Io, READ_CHUNK};
 
 /// Most bytes copied out of a room for one write.
@@ -62,132 +56,6 @@ thread_local! {
 /// Records which runtime the current thread drives (at the thread's start).
 pub fn set_runtime_index(i: usize) {
     RUNTIME.with(|r| r.set(i));
-}
-
-/// A runtime's inbox, for connections handed over from another thread.
-pub type Inbox = mpsc::UnboundedSender<Handoff>;
-
-/// A connection moving to another runtime: accepted ones to spread the load, greeted ones to
-/// live with the rest of their room.
-pub enum Handoff {
-    New {
-        stream: std::net::TcpStream,
-        addr: SocketAddr,
-        ticket: Ticket,
-        /// Accepted on the TLS port: the TLS handshake is still to do.
-        tls: bool,
-    },
-    Greeted(Box<Greeted>),
-}
-
-/// A connection that sent a valid handshake, on its way to join its room.
-pub struct Greeted {
-    pub stream: std::net::TcpStream,
-    pub rest: Greeting,
-}
-
-/// What a greeted connection carries besides its socket.
-pub struct Greeting {
-    pub addr: SocketAddr,
-    ticket: Ticket,
-    id: u64,
-    hs: Handshake,
-    leftover: Vec<u8>,
-}
-
-/// What every connection shares.
-pub struct Shared {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    next_id: AtomicU64,
-    shutting_down: AtomicBool,
-    /// Every runtime's inbox, by index (set once at start-up; empty means one runtime).
-    runtimes: OnceLock<Vec<Inbox>>,
-    pub store: Arc<dyn Store>,
-    /// The TLS side's certificate and key, when `--tls-addr` is given.
-    pub tls: Option<TlsAcceptor>,
-}
-
-impl Shared {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        tls: Option<TlsAcceptor>,
-        users: Arc<Users>,
-        cluster: Option<Arc<Cluster>>,
-    ) -> Self {
-        let mut hub = Hub::with_limits(
-            config.max_pending,
-            store.clone(),
-            config.max_rooms,
-            config.max_room_members,
-            match config.max_queued_total {
-                0 => usize::MAX,
-                n => n,
-            },
-        )
-        .with_users(users);
-        if let Some(cluster) = &cluster {
-            hub = hub.with_bus(cluster.clone());
-        }
-        let hub = Arc::new(hub);
-        if let Some(cluster) = &cluster {
-            // From here on the cluster's events reach this hub's rooms.
-            cluster.attach(hub.clone());
-        }
-        Shared {
-            config,
-            hub,
-            next_id: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
-            runtimes: OnceLock::new(),
-            store,
-            tls,
-        }
-    }
-
-    pub fn set_runtimes(&self, inboxes: Vec<Inbox>) {
-        let _ = self.runtimes.set(inboxes);
-    }
-
-    pub fn runtime_count(&self) -> usize {
-        self.runtimes.get().map_or(1, |r| r.len().max(1))
-    }
-
-    pub fn hand_over(&self, runtime: usize, handoff: Handoff) {
-        if let Some(inbox) = self.runtimes.get().and_then(|r| r.get(runtime)) {
-            // Fails only when that runtime stopped at shutdown; the connection then just closes.
-            let _ = inbox.send(handoff);
-        }
-    }
-
-    /// The runtime that serves a room's members. Keeping a room's members on one thread means
-    /// a message wakes only tasks of that thread: no cross-thread wake-ups, no contention on
-    /// the room's lock. Different rooms spread over the threads.
-    fn home_of(&self, room: &str) -> usize {
-        let n = self.runtime_count();
-        if n == 1 {
-            return 0;
-        }
-        let mut h = std::hash::DefaultHasher::new();
-        room.hash(&mut h);
-        (h.finish() % n as u64) as usize
-    }
-
-    /// Tells every connection in a room to say goodbye (connections still in their handshake
-    /// watch the shutdown channel instead).
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.hub.wake_everyone();
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 /// Why a connection ended, for the log and the client's last line.
@@ -422,28 +290,6 @@ async fn join<S: Io>(
         conn.feed(&leftover);
     }
     Some(conn)
-}
-
-/// What to replay before live messages: a resume, the last N asked for, or the default.
-pub(crate) fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
-    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
-    match (hs.since, hs.history) {
-        // A resume is paged (see `replay`): every stored message after the id comes.
-        (Some(after), _) => Some(Replay {
-            after: Some(after),
-            limit: MAX_REPLAY,
-        }),
-        (None, Some(0)) => None,
-        (None, Some(n)) => Some(Replay {
-            after: None,
-            limit: (n as usize).min(max),
-        }),
-        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
-            after: None,
-            limit: (ctx.config.history_on_join as usize).min(max),
-        }),
-        (None, None) => None,
-    }
 }
 
 /// Sends `*** error: REASON` (or its JSON form) and closes.

@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 
 use tracing::info;
 
-use crate::connection::{replay_wanted, Shared};
+use crate::context::Shared;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Handshake};
 use crate::refusal::Refusal;
+use crate::room::Replay;
 use crate::session::{End, RateLimit, Session};
+use crate::store::MAX_REPLAY;
 
 /// Logs client `id`'s refusal as its disconnect line and counts it by reason; the transport
 /// then tells the client.
@@ -101,4 +103,26 @@ pub fn ended(session: &Session, addr: SocketAddr, reason: &dyn Display, end: Opt
         crate::metrics::slow_consumer();
     }
     info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
+}
+
+/// What to replay before live messages: a resume, the last N asked for, or the default.
+fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
+    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
+    match (hs.since, hs.history) {
+        // A resume is paged (see `replay`): every stored message after the id comes.
+        (Some(after), _) => Some(Replay {
+            after: Some(after),
+            limit: MAX_REPLAY,
+        }),
+        (None, Some(0)) => None,
+        (None, Some(n)) => Some(Replay {
+            after: None,
+            limit: (n as usize).min(max),
+        }),
+        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
+            after: None,
+            limit: (ctx.config.history_on_join as usize).min(max),
+        }),
+        (None, None) => None,
+    }
 }

@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::{
-    finish, serve, serve_greeted, serve_tls, set_runtime_index, Handoff, Inbox, Shared,
-};
+use crate::connection::{finish, serve, serve_greeted, serve_tls, set_runtime_index};
+use crate::context::{Handoff, Inbox, Shared};
 use crate::limits::{raise_fd_limit, Admission, Ticket};
+use crate::listen::listen_all;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
 use crate::web::{Web, WebState};
@@ -197,49 +197,6 @@ async fn drain(admission: &Admission) {
     while admission.open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Binds every address `addr` resolves to, with the configured backlog.
-pub(crate) async fn listen_all(addr: &str, backlog: u32) -> io::Result<Vec<TcpListener>> {
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
-        .collect();
-    addrs.dedup();
-    let mut listeners = Vec::new();
-    let mut last_err = None;
-    for addr in addrs {
-        match listen(addr, backlog) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                warn!(%addr, "cannot listen: {e}");
-                last_err = Some(io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {addr}: {e}"),
-                ));
-            }
-        }
-    }
-    if listeners.is_empty() {
-        return Err(last_err.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                "address resolved to nothing",
-            )
-        }));
-    }
-    Ok(listeners)
-}
-
-fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
 }
 
 /// Spreads new connections over the runtimes, in turn.

@@ -32,7 +32,7 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::Shared;
+use crate::context::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
@@ -81,7 +81,7 @@ impl Web {
                 let Some(addr) = addr else {
                     return Ok(Vec::new());
                 };
-                crate::server::listen_all(&addr, config.backlog)
+                crate::listen::listen_all(&addr, config.backlog)
                     .await
                     .map_err(|e| io::Error::new(e.kind(), format!("{flag}: {e}")))
             }

@@ -36,7 +36,7 @@ use tracing::info;
 use super::api::error;
 use super::frames::{Flood, FrameMeter};
 use super::WebState;
-use crate::connection::Shared;
+use crate::context::Shared;
 use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
