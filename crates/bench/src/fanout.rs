@@ -10,7 +10,6 @@
 //! seen echoed back on its member connection. "As fast as possible" thus measures delivery, not
 //! the growth of a queue in the kernel or the server.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -30,7 +29,10 @@ use crate::procstat;
 use crate::proto::{self, Event, Target, Text};
 use crate::Common;
 
+mod lat;
 mod ws;
+
+use lat::{add_hist, lock, new_hist, node_lat, with_thread_state, LatAgg, LatRegistry};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -109,11 +111,9 @@ struct Ctx {
     senders_done: AtomicUsize,
     expected: AtomicU64,
     room_members: Vec<u64>,
-    /// Identifies this run to the per-thread state.
-    run_id: usize,
     /// End-to-end latency of every delivery, us: one aggregate per generator thread, and in it
     /// one per node (the connection's server), so cross-node latency can be told apart.
-    lat_aggs: std::sync::Mutex<Vec<ThreadLat>>,
+    lat: LatRegistry,
 }
 
 impl Ctx {
@@ -378,94 +378,6 @@ impl Pacer {
     }
 }
 
-/// Latencies below this many us are counted in a flat array (one increment, cache-hot: the
-/// values of a run cluster) and go into the HDR histogram, exactly, at the end; larger ones are
-/// recorded directly.
-const LAT_FLAT: usize = 1 << 16;
-
-/// Latencies (us) of the deliveries read by one generator thread. Connections share their
-/// thread's aggregate, so recording stays in the cache (a histogram per connection, ~190 KB
-/// each, would miss it on every record).
-struct LatAgg {
-    /// u32 counts keep the cluster of a run's latencies in the L1 cache; a count that wraps
-    /// moves 2^32 into `hist`.
-    flat: Vec<u32>,
-    hist: Histogram<u64>,
-}
-
-impl LatAgg {
-    fn new() -> LatAgg {
-        LatAgg {
-            flat: vec![0; LAT_FLAT],
-            hist: new_hist(),
-        }
-    }
-
-    #[inline(always)]
-    fn record(&mut self, us: u64) {
-        match self.flat.get_mut(us as usize) {
-            Some(c) => {
-                *c = c.wrapping_add(1);
-                if *c == 0 {
-                    self.hist.saturating_record_n(us, 1 << 32);
-                }
-            }
-            None => self.hist.saturating_record(us),
-        }
-    }
-
-    /// Adds everything recorded to `h`.
-    fn merge_into(&self, h: &mut Histogram<u64>) {
-        let _ = h.add(&self.hist); // same bounds: cannot fail
-        for (v, &n) in self.flat.iter().enumerate() {
-            if n > 0 {
-                h.saturating_record_n(v as u64, u64::from(n));
-            }
-        }
-    }
-}
-
-/// One generator thread's latency aggregates, one per node (`Ctx::nodes`).
-type ThreadLat = Arc<std::sync::Mutex<Vec<LatAgg>>>;
-
-/// Per generator thread: the read buffer (see `FanoutArgs::read_buf`) and the latency
-/// aggregates, registered in the run's `Ctx` (by `run_id`) on first use.
-struct ThreadState {
-    buf: Vec<u8>,
-    lat: Option<(usize, ThreadLat)>,
-}
-
-thread_local! {
-    static THREAD_STATE: RefCell<ThreadState> = const {
-        RefCell::new(ThreadState {
-            buf: Vec::new(),
-            lat: None,
-        })
-    };
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// This thread's latency aggregates for the run of `ctx` (made and registered on first use).
-fn thread_lat<'a>(ctx: &Ctx, lat: &'a mut Option<(usize, ThreadLat)>) -> &'a ThreadLat {
-    let id = ctx.run_id;
-    if lat.as_ref().is_some_and(|(i, _)| *i != id) {
-        *lat = None; // left from an earlier run
-    }
-    &lat.get_or_insert_with(|| {
-        let per_node = ctx.nodes.iter().map(|_| LatAgg::new()).collect();
-        let agg = Arc::new(std::sync::Mutex::new(per_node));
-        lock(&ctx.lat_aggs).push(agg.clone());
-        (id, agg)
-    })
-    .1
-}
-
 /// Reads once into the thread's buffer (after the connection's incomplete frame, `carry`) and
 /// decodes every complete frame; returns the bytes read (0 = end of stream). The buffer is only
 /// borrowed within this poll, so the connections of a thread can share it.
@@ -477,10 +389,7 @@ fn poll_read_decode(
     ctx: &Ctx,
     recv: &mut RecvState,
 ) -> Poll<Result<usize, String>> {
-    THREAD_STATE.with(|cell| {
-        let mut state = cell.borrow_mut();
-        let ThreadState { buf, lat } = &mut *state;
-        let agg = thread_lat(ctx, lat);
+    with_thread_state(&ctx.lat, |buf, agg| {
         let kept = carry.len();
         let end = kept + read_buf; // grows with a frame larger than the buffer
         if buf.len() < end {
@@ -509,20 +418,6 @@ fn poll_read_decode(
             }
         }
     })
-}
-
-/// The aggregate of `node` among a thread's (one per node, so always there).
-fn node_lat(aggs: &mut [LatAgg], node: usize) -> Result<&mut LatAgg, String> {
-    aggs.get_mut(node)
-        .ok_or_else(|| format!("no latency aggregate for node {node}"))
-}
-
-fn new_hist() -> Histogram<u64> {
-    // 1 us .. 1 hour, 3 significant digits; these bounds are valid constants.
-    match Histogram::new_with_bounds(1, 3_600_000_000, 3) {
-        Ok(h) => h,
-        Err(e) => panic!("histogram bounds: {e:?}"),
-    }
 }
 
 async fn conn_task(ctx: Arc<Ctx>, spec: Spec, phase: watch::Receiver<Phase>) -> ConnResult {
@@ -955,11 +850,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         senders_done: AtomicUsize::new(0),
         expected: AtomicU64::new(0),
         room_members: room_members.clone(),
-        run_id: {
-            static RUNS: AtomicUsize = AtomicUsize::new(0);
-            RUNS.fetch_add(1, Relaxed)
-        },
-        lat_aggs: std::sync::Mutex::new(Vec::new()),
+        lat: LatRegistry::new(nodes.len()),
     });
 
     // Build the connections.
@@ -1174,7 +1065,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     }
     for r in results {
         if let Some(hh) = &r.lag {
-            lag.add(hh).map_err(|e| format!("histogram merge: {e:?}"))?;
+            add_hist(&mut lag, hh)?;
         }
         if r.error.is_some() || !r.server_errors.is_empty() {
             if r.error.is_some() {
@@ -1197,20 +1088,13 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             last_delivery = last_delivery.max(r.last_delivery_ns);
         }
     }
-    let mut node_hists: Vec<Histogram<u64>> = nodes.iter().map(|_| new_hist()).collect();
-    for aggs in lock(&ctx.lat_aggs).iter() {
-        for (agg, h) in lock(aggs).iter().zip(node_hists.iter_mut()) {
-            agg.merge_into(h);
-        }
-    }
+    let node_hists = ctx.lat.per_node();
     let mut hist = new_hist();
     let mut cross = new_hist();
     for (i, h) in node_hists.iter().enumerate() {
-        hist.add(h).map_err(|e| format!("histogram merge: {e:?}"))?;
+        add_hist(&mut hist, h)?;
         if i > 0 {
-            cross
-                .add(h)
-                .map_err(|e| format!("histogram merge: {e:?}"))?;
+            add_hist(&mut cross, h)?;
         }
     }
     let multi_node = nodes.len() > 1;

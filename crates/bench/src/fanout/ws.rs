@@ -16,10 +16,8 @@ use futures_util::{Sink, Stream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::{
-    lock, new_hist, node_lat, thread_lat, ConnResult, Ctx, Fill, Phase, RecvState, SendState, Spec,
-    ThreadState, BATCH, THREAD_STATE,
-};
+use super::lat::{lock, new_hist, node_lat, with_thread_state};
+use super::{ConnResult, Ctx, Fill, Phase, RecvState, SendState, Spec, BATCH};
 use crate::proto;
 use crate::ws::{self, Ws};
 
@@ -99,11 +97,9 @@ fn poll_io(
         frames: 0,
         eof: false,
     };
-    let read = THREAD_STATE.with(|cell| {
-        let mut state = cell.borrow_mut();
-        let ThreadState { lat, .. } = &mut *state;
+    let read = with_thread_state(&ctx.lat, |_, lat| {
         // Uncontended (one lock per poll; other threads only at the end).
-        let mut aggs = lock(thread_lat(ctx, lat));
+        let mut aggs = lock(lat);
         let agg = node_lat(&mut aggs, recv.node)?;
         while io.frames < FRAMES_PER_POLL {
             match Pin::new(&mut *wsock).poll_next(cx) {
