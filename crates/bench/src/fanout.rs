@@ -30,9 +30,11 @@ use crate::proto::{self, Event, Target, Text};
 use crate::Common;
 
 mod lat;
+mod schedule;
 mod ws;
 
 use lat::{add_hist, lock, new_hist, node_lat, with_thread_state, LatAgg, LatRegistry};
+use schedule::{Pacer, Schedule};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -98,10 +100,7 @@ struct Ctx {
     epoch: Instant,
     payload: usize,
     window: u64,
-    /// Per-sender interval between messages, ns (0 = as fast as possible).
-    interval_ns: u64,
-    messages: Option<u64>,
-    duration_ns: Option<u64>,
+    schedule: Schedule,
     senders_per_room: usize,
     read_buf: usize,
     connect_sem: Semaphore,
@@ -205,21 +204,12 @@ impl SendState {
             if self.done_gen {
                 return Fill::Done;
             }
-            if ctx.messages.is_some_and(|n| self.next_seq >= n) {
+            let sched = ctx
+                .schedule
+                .due_ns(start_ns, self.spec.offset_ns, self.next_seq, now_ns);
+            if ctx.schedule.is_over(start_ns, self.next_seq, sched) {
                 self.done_gen = true;
                 continue;
-            }
-            let sched = if ctx.interval_ns > 0 {
-                start_ns + self.spec.offset_ns + self.next_seq * ctx.interval_ns
-            } else {
-                now_ns
-            };
-            if let Some(d) = ctx.duration_ns {
-                let t = if ctx.interval_ns > 0 { sched } else { now_ns };
-                if t >= start_ns + d {
-                    self.done_gen = true;
-                    continue;
-                }
             }
             let echoed = self.spec.shared.echoed.load(Relaxed);
             if self.next_seq.saturating_sub(echoed) >= ctx.window {
@@ -327,53 +317,6 @@ impl RecvState {
                 }
             }
             Text::Foreign => self.foreign += 1,
-        }
-    }
-}
-
-/// Paces senders for `--rate > 0`: tokio's timer has 1 ms ticks, which would add ~1 ms of
-/// generator lag to every latency; a plain thread sleeping with the kernel's timer (slack set
-/// to 1 ns) wakes each sender within tens of microseconds of its scheduled time. Senders still
-/// decide from the clock what is due, so a late wake-up only shows as latency.
-struct Pacer {
-    epoch: Instant,
-    start_ns: u64,
-    interval_ns: u64,
-    /// Sender notifies, indexed by sender id.
-    targets: Vec<Arc<EchoShared>>,
-    messages: Option<u64>,
-    duration_ns: Option<u64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Pacer {
-    fn run(self) {
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-        }
-        let n = self.targets.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let mut g: u64 = 0;
-        while !self.stop.load(Relaxed) {
-            let (sid, seq) = (g % n, g / n);
-            if self.messages.is_some_and(|m| seq >= m) {
-                return;
-            }
-            let t = self.start_ns + self.interval_ns * sid / n + seq * self.interval_ns;
-            if self.duration_ns.is_some_and(|d| t >= self.start_ns + d) {
-                return;
-            }
-            let now = self.epoch.elapsed().as_nanos() as u64;
-            if t > now {
-                // Sleep in slices so that a stop is noticed.
-                std::thread::sleep(Duration::from_nanos((t - now).min(50_000_000)));
-                continue;
-            }
-            self.targets[sid as usize].notify.notify_one();
-            g += 1;
         }
     }
 }
@@ -548,11 +491,8 @@ async fn conn_run(
                     }
                     Fill::Blocked => {
                         blocked = true;
-                        if ctx.interval_ns == 0 {
-                            if let Some(d) = ctx.duration_ns {
-                                let t = start_ns + d;
-                                wake = Some(wake.map_or(t, |w| w.min(t)));
-                            }
+                        if let Some(t) = ctx.schedule.unpaced_end_ns(start_ns) {
+                            wake = Some(wake.map_or(t, |w| w.min(t)));
                         }
                     }
                     Fill::Full => full = true,
@@ -838,9 +778,11 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         epoch: Instant::now(),
         payload: args.payload,
         window: args.window,
-        interval_ns,
-        messages: args.messages,
-        duration_ns: duration.map(|d| (d * 1e9) as u64),
+        schedule: Schedule {
+            interval_ns,
+            messages: args.messages,
+            duration_ns: duration.map(|d| (d * 1e9) as u64),
+        },
         senders_per_room: args.senders,
         read_buf: args.read_buf.max(1024),
         connect_sem: Semaphore::new(256),
@@ -878,7 +820,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             let sid = (room * args.senders + in_room) as u64;
             SenderSpec {
                 sid,
-                offset_ns: interval_ns * sid / total_senders as u64,
+                offset_ns: ctx.schedule.offset_ns(sid, total_senders as u64),
                 shared: Arc::new(EchoShared {
                     echoed: AtomicU64::new(0),
                     notify: Notify::new(),
@@ -978,18 +920,14 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let start_ns = ctx.now_ns();
     let _ = phase_tx.send(Phase::Run { start_ns });
     let pacer_stop = Arc::new(AtomicBool::new(false));
-    let pacer = (interval_ns > 0).then(|| {
-        let plan = Pacer {
-            epoch: ctx.epoch,
-            start_ns,
-            interval_ns,
-            targets: pace_targets,
-            messages: args.messages,
-            duration_ns: ctx.duration_ns,
-            stop: pacer_stop.clone(),
-        };
-        std::thread::spawn(move || plan.run())
-    });
+    let pacer = Pacer {
+        epoch: ctx.epoch,
+        start_ns,
+        schedule: ctx.schedule,
+        targets: pace_targets,
+        stop: pacer_stop.clone(),
+    }
+    .spawn();
     let drain = Duration::from_secs_f64(args.drain_timeout);
     let mut sends_done_at: Option<Instant> = None;
     let mut last_progress = (0u64, Instant::now());

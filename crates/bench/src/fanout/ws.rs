@@ -262,11 +262,8 @@ async fn run(
                     }
                     Fill::Blocked => {
                         blocked = true;
-                        if ctx.interval_ns == 0 {
-                            if let Some(d) = ctx.duration_ns {
-                                let t = start_ns + d;
-                                wake = Some(wake.map_or(t, |w| w.min(t)));
-                            }
+                        if let Some(t) = ctx.schedule.unpaced_end_ns(start_ns) {
+                            wake = Some(wake.map_or(t, |w| w.min(t)));
                         }
                     }
                     // The batch goes out in the poll below, which then returns at once.
