@@ -1,40 +1,35 @@
 //! The `fanout` scenario: clients in rooms, some of them senders, every message delivered to
 //! every member of its room (sender included); latency and loss per delivery.
 //!
-//! Each connection is one task that owns its socket and both directions (`readable`/`writable`
-//! with `try_read`/`try_write`), so a sender sees its own echoes without any locking. For Redis a
-//! subscribed connection cannot publish, so each sender has a second, publishing connection;
-//! its member connection reports the echo progress through an atomic and a `Notify`.
-//!
-//! Flow control: a sender never has more than `--window` of its own messages written but not yet
-//! seen echoed back on its member connection. "As fast as possible" thus measures delivery, not
-//! the growth of a queue in the kernel or the server.
+//! Each connection is one task that owns its socket and both directions (`conn.rs`, over TCP
+//! or WebSocket); senders generate on a schedule within a window of unechoed messages
+//! (`send.rs`, `schedule.rs`), receivers record every delivery's latency (`recv.rs`, `lat.rs`).
 
-use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::tcp::ReadHalf;
-use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::net;
 use crate::procstat;
-use crate::proto::{self, Event, Target, Text};
+use crate::proto::{self, Target};
 use crate::Common;
 
+mod conn;
 mod lat;
+mod recv;
 mod schedule;
+mod send;
+mod tcp;
 mod ws;
 
-use lat::{add_hist, lock, new_hist, node_lat, with_thread_state, LatAgg, LatRegistry};
+use conn::{conn_task, ConnResult, Phase};
+use lat::{add_hist, new_hist, LatRegistry};
 use schedule::{Pacer, Schedule};
+use send::EchoShared;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -79,18 +74,6 @@ pub struct FanoutArgs {
     /// (`nodes`), and for the addresses other than --addr together (`cross_node`).
     #[arg(long = "reader-addr", value_name = "ADDR")]
     pub reader_addr: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ready,
-    Run { start_ns: u64 },
-    Stop,
-}
-
-struct EchoShared {
-    echoed: AtomicU64,
-    notify: Notify,
 }
 
 struct Ctx {
@@ -143,472 +126,6 @@ struct Spec {
     /// Sender id whose echo this member reports, and where.
     own_echo: Option<(u64, Arc<EchoShared>, bool)>,
     sender: Option<SenderSpec>,
-}
-
-#[derive(Default)]
-struct ConnResult {
-    member: bool,
-    room: usize,
-    node: usize,
-    lag: Option<Histogram<u64>>,
-    received: u64,
-    out_of_order: u64,
-    foreign: u64,
-    last_delivery_ns: u64,
-    is_sender: bool,
-    sent: u64,
-    unsent: u64,
-    last_send_ns: u64,
-    error: Option<String>,
-    server_errors: Vec<String>,
-}
-
-/// What the sender's generator did.
-enum Fill {
-    /// Nothing to send before this time (ns since epoch).
-    At(u64),
-    /// The window is full: wait for echoes.
-    Blocked,
-    /// The output batch is full: write, then fill again.
-    Full,
-    /// All messages generated.
-    Done,
-}
-
-const BATCH: usize = 64 * 1024;
-
-struct SendState {
-    spec: SenderSpec,
-    next_seq: u64,
-    done_gen: bool,
-    announced: bool,
-    /// Absolute output-byte offsets where each not yet fully written message ends.
-    ends: VecDeque<u64>,
-    text: Vec<u8>,
-    last_send_ns: u64,
-    /// How late (us) each message was generated relative to its schedule (rate > 0).
-    lag: Histogram<u64>,
-}
-
-impl SendState {
-    fn fill(
-        &mut self,
-        ctx: &Ctx,
-        spec: &Spec,
-        start_ns: u64,
-        now_ns: u64,
-        out: &mut Vec<u8>,
-        out_base: u64,
-    ) -> Fill {
-        loop {
-            if self.done_gen {
-                return Fill::Done;
-            }
-            let sched = ctx
-                .schedule
-                .due_ns(start_ns, self.spec.offset_ns, self.next_seq, now_ns);
-            if ctx.schedule.is_over(start_ns, self.next_seq, sched) {
-                self.done_gen = true;
-                continue;
-            }
-            let echoed = self.spec.shared.echoed.load(Relaxed);
-            if self.next_seq.saturating_sub(echoed) >= ctx.window {
-                return Fill::Blocked;
-            }
-            if sched > now_ns {
-                return Fill::At(sched);
-            }
-            if out.len() >= BATCH {
-                return Fill::Full;
-            }
-            self.lag
-                .saturating_record(now_ns.saturating_sub(sched) / 1000);
-            proto::measured_text(
-                self.spec.sid,
-                self.next_seq,
-                sched,
-                ctx.payload,
-                &mut self.text,
-            );
-            proto::message(ctx.target, &spec.name, &spec.room_name, &self.text, out);
-            self.ends.push_back(out_base + out.len() as u64);
-            self.next_seq += 1;
-        }
-    }
-}
-
-struct RecvState {
-    target: Target,
-    /// The connection's server: which of the thread's latency aggregates it records into.
-    node: usize,
-    own_client: u64,
-    own_echo: Option<(u64, Arc<EchoShared>, bool)>,
-    room_first_sid: u64,
-    received: u64,
-    batch: u64,
-    last_seq: Vec<u64>,
-    out_of_order: u64,
-    foreign: u64,
-    ready: bool,
-    pongs: usize,
-    server_errors: Vec<String>,
-    /// When the last read was decoded, ns since the epoch.
-    read_ns: u64,
-}
-
-impl RecvState {
-    #[inline(always)]
-    fn on_event(&mut self, ev: Event<'_>, now_ns: u64, lat: &mut LatAgg) {
-        match ev {
-            Event::Payload(p) => self.on_text(proto::parse_payload(p), now_ns, lat),
-            Event::Text(t) => self.on_text(proto::parse_text(t), now_ns, lat),
-            Event::Subscribed => {
-                if self.target == Target::Redis {
-                    self.ready = true;
-                }
-            }
-            Event::Ping => self.pongs += 1,
-            Event::Error(e) => self.server_error(String::from_utf8_lossy(e).into_owned()),
-            Event::Notice(_) | Event::Pong | Event::Other => {}
-        }
-    }
-
-    /// Keeps the first few errors the server reported.
-    #[cold]
-    fn server_error(&mut self, e: String) {
-        if self.server_errors.len() < 3 {
-            self.server_errors.push(e);
-        }
-    }
-
-    #[inline(always)]
-    fn on_text(&mut self, text: Text, now_ns: u64, lat: &mut LatAgg) {
-        match text {
-            Text::Measured {
-                sender,
-                seq,
-                sent_ns,
-            } => {
-                self.batch += 1;
-                let us = now_ns.saturating_sub(sent_ns) / 1000;
-                lat.record(us);
-                let local = sender.wrapping_sub(self.room_first_sid) as usize;
-                match self.last_seq.get_mut(local) {
-                    Some(last) => {
-                        if seq < *last {
-                            self.out_of_order += 1;
-                        }
-                        *last = seq + 1;
-                    }
-                    None => self.foreign += 1,
-                }
-                if let Some((sid, shared, notify)) = &self.own_echo {
-                    if *sid == sender {
-                        shared.echoed.fetch_max(seq + 1, Relaxed);
-                        if *notify {
-                            shared.notify.notify_one();
-                        }
-                    }
-                }
-            }
-            Text::Ready { client } => {
-                if client == self.own_client && self.target != Target::Redis {
-                    self.ready = true;
-                }
-            }
-            Text::Foreign => self.foreign += 1,
-        }
-    }
-}
-
-/// Reads once into the thread's buffer (after the connection's incomplete frame, `carry`) and
-/// decodes every complete frame; returns the bytes read (0 = end of stream). The buffer is only
-/// borrowed within this poll, so the connections of a thread can share it.
-fn poll_read_decode(
-    cx: &mut Context<'_>,
-    rd: &mut ReadHalf<'_>,
-    carry: &mut Vec<u8>,
-    read_buf: usize,
-    ctx: &Ctx,
-    recv: &mut RecvState,
-) -> Poll<Result<usize, String>> {
-    with_thread_state(&ctx.lat, |buf, agg| {
-        let kept = carry.len();
-        let end = kept + read_buf; // grows with a frame larger than the buffer
-        if buf.len() < end {
-            buf.resize(end, 0);
-        }
-        buf[..kept].copy_from_slice(carry);
-        let mut rb = ReadBuf::new(&mut buf[kept..end]);
-        match Pin::new(rd).poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("read: {e}"))),
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n > 0 {
-                    let now_ns = ctx.now_ns();
-                    let data = &buf[..kept + n];
-                    // Uncontended (one lock per read; other threads only at the end).
-                    let mut aggs = lock(agg);
-                    let agg = node_lat(&mut aggs, recv.node)?;
-                    let used =
-                        proto::decode(ctx.target, data, &mut |ev| recv.on_event(ev, now_ns, agg))?;
-                    carry.clear();
-                    carry.extend_from_slice(&data[used..]);
-                    recv.read_ns = now_ns;
-                }
-                Poll::Ready(Ok(n))
-            }
-        }
-    })
-}
-
-async fn conn_task(ctx: Arc<Ctx>, spec: Spec, phase: watch::Receiver<Phase>) -> ConnResult {
-    let mut res = ConnResult {
-        member: spec.member,
-        room: spec.room,
-        node: spec.node,
-        is_sender: spec.sender.is_some(),
-        ..Default::default()
-    };
-    let run = if ctx.target == Target::MachatWs {
-        ws::conn_run(&ctx, spec, phase, &mut res).await
-    } else {
-        conn_run(&ctx, spec, phase, &mut res).await
-    };
-    if let Err(e) = run {
-        ctx.failed.fetch_add(1, Relaxed);
-        res.error = Some(e);
-    }
-    res
-}
-
-async fn conn_run(
-    ctx: &Ctx,
-    mut spec: Spec,
-    mut phase: watch::Receiver<Phase>,
-    res: &mut ConnResult,
-) -> Result<(), String> {
-    let mut stream: TcpStream = {
-        let _permit = ctx
-            .connect_sem
-            .acquire()
-            .await
-            .map_err(|_| "semaphore closed".to_string())?;
-        net::connect(ctx.nodes[spec.node], spec.src).await?
-    };
-    let mut out: Vec<u8> = Vec::with_capacity(BATCH + 1024);
-    let mut out_pos = 0usize;
-    let mut written: u64 = 0; // total bytes ever written
-    let mut out_base: u64 = 0; // absolute offset of out[0]
-    proto::handshake(
-        ctx.target,
-        &spec.name,
-        &spec.room_name,
-        spec.member,
-        &mut out,
-    );
-    let ready_text = format!("r {}", spec.client);
-    let send_ready = spec.member && ctx.target.member_can_publish();
-
-    let mut recv = RecvState {
-        target: ctx.target,
-        node: spec.node,
-        own_client: spec.client as u64,
-        own_echo: spec.own_echo.take(),
-        room_first_sid: (spec.room * ctx.senders_per_room) as u64,
-        received: 0,
-        batch: 0,
-        last_seq: vec![0; ctx.senders_per_room],
-        out_of_order: 0,
-        foreign: 0,
-        ready: !spec.member,
-        pongs: 0,
-        server_errors: Vec::new(),
-        read_ns: 0,
-    };
-    let mut ready_counted = false;
-    let mut next_ready_send: u64 = 0; // ns; resend the marker every second until seen
-    let mut sender = spec.sender.take().map(|s| SendState {
-        spec: s,
-        next_seq: 0,
-        done_gen: false,
-        announced: false,
-        ends: VecDeque::new(),
-        text: Vec::with_capacity(ctx.payload + 64),
-        last_send_ns: 0,
-        lag: new_hist(),
-    });
-
-    // Reading through AsyncRead: a short read clears the readiness, saving the extra
-    // `read` that would only return WouldBlock.
-    let (mut rd, wr) = stream.split();
-    let mut carry: Vec<u8> = Vec::new();
-    let mut cur = *phase.borrow_and_update();
-    let sleep = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(sleep);
-
-    loop {
-        let now_ns = ctx.now_ns();
-        let mut wake: Option<u64> = None;
-        let mut blocked = false;
-        let mut full = false;
-        let mut paced = false;
-
-        if send_ready && !recv.ready && now_ns >= next_ready_send {
-            proto::message(
-                ctx.target,
-                &spec.name,
-                &spec.room_name,
-                ready_text.as_bytes(),
-                &mut out,
-            );
-            next_ready_send = now_ns + 1_000_000_000;
-        }
-        if send_ready && !recv.ready {
-            wake = Some(next_ready_send);
-        }
-        if recv.pongs > 0 {
-            for _ in 0..recv.pongs {
-                out.extend_from_slice(b"PONG\r\n");
-            }
-            recv.pongs = 0;
-        }
-        if let (Phase::Run { start_ns }, Some(s)) = (cur, sender.as_mut()) {
-            if out.len() - out_pos < BATCH / 2 {
-                if out_pos > 0 {
-                    out.drain(..out_pos);
-                    out_base += out_pos as u64;
-                    out_pos = 0;
-                }
-                match s.fill(ctx, &spec, start_ns, now_ns, &mut out, out_base) {
-                    Fill::At(t) => {
-                        // The pacer thread wakes us on time; the timer (1 ms ticks) is only
-                        // a fallback.
-                        paced = true;
-                        let t = t + 2_000_000;
-                        wake = Some(wake.map_or(t, |w| w.min(t)));
-                    }
-                    Fill::Blocked => {
-                        blocked = true;
-                        if let Some(t) = ctx.schedule.unpaced_end_ns(start_ns) {
-                            wake = Some(wake.map_or(t, |w| w.min(t)));
-                        }
-                    }
-                    Fill::Full => full = true,
-                    Fill::Done => {}
-                }
-            }
-        }
-
-        // Write as much as the socket takes now.
-        while out_pos < out.len() {
-            match wr.try_write(&out[out_pos..]) {
-                Ok(n) => {
-                    out_pos += n;
-                    written += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("write: {e}")),
-            }
-        }
-        if out_pos == out.len() {
-            out_base += out.len() as u64;
-            out.clear();
-            out_pos = 0;
-        }
-        if let Some(s) = sender.as_mut() {
-            let mut popped = false;
-            while s.ends.front().is_some_and(|&e| e <= written) {
-                s.ends.pop_front();
-                popped = true;
-            }
-            if popped {
-                s.last_send_ns = ctx.now_ns();
-            }
-            if s.done_gen && s.ends.is_empty() && !s.announced {
-                s.announced = true;
-                let members = ctx.room_members[spec.room];
-                ctx.expected.fetch_add(s.next_seq * members, Relaxed);
-                ctx.senders_done.fetch_add(1, Relaxed);
-            }
-            if full && out.is_empty() {
-                continue; // the batch went out whole: generate the next one now
-            }
-        }
-
-        if recv.ready && !ready_counted {
-            ready_counted = true;
-            ctx.ready.fetch_add(1, Relaxed);
-        }
-
-        if let Some(w) = wake {
-            let dl = tokio::time::Instant::from_std(ctx.epoch + Duration::from_nanos(w));
-            if sleep.deadline() != dl {
-                sleep.as_mut().reset(dl);
-            }
-        }
-        let want_write = out_pos < out.len();
-        let wait_notify = paced || (blocked && sender.as_ref().is_some_and(|s| s.spec.wait_notify));
-        let notified = async {
-            match sender.as_ref() {
-                Some(s) if wait_notify => s.spec.shared.notify.notified().await,
-                _ => std::future::pending().await,
-            }
-        };
-
-        tokio::select! {
-            biased;
-            r = phase.changed() => {
-                if r.is_err() {
-                    break;
-                }
-                cur = *phase.borrow_and_update();
-                if cur == Phase::Stop {
-                    break;
-                }
-            }
-            r = std::future::poll_fn(|cx| {
-                poll_read_decode(cx, &mut rd, &mut carry, ctx.read_buf, ctx, &mut recv)
-            }) => {
-                match r {
-                    Ok(0) => {
-                        return Err(match recv.server_errors.first() {
-                            Some(e) => format!("connection closed by the server after: {e}"),
-                            None => "connection closed by the server".into(),
-                        })
-                    }
-                    Ok(_) => {
-                        let now_ns = recv.read_ns;
-                        if recv.batch > 0 {
-                            recv.received += recv.batch;
-                            ctx.received.fetch_add(recv.batch, Relaxed);
-                            recv.batch = 0;
-                            res.last_delivery_ns = now_ns;
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            r = wr.writable(), if want_write => {
-                r.map_err(|e| format!("write: {e}"))?;
-            }
-            _ = &mut sleep, if wake.is_some() => {}
-            _ = notified, if wait_notify => {}
-        }
-    }
-
-    res.received = recv.received;
-    res.out_of_order = recv.out_of_order;
-    res.foreign = recv.foreign;
-    res.server_errors = recv.server_errors;
-    if let Some(s) = sender {
-        res.sent = s.next_seq;
-        res.unsent = s.ends.len() as u64;
-        res.last_send_ns = s.last_send_ns;
-        res.lag = Some(s.lag);
-    }
-    Ok(())
 }
 
 /// The result of one fanout run (one JSON line).
@@ -821,10 +338,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             SenderSpec {
                 sid,
                 offset_ns: ctx.schedule.offset_ns(sid, total_senders as u64),
-                shared: Arc::new(EchoShared {
-                    echoed: AtomicU64::new(0),
-                    notify: Notify::new(),
-                }),
+                shared: EchoShared::new(),
                 wait_notify: separate_pub,
             }
         });
@@ -1209,5 +723,54 @@ pub fn print_table(r: &FanoutReport) {
             r.stalled,
             r.first_error.as_deref().unwrap_or("-")
         );
+    }
+}
+
+/// What the modules' unit tests need to build: a run's context and a connection's spec.
+#[cfg(test)]
+mod testing {
+    use super::*;
+
+    /// A context for `target` with one node, `room_members[r]` members in room `r` and one
+    /// sender per room; its epoch is a second ago, so that `now_ns` is never 0.
+    pub(super) fn test_ctx(
+        target: Target,
+        schedule: Schedule,
+        window: u64,
+        room_members: Vec<u64>,
+    ) -> Ctx {
+        Ctx {
+            target,
+            nodes: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            epoch: Instant::now() - Duration::from_secs(1),
+            payload: 64,
+            window,
+            schedule,
+            senders_per_room: 1,
+            read_buf: 1024,
+            connect_sem: Semaphore::new(1),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            senders_done: AtomicUsize::new(0),
+            expected: AtomicU64::new(0),
+            room_members,
+            lat: LatRegistry::new(1),
+        }
+    }
+
+    /// The member connection of client 0 of `room`, on node 0, neither sender nor echo.
+    pub(super) fn test_spec(room: usize) -> Spec {
+        Spec {
+            client: 0,
+            node: 0,
+            name: proto::client_name(0),
+            room,
+            room_name: proto::room_name(room),
+            src: None,
+            member: true,
+            own_echo: None,
+            sender: None,
+        }
     }
 }

@@ -29,7 +29,7 @@ pub(super) struct LatAgg {
 }
 
 impl LatAgg {
-    fn new() -> LatAgg {
+    pub(super) fn new() -> LatAgg {
         LatAgg {
             flat: vec![0; LAT_FLAT],
             hist: new_hist(),
@@ -47,6 +47,14 @@ impl LatAgg {
             }
             None => self.hist.saturating_record(us),
         }
+    }
+
+    /// Everything recorded, as a histogram.
+    #[cfg(test)]
+    pub(super) fn histogram(&self) -> Histogram<u64> {
+        let mut h = new_hist();
+        self.merge_into(&mut h);
+        h
     }
 
     /// Adds everything recorded to `h`.
