@@ -5,7 +5,7 @@
 //! or WebSocket); senders generate on a schedule within a window of unechoed messages
 //! (`send.rs`, `schedule.rs`), receivers record every delivery's latency (`recv.rs`, `lat.rs`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{watch, Semaphore};
 
-use crate::net;
 use crate::procstat;
-use crate::proto::{self, Target};
+use crate::proto::Target;
 use crate::Common;
 
 mod conn;
 mod lat;
+mod plan;
 mod recv;
 mod schedule;
 mod send;
@@ -28,8 +28,8 @@ mod ws;
 
 use conn::{conn_task, ConnResult, Phase};
 use lat::{add_hist, new_hist, LatRegistry};
+use plan::{connection_specs, pace_targets, Nodes, Plan, SenderSpec, Spec};
 use schedule::{Pacer, Schedule};
-use send::EchoShared;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -99,33 +99,30 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn new(common: &Common, args: &FanoutArgs, plan: &Plan, nodes: &Nodes) -> Ctx {
+        Ctx {
+            target: common.target,
+            nodes: nodes.addrs.clone(),
+            epoch: Instant::now(),
+            payload: args.payload,
+            window: args.window,
+            schedule: plan.schedule,
+            senders_per_room: args.senders,
+            read_buf: args.read_buf.max(1024),
+            connect_sem: Semaphore::new(256),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            senders_done: AtomicUsize::new(0),
+            expected: AtomicU64::new(0),
+            room_members: plan.room_members.clone(),
+            lat: LatRegistry::new(nodes.addrs.len()),
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
-}
-
-struct SenderSpec {
-    sid: u64,
-    /// Offset of this sender's schedule within one interval (staggering).
-    offset_ns: u64,
-    shared: Arc<EchoShared>,
-    /// True when the echo comes from another task (Redis publisher connection).
-    wait_notify: bool,
-}
-
-struct Spec {
-    client: usize,
-    /// Index of the server (in `Ctx::nodes`) this connection goes to.
-    node: usize,
-    name: String,
-    room: usize,
-    room_name: String,
-    src: Option<Ipv4Addr>,
-    /// Member connection (subscribes and receives).
-    member: bool,
-    /// Sender id whose echo this member reports, and where.
-    own_echo: Option<(u64, Arc<EchoShared>, bool)>,
-    sender: Option<SenderSpec>,
 }
 
 /// The result of one fanout run (one JSON line).
@@ -235,162 +232,12 @@ pub struct ServerReport {
 }
 
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, String> {
-    if args.rooms == 0 || args.clients < args.rooms {
-        return Err("need --rooms >= 1 and --clients >= --rooms".into());
-    }
-    let min_members = args.clients / args.rooms;
-    if args.senders == 0 || args.senders > min_members {
-        return Err(format!(
-            "--senders must be 1..={min_members} (the smallest room's member count)"
-        ));
-    }
-    if args.window == 0 {
-        return Err("--window must be >= 1".into());
-    }
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        return Err("--rate must be >= 0".into());
-    }
-    let duration = match (args.duration, args.messages) {
-        (None, None) => Some(10.0),
-        (d, _) => d,
-    };
-    let total_senders = args.rooms * args.senders;
-    let interval_ns = if args.rate > 0.0 {
-        ((total_senders as f64) * 1e9 / args.rate).max(1.0) as u64
-    } else {
-        0
-    };
-    if interval_ns > 0 && interval_ns < 1000 {
-        return Err("--rate is too high for paced sending (use 0 for as fast as possible)".into());
-    }
-    let mut room_members = vec![0u64; args.rooms];
-    for c in 0..args.clients {
-        room_members[c % args.rooms] += 1;
-    }
-    // Node 0 is --addr (the senders'); each further reader address once. `readers_at` is the
-    // round-robin of the readers, as given (an address given twice gets twice the readers).
-    let mut nodes = vec![common.addr];
-    let mut readers_at = Vec::new();
-    for a in &args.reader_addr {
-        let addr = crate::resolve("--reader-addr", a)?;
-        let i = match nodes.iter().position(|n| *n == addr) {
-            Some(i) => i,
-            None => {
-                nodes.push(addr);
-                nodes.len() - 1
-            }
-        };
-        readers_at.push(i);
-    }
-    if readers_at.is_empty() {
-        readers_at.push(0);
-    }
-    let srcs: Vec<Vec<Ipv4Addr>> = nodes
-        .iter()
-        .map(|n| net::source_addrs(*n, common.src_addrs))
-        .collect();
-    let ctx = Arc::new(Ctx {
-        target: common.target,
-        nodes: nodes.clone(),
-        epoch: Instant::now(),
-        payload: args.payload,
-        window: args.window,
-        schedule: Schedule {
-            interval_ns,
-            messages: args.messages,
-            duration_ns: duration.map(|d| (d * 1e9) as u64),
-        },
-        senders_per_room: args.senders,
-        read_buf: args.read_buf.max(1024),
-        connect_sem: Semaphore::new(256),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        received: AtomicU64::new(0),
-        senders_done: AtomicUsize::new(0),
-        expected: AtomicU64::new(0),
-        room_members: room_members.clone(),
-        lat: LatRegistry::new(nodes.len()),
-    });
-
-    // Build the connections.
-    let mut specs = Vec::new();
-    let src_of = |node: usize, i: usize| {
-        let srcs = &srcs[node];
-        if srcs.is_empty() {
-            None
-        } else {
-            Some(srcs[i % srcs.len()])
-        }
-    };
-    let separate_pub = !common.target.member_can_publish();
-    for c in 0..args.clients {
-        let room = c % args.rooms;
-        let in_room = c / args.rooms;
-        let name = proto::client_name(c);
-        let room_name = proto::room_name(room);
-        // Round-robin within the room, so that every room has readers on every node.
-        let node = match in_room.checked_sub(args.senders) {
-            Some(reader) => readers_at[reader % readers_at.len()],
-            None => 0,
-        };
-        let sender = (in_room < args.senders).then(|| {
-            let sid = (room * args.senders + in_room) as u64;
-            SenderSpec {
-                sid,
-                offset_ns: ctx.schedule.offset_ns(sid, total_senders as u64),
-                shared: EchoShared::new(),
-                wait_notify: separate_pub,
-            }
-        });
-        let own_echo = sender
-            .as_ref()
-            .map(|s| (s.sid, s.shared.clone(), separate_pub));
-        if separate_pub {
-            specs.push(Spec {
-                client: c,
-                node,
-                name: name.clone(),
-                room,
-                room_name: room_name.clone(),
-                src: src_of(node, specs.len()),
-                member: true,
-                own_echo,
-                sender: None,
-            });
-            if let Some(s) = sender {
-                specs.push(Spec {
-                    client: c,
-                    node,
-                    name,
-                    room,
-                    room_name,
-                    src: src_of(node, specs.len()),
-                    member: false,
-                    own_echo: None,
-                    sender: Some(s),
-                });
-            }
-        } else {
-            specs.push(Spec {
-                client: c,
-                node,
-                name,
-                room,
-                room_name,
-                src: src_of(node, specs.len()),
-                member: true,
-                own_echo,
-                sender,
-            });
-        }
-    }
+    let plan = Plan::new(args)?;
+    let nodes = Nodes::resolve(common.addr, &args.reader_addr)?;
+    let ctx = Arc::new(Ctx::new(common, args, &plan, &nodes));
+    let specs = connection_specs(args, &plan, &nodes, common.target, common.src_addrs);
+    let pace_targets = pace_targets(&specs);
     let connections = specs.len();
-    let pace_targets: Vec<Arc<EchoShared>> = specs
-        .iter()
-        .filter_map(|s| s.sender.as_ref().map(|x| (x.sid, x.shared.clone())))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_values()
-        .collect();
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Ready);
     let handles: Vec<_> = specs
@@ -446,7 +293,8 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
     let mut sends_done_at: Option<Instant> = None;
     let mut last_progress = (0u64, Instant::now());
     let mut stalled = false;
-    let stall_after = drain.max(Duration::from_secs(1)) + Duration::from_nanos(interval_ns * 2);
+    let stall_after =
+        drain.max(Duration::from_secs(1)) + Duration::from_nanos(plan.schedule.interval_ns * 2);
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let now = Instant::now();
@@ -454,7 +302,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         if received != last_progress.0 {
             last_progress = (received, now);
         }
-        if ctx.senders_done.load(Relaxed) == total_senders {
+        if ctx.senders_done.load(Relaxed) == plan.total_senders {
             let t = *sends_done_at.get_or_insert(now);
             if received >= ctx.expected.load(Relaxed) || now - t > drain {
                 break;
@@ -493,6 +341,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         room_sent[r.room] += r.sent - r.unsent;
     }
     let mut node_reports: Vec<NodeReport> = nodes
+        .addrs
         .iter()
         .map(|n| NodeReport {
             addr: n.to_string(),
@@ -549,7 +398,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
             add_hist(&mut cross, h)?;
         }
     }
-    let multi_node = nodes.len() > 1;
+    let multi_node = nodes.addrs.len() > 1;
     for (n, h) in node_reports.iter_mut().zip(&node_hists) {
         n.lost = n.expected.saturating_sub(n.received);
         n.latency = Latency::of(h);
@@ -587,7 +436,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, Str
         senders_per_room: args.senders,
         rate: args.rate,
         messages_per_sender: args.messages,
-        duration_s: duration,
+        duration_s: plan.duration_s,
         payload: args.payload,
         window: args.window,
         threads: common.threads,
@@ -730,6 +579,7 @@ pub fn print_table(r: &FanoutReport) {
 #[cfg(test)]
 mod testing {
     use super::*;
+    use crate::proto;
 
     /// A context for `target` with one node, `room_members[r]` members in room `r` and one
     /// sender per room; its epoch is a second ago, so that `now_ns` is never 0.
@@ -756,6 +606,20 @@ mod testing {
             expected: AtomicU64::new(0),
             room_members,
             lat: LatRegistry::new(1),
+        }
+    }
+
+    /// The fanout flags, parsed as on the command line (`flags` after `fanout`).
+    pub(super) fn args(flags: &[&str]) -> FanoutArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fanout: FanoutArgs,
+        }
+        let argv = std::iter::once("fanout").chain(flags.iter().copied());
+        match <Cli as clap::Parser>::try_parse_from(argv) {
+            Ok(cli) => cli.fanout,
+            Err(e) => panic!("{flags:?}: {e}"),
         }
     }
 

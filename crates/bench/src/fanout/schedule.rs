@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::EchoShared;
+use super::send::EchoShared;
 
 /// The run's sending schedule; times are ns since the bench's epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
