@@ -1,23 +1,25 @@
 //! The `fanout` scenario: clients in rooms, some of them senders, every message delivered to
 //! every member of its room (sender included); latency and loss per delivery.
 //!
-//! Each connection is one task that owns its socket and both directions (`conn.rs`, over TCP
-//! or WebSocket); senders generate on a schedule within a window of unechoed messages
-//! (`send.rs`, `schedule.rs`), receivers record every delivery's latency (`recv.rs`, `lat.rs`).
+//! A run, as [`run`] composes it: the plan from the flags (`plan.rs`), one task per connection
+//! owning its socket and both directions, over TCP or WebSocket (`conn.rs`, `tcp.rs`, `ws.rs`);
+//! senders generate on a schedule within a window of unechoed messages (`send.rs`,
+//! `schedule.rs`), receivers record every delivery's latency (`recv.rs`, `lat.rs`); the
+//! readiness check and the measurement window (`measure.rs`); the report (`report.rs`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::procstat;
 use crate::proto::Target;
 use crate::Common;
 
 mod conn;
 mod lat;
+mod measure;
 mod plan;
 mod recv;
 mod report;
@@ -26,12 +28,13 @@ mod send;
 mod tcp;
 mod ws;
 
-use conn::{conn_task, ConnResult, Phase};
+use conn::ConnResult;
 use lat::LatRegistry;
+use measure::Connections;
 use plan::{connection_specs, pace_targets, Nodes, Plan, SenderSpec, Spec};
+use report::Outcome;
 pub use report::{print_table, FanoutReport};
-use report::{Outcome, Window};
-use schedule::{Pacer, Schedule};
+use schedule::Schedule;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -78,21 +81,30 @@ pub struct FanoutArgs {
     pub reader_addr: Vec<String>,
 }
 
+/// What every connection of a run shares: its settings, and the counters through which the
+/// run follows the connections (atomics: the connections may be on several threads).
 struct Ctx {
     target: Target,
     /// The servers: `--addr` first (the senders'), then the other `--reader-addr`s.
     nodes: Vec<SocketAddr>,
+    /// Time zero of every timestamp of the run (ns since it): one clock for all connections.
     epoch: Instant,
     payload: usize,
     window: u64,
     schedule: Schedule,
     senders_per_room: usize,
     read_buf: usize,
+    /// Connects at most this many at a time.
     connect_sem: Semaphore,
+    /// Connections ready (connected, own marker seen).
     ready: AtomicUsize,
+    /// Connections that failed.
     failed: AtomicUsize,
+    /// Deliveries so far.
     received: AtomicU64,
+    /// Senders done (schedule over, everything written).
     senders_done: AtomicUsize,
+    /// Deliveries due for what the done senders sent.
     expected: AtomicU64,
     room_members: Vec<u64>,
     /// End-to-end latency of every delivery, us: one aggregate per generator thread, and in it
@@ -122,115 +134,33 @@ impl Ctx {
         }
     }
 
+    /// Now, ns since the epoch.
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 }
 
+/// Runs the fanout scenario: plans it from the flags, starts every connection, waits until
+/// all are ready, measures, and reports.
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<FanoutReport, String> {
     let plan = Plan::new(args)?;
     let nodes = Nodes::resolve(common.addr, &args.reader_addr)?;
     let ctx = Arc::new(Ctx::new(common, args, &plan, &nodes));
     let specs = connection_specs(args, &plan, &nodes, common.target, common.src_addrs);
     let pace_targets = pace_targets(&specs);
-    let connections = specs.len();
 
-    let (phase_tx, phase_rx) = watch::channel(Phase::Ready);
-    let handles: Vec<_> = specs
-        .into_iter()
-        .map(|s| tokio::spawn(conn_task(ctx.clone(), s, phase_rx.clone())))
-        .collect();
-    drop(phase_rx);
-
-    // Readiness: every connection connected, every member saw its own marker (or, for Redis,
-    // its subscribe confirmation).
-    let ready_deadline = Instant::now() + Duration::from_secs_f64(args.ready_timeout);
-    loop {
-        let ready = ctx.ready.load(Relaxed);
-        if ready == connections {
-            break;
-        }
-        let failed = ctx.failed.load(Relaxed);
-        if failed > 0 || Instant::now() > ready_deadline {
-            let _ = phase_tx.send(Phase::Stop);
-            let mut first = None;
-            for h in handles {
-                if let Ok(r) = h.await {
-                    if first.is_none() {
-                        first = r.error;
-                    }
-                }
-            }
-            return Err(format!(
-                "readiness failed: {ready}/{connections} ready, {failed} failed{}",
-                first
-                    .map(|e| format!(" (first error: {e})"))
-                    .unwrap_or_default()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    // Measure.
-    let srv0 = procstat::sample_all(&common.server_pids)?;
-    let cpu0 = procstat::self_cpu_s();
-    let start_ns = ctx.now_ns();
-    let _ = phase_tx.send(Phase::Run { start_ns });
-    let pacer_stop = Arc::new(AtomicBool::new(false));
-    let pacer = Pacer {
-        epoch: ctx.epoch,
-        start_ns,
-        schedule: ctx.schedule,
-        targets: pace_targets,
-        stop: pacer_stop.clone(),
-    }
-    .spawn();
+    let mut conns = Connections::spawn(&ctx, specs);
+    let ready_timeout = Duration::from_secs_f64(args.ready_timeout);
+    conns.wait_ready(&ctx, ready_timeout).await?;
     let drain = Duration::from_secs_f64(args.drain_timeout);
-    let mut sends_done_at: Option<Instant> = None;
-    let mut last_progress = (0u64, Instant::now());
-    let mut stalled = false;
-    let stall_after =
-        drain.max(Duration::from_secs(1)) + Duration::from_nanos(plan.schedule.interval_ns * 2);
-    loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = Instant::now();
-        let received = ctx.received.load(Relaxed);
-        if received != last_progress.0 {
-            last_progress = (received, now);
-        }
-        if ctx.senders_done.load(Relaxed) == plan.total_senders {
-            let t = *sends_done_at.get_or_insert(now);
-            if received >= ctx.expected.load(Relaxed) || now - t > drain {
-                break;
-            }
-        } else if ctx.failed.load(Relaxed) == connections || now - last_progress.1 > stall_after {
-            // Senders cannot finish (window blocked) and nothing arrives: the server stalled.
-            stalled = true;
-            break;
-        }
-    }
-    let srv1 = procstat::sample_all(&common.server_pids)?;
-    let cpu1 = procstat::self_cpu_s();
-    let _ = phase_tx.send(Phase::Stop);
-    pacer_stop.store(true, Relaxed);
-    if let Some(p) = pacer {
-        let _ = p.join();
-    }
-
-    let mut results = Vec::with_capacity(handles.len());
-    for h in handles {
-        results.push(h.await.map_err(|e| format!("task failed: {e}"))?);
-    }
+    let pids = &common.server_pids;
+    let window = conns
+        .measure(&ctx, &plan, drain, pids, pace_targets)
+        .await?;
     let outcome = Outcome {
-        results,
+        results: conns.join().await?,
         node_hists: ctx.lat.per_node(),
-        window: Window {
-            start_ns,
-            servers_before: srv0,
-            servers_after: srv1,
-            gen_cpu_s: cpu1 - cpu0,
-            stalled,
-        },
+        window,
     };
     FanoutReport::new(common, args, &plan, &nodes.addrs, outcome)
 }
