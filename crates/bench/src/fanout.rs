@@ -228,3 +228,124 @@ mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::fanout::testing::args;
+
+    type Rooms = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Vec<u8>>>>>>;
+
+    /// Just enough of machat over TCP: a `{"name":..,"room":..}` handshake, then every line a
+    /// client sends goes to every member of its room (the sender too) as `name:line`.
+    async fn toy_machat() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rooms = Rooms::default();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(toy_client(sock, rooms.clone()));
+            }
+        });
+        addr
+    }
+
+    async fn toy_client(sock: TcpStream, rooms: Rooms) {
+        let (rd, mut wr) = sock.into_split();
+        let mut rd = BufReader::new(rd);
+        let mut handshake = Vec::new();
+        rd.read_until(b'}', &mut handshake).await.unwrap();
+        let hs: serde_json::Value = serde_json::from_slice(&handshake).unwrap();
+        let (name, room) = (hs["name"].as_str().unwrap(), hs["room"].as_str().unwrap());
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        rooms
+            .lock()
+            .unwrap()
+            .entry(room.into())
+            .or_default()
+            .push(tx);
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if wr.write_all(&line).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut line = Vec::new();
+        while rd.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+            let mut out = format!("{name}:").into_bytes();
+            out.extend_from_slice(&line);
+            for member in &rooms.lock().unwrap()[room] {
+                let _ = member.send(out.clone());
+            }
+            line.clear();
+        }
+    }
+
+    fn common(addr: SocketAddr) -> Common {
+        Common {
+            target: Target::Machat,
+            addr,
+            server_pids: Vec::new(),
+            threads: 1,
+            label: Some("toy".into()),
+            src_addrs: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_as_fast_as_possible_delivers_everything() {
+        let addr = toy_machat().await;
+        let flags = [
+            "--clients",
+            "6",
+            "--rooms",
+            "2",
+            "--senders",
+            "2",
+            "--messages",
+            "300",
+        ];
+        let r = run(&common(addr), &args(&flags)).await.unwrap();
+        assert_eq!(
+            (r.connections, r.sent, r.expected),
+            (6, 4 * 300, 4 * 300 * 3)
+        );
+        assert_eq!((r.received, r.lost, r.latency_samples), (3600, 0, 3600));
+        assert_eq!((r.out_of_order, r.foreign, r.disconnects), (0, 0, 0));
+        assert!(!r.stalled && r.first_error.is_none());
+        assert!(r.delivered_per_s > 0.0 && r.offered_per_s > 0.0);
+        assert_eq!(r.label.as_deref(), Some("toy"));
+    }
+
+    #[tokio::test]
+    async fn a_paced_run_sends_on_schedule() {
+        let addr = toy_machat().await;
+        // 2 senders, 2,000 msgs/s in total, 0.2 s: 200 each.
+        let flags = [
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--rate",
+            "2000",
+            "--duration",
+            "0.2",
+        ];
+        let r = run(&common(addr), &args(&flags)).await.unwrap();
+        assert_eq!(
+            (r.sent, r.expected, r.received, r.lost),
+            (400, 1600, 1600, 0)
+        );
+        assert!(r.send_secs > 0.19 && r.send_secs < 1.0, "{}", r.send_secs);
+        assert_eq!(r.duration_s, Some(0.2));
+        assert!(!r.stalled);
+    }
+}
