@@ -387,6 +387,13 @@ pub fn print_table(r: &FanoutReport) {
 /// The report as a table, one figure group per line.
 fn table(r: &FanoutReport) -> String {
     let mut t = String::new();
+    write_figures(&mut t, r);
+    write_breakdown(&mut t, r);
+    t
+}
+
+/// The run's settings and figures.
+fn write_figures(t: &mut String, r: &FanoutReport) {
     let _ = writeln!(
         t,
         "fanout  target={}  addr={}{}",
@@ -441,6 +448,10 @@ fn table(r: &FanoutReport) -> String {
         "  generator    CPU {:.2} s; send lag behind schedule us: p50 {}  p99 {}  max {}",
         r.gen_cpu_s, r.send_lag_p50_us, r.send_lag_p99_us, r.send_lag_max_us
     );
+}
+
+/// Per server and per process, when there are several; problems, when there were any.
+fn write_breakdown(t: &mut String, r: &FanoutReport) {
     for (i, n) in r.nodes.iter().enumerate() {
         let _ = writeln!(
             t,
@@ -481,7 +492,6 @@ fn table(r: &FanoutReport) -> String {
             r.first_error.as_deref().unwrap_or("-")
         );
     }
-    t
 }
 
 #[cfg(test)]
@@ -784,6 +794,19 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""reader_addrs":["127.0.0.1:2"]"#), "{json}");
         assert!(json.contains(r#""target":"machat""#), "{json}");
+        let table = table(&r);
+        let lines: Vec<&str> = table.lines().skip(8).collect();
+        assert_eq!(
+            lines,
+            [
+                "  node 0       127.0.0.1:1 (senders' node): 2 members (1 senders), expected 8  received 16  lost 0; latency us p50 100  p99 100  p99.9 100  max 100",
+                "  node 1       127.0.0.1:2 (readers only): 2 members (0 senders), expected 8  received 11  lost 0; latency us p50 200  p99 200  p99.9 200  max 200",
+                "  cross-node   latency us p50 200  p99 200  p99.9 200  max 200  mean 200  (1 deliveries)",
+                "  process 42  peak RSS 2 KiB  RSS 2 KiB  CPU 0.25 s",
+                "  process 43  peak RSS 2 KiB  RSS 2 KiB  CPU 0.25 s",
+                "  problems     disconnects 1  stalled false  first error: boom",
+            ]
+        );
     }
 
     #[test]
