@@ -1657,8 +1657,7 @@ mod tests {
 
     #[test]
     fn sqlite_store_keeps_ids_across_reopen() {
-        let dir = std::env::temp_dir().join(format!("machat-store-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("test-");
         let retention = Retention {
             max_messages: 100,
             max_age: None,
@@ -1683,8 +1682,7 @@ mod tests {
 
     #[test]
     fn retention_over_many_chunks_keeps_exactly_the_newest() {
-        let dir = std::env::temp_dir().join(format!("machat-store-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("prune-");
         let retention = Retention {
             max_messages: 50,
             max_age: None,
@@ -1713,8 +1711,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_file_is_a_clear_error() {
-        let dir = std::env::temp_dir().join(format!("machat-store-corrupt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("corrupt-");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("history.db"), vec![0x42u8; 8192]).unwrap();
         let retention = Retention {
@@ -1729,6 +1726,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An empty directory of this test process's own, named after the test.
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("machat-store-{tag}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     fn cached_rooms(store: &SqliteStore) -> usize {
         store.last_ids.lock().unwrap().len()
     }
@@ -1740,8 +1744,7 @@ mod tests {
 
     #[test]
     fn forgotten_rooms_leave_memory_and_keep_their_ids() {
-        let dir = std::env::temp_dir().join(format!("machat-store-forget-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("forget-");
         let retention = Retention {
             max_messages: 100,
             max_age: None,
@@ -1780,8 +1783,7 @@ mod tests {
 
     #[test]
     fn the_total_bound_drops_the_oldest_chunks_first() {
-        let dir = std::env::temp_dir().join(format!("machat-store-total-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("total-");
         let retention = Retention {
             max_messages: 1000,
             max_age: None,
