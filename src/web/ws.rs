@@ -247,30 +247,21 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             return;
         }
     };
-    if let Err(refusal) = lifecycle::authenticate(ctx, id, addr, &hs).await {
-        goodbye(
-            &mut socket,
-            &Reason::Refused(refusal.to_string()),
-            Vec::new(),
-        )
-        .await;
-        return;
-    }
     let entry = Entry {
         format: Format::Json,
         // No line rate here: the FrameMeter spends it on every frame, text or not.
         limit: None,
         transport: Transport::WebSocket,
     };
-    let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
+    let entered = match lifecycle::authenticate(ctx, id, addr, &hs).await {
+        Ok(()) => lifecycle::enter(ctx, id, addr, hs, entry).await,
+        Err(refusal) => Err(refusal),
+    };
+    let session = match entered {
         Ok(session) => session,
         Err(refusal) => {
-            goodbye(
-                &mut socket,
-                &Reason::Refused(refusal.to_string()),
-                Vec::new(),
-            )
-            .await;
+            let reason = Reason::Refused(refusal.to_string());
+            goodbye(&mut socket, &reason, Vec::new()).await;
             return;
         }
     };
