@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "MACHAT_MAX_ROOM_MEMBERS", default_value_t = 10_000)]
     pub max_room_members: usize,
 
+    /// Most rooms one connection may be in at once (version-2 JSON clients, which may be in
+    /// many); a join beyond it is refused and the connection stays.
+    #[arg(long, env = "MACHAT_MAX_ROOMS_PER_SESSION", default_value_t = 100)]
+    pub max_rooms_per_session: usize,
+
     /// Lines per second a connection may send, sustained; a faster sender is read more slowly
     /// (nothing is dropped). 0 = no limit.
     #[arg(long, env = "MACHAT_MAX_LINE_RATE", default_value_t = 50.0)]
@@ -303,8 +308,10 @@ impl Config {
         if self.history_max == 0 {
             return Err("--history-max must be > 0 (use --history off for no history)".into());
         }
-        if self.max_rooms == 0 || self.max_room_members == 0 {
-            return Err("--max-rooms and --max-room-members must be > 0".into());
+        if self.max_rooms == 0 || self.max_room_members == 0 || self.max_rooms_per_session == 0 {
+            return Err(
+                "--max-rooms, --max-room-members and --max-rooms-per-session must be > 0".into(),
+            );
         }
         if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
             return Err("--max-line, --max-handshake and --max-pending must be > 0".into());

@@ -157,7 +157,12 @@ async fn serve_within<S: Io>(
         hs,
         leftover,
     };
-    let home = ctx.home_of(&rest.hs.room);
+    // A version-2 client without a room in its handshake stays where it was accepted.
+    let home = rest
+        .hs
+        .room
+        .as_deref()
+        .map_or(RUNTIME.with(Cell::get), |room| ctx.home_of(room));
     if home != RUNTIME.with(Cell::get) && stream.movable() {
         match stream.into_std() {
             Ok(stream) => {
@@ -222,9 +227,13 @@ async fn greet<S: Io>(
             return None;
         }
     };
-    // A program that asked for JSON gets its refusal in JSON too.
-    let asked = value.get("format").and_then(serde_json::Value::as_str);
-    let format = if asked == Some("json") {
+    // A program that asked for JSON gets its refusal in JSON too; version 2 is JSON unless
+    // it asked for something else.
+    let asked = value.get("format").filter(|f| !f.is_null());
+    let version2 = value.get("version").and_then(serde_json::Value::as_u64) == Some(2);
+    let format = if asked.and_then(serde_json::Value::as_str) == Some("json")
+        || (version2 && asked.is_none())
+    {
         Format::Json
     } else {
         Format::Text
@@ -273,12 +282,14 @@ async fn join<S: Io>(
     };
     // Lines sent while the replay goes out wait their turn.
     let replaying = session.replaying();
+    let mut pending = Vec::new();
+    session.welcome(&mut pending);
     let mut conn = Connection {
         stream,
         transport,
         session,
         codec: LineCodec::new(ctx.config.max_line),
-        pending: Vec::new(),
+        pending,
         out: Out::Ready,
         throttle: None,
         idle: IdleTimer::new(ctx.config.idle_timeout),
@@ -378,7 +389,7 @@ impl<S: Io> Connection<S> {
         // on a full socket is not taking from the room, so ask whether it was cut off.
         match self.out {
             Out::Idle => self.out = Out::Ready,
-            Out::Blocked if !self.session.room.contains(self.session.seat) => {
+            Out::Blocked if !self.session.present() => {
                 return Poll::Ready(Reason::Ended(End::SlowConsumer));
             }
             _ => {}
@@ -510,8 +521,8 @@ impl<S: Io> Connection<S> {
                     }
                     Poll::Pending => {
                         self.out = Out::Blocked;
-                        // Cut off while the socket is full? The room must be able to say so.
-                        self.session.room.watch(self.session.seat, cx.waker());
+                        // Cut off while the socket is full? The rooms must be able to say so.
+                        self.session.watch(cx.waker());
                         return Ok(moved);
                     }
                     Poll::Ready(Err(e)) => return Err(e),
@@ -521,13 +532,13 @@ impl<S: Io> Connection<S> {
                 }
                 continue;
             }
-            let (room, seat) = (&self.session.room, self.session.seat);
+            let session = &mut self.session;
             let (stream, pending, transport) =
                 (&mut self.stream, &mut self.pending, self.transport);
             let taken = SCRATCH.with(|scratch| -> io::Result<Take> {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
-                let taken = room.take(seat, &mut scratch, WRITE_CHUNK, cx.waker());
+                let taken = session.take(&mut scratch, WRITE_CHUNK, cx.waker());
                 if matches!(taken, Take::Data | Take::Drained) {
                     match stream.poll_write_some(cx, &scratch) {
                         Poll::Ready(Ok(n)) => {
@@ -626,7 +637,7 @@ impl<'a> LineHandler<'a> {
     fn item(&mut self, item: Item<'_>) -> Flow {
         self.next = match item {
             Item::Line(line) => self.session.on_line(line, self.now, self.pending),
-            Item::TooLong => self.session.line_too_long(),
+            Item::TooLong => self.session.line_too_long(self.pending),
         };
         if self.next == Next::Continue {
             Flow::Continue

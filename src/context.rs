@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Ticket;
 use crate::protocol::Handshake;
+use crate::session::SessionRules;
 use crate::store::Store;
 
 /// A runtime's inbox, for connections handed over from another thread.
@@ -61,6 +62,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// The TLS side's certificate and key, when `--tls-addr` is given.
     pub tls: Option<TlsAcceptor>,
+    /// What every session follows, shared by all of them.
+    pub rules: Arc<SessionRules>,
 }
 
 impl Shared {
@@ -90,7 +93,14 @@ impl Shared {
             // From here on the cluster's events reach this hub's rooms.
             cluster.attach(hub.clone());
         }
+        let rules = Arc::new(SessionRules {
+            max_line: config.max_line,
+            max_rooms: config.max_rooms_per_session,
+            history_on_join: config.history_on_join,
+            history_max: config.history_max,
+        });
         Shared {
+            rules,
             config,
             hub,
             next_id: AtomicU64::new(1),

@@ -67,6 +67,17 @@ impl Hub {
         self.bus.is_some()
     }
 
+    /// How far behind a member may fall (`--max-pending`): also what a connection may hold of
+    /// answers that belong to no room.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// False when this server keeps no history at all (`--history off`).
+    pub fn keeps_history(&self) -> bool {
+        self.store.keeps()
+    }
+
     /// Claims `name` in `room` across the cluster before a join or a rename (at once, without a
     /// cluster).
     pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {

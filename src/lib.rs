@@ -8,7 +8,7 @@
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
 //! the flags, and [`client`] the terminal client. The binaries only wire these together.
 
-pub use machat_proto::{codec, protocol, refusal};
+pub use machat_proto::{codec, protocol, refusal, request};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
 // `config`, `client`), the cluster's user commands and the store's benchmark.

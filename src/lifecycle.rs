@@ -17,9 +17,7 @@ use crate::context::Shared;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Handshake};
 use crate::refusal::Refusal;
-use crate::room::Replay;
 use crate::session::{End, RateLimit, Session};
-use crate::store::MAX_REPLAY;
 
 /// Logs client `id`'s refusal as its disconnect line and counts it by reason; the transport
 /// then tells the client.
@@ -54,7 +52,8 @@ pub struct Entry {
 }
 
 /// Claims the name (on every node in cluster mode) and joins the handshake's room, with the
-/// history it asked for queued to go out first. The session is the member from then on.
+/// history it asked for queued to go out first. The session is the member from then on. A
+/// version-2 client that named no room starts in none.
 pub async fn enter(
     ctx: &Shared,
     id: u64,
@@ -62,23 +61,42 @@ pub async fn enter(
     hs: Handshake,
     entry: Entry,
 ) -> Result<Session, Refusal> {
-    let replay = replay_wanted(&hs, ctx);
-    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
-        let refusal = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
+    let Some(room_name) = hs.room.as_deref() else {
+        info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), "entered");
+        let rules = ctx.rules.clone();
+        return Ok(Session::many(
+            ctx.hub.clone(),
+            id,
+            hs.name,
+            entry.limit,
+            rules,
+        ));
+    };
+    let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
+    if let Err(e) = ctx.hub.claim(room_name, &hs.name, id).await {
+        let refusal = ctx.hub.claim_refusal(&e, &hs.name, room_name);
         return Err(refused(id, addr, refusal));
     }
     let joined = ctx
         .hub
-        .join_replaying(&hs.room, id, &hs.name, entry.format, replay);
+        .join_replaying(room_name, id, &hs.name, entry.format, replay);
     let (room, seat, history) = match joined {
         Ok(joined) => joined,
         Err(e) => {
-            ctx.hub.release(&hs.room, &hs.name, id);
-            let refusal = ctx.hub.refusal(&e, &hs.name, &hs.room);
+            ctx.hub.release(room_name, &hs.name, id);
+            let refusal = ctx.hub.refusal(&e, &hs.name, room_name);
             return Err(refused(id, addr, refusal));
         }
     };
-    info!(id, name = %hs.name, room = %hs.room, format = ?entry.format, transport = entry.transport.label(), "joined");
+    info!(id, name = %hs.name, room = %room_name, format = ?entry.format, version = hs.version, transport = entry.transport.label(), "joined");
+    let rules = ctx.rules.clone();
+    // Replayed history goes out before anything from the room, a page at a time as the
+    // client takes it (see `replay`).
+    if hs.version >= 2 {
+        let mut session = Session::many(ctx.hub.clone(), id, hs.name, entry.limit, rules);
+        session.add(room, seat, history);
+        return Ok(session);
+    }
     let mut session = Session::new(
         ctx.hub.clone(),
         id,
@@ -86,10 +104,8 @@ pub async fn enter(
         entry.format,
         (room, seat),
         entry.limit,
-        ctx.config.max_line,
+        rules,
     );
-    // Replayed history goes out before anything from the room, a page at a time as the
-    // client takes it (see `replay`).
     if let Some(start) = history {
         session.start_replay(start);
     }
@@ -102,27 +118,6 @@ pub fn ended(session: &Session, addr: SocketAddr, reason: &dyn Display, end: Opt
     if matches!(end, Some(End::SlowConsumer)) {
         crate::metrics::slow_consumer();
     }
-    info!(id = session.id, %addr, name = %session.name, room = %session.room.name(), reason = %reason, "disconnect");
-}
-
-/// What to replay before live messages: a resume, the last N asked for, or the default.
-fn replay_wanted(hs: &Handshake, ctx: &Shared) -> Option<Replay> {
-    let max = (ctx.config.history_max as usize).min(MAX_REPLAY);
-    match (hs.since, hs.history) {
-        // A resume is paged (see `replay`): every stored message after the id comes.
-        (Some(after), _) => Some(Replay {
-            after: Some(after),
-            limit: MAX_REPLAY,
-        }),
-        (None, Some(0)) => None,
-        (None, Some(n)) => Some(Replay {
-            after: None,
-            limit: (n as usize).min(max),
-        }),
-        (None, None) if ctx.config.history_on_join > 0 && ctx.store.keeps() => Some(Replay {
-            after: None,
-            limit: (ctx.config.history_on_join as usize).min(max),
-        }),
-        (None, None) => None,
-    }
+    let rooms = session.rooms().collect::<Vec<_>>().join(" ");
+    info!(id = session.id, %addr, name = %session.name, room = %rooms, reason = %reason, "disconnect");
 }

@@ -721,6 +721,17 @@ impl Room {
         Ok(())
     }
 
+    /// Queues bytes already rendered for one member (a version-2 answer, which carries its
+    /// request's id), after everything the room sent it so far.
+    pub fn send_to(&self, seat: Seat, bytes: Vec<u8>) -> Result<(), RoomError> {
+        let mut inner = self.lock();
+        if inner.member(seat).is_none() {
+            return Err(RoomError::Gone);
+        }
+        inner.push_private(seat.slot, bytes, self.max_pending);
+        Ok(())
+    }
+
     /// A private message from `seat` to the member called `to`; both get a copy.
     pub fn private(&self, seat: Seat, to: &str, text: &str) -> Result<(), RoomError> {
         let mut inner = self.lock();
@@ -936,6 +947,20 @@ fn lag(m: &Member, head: u64) -> usize {
     (head - m.cursor) as usize + m.private_bytes + m.hold.as_ref().map_or(0, |h| h.bytes())
 }
 
+/// How many of `unread`'s bytes to copy for about `want`: whole lines only, so that what a
+/// session takes from several rooms into one write never splits a line. `want` is cut back to
+/// the end of its last whole line, or stretched to the end of the first line if that is longer
+/// (the log holds whole lines only, so there always is an end).
+fn line_end(unread: &[u8], want: usize) -> usize {
+    if want >= unread.len() || want == 0 {
+        return want;
+    }
+    match memchr::memrchr(b'\n', &unread[..want]) {
+        Some(i) => i + 1,
+        None => memchr::memchr(b'\n', &unread[want..]).map_or(unread.len(), |i| want + i + 1),
+    }
+}
+
 /// How much a log may grow before it is checked for members that fell behind.
 fn check_floor(max_pending: usize) -> usize {
     (max_pending / 4).max(4096)
@@ -1062,8 +1087,8 @@ impl Inner {
             };
             if m.cursor < until {
                 let room = max - (out.len() - start_len);
-                let n = ((until - m.cursor) as usize).min(room);
                 let from = (m.cursor - log.base) as usize;
+                let n = line_end(&log.buf[from..], ((until - m.cursor) as usize).min(room));
                 out.extend_from_slice(&log.buf[from..from + n]);
                 m.cursor += n as u64;
             } else if let Some((_, bytes)) = private_next.then(|| m.private.pop_front()).flatten() {

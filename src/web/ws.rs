@@ -354,11 +354,13 @@ impl WsConnection {
                 let start = tokio::time::Instant::now() + every;
                 Box::pin(tokio::time::interval_at(start, every))
             });
+        let mut partial = Vec::new();
+        session.welcome(&mut partial);
         WsConnection {
             socket,
             session,
             frames: VecDeque::new(),
-            partial: Vec::new(),
+            partial,
             blocked: false,
             ping,
             idle: IdleTimer::new(ctx.config.idle_timeout),
@@ -369,7 +371,7 @@ impl WsConnection {
     /// Drives both directions until the connection ends (see the TCP connection's `poll_run`,
     /// which this follows).
     fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Reason> {
-        if self.blocked && !self.session.room.contains(self.session.seat) {
+        if self.blocked && !self.session.present() {
             return Poll::Ready(Reason::Ended(End::SlowConsumer));
         }
         for _ in 0..16 {
@@ -458,12 +460,12 @@ impl WsConnection {
             self.end = Some(Reason::Closed(CloseCode::Size, "line too long"));
             return;
         }
-        let mut left = Vec::new();
+        // What was still unread in a room just left comes before anything of the new room;
+        // answers that belong to no room are bounded by what is already waiting here (the
+        // room streams hold only whole lines, so this ends on one).
         let next = self
             .session
-            .on_message(text.as_bytes(), Instant::now(), &mut left);
-        // What was still unread in a room just left comes before anything of the new room.
-        self.partial.extend_from_slice(&left);
+            .on_message(text.as_bytes(), Instant::now(), &mut self.partial);
         match next {
             // No Throttle: this session has no line rate of its own (see `serve`).
             Next::Continue | Next::Wait | Next::Throttle(_) => {}
@@ -484,8 +486,8 @@ impl WsConnection {
                 Poll::Ready(Err(e)) => return Err(e.to_string()),
                 Poll::Pending => {
                     self.blocked = true;
-                    // Cut off meanwhile? The room wakes the waker it holds: make it ours.
-                    self.session.room.watch(self.session.seat, cx.waker());
+                    // Cut off meanwhile? The rooms wake the wakers they hold: make them ours.
+                    self.session.watch(cx.waker());
                     return Ok(sent > 0);
                 }
             }
@@ -518,9 +520,8 @@ impl WsConnection {
     /// Takes what the room has for this member and cuts it into lines. False when there is
     /// nothing to send (the room then holds this task's waker).
     fn refill(&mut self, cx: &mut Context<'_>) -> bool {
-        let (room, seat) = (&self.session.room, self.session.seat);
         let mut taken = std::mem::take(&mut self.partial);
-        match room.take(seat, &mut taken, TAKE_CHUNK, cx.waker()) {
+        match self.session.take(&mut taken, TAKE_CHUNK, cx.waker()) {
             Take::Data | Take::Drained | Take::Empty => {}
             Take::Gone => self.end = Some(Reason::Ended(End::SlowConsumer)),
         }

@@ -7,3 +7,4 @@ pub mod codec;
 pub mod message;
 pub mod protocol;
 pub mod refusal;
+pub mod request;

@@ -30,8 +30,13 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshake {
     pub name: String,
-    pub room: String,
+    /// The room to join at once. Always there in version 1; a version-2 client may leave it
+    /// out and join rooms with requests.
+    pub room: Option<String>,
     pub format: Format,
+    /// `"version"`: 1 (the default) speaks lines and sits in one room; 2 speaks JSON requests
+    /// ([`crate::request`]) and may be in many rooms.
+    pub version: u8,
     /// `"history": N`: replay the room's last N messages before live ones.
     pub history: Option<u64>,
     /// `"since": ID`: replay every stored message after ID (resume after a reconnect).
@@ -82,14 +87,30 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
             Some(_) => Err(format!("\"{key}\" must be a string")),
         }
     };
+    let version = match map.get("version") {
+        None | Some(Value::Null) => 1,
+        Some(v) if v.as_u64() == Some(1) => 1,
+        Some(v) if v.as_u64() == Some(2) => 2,
+        Some(_) => return Err("\"version\" must be 1 or 2".into()),
+    };
     let name = field("name")?;
-    let room = field("room")?;
+    // Version 2 joins its rooms with requests: a room in the handshake is optional there.
+    let room = match (version, map.get("room")) {
+        (2, None | Some(Value::Null)) => None,
+        _ => Some(field("room")?),
+    };
     validate_name(&name)?;
-    validate_room(&room)?;
+    if let Some(room) = &room {
+        validate_room(room)?;
+    }
     let format = match map.get("format") {
+        None | Some(Value::Null) if version == 2 => Format::Json,
         None | Some(Value::Null) => Format::Text,
-        Some(Value::String(s)) if s == "text" => Format::Text,
+        Some(Value::String(s)) if s == "text" && version == 1 => Format::Text,
         Some(Value::String(s)) if s == "json" => Format::Json,
+        Some(_) if version == 2 => {
+            return Err("version 2 speaks JSON: \"format\" must be \"json\" or absent".into())
+        }
         Some(_) => return Err("\"format\" must be \"text\" or \"json\"".into()),
     };
     let count = |key: &str| -> Result<Option<u64>, String> {
@@ -115,6 +136,7 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
         name,
         room,
         format,
+        version,
         history,
         since,
         password,
@@ -630,8 +652,13 @@ impl Reply<'_> {
     }
 
     fn render_json(&self, out: &mut Vec<u8>) {
+        push_json(out, &self.to_json());
+    }
+
+    /// The reply as a JSON object, its keys in the documented order.
+    pub fn to_json(&self) -> Value {
         use serde_json::json;
-        let v = match self {
+        match self {
             Reply::Error(reason) => json!({"type": "error", "reason": reason}),
             Reply::Notice(text) => json!({"type": "notice", "text": text}),
             Reply::Who { room, members } => {
@@ -648,8 +675,7 @@ impl Reply<'_> {
                 "type": "private", "from": from, "to": to, "text": text, "ts": Timestamp::now()
             }),
             Reply::Help => json!({"type": "help", "commands": HELP}),
-        };
-        push_json(out, &v);
+        }
     }
 }
 
@@ -685,7 +711,7 @@ mod tests {
     fn handshake_accepts_any_key_order_and_ignores_unknown_keys() {
         let h = parse_handshake(json!({"room": "dev", "x": [1], "name": "Mina"})).unwrap();
         assert_eq!(h.name, "Mina");
-        assert_eq!(h.room, "dev");
+        assert_eq!(h.room.as_deref(), Some("dev"));
         assert_eq!(h.format, Format::Text);
         let h = parse_handshake(json!({"room": "dev", "name": "Mina", "format": "json"})).unwrap();
         assert_eq!(h.format, Format::Json);

@@ -68,6 +68,32 @@ pub enum Refusal {
     JoinUsage(String),
     #[error("you are already in {0}")]
     AlreadyIn(String),
+    /// Version 2: a request that is not JSON (serde's words on where and why).
+    #[error("invalid request JSON: {0}")]
+    RequestJson(String),
+    #[error("a request must be a JSON object like {{\"type\":\"say\",\"room\":\"devroom\",\"text\":\"hi\"}}")]
+    RequestNotObject,
+    #[error("\"req\" must be a string of at most 64 bytes or a whole number >= 0")]
+    RequestId,
+    #[error("request is missing \"{0}\"")]
+    RequestMissing(&'static str),
+    #[error("\"{0}\" must be a string")]
+    RequestNotString(&'static str),
+    #[error("\"{0}\" must be a whole number >= 0")]
+    RequestNotCount(&'static str),
+    #[error("\"{0}\" must not be empty")]
+    RequestEmpty(&'static str),
+    /// The type as sent, cut to 32 characters.
+    #[error("unknown request type \"{0}\" (one of join, leave, say, me, msg, who, rooms, history, quit)")]
+    RequestType(String),
+    #[error("\"limit\" must be from 1 to 1000")]
+    HistoryLimit,
+    /// A version-2 request about a room the session is not in.
+    #[error("you are not in {0}")]
+    NotIn(String),
+    /// `--max-rooms-per-session`.
+    #[error("you are in too many rooms ({0} at most on one connection)")]
+    TooManyRoomsPerSession(usize),
 }
 
 #[cfg(test)]

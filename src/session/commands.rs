@@ -1,0 +1,239 @@
+//! Version 1: lines of text in one room. A line is a message, or a `/command` answered in
+//! the room's stream (so a reply comes after everything the room sent before it). `/join`
+//! moves the session's one seat to another room.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{taken, AfterClaim, End, Held, Next, Seats, Session};
+use crate::bus::ClaimError;
+use crate::protocol::{validate_name, validate_room, Reply};
+use crate::refusal::Refusal;
+use crate::room::{Room, RoomError, Seat};
+use crate::store::MAX_REPLAY;
+
+impl Session {
+    /// The one room of a version-1 session (a version-2 session never gets here).
+    fn one(&self) -> Option<(&Arc<Room>, Seat)> {
+        match &self.seats {
+            Seats::One(h) => Some((&h.room, h.seat)),
+            Seats::Many { .. } => None,
+        }
+    }
+
+    pub(super) fn on_text(&mut self, text: &str, now: Instant, out: &mut Vec<u8>) -> Next {
+        let Some((room, seat)) = self.one() else {
+            return Next::Continue;
+        };
+        let result = if text.starts_with("//") {
+            room.say(seat, &text[1..], false).map(|_| ())
+        } else if let Some(cmd) = text.strip_prefix('/') {
+            match self.command(cmd, out) {
+                Ok(Some(end)) => return Next::End(end),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            room.say(seat, text, false).map(|_| ())
+        };
+        if result.is_err() {
+            return Next::End(End::SlowConsumer);
+        }
+        self.after(now)
+    }
+
+    pub(super) fn reply(&self, reply: &Reply<'_>) -> Result<(), RoomError> {
+        let (room, seat) = self.one().ok_or(RoomError::Gone)?;
+        room.reply(seat, reply)
+    }
+
+    fn error(&self, refusal: Refusal) -> Result<Option<End>, RoomError> {
+        self.reply(&Reply::Error(&refusal.to_string()))
+            .map(|()| None)
+    }
+
+    fn command(&mut self, cmd: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+        let (room, seat) = match self.one() {
+            Some((room, seat)) => (room.clone(), seat),
+            None => return Err(RoomError::Gone),
+        };
+        let (verb, args) = match cmd.find([' ', '\t']) {
+            Some(i) => (&cmd[..i], cmd[i..].trim()),
+            None => (cmd, ""),
+        };
+        match verb.to_ascii_lowercase().as_str() {
+            "who" => {
+                let members = self.hub.who(&room);
+                self.reply(&Reply::Who {
+                    room: room.name(),
+                    members: &members,
+                })?;
+            }
+            "rooms" => {
+                let (rooms, more) = self.hub.rooms(100);
+                self.reply(&Reply::Rooms(&rooms, more))?;
+            }
+            "join" => return self.join(args, out),
+            "nick" => {
+                if let Err(e) = validate_name(args) {
+                    return self.error(Refusal::NickUsage(e));
+                }
+                if args == self.name {
+                    return self.error(Refusal::AlreadyCalled(args.into()));
+                }
+                // Under --require-auth a person is only the name they logged in with: the same
+                // answer whatever the target, registered or not.
+                if self.hub.users.required() {
+                    return self.error(Refusal::OnlyYourRegisteredName);
+                }
+                // A registered name (or a look-alike of one, which is that name) is taken only
+                // at the handshake, with its password.
+                if self.hub.users.is_registered(args) {
+                    return self.error(Refusal::NeedsPassword(args.into()));
+                }
+                if self.hub.clustered() {
+                    self.wait_for_claim(room.name().to_owned(), AfterClaim::Nick(args.into()));
+                    return Ok(None);
+                }
+                return self.rename(args);
+            }
+            "me" => {
+                if args.is_empty() {
+                    return self.error(Refusal::MeUsage);
+                }
+                room.say(seat, args, true)?;
+            }
+            "msg" => {
+                let (to, text) = match args.find([' ', '\t']) {
+                    Some(i) => (&args[..i], args[i..].trim_start()),
+                    None => (args, ""),
+                };
+                if to.is_empty() || text.is_empty() {
+                    return self.error(Refusal::MsgUsage);
+                }
+                match room.private(seat, to, text) {
+                    Ok(()) => {}
+                    Err(RoomError::NoSuchMember) => {
+                        return self.error(Refusal::NoSuchMember(to.into()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            "quit" => {
+                let _ = self.reply(&Reply::Notice("bye"));
+                return Ok(Some(End::Quit));
+            }
+            "help" => self.reply(&Reply::Help)?,
+            "history" => {
+                let n = match args {
+                    "" => 20,
+                    n => match n.parse::<usize>() {
+                        Ok(n) if (1..=MAX_REPLAY).contains(&n) => n,
+                        _ => return self.error(Refusal::HistoryUsage),
+                    },
+                };
+                if !room.history_kept() {
+                    return self.error(Refusal::HistoryOff);
+                }
+                if !room.history_available() {
+                    return self.error(Refusal::HistoryUnavailable);
+                }
+                let start = room.history(seat, n)?;
+                self.start_replay(start);
+            }
+            _ => {
+                let shown: String = verb.chars().take(32).collect();
+                return self.error(Refusal::UnknownCommand(shown));
+            }
+        }
+        Ok(None)
+    }
+
+    fn rename(&mut self, new: &str) -> Result<Option<End>, RoomError> {
+        let (room, seat) = match self.one() {
+            Some((room, seat)) => (room.clone(), seat),
+            None => return Err(RoomError::Gone),
+        };
+        match room.rename(seat, new) {
+            Ok(()) => {
+                let old = std::mem::replace(&mut self.name, new.to_owned());
+                self.hub.release(room.name(), &old, self.id);
+                Ok(None)
+            }
+            Err(RoomError::NameTaken) => {
+                self.hub.release(room.name(), new, self.id);
+                self.error(taken(new, "this room"))
+            }
+            Err(RoomError::LooksLike(like)) => {
+                self.hub.release(room.name(), new, self.id);
+                self.error(Refusal::TooMuchLike {
+                    name: new.into(),
+                    like,
+                    place: "this room".into(),
+                })
+            }
+            Err(e) => {
+                self.hub.release(room.name(), new, self.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn join(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+        if let Err(e) = validate_room(room) {
+            return self.error(Refusal::JoinUsage(e));
+        }
+        if self.one().is_some_and(|(r, _)| r.name() == room) {
+            return self.error(Refusal::AlreadyIn(room.into()));
+        }
+        if self.hub.clustered() {
+            self.wait_for_claim(room.to_owned(), AfterClaim::Join(room.to_owned()));
+            return Ok(None);
+        }
+        self.join_now(room, out)
+    }
+
+    fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+        // Take the seat in the new room first, so a taken name leaves the client where it was.
+        let joined = self.hub.join(room, self.id, &self.name, self.format);
+        match joined {
+            Ok((new_room, seat)) => {
+                let old = std::mem::replace(&mut self.seats, Seats::One(Held::new(new_room, seat)));
+                if let Seats::One(old) = old {
+                    self.hub.leave(&old.room, old.seat, out, true);
+                    self.hub.release(old.room.name(), &self.name, self.id);
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.hub.release(room, &self.name, self.id);
+                match e {
+                    RoomError::NameTaken => self.error(taken(&self.name, room)),
+                    RoomError::Full | RoomError::TooManyRooms | RoomError::LooksLike(_) => {
+                        self.error(self.hub.refusal(&e, &self.name, room))
+                    }
+                    e => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Completes a `/nick` or `/join` the cluster answered.
+    pub(super) fn claimed(
+        &mut self,
+        answer: Result<(), ClaimError>,
+        then: AfterClaim,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<End>, RoomError> {
+        match (answer, then) {
+            (Ok(()), AfterClaim::Nick(new)) => self.rename(&new),
+            (Ok(()), AfterClaim::Join(room)) => self.join_now(&room, out),
+            (Err(ClaimError::Taken), AfterClaim::Nick(new)) => self.error(taken(&new, "this room")),
+            (Err(ClaimError::Taken), AfterClaim::Join(room)) => {
+                self.error(taken(&self.name, &room))
+            }
+            (Err(ClaimError::Unavailable(_)), _) => self.error(Refusal::ClusterUnavailable),
+            (_, AfterClaim::Enter { .. }) => Ok(None),
+        }
+    }
+}

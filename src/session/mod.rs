@@ -1,0 +1,400 @@
+//! A session: one client inside the chat, after its handshake. It holds a seat in each room it
+//! is in ([`seats`]), turns each line into a message or a command (version 1, one room:
+//! [`commands`]) or into a request (version 2, many rooms: [`requests`]), applies the line
+//! rate limit, and talks to its rooms and the hub.
+//!
+//! Nothing here does I/O or awaits: the connection feeds lines in and carries the outcome out,
+//! so every rule of the chat can be exercised without a socket.
+
+mod commands;
+mod rate;
+mod requests;
+mod seats;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::bus::ClaimError;
+use crate::hub::Hub;
+use crate::protocol::{Format, Reply};
+use crate::refusal::Refusal;
+use crate::replay::{PagedReplay, Step};
+use crate::request::ReqId;
+use crate::room::{Replay, ReplayStart, Room, RoomError, Seat, Take};
+use crate::store::MAX_REPLAY;
+
+pub use rate::RateLimit;
+pub use seats::{Held, Seats};
+
+/// Why a session ends; the reason is logged, and shown to the client where it is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The client asked (`/quit`).
+    Quit,
+    /// The client fell too far behind and was cut off by its room.
+    SlowConsumer,
+}
+
+/// What the connection should do after a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Stop reading until the instant: the client used up its line budget.
+    Throttle(Instant),
+    /// Stop reading until the replay or the cluster's answer the session waits for is in, so
+    /// replies keep the order of the commands.
+    Wait,
+    End(End),
+}
+
+/// The rules every session follows, from the server's settings (one copy, shared).
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    /// The longest line a client may send (`--max-line`): what sizes a replay's pages.
+    pub max_line: usize,
+    /// Rooms one version-2 connection may be in at once (`--max-rooms-per-session`).
+    pub max_rooms: usize,
+    /// Messages replayed on joining when the client asks for none (`--history-on-join`).
+    pub history_on_join: u64,
+    /// Most messages replayed on joining (`--history-max`).
+    pub history_max: u64,
+}
+
+impl SessionRules {
+    /// What to replay before live messages on joining: a resume, the last N asked for, or the
+    /// server's default.
+    pub fn replay(&self, since: Option<u64>, history: Option<u64>, keeps: bool) -> Option<Replay> {
+        let max = (self.history_max as usize).min(MAX_REPLAY);
+        match (since, history) {
+            // A resume is paged (see `replay`): every stored message after the id comes.
+            (Some(after), _) => Some(Replay {
+                after: Some(after),
+                limit: MAX_REPLAY,
+            }),
+            (None, Some(0)) => None,
+            (None, Some(n)) => Some(Replay {
+                after: None,
+                limit: (n as usize).min(max),
+            }),
+            (None, None) if self.history_on_join > 0 && keeps => Some(Replay {
+                after: None,
+                limit: (self.history_on_join as usize).min(max),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+pub struct Session {
+    hub: Arc<Hub>,
+    pub id: u64,
+    pub name: String,
+    pub format: Format,
+    seats: Seats,
+    limit: Option<RateLimit>,
+    rules: Arc<SessionRules>,
+    /// In cluster mode: a command waiting for the cluster to confirm the name.
+    claim_wait: Option<ClaimWait>,
+}
+
+/// A command that goes on once the cluster has answered a claim.
+struct ClaimWait {
+    answer: Pin<Box<dyn Future<Output = Result<(), ClaimError>> + Send>>,
+    then: AfterClaim,
+}
+
+enum AfterClaim {
+    /// Version 1: `/nick NEW`.
+    Nick(String),
+    /// Version 1: `/join ROOM`.
+    Join(String),
+    /// Version 2: a `join` request.
+    Enter {
+        room: String,
+        replay: Option<Replay>,
+        req: Option<ReqId>,
+    },
+}
+
+impl Session {
+    /// A version-1 session, in its one room.
+    pub fn new(
+        hub: Arc<Hub>,
+        id: u64,
+        name: String,
+        format: Format,
+        (room, seat): (Arc<Room>, Seat),
+        limit: Option<RateLimit>,
+        rules: Arc<SessionRules>,
+    ) -> Self {
+        Session {
+            hub,
+            id,
+            name,
+            format,
+            seats: Seats::One(Held::new(room, seat)),
+            limit,
+            rules,
+            claim_wait: None,
+        }
+    }
+
+    /// A version-2 session, in no room yet: it joins rooms with requests (or [`Session::add`]).
+    pub fn many(
+        hub: Arc<Hub>,
+        id: u64,
+        name: String,
+        limit: Option<RateLimit>,
+        rules: Arc<SessionRules>,
+    ) -> Self {
+        Session {
+            hub,
+            id,
+            name,
+            format: Format::Json,
+            seats: Seats::many(),
+            limit,
+            rules,
+            claim_wait: None,
+        }
+    }
+
+    /// True for a version-2 session (JSON requests, many rooms).
+    pub fn speaks_requests(&self) -> bool {
+        matches!(self.seats, Seats::Many { .. })
+    }
+
+    /// The first line a version-2 client gets, before anything from a room: its handshake was
+    /// accepted, under which name, and how many rooms it may be in. A version-1 client gets
+    /// none (its first line has always been its room's).
+    pub fn welcome(&self, out: &mut Vec<u8>) {
+        if self.speaks_requests() {
+            let line = serde_json::json!({
+                "type": "welcome",
+                "name": self.name,
+                "version": 2,
+                "max_rooms": self.rules.max_rooms,
+            });
+            crate::protocol::push_json(out, &line);
+        }
+    }
+
+    /// Takes a seat it was given (the handshake's room of a version-2 session), with the replay
+    /// that began with it.
+    pub fn add(&mut self, room: Arc<Room>, seat: Seat, history: Option<ReplayStart>) {
+        let mut held = Held::new(room, seat);
+        if let Some(start) = history {
+            held.replay = Some(self.paged(&held.room, start));
+        }
+        self.seats.add(held);
+    }
+
+    fn paged(&self, room: &Room, start: ReplayStart) -> Box<PagedReplay> {
+        Box::new(PagedReplay::new(
+            start,
+            room.max_pending(),
+            self.rules.max_line,
+        ))
+    }
+
+    /// Sends a replay (begun when the member joined) before anything newer from the room.
+    pub fn start_replay(&mut self, start: ReplayStart) {
+        if let Some(i) = self.seats.as_slice().len().checked_sub(1) {
+            let replay = self.paged(&self.seats.as_slice()[i].room, start);
+            self.seats.as_mut_slice()[i].replay = Some(replay);
+        }
+    }
+
+    /// The longest line the client may send (`--max-line`).
+    pub fn max_line(&self) -> usize {
+        self.rules.max_line
+    }
+
+    /// The rooms the session is in, for the log.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.seats.as_slice().iter().map(|h| h.room.name())
+    }
+
+    /// True while a replay is under way (lines received meanwhile wait their turn).
+    pub fn replaying(&self) -> bool {
+        self.seats.as_slice().iter().any(|h| h.replay.is_some())
+    }
+
+    /// True while a replay is under way or a command waits for an answer (the cluster): the
+    /// connection stops reading, so replies keep the order of the commands.
+    pub fn waiting(&self) -> bool {
+        self.replaying() || self.claim_wait.is_some()
+    }
+
+    /// False once the session was cut off in any of its rooms.
+    pub fn present(&self) -> bool {
+        self.seats.present()
+    }
+
+    /// Has the rooms wake `task` if the session is cut off while its socket is full.
+    pub fn watch(&self, task: &Waker) {
+        self.seats.watch(task);
+    }
+
+    /// Copies up to about `max` bytes (whole lines) of what the rooms hold for the client into
+    /// `out`; see [`Room::take`].
+    pub fn take(&mut self, out: &mut Vec<u8>, max: usize, task: &Waker) -> Take {
+        self.seats.take(out, max, task)
+    }
+
+    /// Handles one received line (without its line ending). `now` is read once per batch of
+    /// lines by the caller. Bytes the session must hand to the client directly (what was still
+    /// unread in a room it leaves, answers that belong to no room) are appended to `out`.
+    pub fn on_line(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
+        if self.speaks_requests() {
+            return self.on_request(raw, now, out);
+        }
+        let text = crate::protocol::clean_line(raw);
+        self.on_text(&text, now, out)
+    }
+
+    /// Handles one message that may span lines (a WebSocket frame): a single line is handled
+    /// as [`Session::on_line`] does; several lines are one message, never a command.
+    pub fn on_message(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
+        if self.speaks_requests() {
+            return self.on_request(raw, now, out);
+        }
+        let text = crate::protocol::clean_message(raw);
+        if text.contains('\n') && text.starts_with('/') && !text.starts_with("//") {
+            return match self.reply(&Reply::Error(&Refusal::CommandOneLine.to_string())) {
+                Ok(()) => self.pace(now),
+                Err(_) => Next::End(End::SlowConsumer),
+            };
+        }
+        self.on_text(&text, now, out)
+    }
+
+    /// After a line: stop for an answer, or spend one line of the rate limit.
+    fn after(&mut self, now: Instant) -> Next {
+        if self.waiting() {
+            return Next::Wait;
+        }
+        self.pace(now)
+    }
+
+    /// Spends one line of the rate limit: go on, or wait until the given moment.
+    fn pace(&mut self, now: Instant) -> Next {
+        match self.limit.as_mut().and_then(|l| l.spend(now)) {
+            Some(until) => Next::Throttle(until),
+            None => Next::Continue,
+        }
+    }
+
+    /// A line longer than the limit arrived: say so, keep the connection.
+    pub fn line_too_long(&mut self, out: &mut Vec<u8>) -> Next {
+        if self.speaks_requests() {
+            return self.answer_out(None, &Refusal::LineTooLong, out);
+        }
+        match self.reply(&Reply::Error(&Refusal::LineTooLong.to_string())) {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::End(End::SlowConsumer),
+        }
+    }
+
+    /// Asks the cluster for a name in a room; the command goes on in [`Session::poll_wait`].
+    fn wait_for_claim(&mut self, room: String, then: AfterClaim) {
+        let (hub, id) = (self.hub.clone(), self.id);
+        let name = match &then {
+            AfterClaim::Nick(new) => new.clone(),
+            AfterClaim::Join(_) | AfterClaim::Enter { .. } => self.name.clone(),
+        };
+        self.claim_wait = Some(ClaimWait {
+            answer: Box::pin(async move { hub.claim(&room, &name, id).await }),
+            then,
+        });
+    }
+
+    /// Moves on whatever the session waits for: hands a room the next page of a replay, or
+    /// completes a command the cluster answered. Ready when something changed, Pending until
+    /// then (or when nothing is awaited); Ready(Err) if the client was cut off meanwhile.
+    /// Bytes for the client that belong to no room go to `out`.
+    pub fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<Option<End>, RoomError>> {
+        if let Some(wait) = self.claim_wait.as_mut() {
+            let answer = ready!(wait.answer.as_mut().poll(cx));
+            let Some(wait) = self.claim_wait.take() else {
+                return Poll::Pending;
+            };
+            return Poll::Ready(match wait.then {
+                AfterClaim::Enter { room, replay, req } => {
+                    Ok(self.entered(&room, replay, req, answer, out))
+                }
+                then => self.claimed(answer, then, out),
+            });
+        }
+        let format = self.format;
+        let mut changed = false;
+        for held in self.seats.as_mut_slice() {
+            let Some(replay) = held.replay.as_mut() else {
+                continue;
+            };
+            match replay.poll(cx, &held.room, held.seat, format) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(Step::Progress)) => changed = true,
+                Poll::Ready(Ok(Step::Done)) => {
+                    held.replay = None;
+                    changed = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    held.replay = None;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        if changed {
+            Poll::Ready(Ok(None))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Leaves every room for good, moving what was still unread to `out`. At shutdown the
+    /// rooms are not told (everyone is leaving), unless they span a cluster: members on other
+    /// nodes stay, and must hear of it.
+    pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
+        let announce = announce || self.hub.clustered();
+        let held: Vec<Held> = match &mut self.seats {
+            Seats::One(one) => {
+                one.replay = None;
+                vec![Held::new(one.room.clone(), one.seat)]
+            }
+            Seats::Many { .. } => self.seats.drain(),
+        };
+        for h in held {
+            self.hub.leave(&h.room, h.seat, out, announce);
+            self.hub.release(h.room.name(), &self.name, self.id);
+        }
+        // A claim still on its way would otherwise hold the name until the cluster's TTL.
+        if let Some(wait) = self.claim_wait.take() {
+            match wait.then {
+                AfterClaim::Nick(new) => {
+                    for room in self.seats.as_slice().iter().map(|h| h.room.name()) {
+                        self.hub.release(room, &new, self.id);
+                    }
+                }
+                AfterClaim::Join(room) | AfterClaim::Enter { room, .. } => {
+                    self.hub.release(&room, &self.name, self.id)
+                }
+            }
+        }
+    }
+}
+
+/// `name NAME is already taken in PLACE` (`this room`, or the room of a `/join`).
+fn taken(name: &str, place: &str) -> Refusal {
+    Refusal::NameTaken {
+        name: name.into(),
+        place: place.into(),
+    }
+}

@@ -1,0 +1,258 @@
+//! Version 2: one JSON request per line (per frame on a WebSocket), each naming its room, so
+//! one connection can be in many rooms (`docs/PROTOCOL.md`, section 17).
+//!
+//! An answer about a room the session is in (an `ok` for a message, `who`, the end of a
+//! `history`) goes into that room's stream for this member, after everything the room sent it
+//! before the request, as a version-1 reply does. An answer that belongs to no room (an error,
+//! `rooms`, the `ok` of a `leave`) goes straight to the connection's output, which is bounded
+//! like a room's queue: a client that sends requests and never reads the answers is cut off.
+
+use std::time::Instant;
+
+use super::{taken, AfterClaim, End, Next, Session};
+use crate::bus::ClaimError;
+use crate::protocol::{clean_message, Format, Reply};
+use crate::refusal::Refusal;
+use crate::replay::PagedReplay;
+use crate::request::{parse_request, render_ok, render_reply, Kind, ReqId};
+use crate::room::{Replay, RoomError};
+use crate::store::MAX_REPLAY;
+
+/// Messages a `history` request replays when it gives no `limit` (as `/history`).
+const HISTORY_DEFAULT: u64 = 20;
+
+impl Session {
+    pub(super) fn on_request(&mut self, raw: &[u8], now: Instant, out: &mut Vec<u8>) -> Next {
+        // A blank line (Enter after the handshake in `nc`, a keep-alive) asks nothing.
+        if raw
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            return self.after(now);
+        }
+        let done = match parse_request(raw) {
+            Ok(request) => self.request(request.kind, request.req, out),
+            Err(bad) => self.refuse(bad.req.as_ref(), &bad.refusal, out),
+        };
+        match done {
+            Ok(()) => self.after(now),
+            Err(end) => Next::End(end),
+        }
+    }
+
+    /// A line longer than `--max-line` (TCP): an error, and the connection goes on.
+    pub(super) fn answer_out(
+        &mut self,
+        req: Option<&ReqId>,
+        refusal: &Refusal,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        match self.refuse(req, refusal, out) {
+            Ok(()) => Next::Continue,
+            Err(end) => Next::End(end),
+        }
+    }
+
+    fn request(&mut self, kind: Kind, req: Option<ReqId>, out: &mut Vec<u8>) -> Result<(), End> {
+        let req = req.as_ref();
+        if let Kind::Join {
+            room,
+            history,
+            since,
+        } = &kind
+        {
+            return self.join_request(room, *history, *since, req, out);
+        }
+        match kind {
+            Kind::Rooms => {
+                let (rooms, more) = self.hub.rooms(100);
+                let mut bytes = Vec::new();
+                render_reply(&Reply::Rooms(&rooms, more), req, &mut bytes);
+                return self.to_out(&bytes, out);
+            }
+            Kind::Quit => {
+                let mut bytes = Vec::new();
+                render_reply(&Reply::Notice("bye"), req, &mut bytes);
+                out.extend_from_slice(&bytes);
+                return Err(End::Quit);
+            }
+            _ => {}
+        }
+        let Some(name) = kind.room() else {
+            return Ok(());
+        };
+        let Some(i) = self.seats.find(name) else {
+            return self.refuse(req, &Refusal::NotIn(name.into()), out);
+        };
+        let (room, seat) = {
+            let held = &self.seats.as_slice()[i];
+            (held.room.clone(), held.seat)
+        };
+        let gone = |_: RoomError| End::SlowConsumer;
+        let action = matches!(kind, Kind::Me { .. });
+        match kind {
+            Kind::Leave { .. } => {
+                if let Some(held) = self.seats.remove(i) {
+                    self.hub.leave(&held.room, held.seat, out, true);
+                    self.hub.release(held.room.name(), &self.name, self.id);
+                }
+                if let Some(req) = req {
+                    let mut bytes = Vec::new();
+                    render_ok(req, None, &mut bytes);
+                    return self.to_out(&bytes, out);
+                }
+                Ok(())
+            }
+            Kind::Say { text, .. } | Kind::Me { text, .. } => {
+                let text = clean_message(text.as_bytes());
+                if action && text.trim().is_empty() {
+                    return self.refuse(req, &Refusal::RequestEmpty("text"), out);
+                }
+                let id = room.say(seat, &text, action).map_err(gone)?;
+                self.ok(req, i, (id > 0).then_some(id))
+            }
+            Kind::Msg { to, text, .. } => {
+                let text = clean_message(text.as_bytes());
+                if text.trim().is_empty() {
+                    return self.refuse(req, &Refusal::RequestEmpty("text"), out);
+                }
+                match room.private(seat, &to, &text) {
+                    Ok(()) => self.ok(req, i, None),
+                    Err(RoomError::NoSuchMember) => {
+                        self.refuse(req, &Refusal::NoSuchMember(to), out)
+                    }
+                    Err(e) => Err(gone(e)),
+                }
+            }
+            Kind::Who { .. } => {
+                let members = self.hub.who(&room);
+                let reply = Reply::Who {
+                    room: room.name(),
+                    members: &members,
+                };
+                let mut bytes = Vec::new();
+                render_reply(&reply, req, &mut bytes);
+                room.send_to(seat, bytes).map_err(gone)
+            }
+            Kind::History { limit, .. } => {
+                let n = limit.unwrap_or(HISTORY_DEFAULT);
+                if !(1..=MAX_REPLAY as u64).contains(&n) {
+                    return self.refuse(req, &Refusal::HistoryLimit, out);
+                }
+                if !room.history_kept() {
+                    return self.refuse(req, &Refusal::HistoryOff, out);
+                }
+                if !room.history_available() {
+                    return self.refuse(req, &Refusal::HistoryUnavailable, out);
+                }
+                let start = room.history(seat, n as usize).map_err(gone)?;
+                let replay = PagedReplay::new(start, room.max_pending(), self.rules.max_line);
+                self.seats.as_mut_slice()[i].replay = Some(Box::new(replay));
+                // Queued behind the replay: the `ok` comes after its last line.
+                self.ok(req, i, None)
+            }
+            Kind::Join { .. } | Kind::Rooms | Kind::Quit => Ok(()),
+        }
+    }
+
+    fn join_request(
+        &mut self,
+        room: &str,
+        history: Option<u64>,
+        since: Option<u64>,
+        req: Option<&ReqId>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), End> {
+        if self.seats.find(room).is_some() {
+            return self.refuse(req, &Refusal::AlreadyIn(room.into()), out);
+        }
+        if self.seats.len() >= self.rules.max_rooms {
+            let max = self.rules.max_rooms;
+            return self.refuse(req, &Refusal::TooManyRoomsPerSession(max), out);
+        }
+        let replay = self.rules.replay(since, history, self.hub.keeps_history());
+        let req = req.cloned();
+        if self.hub.clustered() {
+            let then = AfterClaim::Enter {
+                room: room.to_owned(),
+                replay,
+                req,
+            };
+            self.wait_for_claim(room.to_owned(), then);
+            return Ok(());
+        }
+        match self.entered(room, replay, req, Ok(()), out) {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the seat a `join` asked for, once the name is claimed (at once without a
+    /// cluster); `Some` if the session must end.
+    pub(super) fn entered(
+        &mut self,
+        room: &str,
+        replay: Option<Replay>,
+        req: Option<ReqId>,
+        claimed: Result<(), ClaimError>,
+        out: &mut Vec<u8>,
+    ) -> Option<End> {
+        let req = req.as_ref();
+        let refusal = match claimed {
+            Ok(()) => {
+                let joined =
+                    self.hub
+                        .join_replaying(room, self.id, &self.name, Format::Json, replay);
+                match joined {
+                    Ok((joined, seat, history)) => {
+                        self.add(joined, seat, history);
+                        let last = self.seats.len() - 1;
+                        return self.ok(req, last, None).err();
+                    }
+                    Err(e) => {
+                        self.hub.release(room, &self.name, self.id);
+                        match e {
+                            RoomError::NameTaken => taken(&self.name, room),
+                            e => self.hub.refusal(&e, &self.name, room),
+                        }
+                    }
+                }
+            }
+            Err(ClaimError::Taken) => taken(&self.name, room),
+            Err(ClaimError::Unavailable(_)) => Refusal::ClusterUnavailable,
+        };
+        self.refuse(req, &refusal, out).err()
+    }
+
+    /// `{"type":"ok","req":R}` in room `i`'s stream, when the request had an id.
+    fn ok(&self, req: Option<&ReqId>, i: usize, id: Option<u64>) -> Result<(), End> {
+        let Some(req) = req else {
+            return Ok(());
+        };
+        let Some(held) = self.seats.as_slice().get(i) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        render_ok(req, id, &mut bytes);
+        held.room
+            .send_to(held.seat, bytes)
+            .map_err(|_| End::SlowConsumer)
+    }
+
+    /// An error, straight to the connection's output.
+    fn refuse(&self, req: Option<&ReqId>, refusal: &Refusal, out: &mut Vec<u8>) -> Result<(), End> {
+        let mut bytes = Vec::new();
+        render_reply(&Reply::Error(&refusal.to_string()), req, &mut bytes);
+        self.to_out(&bytes, out)
+    }
+
+    /// Appends an answer to the connection's output, which may hold no more than a member may
+    /// fall behind in a room (`--max-pending`).
+    fn to_out(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), End> {
+        if out.len() + bytes.len() > self.hub.max_pending() {
+            return Err(End::SlowConsumer);
+        }
+        out.extend_from_slice(bytes);
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! The seats a session holds: one per room it is in, each a cursor into that room's log.
+//!
+//! A version-1 session holds exactly one, read with the connection task's own waker, as
+//! before sessions could hold more: nothing is allocated for the multi-room case. A
+//! version-2 session may hold many. Looking at every room on every wake-up would cost a lock
+//! per room per message, so each seat gets a waker of its own that rings a [`Bell`]: the bell
+//! notes which seat rang and wakes the task, which then takes from the rooms that rang only.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+
+use crate::replay::PagedReplay;
+use crate::room::{Room, Seat, Take};
+
+/// A seat in one room, with the replay under way in it, if any.
+pub struct Held {
+    pub room: Arc<Room>,
+    pub seat: Seat,
+    /// A replay under way (history on joining, `/history`). Boxed: an idle session (most of
+    /// them, most of the time) then pays one pointer for it.
+    pub replay: Option<Box<PagedReplay>>,
+    /// Version 2: the seat's own waker (see the module doc) and the tag it rings with.
+    ring: Option<(u32, Waker)>,
+}
+
+impl Held {
+    pub fn new(room: Arc<Room>, seat: Seat) -> Self {
+        Held {
+            room,
+            seat,
+            replay: None,
+            ring: None,
+        }
+    }
+}
+
+/// The seats of a session.
+pub enum Seats {
+    /// Version 1: one room, read with the task's waker.
+    One(Held),
+    /// Version 2: any number of rooms (up to `--max-rooms-per-session`).
+    Many {
+        list: Vec<Held>,
+        bell: Arc<Bell>,
+        next_tag: u32,
+    },
+}
+
+/// Where a session's seats ring when their room has something for them.
+#[derive(Default)]
+pub struct Bell {
+    state: Mutex<BellState>,
+}
+
+#[derive(Default)]
+struct BellState {
+    /// The connection task, as of its last poll.
+    task: Option<Waker>,
+    /// The tags of the seats that rang since the task last looked.
+    rang: Vec<u32>,
+}
+
+impl Bell {
+    fn state(&self) -> std::sync::MutexGuard<'_, BellState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring(&self, tag: u32) {
+        let task = {
+            let mut state = self.state();
+            if !state.rang.contains(&tag) {
+                state.rang.push(tag);
+            }
+            state.task.clone()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+/// A seat's waker: rings the bell with the seat's tag.
+struct SeatWaker {
+    bell: Arc<Bell>,
+    tag: u32,
+}
+
+impl Wake for SeatWaker {
+    fn wake(self: Arc<Self>) {
+        self.bell.ring(self.tag);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.bell.ring(self.tag);
+    }
+}
+
+impl Seats {
+    pub fn many() -> Self {
+        Seats::Many {
+            list: Vec::new(),
+            bell: Arc::default(),
+            next_tag: 0,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Held] {
+        match self {
+            Seats::One(held) => std::slice::from_ref(held),
+            Seats::Many { list, .. } => list,
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Held] {
+        match self {
+            Seats::One(held) => std::slice::from_mut(held),
+            Seats::Many { list, .. } => list,
+        }
+    }
+
+    /// The seat in the room called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.as_slice().iter().position(|h| h.room.name() == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Adds a seat (version 2) and has it looked at once: its join line is already waiting.
+    pub fn add(&mut self, mut held: Held) {
+        match self {
+            Seats::One(one) => *one = held,
+            Seats::Many {
+                list,
+                bell,
+                next_tag,
+            } => {
+                let tag = *next_tag;
+                *next_tag = next_tag.wrapping_add(1);
+                let waker = Waker::from(Arc::new(SeatWaker {
+                    bell: bell.clone(),
+                    tag,
+                }));
+                held.ring = Some((tag, waker));
+                list.push(held);
+                bell.ring(tag);
+            }
+        }
+    }
+
+    /// Removes the seat at `index` (version 2; a version-1 session always keeps its one).
+    pub fn remove(&mut self, index: usize) -> Option<Held> {
+        match self {
+            Seats::One(_) => None,
+            Seats::Many { list, .. } => (index < list.len()).then(|| list.remove(index)),
+        }
+    }
+
+    /// Empties the list (the session is leaving every room).
+    pub fn drain(&mut self) -> Vec<Held> {
+        match self {
+            Seats::One(_) => Vec::new(),
+            Seats::Many { list, .. } => std::mem::take(list),
+        }
+    }
+
+    /// False once the session was cut off in any of its rooms.
+    pub fn present(&self) -> bool {
+        self.as_slice().iter().all(|h| h.room.contains(h.seat))
+    }
+
+    /// Has every room wake the task if the session is cut off while its socket is full.
+    pub fn watch(&self, task: &Waker) {
+        for h in self.as_slice() {
+            let waker = h.ring.as_ref().map_or(task, |(_, w)| w);
+            h.room.watch(h.seat, waker);
+        }
+        if let Seats::Many { bell, .. } = self {
+            bell.state().task = Some(task.clone());
+        }
+    }
+
+    /// Copies up to about `max` bytes (whole lines) of what the rooms hold for the client into
+    /// `out`. The result is as [`Room::take`]'s, over all rooms: `Gone` if cut off in any.
+    pub fn take(&mut self, out: &mut Vec<u8>, max: usize, task: &Waker) -> Take {
+        let (list, bell) = match self {
+            Seats::One(held) => return held.room.take(held.seat, out, max, task),
+            Seats::Many { list, bell, .. } => (list, bell),
+        };
+        let rang = {
+            let mut state = bell.state();
+            match &mut state.task {
+                Some(w) => w.clone_from(task),
+                None => state.task = Some(task.clone()),
+            }
+            std::mem::take(&mut state.rang)
+        };
+        let start = out.len();
+        let mut more = Vec::new();
+        for tag in rang {
+            let Some(h) = list
+                .iter()
+                .find(|h| h.ring.as_ref().is_some_and(|r| r.0 == tag))
+            else {
+                continue; // a room left since it rang
+            };
+            let used = out.len() - start;
+            if used >= max {
+                more.push(tag);
+                continue;
+            }
+            let waker = h.ring.as_ref().map_or(task, |(_, w)| w);
+            match h.room.take(h.seat, out, max - used, waker) {
+                Take::Gone => return Take::Gone,
+                Take::Data => more.push(tag),
+                Take::Drained | Take::Empty => {}
+            }
+        }
+        if !more.is_empty() {
+            let mut state = bell.state();
+            for tag in more {
+                if !state.rang.contains(&tag) {
+                    state.rang.push(tag);
+                }
+            }
+            return Take::Data;
+        }
+        if out.len() > start {
+            Take::Drained
+        } else {
+            Take::Empty
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! Version 2 of the JSON protocol (docs/PROTOCOL.md, section 17): one connection in many
+//! rooms, requests with ids echoed in their answers, the per-connection room bound, and a clear
+//! error for every malformed request with the connection kept.
+
+mod common;
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::ws::{self, Got, Ws};
+use common::{Client, Server, TIMEOUT};
+use serde_json::{json, Value};
+
+/// A TCP version-2 client, past its welcome.
+fn v2(server: &Server, name: &str) -> Client {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        "{{\"name\":\"{name}\",\"version\":2,\"format\":\"json\"}}"
+    ));
+    let welcome = line(&mut c);
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["name"], name);
+    assert_eq!(welcome["version"], 2);
+    c
+}
+
+fn line(c: &mut Client) -> Value {
+    let l = c.line();
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+}
+
+fn request(c: &mut Client, v: Value) {
+    c.send(&format!("{v}\n"));
+}
+
+/// Reads lines until one matches; returns those before it.
+fn until(c: &mut Client, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = line(c);
+        if want(&v) {
+            return seen;
+        }
+        seen.push(v);
+    }
+}
+
+fn is_ok(req: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |v: &Value| v["type"] == "ok" && v["req"] == req
+}
+
+/// Joins `room` and waits for the join's `ok` (which follows the room's `join` event).
+fn join(c: &mut Client, room: &str) {
+    let req = format!("j-{room}");
+    request(c, json!({"type": "join", "room": room, "req": req}));
+    let before = until(c, is_ok(&req));
+    assert!(
+        before
+            .iter()
+            .any(|v| v["type"] == "join" && v["room"] == room),
+        "no join event for {room} before its ok: {before:?}"
+    );
+}
+
+#[test]
+fn a_json_client_in_three_rooms_gets_each_rooms_traffic_in_order_while_sending_to_each() {
+    let server = Server::start(&[]);
+    let rooms = ["alpha", "beta", "gamma"];
+    let mut mina = v2(&server, "Mina");
+    for room in rooms {
+        join(&mut mina, room);
+    }
+    const N: usize = 60;
+    // One plain-text member in each room, talking at the same time as Mina.
+    let talkers: Vec<_> = rooms
+        .iter()
+        .map(|room| {
+            let mut c = server.connect(&format!("T{room}"), room);
+            let room = room.to_string();
+            thread::spawn(move || {
+                for i in 0..N {
+                    c.send(&format!("{room} {i}\n"));
+                }
+                // It sees Mina's messages to its room in the order she sent them.
+                let mut hers = Vec::new();
+                let deadline = Instant::now() + TIMEOUT * 3;
+                while hers.len() < N && Instant::now() < deadline {
+                    if let Some(l) = c.line_within(Duration::from_millis(500)) {
+                        if let Some(text) = l.strip_prefix("Mina:") {
+                            hers.push(text.to_owned());
+                        }
+                    }
+                }
+                (room, hers)
+            })
+        })
+        .collect();
+    for i in 0..N {
+        for room in rooms {
+            request(
+                &mut mina,
+                json!({"type": "say", "room": room, "text": format!("to {room} {i}")}),
+            );
+        }
+    }
+    // Every room's events, as Mina got them.
+    let mut got: HashMap<String, Vec<Value>> = HashMap::new();
+    let deadline = Instant::now() + TIMEOUT * 3;
+    let total = |got: &HashMap<String, Vec<Value>>| {
+        got.values()
+            .map(|v| v.iter().filter(|e| e["type"] == "message").count())
+            .sum::<usize>()
+    };
+    while total(&got) < 2 * N * rooms.len() && Instant::now() < deadline {
+        let v = line(&mut mina);
+        let room = v["room"].as_str().unwrap_or_else(|| panic!("no room: {v}"));
+        got.entry(room.to_owned()).or_default().push(v);
+    }
+    for room in rooms {
+        let events = &got[room];
+        let messages: Vec<_> = events.iter().filter(|e| e["type"] == "message").collect();
+        assert_eq!(messages.len(), 2 * N, "{room}: {events:?}");
+        // The room's own order: ids one after the other.
+        let ids: Vec<u64> = messages.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{room}: {ids:?}");
+        // Each sender's messages in the order sent.
+        for (sender, prefix) in [
+            ("Mina", format!("to {room} ")),
+            (&*format!("T{room}"), format!("{room} ")),
+        ] {
+            let texts: Vec<String> = messages
+                .iter()
+                .filter(|m| m["name"] == sender)
+                .map(|m| m["text"].as_str().unwrap().to_owned())
+                .collect();
+            let want: Vec<String> = (0..N).map(|i| format!("{prefix}{i}")).collect();
+            assert_eq!(texts, want, "{room}, {sender}");
+        }
+    }
+    for t in talkers {
+        let (room, hers) = t.join().unwrap();
+        let want: Vec<String> = (0..N).map(|i| format!("to {room} {i}")).collect();
+        assert_eq!(hers, want, "{room}");
+    }
+}
+
+#[test]
+fn requests_with_an_id_get_it_back_in_their_answer() {
+    let server = Server::start(&[]);
+    let mut mina = v2(&server, "Mina");
+    join(&mut mina, "ops");
+    let mut bob = server.connect("Bob", "ops");
+    until(&mut mina, |v| v["type"] == "join" && v["name"] == "Bob");
+
+    request(
+        &mut mina,
+        json!({"type":"say","room":"ops","text":"hi","req":7}),
+    );
+    let m = line(&mut mina);
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str()),
+        (Some("message"), Some("hi"))
+    );
+    let ok = line(&mut mina);
+    assert_eq!(ok, json!({"type":"ok","req":7,"id":m["id"]}));
+    bob.expect("Mina:hi");
+
+    request(
+        &mut mina,
+        json!({"type":"me","room":"ops","text":"waves","req":"a"}),
+    );
+    let a = line(&mut mina);
+    assert_eq!(a["type"], "action");
+    assert_eq!(line(&mut mina), json!({"type":"ok","req":"a","id":a["id"]}));
+    bob.expect("* Mina waves");
+
+    request(&mut mina, json!({"type":"who","room":"ops","req":"w"}));
+    assert_eq!(
+        line(&mut mina),
+        json!({"type":"who","req":"w","room":"ops","members":["Bob","Mina"]})
+    );
+
+    request(&mut mina, json!({"type":"rooms","req":"r"}));
+    let rooms = line(&mut mina);
+    assert_eq!(rooms["type"], "rooms");
+    assert_eq!(rooms["req"], "r");
+    assert_eq!(rooms["rooms"], json!([{"room":"ops","members":2}]));
+
+    request(
+        &mut mina,
+        json!({"type":"msg","room":"ops","to":"Bob","text":"psst","req":"p"}),
+    );
+    let p = line(&mut mina);
+    assert_eq!(
+        (p["type"].as_str(), p["to"].as_str()),
+        (Some("private"), Some("Bob"))
+    );
+    assert_eq!(line(&mut mina), json!({"type":"ok","req":"p"}));
+    assert!(bob.line().contains("psst"));
+
+    // Without an id: no ok, the events alone.
+    request(&mut mina, json!({"type":"say","room":"ops","text":"plain"}));
+    assert_eq!(line(&mut mina)["text"], "plain");
+    bob.expect("Mina:plain");
+    assert!(mina.quiet_for(Duration::from_millis(300)));
+
+    request(&mut mina, json!({"type":"leave","room":"ops","req":"l"}));
+    assert_eq!(line(&mut mina), json!({"type":"ok","req":"l"}));
+    bob.expect("*** Mina left");
+    // Out of every room, the connection stays and can join again.
+    join(&mut mina, "ops");
+    bob.expect("*** Mina joined");
+
+    request(&mut mina, json!({"type":"quit","req":"q"}));
+    assert_eq!(
+        line(&mut mina),
+        json!({"type":"notice","req":"q","text":"bye"})
+    );
+    assert!(mina.closed());
+    bob.expect("*** Mina left");
+}
+
+#[test]
+fn each_room_resumes_from_its_own_last_id_and_history_is_per_room() {
+    let server = Server::start(&[]);
+    let mut ann = server.connect("Ann", "one");
+    let mut cat = server.connect("Cat", "two");
+    for i in 1..=3 {
+        ann.send(&format!("one {i}\n"));
+        cat.send(&format!("two {i}\n"));
+    }
+    ann.until("Ann:one 3");
+    cat.until("Cat:two 3");
+
+    let mut mina = v2(&server, "Mina");
+    request(
+        &mut mina,
+        json!({"type":"join","room":"one","since":1,"req":"1"}),
+    );
+    let one = until(&mut mina, is_ok("1"));
+    let texts = |evs: &[Value]| -> Vec<String> {
+        evs.iter()
+            .filter(|v| v["type"] == "message")
+            .map(|v| v["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(texts(&one), ["one 2", "one 3"]);
+    assert_eq!(one[0], json!({"type":"history","room":"one","count":2}));
+    request(
+        &mut mina,
+        json!({"type":"join","room":"two","history":1,"req":"2"}),
+    );
+    let two = until(&mut mina, is_ok("2"));
+    assert_eq!(texts(&two), ["two 3"]);
+
+    request(
+        &mut mina,
+        json!({"type":"history","room":"two","limit":2,"req":"h"}),
+    );
+    let h = until(&mut mina, is_ok("h"));
+    assert_eq!(texts(&h), ["two 2", "two 3"]);
+    assert!(h.iter().all(|v| v["room"] == "two"), "{h:?}");
+    assert_eq!(h.last().unwrap()["type"], "end_of_history");
+}
+
+#[test]
+fn a_websocket_client_sits_in_three_rooms() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut ws = ws::ws_open(&server);
+    ws::send(&mut ws, r#"{"name":"Mina","version":2}"#);
+    let welcome = ws::frame(&mut ws);
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["max_rooms"], 100);
+    let mut others = Vec::new();
+    for room in ["a", "b", "c"] {
+        ws::send(
+            &mut ws,
+            &json!({"type":"join","room":room,"req":room}).to_string(),
+        );
+        ws::until(&mut ws, |v| v["type"] == "ok" && v["req"] == room);
+        others.push(server.connect(&format!("X{room}"), room));
+    }
+    for (room, other) in ["a", "b", "c"].iter().zip(&mut others) {
+        // A multi-line message stays one message, as a version-1 frame does.
+        ws::send(
+            &mut ws,
+            &json!({"type":"say","room":room,"text":format!("hello\n{room}")}).to_string(),
+        );
+        other.expect("Mina:hello");
+        other.expect(&format!("Mina:{room}"));
+        other.send(&format!("back from {room}\n"));
+    }
+    let seen = ws_messages(&mut ws, 6);
+    for room in ["a", "b", "c"] {
+        let in_room: Vec<&str> = seen
+            .iter()
+            .filter(|v| v["room"] == room)
+            .map(|v| v["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            in_room,
+            [format!("hello\n{room}"), format!("back from {room}")]
+        );
+    }
+    // A malformed frame gets an error and the socket stays open.
+    ws::send(&mut ws, "hello");
+    let e = ws::frame(&mut ws);
+    assert_eq!(e["type"], "error");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request JSON"),
+        "{e}"
+    );
+    ws::send(
+        &mut ws,
+        r#"{"type":"say","room":"a","text":"still here","req":1}"#,
+    );
+    ws::until(&mut ws, |v| v["type"] == "ok" && v["req"] == 1);
+    others[0].until("Mina:still here");
+    drop(ws);
+    for other in &mut others {
+        other.until("*** Mina left");
+    }
+}
+
+fn ws_messages(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        match ws::next(ws, TIMEOUT) {
+            Got::Json(v) if v["type"] == "message" => seen.push(v),
+            Got::Json(_) => {}
+            other => panic!("wanted messages, got {other:?} after {seen:?}"),
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_rooms_of_one_connection_are_bounded() {
+    let server = Server::start(&["--max-rooms-per-session", "2"]);
+    let mut c = Client::raw(server.addr);
+    // The handshake's room counts as one.
+    c.send(r#"{"name":"Mina","room":"a","version":2,"format":"json"}"#);
+    let welcome = line(&mut c);
+    assert_eq!(welcome["max_rooms"], 2);
+    until(&mut c, |v| v["type"] == "join" && v["room"] == "a");
+    join(&mut c, "b");
+    request(&mut c, json!({"type":"join","room":"c","req":"c"}));
+    assert_eq!(
+        line(&mut c),
+        json!({"type":"error","req":"c","reason":"you are in too many rooms (2 at most on one connection)"})
+    );
+    // Nobody saw Mina in c.
+    let mut x = server.connect("X", "c");
+    assert!(x.quiet_for(Duration::from_millis(300)));
+    request(&mut c, json!({"type":"leave","room":"a"}));
+    join(&mut c, "c");
+    x.expect("*** Mina joined");
+}
+
+#[test]
+fn a_bound_of_no_rooms_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args([
+            "-a",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+            "--max-rooms-per-session",
+            "0",
+        ])
+        .output()
+        .expect("run machat");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-rooms-per-session"), "{err}");
+}
+
+#[test]
+fn every_malformed_request_gets_a_clear_error_and_the_connection_stays() {
+    let server = Server::start(&["--max-line", "2048"]);
+    let mut c = v2(&server, "Mina");
+    join(&mut c, "ops");
+    let long_req = "x".repeat(65);
+    let cases: Vec<(String, Value, &str)> = vec![
+        ("hello".into(), Value::Null, "invalid request JSON: "),
+        ("{\"type\":".into(), Value::Null, "invalid request JSON: "),
+        ("[1,2]".into(), Value::Null, "a request must be a JSON object like"),
+        ("\"say\"".into(), Value::Null, "a request must be a JSON object like"),
+        (r#"{"room":"ops","req":1}"#.into(), json!(1), "request is missing \"type\""),
+        (r#"{"type":5,"req":"n"}"#.into(), json!("n"), "\"type\" must be a string"),
+        (
+            r#"{"type":"shout","room":"ops","req":2}"#.into(),
+            json!(2),
+            "unknown request type \"shout\" (one of join, leave, say, me, msg, who, rooms, history, quit)",
+        ),
+        (r#"{"type":"say","text":"hi","req":3}"#.into(), json!(3), "request is missing \"room\""),
+        (r#"{"type":"say","room":"ops","req":4}"#.into(), json!(4), "request is missing \"text\""),
+        (r#"{"type":"say","room":["ops"],"req":5}"#.into(), json!(5), "\"room\" must be a string"),
+        (r#"{"type":"say","room":"","text":"x","req":6}"#.into(), json!(6), "room must not be empty"),
+        (r#"{"type":"say","room":"elsewhere","text":"x","req":7}"#.into(), json!(7), "you are not in elsewhere"),
+        (r#"{"type":"who","room":"elsewhere","req":8}"#.into(), json!(8), "you are not in elsewhere"),
+        (r#"{"type":"leave","room":"elsewhere","req":9}"#.into(), json!(9), "you are not in elsewhere"),
+        (r#"{"type":"join","room":"ops","req":10}"#.into(), json!(10), "you are already in ops"),
+        (r#"{"type":"join","room":"x","history":-1,"req":11}"#.into(), json!(11), "\"history\" must be a whole number >= 0"),
+        (r#"{"type":"join","room":"x","since":"5","req":12}"#.into(), json!(12), "\"since\" must be a whole number >= 0"),
+        (r#"{"type":"history","room":"ops","limit":0,"req":13}"#.into(), json!(13), "\"limit\" must be from 1 to 1000"),
+        (r#"{"type":"history","room":"ops","limit":5000,"req":14}"#.into(), json!(14), "\"limit\" must be from 1 to 1000"),
+        (r#"{"type":"me","room":"ops","text":"  ","req":15}"#.into(), json!(15), "\"text\" must not be empty"),
+        (r#"{"type":"msg","room":"ops","to":"Nobody","text":"x","req":16}"#.into(), json!(16), "no one called Nobody in this room"),
+        (r#"{"type":"msg","room":"ops","to":"Bob","req":17}"#.into(), json!(17), "request is missing \"text\""),
+        (r#"{"type":"say","room":"ops","text":"x","req":{"a":1}}"#.into(), Value::Null, "\"req\" must be a string of at most 64 bytes"),
+        (format!(r#"{{"type":"say","room":"ops","text":"x","req":"{long_req}"}}"#), Value::Null, "\"req\" must be a string of at most 64 bytes"),
+        (r#"{"type":"say","room":"ops","text":"x","req":-1}"#.into(), Value::Null, "\"req\" must be a string of at most 64 bytes"),
+        ("\u{1}\u{2}\u{ff}".into(), Value::Null, "invalid request JSON"),
+        (format!(r#"{{"type":"say","room":"ops","text":"{}"}}"#, "y".repeat(3000)), Value::Null, "line too long"),
+    ];
+    for (input, req, reason) in &cases {
+        c.send(&format!("{input}\n"));
+        let e = line(&mut c);
+        assert_eq!(e["type"], "error", "{input}: {e}");
+        assert_eq!(e["req"], *req, "{input}: {e}");
+        let got = e["reason"].as_str().unwrap_or("");
+        assert!(
+            got.starts_with(reason),
+            "{input}: {got:?} is not {reason:?}"
+        );
+        // Still here, still in ops.
+        request(&mut c, json!({"type":"who","room":"ops","req":"alive"}));
+        assert_eq!(line(&mut c)["req"], "alive", "after {input}");
+    }
+    // An empty line, or one of blanks, is no request and gets no answer.
+    c.send("\n  \n");
+    assert!(c.quiet_for(Duration::from_millis(300)));
+}
+
+#[test]
+fn a_client_that_sends_bad_requests_and_never_reads_is_cut_off() {
+    // No line rate, so the server reads as fast as the client writes.
+    let server = Server::start(&["--max-pending", "65536", "--max-line-rate", "0"]);
+    let mut c = v2(&server, "Mina");
+    c.stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let junk = "[]\n".repeat(1000);
+    let deadline = Instant::now() + TIMEOUT * 3;
+    let mut cut = false;
+    while Instant::now() < deadline {
+        use std::io::{ErrorKind, Write};
+        match c.stream.write(junk.as_bytes()) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "the server kept taking requests from a client that never reads"
+    );
+    assert!(server.wait_log("slow consumer"));
+}
+
+#[test]
+fn version_2_is_json_and_other_versions_are_refused() {
+    let server = Server::start(&[]);
+    common::expect_refused(
+        &server,
+        br#"{"name":"Mina","version":2,"format":"text"}"#,
+        "version 2 speaks JSON: \"format\" must be \"json\" or absent",
+    );
+    common::expect_refused(
+        &server,
+        br#"{"name":"Mina","version":3}"#,
+        "\"version\" must be 1 or 2",
+    );
+    common::expect_refused(
+        &server,
+        br#"{"name":"Mina","version":"2"}"#,
+        "\"version\" must be 1 or 2",
+    );
+    // Version 1 still needs its room.
+    common::expect_refused(&server, br#"{"name":"Mina"}"#, "room");
+    // Without "format", version 2 is JSON, refusals included.
+    let mut c = Client::raw(server.addr);
+    c.send(r#"{"name":"Mina","version":2,"room":"ops"}"#);
+    assert_eq!(line(&mut c)["type"], "welcome");
+    let mut again = Client::raw(server.addr);
+    again.send(r#"{"name":"Mina","version":2,"room":"ops"}"#);
+    assert_eq!(
+        line(&mut again),
+        json!({"type":"error","reason":"name Mina is already taken in room ops"})
+    );
+    assert!(again.closed());
+    let mut bad = Client::raw(server.addr);
+    bad.send(r#"{"name":"","version":2}"#);
+    assert_eq!(
+        line(&mut bad),
+        json!({"type":"error","reason":"name must not be empty"})
+    );
+}
