@@ -12,8 +12,9 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 
-# The cluster tests (tests/cluster.rs) start Debian's nats-server with JetStream themselves,
-# on ephemeral loopback ports.
+# The cluster tests (tests/cluster.rs, and the client's failover across nodes in
+# crates/client/tests/failover.rs) start Debian's nats-server with JetStream themselves, on
+# ephemeral loopback ports.
 if ! command -v nats-server >/dev/null; then
     echo "== installing nats-server (for tests/cluster.rs)"
     install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server)

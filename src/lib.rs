@@ -6,15 +6,15 @@
 //! cursor per member) → `connection` or `web::ws` (copies from the member's cursor into one
 //! write) → socket.
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
-//! the flags, and [`client`] the terminal client. The binaries only wire these together.
+//! the flags. The binary only wires these together; the terminal client is a crate of its own
+//! (`crates/client`).
 
 pub use machat_proto::{codec, protocol, refusal, request};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
-// `config`, `client`), the cluster's user commands and the store's benchmark.
+// `config`), the cluster's user commands and the store's benchmark.
 pub mod auth;
 mod bus;
-pub mod client;
 pub mod cluster;
 pub mod config;
 mod connection;

@@ -1,4 +1,5 @@
-//! TLS with rustls: the server's certificate and key (PEM files), and the client's trust.
+//! TLS with rustls: the server's certificate and key (PEM files). (The client's trust is in
+//! the machat-client crate.)
 //!
 //! Loading happens once at start-up, so a missing file or a key that does not match the
 //! certificate stops the start with the file's name and the reason, rather than failing every
@@ -8,9 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
     Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
@@ -46,43 +47,4 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     // The chat has one protocol; HTTP/1.1 for the web side is negotiated by the client.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The client side: trust the certificates in `ca` (a private CA), or else the system's.
-pub fn connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
-    let mut roots = RootCertStore::empty();
-    match ca {
-        Some(ca) => {
-            for cert in certificates(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // A system certificate rustls cannot use is skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err("no trusted certificates found on this system (use --ca FILE)".into());
-            }
-        }
-    }
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-/// The name to check the server's certificate against: the host part of `host:port`.
-pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
-    let host = match addr.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => addr,
-    };
-    ServerName::try_from(host.to_owned()).map_err(|e| format!("bad server name {host:?}: {e}"))
 }

@@ -1,6 +1,6 @@
 //! Registered names over real sockets: `machat user add` (password from stdin), the password
 //! in the handshake, the same answer and delay for every failure, --require-auth, /nick, the
-//! per-address failure limit, machat-client and WebSocket.
+//! per-address failure limit and WebSocket. (machat-client's password: crates/client/tests.)
 
 mod common;
 
@@ -152,44 +152,6 @@ fn failed_attempts_are_limited_per_address_and_name() {
         line,
         "*** error: too many failed logins from your address; try again later"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn a_running_server_sees_new_registrations_and_machat_client_sends_the_password() {
-    let dir = temp_dir();
-    let d = dir.to_str().unwrap();
-    let server = Server::start(&["--data-dir", d]);
-    let mut watcher = server.connect("Watcher", "r");
-    user_add(&dir, "Zed", "zpw");
-    // Within a few seconds the name is protected.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (line, _, _) = attempt(&server, r#"{"name":"Zed","room":"other"}"#);
-        if line == "*** error: authentication failed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still open: {line}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let pwfile = dir.join("pw.txt");
-    std::fs::write(&pwfile, "zpw\n").unwrap();
-    let mut client = Command::new(env!("CARGO_BIN_EXE_machat-client"))
-        .args(["-client", "Zed", "-room", "r", "-address"])
-        .arg(server.addr.to_string())
-        .arg("--password-file")
-        .arg(&pwfile)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    watcher.until("*** Zed joined");
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(b"it is me\n").unwrap();
-    watcher.expect("Zed:it is me");
-    drop(stdin);
-    let _ = client.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,9 +1,9 @@
 //! Connections over the server's life: limits, descriptor exhaustion, churn, silent clients,
-//! graceful shutdown, the terminal client and the logs.
+//! graceful shutdown and the logs. (The terminal client's own tests are in
+//! crates/client/tests/terminal.rs.)
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -188,119 +188,6 @@ fn logs_a_line_per_connect_and_disconnect_with_the_reason_and_none_per_message()
         !log.iter().any(|l| l.contains("message 1")),
         "a line per message: {log:?}"
     );
-}
-
-fn client_cmd(server: &Server, name: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machat-client"));
-    cmd.args([
-        "-client",
-        name,
-        "-room",
-        "dev",
-        "-address",
-        &server.addr.to_string(),
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    cmd
-}
-
-#[test]
-fn terminal_client_chats_and_exits_cleanly_at_end_of_input() {
-    let server = Server::start(&[]);
-    let mut watcher = server.connect("watcher", "dev");
-    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
-    watcher.expect("*** Mina joined");
-    watcher.send("hi Mina\n");
-    watcher.expect("watcher:hi Mina");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"hello from the client\n").unwrap();
-    watcher.expect("Mina:hello from the client");
-    drop(stdin);
-    watcher.expect("*** Mina left");
-    let out = wait_output(child);
-    assert!(out.0.success(), "{:?}", out);
-    assert_eq!(
-        out.1,
-        "*** Mina joined\nwatcher:hi Mina\nMina:hello from the client\n"
-    );
-}
-
-#[test]
-fn terminal_client_exits_non_zero_when_the_server_closes() {
-    let mut server = Server::start(&[]);
-    let mut watcher = server.connect("watcher", "dev");
-    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
-    watcher.expect("*** Mina joined");
-    let _stdin = child.stdin.take();
-    server.signal("-KILL");
-    let _ = server.child.wait();
-    let (status, stdout, stderr) = wait_output(child);
-    assert!(!status.success());
-    assert!(stdout.contains("*** Mina joined"));
-    assert!(stderr.contains("closed the connection"), "{stderr}");
-}
-
-#[test]
-fn terminal_client_exits_0_after_quit() {
-    let server = Server::start(&[]);
-    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"/quit\n").unwrap();
-    let (status, stdout, stderr) = wait_output(child);
-    drop(stdin);
-    assert!(status.success(), "{stderr}");
-    assert!(stdout.ends_with("*** bye\n"), "{stdout}");
-}
-
-#[test]
-fn terminal_client_default_flags_with_two_dashes() {
-    let server = Server::start(&[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_machat-client"))
-        .args(["--room", "lounge", "--address", &server.addr.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdin.take());
-    let (status, stdout, stderr) = wait_output(child);
-    assert!(status.success(), "{stderr}");
-    let line = stdout.lines().next().unwrap_or_default();
-    assert!(
-        line.starts_with("*** User") && line.ends_with(" joined"),
-        "{stdout:?} {stderr}"
-    );
-}
-
-fn wait_output(mut child: std::process::Child) -> (std::process::ExitStatus, String, String) {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            panic!("client did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, out, err)
 }
 
 #[test]

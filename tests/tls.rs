@@ -1,6 +1,6 @@
 //! TLS over real sockets: the chat protocol on --tls-addr with a certificate made here by
-//! rcgen, machat-client --tls --ca, HTTPS and WSS on the web side, and what a plain-text or
-//! silent client on the TLS port costs.
+//! rcgen, HTTPS and WSS on the web side, and what a plain-text or silent client on the TLS port
+//! costs. (machat-client --tls --ca: crates/client/tests/terminal.rs.)
 
 mod common;
 
@@ -112,49 +112,6 @@ fn tls_and_plain_clients_chat_in_one_room() {
     secure.write_all(b"/quit\n").unwrap();
     assert_eq!(tls_line(&mut secure), "*** bye");
     plain.expect("*** Sec left");
-}
-
-#[test]
-fn machat_client_connects_with_tls_and_a_private_ca() {
-    let cert = Cert::new();
-    let server = tls_server(&cert, &[]);
-    let mut watcher = server.connect("Watcher", "room");
-    let tls_addr = server.tls.unwrap().to_string();
-    let mut client = Command::new(env!("CARGO_BIN_EXE_machat-client"))
-        .args(["-client", "Cli", "-room", "room", "-address", &tls_addr])
-        .args(["--tls", "--ca", cert.cert.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    watcher.expect("*** Cli joined");
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(b"hello through tls\n").unwrap();
-    watcher.expect("Cli:hello through tls");
-    drop(stdin);
-    watcher.expect("*** Cli left");
-    let out = client.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.contains("*** Cli joined\nCli:hello through tls\n"),
-        "{out}"
-    );
-
-    // Without the CA the self-signed certificate is not trusted: no connection.
-    let status = Command::new(env!("CARGO_BIN_EXE_machat-client"))
-        .args(["-client", "Bad", "-address", &tls_addr, "--tls"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(!status.status.success());
-    let err = String::from_utf8_lossy(&status.stderr);
-    assert!(
-        err.contains("certificate") || err.contains("trusted"),
-        "{err}"
-    );
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! over real sockets. Every wait is bounded.
 #![allow(dead_code)]
 
-pub mod cli;
 pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,6 +3,9 @@
 //! reconnect; a refused join is retried; what it prints from JSON is byte for byte what the
 //! server sends a text client; a server that answers in text (MaChat's own) still works.
 //!
+//! The last test does the same across the nodes of a cluster (a `nats-server -js` and three
+//! machat nodes).
+//!
 //! The tests run real servers and real clients on loopback. The client is frozen with SIGSTOP
 //! where a test needs something to happen before it may notice the loss, instead of racing it.
 
@@ -15,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::Cli;
-use common::{temp_dir, Client, Server, TIMEOUT};
+use common::nats::Nats;
+use common::{machat_bin, temp_dir, Client, Server, TIMEOUT};
 
 /// A port nobody listens on right now (bound, read, released).
 fn free_port() -> u16 {
@@ -37,8 +41,8 @@ for a; do
   set -- "$@" "$a"
 done
 exec "$bin" -a "$MACHAT_TEST_ADDR" "$@""#,
-        env!("CARGO_BIN_EXE_machat"),
     ])
+    .arg(machat_bin())
     .env("MACHAT_TEST_ADDR", format!("127.0.0.1:{port}"));
     let server = Server::start_with(cmd, args);
     assert_eq!(server.addr.port(), port, "started on another port");
@@ -469,7 +473,7 @@ fn the_password_of_a_registered_name_goes_again_with_each_reconnect() {
     let dir = temp_dir();
     std::fs::create_dir_all(&dir).expect("data dir");
     let d = dir.to_str().expect("utf-8 temp dir");
-    let mut add = Command::new(env!("CARGO_BIN_EXE_machat"))
+    let mut add = Command::new(machat_bin())
         .args(["user", "add", "Cli", "--data-dir", d])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -509,4 +513,48 @@ fn the_password_of_a_registered_name_goes_again_with_each_reconnect() {
         cli.err()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cluster node on `nats`.
+fn node(nats: &Nats, args: &[&str]) -> Server {
+    let url = nats.url();
+    let mut all = vec!["--nats", url.as_str()];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+#[test]
+fn machat_client_fails_over_to_another_node_with_nothing_lost_or_repeated() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--presence-ttl", "2"]);
+    let b = node(&nats, &["--presence-ttl", "2"]);
+    let c = node(&nats, &["--presence-ttl", "2"]);
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let mut cli = Cli::spawn(&[
+        "-client", "Cli", "-room", "kill", "-address", &a_addr, "-address", &b_addr,
+    ]);
+    cli.wait_out("*** Cli joined");
+    let mut sender = c.connect_with("Sender", "kill", "");
+    sender.until("*** Sender joined");
+    cli.wait_out("*** Sender joined");
+    for i in 1..=20 {
+        sender.send(&format!("m{i}\n"));
+    }
+    cli.wait_out("Sender:m20");
+    a.signal("-KILL");
+    // The room goes on while the client is away (and while the dead node holds its name).
+    for i in 21..=40 {
+        sender.send(&format!("m{i}\n"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cli.wait_out("Sender:m40");
+    cli.wait_err("reconnected to");
+    // Back in the room: it can talk again.
+    cli.type_in("back\n");
+    sender.until("Cli:back");
+    let out = cli.out();
+    let got: Vec<&str> = out.lines().filter(|l| l.starts_with("Sender:")).collect();
+    let want: Vec<String> = (1..=40).map(|i| format!("Sender:m{i}")).collect();
+    assert_eq!(got, want, "stderr: {}", cli.err());
+    assert!(!out.contains("*** history"), "{out}");
 }

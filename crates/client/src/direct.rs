@@ -1,0 +1,83 @@
+//! One address, no failover: the handshake MaChat's own client sends, then typed lines out and
+//! the server's lines printed as they come. It sends nothing else, so it works against the
+//! original Go server too.
+
+use std::io;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_rustls::TlsConnector;
+
+use crate::args::ClientArgs;
+use crate::input::is_quit;
+use crate::net::connect;
+use crate::Ending;
+
+/// Runs the client on stdin and stdout, connected to the first address that answers.
+pub async fn run(args: ClientArgs, name: String, tls: Option<TlsConnector>) -> io::Result<Ending> {
+    let (_, stream) = connect(&args, tls.as_ref()).await?;
+    let (read, mut write) = tokio::io::split(stream);
+    write.write_all(&args.handshake(&name)).await?;
+    write.flush().await?;
+    eprintln!(
+        "machat-client: connected as {name} in {}; type a line and press Enter",
+        args.room
+    );
+
+    let printer = tokio::spawn(async move {
+        let mut lines = BufReader::new(read);
+        let mut stdout = tokio::io::stdout();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    if stdout.write_all(&line).await.is_err() {
+                        break;
+                    }
+                    let _ = stdout.flush().await;
+                }
+            }
+        }
+    });
+
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut printer = printer;
+    // After our own /quit the server closing is the expected end, not a failure.
+    let mut quit = false;
+    loop {
+        tokio::select! {
+            _ = &mut printer => {
+                if quit {
+                    return Ok(Ending::Done);
+                }
+                eprintln!("machat-client: the server closed the connection");
+                return Ok(Ending::ServerClosed);
+            }
+            line = stdin.next_line() => match line? {
+                Some(line) => {
+                    quit |= is_quit(&line);
+                    let mut bytes = line.into_bytes();
+                    bytes.push(b'\n');
+                    let sent = async {
+                        write.write_all(&bytes).await?;
+                        write.flush().await
+                    };
+                    if sent.await.is_err() {
+                        let _ = (&mut printer).await;
+                        eprintln!("machat-client: the server closed the connection");
+                        return Ok(Ending::ServerClosed);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    // Stdin is done: say so to the server and print what it still sends until it closes.
+    let _ = write.shutdown().await;
+    let _ = printer.await;
+    Ok(Ending::Done)
+}
