@@ -68,8 +68,15 @@ impl Hub {
     }
 
     /// Claims `name` in `room` across the cluster before a join or a rename (at once, without a
-    /// cluster).
-    pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {
+    /// cluster). `person`: a connection of a registered name, logged in with its password.
+    pub async fn claim(
+        &self,
+        room: &str,
+        name: &str,
+        owner: u64,
+        person: bool,
+    ) -> Result<(), ClaimError> {
+        let _ = person;
         let Some(bus) = &self.bus else {
             return Ok(());
         };
@@ -98,7 +105,8 @@ impl Hub {
     }
 
     /// Gives back a name claimed with [`Hub::claim`].
-    pub fn release(&self, room: &str, name: &str, owner: u64) {
+    pub fn release(&self, room: &str, name: &str, owner: u64, person: bool) {
+        let _ = person;
         if let Some(bus) = &self.bus {
             bus.release(room, name, owner);
         }
@@ -159,15 +167,17 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins `room` (creating it), unless `name` is already taken there.
+    /// Joins `room` (creating it), unless `name` is already taken there. A `person`
+    /// connection may join its person's other connections (see [`Room::join_replaying`]).
     pub fn join(
         &self,
         room: &str,
         id: u64,
         name: &str,
         format: Format,
+        person: bool,
     ) -> Result<(Arc<Room>, Seat), RoomError> {
-        self.join_replaying(room, id, name, format, None)
+        self.join_replaying(room, id, name, format, None, person)
             .map(|(room, seat, _)| (room, seat))
     }
 
@@ -179,6 +189,7 @@ impl Hub {
         name: &str,
         format: Format,
         replay: Option<Replay>,
+        person: bool,
     ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
@@ -200,7 +211,7 @@ impl Hub {
         };
         // Joining under the registry's lock means a room being emptied cannot be dropped from
         // the registry while someone joins it.
-        match entry.join_replaying(id, name, format, replay) {
+        match entry.join_replaying(id, name, format, replay, person) {
             Ok((seat, history)) => Ok((entry, seat, history)),
             Err(e) => {
                 if entry.member_count() == 0 {
@@ -230,7 +241,7 @@ impl Hub {
         let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
         let mut list: Vec<(String, usize)> = rooms
             .iter()
-            .map(|r| (r.name().to_owned(), r.member_count()))
+            .map(|r| (r.name().to_owned(), r.people()))
             .filter(|(_, n)| *n > 0)
             .collect();
         if let Some(bus) = &self.bus {

@@ -31,18 +31,25 @@ pub fn refused(id: u64, addr: SocketAddr, refusal: Refusal) -> Refusal {
 }
 
 /// Checks the handshake's name and password (`Users::check`: registered names, their
-/// look-alikes and `--require-auth`), with the same delay for every failure.
+/// look-alikes and `--require-auth`), with the same delay for every failure. A registered
+/// name whose password was proved is noted for [`enter`] (see `Users::prove`): such a
+/// connection is a person's, and may share the name with the person's other connections.
 pub async fn authenticate(
     ctx: &Shared,
     id: u64,
     addr: SocketAddr,
     hs: &Handshake,
 ) -> Result<(), Refusal> {
-    ctx.hub
+    let login = ctx
+        .hub
         .users
         .check(addr.ip(), hs)
         .await
-        .map_err(|refusal| refused(id, addr, refusal))
+        .map_err(|refusal| refused(id, addr, refusal))?;
+    if login.is_person() {
+        ctx.hub.users.prove(id);
+    }
+    Ok(())
 }
 
 /// How a transport's members take part: the format of what they are sent, their line rate
@@ -63,22 +70,23 @@ pub async fn enter(
     entry: Entry,
 ) -> Result<Session, Refusal> {
     let replay = replay_wanted(&hs, ctx);
-    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id).await {
+    let person = ctx.hub.users.proved(id);
+    if let Err(e) = ctx.hub.claim(&hs.room, &hs.name, id, person).await {
         let refusal = ctx.hub.claim_refusal(&e, &hs.name, &hs.room);
         return Err(refused(id, addr, refusal));
     }
     let joined = ctx
         .hub
-        .join_replaying(&hs.room, id, &hs.name, entry.format, replay);
+        .join_replaying(&hs.room, id, &hs.name, entry.format, replay, person);
     let (room, seat, history) = match joined {
         Ok(joined) => joined,
         Err(e) => {
-            ctx.hub.release(&hs.room, &hs.name, id);
+            ctx.hub.release(&hs.room, &hs.name, id, person);
             let refusal = ctx.hub.refusal(&e, &hs.name, &hs.room);
             return Err(refused(id, addr, refusal));
         }
     };
-    info!(id, name = %hs.name, room = %hs.room, format = ?entry.format, transport = entry.transport.label(), "joined");
+    info!(id, name = %hs.name, room = %hs.room, format = ?entry.format, transport = entry.transport.label(), person, "joined");
     let mut session = Session::new(
         ctx.hub.clone(),
         id,
@@ -88,6 +96,7 @@ pub async fn enter(
         entry.limit,
         ctx.config.max_line,
     );
+    session.person = person;
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if let Some(start) = history {

@@ -91,6 +91,9 @@ pub struct Session {
     replay: Option<Box<PagedReplay>>,
     /// In cluster mode: a `/nick` or `/join` waiting for the cluster to confirm the name.
     claim_wait: Option<ClaimWait>,
+    /// A person's connection (a registered name, its password proved at the handshake): it
+    /// shares the name with the person's other connections, and keeps it (no `/nick`).
+    pub person: bool,
 }
 
 /// A command that goes on once the cluster has answered a claim.
@@ -125,6 +128,7 @@ impl Session {
             max_line,
             replay: None,
             claim_wait: None,
+            person: false,
         }
     }
 
@@ -251,6 +255,10 @@ impl Session {
                 if self.hub.users.required() {
                     return self.error(Refusal::OnlyYourRegisteredName);
                 }
+                // A registered login is who one is, on each of one's connections at once.
+                if self.person {
+                    return self.error(Refusal::RegisteredNick(self.name.clone()));
+                }
                 // A registered name (or a look-alike of one, which is that name) is taken only
                 // at the handshake, with its password.
                 if self.hub.users.is_registered(args) {
@@ -318,15 +326,15 @@ impl Session {
         match self.room.rename(self.seat, new) {
             Ok(()) => {
                 let old = std::mem::replace(&mut self.name, new.to_owned());
-                self.hub.release(self.room.name(), &old, self.id);
+                self.hub.release(self.room.name(), &old, self.id, false);
                 Ok(None)
             }
             Err(RoomError::NameTaken) => {
-                self.hub.release(self.room.name(), new, self.id);
+                self.hub.release(self.room.name(), new, self.id, false);
                 self.error(taken(new, "this room"))
             }
             Err(RoomError::LooksLike(like)) => {
-                self.hub.release(self.room.name(), new, self.id);
+                self.hub.release(self.room.name(), new, self.id, false);
                 self.error(Refusal::TooMuchLike {
                     name: new.into(),
                     like,
@@ -334,7 +342,7 @@ impl Session {
                 })
             }
             Err(e) => {
-                self.hub.release(self.room.name(), new, self.id);
+                self.hub.release(self.room.name(), new, self.id, false);
                 Err(e)
             }
         }
@@ -356,30 +364,33 @@ impl Session {
 
     /// Asks the cluster for a name in a room; the command goes on in [`Session::poll_wait`].
     fn wait_for_claim(&mut self, room: String, then: AfterClaim) {
-        let (hub, id) = (self.hub.clone(), self.id);
+        let (hub, id, person) = (self.hub.clone(), self.id, self.person);
         let name = match &then {
             AfterClaim::Nick(new) => new.clone(),
             AfterClaim::Join(_) => self.name.clone(),
         };
         self.claim_wait = Some(ClaimWait {
-            answer: Box::pin(async move { hub.claim(&room, &name, id).await }),
+            answer: Box::pin(async move { hub.claim(&room, &name, id, person).await }),
             then,
         });
     }
 
     fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         // Take the seat in the new room first, so a taken name leaves the client where it was.
-        let joined = self.hub.join(room, self.id, &self.name, self.format);
+        let joined = self
+            .hub
+            .join(room, self.id, &self.name, self.format, self.person);
         match joined {
             Ok((new_room, seat)) => {
                 let old = std::mem::replace(&mut self.room, new_room);
                 let old_seat = std::mem::replace(&mut self.seat, seat);
                 self.hub.leave(&old, old_seat, out, true);
-                self.hub.release(old.name(), &self.name, self.id);
+                self.hub
+                    .release(old.name(), &self.name, self.id, self.person);
                 Ok(None)
             }
             Err(e) => {
-                self.hub.release(room, &self.name, self.id);
+                self.hub.release(room, &self.name, self.id, self.person);
                 match e {
                     RoomError::NameTaken => self.error(taken(&self.name, room)),
                     RoomError::Full | RoomError::TooManyRooms | RoomError::LooksLike(_) => {
@@ -433,12 +444,13 @@ impl Session {
         let announce = announce || self.hub.clustered();
         self.replay = None;
         self.hub.leave(&self.room, self.seat, out, announce);
-        self.hub.release(self.room.name(), &self.name, self.id);
+        self.hub
+            .release(self.room.name(), &self.name, self.id, self.person);
         // A claim still on its way would otherwise hold the name until the cluster's TTL.
         if let Some(wait) = self.claim_wait.take() {
             match wait.then {
-                AfterClaim::Nick(new) => self.hub.release(self.room.name(), &new, self.id),
-                AfterClaim::Join(room) => self.hub.release(&room, &self.name, self.id),
+                AfterClaim::Nick(new) => self.hub.release(self.room.name(), &new, self.id, false),
+                AfterClaim::Join(room) => self.hub.release(&room, &self.name, self.id, self.person),
             }
         }
     }
