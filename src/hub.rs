@@ -76,11 +76,10 @@ impl Hub {
         owner: u64,
         person: bool,
     ) -> Result<(), ClaimError> {
-        let _ = person;
         let Some(bus) = &self.bus else {
             return Ok(());
         };
-        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner)).await;
+        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner, person)).await;
         match answer {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(ClaimError::Taken))) => Err(ClaimError::Taken),
@@ -90,7 +89,7 @@ impl Hub {
             }
             Ok(Err(_)) | Err(_) => {
                 // The claim may still land: give it back so the name does not stay taken.
-                bus.release(room, name, owner);
+                bus.release(room, name, owner, person);
                 Err(ClaimError::Unavailable("no answer in time".into()))
             }
         }
@@ -106,9 +105,8 @@ impl Hub {
 
     /// Gives back a name claimed with [`Hub::claim`].
     pub fn release(&self, room: &str, name: &str, owner: u64, person: bool) {
-        let _ = person;
         if let Some(bus) = &self.bus {
-            bus.release(room, name, owner);
+            bus.release(room, name, owner, person);
         }
     }
 
@@ -205,6 +203,10 @@ impl Hub {
                     self.budget.clone(),
                     self.bus.clone(),
                 ));
+                if let Some(bus) = &self.bus {
+                    // Under the registry's lock, as deliveries are: nothing slips in between.
+                    r.seed_persons(bus.persons(room));
+                }
                 rooms.insert(room.to_owned(), r.clone());
                 r
             }

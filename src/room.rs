@@ -263,6 +263,13 @@ struct Inner {
     accounted: usize,
     /// Connections beyond each person's first: `count - extra` is how many people are here.
     extra: usize,
+    /// Cluster mode: the nodes each person is in this room on, as the cluster's joins and
+    /// leaves tell (see [`Room::deliver`]). Empty (no allocation) without a cluster.
+    persons: std::collections::HashMap<String, Vec<String>>,
+    /// Cluster mode: a person's first connection on this node, until its join comes back
+    /// from the cluster. If the person was in the room on another node already, the room does
+    /// not show the join, and this connection alone is told it is in.
+    awaiting_join: Vec<(String, Seat)>,
 }
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
@@ -343,6 +350,8 @@ impl Room {
                 held_total: 0,
                 accounted: 0,
                 extra: 0,
+                persons: std::collections::HashMap::new(),
+                awaiting_join: Vec::new(),
             }),
         }
     }
@@ -445,15 +454,14 @@ impl Room {
             // The room knows the person already; the new connection alone hears that it is in,
             // as every connection's first line after its handshake says.
             inner.extra += 1;
-            let mut line = Vec::new();
-            let event = RoomEvent::Join { name };
-            match format {
-                Format::Text => event.render_text(&mut line),
-                Format::Json => event.render_json(&self.name, Timestamp::now(), &mut line),
-            }
-            inner.push_private(slot, line, self.max_pending);
+            self.tell_joined(&mut inner, Seat { slot, id }, name);
         } else {
-            self.announce(&mut inner, RoomEvent::Join { name });
+            if person && self.bus.is_some() {
+                inner
+                    .awaiting_join
+                    .push((name.to_owned(), Seat { slot, id }));
+            }
+            self.announce_member(&mut inner, RoomEvent::Join { name }, person);
         }
         Ok((Seat { slot, id }, history))
     }
@@ -578,7 +586,7 @@ impl Room {
                 // In a cluster, members on other nodes must hear of it even when this node's
                 // share of the room is now empty. A person leaves with its last connection.
                 if announce && (inner.count > 0 || self.bus.is_some()) && inner.last_of(&m) {
-                    self.announce(&mut inner, RoomEvent::Leave { name: &m.name });
+                    self.announce_member(&mut inner, RoomEvent::Leave { name: &m.name }, m.person);
                 }
             }
         }
@@ -867,11 +875,71 @@ impl Room {
         }
     }
 
+    /// Tells one connection of a person that it is in the room (a private line, as the join
+    /// line that every connection's first line after its handshake is).
+    fn tell_joined(&self, inner: &mut Inner, seat: Seat, name: &str) {
+        let Some(format) = inner.member(seat).map(|m| m.format) else {
+            return;
+        };
+        let mut line = Vec::new();
+        let event = RoomEvent::Join { name };
+        match format {
+            Format::Text => event.render_text(&mut line),
+            Format::Json => event.render_json(&self.name, Timestamp::now(), &mut line),
+        }
+        inner.push_private(seat.slot, line, self.max_pending);
+    }
+
+    /// A member's join or leave: a person's (in a cluster) says which node it is on, so that
+    /// every node can tell the person's first node in the room, and its last.
+    fn announce_member(&self, inner: &mut Inner, event: RoomEvent<'_>, person: bool) {
+        match &self.bus {
+            Some(bus) if person => {
+                let envelope = Envelope::from_room_event(&event).on_node(bus.node());
+                bus.publish(&self.name, envelope, None);
+            }
+            _ => self.announce(inner, event),
+        }
+    }
+
+    /// Cluster mode, a room just made on this node: the persons other nodes have in it, so
+    /// that their joins and leaves from now on are shown as everywhere else (see
+    /// [`Room::deliver`]). This node's own are not among them: it has no member here yet.
+    pub fn seed_persons(&self, persons: Vec<(String, String)>) {
+        let mut inner = self.lock();
+        for (name, node) in persons {
+            let nodes = inner.persons.entry(name).or_default();
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+
     /// Appends an event the cluster delivered: `seq` is its place in the cluster's order, and
     /// the id of a message. History queries end at the last one delivered, so a member joining
     /// now gets everything before it from history and everything after it live.
+    ///
+    /// A person's join or leave on a node is shown only if it is the person's first node in
+    /// the room or its last: every node reads the same events in the same order, so every node
+    /// shows the same one `joined` and one `left`.
     pub fn deliver(&self, seq: u64, envelope: &Envelope) {
         let mut inner = self.lock();
+        if let Some(node) = envelope.person_node() {
+            let shown = inner.person_moved(envelope, node);
+            let ours = self.bus.as_ref().is_some_and(|b| b.node() == node);
+            if let (true, crate::bus::Event::Join { name, .. }) = (ours, &envelope.event) {
+                let waiting = inner.awaiting_join.iter().position(|(n, _)| n == name);
+                if let Some(i) = waiting {
+                    let (_, seat) = inner.awaiting_join.swap_remove(i);
+                    if !shown {
+                        self.tell_joined(&mut inner, seat, name);
+                    }
+                }
+            }
+            if !shown {
+                return;
+            }
+        }
         self.publish_at(
             &mut inner,
             envelope.as_room_event(seq),
@@ -936,7 +1004,7 @@ impl Room {
                 tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, why, "cut off: slow consumer");
                 // A person's other connections keep it in the room.
                 if inner.last_of(&m) {
-                    names.push(m.name);
+                    names.push((m.name, m.person));
                 }
             }
         }
@@ -953,8 +1021,8 @@ impl Room {
         log.buf.drain(..drop);
         log.base = min;
         log.check_at = log.buf.len() + check_floor(self.max_pending);
-        for name in names {
-            self.announce(inner, RoomEvent::Leave { name: &name });
+        for (name, person) in names {
+            self.announce_member(inner, RoomEvent::Leave { name: &name }, person);
         }
     }
 }
@@ -1023,6 +1091,34 @@ impl Inner {
         Ok(shares)
     }
 
+    /// Follows a person's join or leave on `node` (cluster mode); true if the room should show
+    /// it: the person's first node in the room, or its last.
+    fn person_moved(&mut self, envelope: &Envelope, node: &str) -> bool {
+        use crate::bus::Event;
+        match &envelope.event {
+            Event::Join { name, .. } => {
+                let nodes = self.persons.entry(name.clone()).or_default();
+                if nodes.iter().any(|n| n == node) {
+                    return false; // heard already
+                }
+                nodes.push(node.to_owned());
+                nodes.len() == 1
+            }
+            Event::Leave { name, .. } => {
+                let Some(nodes) = self.persons.get_mut(name) else {
+                    return true; // joined before this room was followed here
+                };
+                nodes.retain(|n| n != node);
+                if nodes.is_empty() {
+                    self.persons.remove(name);
+                    return true;
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// True if `m` (just removed) was the last connection of its member: a guest always, a
     /// person when none of its other connections is left in the room.
     fn last_of(&self, m: &Member) -> bool {
@@ -1074,6 +1170,7 @@ impl Inner {
     fn remove(&mut self, slot: usize, max_pending: usize) -> Option<Member> {
         let m = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
+        self.awaiting_join.retain(|(_, seat)| seat.slot != slot);
         self.count -= 1;
         if !self.last_of(&m) {
             self.extra -= 1;
