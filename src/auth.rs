@@ -195,6 +195,22 @@ impl ByKey {
     }
 }
 
+/// Who a handshake that passed [`Users::check`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// An unregistered name: it is this connection's alone in a room, as it always was.
+    Guest,
+    /// A registered name, with its password: a person, who may be connected several times at
+    /// once (laptop, phone, tabs) and is one member of each room.
+    Person,
+}
+
+impl Login {
+    pub fn is_person(self) -> bool {
+        self == Login::Person
+    }
+}
+
 /// The server's view of the registered names.
 pub struct Users {
     hashes: Mutex<ByKey>,
@@ -203,7 +219,15 @@ pub struct Users {
     require: bool,
     limit: Arc<LoginLimit>,
     hashing: Semaphore,
+    /// Connections (by id) that proved a registered name's password and have not entered a
+    /// room yet: `lifecycle` notes the proof here and takes it back on entering, so the
+    /// transports in between carry nothing new. An entry whose connection ended in between is
+    /// dropped after [`PROOF_KEPT`].
+    proofs: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How long a proof waits for its connection to enter (the claim waits 5 s at most).
+const PROOF_KEPT: Duration = Duration::from_secs(60);
 
 /// A hash of no password: what an unknown name or a missing password is checked against, so
 /// it costs what a wrong password costs.
@@ -220,6 +244,7 @@ impl Users {
             require,
             limit: LoginLimit::new(FAIL_DELAY),
             hashing: Semaphore::new(HASHING),
+            proofs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -309,6 +334,20 @@ impl Users {
         Some(registered.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Notes that connection `id` proved a registered name's password (see [`Users::proved`]).
+    pub fn prove(&self, id: u64) {
+        let now = Instant::now();
+        let mut proofs = self.proofs.lock().unwrap_or_else(|e| e.into_inner());
+        proofs.retain(|_, at| now.duration_since(*at) < PROOF_KEPT);
+        proofs.insert(id, now);
+    }
+
+    /// Whether connection `id` proved a registered name's password (once: the proof is taken).
+    pub fn proved(&self, id: u64) -> bool {
+        let mut proofs = self.proofs.lock().unwrap_or_else(|e| e.into_inner());
+        proofs.remove(&id).is_some()
+    }
+
     /// Whether any names are registered, here or for the cluster.
     pub fn any(&self) -> bool {
         !self.lock().is_empty() || self.cluster_lock().is_some_and(|r| !r.is_empty())
@@ -335,12 +374,14 @@ impl Users {
 
     /// Checks a handshake's name and password. Ok for an unregistered name (unless
     /// `--require-auth`) and for a registered one (or a look-alike of one) with its password;
-    /// otherwise, after the fixed delay, the reason to send.
-    pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<(), Refusal> {
+    /// otherwise, after the fixed delay, the reason to send. What it admits is told apart
+    /// ([`Login`]): only a connection that proved the password may share its name with the
+    /// person's other connections.
+    pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<Login, Refusal> {
         let key = name_key(&hs.name);
         let stored = self.hash_of(&key);
         if stored.is_none() && !self.require {
-            return Ok(());
+            return Ok(Login::Guest);
         }
         let started = Instant::now();
         let answer_at = tokio::time::Instant::from_std(started + FAIL_DELAY);
@@ -374,7 +415,7 @@ impl Users {
         };
         if real && verified {
             self.limit.succeeded(&turn, &key.lower);
-            return Ok(());
+            return Ok(Login::Person);
         }
         tokio::time::sleep_until(answer_at).await;
         drop(turn);

@@ -27,12 +27,36 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Message { name: String, text: String },
-    Action { name: String, text: String },
-    Join { name: String },
-    Leave { name: String },
-    Nick { old: String, new: String },
+    Message {
+        name: String,
+        text: String,
+    },
+    Action {
+        name: String,
+        text: String,
+    },
+    /// `node`: a person's join or leave on that node (its first connection there came, or its
+    /// last went). The room shows it only when it is the person's first node in the room, or
+    /// its last (see [`crate::room::Room::deliver`]); a node that does not know the field
+    /// shows every one.
+    Join {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    Leave {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    Nick {
+        old: String,
+        new: String,
+    },
 }
+
+/// The longest node name taken from the stream (ours are 16 hex digits).
+const MAX_NODE: usize = 64;
 
 impl Envelope {
     pub fn new(event: Event) -> Self {
@@ -57,7 +81,9 @@ impl Envelope {
             Event::Message { name, text } | Event::Action { name, text } => {
                 name_ok(name) && text_ok(text)
             }
-            Event::Join { name } | Event::Leave { name } => name_ok(name),
+            Event::Join { name, node } | Event::Leave { name, node } => {
+                name_ok(name) && node.as_ref().is_none_or(|n| n.len() <= MAX_NODE)
+            }
             Event::Nick { old, new } => name_ok(old) && name_ok(new),
         }
     }
@@ -67,10 +93,26 @@ impl Envelope {
         match &self.event {
             Event::Message { name, text } => RoomEvent::Message { id, name, text },
             Event::Action { name, text } => RoomEvent::Action { id, name, text },
-            Event::Join { name } => RoomEvent::Join { name },
-            Event::Leave { name } => RoomEvent::Leave { name },
+            Event::Join { name, .. } => RoomEvent::Join { name },
+            Event::Leave { name, .. } => RoomEvent::Leave { name },
             Event::Nick { old, new } => RoomEvent::Nick { old, new },
         }
+    }
+
+    /// The node a person's join or leave was on (see [`Event::Join`]).
+    pub fn person_node(&self) -> Option<&str> {
+        match &self.event {
+            Event::Join { node, .. } | Event::Leave { node, .. } => node.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Marks a join or leave as a person's on `node` (see [`Event::Join`]).
+    pub fn on_node(mut self, on: &str) -> Self {
+        if let Event::Join { node, .. } | Event::Leave { node, .. } = &mut self.event {
+            *node = Some(on.to_owned());
+        }
+        self
     }
 
     /// The owned form of a room event (ids are the bus's to give, so they are dropped).
@@ -84,8 +126,14 @@ impl Envelope {
                 name: name.into(),
                 text: text.into(),
             },
-            RoomEvent::Join { name } => Event::Join { name: name.into() },
-            RoomEvent::Leave { name } => Event::Leave { name: name.into() },
+            RoomEvent::Join { name } => Event::Join {
+                name: name.into(),
+                node: None,
+            },
+            RoomEvent::Leave { name } => Event::Leave {
+                name: name.into(),
+                node: None,
+            },
             RoomEvent::Nick { old, new } => Event::Nick {
                 old: old.into(),
                 new: new.into(),
@@ -116,18 +164,29 @@ pub trait Bus: Send + Sync {
     fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>);
 
     /// Claims `name` in `room` for `owner` (a connection of this node), unless someone has it
-    /// anywhere.
-    fn claim(&self, room: &str, name: &str, owner: u64) -> PendingClaim;
+    /// anywhere. A `person`'s connection (a registered name, its password proved) claims
+    /// nothing exclusive, since the password guards the name: it marks the person present in
+    /// the room on this node, held as long as any of its connections here is.
+    fn claim(&self, room: &str, name: &str, owner: u64, person: bool) -> PendingClaim;
 
     /// Gives back a name `owner` claimed (it left, was renamed, or gave up waiting), also if the
     /// claim is still on its way. A name someone else holds is left alone.
-    fn release(&self, room: &str, name: &str, owner: u64);
+    fn release(&self, room: &str, name: &str, owner: u64, person: bool);
 
-    /// The names in `room` across the cluster, as last seen.
+    /// The names in `room` across the cluster, as last seen (a person present on several
+    /// nodes may come more than once).
     fn members(&self, room: &str) -> Vec<String>;
 
-    /// Every room with members somewhere in the cluster, and how many.
+    /// Every room with members somewhere in the cluster, and how many (people, not
+    /// connections).
     fn rooms(&self) -> Vec<(String, usize)>;
+
+    /// This node's name in the cluster, on its persons' joins and leaves.
+    fn node(&self) -> &str;
+
+    /// The persons present in `room` on other nodes, as last seen: (name, node). A room that
+    /// a node creates starts from this, and follows the persons' joins and leaves from there.
+    fn persons(&self, room: &str) -> Vec<(String, String)>;
 }
 
 #[cfg(test)]
@@ -158,7 +217,24 @@ mod tests {
             text: "hi\u{1b}[2J".into()
         })
         .is_clean());
-        assert!(!forged(Event::Join { name: "a:b".into() }).is_clean());
+        assert!(!forged(Event::Join {
+            name: "a:b".into(),
+            node: None
+        })
+        .is_clean());
+        // A person's join names its node; older nodes' joins have none, and still parse.
+        let on = Envelope::from_room_event(&RoomEvent::Join { name: "Mina" }).on_node("n1");
+        let json = serde_json::to_string(&on).unwrap();
+        assert!(json.contains(r#""node":"n1""#), "{json}");
+        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), on);
+        let old: Envelope =
+            serde_json::from_str(r#"{"type":"leave","name":"Mina","ts":1}"#).unwrap();
+        assert_eq!(old.person_node(), None);
+        assert!(!forged(Event::Leave {
+            name: "Mina".into(),
+            node: Some("x".repeat(65))
+        })
+        .is_clean());
         assert!(forged(Event::Message {
             name: "Mina".into(),
             text: "two\nlines".into()

@@ -79,12 +79,18 @@ impl Hub {
     }
 
     /// Claims `name` in `room` across the cluster before a join or a rename (at once, without a
-    /// cluster).
-    pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {
+    /// cluster). `person`: a connection of a registered name, logged in with its password.
+    pub async fn claim(
+        &self,
+        room: &str,
+        name: &str,
+        owner: u64,
+        person: bool,
+    ) -> Result<(), ClaimError> {
         let Some(bus) = &self.bus else {
             return Ok(());
         };
-        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner)).await;
+        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner, person)).await;
         match answer {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(ClaimError::Taken))) => Err(ClaimError::Taken),
@@ -94,7 +100,7 @@ impl Hub {
             }
             Ok(Err(_)) | Err(_) => {
                 // The claim may still land: give it back so the name does not stay taken.
-                bus.release(room, name, owner);
+                bus.release(room, name, owner, person);
                 Err(ClaimError::Unavailable("no answer in time".into()))
             }
         }
@@ -109,9 +115,9 @@ impl Hub {
     }
 
     /// Gives back a name claimed with [`Hub::claim`].
-    pub fn release(&self, room: &str, name: &str, owner: u64) {
+    pub fn release(&self, room: &str, name: &str, owner: u64, person: bool) {
         if let Some(bus) = &self.bus {
-            bus.release(room, name, owner);
+            bus.release(room, name, owner, person);
         }
     }
 
@@ -170,15 +176,17 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins `room` (creating it), unless `name` is already taken there.
+    /// Joins `room` (creating it), unless `name` is already taken there. A `person`
+    /// connection may join its person's other connections (see [`Room::join_replaying`]).
     pub fn join(
         &self,
         room: &str,
         id: u64,
         name: &str,
         format: Format,
+        person: bool,
     ) -> Result<(Arc<Room>, Seat), RoomError> {
-        self.join_replaying(room, id, name, format, None)
+        self.join_replaying(room, id, name, format, None, person)
             .map(|(room, seat, _)| (room, seat))
     }
 
@@ -190,6 +198,7 @@ impl Hub {
         name: &str,
         format: Format,
         replay: Option<Replay>,
+        person: bool,
     ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
@@ -205,13 +214,17 @@ impl Hub {
                     self.budget.clone(),
                     self.bus.clone(),
                 ));
+                if let Some(bus) = &self.bus {
+                    // Under the registry's lock, as deliveries are: nothing slips in between.
+                    r.seed_persons(bus.persons(room));
+                }
                 rooms.insert(room.to_owned(), r.clone());
                 r
             }
         };
         // Joining under the registry's lock means a room being emptied cannot be dropped from
         // the registry while someone joins it.
-        match entry.join_replaying(id, name, format, replay) {
+        match entry.join_replaying(id, name, format, replay, person) {
             Ok((seat, history)) => Ok((entry, seat, history)),
             Err(e) => {
                 if entry.member_count() == 0 {
@@ -241,7 +254,7 @@ impl Hub {
         let rooms: Vec<Arc<Room>> = self.lock().values().cloned().collect();
         let mut list: Vec<(String, usize)> = rooms
             .iter()
-            .map(|r| (r.name().to_owned(), r.member_count()))
+            .map(|r| (r.name().to_owned(), r.people()))
             .filter(|(_, n)| *n > 0)
             .collect();
         if let Some(bus) = &self.bus {

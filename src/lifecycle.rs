@@ -29,18 +29,25 @@ pub fn refused(id: u64, addr: SocketAddr, refusal: Refusal) -> Refusal {
 }
 
 /// Checks the handshake's name and password (`Users::check`: registered names, their
-/// look-alikes and `--require-auth`), with the same delay for every failure.
+/// look-alikes and `--require-auth`), with the same delay for every failure. A registered
+/// name whose password was proved is noted for [`enter`] (see `Users::prove`): such a
+/// connection is a person's, and may share the name with the person's other connections.
 pub async fn authenticate(
     ctx: &Shared,
     id: u64,
     addr: SocketAddr,
     hs: &Handshake,
 ) -> Result<(), Refusal> {
-    ctx.hub
+    let login = ctx
+        .hub
         .users
         .check(addr.ip(), hs)
         .await
-        .map_err(|refusal| refused(id, addr, refusal))
+        .map_err(|refusal| refused(id, addr, refusal))?;
+    if login.is_person() {
+        ctx.hub.users.prove(id);
+    }
+    Ok(())
 }
 
 /// How a transport's members take part: the format of what they are sent, their line rate
@@ -61,39 +68,37 @@ pub async fn enter(
     hs: Handshake,
     entry: Entry,
 ) -> Result<Session, Refusal> {
+    let person = ctx.hub.users.proved(id);
     let Some(room_name) = hs.room.as_deref() else {
-        info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), "entered");
+        info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), person, "entered");
         let rules = ctx.rules.clone();
-        return Ok(Session::many(
-            ctx.hub.clone(),
-            id,
-            hs.name,
-            entry.limit,
-            rules,
-        ));
+        let mut session = Session::many(ctx.hub.clone(), id, hs.name, entry.limit, rules);
+        session.person = person;
+        return Ok(session);
     };
     let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
-    if let Err(e) = ctx.hub.claim(room_name, &hs.name, id).await {
+    if let Err(e) = ctx.hub.claim(room_name, &hs.name, id, person).await {
         let refusal = ctx.hub.claim_refusal(&e, &hs.name, room_name);
         return Err(refused(id, addr, refusal));
     }
     let joined = ctx
         .hub
-        .join_replaying(room_name, id, &hs.name, entry.format, replay);
+        .join_replaying(room_name, id, &hs.name, entry.format, replay, person);
     let (room, seat, history) = match joined {
         Ok(joined) => joined,
         Err(e) => {
-            ctx.hub.release(room_name, &hs.name, id);
+            ctx.hub.release(room_name, &hs.name, id, person);
             let refusal = ctx.hub.refusal(&e, &hs.name, room_name);
             return Err(refused(id, addr, refusal));
         }
     };
-    info!(id, name = %hs.name, room = %room_name, format = ?entry.format, version = hs.version, transport = entry.transport.label(), "joined");
+    info!(id, name = %hs.name, room = %room_name, format = ?entry.format, version = hs.version, transport = entry.transport.label(), person, "joined");
     let rules = ctx.rules.clone();
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if hs.version >= 2 {
         let mut session = Session::many(ctx.hub.clone(), id, hs.name, entry.limit, rules);
+        session.person = person;
         session.add(room, seat, history);
         return Ok(session);
     }
@@ -106,6 +111,7 @@ pub async fn enter(
         entry.limit,
         rules,
     );
+    session.person = person;
     if let Some(start) = history {
         session.start_replay(start);
     }

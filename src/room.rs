@@ -189,6 +189,11 @@ struct Member {
     /// A replay under way: the member's cursor stops at its place until it is over. Boxed, so
     /// an idle member pays a pointer for it.
     hold: Option<Box<Hold>>,
+    /// A connection of a person (a registered name, logged in with its password): it shares
+    /// its name with the person's other connections in the room, which are one member to the
+    /// others (one `joined`, one `left`, one name in `/who`). A bool, in the padding after
+    /// `waiting`: an idle member does not grow.
+    person: bool,
 }
 
 /// Where a replay (history on joining, `/history`) stands in a member's stream. The replay is
@@ -256,6 +261,15 @@ struct Inner {
     held_total: usize,
     /// This room's share of the budget, as last added to it.
     accounted: usize,
+    /// Connections beyond each person's first: `count - extra` is how many people are here.
+    extra: usize,
+    /// Cluster mode: the nodes each person is in this room on, as the cluster's joins and
+    /// leaves tell (see [`Room::deliver`]). Empty (no allocation) without a cluster.
+    persons: std::collections::HashMap<String, Vec<String>>,
+    /// Cluster mode: a person's first connection on this node, until its join comes back
+    /// from the cluster. If the person was in the room on another node already, the room does
+    /// not show the join, and this connection alone is told it is in.
+    awaiting_join: Vec<(String, Seat)>,
 }
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
@@ -335,6 +349,9 @@ impl Room {
                 private_total: 0,
                 held_total: 0,
                 accounted: 0,
+                extra: 0,
+                persons: std::collections::HashMap::new(),
+                awaiting_join: Vec::new(),
             }),
         }
     }
@@ -357,29 +374,47 @@ impl Room {
         }
     }
 
+    /// Connections in the room (what `--max-room-members` bounds: each one costs memory).
     pub fn member_count(&self) -> usize {
         self.lock().count
     }
 
+    /// Members as the others see them: a person connected several times counts once.
+    pub fn people(&self) -> usize {
+        let inner = self.lock();
+        inner.count - inner.extra
+    }
+
     /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
     pub fn join(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
-        self.join_replaying(id, name, format, None)
+        self.join_replaying(id, name, format, None, false)
+            .map(|(seat, _)| seat)
+    }
+
+    /// Adds another connection of a person (see [`Room::join_replaying`]).
+    pub fn join_person(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
+        self.join_replaying(id, name, format, None, true)
             .map(|(seat, _)| seat)
     }
 
     /// Joins, and (if asked) queries the history up to the moment of joining: the query is
     /// queued under the room's lock, after every earlier message's append and before any later
     /// one's, so history and live messages meet with no gap and no duplicate.
+    ///
+    /// A `person` connection (see [`Member::person`]) may join where the same person already
+    /// is, under the same name: the room is told only of the person's first connection. Any
+    /// other clash (a guest's name, a look-alike, a guest joining a person) is refused as ever.
     pub fn join_replaying(
         &self,
         id: u64,
         name: &str,
         format: Format,
         replay: Option<Replay>,
+        person: bool,
     ) -> Result<(Seat, Option<ReplayStart>), RoomError> {
         let key = KeyHash::of(&crate::protocol::name_key(name));
         let mut inner = self.lock();
-        inner.check_free(name, &key, None)?;
+        let shares = inner.check_join(name, &key, person)?;
         let log = &mut inner.logs[format as usize];
         log.members += 1;
         let member = Member {
@@ -400,6 +435,7 @@ impl Room {
                     raw: 0,
                 })
             }),
+            person,
         };
         let slot = match inner.free.pop() {
             Some(slot) => {
@@ -414,7 +450,19 @@ impl Room {
         inner.count += 1;
         let until = inner.last_published;
         let history = replay.map(|r| self.replay_start(r, until));
-        self.announce(&mut inner, RoomEvent::Join { name });
+        if shares {
+            // The room knows the person already; the new connection alone hears that it is in,
+            // as every connection's first line after its handshake says.
+            inner.extra += 1;
+            self.tell_joined(&mut inner, Seat { slot, id }, name);
+        } else {
+            if person && self.bus.is_some() {
+                inner
+                    .awaiting_join
+                    .push((name.to_owned(), Seat { slot, id }));
+            }
+            self.announce_member(&mut inner, RoomEvent::Join { name }, person);
+        }
         Ok((Seat { slot, id }, history))
     }
 
@@ -536,9 +584,9 @@ impl Room {
             inner.copy_out(seat.slot, out, usize::MAX);
             if let Some(m) = inner.remove(seat.slot, self.max_pending) {
                 // In a cluster, members on other nodes must hear of it even when this node's
-                // share of the room is now empty.
-                if announce && (inner.count > 0 || self.bus.is_some()) {
-                    self.announce(&mut inner, RoomEvent::Leave { name: &m.name });
+                // share of the room is now empty. A person leaves with its last connection.
+                if announce && (inner.count > 0 || self.bus.is_some()) && inner.last_of(&m) {
+                    self.announce_member(&mut inner, RoomEvent::Leave { name: &m.name }, m.person);
                 }
             }
         }
@@ -696,7 +744,7 @@ impl Room {
         }
     }
 
-    /// The members' names, sorted.
+    /// The members' names, sorted, each once (a person connected several times is one member).
     pub fn names(&self) -> Vec<String> {
         let inner = self.lock();
         let mut names: Vec<String> = inner
@@ -706,6 +754,7 @@ impl Room {
             .map(|m| m.name.clone())
             .collect();
         names.sort_unstable();
+        names.dedup();
         names
     }
 
@@ -732,17 +781,28 @@ impl Room {
         Ok(())
     }
 
-    /// A private message from `seat` to the member called `to`; both get a copy.
+    /// A private message from `seat` to the member called `to`; both get a copy: every
+    /// connection of `to` (a person may have several), and every connection of the sender's
+    /// person (or the sender alone, for a guest).
     pub fn private(&self, seat: Seat, to: &str, text: &str) -> Result<(), RoomError> {
         let mut inner = self.lock();
-        let Some(from) = inner.member(seat).map(|m| m.name.clone()) else {
+        let Some((from, from_person)) = inner.member(seat).map(|m| (m.name.clone(), m.person))
+        else {
             return Err(RoomError::Gone);
         };
-        let Some(target) = inner.find(to) else {
+        let targets = inner.find_all(to);
+        if targets.is_empty() {
             return Err(RoomError::NoSuchMember);
+        }
+        let senders = if from_person {
+            inner.find_all(&from)
+        } else {
+            vec![seat.slot]
         };
-        for (slot, incoming) in [(target, true), (seat.slot, false)] {
-            if incoming && slot == seat.slot {
+        let incoming = targets.iter().map(|&slot| (slot, true));
+        let outgoing = senders.iter().map(|&slot| (slot, false));
+        for (slot, incoming) in incoming.chain(outgoing) {
+            if incoming && senders.contains(&slot) {
                 continue; // a note to oneself: one copy is enough
             }
             if let Some(m) = inner.slots[slot].as_ref() {
@@ -826,11 +886,71 @@ impl Room {
         }
     }
 
+    /// Tells one connection of a person that it is in the room (a private line, as the join
+    /// line that every connection's first line after its handshake is).
+    fn tell_joined(&self, inner: &mut Inner, seat: Seat, name: &str) {
+        let Some(format) = inner.member(seat).map(|m| m.format) else {
+            return;
+        };
+        let mut line = Vec::new();
+        let event = RoomEvent::Join { name };
+        match format {
+            Format::Text => event.render_text(&mut line),
+            Format::Json => event.render_json(&self.name, Timestamp::now(), &mut line),
+        }
+        inner.push_private(seat.slot, line, self.max_pending);
+    }
+
+    /// A member's join or leave: a person's (in a cluster) says which node it is on, so that
+    /// every node can tell the person's first node in the room, and its last.
+    fn announce_member(&self, inner: &mut Inner, event: RoomEvent<'_>, person: bool) {
+        match &self.bus {
+            Some(bus) if person => {
+                let envelope = Envelope::from_room_event(&event).on_node(bus.node());
+                bus.publish(&self.name, envelope, None);
+            }
+            _ => self.announce(inner, event),
+        }
+    }
+
+    /// Cluster mode, a room just made on this node: the persons other nodes have in it, so
+    /// that their joins and leaves from now on are shown as everywhere else (see
+    /// [`Room::deliver`]). This node's own are not among them: it has no member here yet.
+    pub fn seed_persons(&self, persons: Vec<(String, String)>) {
+        let mut inner = self.lock();
+        for (name, node) in persons {
+            let nodes = inner.persons.entry(name).or_default();
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+
     /// Appends an event the cluster delivered: `seq` is its place in the cluster's order, and
     /// the id of a message. History queries end at the last one delivered, so a member joining
     /// now gets everything before it from history and everything after it live.
+    ///
+    /// A person's join or leave on a node is shown only if it is the person's first node in
+    /// the room or its last: every node reads the same events in the same order, so every node
+    /// shows the same one `joined` and one `left`.
     pub fn deliver(&self, seq: u64, envelope: &Envelope) {
         let mut inner = self.lock();
+        if let Some(node) = envelope.person_node() {
+            let shown = inner.person_moved(envelope, node);
+            let ours = self.bus.as_ref().is_some_and(|b| b.node() == node);
+            if let (true, crate::bus::Event::Join { name, .. }) = (ours, &envelope.event) {
+                let waiting = inner.awaiting_join.iter().position(|(n, _)| n == name);
+                if let Some(i) = waiting {
+                    let (_, seat) = inner.awaiting_join.swap_remove(i);
+                    if !shown {
+                        self.tell_joined(&mut inner, seat, name);
+                    }
+                }
+            }
+            if !shown {
+                return;
+            }
+        }
         self.publish_at(
             &mut inner,
             envelope.as_room_event(seq),
@@ -893,7 +1013,10 @@ impl Room {
             if let Some(m) = inner.remove(slot, self.max_pending) {
                 m.wake();
                 tracing::info!(room = %self.name, name = %m.name, behind, limit = self.max_pending, why, "cut off: slow consumer");
-                names.push(m.name);
+                // A person's other connections keep it in the room.
+                if inner.last_of(&m) {
+                    names.push((m.name, m.person));
+                }
             }
         }
         let min = inner
@@ -909,8 +1032,8 @@ impl Room {
         log.buf.drain(..drop);
         log.base = min;
         log.check_at = log.buf.len() + check_floor(self.max_pending);
-        for name in names {
-            self.announce(inner, RoomEvent::Leave { name: &name });
+        for (name, person) in names {
+            self.announce_member(inner, RoomEvent::Leave { name: &name }, person);
         }
     }
 }
@@ -967,11 +1090,69 @@ fn check_floor(max_pending: usize) -> usize {
 }
 
 impl Inner {
-    /// The slot of the member called exactly `name` (for `/msg`: no key per message).
-    fn find(&self, name: &str) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|m| m.as_ref().is_some_and(|m| m.name == name))
+    /// The slots of the connections called exactly `name` (for `/msg`: no key per message):
+    /// one for a guest, one or more for a person.
+    fn find_all(&self, name: &str) -> Vec<usize> {
+        let named = |(slot, m): (usize, &Option<Member>)| {
+            m.as_ref().is_some_and(|m| m.name == name).then_some(slot)
+        };
+        self.slots.iter().enumerate().filter_map(named).collect()
+    }
+
+    /// Whether `name` may join: Ok(true) if it is a person's and joins that person's other
+    /// connections (already here under exactly that name), Ok(false) if the name is free.
+    /// A guest never shares, and never with a person; look-alikes stay refused.
+    fn check_join(&self, name: &str, key: &KeyHash, person: bool) -> Result<bool, RoomError> {
+        let mut shares = false;
+        for m in self.slots.iter().flatten().filter(|m| m.key.clashes(key)) {
+            if person && m.person && m.name == name {
+                shares = true;
+            } else if m.name == name {
+                return Err(RoomError::NameTaken);
+            } else {
+                return Err(RoomError::LooksLike(m.name.clone()));
+            }
+        }
+        Ok(shares)
+    }
+
+    /// Follows a person's join or leave on `node` (cluster mode); true if the room should show
+    /// it: the person's first node in the room, or its last.
+    fn person_moved(&mut self, envelope: &Envelope, node: &str) -> bool {
+        use crate::bus::Event;
+        match &envelope.event {
+            Event::Join { name, .. } => {
+                let nodes = self.persons.entry(name.clone()).or_default();
+                if nodes.iter().any(|n| n == node) {
+                    return false; // heard already
+                }
+                nodes.push(node.to_owned());
+                nodes.len() == 1
+            }
+            Event::Leave { name, .. } => {
+                let Some(nodes) = self.persons.get_mut(name) else {
+                    return true; // joined before this room was followed here
+                };
+                nodes.retain(|n| n != node);
+                if nodes.is_empty() {
+                    self.persons.remove(name);
+                    return true;
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// True if `m` (just removed) was the last connection of its member: a guest always, a
+    /// person when none of its other connections is left in the room.
+    fn last_of(&self, m: &Member) -> bool {
+        !m.person
+            || !self
+                .slots
+                .iter()
+                .flatten()
+                .any(|o| o.person && o.name == m.name)
     }
 
     /// The member whose name has `key`, other than the one in slot `except`.
@@ -1014,7 +1195,11 @@ impl Inner {
     fn remove(&mut self, slot: usize, max_pending: usize) -> Option<Member> {
         let m = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
+        self.awaiting_join.retain(|(_, seat)| seat.slot != slot);
         self.count -= 1;
+        if !self.last_of(&m) {
+            self.extra -= 1;
+        }
         self.private_total -= m.private_bytes;
         self.held_total -= m.hold.as_ref().map_or(0, |h| h.bytes());
         let log = &mut self.logs[m.format as usize];
@@ -1218,6 +1403,77 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(room.leave(a, &mut out, true), 0);
         assert_eq!(out, b"*** a joined\na:bye\n");
+    }
+
+    #[test]
+    fn a_person_connected_twice_is_one_member() {
+        let room = Arc::new(new_room("r", 1 << 20));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let laptop = room.join_person(2, "Mina", Format::Text).unwrap();
+        let phone = room.join_person(3, "Mina", Format::Json).unwrap();
+        // Guests never share, with a guest or with a person; look-alikes stay refused.
+        assert_eq!(
+            room.join(4, "Mina", Format::Text),
+            Err(RoomError::NameTaken)
+        );
+        assert_eq!(
+            room.join_person(4, "Bob", Format::Text),
+            Err(RoomError::NameTaken)
+        );
+        assert_eq!(
+            room.join_person(4, "mina", Format::Text),
+            Err(RoomError::LooksLike("Mina".into()))
+        );
+        assert_eq!((room.member_count(), room.people()), (3, 2));
+        assert_eq!(room.names(), ["Bob", "Mina"]);
+        room.say(phone, "from the phone", false).unwrap();
+        room.private(bob, "Mina", "psst").unwrap();
+        room.private(laptop, "Bob", "hi Bob").unwrap();
+        assert_eq!(
+            drain(&room, bob),
+            "*** Bob joined\n*** Mina joined\nMina:from the phone\n\
+             *** private to Mina: psst\n*** private from Mina: hi Bob\n"
+        );
+        assert_eq!(
+            drain(&room, laptop),
+            "*** Mina joined\nMina:from the phone\n\
+             *** private from Bob: psst\n*** private to Bob: hi Bob\n"
+        );
+        let phone_lines = drain(&room, phone);
+        let types: Vec<String> = phone_lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(
+            types,
+            [r#""join""#, r#""message""#, r#""private""#, r#""private""#]
+        );
+        // One connection leaves: nobody is told; the last one: the room is.
+        let mut out = Vec::new();
+        room.leave(phone, &mut out, true);
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        room.leave(laptop, &mut out, true);
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
+        assert_eq!(room.people(), 1);
+    }
+
+    #[test]
+    fn a_person_cut_off_leaves_only_with_its_last_connection() {
+        let room = Arc::new(new_room("r", 10_000));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let slow = room.join_person(2, "Mina", Format::Text).unwrap();
+        let fast = room.join_person(3, "Mina", Format::Text).unwrap();
+        drain(&room, bob);
+        for i in 0..2_000 {
+            room.say(bob, &format!("message {i}"), false).unwrap();
+            drain(&room, bob);
+            drain(&room, fast);
+        }
+        assert!(!room.contains(slow));
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        assert!(!drain(&room, bob).contains("left"));
+        assert!(room.cut_off(fast, "test"));
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
     }
 
     #[test]

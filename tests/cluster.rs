@@ -626,3 +626,80 @@ fn names_registered_for_the_cluster_need_their_password_on_every_node() {
     let (ok, _, err) = user_cmd(&nats, &["remove", "Zed"], "");
     assert!(!ok && err.contains("not registered"), "{err}");
 }
+
+/// One person, many connections, across nodes: Mina in a browser tab on node B and a program
+/// on node A is one member of the room on both nodes.
+#[test]
+fn a_person_connected_on_two_nodes_is_one_member() {
+    let nats = Nats::start();
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "pw\n");
+    assert!(ok, "{err}");
+    let a = node(&nats, &[]);
+    let b = node(&nats, &["--http", "127.0.0.1:0"]);
+    let mut bob = a.connect("Bob", "r");
+    let mut wes = ws_join(&b, "Wes", "r");
+    bob.until("*** Wes joined");
+
+    let mut tab = ws_open(&b);
+    send(&mut tab, r#"{"name":"Mina","room":"r","password":"pw"}"#);
+    until(&mut tab, |v| v["type"] == "join" && v["name"] == "Mina");
+    bob.expect("*** Mina joined");
+    until(&mut wes, |v| v["type"] == "join" && v["name"] == "Mina");
+    let mut app = json_join(&a, "Mina", "r", r#","password":"pw""#);
+    json_until(&mut app, |v| v["type"] == "join" && v["name"] == "Mina");
+    // The second node's connection is no news to either node: the next lines are messages.
+    bob.send("hello\n");
+    bob.expect("Bob:hello");
+    let before = until(&mut wes, |v| is_text(v, "hello"));
+    assert!(before.is_empty(), "{before:?}");
+    until(&mut tab, |v| is_text(v, "hello"));
+    json_until(&mut app, |v| is_text(v, "hello"));
+
+    // What one connection sends, the other one and everyone else sees, on both nodes.
+    send(&mut tab, "from the tab");
+    bob.expect("Mina:from the tab");
+    json_until(&mut app, |v| is_text(v, "from the tab"));
+    until(&mut wes, |v| is_text(v, "from the tab"));
+    app.send("from the app\n");
+    bob.expect("Mina:from the app");
+    until(&mut tab, |v| is_text(v, "from the app"));
+    until(&mut wes, |v| is_text(v, "from the app"));
+
+    // One member in /who and /rooms on either node.
+    bob.send("/who\n");
+    bob.expect("*** 3 in r: Bob Mina Wes");
+    bob.send("/rooms\n");
+    bob.expect("*** 1 room: r(3)");
+    send(&mut wes, "/who");
+    let who = frame(&mut wes);
+    assert_eq!(
+        who["members"],
+        serde_json::json!(["Bob", "Mina", "Wes"]),
+        "{who}"
+    );
+    send(&mut wes, "/rooms");
+    let rooms = frame(&mut wes);
+    assert_eq!(
+        rooms["rooms"],
+        serde_json::json!([{"room": "r", "members": 3}]),
+        "{rooms}"
+    );
+
+    // The tab closes: Mina stays (through node A). The app leaves too: now Mina has left,
+    // once, on both nodes.
+    drop(tab);
+    assert!(b.wait_log("name=Mina room=r reason="));
+    bob.send("still\n");
+    bob.expect("Bob:still");
+    let seen = until(&mut wes, |v| is_text(v, "still"));
+    assert!(seen.is_empty(), "{seen:?}");
+    drop(app);
+    bob.expect("*** Mina left");
+    until(&mut wes, |v| v["type"] == "leave" && v["name"] == "Mina");
+    bob.send("after\n");
+    bob.expect("Bob:after");
+    let seen = until(&mut wes, |v| is_text(v, "after"));
+    assert!(seen.is_empty(), "a second leave: {seen:?}");
+    bob.send("/who\n");
+    bob.expect("*** 2 in r: Bob Wes");
+}

@@ -75,7 +75,7 @@ async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, String>
         Ok(m) => {
             let gone = matches!(
                 serde_json::from_slice::<Envelope>(&m.payload).map(|e| e.event),
-                Ok(Event::Leave { name }) if name == lapsed.name
+                Ok(Event::Leave { name, node }) if name == lapsed.name && node == lapsed.person_node
             );
             if gone {
                 return Ok(true); // another node said it already
@@ -90,8 +90,11 @@ async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, String>
         Some(_) => return Ok(true), // claimed again: the member is back
         None => {}
     }
+    // A person's presence on the dead node goes as that node's leave: the person may be in
+    // the room on other nodes still, and the rooms tell (see `Room::deliver`).
     let envelope = Envelope::new(Event::Leave {
         name: lapsed.name.clone(),
+        node: lapsed.person_node.clone(),
     });
     let payload = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
     let publish = PublishMessage::build()

@@ -626,7 +626,7 @@ impl Bus for Cluster {
         }
     }
 
-    fn claim(&self, room: &str, name: &str, owner: u64) -> PendingClaim {
+    fn claim(&self, room: &str, name: &str, owner: u64, person: bool) -> PendingClaim {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !self.connected() {
             let _ = tx.send(Err(ClaimError::Unavailable("not connected to NATS".into())));
@@ -635,21 +635,30 @@ impl Bus for Cluster {
         let (presence, js, seen) = (self.presence.clone(), self.js.clone(), self.seen.clone());
         let (room, name, rt) = (room.to_owned(), name.to_owned(), self.runtime.clone());
         self.runtime.spawn(async move {
-            let result = presence.claim(&room, &name, owner).await;
+            let result = presence.claim(&room, &name, owner, person).await;
             if result.is_ok() {
                 // A join's replay should hold every message the cluster had when it came.
                 catch_up(&js, &seen).await;
             }
             if tx.send(result.clone()).is_err() && result.is_ok() {
                 // Nobody waits any more: give the name back.
-                presence.release(&rt, &room, &name, owner);
+                presence.release(&rt, &room, &name, owner, person);
             }
         });
         rx
     }
 
-    fn release(&self, room: &str, name: &str, owner: u64) {
-        self.presence.release(&self.runtime, room, name, owner);
+    fn release(&self, room: &str, name: &str, owner: u64, person: bool) {
+        self.presence
+            .release(&self.runtime, room, name, owner, person);
+    }
+
+    fn node(&self) -> &str {
+        self.presence.node()
+    }
+
+    fn persons(&self, room: &str) -> Vec<(String, String)> {
+        self.presence.persons(room)
     }
 
     fn members(&self, room: &str) -> Vec<String> {

@@ -7,6 +7,14 @@
 //! telling watchers, so each node's view of the bucket (for `/who` and `/rooms`) also drops
 //! entries not rewritten within the TTL, and hands them to [`super::departures`], which tells
 //! the room they left.
+//!
+//! A person (a registered name, logged in with its password) claims nothing exclusive: the
+//! password guards the name, and the person may be connected on several nodes at once. Each
+//! node where the person has connections in a room writes `<room hex>.<name hex>.<node hex>`
+//! (a plain write, held and rewritten like a claim as long as one of them is there), so `/who`
+//! and `/rooms` see the person wherever it is, a room a node creates learns where the person is
+//! already, and a node that dies has its persons' presence lapse like its names. Nodes that do
+//! not know these keys skip them (their name part does not parse).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,8 +43,8 @@ pub struct Presence {
 }
 
 struct Claim {
-    /// The connection that holds it.
-    owner: u64,
+    /// The connections that hold it: one for a name, any number of a person's.
+    owners: Vec<u64>,
     state: ClaimState,
 }
 
@@ -54,6 +62,8 @@ enum ClaimState {
 struct Seen {
     room: String,
     name: String,
+    /// A person's presence on this node (see the module's doc); None for a claimed name.
+    person_node: Option<String>,
     at: Instant,
     revision: u64,
     /// The node that wrote it.
@@ -73,6 +83,8 @@ struct Holder {
 pub struct Lapsed {
     pub room: String,
     pub name: String,
+    /// A person's presence that lapsed: the node it was on.
+    pub person_node: Option<String>,
     pub key: String,
     pub revision: u64,
     /// How long since it was last written, as this node saw it.
@@ -83,9 +95,18 @@ fn key(room: &str, name: &str) -> String {
     format!("{}.{}", hex(room), hex(name))
 }
 
-fn parse_key(key: &str) -> Option<(String, String)> {
-    let (room, name) = key.split_once('.')?;
-    Some((unhex(room)?, unhex(name)?))
+/// A person's presence in a room on a node.
+fn person_key(room: &str, name: &str, node: &str) -> String {
+    format!("{}.{}.{}", hex(room), hex(name), hex(node))
+}
+
+/// (room, name, the node of a person's presence).
+fn parse_key(key: &str) -> Option<(String, String, Option<String>)> {
+    let (room, rest) = key.split_once('.')?;
+    match rest.split_once('.') {
+        None => Some((unhex(room)?, unhex(rest)?, None)),
+        Some((name, node)) => Some((unhex(room)?, unhex(name)?, Some(unhex(node)?))),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,25 +135,54 @@ impl Presence {
         Bytes::from(format!("{{\"node\":\"{}\"}}", self.node))
     }
 
-    pub async fn claim(&self, room: &str, name: &str, owner: u64) -> Result<(), ClaimError> {
-        let key = key(room, name);
+    pub async fn claim(
+        &self,
+        room: &str,
+        name: &str,
+        owner: u64,
+        person: bool,
+    ) -> Result<(), ClaimError> {
+        let key = match person {
+            true => person_key(room, name, &self.node),
+            false => key(room, name),
+        };
         {
             let mut held = lock(&self.held);
-            if held.contains_key(&key) {
-                // Held (or being claimed) by another connection of this node.
-                return Err(ClaimError::Taken);
+            if let Some(claim) = held.get_mut(&key) {
+                if !person {
+                    // Held (or being claimed) by another connection of this node.
+                    return Err(ClaimError::Taken);
+                }
+                // Another of the person's connections here: it holds the presence too (a
+                // write on its way that was to be given back no longer is).
+                claim.owners.push(owner);
+                if let ClaimState::Claiming { release } = &mut claim.state {
+                    *release = false;
+                }
+                return Ok(());
             }
             held.insert(
                 key.clone(),
                 Claim {
-                    owner,
+                    owners: vec![owner],
                     state: ClaimState::Claiming { release: false },
                 },
             );
         }
         let this = self;
         {
-            let created = this.kv.create(&key, this.value()).await;
+            let created: Result<u64, ClaimError> = match person {
+                // Not exclusive: the key is this node's own.
+                true => (this.kv.put(&key, this.value()).await)
+                    .map_err(|e| ClaimError::Unavailable(e.to_string())),
+                false => (this.kv.create(&key, this.value()).await).map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                        ClaimError::Taken
+                    } else {
+                        ClaimError::Unavailable(e.to_string())
+                    }
+                }),
+            };
             let mut gave_up = None;
             let result = {
                 let mut held = lock(&this.held);
@@ -152,11 +202,7 @@ impl Presence {
                     }
                     Err(e) => {
                         held.remove(&key);
-                        if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                            Err(ClaimError::Taken)
-                        } else {
-                            Err(ClaimError::Unavailable(e.to_string()))
-                        }
+                        Err(e)
                     }
                 }
             };
@@ -167,12 +213,19 @@ impl Presence {
         }
     }
 
-    pub fn release(&self, rt: &Handle, room: &str, name: &str, owner: u64) {
-        let key = key(room, name);
+    pub fn release(&self, rt: &Handle, room: &str, name: &str, owner: u64, person: bool) {
+        let key = match person {
+            true => person_key(room, name, &self.node),
+            false => key(room, name),
+        };
         let mut held = lock(&self.held);
-        let Some(claim) = held.get_mut(&key).filter(|c| c.owner == owner) else {
+        let Some(claim) = held.get_mut(&key).filter(|c| c.owners.contains(&owner)) else {
             return;
         };
+        claim.owners.retain(|o| *o != owner);
+        if !claim.owners.is_empty() {
+            return; // the person's other connections here hold it still
+        }
         match claim.state {
             ClaimState::Claiming { .. } => claim.state = ClaimState::Claiming { release: true },
             ClaimState::Held { revision } => {
@@ -261,13 +314,14 @@ impl Presence {
             let mut seen = lock(&self.seen);
             match entry.operation {
                 Operation::Put => {
-                    if let Some((room, name)) = parse_key(&entry.key) {
+                    if let Some((room, name, person_node)) = parse_key(&entry.key) {
                         let node = serde_json::from_slice::<Holder>(&entry.value)
                             .map(|h| h.node)
                             .unwrap_or_default();
                         let seen_now = Seen {
                             room,
                             name,
+                            person_node,
                             at: Instant::now(),
                             revision: entry.revision,
                             node,
@@ -299,6 +353,7 @@ impl Presence {
             .map(|(key, s)| Lapsed {
                 room: s.room.clone(),
                 name: s.name.clone(),
+                person_node: s.person_node.clone(),
                 key: key.clone(),
                 revision: s.revision,
                 age: s.at.elapsed(),
@@ -340,13 +395,31 @@ impl Presence {
             .collect()
     }
 
+    /// Rooms and how many people are in each: a person present on several nodes counts once.
     pub fn rooms(&self) -> Vec<(String, usize)> {
         let seen = lock(&self.seen);
-        let mut rooms: HashMap<&str, usize> = HashMap::new();
+        let mut rooms: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
         for s in self.live(&seen) {
-            *rooms.entry(&s.room).or_insert(0) += 1;
+            rooms.entry(&s.room).or_default().insert(&s.name);
         }
-        rooms.into_iter().map(|(r, n)| (r.to_owned(), n)).collect()
+        rooms
+            .into_iter()
+            .map(|(r, names)| (r.to_owned(), names.len()))
+            .collect()
+    }
+
+    /// The persons present in `room` on other nodes: (name, node).
+    pub fn persons(&self, room: &str) -> Vec<(String, String)> {
+        let seen = lock(&self.seen);
+        self.live(&seen)
+            .filter(|s| s.room == room)
+            .filter_map(|s| Some((s.name.clone(), s.person_node.clone()?)))
+            .filter(|(_, node)| *node != *self.node)
+            .collect()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
     }
 }
 
@@ -359,8 +432,22 @@ mod tests {
         for (room, name) in [("devroom", "Mina"), ("a.b", "x.y"), ("é", "*>")] {
             let k = key(room, name);
             assert_eq!(k.matches('.').count(), 1);
-            assert_eq!(parse_key(&k), Some((room.to_owned(), name.to_owned())));
+            assert_eq!(
+                parse_key(&k),
+                Some((room.to_owned(), name.to_owned(), None))
+            );
+            let p = person_key(room, name, "n.1");
+            assert_eq!(p.matches('.').count(), 2);
+            let node = Some("n.1".to_owned());
+            assert_eq!(
+                parse_key(&p),
+                Some((room.to_owned(), name.to_owned(), node))
+            );
         }
         assert_eq!(parse_key("nodot"), None);
+        // What a node of before persons made of a person's key: nothing (skipped).
+        let p = person_key("r", "Mina", "n");
+        let (_, rest) = p.split_once('.').unwrap();
+        assert_eq!(unhex(rest), None);
     }
 }

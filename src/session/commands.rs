@@ -86,6 +86,10 @@ impl Session {
                 if self.hub.users.required() {
                     return self.error(Refusal::OnlyYourRegisteredName);
                 }
+                // A registered login is who one is, on each of one's connections at once.
+                if self.person {
+                    return self.error(Refusal::RegisteredNick(self.name.clone()));
+                }
                 // A registered name (or a look-alike of one, which is that name) is taken only
                 // at the handshake, with its password.
                 if self.hub.users.is_registered(args) {
@@ -157,15 +161,15 @@ impl Session {
         match room.rename(seat, new) {
             Ok(()) => {
                 let old = std::mem::replace(&mut self.name, new.to_owned());
-                self.hub.release(room.name(), &old, self.id);
+                self.hub.release(room.name(), &old, self.id, false);
                 Ok(None)
             }
             Err(RoomError::NameTaken) => {
-                self.hub.release(room.name(), new, self.id);
+                self.hub.release(room.name(), new, self.id, false);
                 self.error(taken(new, "this room"))
             }
             Err(RoomError::LooksLike(like)) => {
-                self.hub.release(room.name(), new, self.id);
+                self.hub.release(room.name(), new, self.id, false);
                 self.error(Refusal::TooMuchLike {
                     name: new.into(),
                     like,
@@ -173,7 +177,7 @@ impl Session {
                 })
             }
             Err(e) => {
-                self.hub.release(room.name(), new, self.id);
+                self.hub.release(room.name(), new, self.id, false);
                 Err(e)
             }
         }
@@ -195,18 +199,21 @@ impl Session {
 
     fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         // Take the seat in the new room first, so a taken name leaves the client where it was.
-        let joined = self.hub.join(room, self.id, &self.name, self.format);
+        let joined = self
+            .hub
+            .join(room, self.id, &self.name, self.format, self.person);
         match joined {
             Ok((new_room, seat)) => {
                 let old = std::mem::replace(&mut self.seats, Seats::One(Held::new(new_room, seat)));
                 if let Seats::One(old) = old {
                     self.hub.leave(&old.room, old.seat, out, true);
-                    self.hub.release(old.room.name(), &self.name, self.id);
+                    self.hub
+                        .release(old.room.name(), &self.name, self.id, self.person);
                 }
                 Ok(None)
             }
             Err(e) => {
-                self.hub.release(room, &self.name, self.id);
+                self.hub.release(room, &self.name, self.id, self.person);
                 match e {
                     RoomError::NameTaken => self.error(taken(&self.name, room)),
                     RoomError::Full | RoomError::TooManyRooms | RoomError::LooksLike(_) => {

@@ -98,6 +98,9 @@ pub struct Session {
     rules: Arc<SessionRules>,
     /// In cluster mode: a command waiting for the cluster to confirm the name.
     claim_wait: Option<ClaimWait>,
+    /// A person's connection (a registered name, its password proved at the handshake): it
+    /// shares the name with the person's other connections, and keeps it (no `/nick`).
+    pub person: bool,
 }
 
 /// A command that goes on once the cluster has answered a claim.
@@ -139,6 +142,7 @@ impl Session {
             limit,
             rules,
             claim_wait: None,
+            person: false,
         }
     }
 
@@ -159,6 +163,7 @@ impl Session {
             limit,
             rules,
             claim_wait: None,
+            person: false,
         }
     }
 
@@ -301,13 +306,13 @@ impl Session {
 
     /// Asks the cluster for a name in a room; the command goes on in [`Session::poll_wait`].
     fn wait_for_claim(&mut self, room: String, then: AfterClaim) {
-        let (hub, id) = (self.hub.clone(), self.id);
+        let (hub, id, person) = (self.hub.clone(), self.id, self.person);
         let name = match &then {
             AfterClaim::Nick(new) => new.clone(),
             AfterClaim::Join(_) | AfterClaim::Enter { .. } => self.name.clone(),
         };
         self.claim_wait = Some(ClaimWait {
-            answer: Box::pin(async move { hub.claim(&room, &name, id).await }),
+            answer: Box::pin(async move { hub.claim(&room, &name, id, person).await }),
             then,
         });
     }
@@ -373,18 +378,19 @@ impl Session {
         };
         for h in held {
             self.hub.leave(&h.room, h.seat, out, announce);
-            self.hub.release(h.room.name(), &self.name, self.id);
+            self.hub
+                .release(h.room.name(), &self.name, self.id, self.person);
         }
         // A claim still on its way would otherwise hold the name until the cluster's TTL.
         if let Some(wait) = self.claim_wait.take() {
             match wait.then {
                 AfterClaim::Nick(new) => {
                     for room in self.seats.as_slice().iter().map(|h| h.room.name()) {
-                        self.hub.release(room, &new, self.id);
+                        self.hub.release(room, &new, self.id, false);
                     }
                 }
                 AfterClaim::Join(room) | AfterClaim::Enter { room, .. } => {
-                    self.hub.release(&room, &self.name, self.id)
+                    self.hub.release(&room, &self.name, self.id, self.person)
                 }
             }
         }

@@ -94,7 +94,8 @@ impl Session {
             Kind::Leave { .. } => {
                 if let Some(held) = self.seats.remove(i) {
                     self.hub.leave(&held.room, held.seat, out, true);
-                    self.hub.release(held.room.name(), &self.name, self.id);
+                    self.hub
+                        .release(held.room.name(), &self.name, self.id, self.person);
                 }
                 if let Some(req) = req {
                     let mut bytes = Vec::new();
@@ -200,9 +201,14 @@ impl Session {
         let req = req.as_ref();
         let refusal = match claimed {
             Ok(()) => {
-                let joined =
-                    self.hub
-                        .join_replaying(room, self.id, &self.name, Format::Json, replay);
+                let joined = self.hub.join_replaying(
+                    room,
+                    self.id,
+                    &self.name,
+                    Format::Json,
+                    replay,
+                    self.person,
+                );
                 match joined {
                     Ok((joined, seat, history)) => {
                         self.add(joined, seat, history);
@@ -210,7 +216,7 @@ impl Session {
                         return self.ok(req, last, None).err();
                     }
                     Err(e) => {
-                        self.hub.release(room, &self.name, self.id);
+                        self.hub.release(room, &self.name, self.id, self.person);
                         match e {
                             RoomError::NameTaken => taken(&self.name, room),
                             e => self.hub.refusal(&e, &self.name, room),

@@ -19,6 +19,10 @@ pub enum Refusal {
     /// `/nick` under `--require-auth`: the same answer for every name, registered or not.
     #[error("you can only be your registered name on this server")]
     OnlyYourRegisteredName,
+    /// `/nick` by a connection logged in as a registered name (with its password): that name
+    /// is who the person is, on every one of its connections at once.
+    #[error("you are logged in as {0}, a registered name: /nick cannot change it")]
+    RegisteredNick(String),
     /// `/nick` to a registered name (or a look-alike of one) without `--require-auth`.
     #[error("name {0} needs a password: reconnect with it")]
     NeedsPassword(String),
@@ -133,6 +137,10 @@ mod tests {
             (
                 Refusal::NeedsPassword("Ann".into()),
                 "name Ann needs a password: reconnect with it",
+            ),
+            (
+                Refusal::RegisteredNick("Ann".into()),
+                "you are logged in as Ann, a registered name: /nick cannot change it",
             ),
         ];
         for (refusal, text) in cases {
