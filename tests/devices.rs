@@ -241,3 +241,57 @@ fn an_unregistered_connection_never_shares_with_a_registered_one() {
     guest.expect("*** 2 in r: Mina Zed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_person_in_many_rooms_on_one_connection_and_in_one_on_another_is_one_member_of_each() {
+    let dir = temp_dir();
+    user_add(&dir, "Mina", "pw");
+    let d = dir.to_str().unwrap();
+    let server = Server::start(&["--data-dir", d, "--http", "127.0.0.1:0"]);
+    let mut bob = server.connect("Bob", "a");
+    let mut cat = server.connect("Cat", "b");
+
+    // The app: version 2, in a and b.
+    let mut app = Client::raw(server.addr);
+    app.send(r#"{"name":"Mina","version":2,"password":"pw"}"#);
+    assert_eq!(json_line(&mut app)["type"], "welcome");
+    for room in ["a", "b"] {
+        app.send(&format!(
+            "{{\"type\":\"join\",\"room\":\"{room}\",\"req\":\"{room}\"}}\n"
+        ));
+        loop {
+            let v = json_line(&mut app);
+            if v["type"] == "ok" && v["req"] == room {
+                break;
+            }
+        }
+    }
+    bob.expect("*** Mina joined");
+    cat.expect("*** Mina joined");
+    // The tab, in a only: no news to a.
+    let mut tab = ws_login(&server, "Mina", "a", "pw");
+    bob.send("hi\n");
+    bob.expect("Bob:hi");
+    assert!(is_message(&ws_next(&mut tab), "Bob", "hi"));
+    // The app sends to a: the tab sees it as its own.
+    app.send("{\"type\":\"say\",\"room\":\"a\",\"text\":\"from the app\"}\n");
+    bob.expect("Mina:from the app");
+    assert!(is_message(&ws_next(&mut tab), "Mina", "from the app"));
+    // The app leaves a: Mina is still there (the tab), so nobody is told.
+    app.send("{\"type\":\"leave\",\"room\":\"a\",\"req\":\"l\"}\n");
+    loop {
+        let v = json_line(&mut app);
+        if v["type"] == "ok" && v["req"] == "l" {
+            break;
+        }
+    }
+    bob.send("/who\n");
+    bob.expect("*** 2 in a: Bob Mina");
+    // The tab closes: now Mina has left a, and is still in b.
+    tab.close(None).unwrap();
+    bob.expect("*** Mina left");
+    cat.send("/who\n");
+    cat.expect("*** 2 in b: Cat Mina");
+    drop(app);
+    cat.expect("*** Mina left");
+}
