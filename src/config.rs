@@ -266,6 +266,19 @@ impl Config {
         Config::parse_from(go_style_args(std::env::args_os(), &Config::command()))
     }
 
+    /// Parses and checks flags given as a list (the program's name first), as the binary
+    /// would: how the in-process test harness starts a server.
+    pub fn from_list<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args = go_style_args(args.into_iter().map(Into::into), &Config::command());
+        let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn handshake_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.handshake_timeout).unwrap_or(Duration::from_secs(10))
     }

@@ -5,6 +5,7 @@
 //! descriptor table makes `accept` fail at once, forever, so the loop backs off instead of
 //! spinning, keeps serving the clients it has, and picks up again when descriptors free up.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -352,29 +353,118 @@ async fn refuse(stream: TcpStream, reason: &'static str) {
     finish(stream, line, Duration::from_secs(1), true).await;
 }
 
-/// Runs a server until SIGINT or SIGTERM: the whole of the `machat` binary.
+/// Runs a server until SIGINT or SIGTERM: the whole of the `machat` binary. The calling
+/// thread serves the first runtime's share (see [`start`]).
+pub fn run(config: Config) -> io::Result<()> {
+    let (running, first) = launch(config)?;
+    let stop = running.shutdown.clone();
+    first.serve(async move {
+        wait_for_signal().await;
+        info!("signal received: shutting down");
+        let _ = stop.send(true);
+    });
+    running.stop();
+    Ok(())
+}
+
+/// A server started with [`start`]: where it listens, and how to stop it.
+pub struct Running {
+    /// The chat protocol's addresses (`-a`), as bound (port 0 becomes the real port).
+    pub addrs: Vec<SocketAddr>,
+    /// The chat protocol over TLS (`--tls-addr`).
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The web side (`--http`), if on.
+    pub http_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Shuts down as on a signal: tells every client, waits (bounded) for them to flush, and
+    /// returns once every thread has ended.
+    pub fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds and serves on threads of its own until [`Running::stop`]: how the in-process test
+/// harness runs a server (the binary uses [`run`]).
+pub fn start(config: Config) -> io::Result<Running> {
+    let (mut running, first) = launch(config)?;
+    running.threads.push(
+        std::thread::Builder::new()
+            .name("machat-0".into())
+            .spawn(move || first.serve(std::future::pending()))?,
+    );
+    Ok(running)
+}
+
+/// The first runtime, which bound the listeners and runs them, the web side and its own share
+/// of the connections, on whichever thread calls [`First::serve`].
+struct First {
+    runtime: tokio::runtime::Runtime,
+    server: Server,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl First {
+    /// Serves until shutdown, with `beside` (the signal handler) running next to it.
+    fn serve(self, beside: impl Future<Output = ()> + Send + 'static) {
+        let First {
+            runtime,
+            server,
+            inbox,
+            shutdown,
+        } = self;
+        set_runtime_index(0);
+        runtime.block_on(async move {
+            tokio::spawn(beside);
+            tokio::spawn(receive(inbox, server.ctx.clone(), shutdown.clone()));
+            server.run(shutdown).await;
+        });
+        // Connections that did not finish within the grace period are dropped here.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+/// Binds, and starts every runtime but the first on a thread of its own.
 ///
 /// One single-threaded runtime per worker thread (`--threads`, default one per core), each
 /// serving its share of the connections: a connection's task never moves between threads, and
 /// no thread steals work from another, which on a busy server costs more than it saves. Rooms
 /// are shared by all; a message to a member on another thread wakes that thread.
-pub fn run(config: Config) -> io::Result<()> {
+fn launch(config: Config) -> io::Result<(Running, First)> {
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let main = runtime()?;
     let server = main.block_on(Server::bind(config))?;
+    let addrs = server.local_addrs();
+    let tls_addrs = server
+        .tls_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let http_addrs = server
+        .web
+        .as_ref()
+        .map(Web::local_addrs)
+        .unwrap_or_default();
     let (tx, rx) = watch::channel(false);
     let (inboxes, mut receivers): (Vec<Inbox>, Vec<_>) =
         (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
     server.ctx.set_runtimes(inboxes);
     let own_inbox = receivers.remove(0);
-    let mut threads_done = Vec::new();
+    let mut handles = Vec::new();
     for (i, inbox) in receivers.into_iter().enumerate() {
         let (ctx, admission, shutdown) = (server.ctx.clone(), server.admission.clone(), rx.clone());
         let rt = runtime()?;
-        threads_done.push(
+        handles.push(
             std::thread::Builder::new()
                 .name(format!("machat-{}", i + 1))
                 .spawn(move || {
@@ -389,22 +479,20 @@ pub fn run(config: Config) -> io::Result<()> {
                 })?,
         );
     }
-    set_runtime_index(0);
-    main.block_on(async move {
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("signal received: shutting down");
-            let _ = tx.send(true);
-        });
-        tokio::spawn(receive(own_inbox, server.ctx.clone(), rx.clone()));
-        server.run(rx).await;
-    });
-    for t in threads_done {
-        let _ = t.join();
-    }
-    // Connections that did not finish within the grace period are dropped here.
-    main.shutdown_timeout(Duration::from_millis(100));
-    Ok(())
+    let running = Running {
+        addrs,
+        tls_addrs,
+        http_addrs,
+        shutdown: tx,
+        threads: handles,
+    };
+    let first = First {
+        runtime: main,
+        server,
+        inbox: own_inbox,
+        shutdown: rx,
+    };
+    Ok((running, first))
 }
 
 fn runtime() -> io::Result<tokio::runtime::Runtime> {

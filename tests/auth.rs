@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, Client, Server};
+use common::{temp_dir, Client, Endpoint, Server};
 
 fn user_add(dir: &Path, name: &str, password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))

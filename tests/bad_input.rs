@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_refused, Client, Server};
+use common::{expect_refused, Client, Endpoint, Server};
 
 #[test]
 fn bad_handshakes_are_refused_with_a_reason() {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, TIMEOUT};
+use common::{Endpoint, Server, TIMEOUT};
 use serde_json::Value;
 
 /// Joins `n` fresh rooms one after another on one connection, pipelined in blocks (each

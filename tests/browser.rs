@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, Client, Server};
+use common::{temp_dir, Client, Endpoint, Server};
 use fantoccini::error::CmdError;
 use fantoccini::key::Key;
 use fantoccini::{ClientBuilder, Locator};

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ws::*;
-use common::{Client, Nats, Server, TIMEOUT};
+use common::{Client, Endpoint, Nats, Server, TIMEOUT};
 use serde_json::Value;
 
 fn node(nats: &Nats, args: &[&str]) -> Server {

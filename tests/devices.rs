@@ -9,8 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::app::App;
 use common::ws::{self, json_line, Got, Ws};
-use common::{temp_dir, Client, Server, TIMEOUT};
+use common::{temp_dir, Client, Endpoint, Server, TIMEOUT};
 use serde_json::Value;
 
 pub fn user_add(dir: &Path, name: &str, password: &str) {
@@ -37,7 +38,7 @@ pub fn user_add(dir: &Path, name: &str, password: &str) {
 }
 
 /// A WebSocket logged in as `name` with `password`, once it is in `room`.
-fn ws_login(server: &Server, name: &str, room: &str, password: &str) -> Ws {
+fn ws_login(server: &impl Endpoint, name: &str, room: &str, password: &str) -> Ws {
     let mut ws = ws::ws_open(server);
     ws::send(
         &mut ws,
@@ -48,8 +49,8 @@ fn ws_login(server: &Server, name: &str, room: &str, password: &str) -> Ws {
 }
 
 /// A TCP JSON connection logged in as `name` with `password`, once it is in `room`.
-fn json_login(server: &Server, name: &str, room: &str, password: &str) -> Client {
-    let mut c = Client::raw(server.addr);
+fn json_login(server: &impl Endpoint, name: &str, room: &str, password: &str) -> Client {
+    let mut c = Client::raw(server.addr());
     c.send(&format!(
         r#"{{"name":"{name}","room":"{room}","format":"json","password":"{password}"}}"#
     ));
@@ -153,7 +154,7 @@ fn a_person_joins_and_leaves_rooms_as_one_member() {
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = Server::start(&["--data-dir", d]);
+    let server = App::start(&["--data-dir", d]);
     let mut bob = server.connect("Bob", "r");
     let mut one = Client::raw(server.addr);
     one.send(r#"{"name":"Mina","room":"r","password":"pw"}"#);
@@ -182,7 +183,7 @@ fn a_person_joins_and_leaves_rooms_as_one_member() {
 fn unregistered_names_stay_exclusive() {
     let dir = temp_dir();
     let d = dir.to_str().unwrap();
-    let server = Server::start(&["--data-dir", d]);
+    let server = App::start(&["--data-dir", d]);
     let _zed = server.connect("Zed", "r");
     common::expect_refused(
         &server,
@@ -203,7 +204,7 @@ fn an_unregistered_connection_never_shares_with_a_registered_one() {
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = Server::start(&["--data-dir", d]);
+    let server = App::start(&["--data-dir", d]);
     // Zed is in the room unregistered, then the name is registered (seen within 2 s).
     let mut guest = server.connect("Zed", "r");
     user_add(&dir, "Zed", "zeds");
@@ -247,7 +248,7 @@ fn a_person_in_many_rooms_on_one_connection_and_in_one_on_another_is_one_member_
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = Server::start(&["--data-dir", d, "--http", "127.0.0.1:0"]);
+    let server = App::start(&["--data-dir", d, "--http", "127.0.0.1:0"]);
     let mut bob = server.connect("Bob", "a");
     let mut cat = server.connect("Cat", "b");
 

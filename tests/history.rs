@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, Client, Server};
+use common::{temp_dir, Client, Endpoint, Server};
 use serde_json::Value;
 
 fn json(c: &mut Client) -> Value {

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, TIMEOUT};
+use common::{Client, Endpoint, Server, TIMEOUT};
 
 #[test]
 fn total_connection_limit() {

@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::app::App;
 use common::ws::{self, Got, Ws};
-use common::{Client, Server, TIMEOUT};
+use common::{Client, Endpoint, Server, TIMEOUT};
 use serde_json::{json, Value};
 
 /// A TCP version-2 client, past its welcome.
-fn v2(server: &Server, name: &str) -> Client {
-    let mut c = Client::raw(server.addr);
+fn v2(server: &impl Endpoint, name: &str) -> Client {
+    let mut c = Client::raw(server.addr());
     c.send(&format!(
         "{{\"name\":\"{name}\",\"version\":2,\"format\":\"json\"}}"
     ));
@@ -65,7 +66,7 @@ fn join(c: &mut Client, room: &str) {
 
 #[test]
 fn a_json_client_in_three_rooms_gets_each_rooms_traffic_in_order_while_sending_to_each() {
-    let server = Server::start(&[]);
+    let server = App::start(&[]);
     let rooms = ["alpha", "beta", "gamma"];
     let mut mina = v2(&server, "Mina");
     for room in rooms {
@@ -147,7 +148,7 @@ fn a_json_client_in_three_rooms_gets_each_rooms_traffic_in_order_while_sending_t
 
 #[test]
 fn requests_with_an_id_get_it_back_in_their_answer() {
-    let server = Server::start(&[]);
+    let server = App::start(&[]);
     let mut mina = v2(&server, "Mina");
     join(&mut mina, "ops");
     let mut bob = server.connect("Bob", "ops");
@@ -223,7 +224,7 @@ fn requests_with_an_id_get_it_back_in_their_answer() {
 
 #[test]
 fn each_room_resumes_from_its_own_last_id_and_history_is_per_room() {
-    let server = Server::start(&[]);
+    let server = App::start(&[]);
     let mut ann = server.connect("Ann", "one");
     let mut cat = server.connect("Cat", "two");
     for i in 1..=3 {
@@ -266,7 +267,7 @@ fn each_room_resumes_from_its_own_last_id_and_history_is_per_room() {
 
 #[test]
 fn a_websocket_client_sits_in_three_rooms() {
-    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let server = App::start(&["--http", "127.0.0.1:0"]);
     let mut ws = ws::ws_open(&server);
     ws::send(&mut ws, r#"{"name":"Mina","version":2}"#);
     let welcome = ws::frame(&mut ws);
@@ -340,7 +341,7 @@ fn ws_messages(ws: &mut Ws, n: usize) -> Vec<Value> {
 
 #[test]
 fn the_rooms_of_one_connection_are_bounded() {
-    let server = Server::start(&["--max-rooms-per-session", "2"]);
+    let server = App::start(&["--max-rooms-per-session", "2"]);
     let mut c = Client::raw(server.addr);
     // The handshake's room counts as one.
     c.send(r#"{"name":"Mina","room":"a","version":2,"format":"json"}"#);
@@ -381,7 +382,7 @@ fn a_bound_of_no_rooms_is_refused_at_start() {
 
 #[test]
 fn every_malformed_request_gets_a_clear_error_and_the_connection_stays() {
-    let server = Server::start(&["--max-line", "2048"]);
+    let server = App::start(&["--max-line", "2048"]);
     let mut c = v2(&server, "Mina");
     join(&mut c, "ops");
     let long_req = "x".repeat(65);
@@ -468,7 +469,7 @@ fn a_client_that_sends_bad_requests_and_never_reads_is_cut_off() {
 
 #[test]
 fn version_2_is_json_and_other_versions_are_refused() {
-    let server = Server::start(&[]);
+    let server = App::start(&[]);
     common::expect_refused(
         &server,
         br#"{"name":"Mina","version":2,"format":"text"}"#,

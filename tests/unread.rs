@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::ws::{send, ws_open, Ws};
-use common::{Client, Server, TIMEOUT};
+use common::{Client, Endpoint, Server, TIMEOUT};
 
 /// Messages in the room, and their size: 8 MB of history.
 const MESSAGES: usize = 1000;

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::ws::*;
-use common::{Client, Server, TIMEOUT};
+use common::{Client, Endpoint, Server, TIMEOUT};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 

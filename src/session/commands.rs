@@ -17,7 +17,7 @@ impl Session {
     fn one(&self) -> Option<(&Arc<Room>, Seat)> {
         match &self.seats {
             Seats::One(h) => Some((&h.room, h.seat)),
-            Seats::Many { .. } => None,
+            Seats::Many(_) => None,
         }
     }
 

@@ -97,7 +97,8 @@ pub struct Session {
     limit: Option<RateLimit>,
     rules: Arc<SessionRules>,
     /// In cluster mode: a command waiting for the cluster to confirm the name.
-    claim_wait: Option<ClaimWait>,
+    /// Boxed: rare (cluster mode, while a claim is on its way), and idle sessions are many.
+    claim_wait: Option<Box<ClaimWait>>,
     /// A person's connection (a registered name, its password proved at the handshake): it
     /// shares the name with the person's other connections, and keeps it (no `/nick`).
     pub person: bool,
@@ -169,7 +170,7 @@ impl Session {
 
     /// True for a version-2 session (JSON requests, many rooms).
     pub fn speaks_requests(&self) -> bool {
-        matches!(self.seats, Seats::Many { .. })
+        matches!(self.seats, Seats::Many(_))
     }
 
     /// The first line a version-2 client gets, before anything from a room: its handshake was
@@ -311,10 +312,10 @@ impl Session {
             AfterClaim::Nick(new) => new.clone(),
             AfterClaim::Join(_) | AfterClaim::Enter { .. } => self.name.clone(),
         };
-        self.claim_wait = Some(ClaimWait {
+        self.claim_wait = Some(Box::new(ClaimWait {
             answer: Box::pin(async move { hub.claim(&room, &name, id, person).await }),
             then,
-        });
+        }));
     }
 
     /// Moves on whatever the session waits for: hands a room the next page of a replay, or
@@ -374,7 +375,7 @@ impl Session {
                 one.replay = None;
                 vec![Held::new(one.room.clone(), one.seat)]
             }
-            Seats::Many { .. } => self.seats.drain(),
+            Seats::Many(_) => self.seats.drain(),
         };
         for h in held {
             self.hub.leave(&h.room, h.seat, out, announce);
@@ -402,5 +403,18 @@ fn taken(name: &str, place: &str) -> Refusal {
     Refusal::NameTaken {
         name: name.into(),
         place: place.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection holds a session: what only many rooms or a cluster claim need is
+    /// boxed, so a version-1 session costs what a one-room session did before version 2
+    /// (BENCHMARKS.md, I1).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_idle_session_stays_small() {
+        assert_eq!(std::mem::size_of::<super::Seats>(), 32);
+        assert!(std::mem::size_of::<super::Session>() <= 136);
     }
 }

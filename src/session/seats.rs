@@ -19,8 +19,6 @@ pub struct Held {
     /// A replay under way (history on joining, `/history`). Boxed: an idle session (most of
     /// them, most of the time) then pays one pointer for it.
     pub replay: Option<Box<PagedReplay>>,
-    /// Version 2: the seat's own waker (see the module doc) and the tag it rings with.
-    ring: Option<(u32, Waker)>,
 }
 
 impl Held {
@@ -29,21 +27,26 @@ impl Held {
             room,
             seat,
             replay: None,
-            ring: None,
         }
     }
 }
 
-/// The seats of a session.
+/// The seats of a session. Idle connections are most of a server's: a version-1 session keeps
+/// its one seat inline and nothing else; what only many rooms need is boxed.
 pub enum Seats {
     /// Version 1: one room, read with the task's waker.
     One(Held),
     /// Version 2: any number of rooms (up to `--max-rooms-per-session`).
-    Many {
-        list: Vec<Held>,
-        bell: Arc<Bell>,
-        next_tag: u32,
-    },
+    Many(Box<Many>),
+}
+
+pub struct Many {
+    list: Vec<Held>,
+    /// Beside `list`, index for index: each seat's own waker (see the module doc) and the tag
+    /// it rings with.
+    rings: Vec<(u32, Waker)>,
+    bell: Arc<Bell>,
+    next_tag: u32,
 }
 
 /// Where a session's seats ring when their room has something for them.
@@ -97,24 +100,25 @@ impl Wake for SeatWaker {
 
 impl Seats {
     pub fn many() -> Self {
-        Seats::Many {
+        Seats::Many(Box::new(Many {
             list: Vec::new(),
+            rings: Vec::new(),
             bell: Arc::default(),
             next_tag: 0,
-        }
+        }))
     }
 
     pub fn as_slice(&self) -> &[Held] {
         match self {
             Seats::One(held) => std::slice::from_ref(held),
-            Seats::Many { list, .. } => list,
+            Seats::Many(many) => &many.list,
         }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [Held] {
         match self {
             Seats::One(held) => std::slice::from_mut(held),
-            Seats::Many { list, .. } => list,
+            Seats::Many(many) => &mut many.list,
         }
     }
 
@@ -128,23 +132,19 @@ impl Seats {
     }
 
     /// Adds a seat (version 2) and has it looked at once: its join line is already waiting.
-    pub fn add(&mut self, mut held: Held) {
+    pub fn add(&mut self, held: Held) {
         match self {
             Seats::One(one) => *one = held,
-            Seats::Many {
-                list,
-                bell,
-                next_tag,
-            } => {
-                let tag = *next_tag;
-                *next_tag = next_tag.wrapping_add(1);
+            Seats::Many(many) => {
+                let tag = many.next_tag;
+                many.next_tag = tag.wrapping_add(1);
                 let waker = Waker::from(Arc::new(SeatWaker {
-                    bell: bell.clone(),
+                    bell: many.bell.clone(),
                     tag,
                 }));
-                held.ring = Some((tag, waker));
-                list.push(held);
-                bell.ring(tag);
+                many.list.push(held);
+                many.rings.push((tag, waker));
+                many.bell.ring(tag);
             }
         }
     }
@@ -153,7 +153,10 @@ impl Seats {
     pub fn remove(&mut self, index: usize) -> Option<Held> {
         match self {
             Seats::One(_) => None,
-            Seats::Many { list, .. } => (index < list.len()).then(|| list.remove(index)),
+            Seats::Many(many) => (index < many.list.len()).then(|| {
+                many.rings.remove(index);
+                many.list.remove(index)
+            }),
         }
     }
 
@@ -161,7 +164,10 @@ impl Seats {
     pub fn drain(&mut self) -> Vec<Held> {
         match self {
             Seats::One(_) => Vec::new(),
-            Seats::Many { list, .. } => std::mem::take(list),
+            Seats::Many(many) => {
+                many.rings.clear();
+                std::mem::take(&mut many.list)
+            }
         }
     }
 
@@ -172,24 +178,26 @@ impl Seats {
 
     /// Has every room wake the task if the session is cut off while its socket is full.
     pub fn watch(&self, task: &Waker) {
-        for h in self.as_slice() {
-            let waker = h.ring.as_ref().map_or(task, |(_, w)| w);
-            h.room.watch(h.seat, waker);
-        }
-        if let Seats::Many { bell, .. } = self {
-            bell.state().task = Some(task.clone());
+        match self {
+            Seats::One(h) => h.room.watch(h.seat, task),
+            Seats::Many(many) => {
+                for (h, (_, waker)) in many.list.iter().zip(&many.rings) {
+                    h.room.watch(h.seat, waker);
+                }
+                many.bell.state().task = Some(task.clone());
+            }
         }
     }
 
     /// Copies up to about `max` bytes (whole lines) of what the rooms hold for the client into
     /// `out`. The result is as [`Room::take`]'s, over all rooms: `Gone` if cut off in any.
     pub fn take(&mut self, out: &mut Vec<u8>, max: usize, task: &Waker) -> Take {
-        let (list, bell) = match self {
+        let many = match self {
             Seats::One(held) => return held.room.take(held.seat, out, max, task),
-            Seats::Many { list, bell, .. } => (list, bell),
+            Seats::Many(many) => many,
         };
         let rang = {
-            let mut state = bell.state();
+            let mut state = many.bell.state();
             match &mut state.task {
                 Some(w) => w.clone_from(task),
                 None => state.task = Some(task.clone()),
@@ -199,10 +207,7 @@ impl Seats {
         let start = out.len();
         let mut more = Vec::new();
         for tag in rang {
-            let Some(h) = list
-                .iter()
-                .find(|h| h.ring.as_ref().is_some_and(|r| r.0 == tag))
-            else {
+            let Some(i) = many.rings.iter().position(|r| r.0 == tag) else {
                 continue; // a room left since it rang
             };
             let used = out.len() - start;
@@ -210,7 +215,9 @@ impl Seats {
                 more.push(tag);
                 continue;
             }
-            let waker = h.ring.as_ref().map_or(task, |(_, w)| w);
+            let (Some(h), Some((_, waker))) = (many.list.get(i), many.rings.get(i)) else {
+                continue;
+            };
             match h.room.take(h.seat, out, max - used, waker) {
                 Take::Gone => return Take::Gone,
                 Take::Data => more.push(tag),
@@ -218,7 +225,7 @@ impl Seats {
             }
         }
         if !more.is_empty() {
-            let mut state = bell.state();
+            let mut state = many.bell.state();
             for tag in more {
                 if !state.rang.contains(&tag) {
                     state.rang.push(tag);

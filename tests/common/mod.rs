@@ -2,6 +2,7 @@
 //! over real sockets. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,6 +14,42 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server, in its own process ([`Server`]) or in the test's ([`app::App`]): where
+/// to reach it, and the usual ways in.
+pub trait Endpoint {
+    /// The chat protocol's address.
+    fn addr(&self) -> SocketAddr;
+    /// The HTTP side's address, when it is on.
+    fn http(&self) -> Option<SocketAddr>;
+
+    /// Joins with a plain-text handshake and returns once the server says so.
+    fn connect(&self, name: &str, room: &str) -> Client {
+        let mut c = Client::raw(self.addr());
+        c.send(&format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}"));
+        c.expect(&format!("*** {name} joined"));
+        c
+    }
+
+    /// Sends a handshake with `extra` JSON fields (`,"history":3`); expects nothing.
+    fn connect_with(&self, name: &str, room: &str, extra: &str) -> Client {
+        let mut c = Client::raw(self.addr());
+        c.send(&format!(
+            "{{\"name\":\"{name}\",\"room\":\"{room}\"{extra}}}"
+        ));
+        c
+    }
+}
+
+impl Endpoint for Server {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn http(&self) -> Option<SocketAddr> {
+        self.http
+    }
+}
 
 pub struct Server {
     pub child: Child,
@@ -172,22 +209,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
-    }
-
-    pub fn connect(&self, name: &str, room: &str) -> Client {
-        let mut c = Client::raw(self.addr);
-        c.send(&format!("{{\"name\":\"{name}\",\"room\":\"{room}\"}}"));
-        c.expect(&format!("*** {name} joined"));
-        c
-    }
-
-    /// Sends a handshake with `extra` JSON fields (`,"history":3`); expects nothing.
-    pub fn connect_with(&self, name: &str, room: &str, extra: &str) -> Client {
-        let mut c = Client::raw(self.addr);
-        c.send(&format!(
-            "{{\"name\":\"{name}\",\"room\":\"{room}\"{extra}}}"
-        ));
-        c
     }
 
     pub fn signal(&self, sig: &str) {
@@ -356,8 +377,8 @@ impl Client {
 }
 
 /// Sends a handshake and expects an error line and a close.
-pub fn expect_refused(server: &Server, handshake: &[u8], reason_part: &str) {
-    let mut c = Client::raw(server.addr);
+pub fn expect_refused(server: &impl Endpoint, handshake: &[u8], reason_part: &str) {
+    let mut c = Client::raw(server.addr());
     c.send_bytes(handshake);
     let line = c.line();
     assert!(

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use super::{Client, Server, TIMEOUT};
+use super::{Client, Endpoint, TIMEOUT};
 
 /// A plain HTTP/1.1 GET; returns (status, headers, body).
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -99,12 +99,15 @@ pub fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
 pub type Ws = WebSocket<TcpStream>;
 
 /// Opens a WebSocket to `/ws` (no handshake frame sent yet).
-pub fn ws_open(server: &Server) -> Ws {
+pub fn ws_open(server: &impl Endpoint) -> Ws {
     ws_open_origin(server, None).expect("websocket upgrade")
 }
 
-pub fn ws_open_origin(server: &Server, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
-    let addr = server.http.expect("http on");
+pub fn ws_open_origin(
+    server: &impl Endpoint,
+    origin: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
+    let addr = server.http().expect("http on");
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect ws");
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -184,7 +187,7 @@ pub fn send(ws: &mut Ws, text: &str) {
 }
 
 /// Joins over WebSocket and returns once the server says the client joined.
-pub fn ws_join(server: &Server, name: &str, room: &str) -> Ws {
+pub fn ws_join(server: &impl Endpoint, name: &str, room: &str) -> Ws {
     let mut ws = ws_open(server);
     send(
         &mut ws,
@@ -211,8 +214,8 @@ pub fn expect_closed(ws: &mut Ws, code: u16, reason_part: &str) {
     }
 }
 
-pub fn json_client(server: &Server, name: &str, room: &str) -> Client {
-    let mut c = Client::raw(server.addr);
+pub fn json_client(server: &impl Endpoint, name: &str, room: &str) -> Client {
+    let mut c = Client::raw(server.addr());
     c.send(&format!(
         "{{\"name\":\"{name}\",\"room\":\"{room}\",\"format\":\"json\"}}"
     ));
