@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::protocol::{clean_message, validate_name, RoomEvent, Timestamp};
 use crate::room::{Room, Seat};
@@ -143,19 +142,8 @@ impl Envelope {
     }
 }
 
-/// Why a name could not be claimed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimError {
-    /// Someone, on some node, has it in this room.
-    Taken,
-    /// The cluster could not be asked; the text says why.
-    Unavailable(String),
-}
-
-/// The answer to a claim, which needs a round trip to the cluster.
-pub type PendingClaim = oneshot::Receiver<Result<(), ClaimError>>;
-
-/// What a room and the hub need from the cluster.
+/// Where a room's events go in a cluster, to come back in the cluster's order (names are
+/// [`crate::names::Names`]).
 pub trait Bus: Send + Sync {
     /// Hands a room event to the cluster. Never blocks. It comes back through
     /// [`crate::hub::Hub::deliver`] on every node with a room of that name, in the cluster's
@@ -163,30 +151,8 @@ pub trait Bus: Send + Sync {
     /// message is never dropped silently.
     fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>);
 
-    /// Claims `name` in `room` for `owner` (a connection of this node), unless someone has it
-    /// anywhere. A `person`'s connection (a registered name, its password proved) claims
-    /// nothing exclusive, since the password guards the name: it marks the person present in
-    /// the room on this node, held as long as any of its connections here is.
-    fn claim(&self, room: &str, name: &str, owner: u64, person: bool) -> PendingClaim;
-
-    /// Gives back a name `owner` claimed (it left, was renamed, or gave up waiting), also if the
-    /// claim is still on its way. A name someone else holds is left alone.
-    fn release(&self, room: &str, name: &str, owner: u64, person: bool);
-
-    /// The names in `room` across the cluster, as last seen (a person present on several
-    /// nodes may come more than once).
-    fn members(&self, room: &str) -> Vec<String>;
-
-    /// Every room with members somewhere in the cluster, and how many (people, not
-    /// connections).
-    fn rooms(&self) -> Vec<(String, usize)>;
-
     /// This node's name in the cluster, on its persons' joins and leaves.
     fn node(&self) -> &str;
-
-    /// The persons present in `room` on other nodes, as last seen: (name, node). A room that
-    /// a node creates starts from this, and follows the persons' joins and leaves from there.
-    fn persons(&self, room: &str) -> Vec<(String, String)>;
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Shared {
         )
         .with_users(users);
         if let Some(cluster) = &cluster {
-            hub = hub.with_bus(cluster.clone());
+            hub = hub.with_cluster(cluster.clone(), cluster.clone());
         }
         let hub = Arc::new(hub);
         if let Some(cluster) = &cluster {

@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Users;
-use crate::bus::{Bus, ClaimError, Envelope};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::bus::{Bus, Envelope};
+use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::Format;
 use crate::refusal::Refusal;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
@@ -24,8 +28,17 @@ pub struct Hub {
     pub budget: Arc<Budget>,
     /// The registered names (a name can be taken by `/nick` only if it is not one).
     pub users: Arc<Users>,
-    /// In cluster mode, the backplane every room publishes through.
+    /// Who knows a name is taken beyond this server's rooms ([`Alone`] on one server).
+    names: Arc<dyn Names>,
+    /// In cluster mode, the backplane every room publishes through (handed to each room).
     bus: Option<Arc<dyn Bus>>,
+}
+
+/// A claim's answer: at once (one server, or a cluster that could answer without asking), or
+/// to wait for.
+pub enum Claim {
+    Done(Result<(), ClaimError>),
+    Pending(Pin<Box<dyn Future<Output = Result<(), ClaimError>> + Send>>),
 }
 
 /// How long a join or rename waits for the cluster to confirm a name.
@@ -53,18 +66,22 @@ impl Hub {
             max_members,
             budget: Arc::new(Budget::new(max_queued_total)),
             users: Users::none(),
+            names: Arc::new(Alone),
             bus: None,
         }
     }
 
-    /// The same hub, in cluster mode: rooms publish through `bus`, names are claimed from it.
-    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+    /// The same hub, in cluster mode: rooms publish through `bus`, names are claimed from
+    /// `names`.
+    pub fn with_cluster(mut self, bus: Arc<dyn Bus>, names: Arc<dyn Names>) -> Self {
         self.bus = Some(bus);
+        self.names = names;
         self
     }
 
-    pub fn clustered(&self) -> bool {
-        self.bus.is_some()
+    /// True when other servers share the rooms (see [`Names::shared`]).
+    pub fn shared(&self) -> bool {
+        self.names.shared()
     }
 
     /// How far behind a member may fall (`--max-pending`): also what a connection may hold of
@@ -78,8 +95,8 @@ impl Hub {
         self.store.keeps()
     }
 
-    /// Claims `name` in `room` across the cluster before a join or a rename (at once, without a
-    /// cluster). `person`: a connection of a registered name, logged in with its password.
+    /// Claims `name` in `room` before a join or a rename, everywhere the room is (see
+    /// [`Names::claim`]); waits at most [`CLAIM_WAIT`] for the answer.
     pub async fn claim(
         &self,
         room: &str,
@@ -87,23 +104,28 @@ impl Hub {
         owner: u64,
         person: bool,
     ) -> Result<(), ClaimError> {
-        let Some(bus) = &self.bus else {
-            return Ok(());
-        };
-        let answer = tokio::time::timeout(CLAIM_WAIT, bus.claim(room, name, owner, person)).await;
-        match answer {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(ClaimError::Taken))) => Err(ClaimError::Taken),
-            Ok(Ok(Err(ClaimError::Unavailable(why)))) => {
-                tracing::warn!(room, name, why, "cannot claim a name");
-                Err(ClaimError::Unavailable(why))
-            }
-            Ok(Err(_)) | Err(_) => {
-                // The claim may still land: give it back so the name does not stay taken.
-                bus.release(room, name, owner, person);
-                Err(ClaimError::Unavailable("no answer in time".into()))
+        match self.claim_now(room, name, owner, person) {
+            Claim::Done(answer) => answer,
+            Claim::Pending(answer) => answer.await,
+        }
+    }
+
+    /// [`Hub::claim`] for a caller that cannot wait here (a session, inside its connection's
+    /// poll): the answer if it is already there, else a future of it.
+    pub fn claim_now(&self, room: &str, name: &str, owner: u64, person: bool) -> Claim {
+        let mut pending = self.names.claim(room, name, owner, person);
+        match pending.try_recv() {
+            Ok(answer) => return Claim::Done(noted(room, name, answer)),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Claim::Done(Err(ClaimError::Unavailable("no answer".into())));
             }
         }
+        let names = self.names.clone();
+        let (room, name) = (room.to_owned(), name.to_owned());
+        Claim::Pending(Box::pin(async move {
+            waited(names, &room, &name, owner, person, pending).await
+        }))
     }
 
     /// Why a claim for a join was refused, as the client is told.
@@ -116,9 +138,7 @@ impl Hub {
 
     /// Gives back a name claimed with [`Hub::claim`].
     pub fn release(&self, room: &str, name: &str, owner: u64, person: bool) {
-        if let Some(bus) = &self.bus {
-            bus.release(room, name, owner, person);
-        }
+        self.names.release(room, name, owner, person);
     }
 
     /// Appends an event the cluster delivered to this node's room of that name, if there is
@@ -136,8 +156,9 @@ impl Hub {
     /// The members of `room`: across the cluster in cluster mode.
     pub fn who(&self, room: &Room) -> Vec<String> {
         let mut names = room.names();
-        if let Some(bus) = &self.bus {
-            names.extend(bus.members(room.name()));
+        let elsewhere = self.names.members(room.name());
+        if !elsewhere.is_empty() {
+            names.extend(elsewhere);
             names.sort_unstable();
             names.dedup();
         }
@@ -214,10 +235,8 @@ impl Hub {
                     self.budget.clone(),
                     self.bus.clone(),
                 ));
-                if let Some(bus) = &self.bus {
-                    // Under the registry's lock, as deliveries are: nothing slips in between.
-                    r.seed_persons(bus.persons(room));
-                }
+                // Under the registry's lock, as deliveries are: nothing slips in between.
+                r.seed_persons(self.names.persons(room));
                 rooms.insert(room.to_owned(), r.clone());
                 r
             }
@@ -257,15 +276,16 @@ impl Hub {
             .map(|r| (r.name().to_owned(), r.people()))
             .filter(|(_, n)| *n > 0)
             .collect();
-        if let Some(bus) = &self.bus {
+        let elsewhere = self.names.rooms();
+        if !elsewhere.is_empty() {
             // The cluster's view counts this node's members too, once they are confirmed; a
             // room just joined here may not be in it yet.
-            let mut cluster: HashMap<String, usize> = bus.rooms().into_iter().collect();
+            let mut all: HashMap<String, usize> = elsewhere.into_iter().collect();
             for (name, n) in list.drain(..) {
-                let c = cluster.entry(name).or_insert(0);
+                let c = all.entry(name).or_insert(0);
                 *c = (*c).max(n);
             }
-            list = cluster.into_iter().filter(|(_, n)| *n > 0).collect();
+            list = all.into_iter().filter(|(_, n)| *n > 0).collect();
         }
         list.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let more = list.len().saturating_sub(limit);
@@ -304,4 +324,31 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// Waits for a claim's answer, at most [`CLAIM_WAIT`]; one that does not come in time is
+/// given back, since it may still land.
+async fn waited(
+    names: Arc<dyn Names>,
+    room: &str,
+    name: &str,
+    owner: u64,
+    person: bool,
+    pending: PendingClaim,
+) -> Result<(), ClaimError> {
+    match tokio::time::timeout(CLAIM_WAIT, pending).await {
+        Ok(Ok(answer)) => noted(room, name, answer),
+        Ok(Err(_)) | Err(_) => {
+            names.release(room, name, owner, person);
+            Err(ClaimError::Unavailable("no answer in time".into()))
+        }
+    }
+}
+
+/// Logs a claim the cluster could not answer (a taken name is no news).
+fn noted(room: &str, name: &str, answer: Result<(), ClaimError>) -> Result<(), ClaimError> {
+    if let Err(ClaimError::Unavailable(why)) = &answer {
+        tracing::warn!(room, name, why, "cannot claim a name");
+    }
+    answer
 }

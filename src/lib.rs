@@ -25,6 +25,7 @@ mod limits;
 mod listen;
 mod login_limit;
 mod metrics;
+mod names;
 mod replay;
 mod room;
 pub mod server;

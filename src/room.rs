@@ -917,6 +917,9 @@ impl Room {
     /// that their joins and leaves from now on are shown as everywhere else (see
     /// [`Room::deliver`]). This node's own are not among them: it has no member here yet.
     pub fn seed_persons(&self, persons: Vec<(String, String)>) {
+        if persons.is_empty() {
+            return;
+        }
         let mut inner = self.lock();
         for (name, node) in persons {
             let nodes = inner.persons.entry(name).or_default();

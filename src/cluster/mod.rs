@@ -34,9 +34,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, ClaimError, Envelope, PendingClaim};
+use crate::bus::{Bus, Envelope};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::names::{ClaimError, Names, PendingClaim};
 use crate::protocol::Reply;
 use crate::room::{Room, Seat};
 use crate::store::Store;
@@ -626,6 +627,12 @@ impl Bus for Cluster {
         }
     }
 
+    fn node(&self) -> &str {
+        self.presence.node()
+    }
+}
+
+impl Names for Cluster {
     fn claim(&self, room: &str, name: &str, owner: u64, person: bool) -> PendingClaim {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !self.connected() {
@@ -653,10 +660,6 @@ impl Bus for Cluster {
             .release(&self.runtime, room, name, owner, person);
     }
 
-    fn node(&self) -> &str {
-        self.presence.node()
-    }
-
     fn persons(&self, room: &str) -> Vec<(String, String)> {
         self.presence.persons(room)
     }
@@ -667,6 +670,10 @@ impl Bus for Cluster {
 
     fn rooms(&self) -> Vec<(String, usize)> {
         self.presence.rooms()
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 use tracing::warn;
 
 use super::{hex, unhex, Settings, BUCKET};
-use crate::bus::ClaimError;
+use crate::names::ClaimError;
 
 #[derive(Clone)]
 pub struct Presence {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{taken, AfterClaim, End, Held, Next, Seats, Session};
-use crate::bus::ClaimError;
+use crate::names::ClaimError;
 use crate::protocol::{validate_name, validate_room, Reply};
 use crate::refusal::Refusal;
 use crate::room::{Room, RoomError, Seat};
@@ -95,11 +95,11 @@ impl Session {
                 if self.hub.users.is_registered(args) {
                     return self.error(Refusal::NeedsPassword(args.into()));
                 }
-                if self.hub.clustered() {
-                    self.wait_for_claim(room.name().to_owned(), AfterClaim::Nick(args.into()));
-                    return Ok(None);
-                }
-                return self.rename(args);
+                let room = room.name().to_owned();
+                return match self.claim(&room, AfterClaim::Nick(args.into())) {
+                    Some((answer, then)) => self.claimed(answer, then, out),
+                    None => Ok(None),
+                };
             }
             "me" => {
                 if args.is_empty() {
@@ -190,11 +190,10 @@ impl Session {
         if self.one().is_some_and(|(r, _)| r.name() == room) {
             return self.error(Refusal::AlreadyIn(room.into()));
         }
-        if self.hub.clustered() {
-            self.wait_for_claim(room.to_owned(), AfterClaim::Join(room.to_owned()));
-            return Ok(None);
+        match self.claim(room, AfterClaim::Join(room.to_owned())) {
+            Some((answer, then)) => self.claimed(answer, then, out),
+            None => Ok(None),
         }
-        self.join_now(room, out)
     }
 
     fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
@@ -225,7 +224,7 @@ impl Session {
         }
     }
 
-    /// Completes a `/nick` or `/join` the cluster answered.
+    /// Completes a `/nick` or `/join` once the name is claimed (or not).
     pub(super) fn claimed(
         &mut self,
         answer: Result<(), ClaimError>,

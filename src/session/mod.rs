@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::bus::ClaimError;
-use crate::hub::Hub;
+use crate::hub::{Claim, Hub};
+use crate::names::ClaimError;
 use crate::protocol::{Format, Reply};
 use crate::refusal::Refusal;
 use crate::replay::{PagedReplay, Step};
@@ -305,17 +305,25 @@ impl Session {
         }
     }
 
-    /// Asks the cluster for a name in a room; the command goes on in [`Session::poll_wait`].
-    fn wait_for_claim(&mut self, room: String, then: AfterClaim) {
-        let (hub, id, person) = (self.hub.clone(), self.id, self.person);
+    /// Claims a name in a room for a command (see [`Hub::claim_now`]): the answer, if it is
+    /// there at once (always on one server); else the command waits, and goes on in
+    /// [`Session::poll_wait`].
+    fn claim(
+        &mut self,
+        room: &str,
+        then: AfterClaim,
+    ) -> Option<(Result<(), ClaimError>, AfterClaim)> {
         let name = match &then {
-            AfterClaim::Nick(new) => new.clone(),
-            AfterClaim::Join(_) | AfterClaim::Enter { .. } => self.name.clone(),
+            AfterClaim::Nick(new) => new.as_str(),
+            AfterClaim::Join(_) | AfterClaim::Enter { .. } => self.name.as_str(),
         };
-        self.claim_wait = Some(Box::new(ClaimWait {
-            answer: Box::pin(async move { hub.claim(&room, &name, id, person).await }),
-            then,
-        }));
+        match self.hub.claim_now(room, name, self.id, self.person) {
+            Claim::Done(answer) => Some((answer, then)),
+            Claim::Pending(answer) => {
+                self.claim_wait = Some(Box::new(ClaimWait { answer, then }));
+                None
+            }
+        }
     }
 
     /// Moves on whatever the session waits for: hands a room the next page of a replay, or
@@ -366,10 +374,10 @@ impl Session {
     }
 
     /// Leaves every room for good, moving what was still unread to `out`. At shutdown the
-    /// rooms are not told (everyone is leaving), unless they span a cluster: members on other
-    /// nodes stay, and must hear of it.
+    /// rooms are not told (everyone is leaving), unless other servers share them: their
+    /// members stay, and must hear of it.
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
-        let announce = announce || self.hub.clustered();
+        let announce = announce || self.hub.shared();
         let held: Vec<Held> = match &mut self.seats {
             Seats::One(one) => {
                 one.replay = None;

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::{taken, AfterClaim, End, Next, Session};
-use crate::bus::ClaimError;
+use crate::names::ClaimError;
 use crate::protocol::{clean_message, Format, Reply};
 use crate::refusal::Refusal;
 use crate::replay::PagedReplay;
@@ -172,24 +172,22 @@ impl Session {
             return self.refuse(req, &Refusal::TooManyRoomsPerSession(max), out);
         }
         let replay = self.rules.replay(since, history, self.hub.keeps_history());
-        let req = req.cloned();
-        if self.hub.clustered() {
-            let then = AfterClaim::Enter {
-                room: room.to_owned(),
-                replay,
-                req,
-            };
-            self.wait_for_claim(room.to_owned(), then);
-            return Ok(());
-        }
-        match self.entered(room, replay, req, Ok(()), out) {
+        let then = AfterClaim::Enter {
+            room: room.to_owned(),
+            replay,
+            req: req.cloned(),
+        };
+        let Some((answer, AfterClaim::Enter { replay, req, .. })) = self.claim(room, then) else {
+            return Ok(()); // it goes on once the cluster has answered
+        };
+        match self.entered(room, replay, req, answer, out) {
             Some(end) => Err(end),
             None => Ok(()),
         }
     }
 
-    /// Takes the seat a `join` asked for, once the name is claimed (at once without a
-    /// cluster); `Some` if the session must end.
+    /// Takes the seat a `join` asked for, once the name is claimed (at once on one server);
+    /// `Some` if the session must end.
     pub(super) fn entered(
         &mut self,
         room: &str,
