@@ -703,3 +703,57 @@ fn a_person_connected_on_two_nodes_is_one_member() {
     bob.send("/who\n");
     bob.expect("*** 2 in r: Bob Wes");
 }
+
+/// Version 2 in a cluster: a connection in two rooms on node a, whose joins wait for the
+/// cluster's claims; members on node b see it in both, a taken name is refused for one room
+/// only, and each room keeps the cluster's ids.
+#[test]
+fn a_version_2_connection_in_two_rooms_spans_nodes() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut bob = b.connect("Bob", "one");
+    let mut cat = b.connect("Cat", "two");
+    let mut mina_two = b.connect("Mina", "three");
+    let mut mina = Client::raw(a.addr);
+    mina.send(r#"{"name":"Mina","version":2}"#);
+    let welcome: Value = serde_json::from_str(&mina.line()).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    for room in ["one", "two", "three"] {
+        mina.send(&format!(
+            "{{\"type\":\"join\",\"room\":\"{room}\",\"req\":\"{room}\"}}\n"
+        ));
+    }
+    // The claims are answered in order: one and two are Mina's, three is taken on node b.
+    json_until(&mut mina, |v| v["type"] == "ok" && v["req"] == "one");
+    json_until(&mut mina, |v| v["type"] == "ok" && v["req"] == "two");
+    let refused = json_until(&mut mina, |v| v["type"] == "error" && v["req"] == "three");
+    assert!(refused.iter().all(|v| v["room"] != "three"), "{refused:?}");
+    bob.until("*** Mina joined");
+    cat.until("*** Mina joined");
+    for room in ["one", "two"] {
+        mina.send(&format!(
+            "{{\"type\":\"say\",\"room\":\"{room}\",\"text\":\"hi {room}\",\"req\":\"s{room}\"}}\n"
+        ));
+        // In a cluster the ok says the message was handed over; the message (with the id the
+        // cluster gave it) comes when the cluster delivers it, after the ok.
+        let before = json_until(&mut mina, |v| {
+            v["type"] == "ok" && v["req"] == format!("s{room}")
+        });
+        assert!(before.iter().all(|v| v["type"] != "error"), "{before:?}");
+        let text = format!("hi {room}");
+        json_until(&mut mina, |v| {
+            is_text(v, &text) && v["room"] == room && v["id"].is_u64()
+        });
+    }
+    bob.until("Mina:hi one");
+    cat.until("Mina:hi two");
+    bob.send("from b\n");
+    let seen = json_until(&mut mina, |v| is_text(v, "from b"));
+    assert!(seen.iter().all(|v| v["room"] != "three"));
+    mina_two.send("/who\n");
+    mina_two.until("*** 1 in three: Mina");
+    drop(mina);
+    bob.until("*** Mina left");
+    cat.until("*** Mina left");
+}
