@@ -215,7 +215,7 @@ impl Login {
 pub struct Users {
     hashes: Mutex<ByKey>,
     /// Cluster mode: the names registered for every node.
-    cluster: OnceLock<crate::cluster::users::Registered>,
+    cluster: OnceLock<Registered>,
     require: bool,
     limit: Arc<LoginLimit>,
     hashing: Semaphore,
@@ -325,7 +325,7 @@ impl Users {
     }
 
     /// Cluster mode: the cluster's registered names count too.
-    pub fn share_with(&self, registered: crate::cluster::users::Registered) {
+    pub fn share_with(&self, registered: Registered) {
         let _ = self.cluster.set(registered);
     }
 
@@ -422,6 +422,10 @@ impl Users {
         Err(FAILED)
     }
 }
+
+/// Names registered elsewhere (the cluster's, in its key-value bucket), found by their keys
+/// ([`crate::protocol::name_key`]): kept up to date by whoever follows them, read here.
+pub type Registered = Arc<Mutex<ByKey>>;
 
 /// Registered names by key; of names with one key (registered before keys were compared), the
 /// first in order wins, and the others are named in the log.

@@ -7,12 +7,9 @@
 //! the bus gave it. Names must be unique per room across the cluster too, so joins and renames
 //! first claim the name from the bus.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{clean_message, validate_name, RoomEvent, Timestamp};
-use crate::room::{Room, Seat};
 
 /// A room event as it travels between nodes: owned, and with the time it was first sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +139,10 @@ impl Envelope {
     }
 }
 
+/// Tells a message's sender that the cluster could not take it (the text says why). A
+/// callback, so that the bus knows nothing of rooms and members.
+pub type Refuse = Box<dyn FnOnce(&str) + Send>;
+
 /// Where a room's events go in a cluster, to come back in the cluster's order (names are
 /// [`crate::names::Names`]).
 pub trait Bus: Send + Sync {
@@ -149,7 +150,7 @@ pub trait Bus: Send + Sync {
     /// [`crate::hub::Hub::deliver`] on every node with a room of that name, in the cluster's
     /// order. If it cannot be published, `sender`'s member is told with an error line, so a
     /// message is never dropped silently.
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>);
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>);
 
     /// This node's name in the cluster, on its persons' joins and leaves.
     fn node(&self) -> &str;

@@ -626,7 +626,12 @@ impl Room {
                 }
             };
             drop(inner);
-            bus.publish(&self.name, Envelope::new(event), Some((self.clone(), seat)));
+            let room = self.clone();
+            let tell: crate::bus::Refuse = Box::new(move |why| {
+                // Gone already: nobody to tell.
+                let _ = room.reply(seat, &Reply::Error(why));
+            });
+            bus.publish(&self.name, Envelope::new(event), Some(tell));
             crate::metrics::message_received();
             return Ok(0);
         }

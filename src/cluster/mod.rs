@@ -34,12 +34,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, Envelope};
+use crate::bus::{Bus, Envelope, Refuse};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
-use crate::protocol::Reply;
-use crate::room::{Room, Seat};
 use crate::store::Store;
 
 pub use history::ClusterStore;
@@ -88,7 +86,7 @@ struct Outgoing {
     /// `Nats-Msg-Id`: a retry of the same event is stored once.
     msg_id: String,
     /// Who to tell if it cannot be published (a message's sender).
-    sender: Option<(Arc<Room>, Seat)>,
+    sender: Option<Refuse>,
 }
 
 /// The subject of a room's events: the room's name in hex, since a name may hold any character
@@ -375,9 +373,8 @@ impl Cluster {
 }
 
 fn refuse(o: Outgoing, why: &str) {
-    if let Some((room, seat)) = o.sender {
-        // Gone already: nobody to tell.
-        let _ = room.reply(seat, &Reply::Error(why));
+    if let Some(tell) = o.sender {
+        tell(why);
     }
 }
 
@@ -604,7 +601,7 @@ fn random_u64() -> u64 {
 }
 
 impl Bus for Cluster {
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<(Arc<Room>, Seat)>) {
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) {
         let payload = match serde_json::to_vec(&envelope) {
             Ok(p) => Bytes::from(p),
             Err(_) => return, // cannot happen: strings and a number

@@ -7,7 +7,7 @@
 //! before it accepts a client and then follows it, so a registration or a removal counts on
 //! every node within moments.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -19,9 +19,8 @@ use super::{hex, open_bucket, parse_servers, unhex, with_credentials};
 /// The bucket of registered names.
 pub const USERS: &str = "machat-users";
 
-/// The names and argon2 hashes the bucket holds, found by their keys
-/// ([`crate::protocol::name_key`]); shared with [`crate::auth::Users`].
-pub type Registered = Arc<Mutex<crate::auth::ByKey>>;
+/// The names and argon2 hashes the bucket holds (the type is `auth`'s, which reads it).
+pub use crate::auth::Registered;
 
 fn lock(r: &Registered) -> MutexGuard<'_, crate::auth::ByKey> {
     r.lock().unwrap_or_else(|e| e.into_inner())
