@@ -30,7 +30,7 @@ use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
-use crate::refusal::Refusal;
+use crate::refusal::{Notice, Refusal};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 use crate::transport::{Io, READ_CHUNK};
@@ -102,20 +102,21 @@ pub async fn serve_tls(
         return;
     };
     let started = tokio::time::Instant::now();
-    let tls =
-        match tokio::time::timeout(ctx.config.handshake_timeout(), acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                info!(%addr, reason = %Reason::Tls(e.to_string()), "disconnect");
-                crate::metrics::handshake_rejected("tls");
-                return;
-            }
-            Err(_) => {
-                info!(%addr, reason = %Reason::Tls("handshake timeout".into()), "disconnect");
-                crate::metrics::handshake_rejected("tls");
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(ctx.config.handshake_timeout(), acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(%addr, reason = %Reason::Tls(e.to_string()), "disconnect");
+            crate::metrics::handshake_rejected("tls");
+            return;
+        }
+        Err(_) => {
+            info!(%addr, reason = %Reason::Tls(Refusal::HandshakeTimeout.to_string()), "disconnect");
+            crate::metrics::handshake_rejected("tls");
+            return;
+        }
+    };
     let left = ctx
         .config
         .handshake_timeout()
@@ -339,7 +340,7 @@ async fn handshake<S: Io>(
     };
     loop {
         tokio::select! {
-            _ = &mut deadline => return Err(Reason::Refused("handshake timeout".into())),
+            _ = &mut deadline => return Err(Reason::Refused(Refusal::HandshakeTimeout.to_string())),
             _ = shutdown.changed() => return Err(Reason::Shutdown),
             read = std::future::poll_fn(&mut read_some) => {
                 if let Some(done) = read? {
@@ -588,22 +589,22 @@ impl<S: Io> Connection<S> {
         let format = self.session.format;
         let mut out = std::mem::take(&mut self.pending);
         let announce = !matches!(reason, Reason::Shutdown);
+        let idle = Refusal::IdleTimeout.to_string();
         let last = match &reason {
             Reason::Ended(End::SlowConsumer) | Reason::Io(_) => {
                 // Don't wait for a client that is not reading: one attempt at the error line.
                 self.session.leave(&mut Vec::new(), announce);
                 if matches!(reason, Reason::Ended(End::SlowConsumer)) {
                     let mut line = Vec::new();
-                    Reply::Error("slow consumer: you fell too far behind")
-                        .render(format, &mut line);
+                    Reply::Error(&Refusal::SlowConsumer.to_string()).render(format, &mut line);
                     let mut cx = Context::from_waker(Waker::noop());
                     let _ = self.stream.poll_write_some(&mut cx, &line);
                     let _ = self.stream.poll_flush_out(&mut cx);
                 }
                 return;
             }
-            Reason::Shutdown => Some(Reply::Notice("server shutting down")),
-            Reason::Idle => Some(Reply::Error("idle timeout")),
+            Reason::Shutdown => Some(Reply::Notice(Notice::ShuttingDown.text())),
+            Reason::Idle => Some(Reply::Error(&idle)),
             _ => None,
         };
         self.session.leave(&mut out, announce);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tracing::info;
 
 use crate::metrics::{OpenConnection, Transport};
+use crate::refusal::Refusal;
 
 /// Counts connections in total and per IP; a [`Ticket`] gives its place back when dropped.
 #[derive(Debug)]
@@ -53,21 +54,17 @@ impl Admission {
         }
     }
 
-    pub fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        transport: Transport,
-    ) -> Result<Ticket, &'static str> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, transport: Transport) -> Result<Ticket, Refusal> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Acquire) >= self.max_total {
-            return Err("server full: too many connections");
+            return Err(Refusal::ServerFull);
         }
         let n = map.entry(ip).or_insert(0);
         if self.max_per_ip > 0 && *n >= self.max_per_ip {
             if *n == 0 {
                 map.remove(&ip);
             }
-            return Err("too many connections from your address");
+            return Err(Refusal::TooManyFromAddress);
         }
         *n += 1;
         self.total.fetch_add(1, Ordering::AcqRel);

@@ -306,10 +306,11 @@ async fn accept_loop(
                 let transport = if tls { Transport::Tls } else { Transport::Tcp };
                 match admission.admit(addr.ip(), transport) {
                     Ok(ticket) => dispatch.send(stream, addr, ticket, tls, &ctx, &shutdown),
-                    Err(reason) => {
+                    Err(refusal) => {
+                        let reason = refusal.to_string();
                         info!(%addr, reason, "disconnect: refused");
                         crate::metrics::handshake_rejected(crate::metrics::rejection_reason(
-                            reason,
+                            &reason,
                         ));
                         if tls {
                             // No TLS session yet to say why in: just close.
@@ -347,9 +348,9 @@ const MAX_REFUSING: usize = 64;
 
 /// Refuses a connection over a limit: the reason, then a close that does not reset (see
 /// [`crate::connection::finish`]). Bounded in time.
-async fn refuse(stream: TcpStream, reason: &'static str) {
+async fn refuse(stream: TcpStream, reason: String) {
     let mut line = Vec::new();
-    Reply::Error(reason).render(Format::Text, &mut line);
+    Reply::Error(&reason).render(Format::Text, &mut line);
     finish(stream, line, Duration::from_secs(1), true).await;
 }
 

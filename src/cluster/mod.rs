@@ -38,6 +38,7 @@ use crate::bus::{Bus, Envelope, Refuse};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
+use crate::refusal::Refusal;
 use crate::store::Store;
 
 pub use history::ClusterStore;
@@ -212,7 +213,7 @@ impl Cluster {
             let settled = batch.len();
             if !self.connected() {
                 for o in batch.drain(..) {
-                    refuse(o, "message not sent: the cluster is unavailable, try again");
+                    refuse(o, Refusal::ClusterNotSent);
                 }
                 self.unsettled.fetch_sub(settled, Ordering::AcqRel);
                 continue;
@@ -260,10 +261,7 @@ impl Cluster {
             }
         }
         warn!(subject = %o.subject, "event not confirmed by the cluster: told its sender");
-        refuse(
-            o,
-            "message not confirmed by the cluster, it may not have been delivered",
-        );
+        refuse(o, Refusal::ClusterUnconfirmed);
     }
 
     /// Reads the stream from where this node started, for ever, and hands each event to the
@@ -372,9 +370,9 @@ impl Cluster {
     }
 }
 
-fn refuse(o: Outgoing, why: &str) {
+fn refuse(o: Outgoing, why: Refusal) {
     if let Some(tell) = o.sender {
-        tell(why);
+        tell(&why.to_string());
     }
 }
 
@@ -620,7 +618,7 @@ impl Bus for Cluster {
                 mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
             };
             warn!(room, "cluster queue full: event refused");
-            refuse(o, "message not sent: the cluster is busy, try again");
+            refuse(o, Refusal::ClusterBusy);
         }
     }
 

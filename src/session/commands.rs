@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{taken, AfterClaim, End, Held, Next, Seats, Session};
 use crate::names::ClaimError;
 use crate::protocol::{validate_name, validate_room, Reply};
-use crate::refusal::Refusal;
+use crate::refusal::{Notice, Refusal};
 use crate::room::{Room, RoomError, Seat};
 use crate::store::MAX_REPLAY;
 
@@ -124,7 +124,7 @@ impl Session {
                 }
             }
             "quit" => {
-                let _ = self.reply(&Reply::Notice("bye"));
+                let _ = self.reply(&Reply::Notice(Notice::Bye.text()));
                 return Ok(Some(End::Quit));
             }
             "help" => self.reply(&Reply::Help)?,

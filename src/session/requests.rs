@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{taken, AfterClaim, End, Next, Session};
 use crate::names::ClaimError;
 use crate::protocol::{clean_message, Format, Reply};
-use crate::refusal::Refusal;
+use crate::refusal::{Notice, Refusal};
 use crate::replay::PagedReplay;
 use crate::request::{parse_request, render_ok, render_reply, Kind, ReqId};
 use crate::room::{Replay, RoomError};
@@ -72,7 +72,7 @@ impl Session {
             }
             Kind::Quit => {
                 let mut bytes = Vec::new();
-                render_reply(&Reply::Notice("bye"), req, &mut bytes);
+                render_reply(&Reply::Notice(Notice::Bye.text()), req, &mut bytes);
                 out.extend_from_slice(&bytes);
                 return Err(End::Quit);
             }

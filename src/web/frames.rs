@@ -27,6 +27,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::refusal::Refusal;
 use crate::session::RateLimit;
 
 /// Ping and pong frames a client may send at once (a browser answers one ping every
@@ -45,18 +46,18 @@ pub enum Flood {
 }
 
 impl Flood {
-    /// The reason sent to the client (error frame and close frame).
-    pub fn reason(self) -> &'static str {
+    /// What the client is told (error frame and close frame).
+    pub fn refusal(self) -> Refusal {
         match self {
-            Flood::ControlFrames => "too many control frames",
-            Flood::Fragments => "too many fragments",
+            Flood::ControlFrames => Refusal::ControlFrames,
+            Flood::Fragments => Refusal::Fragments,
         }
     }
 }
 
 impl std::fmt::Display for Flood {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.reason())
+        self.refusal().fmt(f)
     }
 }
 

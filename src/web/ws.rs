@@ -41,6 +41,7 @@ use crate::lifecycle::{self, Entry};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{handshake_frame, Format, Handshake, Reply};
+use crate::refusal::{Notice, Refusal};
 use crate::room::Take;
 use crate::session::{End, Next, RateLimit, Session};
 
@@ -78,18 +79,19 @@ pub(super) async fn upgrade(
         info!(%addr, "websocket refused: origin not allowed");
         return error(
             StatusCode::FORBIDDEN,
-            "origin not allowed (see --allowed-origins)",
+            &Refusal::OriginNotAllowed.to_string(),
         );
     }
     if state.ctx.is_shutting_down() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        return error(StatusCode::SERVICE_UNAVAILABLE, Notice::ShuttingDown.text());
     }
     let ticket = match state.admission.admit(addr.ip(), Transport::WebSocket) {
         Ok(ticket) => ticket,
-        Err(reason) => {
+        Err(refusal) => {
+            let reason = refusal.to_string();
             info!(%addr, reason, "websocket refused");
-            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(reason));
-            return error(StatusCode::SERVICE_UNAVAILABLE, reason);
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&reason));
+            return error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
     };
     let config = &state.ctx.config;
@@ -137,14 +139,13 @@ enum NotWebSocket {
 impl NotWebSocket {
     fn answer(self) -> Response {
         match self {
-            NotWebSocket::NoUpgrade => error(
-                StatusCode::BAD_REQUEST,
-                "this is the WebSocket endpoint: a WebSocket upgrade is needed",
-            ),
+            NotWebSocket::NoUpgrade => {
+                error(StatusCode::BAD_REQUEST, &Refusal::UpgradeNeeded.to_string())
+            }
             NotWebSocket::Version => {
                 let mut refusal = error(
                     StatusCode::UPGRADE_REQUIRED,
-                    "WebSocket version 13 is needed",
+                    &Refusal::WebSocketVersion.to_string(),
                 );
                 refusal.headers_mut().insert(
                     header::SEC_WEBSOCKET_VERSION,
@@ -152,7 +153,10 @@ impl NotWebSocket {
                 );
                 refusal
             }
-            NotWebSocket::NoKey => error(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing"),
+            NotWebSocket::NoKey => error(
+                StatusCode::BAD_REQUEST,
+                &Refusal::NoWebSocketKey.to_string(),
+            ),
         }
     }
 }
@@ -207,8 +211,8 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 enum Reason {
     /// Refused at the handshake; sent as an error frame, then a close frame (1008).
     Refused(String),
-    /// Closed for a protocol reason: a close code and its text.
-    Closed(CloseCode, &'static str),
+    /// Closed for a protocol reason: a close code and what the client is told.
+    Closed(CloseCode, Refusal),
     ClosedByClient,
     Ended(End),
     Shutdown,
@@ -294,7 +298,7 @@ async fn handshake(
     loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Reason::Refused("handshake timeout".into()));
+                return Err(Reason::Refused(Refusal::HandshakeTimeout.to_string()));
             }
             _ = shutdown.wait_for(|&stop| stop) => return Err(Reason::Shutdown),
             frame = socket.next() => frame,
@@ -311,19 +315,16 @@ async fn handshake(
 }
 
 fn binary() -> Reason {
-    Reason::Closed(
-        CloseCode::Unsupported,
-        "binary frames are not supported: send text",
-    )
+    Reason::Closed(CloseCode::Unsupported, Refusal::BinaryFrame)
 }
 
 /// A read error: a frame over the size limit, and a flood the [`FrameMeter`] stopped, get
 /// their own close codes; the rest are i/o.
 fn read_error(e: WsError) -> Reason {
     match e {
-        WsError::Capacity(_) => Reason::Closed(CloseCode::Size, "line too long"),
+        WsError::Capacity(_) => Reason::Closed(CloseCode::Size, Refusal::LineTooLong),
         WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<Flood>()) {
-            Some(flood) => Reason::Closed(CloseCode::Policy, flood.reason()),
+            Some(flood) => Reason::Closed(CloseCode::Policy, flood.refusal()),
             None => Reason::Io(e.to_string()),
         },
         e => Reason::Io(e.to_string()),
@@ -400,7 +401,7 @@ impl WsConnection {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Reason::Closed(CloseCode::Away, "idle timeout"));
+                return Poll::Ready(Reason::Closed(CloseCode::Away, Refusal::IdleTimeout));
             }
             // The line rate is not paced here but as frames are read (FrameMeter).
             if !self.session.waiting() {
@@ -457,7 +458,7 @@ impl WsConnection {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
         };
         if text.len() > self.session.max_line() {
-            self.end = Some(Reason::Closed(CloseCode::Size, "line too long"));
+            self.end = Some(Reason::Closed(CloseCode::Size, Refusal::LineTooLong));
             return;
         }
         // What was still unread in a room just left comes before anything of the new room;
@@ -575,18 +576,20 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
             Reply::Error(text).render(Format::Json, &mut out);
             Some(close(CloseCode::Policy, text))
         }
-        Reason::Closed(code, text) => {
-            Reply::Error(text).render(Format::Json, &mut out);
-            Some(close(*code, text))
+        Reason::Closed(code, refusal) => {
+            Reply::Error(&refusal.to_string()).render(Format::Json, &mut out);
+            Some(close(*code, &refusal.close_reason()))
         }
         Reason::Ended(End::SlowConsumer) => {
-            Reply::Error("slow consumer: you fell too far behind").render(Format::Json, &mut out);
-            Some(close(CloseCode::Policy, "slow consumer"))
+            let refusal = Refusal::SlowConsumer;
+            Reply::Error(&refusal.to_string()).render(Format::Json, &mut out);
+            Some(close(CloseCode::Policy, &refusal.close_reason()))
         }
-        Reason::Ended(End::Quit) => Some(close(CloseCode::Normal, "bye")),
+        Reason::Ended(End::Quit) => Some(close(CloseCode::Normal, Notice::Bye.text())),
         Reason::Shutdown => {
-            Reply::Notice("server shutting down").render(Format::Json, &mut out);
-            Some(close(CloseCode::Away, "server shutting down"))
+            let notice = Notice::ShuttingDown.text();
+            Reply::Notice(notice).render(Format::Json, &mut out);
+            Some(close(CloseCode::Away, notice))
         }
         Reason::ClosedByClient => {
             // tungstenite queued its answer to the client's close frame: send it.

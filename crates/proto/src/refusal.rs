@@ -1,5 +1,6 @@
-//! Every refusal a client can be told, in one place: the text after `*** error: ` (or in a JSON
-//! `error`, or a WebSocket close), exactly as `docs/PROTOCOL.md` gives it. The server decides
+//! Every refusal and notice a client can be told, in one place: the text after `*** error: `
+//! (or in a JSON `error`, a WebSocket close frame, an HTTP error body before the upgrade), and
+//! after `*** ` for a notice, exactly as `docs/PROTOCOL.md` gives it. The server decides
 //! *when* to refuse; this module alone decides *what it says*, so a transport to come (IRC)
 //! says the same, and a change of wording is one change here (and one in the docs).
 
@@ -98,11 +99,96 @@ pub enum Refusal {
     /// `--max-rooms-per-session`.
     #[error("you are in too many rooms ({0} at most on one connection)")]
     TooManyRoomsPerSession(usize),
+    /// `--max-connections`, at connect.
+    #[error("server full: too many connections")]
+    ServerFull,
+    /// `--max-per-ip`, at connect.
+    #[error("too many connections from your address")]
+    TooManyFromAddress,
+    /// No complete handshake within `--handshake-timeout`.
+    #[error("handshake timeout")]
+    HandshakeTimeout,
+    /// Nothing received for `--idle-timeout`.
+    #[error("idle timeout")]
+    IdleTimeout,
+    /// More than `--max-pending` behind, or the largest queue over `--max-queued-total`.
+    #[error("slow consumer: you fell too far behind")]
+    SlowConsumer,
+    /// A WebSocket binary frame.
+    #[error("binary frames are not supported: send text")]
+    BinaryFrame,
+    /// Cluster mode: a message that could not be handed to NATS; nobody got it.
+    #[error("message not sent: the cluster is unavailable, try again")]
+    ClusterNotSent,
+    /// Cluster mode: the queue to NATS is full; nobody got it.
+    #[error("message not sent: the cluster is busy, try again")]
+    ClusterBusy,
+    /// Cluster mode: published, but not acknowledged within the retries.
+    #[error("message not confirmed by the cluster, it may not have been delivered")]
+    ClusterUnconfirmed,
+    /// HTTP 403 before a WebSocket upgrade: a browser page of another site.
+    #[error("origin not allowed (see --allowed-origins)")]
+    OriginNotAllowed,
+    /// HTTP 400: `/ws` without the upgrade headers.
+    #[error("this is the WebSocket endpoint: a WebSocket upgrade is needed")]
+    UpgradeNeeded,
+    /// HTTP 400: an upgrade without its key.
+    #[error("Sec-WebSocket-Key is missing")]
+    NoWebSocketKey,
+    /// HTTP 426: another WebSocket version.
+    #[error("WebSocket version 13 is needed")]
+    WebSocketVersion,
+    /// More than 100 ping and pong frames at once, or 10 a second after that.
+    #[error("too many control frames")]
+    ControlFrames,
+    /// A WebSocket message in more than 128 frames.
+    #[error("too many fragments")]
+    Fragments,
+}
+
+impl Refusal {
+    /// The reason in a WebSocket close frame: the text, or a shorter one (the transport cuts
+    /// it to the frame's 123 bytes).
+    pub fn close_reason(&self) -> String {
+        match self {
+            Refusal::SlowConsumer => "slow consumer".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A notice a client can be told (`*** TEXT`, `{"type":"notice","text":"TEXT"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Notice {
+    /// The answer to `/quit` (and a version-2 `quit`).
+    #[error("bye")]
+    Bye,
+    /// The server stops (SIGTERM, SIGINT).
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+impl Notice {
+    /// The text, as a `&'static str` for [`crate::protocol::Reply::Notice`].
+    pub fn text(self) -> &'static str {
+        match self {
+            Notice::Bye => "bye",
+            Notice::ShuttingDown => "server shutting down",
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notices_and_close_reasons_read_as_documented() {
+        assert_eq!(Notice::Bye.to_string(), Notice::Bye.text());
+        assert_eq!(Notice::ShuttingDown.to_string(), "server shutting down");
+        assert_eq!(Refusal::SlowConsumer.close_reason(), "slow consumer");
+        assert_eq!(Refusal::LineTooLong.close_reason(), "line too long");
+    }
 
     #[test]
     fn refusals_read_as_the_protocol_documents_them() {
