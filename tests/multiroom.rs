@@ -505,3 +505,52 @@ fn version_2_is_json_and_other_versions_are_refused() {
         json!({"type":"error","reason":"name must not be empty"})
     );
 }
+
+#[test]
+fn a_version_2_client_that_falls_behind_in_one_room_is_cut_off() {
+    let server = Server::start(&["--max-pending", "65536", "--max-line-rate", "0"]);
+    let mut mina = v2(&server, "Mina");
+    join(&mut mina, "quiet");
+    join(&mut mina, "busy");
+    let mut other = server.connect("Other", "quiet");
+    let mut flood = server.connect("Flood", "busy");
+    // Flood reads everything it is sent (its own echoes); Mina reads nothing from here on.
+    let mut reader = flood.stream.try_clone().expect("clone");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let drain = thread::spawn(move || {
+        use std::io::{ErrorKind, Read};
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let line = format!("{}\n", "x".repeat(1000));
+    let deadline = Instant::now() + TIMEOUT * 3;
+    let mut cut = false;
+    while Instant::now() < deadline && !cut {
+        for _ in 0..1000 {
+            flood.send(&line);
+        }
+        cut = server.log_contains("slow consumer");
+    }
+    assert!(
+        cut || server.wait_log("slow consumer"),
+        "Mina was never cut off"
+    );
+    // The quiet room hears that Mina left: the whole connection ended.
+    other.until("*** Mina left");
+    assert!(mina.closed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = drain.join();
+    drop(flood);
+}
