@@ -26,7 +26,7 @@ use tracing::{debug, info};
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::context::{Greeted, Greeting, Handoff, Shared};
-use crate::lifecycle::{self, Entry};
+use crate::lifecycle::{self, Ending, Entry, Link};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
@@ -58,36 +58,6 @@ pub fn set_runtime_index(i: usize) {
     RUNTIME.with(|r| r.set(i));
 }
 
-/// Why a connection ended, for the log and the client's last line.
-#[derive(Debug)]
-enum Reason {
-    /// Refused before or at the handshake; the text is sent as `*** error: ...`.
-    Refused(String),
-    ClosedByClient,
-    Ended(End),
-    Shutdown,
-    /// The TLS handshake failed or did not finish in time.
-    Tls(String),
-    /// Nothing received for `--idle-timeout`.
-    Idle,
-    Io(io::Error),
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reason::Refused(r) => write!(f, "refused: {r}"),
-            Reason::ClosedByClient => write!(f, "closed by client"),
-            Reason::Ended(End::Quit) => write!(f, "quit"),
-            Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
-            Reason::Shutdown => write!(f, "server shutting down"),
-            Reason::Idle => write!(f, "idle timeout"),
-            Reason::Tls(e) => write!(f, "tls: {e}"),
-            Reason::Io(e) => write!(f, "i/o error: {e}"),
-        }
-    }
-}
-
 /// Serves a client of the TLS port: the TLS handshake (within the handshake timeout, which
 /// covers the whole greeting: a client that never completes it costs one timer), then as any
 /// other client.
@@ -107,12 +77,12 @@ pub async fn serve_tls(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            info!(%addr, reason = %Reason::Tls(e.to_string()), "disconnect");
+            info!(%addr, reason = %Ending::Tls(e.to_string()), "disconnect");
             crate::metrics::handshake_rejected("tls");
             return;
         }
         Err(_) => {
-            info!(%addr, reason = %Reason::Tls(Refusal::HandshakeTimeout.to_string()), "disconnect");
+            info!(%addr, reason = %Ending::Tls(Refusal::HandshakeTimeout.to_string()), "disconnect");
             crate::metrics::handshake_rejected("tls");
             return;
         }
@@ -190,19 +160,7 @@ pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
     };
     // The connection's life is a task of its own, holding only what it needs: a task that
     // went through the greeting would keep the greeting's arguments for as long.
-    tokio::spawn(live(conn, addr, ticket, ctx));
-}
-
-/// A joined client, until it ends.
-async fn live<S: Io>(mut conn: Connection<S>, addr: SocketAddr, ticket: Ticket, ctx: Arc<Shared>) {
-    let reason = conn.run(&ctx).await;
-    let end = match &reason {
-        Reason::Ended(end) => Some(end),
-        _ => None,
-    };
-    lifecycle::ended(&conn.session, addr, &reason, end);
-    Box::pin(conn.close(reason)).await;
-    drop(ticket);
+    tokio::spawn(lifecycle::live(conn, addr, ticket, ctx));
 }
 
 /// Reads and checks the handshake, or refuses the client with a reason.
@@ -221,7 +179,7 @@ async fn greet<S: Io>(
         Ok(done) => done,
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
-            if let Reason::Refused(text) = &reason {
+            if let Ending::Refused(text) = &reason {
                 crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
                 refuse(stream, Format::Text, text).await;
             }
@@ -317,7 +275,7 @@ async fn handshake<S: Io>(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
     within: Duration,
-) -> Result<(serde_json::Value, Vec<u8>), Reason> {
+) -> Result<(serde_json::Value, Vec<u8>), Ending> {
     let deadline = sleep_until(tokio::time::Instant::now() + within);
     tokio::pin!(deadline);
     let mut decoder = HandshakeDecoder::new(config.max_handshake);
@@ -328,11 +286,11 @@ async fn handshake<S: Io>(
             let mut buf = cell.borrow_mut();
             buf.clear();
             match std::task::ready!(stream.poll_read_some(cx, &mut buf)) {
-                Ok(0) => Poll::Ready(Err(Reason::ClosedByClient)),
-                Err(e) => Poll::Ready(Err(Reason::Io(e))),
+                Ok(0) => Poll::Ready(Err(Ending::ClosedByClient)),
+                Err(e) => Poll::Ready(Err(Ending::Io(e.to_string()))),
                 Ok(_) => Poll::Ready(match decoder.feed(&buf) {
                     HandshakeStatus::Incomplete => Ok(None),
-                    HandshakeStatus::Invalid(e) => Err(Reason::Refused(e)),
+                    HandshakeStatus::Invalid(e) => Err(Ending::Refused(e)),
                     HandshakeStatus::Done(value, used) => Ok(Some((value, buf[used..].to_vec()))),
                 }),
             }
@@ -340,8 +298,8 @@ async fn handshake<S: Io>(
     };
     loop {
         tokio::select! {
-            _ = &mut deadline => return Err(Reason::Refused(Refusal::HandshakeTimeout.to_string())),
-            _ = shutdown.changed() => return Err(Reason::Shutdown),
+            _ = &mut deadline => return Err(Ending::Refused(Refusal::HandshakeTimeout.to_string())),
+            _ = shutdown.changed() => return Err(Ending::Shutdown),
             read = std::future::poll_fn(&mut read_some) => {
                 if let Some(done) = read? {
                     return Ok(done);
@@ -377,37 +335,47 @@ struct Connection<S> {
     end: Option<End>,
 }
 
-impl<S: Io> Connection<S> {
-    async fn run(&mut self, ctx: &Shared) -> Reason {
-        std::future::poll_fn(|cx| self.poll_run(cx, ctx)).await
+impl<S: Io> Link for Connection<S> {
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
+        Connection::poll_run(self, cx, ctx)
     }
 
+    fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send {
+        Connection::close(self, ending)
+    }
+}
+
+impl<S: Io> Connection<S> {
     /// Drives both directions. The task's waker sits in the socket's read and write slots and
     /// in the member's room slot, so an idle connection costs no future and no wake-up list
     /// entry, and a room wakes exactly the members that were waiting.
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Reason> {
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
         // Any wake-up may be the room's: look at the room once per poll. A connection blocked
         // on a full socket is not taking from the room, so ask whether it was cut off.
         match self.out {
             Out::Idle => self.out = Out::Ready,
             Out::Blocked if !self.session.present() => {
-                return Poll::Ready(Reason::Ended(End::SlowConsumer));
+                return Poll::Ready(Ending::Ended(End::SlowConsumer));
             }
             _ => {}
         }
         for _ in 0..TURNS_PER_POLL {
             if let Some(end) = self.end.take() {
-                return Poll::Ready(Reason::Ended(end));
+                return Poll::Ready(Ending::Ended(end));
             }
             if ctx.is_shutting_down() {
-                return Poll::Ready(Reason::Shutdown);
+                return Poll::Ready(Ending::Shutdown);
             }
             let mut progress = false;
             if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut self.pending) {
                 match answered {
                     Ok(None) => {}
-                    Ok(Some(end)) => return Poll::Ready(Reason::Ended(end)),
-                    Err(_) => return Poll::Ready(Reason::Ended(End::SlowConsumer)),
+                    Ok(Some(end)) => return Poll::Ready(Ending::Ended(end)),
+                    Err(_) => return Poll::Ready(Ending::Ended(End::SlowConsumer)),
                 }
                 if self.out == Out::Idle {
                     self.out = Out::Ready;
@@ -427,28 +395,28 @@ impl<S: Io> Connection<S> {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Reason::Idle);
+                return Poll::Ready(Ending::Broke(Refusal::IdleTimeout));
             }
             let waiting = self.throttle.is_some() || self.session.waiting();
             if !waiting && !self.codec.is_paused() {
                 match self.read(cx) {
                     Poll::Ready(Ok(true)) => progress = true,
-                    Poll::Ready(Ok(false)) => return Poll::Ready(Reason::ClosedByClient),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Reason::Io(e)),
+                    Poll::Ready(Ok(false)) => return Poll::Ready(Ending::ClosedByClient),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ending::Io(e.to_string())),
                     Poll::Pending => {}
                 }
             }
             if self.out != Out::Idle {
                 match self.flush(cx) {
                     Ok(wrote) => progress |= wrote,
-                    Err(e) => return Poll::Ready(Reason::Io(e)),
+                    Err(e) => return Poll::Ready(Ending::Io(e.to_string())),
                 }
             }
             if !progress {
                 // Shutdown may have woken every room's members just before we put our waker
                 // in ours: look once more now that it is there.
                 if ctx.is_shutting_down() {
-                    return Poll::Ready(Reason::Shutdown);
+                    return Poll::Ready(Ending::Shutdown);
                 }
                 return Poll::Pending;
             }
@@ -585,16 +553,16 @@ impl<S: Io> Connection<S> {
     }
 
     /// Leaves the room and says goodbye: what was still unread, then the last line.
-    async fn close(mut self, reason: Reason) {
+    async fn close(mut self, reason: Ending) {
         let format = self.session.format;
         let mut out = std::mem::take(&mut self.pending);
-        let announce = !matches!(reason, Reason::Shutdown);
+        let announce = !matches!(reason, Ending::Shutdown);
         let idle = Refusal::IdleTimeout.to_string();
         let last = match &reason {
-            Reason::Ended(End::SlowConsumer) | Reason::Io(_) => {
+            Ending::Ended(End::SlowConsumer) | Ending::Io(_) => {
                 // Don't wait for a client that is not reading: one attempt at the error line.
                 self.session.leave(&mut Vec::new(), announce);
-                if matches!(reason, Reason::Ended(End::SlowConsumer)) {
+                if matches!(reason, Ending::Ended(End::SlowConsumer)) {
                     let mut line = Vec::new();
                     Reply::Error(&Refusal::SlowConsumer.to_string()).render(format, &mut line);
                     let mut cx = Context::from_waker(Waker::noop());
@@ -603,15 +571,15 @@ impl<S: Io> Connection<S> {
                 }
                 return;
             }
-            Reason::Shutdown => Some(Reply::Notice(Notice::ShuttingDown.text())),
-            Reason::Idle => Some(Reply::Error(&idle)),
+            Ending::Shutdown => Some(Reply::Notice(Notice::ShuttingDown.text())),
+            Ending::Broke(Refusal::IdleTimeout) => Some(Reply::Error(&idle)),
             _ => None,
         };
         self.session.leave(&mut out, announce);
         if let Some(reply) = last {
             reply.render(format, &mut out);
         }
-        let linger = matches!(reason, Reason::Ended(End::Quit));
+        let linger = matches!(reason, Ending::Ended(End::Quit));
         finish(self.stream, out, Duration::from_secs(3), linger).await;
     }
 }

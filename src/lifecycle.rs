@@ -1,6 +1,7 @@
 //! The member lifecycle every transport shares, from a handshake read to a session in its room
 //! and back out: the password check, the name's claim (across the cluster in cluster mode), the
-//! join with its replay, and the log lines and metrics of each step.
+//! join with its replay, the joined client's life ([`live`], over a transport's [`Link`]), its
+//! end ([`Ending`]), and the log lines and metrics of each step.
 //!
 //! A transport adapter (TCP and TLS in `connection`, WebSocket in `web::ws`) reads the
 //! handshake in its own framing, calls these steps in order, and tells a refused client why in
@@ -9,11 +10,15 @@
 //! transport at once.
 
 use std::fmt::Display;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tracing::info;
 
 use crate::context::Shared;
+use crate::limits::Ticket;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Handshake};
 use crate::refusal::Refusal;
@@ -118,12 +123,69 @@ pub async fn enter(
     Ok(session)
 }
 
+/// Why a connection ended, whatever its transport: for the log, the metrics and the
+/// client's last words (which each transport puts in its own form).
+#[derive(Debug)]
+pub enum Ending {
+    /// Refused before or at the handshake; the text is the client's error.
+    Refused(String),
+    /// The client broke a rule of its transport (a WebSocket frame too long or binary, a
+    /// frame flood) or went silent past `--idle-timeout`: told why, then closed.
+    Broke(Refusal),
+    ClosedByClient,
+    Ended(End),
+    Shutdown,
+    /// The TLS handshake failed or did not finish in time.
+    Tls(String),
+    Io(String),
+}
+
+impl Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Refused(r) => write!(f, "refused: {r}"),
+            Ending::Broke(r) => write!(f, "{r}"),
+            Ending::ClosedByClient => write!(f, "closed by client"),
+            Ending::Ended(End::Quit) => write!(f, "quit"),
+            Ending::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
+            Ending::Shutdown => write!(f, "server shutting down"),
+            Ending::Tls(e) => write!(f, "tls: {e}"),
+            Ending::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// A joined client's connection, as each transport keeps it: the one thing the shared
+/// [`live`] needs from a transport.
+pub trait Link: Send + 'static {
+    /// Serves the client until the connection ends, moving the session's input and output.
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending>;
+    fn session(&self) -> &Session;
+    /// Leaves the rooms and says goodbye in the transport's own form.
+    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send;
+}
+
+/// A joined client's life, the same for every transport: served until it ends, logged, then
+/// its goodbye. A task of its own, holding only the link and what the end needs (a task that
+/// went through the greeting would keep the greeting's state for as long).
+pub async fn live<L: Link>(mut link: L, addr: SocketAddr, ticket: Ticket, ctx: Arc<Shared>) {
+    let ending = std::future::poll_fn(|cx| link.poll_run(cx, &ctx)).await;
+    let end = match &ending {
+        Ending::Ended(end) => Some(end),
+        _ => None,
+    };
+    ended(link.session(), addr, &ending, end);
+    // Boxed: the goodbye's timers exist only while it runs, and do not size the task.
+    Box::pin(link.close(ending)).await;
+    drop(ticket);
+}
+
 /// Logs and counts the end of a member's connection (its disconnect line), before the
 /// transport says goodbye and the session leaves its room.
-pub fn ended(session: &Session, addr: SocketAddr, reason: &dyn Display, end: Option<&End>) {
+fn ended(session: &Session, addr: SocketAddr, ending: &Ending, end: Option<&End>) {
     if matches!(end, Some(End::SlowConsumer)) {
         crate::metrics::slow_consumer();
     }
     let rooms = session.rooms().collect::<Vec<_>>().join(" ");
-    info!(id = session.id, %addr, name = %session.name, room = %rooms, reason = %reason, "disconnect");
+    info!(id = session.id, %addr, name = %session.name, room = %rooms, reason = %ending, "disconnect");
 }

@@ -10,6 +10,7 @@
 //! the client sends is counted and paced as it is read, under tungstenite ([`FrameMeter`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,7 +38,7 @@ use super::api::error;
 use super::frames::{Flood, FrameMeter};
 use super::WebState;
 use crate::context::Shared;
-use crate::lifecycle::{self, Entry};
+use crate::lifecycle::{self, Ending, Entry, Link};
 use crate::limits::{IdleTimer, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{handshake_frame, Format, Handshake, Reply};
@@ -206,30 +207,13 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
 }
 
-/// Why a WebSocket connection ended.
-#[derive(Debug)]
-enum Reason {
-    /// Refused at the handshake; sent as an error frame, then a close frame (1008).
-    Refused(String),
-    /// Closed for a protocol reason: a close code and what the client is told.
-    Closed(CloseCode, Refusal),
-    ClosedByClient,
-    Ended(End),
-    Shutdown,
-    Io(String),
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reason::Refused(r) => write!(f, "refused: {r}"),
-            Reason::Closed(code, r) => write!(f, "closed {}: {r}", u16::from(*code)),
-            Reason::ClosedByClient => write!(f, "closed by client"),
-            Reason::Ended(End::Quit) => write!(f, "quit"),
-            Reason::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
-            Reason::Shutdown => write!(f, "server shutting down"),
-            Reason::Io(e) => write!(f, "i/o error: {e}"),
-        }
+/// The close code for a client that broke a rule (RFC 6455, section 7.4.1).
+fn close_code(refusal: &Refusal) -> CloseCode {
+    match refusal {
+        Refusal::LineTooLong => CloseCode::Size,
+        Refusal::BinaryFrame => CloseCode::Unsupported,
+        Refusal::IdleTimeout => CloseCode::Away,
+        _ => CloseCode::Policy,
     }
 }
 
@@ -242,8 +226,8 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         Ok(hs) => hs,
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
-            if let Reason::Refused(text) | Reason::Io(text) = &reason {
-                if matches!(reason, Reason::Refused(_)) {
+            if let Ending::Refused(text) | Ending::Io(text) = &reason {
+                if matches!(reason, Ending::Refused(_)) {
                     crate::metrics::handshake_rejected(crate::metrics::rejection_reason(text));
                 }
             }
@@ -264,7 +248,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
     let session = match entered {
         Ok(session) => session,
         Err(refusal) => {
-            let reason = Reason::Refused(refusal.to_string());
+            let reason = Ending::Refused(refusal.to_string());
             goodbye(&mut socket, &reason, Vec::new()).await;
             return;
         }
@@ -272,20 +256,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
     let conn = WsConnection::new(socket, session, ctx);
     // The connection's life is a task of its own, holding only what it needs (this one keeps
     // the upgrade's and the greeting's state for as long as it runs).
-    tokio::spawn(live(conn, addr, ticket, state));
-}
-
-/// A joined WebSocket client, until it ends.
-async fn live(mut conn: WsConnection, addr: SocketAddr, ticket: Ticket, state: Arc<WebState>) {
-    let ctx = &state.ctx;
-    let reason = std::future::poll_fn(|cx| conn.poll_run(cx, ctx)).await;
-    let end = match &reason {
-        Reason::Ended(end) => Some(end),
-        _ => None,
-    };
-    lifecycle::ended(&conn.session, addr, &reason, end);
-    Box::pin(conn.close(reason)).await;
-    drop(ticket);
+    tokio::spawn(lifecycle::live(conn, addr, ticket, state.ctx.clone()));
 }
 
 /// Waits for the handshake frame, within the handshake timeout.
@@ -293,41 +264,41 @@ async fn handshake(
     socket: &mut WebSocket,
     ctx: &Shared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<Handshake, Reason> {
+) -> Result<Handshake, Ending> {
     let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout();
     loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Reason::Refused(Refusal::HandshakeTimeout.to_string()));
+                return Err(Ending::Refused(Refusal::HandshakeTimeout.to_string()));
             }
-            _ = shutdown.wait_for(|&stop| stop) => return Err(Reason::Shutdown),
+            _ = shutdown.wait_for(|&stop| stop) => return Err(Ending::Shutdown),
             frame = socket.next() => frame,
         };
         let text = match frame {
-            None | Some(Ok(Message::Close(_))) => return Err(Reason::ClosedByClient),
+            None | Some(Ok(Message::Close(_))) => return Err(Ending::ClosedByClient),
             Some(Err(e)) => return Err(read_error(e)),
             Some(Ok(Message::Binary(_))) => return Err(binary()),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
         };
-        return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Reason::Refused);
+        return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Ending::Refused);
     }
 }
 
-fn binary() -> Reason {
-    Reason::Closed(CloseCode::Unsupported, Refusal::BinaryFrame)
+fn binary() -> Ending {
+    Ending::Broke(Refusal::BinaryFrame)
 }
 
 /// A read error: a frame over the size limit, and a flood the [`FrameMeter`] stopped, get
 /// their own close codes; the rest are i/o.
-fn read_error(e: WsError) -> Reason {
+fn read_error(e: WsError) -> Ending {
     match e {
-        WsError::Capacity(_) => Reason::Closed(CloseCode::Size, Refusal::LineTooLong),
+        WsError::Capacity(_) => Ending::Broke(Refusal::LineTooLong),
         WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<Flood>()) {
-            Some(flood) => Reason::Closed(CloseCode::Policy, flood.refusal()),
-            None => Reason::Io(e.to_string()),
+            Some(flood) => Ending::Broke(flood.refusal()),
+            None => Ending::Io(e.to_string()),
         },
-        e => Reason::Io(e.to_string()),
+        e => Ending::Io(e.to_string()),
     }
 }
 
@@ -343,7 +314,21 @@ struct WsConnection {
     ping: Option<Pin<Box<Interval>>>,
     /// With `--idle-timeout`: when the client last sent a frame (a pong counts).
     idle: Option<IdleTimer>,
-    end: Option<Reason>,
+    end: Option<Ending>,
+}
+
+impl Link for WsConnection {
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
+        WsConnection::poll_run(self, cx, ctx)
+    }
+
+    fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send {
+        WsConnection::close(self, ending)
+    }
 }
 
 impl WsConnection {
@@ -371,24 +356,24 @@ impl WsConnection {
 
     /// Drives both directions until the connection ends (see the TCP connection's `poll_run`,
     /// which this follows).
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Reason> {
+    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
         if self.blocked && !self.session.present() {
-            return Poll::Ready(Reason::Ended(End::SlowConsumer));
+            return Poll::Ready(Ending::Ended(End::SlowConsumer));
         }
         for _ in 0..16 {
             if let Some(end) = self.end.take() {
                 return Poll::Ready(end);
             }
             if ctx.is_shutting_down() {
-                return Poll::Ready(Reason::Shutdown);
+                return Poll::Ready(Ending::Shutdown);
             }
             let mut progress = false;
             let mut left = Vec::new();
             if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut left) {
                 match answered {
                     Ok(None) => {}
-                    Ok(Some(end)) => return Poll::Ready(Reason::Ended(end)),
-                    Err(_) => return Poll::Ready(Reason::Ended(End::SlowConsumer)),
+                    Ok(Some(end)) => return Poll::Ready(Ending::Ended(end)),
+                    Err(_) => return Poll::Ready(Ending::Ended(End::SlowConsumer)),
                 }
                 // What was still unread in a room just left comes before the new room's.
                 self.partial.extend_from_slice(&left);
@@ -401,7 +386,7 @@ impl WsConnection {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Reason::Closed(CloseCode::Away, Refusal::IdleTimeout));
+                return Poll::Ready(Ending::Broke(Refusal::IdleTimeout));
             }
             // The line rate is not paced here but as frames are read (FrameMeter).
             if !self.session.waiting() {
@@ -416,18 +401,18 @@ impl WsConnection {
                         progress = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
-                    Poll::Ready(None) => return Poll::Ready(Reason::ClosedByClient),
+                    Poll::Ready(None) => return Poll::Ready(Ending::ClosedByClient),
                     Poll::Pending => {}
                 }
             }
             match self.poll_send(cx) {
                 Ok(true) => progress = true,
                 Ok(false) => {}
-                Err(e) => return Poll::Ready(Reason::Io(e)),
+                Err(e) => return Poll::Ready(Ending::Io(e)),
             }
             if !progress {
                 if ctx.is_shutting_down() {
-                    return Poll::Ready(Reason::Shutdown);
+                    return Poll::Ready(Ending::Shutdown);
                 }
                 if let Some(end) = self.end.take() {
                     return Poll::Ready(end);
@@ -450,7 +435,7 @@ impl WsConnection {
                 return;
             }
             Message::Close(_) => {
-                self.end = Some(Reason::ClosedByClient);
+                self.end = Some(Ending::ClosedByClient);
                 return;
             }
             // tungstenite answers pings itself; pongs only prove the client is there. Both
@@ -458,7 +443,7 @@ impl WsConnection {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
         };
         if text.len() > self.session.max_line() {
-            self.end = Some(Reason::Closed(CloseCode::Size, Refusal::LineTooLong));
+            self.end = Some(Ending::Broke(Refusal::LineTooLong));
             return;
         }
         // What was still unread in a room just left comes before anything of the new room;
@@ -470,7 +455,7 @@ impl WsConnection {
         match next {
             // No Throttle: this session has no line rate of its own (see `serve`).
             Next::Continue | Next::Wait | Next::Throttle(_) => {}
-            Next::End(end) => self.end = Some(Reason::Ended(end)),
+            Next::End(end) => self.end = Some(Ending::Ended(end)),
         }
     }
 
@@ -524,7 +509,7 @@ impl WsConnection {
         let mut taken = std::mem::take(&mut self.partial);
         match self.session.take(&mut taken, TAKE_CHUNK, cx.waker()) {
             Take::Data | Take::Drained | Take::Empty => {}
-            Take::Gone => self.end = Some(Reason::Ended(End::SlowConsumer)),
+            Take::Gone => self.end = Some(Ending::Ended(End::SlowConsumer)),
         }
         let Some(last) = memchr::memrchr(b'\n', &taken) else {
             self.partial = taken;
@@ -542,8 +527,8 @@ impl WsConnection {
     }
 
     /// Leaves the room and says goodbye: what was still unread, the last words, a close frame.
-    async fn close(mut self, reason: Reason) {
-        let announce = !matches!(reason, Reason::Shutdown);
+    async fn close(mut self, reason: Ending) {
+        let announce = !matches!(reason, Ending::Shutdown);
         let mut out = std::mem::take(&mut self.partial);
         for f in self.frames.drain(..).filter(|f| !f.is_empty()) {
             out.extend_from_slice(&f);
@@ -552,7 +537,7 @@ impl WsConnection {
         match reason {
             // The client closed (tungstenite answers its close frame), is not reading, or is
             // gone: nothing more can reach it.
-            Reason::Ended(End::SlowConsumer) | Reason::Io(_) | Reason::ClosedByClient => {
+            Ending::Ended(End::SlowConsumer) | Ending::Io(_) | Ending::ClosedByClient => {
                 self.session.leave(&mut Vec::new(), announce);
                 out.clear();
             }
@@ -564,7 +549,7 @@ impl WsConnection {
 
 /// The last frames (`out`: lines of JSON), the reason as an error or notice, and the close
 /// frame; bounded in time, as the client may not be reading.
-async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
+async fn goodbye(socket: &mut WebSocket, reason: &Ending, mut out: Vec<u8>) {
     let close = |code: CloseCode, text: &str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -572,32 +557,32 @@ async fn goodbye(socket: &mut WebSocket, reason: &Reason, mut out: Vec<u8>) {
         }))
     };
     let last = match reason {
-        Reason::Refused(text) => {
+        Ending::Refused(text) => {
             Reply::Error(text).render(Format::Json, &mut out);
             Some(close(CloseCode::Policy, text))
         }
-        Reason::Closed(code, refusal) => {
+        Ending::Broke(refusal) => {
             Reply::Error(&refusal.to_string()).render(Format::Json, &mut out);
-            Some(close(*code, &refusal.close_reason()))
+            Some(close(close_code(refusal), &refusal.close_reason()))
         }
-        Reason::Ended(End::SlowConsumer) => {
+        Ending::Ended(End::SlowConsumer) => {
             let refusal = Refusal::SlowConsumer;
             Reply::Error(&refusal.to_string()).render(Format::Json, &mut out);
             Some(close(CloseCode::Policy, &refusal.close_reason()))
         }
-        Reason::Ended(End::Quit) => Some(close(CloseCode::Normal, Notice::Bye.text())),
-        Reason::Shutdown => {
+        Ending::Ended(End::Quit) => Some(close(CloseCode::Normal, Notice::Bye.text())),
+        Ending::Shutdown => {
             let notice = Notice::ShuttingDown.text();
             Reply::Notice(notice).render(Format::Json, &mut out);
             Some(close(CloseCode::Away, notice))
         }
-        Reason::ClosedByClient => {
+        Ending::ClosedByClient => {
             // tungstenite queued its answer to the client's close frame: send it.
             let flush = socket.flush();
             let _ = tokio::time::timeout(CLOSE_WAIT, flush).await;
             return;
         }
-        Reason::Io(_) => return,
+        Ending::Io(_) | Ending::Tls(_) => return,
     };
     let send = async {
         for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
