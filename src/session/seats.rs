@@ -47,6 +47,9 @@ pub struct Many {
     rings: Vec<(u32, Waker)>,
     bell: Arc<Bell>,
     next_tag: u32,
+    /// The bell's list of tags, swapped out on each take and back in empty: no allocation
+    /// per wake-up.
+    spare: Vec<u32>,
 }
 
 /// Where a session's seats ring when their room has something for them.
@@ -105,6 +108,7 @@ impl Seats {
             rings: Vec::new(),
             bell: Arc::default(),
             next_tag: 0,
+            spare: Vec::new(),
         }))
     }
 
@@ -196,17 +200,18 @@ impl Seats {
             Seats::One(held) => return held.room.take(held.seat, out, max, task),
             Seats::Many(many) => many,
         };
-        let rang = {
+        let mut rang = std::mem::take(&mut many.spare);
+        {
             let mut state = many.bell.state();
             match &mut state.task {
                 Some(w) => w.clone_from(task),
                 None => state.task = Some(task.clone()),
             }
-            std::mem::take(&mut state.rang)
-        };
+            std::mem::swap(&mut state.rang, &mut rang);
+        }
         let start = out.len();
         let mut more = Vec::new();
-        for tag in rang {
+        for &tag in &rang {
             let Some(i) = many.rings.iter().position(|r| r.0 == tag) else {
                 continue; // a room left since it rang
             };
@@ -224,6 +229,8 @@ impl Seats {
                 Take::Drained | Take::Empty => {}
             }
         }
+        rang.clear();
+        many.spare = rang;
         if !more.is_empty() {
             let mut state = many.bell.state();
             for tag in more {
