@@ -27,7 +27,7 @@ use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::config::Config;
 use crate::context::{Greeted, Greeting, Handoff, Shared};
 use crate::lifecycle::{self, Ending, Entry, Link};
-use crate::limits::{IdleTimer, Ticket};
+use crate::limits::{IdleTimer, SeatPass, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::refusal::{Notice, Refusal};
@@ -155,7 +155,8 @@ pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
         hs,
         leftover,
     } = rest;
-    let Some(conn) = Box::pin(join(stream, addr, &ctx, id, hs, leftover)).await else {
+    let pass = ticket.seat_pass();
+    let Some(conn) = Box::pin(join(stream, addr, &ctx, id, hs, leftover, pass)).await else {
         return;
     };
     // The connection's life is a task of its own, holding only what it needs: a task that
@@ -220,6 +221,7 @@ async fn join<S: Io>(
     id: u64,
     hs: Handshake,
     leftover: Vec<u8>,
+    pass: SeatPass,
 ) -> Option<Connection<S>> {
     let transport = if stream.is_tls() {
         Transport::Tls
@@ -231,6 +233,7 @@ async fn join<S: Io>(
         format,
         limit: RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst),
         transport,
+        pass,
     };
     let session = match lifecycle::enter(ctx, id, addr, hs, entry).await {
         Ok(session) => session,

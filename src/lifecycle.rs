@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use tracing::info;
 
 use crate::context::Shared;
-use crate::limits::Ticket;
+use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{Format, Handshake};
 use crate::refusal::Refusal;
@@ -61,6 +61,8 @@ pub struct Entry {
     pub format: Format,
     pub limit: Option<RateLimit>,
     pub transport: Transport,
+    /// What a version-2 session counts its rooms beyond the first with (see `limits`).
+    pub pass: SeatPass,
 }
 
 /// Claims the name (on every node in cluster mode) and joins the handshake's room, with the
@@ -77,7 +79,14 @@ pub async fn enter(
     let Some(room_name) = hs.room.as_deref() else {
         info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), person, "entered");
         let rules = ctx.rules.clone();
-        let mut session = Session::many(ctx.hub.clone(), id, hs.name, entry.limit, rules);
+        let mut session = Session::many(
+            ctx.hub.clone(),
+            id,
+            hs.name,
+            entry.limit,
+            rules,
+            Some(entry.pass),
+        );
         session.person = person;
         return Ok(session);
     };
@@ -102,7 +111,14 @@ pub async fn enter(
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if hs.version >= 2 {
-        let mut session = Session::many(ctx.hub.clone(), id, hs.name, entry.limit, rules);
+        let mut session = Session::many(
+            ctx.hub.clone(),
+            id,
+            hs.name,
+            entry.limit,
+            rules,
+            Some(entry.pass),
+        );
         session.person = person;
         session.add(room, seat, history);
         return Ok(session);

@@ -1,5 +1,9 @@
 //! Connection limits: how many connections in total and per IP address, and the descriptor
 //! limit they depend on. Counting happens once at accept and once at close, never per message.
+//!
+//! A version-2 connection may sit in many rooms; each room beyond its first counts as one more
+//! connection of its address ([`SeatPass`]), so one address cannot hold more seats than it
+//! could hold connections, and a server more than `--max-connections`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,18 +33,7 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.total.fetch_sub(1, Ordering::AcqRel);
-        let mut map = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+        self.admission.give_back(self.ip);
     }
 }
 
@@ -75,12 +68,88 @@ impl Admission {
         })
     }
 
+    /// Counts one more seat of `ip` beyond its connections' first, within the limits.
+    fn take_seat(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Acquire) >= self.max_total {
+            return Err(Refusal::ServerFullOfSeats);
+        }
+        let n = map.entry(ip).or_insert(0);
+        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+            return Err(Refusal::TooManySeatsFromAddress);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn give_back(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+
     pub fn max_total(&self) -> usize {
         self.max_total
     }
 
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Ticket {
+    /// What the connection's session counts its extra rooms with.
+    pub fn seat_pass(&self) -> SeatPass {
+        SeatPass {
+            admission: self.admission.clone(),
+            ip: self.ip,
+            held: 0,
+        }
+    }
+}
+
+/// A connection's rooms beyond its first, counted against its address's and the server's
+/// connection limits; given back when dropped.
+#[derive(Debug)]
+pub struct SeatPass {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    held: usize,
+}
+
+impl SeatPass {
+    /// One more room.
+    pub fn take(&mut self) -> Result<(), Refusal> {
+        self.admission.take_seat(self.ip)?;
+        self.held += 1;
+        Ok(())
+    }
+
+    /// One room fewer.
+    pub fn give_back(&mut self) {
+        if self.held > 0 {
+            self.held -= 1;
+            self.admission.give_back(self.ip);
+        }
+    }
+
+    /// Every room: the session left them all.
+    pub fn give_back_all(&mut self) {
+        while self.held > 0 {
+            self.give_back();
+        }
+    }
+}
+
+impl Drop for SeatPass {
+    fn drop(&mut self) {
+        self.give_back_all();
     }
 }
 

@@ -554,3 +554,53 @@ fn a_version_2_client_that_falls_behind_in_one_room_is_cut_off() {
     let _ = drain.join();
     drop(flood);
 }
+
+/// Each room beyond a connection's first counts as a connection of its address: one address
+/// holds no more seats with version 2 than it could hold connections with version 1.
+#[test]
+fn rooms_beyond_the_first_count_against_the_connection_limits() {
+    let server = App::start(&["--max-per-ip", "3"]);
+    let mut mina = v2(&server, "Mina");
+    join(&mut mina, "a"); // the connection's own
+    join(&mut mina, "b"); // 2
+    join(&mut mina, "c"); // 3
+    request(&mut mina, json!({"type":"join","room":"d","req":"d"}));
+    assert_eq!(
+        line(&mut mina),
+        json!({"type":"error","req":"d","reason":"too many connections and rooms from your address"})
+    );
+    // A new connection from the address is refused too: the address holds 3.
+    let mut late = Client::raw(server.addr);
+    late.send(r#"{"name":"Late","room":"a"}"#);
+    assert_eq!(
+        late.line(),
+        "*** error: too many connections from your address"
+    );
+    // Leaving a room gives its place back.
+    request(&mut mina, json!({"type":"leave","room":"c","req":"l"}));
+    assert_eq!(line(&mut mina), json!({"type":"ok","req":"l"}));
+    let bob = server.connect("Bob", "a");
+    drop(bob);
+    // And closing gives back every one (the server counts asynchronously: retry a while).
+    drop(mina);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut admitted = 0;
+    let mut kept = Vec::new();
+    while admitted < 3 && Instant::now() < deadline {
+        let mut c = Client::raw(server.addr);
+        c.send(&format!(
+            "{{\"name\":\"U{admitted}\",\"room\":\"z{admitted}\"}}"
+        ));
+        match c.line_within(TIMEOUT) {
+            Some(l) if l.ends_with("joined") => {
+                admitted += 1;
+                kept.push(c); // kept open: it counts
+            }
+            _ => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    assert_eq!(
+        admitted, 3,
+        "the closed connection's rooms were not given back"
+    );
+}

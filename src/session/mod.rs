@@ -18,6 +18,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::hub::{Claim, Hub};
+use crate::limits::SeatPass;
 use crate::names::ClaimError;
 use crate::protocol::{Format, Reply};
 use crate::refusal::Refusal;
@@ -154,13 +155,14 @@ impl Session {
         name: String,
         limit: Option<RateLimit>,
         rules: Arc<SessionRules>,
+        pass: Option<SeatPass>,
     ) -> Self {
         Session {
             hub,
             id,
             name,
             format: Format::Json,
-            seats: Seats::many(),
+            seats: Seats::many(pass),
             limit,
             rules,
             claim_wait: None,

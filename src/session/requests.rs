@@ -171,6 +171,9 @@ impl Session {
             let max = self.rules.max_rooms;
             return self.refuse(req, &Refusal::TooManyRoomsPerSession(max), out);
         }
+        if let Err(refusal) = self.seats.reserve() {
+            return self.refuse(req, &refusal, out);
+        }
         let replay = self.rules.replay(since, history, self.hub.keeps_history());
         let then = AfterClaim::Enter {
             room: room.to_owned(),
@@ -225,6 +228,7 @@ impl Session {
             Err(ClaimError::Taken) => taken(&self.name, room),
             Err(ClaimError::Unavailable(_)) => Refusal::ClusterUnavailable,
         };
+        self.seats.unreserve();
         self.refuse(req, &refusal, out).err()
     }
 

@@ -9,6 +9,8 @@
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
+use crate::limits::SeatPass;
+use crate::refusal::Refusal;
 use crate::replay::PagedReplay;
 use crate::room::{Room, Seat, Take};
 
@@ -50,6 +52,8 @@ pub struct Many {
     /// The bell's list of tags, swapped out on each take and back in empty: no allocation
     /// per wake-up.
     spare: Vec<u32>,
+    /// Counts the rooms beyond the first against the connection limits.
+    pass: Option<SeatPass>,
 }
 
 /// Where a session's seats ring when their room has something for them.
@@ -102,8 +106,9 @@ impl Wake for SeatWaker {
 }
 
 impl Seats {
-    pub fn many() -> Self {
+    pub fn many(pass: Option<SeatPass>) -> Self {
         Seats::Many(Box::new(Many {
+            pass,
             list: Vec::new(),
             rings: Vec::new(),
             bell: Arc::default(),
@@ -153,13 +158,38 @@ impl Seats {
         }
     }
 
+    /// Makes room for one more seat before a join (version 2): the first is the connection's
+    /// own, each further one counts against the connection limits (see [`SeatPass`]).
+    pub fn reserve(&mut self) -> Result<(), Refusal> {
+        match self {
+            Seats::Many(many) if !many.list.is_empty() => match many.pass.as_mut() {
+                Some(pass) => pass.take(),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back what [`Seats::reserve`] took, for a join that failed.
+    pub fn unreserve(&mut self) {
+        if let Seats::Many(many) = self {
+            if let (false, Some(pass)) = (many.list.is_empty(), many.pass.as_mut()) {
+                pass.give_back();
+            }
+        }
+    }
+
     /// Removes the seat at `index` (version 2; a version-1 session always keeps its one).
     pub fn remove(&mut self, index: usize) -> Option<Held> {
         match self {
             Seats::One(_) => None,
             Seats::Many(many) => (index < many.list.len()).then(|| {
                 many.rings.remove(index);
-                many.list.remove(index)
+                let held = many.list.remove(index);
+                if let (false, Some(pass)) = (many.list.is_empty(), many.pass.as_mut()) {
+                    pass.give_back();
+                }
+                held
             }),
         }
     }
@@ -170,6 +200,9 @@ impl Seats {
             Seats::One(_) => Vec::new(),
             Seats::Many(many) => {
                 many.rings.clear();
+                if let Some(pass) = many.pass.as_mut() {
+                    pass.give_back_all();
+                }
                 std::mem::take(&mut many.list)
             }
         }

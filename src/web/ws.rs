@@ -240,6 +240,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         // No line rate here: the FrameMeter spends it on every frame, text or not.
         limit: None,
         transport: Transport::WebSocket,
+        pass: ticket.seat_pass(),
     };
     let entered = match lifecycle::authenticate(ctx, id, addr, &hs).await {
         Ok(()) => lifecycle::enter(ctx, id, addr, hs, entry).await,

@@ -105,6 +105,12 @@ pub enum Refusal {
     /// `--max-per-ip`, at connect.
     #[error("too many connections from your address")]
     TooManyFromAddress,
+    /// `--max-per-ip`, at a version-2 `join`: each room beyond a connection's first counts.
+    #[error("too many connections and rooms from your address")]
+    TooManySeatsFromAddress,
+    /// `--max-connections`, at a version-2 `join`.
+    #[error("server full: too many connections and rooms")]
+    ServerFullOfSeats,
     /// No complete handshake within `--handshake-timeout`.
     #[error("handshake timeout")]
     HandshakeTimeout,
