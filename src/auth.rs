@@ -41,6 +41,74 @@ const HASHING: usize = 2;
 /// How often a running server looks for new or removed users.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
+/// Why registered names cannot be read or written, or a name or password cannot be registered.
+/// The file and the database's reason are kept, so a missing file can be told from a corrupt
+/// one; a rule that is broken says which.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A name rule's own text (the same a client is told at the handshake).
+    #[error("{reason}")]
+    BadName { name: String, reason: String },
+    #[error("the password must not be empty")]
+    EmptyPassword,
+    #[error("the password is longer than {max} bytes")]
+    LongPassword { max: usize },
+    #[error("cannot hash the password: {0}")]
+    Hash(#[source] argon2::password_hash::Error),
+    #[error("name {name} is too much like {like}, already registered")]
+    Lookalike { name: String, like: String },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The text is SQLite's alone (what `machat user list` prints); the path is for callers.
+    #[error("{source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot read the password from stdin: {0}")]
+    ReadStdin(#[source] std::io::Error),
+    #[error("cannot read the password: {0}")]
+    ReadTerminal(#[source] std::io::Error),
+    #[error("the passwords do not match")]
+    PasswordsDiffer,
+}
+
+impl AuthError {
+    fn database(path: &Path) -> impl FnOnce(rusqlite::Error) -> AuthError + '_ {
+        |source| AuthError::Database {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn read(path: &Path) -> impl FnOnce(rusqlite::Error) -> AuthError + '_ {
+        |source| AuthError::Read {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The rules a name must pass at the handshake: a name registered against them could never
+/// be used.
+fn check_name(name: &str) -> Result<(), AuthError> {
+    validate_name(name).map_err(|reason| AuthError::BadName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
 /// The database file of a data directory (shared with the message history).
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("history.db")
@@ -61,11 +129,11 @@ fn open(path: &Path, create: bool) -> rusqlite::Result<Connection> {
 }
 
 /// Hashes a password with argon2id and a random salt (PHC string format).
-pub fn hash(password: &str) -> Result<String, String> {
+pub fn hash(password: &str) -> Result<String, AuthError> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash the password: {e}"))
+        .map_err(AuthError::Hash)
 }
 
 fn verify(password: &str, hash: &str) -> bool {
@@ -75,39 +143,41 @@ fn verify(password: &str, hash: &str) -> bool {
 }
 
 /// The hash to register `name` with, once the name and the password pass the rules.
-pub fn new_hash(name: &str, password: &str) -> Result<String, String> {
-    validate_name(name)?;
+pub fn new_hash(name: &str, password: &str) -> Result<String, AuthError> {
+    check_name(name)?;
     if password.is_empty() {
-        return Err("the password must not be empty".into());
+        return Err(AuthError::EmptyPassword);
     }
     if password.len() > crate::protocol::MAX_PASSWORD {
-        return Err(format!(
-            "the password is longer than {} bytes",
-            crate::protocol::MAX_PASSWORD
-        ));
+        return Err(AuthError::LongPassword {
+            max: crate::protocol::MAX_PASSWORD,
+        });
     }
     hash(password)
 }
 
 /// `machat user add NAME`: registers (or re-registers) a name. Refused if the name is too
 /// much like another registered name (the same [`name_key`]).
-pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), String> {
-    validate_name(name)?;
+pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+    check_name(name)?;
     if let Some(like) = lookalike(name, list_users(data_dir)?) {
-        return Err(format!(
-            "name {name} is too much like {like}, already registered"
-        ));
+        return Err(AuthError::Lookalike {
+            name: name.to_owned(),
+            like,
+        });
     }
     let hash = new_hash(name, password)?;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|source| AuthError::CreateDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
     let path = db_path(data_dir);
-    let conn = open(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;
+    let conn = open(&path, true).map_err(AuthError::database(&path))?;
     conn.execute(
         "INSERT OR REPLACE INTO users (name, hash) VALUES (?1, ?2)",
         params![name, hash],
     )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    .map_err(AuthError::database(&path))?;
     Ok(())
 }
 
@@ -121,28 +191,28 @@ pub fn lookalike(name: &str, registered: impl IntoIterator<Item = String>) -> Op
 }
 
 /// `machat user remove NAME`. False if there was no such user.
-pub fn remove_user(data_dir: &Path, name: &str) -> Result<bool, String> {
+pub fn remove_user(data_dir: &Path, name: &str) -> Result<bool, AuthError> {
     let path = db_path(data_dir);
-    let conn = open(&path, false).map_err(|e| format!("{}: {e}", path.display()))?;
+    let conn = open(&path, false).map_err(AuthError::database(&path))?;
     conn.execute("DELETE FROM users WHERE name = ?1", [name])
         .map(|n| n > 0)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(AuthError::database(&path))
 }
 
 /// `machat user list`: the registered names, sorted.
-pub fn list_users(data_dir: &Path) -> Result<Vec<String>, String> {
+pub fn list_users(data_dir: &Path) -> Result<Vec<String>, AuthError> {
     let path = db_path(data_dir);
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let conn = open(&path, false).map_err(|e| format!("{}: {e}", path.display()))?;
+    let conn = open(&path, false).map_err(AuthError::database(&path))?;
     let mut stmt = conn
         .prepare("SELECT name FROM users ORDER BY name")
-        .map_err(|e| e.to_string())?;
+        .map_err(AuthError::read(&path))?;
     let names = stmt
         .query_map([], |r| r.get(0))
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
-        .map_err(|e| e.to_string())?;
+        .map_err(AuthError::read(&path))?;
     Ok(names)
 }
 
@@ -250,7 +320,7 @@ impl Users {
 
     /// Loads the registered names of `data_dir` (none if it has no database yet) and keeps
     /// them up to date from a thread of its own.
-    pub fn load(data_dir: &Path, require: bool) -> Result<Arc<Users>, String> {
+    pub fn load(data_dir: &Path, require: bool) -> Result<Arc<Users>, AuthError> {
         let path = db_path(data_dir);
         let users = Arc::new(Users::new(require));
         let mut version = None;
@@ -293,7 +363,7 @@ impl Users {
         &self,
         path: &Path,
         seen: &mut Option<(u64, std::time::SystemTime)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AuthError> {
         let Ok(meta) = std::fs::metadata(path) else {
             *self.lock() = ByKey::default();
             return Ok(());
@@ -311,14 +381,14 @@ impl Users {
         if *seen == Some(stamp) {
             return Ok(());
         }
-        let conn = open(path, false).map_err(|e| format!("{}: {e}", path.display()))?;
+        let conn = open(path, false).map_err(AuthError::database(path))?;
         let mut stmt = conn
             .prepare("SELECT name, hash FROM users ORDER BY name")
-            .map_err(|e| e.to_string())?;
+            .map_err(AuthError::read(path))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| e.to_string())?;
+            .map_err(AuthError::read(path))?;
         *self.lock() = by_key(rows);
         *seen = Some(stamp);
         Ok(())
@@ -441,7 +511,7 @@ pub fn by_key(rows: impl IntoIterator<Item = (String, String)>) -> ByKey {
 
 /// Reads a password from stdin: at a terminal, asked twice with the echo off; otherwise the
 /// first line. Never from the command line, where every user of the machine could see it.
-pub fn read_password(name: &str) -> Result<String, String> {
+pub fn read_password(name: &str) -> Result<String, AuthError> {
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -449,23 +519,23 @@ pub fn read_password(name: &str) -> Result<String, String> {
         stdin
             .lock()
             .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+            .map_err(AuthError::ReadStdin)?;
         return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
     }
-    let ask = |prompt: &str| -> Result<String, String> {
+    let ask = |prompt: &str| -> Result<String, AuthError> {
         eprint!("{prompt}");
         let _ = std::io::stderr().flush();
         let _echo_off = EchoOff::new();
         let mut line = String::new();
         let read = std::io::stdin().lock().read_line(&mut line);
         eprintln!();
-        read.map_err(|e| format!("cannot read the password: {e}"))?;
+        read.map_err(AuthError::ReadTerminal)?;
         Ok(line.trim_end_matches(['\n', '\r']).to_owned())
     };
     let first = ask(&format!("Password for {name}: "))?;
     let again = ask("Again: ")?;
     if first != again {
-        return Err("the passwords do not match".into());
+        return Err(AuthError::PasswordsDiffer);
     }
     Ok(first)
 }
@@ -547,7 +617,11 @@ mod tests {
         assert!(add_user(&dir, "bad name", "x").is_err());
         assert!(add_user(&dir, "Empty", "").is_err());
         let err = add_user(&dir, "BOB", "x").unwrap_err();
-        assert_eq!(err, "name BOB is too much like Bob, already registered");
+        assert!(matches!(err, AuthError::Lookalike { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "name BOB is too much like Bob, already registered"
+        );
         add_user(&dir, "Bob", "new password").unwrap();
         assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
         assert!(remove_user(&dir, "Bob").unwrap());

@@ -237,6 +237,38 @@ pub enum HistoryMode {
     Off,
 }
 
+/// Why flags cannot make a configuration. A [`Config::validate`] failure is a usage error, like
+/// clap's own: each names the flags to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    #[error("--tls-cert and --tls-key go together")]
+    TlsPair,
+    #[error("--tls-addr needs --tls-cert and --tls-key")]
+    TlsAddrAlone,
+    #[error("--idle-timeout must be a number of seconds >= 0")]
+    IdleTimeout,
+    #[error("--ws-ping must be a number of seconds >= 0")]
+    WsPing,
+    #[error("--max-line-rate must be a number >= 0")]
+    MaxLineRate,
+    #[error("--line-burst must be at least 1")]
+    LineBurst,
+    #[error("--handshake-timeout must be > 0")]
+    HandshakeTimeout,
+    #[error("--presence-ttl must be from 1 to 86400 seconds")]
+    PresenceTtl,
+    #[error("--nats-replicas must be from 1 to 5")]
+    NatsReplicas,
+    #[error("--history-max must be > 0 (use --history off for no history)")]
+    HistoryMax,
+    #[error("--max-rooms, --max-room-members and --max-rooms-per-session must be > 0")]
+    RoomLimits,
+    #[error("--max-line, --max-handshake and --max-pending must be > 0")]
+    SizeLimits,
+}
+
 /// Parses `90s`, `30m`, `12h`, `7d` or a number of seconds.
 fn parse_age(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -268,13 +300,13 @@ impl Config {
 
     /// Parses and checks flags given as a list (the program's name first), as the binary
     /// would: how the in-process test harness starts a server.
-    pub fn from_list<I, T>(args: I) -> Result<Self, String>
+    pub fn from_list<I, T>(args: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
         let args = go_style_args(args.into_iter().map(Into::into), &Config::command());
-        let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        let config = Config::try_parse_from(args)?;
         config.validate()?;
         Ok(config)
     }
@@ -290,44 +322,42 @@ impl Config {
     }
 
     /// Checks what clap's types cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("--tls-cert and --tls-key go together".into());
+            return Err(ConfigError::TlsPair);
         }
         if self.tls_addr.is_some() && self.tls_cert.is_none() {
-            return Err("--tls-addr needs --tls-cert and --tls-key".into());
+            return Err(ConfigError::TlsAddrAlone);
         }
         if !(self.idle_timeout >= 0.0 && self.idle_timeout.is_finite()) {
-            return Err("--idle-timeout must be a number of seconds >= 0".into());
+            return Err(ConfigError::IdleTimeout);
         }
         if !(self.ws_ping >= 0.0 && self.ws_ping.is_finite()) {
-            return Err("--ws-ping must be a number of seconds >= 0".into());
+            return Err(ConfigError::WsPing);
         }
         if !(self.max_line_rate >= 0.0 && self.max_line_rate.is_finite()) {
-            return Err("--max-line-rate must be a number >= 0".into());
+            return Err(ConfigError::MaxLineRate);
         }
         if self.line_burst == 0 && self.max_line_rate > 0.0 {
-            return Err("--line-burst must be at least 1".into());
+            return Err(ConfigError::LineBurst);
         }
         if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
-            return Err("--handshake-timeout must be > 0".into());
+            return Err(ConfigError::HandshakeTimeout);
         }
         if !(self.presence_ttl >= 1.0 && self.presence_ttl <= 86_400.0) {
-            return Err("--presence-ttl must be from 1 to 86400 seconds".into());
+            return Err(ConfigError::PresenceTtl);
         }
         if !(1..=5).contains(&self.nats_replicas) {
-            return Err("--nats-replicas must be from 1 to 5".into());
+            return Err(ConfigError::NatsReplicas);
         }
         if self.history_max == 0 {
-            return Err("--history-max must be > 0 (use --history off for no history)".into());
+            return Err(ConfigError::HistoryMax);
         }
         if self.max_rooms == 0 || self.max_room_members == 0 || self.max_rooms_per_session == 0 {
-            return Err(
-                "--max-rooms, --max-room-members and --max-rooms-per-session must be > 0".into(),
-            );
+            return Err(ConfigError::RoomLimits);
         }
         if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
-            return Err("--max-line, --max-handshake and --max-pending must be > 0".into());
+            return Err(ConfigError::SizeLimits);
         }
         Ok(())
     }

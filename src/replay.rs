@@ -13,6 +13,7 @@
 //! takes bytes from the room as it always does.
 
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -250,25 +251,26 @@ impl PageSize {
     }
 }
 
-/// A store answer, within the replay's deadline.
+/// A store answer, within the replay's deadline; a failure as the text the client is told.
 trait PollAnswer {
-    fn poll_answer<T>(
+    fn poll_answer<T, E: Display>(
         self: Pin<&mut Self>,
-        rx: &mut tokio::sync::oneshot::Receiver<Result<T, String>>,
+        rx: &mut tokio::sync::oneshot::Receiver<Result<T, E>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, String>>;
 }
 
 impl PollAnswer for Sleep {
-    fn poll_answer<T>(
+    fn poll_answer<T, E: Display>(
         self: Pin<&mut Self>,
-        rx: &mut tokio::sync::oneshot::Receiver<Result<T, String>>,
+        rx: &mut tokio::sync::oneshot::Receiver<Result<T, E>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, String>> {
         if let Poll::Ready(answer) = Pin::new(rx).poll(cx) {
-            return Poll::Ready(
-                answer.unwrap_or_else(|_| Err(Refusal::HistoryUnavailable.to_string())),
-            );
+            return Poll::Ready(match answer {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(Refusal::HistoryUnavailable.to_string()),
+            });
         }
         match self.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Refusal::HistoryUnavailable.to_string())),

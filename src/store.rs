@@ -36,7 +36,7 @@ pub type Deliver = Box<dyn FnOnce() + Send>;
 pub type Pending = oneshot::Receiver<History>;
 
 /// A count of stored messages whose answer arrives later.
-pub type PendingCount = oneshot::Receiver<Result<usize, String>>;
+pub type PendingCount = oneshot::Receiver<Result<usize, StoreError>>;
 
 /// Where a replay of a room's last messages starts, and how long it is: the replay is then
 /// read in pages after `after`, so nobody holds the whole of it at once.
@@ -48,7 +48,54 @@ pub struct Span {
 }
 
 /// A [`Span`] whose answer arrives later.
-pub type PendingSpan = oneshot::Receiver<Result<Span, String>>;
+pub type PendingSpan = oneshot::Receiver<Result<Span, StoreError>>;
+
+/// Why a store cannot open, or cannot answer. Opening keeps the file and SQLite's (or the
+/// system's) reason, so a caller can tell a missing directory from an unwritable or a corrupt
+/// file. A failed answer displays as the text its client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data dir {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Also a corrupt file: opening checks every page.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the store's writer: {0}")]
+    Writer(#[source] std::io::Error),
+    #[error("{}", Refusal::HistoryOff)]
+    Off,
+    #[error("{}", Refusal::HistoryUnavailable)]
+    Unavailable,
+    /// Told apart from `Unavailable` for the log; a client is told the same.
+    #[error("{}", Refusal::HistoryUnavailable)]
+    Query(#[source] rusqlite::Error),
+    /// Cluster mode: JetStream's own text is what the client is told.
+    #[error("{0}")]
+    Stream(#[source] async_nats::Error),
+    /// Cluster mode.
+    #[error("history read timed out")]
+    ReadTimedOut,
+}
 
 /// What any history store does.
 pub trait Store: Send + Sync {
@@ -95,7 +142,7 @@ pub struct Retention {
 }
 
 /// The store the configuration asks for. A database that cannot be opened is an error here.
-pub fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
+pub fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     let retention = Retention {
         max_messages: config.history_max,
         max_age: config.history_max_age,
@@ -139,7 +186,7 @@ fn note_last_id(ids: &Mutex<HashMap<String, LastId>>, room: &str, id: u64) {
     }
 }
 
-fn answer_count(count: Result<usize, String>) -> PendingCount {
+fn answer_count(count: Result<usize, StoreError>) -> PendingCount {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(count);
     rx
@@ -151,7 +198,7 @@ fn answer(history: History) -> Pending {
     rx
 }
 
-fn answer_span(span: Result<Span, String>) -> PendingSpan {
+fn answer_span(span: Result<Span, StoreError>) -> PendingSpan {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(span);
     rx
@@ -189,10 +236,10 @@ impl Store for NoStore {
         answer(Err(Refusal::HistoryOff.to_string()))
     }
     fn count(&self, _room: &str, _after: u64, _until: u64) -> PendingCount {
-        answer_count(Err(Refusal::HistoryOff.to_string()))
+        answer_count(Err(StoreError::Off))
     }
     fn last_span(&self, _room: &str, _until: u64, _limit: usize) -> PendingSpan {
-        answer_span(Err(Refusal::HistoryOff.to_string()))
+        answer_span(Err(StoreError::Off))
     }
     fn available(&self) -> bool {
         false
@@ -427,7 +474,7 @@ enum Op {
         room: String,
         after: u64,
         until: u64,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Close(mpsc::Sender<()>),
     /// The room is gone from the hub (see [`Store::forget`]).
@@ -436,7 +483,7 @@ enum Op {
         room: String,
         until: u64,
         limit: usize,
-        reply: oneshot::Sender<Result<Span, String>>,
+        reply: oneshot::Sender<Result<Span, StoreError>>,
     },
     Query {
         room: String,
@@ -530,14 +577,21 @@ impl SqliteStore {
         retention: Retention,
         batching: Batching,
         sync: bool,
-    ) -> Result<Self, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join("history.db");
-        let conn =
-            open_writer(&path, sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let crashed =
-            mark_open(&conn).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let cannot_open = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = open_writer(&path, sync).map_err(cannot_open)?;
+        let crashed = mark_open(&conn).map_err(|source| StoreError::Write {
+            path: path.clone(),
+            source,
+        })?;
         if crashed {
             warn!(path = %path.display(), "the last run did not stop cleanly: the last batch of messages may be lost; ids continue after a gap");
         }
@@ -545,10 +599,10 @@ impl SqliteStore {
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(cannot_open)?;
         reader
             .busy_timeout(Duration::from_secs(2))
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(cannot_open)?;
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let urgent = Arc::new(AtomicBool::new(false));
@@ -561,8 +615,10 @@ impl SqliteStore {
         };
         let healthy = Arc::new(AtomicBool::new(true));
         let last_ids = LastIds::default();
-        let total_bytes =
-            stored_bytes(&conn).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let total_bytes = stored_bytes(&conn).map_err(|source| StoreError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let writer = Writer {
             last_ids: last_ids.clone(),
             crashed,
@@ -583,7 +639,7 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("machat-store".into())
             .spawn(move || writer.run())
-            .map_err(|e| format!("cannot start the store's writer: {e}"))?;
+            .map_err(StoreError::Writer)?;
         let _ = ops.writer.set(thread.thread().clone());
         info!(path = %path.display(), "history store open");
         Ok(SqliteStore {
@@ -772,7 +828,7 @@ impl Store for SqliteStore {
             | TrySendError::Disconnected(Op::Count { reply, .. }),
         ) = sent
         {
-            let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
+            let _ = reply.send(Err(StoreError::Unavailable));
         }
         rx
     }
@@ -792,7 +848,7 @@ impl Store for SqliteStore {
             | TrySendError::Disconnected(Op::Span { reply, .. }),
         ) = sent
         {
-            let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
+            let _ = reply.send(Err(StoreError::Unavailable));
         }
         rx
     }
@@ -1084,7 +1140,7 @@ impl Writer {
 
     /// How many stored messages have ids in `after + 1 ..= until`: whole chunks by their
     /// counts, the (at most two) chunks on the edges by reading them.
-    fn count_between(&mut self, room: &str, after: u64, until: u64) -> Result<usize, String> {
+    fn count_between(&mut self, room: &str, after: u64, until: u64) -> Result<usize, StoreError> {
         let rid = self.known_rid(room);
         let Some(rid) = rid else { return Ok(0) };
         let result = (|| -> rusqlite::Result<usize> {
@@ -1117,13 +1173,13 @@ impl Writer {
         })();
         result.map_err(|e| {
             warn!("history count failed: {e}");
-            Refusal::HistoryUnavailable.to_string()
+            StoreError::Query(e)
         })
     }
 
     /// Where the last `limit` messages up to `until` start: chunks newest first, one decoded
     /// at a time, only their ids kept.
-    fn span_of_last(&mut self, room: &str, until: u64, limit: usize) -> Result<Span, String> {
+    fn span_of_last(&mut self, room: &str, until: u64, limit: usize) -> Result<Span, StoreError> {
         let empty = Span {
             after: until,
             count: 0,
@@ -1154,7 +1210,7 @@ impl Writer {
         })();
         result.map_err(|e| {
             warn!("history query failed: {e}");
-            Refusal::HistoryUnavailable.to_string()
+            StoreError::Query(e)
         })
     }
 
@@ -1722,7 +1778,8 @@ mod tests {
         let err = SqliteStore::open(&dir, retention, Batching::default(), false)
             .err()
             .unwrap();
-        assert!(err.contains("history.db"), "{err}");
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("history.db"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

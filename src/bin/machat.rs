@@ -1,5 +1,6 @@
 //! The machat server: flags in, server out (or `machat user ...`: registered names).
 
+use std::error::Error;
 use std::process::ExitCode;
 
 use machat::config::{Command, Config, UserAction};
@@ -38,7 +39,7 @@ fn user(config: &Config, action: &UserAction) -> ExitCode {
 }
 
 /// `machat user ... --nats URL`: the names registered for every node of a cluster.
-fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), String> {
+fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), Box<dyn Error>> {
     use machat::cluster::users;
     let at = machat::cluster::redact_url(url);
     match action {
@@ -54,7 +55,7 @@ fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), S
                 eprintln!("machat: {name} is no longer registered in the cluster at {at}");
                 Ok(())
             }
-            false => Err(format!("{name} is not registered in the cluster at {at}")),
+            false => Err(format!("{name} is not registered in the cluster at {at}").into()),
         },
         UserAction::List => {
             for n in users::list(url, replicas)? {
@@ -65,24 +66,27 @@ fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), S
     }
 }
 
-fn local_user(config: &Config, action: &UserAction) -> Result<(), String> {
+fn local_user(config: &Config, action: &UserAction) -> Result<(), Box<dyn Error>> {
     let dir = &config.data_dir;
     match action {
-        UserAction::Add { name } => machat::auth::read_password(name)
-            .and_then(|pw| machat::auth::add_user(dir, name, &pw))
-            .map(|()| eprintln!("machat: {name} is registered in {}", dir.display())),
-        UserAction::Remove { name } => match machat::auth::remove_user(dir, name) {
-            Ok(true) => {
+        UserAction::Add { name } => {
+            let password = machat::auth::read_password(name)?;
+            machat::auth::add_user(dir, name, &password)?;
+            eprintln!("machat: {name} is registered in {}", dir.display());
+            Ok(())
+        }
+        UserAction::Remove { name } => match machat::auth::remove_user(dir, name)? {
+            true => {
                 eprintln!("machat: {name} is no longer registered");
                 Ok(())
             }
-            Ok(false) => Err(format!("{name} is not registered")),
-            Err(e) => Err(e),
+            false => Err(format!("{name} is not registered").into()),
         },
-        UserAction::List => machat::auth::list_users(dir).map(|names| {
-            for n in names {
+        UserAction::List => {
+            for n in machat::auth::list_users(dir)? {
                 println!("{n}");
             }
-        }),
+            Ok(())
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::bus::{Envelope, Event};
 use crate::protocol::Timestamp;
 use crate::store::{
     span_of_newest, Deliver, MessageRef, Pending, PendingCount, PendingSpan, Span, Store,
-    StoredMessage,
+    StoreError, StoredMessage,
 };
 
 /// How long one message of a query may take to arrive before the query gives up.
@@ -42,7 +42,7 @@ async fn open(
         async_nats::jetstream::consumer::Consumer<pull::OrderedConfig>,
         u64,
     ),
-    String,
+    StoreError,
 > {
     let config = pull::OrderedConfig {
         filter_subject: subject(room, true),
@@ -56,7 +56,7 @@ async fn open(
         .stream
         .create_consumer(config)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StoreError::Stream(e.into()))?;
     let pending = consumer.cached_info().num_pending;
     Ok((consumer, pending))
 }
@@ -71,7 +71,7 @@ async fn close(
 }
 
 /// How many of `room`'s messages have sequences from `from` on.
-async fn pending_from(cluster: &Cluster, room: &str, from: u64) -> Result<u64, String> {
+async fn pending_from(cluster: &Cluster, room: &str, from: u64) -> Result<u64, StoreError> {
     let (consumer, pending) = open(cluster, room, Some(from)).await?;
     close(cluster, &consumer).await;
     Ok(pending)
@@ -87,7 +87,7 @@ async fn start_of_last(
     room: &str,
     until: u64,
     limit: usize,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, StoreError> {
     let limit = limit as u64;
     // `until` may be "no bound" (u64::MAX, from the HTTP API): the stream's last sequence bounds
     // both the count of later messages and the search.
@@ -95,7 +95,7 @@ async fn start_of_last(
         .stream
         .get_info()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| StoreError::Stream(e.into()))?
         .state
         .last_sequence;
     let until = until.min(last);
@@ -125,7 +125,7 @@ async fn query(
     after: Option<u64>,
     until: u64,
     limit: usize,
-) -> Result<Vec<StoredMessage>, String> {
+) -> Result<Vec<StoredMessage>, StoreError> {
     let from = match after {
         Some(a) => Some(a.saturating_add(1)),
         None if limit > 0 => start_of_last(cluster, room, until, limit).await?,
@@ -135,12 +135,15 @@ async fn query(
     let name = consumer.cached_info().name.clone();
     let mut out: VecDeque<StoredMessage> = VecDeque::new();
     if pending > 0 && limit > 0 {
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| StoreError::Stream(e.into()))?;
         loop {
             let message = match tokio::time::timeout(READ_WAIT, messages.next()).await {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(None) | Err(_) => return Err("history read timed out".into()),
+                Ok(Some(Err(e))) => return Err(StoreError::Stream(e.into())),
+                Ok(None) | Err(_) => return Err(StoreError::ReadTimedOut),
             };
             let Ok((seq, left)) = message.info().map(|i| (i.stream_sequence, i.pending)) else {
                 continue;
@@ -184,7 +187,7 @@ fn stored(id: u64, envelope: Envelope) -> Option<StoredMessage> {
 }
 
 /// How many of `room`'s messages have ids in `after + 1 ..= until`.
-async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<usize, String> {
+async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<usize, StoreError> {
     let total = pending_from(cluster, room, after.saturating_add(1)).await?;
     let later = match until.checked_add(1) {
         Some(next) => pending_from(cluster, room, next).await?,
@@ -200,7 +203,7 @@ async fn last_span(
     room: &str,
     until: u64,
     limit: usize,
-) -> Result<Span, String> {
+) -> Result<Span, StoreError> {
     if limit == 0 {
         return Ok(Span {
             after: until,
@@ -231,7 +234,9 @@ impl Store for ClusterStore {
         let cluster = self.cluster.clone();
         let room = room.to_owned();
         self.cluster.runtime.spawn(async move {
-            let _ = tx.send(query(&cluster, &room, after, until, limit).await);
+            let page = query(&cluster, &room, after, until, limit).await;
+            // `History` is the protocol crate's type, its error the text a client is told.
+            let _ = tx.send(page.map_err(|e| e.to_string()));
         });
         rx
     }

@@ -155,9 +155,11 @@ pub(super) async fn messages(
 /// page at a time, as the client takes it, so an answer nobody reads holds a page, not all of it.
 const API_PAGE_BYTES: usize = 32 * 1024;
 
-async fn wait<T>(pending: tokio::sync::oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
+async fn wait<T, E: std::fmt::Display>(
+    pending: tokio::sync::oneshot::Receiver<Result<T, E>>,
+) -> Result<T, String> {
     match tokio::time::timeout(STORE_WAIT, pending).await {
-        Ok(Ok(answer)) => answer,
+        Ok(Ok(answer)) => answer.map_err(|e| e.to_string()),
         _ => Err("history unavailable".into()),
     }
 }
