@@ -398,7 +398,7 @@ impl<S: Io> Connection<S> {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Ending::Broke(Refusal::IdleTimeout));
+                return Poll::Ready(Ending::broke(Refusal::IdleTimeout));
             }
             let waiting = self.throttle.is_some() || self.session.waiting();
             if !waiting && !self.codec.is_paused() {
@@ -560,7 +560,10 @@ impl<S: Io> Connection<S> {
         let format = self.session.format;
         let mut out = std::mem::take(&mut self.pending);
         let announce = !matches!(reason, Ending::Shutdown);
-        let idle = Refusal::IdleTimeout.to_string();
+        let told = match &reason {
+            Ending::Broke(refusal) => refusal.to_string(),
+            _ => String::new(),
+        };
         let last = match &reason {
             Ending::Ended(End::SlowConsumer) | Ending::Io(_) => {
                 // Don't wait for a client that is not reading: one attempt at the error line.
@@ -575,7 +578,7 @@ impl<S: Io> Connection<S> {
                 return;
             }
             Ending::Shutdown => Some(Reply::Notice(Notice::ShuttingDown.text())),
-            Ending::Broke(Refusal::IdleTimeout) => Some(Reply::Error(&idle)),
+            Ending::Broke(_) => Some(Reply::Error(&told)),
             _ => None,
         };
         self.session.leave(&mut out, announce);

@@ -146,14 +146,21 @@ pub enum Ending {
     /// Refused before or at the handshake; the text is the client's error.
     Refused(String),
     /// The client broke a rule of its transport (a WebSocket frame too long or binary, a
-    /// frame flood) or went silent past `--idle-timeout`: told why, then closed.
-    Broke(Refusal),
+    /// frame flood) or went silent past `--idle-timeout`: told why, then closed. Boxed: every
+    /// connection keeps room for an `Ending` while it lives, and most never break a rule.
+    Broke(Box<Refusal>),
     ClosedByClient,
     Ended(End),
     Shutdown,
     /// The TLS handshake failed or did not finish in time.
     Tls(String),
     Io(String),
+}
+
+impl Ending {
+    pub fn broke(refusal: Refusal) -> Self {
+        Ending::Broke(Box::new(refusal))
+    }
 }
 
 impl Display for Ending {

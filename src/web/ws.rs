@@ -287,16 +287,16 @@ async fn handshake(
 }
 
 fn binary() -> Ending {
-    Ending::Broke(Refusal::BinaryFrame)
+    Ending::broke(Refusal::BinaryFrame)
 }
 
 /// A read error: a frame over the size limit, and a flood the [`FrameMeter`] stopped, get
 /// their own close codes; the rest are i/o.
 fn read_error(e: WsError) -> Ending {
     match e {
-        WsError::Capacity(_) => Ending::Broke(Refusal::LineTooLong),
+        WsError::Capacity(_) => Ending::broke(Refusal::LineTooLong),
         WsError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<Flood>()) {
-            Some(flood) => Ending::Broke(flood.refusal()),
+            Some(flood) => Ending::broke(flood.refusal()),
             None => Ending::Io(e.to_string()),
         },
         e => Ending::Io(e.to_string()),
@@ -387,7 +387,7 @@ impl WsConnection {
                 }
             }
             if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Ending::Broke(Refusal::IdleTimeout));
+                return Poll::Ready(Ending::broke(Refusal::IdleTimeout));
             }
             // The line rate is not paced here but as frames are read (FrameMeter).
             if !self.session.waiting() {
@@ -444,7 +444,7 @@ impl WsConnection {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
         };
         if text.len() > self.session.max_line() {
-            self.end = Some(Ending::Broke(Refusal::LineTooLong));
+            self.end = Some(Ending::broke(Refusal::LineTooLong));
             return;
         }
         // What was still unread in a room just left comes before anything of the new room;
