@@ -24,8 +24,7 @@ use tokio::time::{sleep_until, Sleep};
 use tracing::{debug, info};
 
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
-use crate::config::Config;
-use crate::context::{Greeted, Greeting, Handoff, Shared};
+use crate::context::{Greeted, Greeting, Handoff, Shared, TransportSettings};
 use crate::lifecycle::{self, Ending, Entry, Link};
 use crate::limits::{IdleTimer, SeatPass, Ticket};
 use crate::metrics::Transport;
@@ -72,7 +71,7 @@ pub async fn serve_tls(
         return;
     };
     let started = tokio::time::Instant::now();
-    let tls = match tokio::time::timeout(ctx.config.handshake_timeout(), acceptor.accept(stream))
+    let tls = match tokio::time::timeout(ctx.transport.handshake_timeout, acceptor.accept(stream))
         .await
     {
         Ok(Ok(tls)) => tls,
@@ -88,8 +87,8 @@ pub async fn serve_tls(
         }
     };
     let left = ctx
-        .config
-        .handshake_timeout()
+        .transport
+        .handshake_timeout
         .saturating_sub(started.elapsed());
     serve_within(tls, addr, ctx, shutdown, ticket, left).await;
 }
@@ -103,7 +102,7 @@ pub fn serve<S: Io>(
     shutdown: watch::Receiver<bool>,
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
-    let within = ctx.config.handshake_timeout();
+    let within = ctx.transport.handshake_timeout;
     serve_within(stream, addr, ctx, shutdown, ticket, within)
 }
 
@@ -175,7 +174,7 @@ async fn greet<S: Io>(
     let id = ctx.next_id();
     let tls = stream.is_tls();
     info!(id, %addr, tls, "connect");
-    let handshake = handshake(&mut stream, &ctx.config, &mut shutdown, within).await;
+    let handshake = handshake(&mut stream, &ctx.transport, &mut shutdown, within).await;
     let (value, leftover) = match handshake {
         Ok(done) => done,
         Err(reason) => {
@@ -231,7 +230,7 @@ async fn join<S: Io>(
     let format = hs.format;
     let entry = Entry {
         format,
-        limit: RateLimit::new(ctx.config.max_line_rate, ctx.config.line_burst),
+        limit: RateLimit::new(ctx.transport.line_rate, ctx.transport.line_burst),
         transport,
         pass,
     };
@@ -250,11 +249,11 @@ async fn join<S: Io>(
         stream,
         transport,
         session,
-        codec: LineCodec::new(ctx.config.max_line),
+        codec: LineCodec::new(ctx.transport.max_line),
         pending,
         out: Out::Ready,
         throttle: None,
-        idle: IdleTimer::new(ctx.config.idle_timeout),
+        idle: IdleTimer::new(ctx.transport.idle_timeout),
         end: None,
     };
     if replaying {
@@ -275,13 +274,13 @@ async fn refuse<S: Io>(stream: S, format: Format, text: &str) {
 /// Reads until the first JSON value is complete, or the limits say no.
 async fn handshake<S: Io>(
     stream: &mut S,
-    config: &Config,
+    settings: &TransportSettings,
     shutdown: &mut watch::Receiver<bool>,
     within: Duration,
 ) -> Result<(serde_json::Value, Vec<u8>), Ending> {
     let deadline = sleep_until(tokio::time::Instant::now() + within);
     tokio::pin!(deadline);
-    let mut decoder = HandshakeDecoder::new(config.max_handshake);
+    let mut decoder = HandshakeDecoder::new(settings.max_handshake);
     // Each read goes to the per-thread buffer and straight into the decoder: a connection in
     // its handshake holds only what the decoder keeps (thousands may be at once).
     let mut read_some = |cx: &mut Context<'_>| {

@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -51,9 +52,55 @@ pub struct Greeting {
     pub(crate) leftover: Vec<u8>,
 }
 
+/// What the transports (TCP, TLS, WebSocket) follow, read from the flags once at start: a
+/// transport reads these and never the configuration, so a transport to come (IRC) needs
+/// nothing else.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// The handshake must be complete within this (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// The longest handshake (`--max-handshake`).
+    pub max_handshake: usize,
+    /// The longest line or frame (`--max-line`).
+    pub max_line: usize,
+    /// How far behind a client may fall (`--max-pending`): what a transport may buffer.
+    pub max_pending: usize,
+    /// Lines per second and burst (`--max-line-rate`, `--line-burst`).
+    pub line_rate: f64,
+    pub line_burst: u32,
+    /// Seconds of silence before a connection is closed (`--idle-timeout`; 0 is off).
+    pub idle_timeout: f64,
+    /// Seconds between WebSocket pings (`--ws-ping`; 0 is off).
+    pub ws_ping: f64,
+    /// Origins a browser's WebSocket may come from besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// Whether the server runs in a cluster (the health check says whether NATS is reached).
+    pub clustered: bool,
+}
+
+impl TransportSettings {
+    pub fn from_config(config: &Config) -> Self {
+        TransportSettings {
+            handshake_timeout: config.handshake_timeout(),
+            max_handshake: config.max_handshake,
+            max_line: config.max_line,
+            max_pending: config.max_pending,
+            line_rate: config.max_line_rate,
+            line_burst: config.line_burst,
+            idle_timeout: config.idle_timeout,
+            ws_ping: config.ws_ping,
+            allowed_origins: config.allowed_origins.clone(),
+            clustered: config.nats.is_some(),
+        }
+    }
+}
+
 /// What every connection shares.
 pub struct Shared {
+    /// The flags, for starting up (binding, the store, the web side); connections read
+    /// [`Shared::transport`] and [`Shared::rules`] instead.
     pub config: Config,
+    pub transport: TransportSettings,
     pub hub: Arc<Hub>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
@@ -101,6 +148,7 @@ impl Shared {
         });
         Shared {
             rules,
+            transport: TransportSettings::from_config(&config),
             config,
             hub,
             next_id: AtomicU64::new(1),

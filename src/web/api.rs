@@ -37,7 +37,7 @@ pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
     } else {
         "ok"
     };
-    if state.ctx.config.nats.is_some() {
+    if state.ctx.transport.clustered {
         // In a cluster, history is JetStream's: available exactly while NATS is reachable.
         let cluster = if store.available() {
             "connected"
@@ -121,7 +121,7 @@ pub(super) async fn messages(
         size: PageSize::new(
             API_PAGE_BYTES,
             4 * API_PAGE_BYTES,
-            state.ctx.config.max_line,
+            state.ctx.transport.max_line,
         ),
         state: PagingState::Done,
     };

@@ -200,7 +200,7 @@ async fn accept_loop(
             match &edge.tls {
                 None => serve_connection(stream, addr, app, &state, edge.clone()).await,
                 Some(tls) => {
-                    let within = state.ctx.config.handshake_timeout();
+                    let within = state.ctx.transport.handshake_timeout;
                     match tokio::time::timeout(within, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(stream, addr, app, &state, edge.clone()).await
@@ -262,7 +262,7 @@ async fn serve_connection<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.ctx.config.handshake_timeout())
+        .header_read_timeout(state.ctx.transport.handshake_timeout)
         // hyper's default lets a response gather ~400 KiB for a client that does not read.
         .max_buf_size(WEB_BUFFER);
     let conn = builder

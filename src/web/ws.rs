@@ -76,7 +76,7 @@ pub(super) async fn upgrade(
         Ok(key) => key,
         Err(not) => return not.answer(),
     };
-    if !origin_allowed(headers, &state.ctx.config.allowed_origins) {
+    if !origin_allowed(headers, &state.ctx.transport.allowed_origins) {
         info!(%addr, "websocket refused: origin not allowed");
         return error(
             StatusCode::FORBIDDEN,
@@ -95,7 +95,7 @@ pub(super) async fn upgrade(
             return error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
     };
-    let config = &state.ctx.config;
+    let config = &state.ctx.transport;
     // A frame may hold a line of --max-line bytes, or the handshake.
     let max_message = config.max_line.max(config.max_handshake);
     let ws_config = WebSocketConfig::default()
@@ -105,7 +105,7 @@ pub(super) async fn upgrade(
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     // Every frame counts towards the line rate (the session then has no limit of its own).
-    let pace = RateLimit::new(config.max_line_rate, config.line_burst);
+    let pace = RateLimit::new(config.line_rate, config.line_burst);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state2 = state.clone();
     tokio::spawn(async move {
@@ -266,7 +266,7 @@ async fn handshake(
     ctx: &Shared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Handshake, Ending> {
-    let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + ctx.transport.handshake_timeout;
     loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -282,7 +282,8 @@ async fn handshake(
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
         };
-        return handshake_frame(text.as_str(), ctx.config.max_handshake).map_err(Ending::Refused);
+        return handshake_frame(text.as_str(), ctx.transport.max_handshake)
+            .map_err(Ending::Refused);
     }
 }
 
@@ -334,7 +335,7 @@ impl Link for WsConnection {
 
 impl WsConnection {
     fn new(socket: WebSocket, session: Session, ctx: &Shared) -> Self {
-        let ping = Duration::try_from_secs_f64(ctx.config.ws_ping)
+        let ping = Duration::try_from_secs_f64(ctx.transport.ws_ping)
             .ok()
             .filter(|d| !d.is_zero())
             .map(|every| {
@@ -350,7 +351,7 @@ impl WsConnection {
             partial,
             blocked: false,
             ping,
-            idle: IdleTimer::new(ctx.config.idle_timeout),
+            idle: IdleTimer::new(ctx.transport.idle_timeout),
             end: None,
         }
     }
