@@ -154,6 +154,33 @@ pub trait Bus: Send + Sync {
 
     /// This node's name in the cluster, on its persons' joins and leaves.
     fn node(&self) -> &str;
+
+    /// Passes a private message to the other nodes, for their connections of `to` (and of
+    /// `from`, a person's other devices). Not stored, not ordered with the room's events, and
+    /// lost if NATS is unreachable: as a private message is never in the history either.
+    fn private(&self, room: &str, note: &PrivateNote);
+}
+
+/// A private message between nodes (core NATS, subject `machat.private.<room hex>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivateNote {
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    /// The node it was sent on, which delivered its own copies already.
+    pub node: String,
+}
+
+impl PrivateNote {
+    /// True if the note passes the rules a client's own `/msg` would (names, a clean text):
+    /// whoever can publish on NATS must not slip a forged line past them.
+    pub fn is_clean(&self) -> bool {
+        validate_name(&self.from).is_ok()
+            && validate_name(&self.to).is_ok()
+            && !self.text.trim().is_empty()
+            && clean_message(self.text.as_bytes()) == self.text
+            && self.node.len() <= MAX_NODE
+    }
 }
 
 #[cfg(test)]

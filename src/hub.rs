@@ -11,7 +11,7 @@ use crate::auth::Users;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::bus::{Bus, Envelope};
+use crate::bus::{Bus, Envelope, PrivateNote};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::Format;
 use crate::refusal::Refusal;
@@ -151,6 +151,22 @@ impl Hub {
             r.deliver(seq, envelope);
         }
         seen.store(seq, Ordering::Release);
+    }
+
+    /// Delivers a private message another node passed on to this node's connections in
+    /// `room`, if it has the room.
+    pub fn deliver_private(&self, room: &str, note: &PrivateNote) {
+        let room = self.lock().get(room).cloned();
+        if let Some(room) = room {
+            room.private_from_elsewhere(note);
+        }
+    }
+
+    /// `/msg`: a private message from `seat` to `to`, who may be in the room on this server
+    /// or (in a cluster) on another.
+    pub fn private(&self, room: &Room, seat: Seat, to: &str, text: &str) -> Result<(), RoomError> {
+        let elsewhere = || self.names.members(room.name()).iter().any(|n| n == to);
+        room.private(seat, to, text, elsewhere)
     }
 
     /// The members of `room`: across the cluster in cluster mode.

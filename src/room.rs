@@ -789,21 +789,55 @@ impl Room {
     /// A private message from `seat` to the member called `to`; both get a copy: every
     /// connection of `to` (a person may have several), and every connection of the sender's
     /// person (or the sender alone, for a guest).
-    pub fn private(&self, seat: Seat, to: &str, text: &str) -> Result<(), RoomError> {
+    ///
+    /// `elsewhere` says whether `to` is in the room on another node (asked only when no one
+    /// here is called so); in a cluster the message also goes to the other nodes, which
+    /// deliver it to their connections of `to` and of the sending person.
+    pub fn private(
+        &self,
+        seat: Seat,
+        to: &str,
+        text: &str,
+        elsewhere: impl FnOnce() -> bool,
+    ) -> Result<(), RoomError> {
         let mut inner = self.lock();
         let Some((from, from_person)) = inner.member(seat).map(|m| (m.name.clone(), m.person))
         else {
             return Err(RoomError::Gone);
         };
         let targets = inner.find_all(to);
-        if targets.is_empty() {
+        if targets.is_empty() && !elsewhere() {
             return Err(RoomError::NoSuchMember);
+        }
+        if let Some(bus) = &self.bus {
+            let note = crate::bus::PrivateNote {
+                from: from.clone(),
+                to: to.to_owned(),
+                text: text.to_owned(),
+                node: bus.node().to_owned(),
+            };
+            bus.private(&self.name, &note);
         }
         let senders = if from_person {
             inner.find_all(&from)
         } else {
             vec![seat.slot]
         };
+        self.copy_private(&mut inner, &targets, &senders, &from, to, text);
+        Ok(())
+    }
+
+    /// Queues a private message for its recipient's connections (`targets`, incoming) and
+    /// its sender's (`senders`, outgoing); one copy for a note to oneself.
+    fn copy_private(
+        &self,
+        inner: &mut Inner,
+        targets: &[usize],
+        senders: &[usize],
+        from: &str,
+        to: &str,
+        text: &str,
+    ) {
         let incoming = targets.iter().map(|&slot| (slot, true));
         let outgoing = senders.iter().map(|&slot| (slot, false));
         for (slot, incoming) in incoming.chain(outgoing) {
@@ -813,7 +847,7 @@ impl Room {
             if let Some(m) = inner.slots[slot].as_ref() {
                 let mut bytes = Vec::new();
                 Reply::Private {
-                    from: &from,
+                    from,
                     to,
                     text,
                     incoming,
@@ -822,7 +856,21 @@ impl Room {
                 inner.push_private(slot, bytes, self.max_pending);
             }
         }
-        Ok(())
+    }
+
+    /// A private message sent on another node: copies for this node's connections of its
+    /// recipient (incoming) and of its sender, if a person (outgoing, as on the sender's node).
+    pub fn private_from_elsewhere(&self, note: &crate::bus::PrivateNote) {
+        let mut inner = self.lock();
+        let targets = inner.find_all(&note.to);
+        let senders: Vec<usize> = inner
+            .find_all(&note.from)
+            .into_iter()
+            .filter(|&slot| inner.slots[slot].as_ref().is_some_and(|m| m.person))
+            .collect();
+        self.copy_private(
+            &mut inner, &targets, &senders, &note.from, &note.to, &note.text,
+        );
     }
 
     /// Keeps `waker` to wake if the member is cut off (or sent something) while its connection
@@ -1435,8 +1483,8 @@ mod tests {
         assert_eq!((room.member_count(), room.people()), (3, 2));
         assert_eq!(room.names(), ["Bob", "Mina"]);
         room.say(phone, "from the phone", false).unwrap();
-        room.private(bob, "Mina", "psst").unwrap();
-        room.private(laptop, "Bob", "hi Bob").unwrap();
+        room.private(bob, "Mina", "psst", || false).unwrap();
+        room.private(laptop, "Bob", "hi Bob", || false).unwrap();
         assert_eq!(
             drain(&room, bob),
             "*** Bob joined\n*** Mina joined\nMina:from the phone\n\

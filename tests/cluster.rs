@@ -763,3 +763,51 @@ fn a_version_2_connection_in_two_rooms_spans_nodes() {
     bob.until("*** Mina left");
     cat.until("*** Mina left");
 }
+
+/// Private messages cross nodes: to a member on another node, and to every connection of a
+/// person on either node (the sender's own copies included).
+#[test]
+fn private_messages_reach_members_and_persons_on_other_nodes() {
+    let nats = Nats::start();
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "pw\n");
+    assert!(ok, "{err}");
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut tom = a.connect("Tom", "r");
+    let mut bob = b.connect("Bob", "r");
+    tom.until("*** Bob joined");
+    // A guest to a guest on the other node.
+    tom.send("/msg Bob psst\n");
+    tom.until("*** private to Bob: psst");
+    bob.until("*** private from Tom: psst");
+    // Someone who is nowhere is still refused.
+    tom.send("/msg Nobody hi\n");
+    tom.until("*** error: no one called Nobody in this room");
+    // A person on both nodes: every connection gets a message to it, and its own copies.
+    let mut laptop = json_join(&a, "Mina", "r", r#","password":"pw""#);
+    json_until(&mut laptop, |v| v["type"] == "join" && v["name"] == "Mina");
+    let mut phone = json_join(&b, "Mina", "r", r#","password":"pw""#);
+    json_until(&mut phone, |v| v["type"] == "join" && v["name"] == "Mina");
+    let private = |from: &str, to: &str, text: &str| {
+        let (from, to, text) = (from.to_owned(), to.to_owned(), text.to_owned());
+        move |v: &Value| {
+            v["type"] == "private" && v["from"] == from && v["to"] == to && v["text"] == text
+        }
+    };
+    bob.send("/msg Mina for both\n");
+    bob.until("*** private to Mina: for both");
+    json_until(&mut laptop, private("Bob", "Mina", "for both"));
+    json_until(&mut phone, private("Bob", "Mina", "for both"));
+    laptop.send("/msg Bob from the laptop\n");
+    bob.until("*** private from Mina: from the laptop");
+    json_until(&mut laptop, private("Mina", "Bob", "from the laptop"));
+    json_until(&mut phone, private("Mina", "Bob", "from the laptop"));
+    // Nobody else saw any of it.
+    tom.send("/who\n");
+    let seen = tom.until("*** 3 in r: Bob Mina Tom");
+    assert!(
+        seen.iter()
+            .all(|l| !l.contains("for both") && !l.contains("laptop")),
+        "{seen:?}"
+    );
+}

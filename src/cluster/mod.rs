@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, Envelope, Refuse};
+use crate::bus::{Bus, Envelope, PrivateNote, Refuse};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
@@ -125,6 +125,14 @@ fn unhex(hex: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// Private messages between nodes: core NATS, not the stream (they are never stored).
+const PRIVATE: &str = "machat.private";
+
+/// The room a private note's subject belongs to.
+fn private_room_of(subject: &str) -> Option<String> {
+    unhex(subject.strip_prefix("machat.private.")?)
+}
+
 /// The room a subject belongs to.
 fn room_of(subject: &str) -> Option<String> {
     let rest = subject.strip_prefix("machat.room.")?;
@@ -200,6 +208,7 @@ impl Cluster {
     /// retried (with the same message id) and refused if it still is not after `RETRY_FOR`.
     async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
         self.runtime.spawn(self.clone().feed());
+        self.runtime.spawn(self.clone().privately());
         self.runtime.spawn(self.presence.clone().watch());
         self.runtime.spawn(self.presence.clone().refresh());
         self.runtime.spawn(departures::run(self.clone()));
@@ -330,6 +339,41 @@ impl Cluster {
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Hands the other nodes' private messages to this node's rooms, for as long as the node
+    /// runs (the client resubscribes by itself after a reconnect).
+    async fn privately(self: Arc<Self>) {
+        let hub = loop {
+            if let Some(hub) = self.hub.get() {
+                break hub.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        loop {
+            let mut notes = match self.client.subscribe(format!("{PRIVATE}.>")).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot receive private messages from other nodes; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            while let Some(message) = notes.next().await {
+                let room = private_room_of(message.subject.as_str());
+                let note = serde_json::from_slice::<PrivateNote>(&message.payload);
+                match (room, note) {
+                    (Some(room), Ok(note)) if note.is_clean() => {
+                        if note.node != self.node {
+                            hub.deliver_private(&room, &note);
+                        }
+                    }
+                    _ => warn!(subject = %message.subject, "not a machat private message: skipped"),
+                }
+            }
         }
     }
 }
@@ -624,6 +668,19 @@ impl Bus for Cluster {
 
     fn node(&self) -> &str {
         self.presence.node()
+    }
+
+    fn private(&self, room: &str, note: &PrivateNote) {
+        let Ok(payload) = serde_json::to_vec(note) else {
+            return;
+        };
+        let subject = format!("{PRIVATE}.{}", hex(room));
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = client.publish(subject, Bytes::from(payload)).await {
+                warn!(error = %e, "a private message did not reach the other nodes");
+            }
+        });
     }
 }
 

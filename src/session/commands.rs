@@ -115,7 +115,7 @@ impl Session {
                 if to.is_empty() || text.is_empty() {
                     return self.error(Refusal::MsgUsage);
                 }
-                match room.private(seat, to, text) {
+                match self.hub.private(&room, seat, to, text) {
                     Ok(()) => {}
                     Err(RoomError::NoSuchMember) => {
                         return self.error(Refusal::NoSuchMember(to.into()));

@@ -117,7 +117,7 @@ impl Session {
                 if text.trim().is_empty() {
                     return self.refuse(req, &Refusal::RequestEmpty("text"), out);
                 }
-                match room.private(seat, &to, &text) {
+                match self.hub.private(&room, seat, &to, &text) {
                     Ok(()) => self.ok(req, i, None),
                     Err(RoomError::NoSuchMember) => {
                         self.refuse(req, &Refusal::NoSuchMember(to), out)
