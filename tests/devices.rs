@@ -4,38 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::app::App;
 use common::ws::{self, json_line, Got, Ws};
-use common::{temp_dir, Client, Endpoint, Server, TIMEOUT};
+use common::{temp_dir, user_add, Client, Endpoint, Server, TIMEOUT};
 use serde_json::Value;
-
-pub fn user_add(dir: &Path, name: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
-        .args(["user", "add", name, "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A WebSocket logged in as `name` with `password`, once it is in `room`.
 fn ws_login(server: &impl Endpoint, name: &str, room: &str, password: &str) -> Ws {

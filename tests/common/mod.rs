@@ -376,6 +376,30 @@ impl Client {
     }
 }
 
+/// Registers `name` with `password` in `dir` (`machat user add`, the password on stdin).
+pub fn user_add(dir: &std::path::Path, name: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(["user", "add", name, "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Sends a handshake and expects an error line and a close.
 pub fn expect_refused(server: &impl Endpoint, handshake: &[u8], reason_part: &str) {
     let mut c = Client::raw(server.addr());
