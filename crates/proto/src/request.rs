@@ -4,7 +4,7 @@
 //! client may be in many rooms on one connection, and names the room of every request.
 //!
 //! Every request may carry `"req"`, a string of at most 64 bytes or a whole number, which the
-//! server echoes in its answer (`ok`, `error`, `who`, `rooms`, `history`), so a program can
+//! server echoes in its answer (`ok`, `error`, `who`, `rooms`, `quit`'s notice), so a program can
 //! match answers to the requests it sent. Parsing never panics and says what was wrong: a bad
 //! request gets an error and the connection stays.
 
