@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Users;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubSettings};
 use crate::limits::Ticket;
 use crate::protocol::Handshake;
 use crate::session::SessionRules;
@@ -121,17 +121,16 @@ impl Shared {
         users: Arc<Users>,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        let mut hub = Hub::with_limits(
-            config.max_pending,
-            store.clone(),
-            config.max_rooms,
-            config.max_room_members,
-            match config.max_queued_total {
+        let limits = HubSettings {
+            max_pending: config.max_pending,
+            max_rooms: config.max_rooms,
+            max_members: config.max_room_members,
+            max_queued_total: match config.max_queued_total {
                 0 => usize::MAX,
                 n => n,
             },
-        )
-        .with_users(users);
+        };
+        let mut hub = Hub::with_settings(limits, store.clone()).with_users(users);
         if let Some(cluster) = &cluster {
             hub = hub.with_cluster(cluster.clone(), cluster.clone());
         }

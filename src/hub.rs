@@ -44,27 +44,46 @@ pub enum Claim {
 /// How long a join or rename waits for the cluster to confirm a name.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The limits the rooms follow, read from the flags once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HubSettings {
+    /// How far behind a member may fall (`--max-pending`).
+    pub max_pending: usize,
+    /// Rooms at once (`--max-rooms`): a new room beyond is refused.
+    pub max_rooms: usize,
+    /// Members in one room (`--max-room-members`).
+    pub max_members: usize,
+    /// Bytes queued in all rooms together (`--max-queued-total`).
+    pub max_queued_total: usize,
+}
+
+impl HubSettings {
+    /// No limit but `max_pending`.
+    pub fn unbounded(max_pending: usize) -> Self {
+        HubSettings {
+            max_pending,
+            max_rooms: usize::MAX,
+            max_members: usize::MAX,
+            max_queued_total: usize::MAX,
+        }
+    }
+}
+
 impl Hub {
     pub fn new(max_pending: usize, store: Arc<dyn Store>) -> Self {
-        Self::with_limits(max_pending, store, usize::MAX, usize::MAX, usize::MAX)
+        Self::with_settings(HubSettings::unbounded(max_pending), store)
     }
 
     /// A hub that refuses a new room beyond `max_rooms` and a member beyond `max_members` in
     /// one room (so one client cannot fill the server with rooms, nor a crowd one room).
-    pub fn with_limits(
-        max_pending: usize,
-        store: Arc<dyn Store>,
-        max_rooms: usize,
-        max_members: usize,
-        max_queued_total: usize,
-    ) -> Self {
+    pub fn with_settings(settings: HubSettings, store: Arc<dyn Store>) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
-            max_pending,
+            max_pending: settings.max_pending,
             store,
-            max_rooms,
-            max_members,
-            budget: Arc::new(Budget::new(max_queued_total)),
+            max_rooms: settings.max_rooms,
+            max_members: settings.max_members,
+            budget: Arc::new(Budget::new(settings.max_queued_total)),
             users: Users::none(),
             names: Arc::new(Alone),
             bus: None,
