@@ -78,17 +78,7 @@ pub async fn enter(
     let person = ctx.hub.users.proved(id);
     let Some(room_name) = hs.room.as_deref() else {
         info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), person, "entered");
-        let rules = ctx.rules.clone();
-        let mut session = Session::many(
-            ctx.hub.clone(),
-            id,
-            hs.name,
-            entry.limit,
-            rules,
-            Some(entry.pass),
-        );
-        session.person = person;
-        return Ok(session);
+        return Ok(many_rooms(ctx, id, hs.name, entry, person));
     };
     let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
     if let Err(e) = ctx.hub.claim(room_name, &hs.name, id, person).await {
@@ -111,15 +101,7 @@ pub async fn enter(
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if hs.version >= 2 {
-        let mut session = Session::many(
-            ctx.hub.clone(),
-            id,
-            hs.name,
-            entry.limit,
-            rules,
-            Some(entry.pass),
-        );
-        session.person = person;
+        let mut session = many_rooms(ctx, id, hs.name, entry, person);
         session.add(room, seat, history);
         return Ok(session);
     }
@@ -201,6 +183,21 @@ pub async fn live<L: Link>(mut link: L, addr: SocketAddr, ticket: Ticket, ctx: A
     // Boxed: the goodbye's timers exist only while it runs, and do not size the task.
     Box::pin(link.close(ending)).await;
     drop(ticket);
+}
+
+/// A version-2 session, in no room yet.
+fn many_rooms(ctx: &Shared, id: u64, name: String, entry: Entry, person: bool) -> Session {
+    let rules = ctx.rules.clone();
+    let mut session = Session::many(
+        ctx.hub.clone(),
+        id,
+        name,
+        entry.limit,
+        rules,
+        Some(entry.pass),
+    );
+    session.person = person;
+    session
 }
 
 /// Logs and counts the end of a member's connection (its disconnect line), before the
