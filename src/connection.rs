@@ -1,49 +1,38 @@
-//! One task per client socket: the handshake, then one poll function that reads lines into the
-//! session and writes what the room has for this client, until either side ends it.
+//! TCP and TLS clients: the handshake in their framing (one JSON value, then lines), then the
+//! shared client loop (`client`) over a [`Wire`] that cuts the byte stream into lines and
+//! writes the session's lines as they are.
 //!
-//! A connection that is idle holds no buffers: reads go to a per-thread buffer, writes are
-//! copied from the room into a per-thread scratch buffer and written at once, and only bytes the
-//! socket would not take are kept (in `pending`, bounded by the slow-consumer limit and freed
-//! once written). Reading and writing are independent, so a client that never reads can still
-//! be read from, and one that floods is paced without slowing its own deliveries. After the
-//! handshake a connection moves to the runtime (thread) that serves its room.
+//! A connection in its handshake holds only what the handshake decoder keeps: reads go to a
+//! per-thread buffer. After the handshake a connection moves to the runtime (thread) that
+//! serves its room, so a room's members share a thread with it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Sleep};
+use tokio::time::sleep_until;
 use tracing::{debug, info};
 
+use crate::client::{Client, Input, Wire};
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::context::{Greeted, Greeting, Handoff, Shared, TransportSettings};
-use crate::lifecycle::{self, Ending, Entry, Link};
-use crate::limits::{IdleTimer, SeatPass, Ticket};
+use crate::lifecycle::{self, Ending, Entry};
+use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::refusal::{Notice, Refusal};
-use crate::room::Take;
-use crate::session::{End, Next, RateLimit, Session};
+use crate::session::{End, RateLimit};
 use crate::transport::{Io, READ_CHUNK};
 
-/// Most bytes copied out of a room for one write.
-const WRITE_CHUNK: usize = 64 * 1024;
-/// Chunks written in one round.
-const WRITES_PER_TURN: usize = 8;
-
-/// Rounds of read-and-write in one poll before yielding to other connections.
-const TURNS_PER_POLL: usize = 16;
-
 thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(WRITE_CHUNK + 1024));
+    /// Where every read lands before its lines go to the session (see the module doc).
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(READ_CHUNK));
 }
 
@@ -221,7 +210,7 @@ async fn join<S: Io>(
     hs: Handshake,
     leftover: Vec<u8>,
     pass: SeatPass,
-) -> Option<Connection<S>> {
+) -> Option<Client<Tcp<S>>> {
     let transport = if stream.is_tls() {
         Transport::Tls
     } else {
@@ -241,27 +230,15 @@ async fn join<S: Io>(
             return None;
         }
     };
-    // Lines sent while the replay goes out wait their turn.
-    let replaying = session.replaying();
-    let mut pending = Vec::new();
-    session.welcome(&mut pending);
-    let mut conn = Connection {
+    // What came with the handshake waits until the replay went out.
+    let mut codec = LineCodec::new(ctx.transport.max_line);
+    codec.hold(&leftover);
+    let wire = Tcp {
         stream,
+        codec,
         transport,
-        session,
-        codec: LineCodec::new(ctx.transport.max_line),
-        pending,
-        out: Out::Ready,
-        throttle: None,
-        idle: IdleTimer::new(ctx.transport.idle_timeout),
-        end: None,
     };
-    if replaying {
-        conn.codec.hold(&leftover);
-    } else {
-        conn.feed(&leftover);
-    }
-    Some(conn)
+    Some(Client::new(wire, session, ctx))
 }
 
 /// Sends `*** error: REASON` (or its JSON form) and closes.
@@ -311,313 +288,84 @@ async fn handshake<S: Io>(
     }
 }
 
-/// Where the outbound side stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Out {
-    /// Nothing to send; the room will wake us.
-    Idle,
-    /// The socket is full; wait until it is writable.
-    Blocked,
-    /// More may be waiting: look again.
-    Ready,
-}
-
-struct Connection<S> {
+/// A TCP or TLS client's side of the client loop: bytes cut into lines on the way in,
+/// lines written as they are on the way out.
+struct Tcp<S> {
     stream: S,
-    transport: Transport,
-    session: Session,
     codec: LineCodec,
-    /// Bytes taken from the room that the socket did not accept yet.
-    pending: Vec<u8>,
-    out: Out,
-    /// While the client is over its line rate: when to read again (boxed, as few are).
-    throttle: Option<Pin<Box<Sleep>>>,
-    /// With `--idle-timeout`: when the client last sent something.
-    idle: Option<IdleTimer>,
-    end: Option<End>,
+    transport: Transport,
 }
 
-impl<S: Io> Link for Connection<S> {
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
-        Connection::poll_run(self, cx, ctx)
-    }
-
-    fn session(&self) -> &Session {
-        &self.session
-    }
-
-    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send {
-        Connection::close(self, ending)
-    }
-}
-
-impl<S: Io> Connection<S> {
-    /// Drives both directions. The task's waker sits in the socket's read and write slots and
-    /// in the member's room slot, so an idle connection costs no future and no wake-up list
-    /// entry, and a room wakes exactly the members that were waiting.
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
-        // Any wake-up may be the room's: look at the room once per poll. A connection blocked
-        // on a full socket is not taking from the room, so ask whether it was cut off.
-        match self.out {
-            Out::Idle => self.out = Out::Ready,
-            Out::Blocked if !self.session.present() => {
-                return Poll::Ready(Ending::Ended(End::SlowConsumer));
-            }
-            _ => {}
-        }
-        for _ in 0..TURNS_PER_POLL {
-            if let Some(end) = self.end.take() {
-                return Poll::Ready(Ending::Ended(end));
-            }
-            if ctx.is_shutting_down() {
-                return Poll::Ready(Ending::Shutdown);
-            }
-            let mut progress = false;
-            if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut self.pending) {
-                match answered {
-                    Ok(None) => {}
-                    Ok(Some(end)) => return Poll::Ready(Ending::Ended(end)),
-                    Err(_) => return Poll::Ready(Ending::Ended(End::SlowConsumer)),
-                }
-                if self.out == Out::Idle {
-                    self.out = Out::Ready;
-                }
-                if !self.session.waiting() {
-                    self.resume();
-                }
-                progress = true;
-            }
-            if let Some(sleep) = self.throttle.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.throttle = None;
-                    if !self.session.waiting() {
-                        self.resume();
-                    }
-                    progress = true;
-                }
-            }
-            if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Ending::broke(Refusal::IdleTimeout));
-            }
-            let waiting = self.throttle.is_some() || self.session.waiting();
-            if !waiting && !self.codec.is_paused() {
-                match self.read(cx) {
-                    Poll::Ready(Ok(true)) => progress = true,
-                    Poll::Ready(Ok(false)) => return Poll::Ready(Ending::ClosedByClient),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Ending::Io(e.to_string())),
-                    Poll::Pending => {}
-                }
-            }
-            if self.out != Out::Idle {
-                match self.flush(cx) {
-                    Ok(wrote) => progress |= wrote,
-                    Err(e) => return Poll::Ready(Ending::Io(e.to_string())),
-                }
-            }
-            if !progress {
-                // Shutdown may have woken every room's members just before we put our waker
-                // in ours: look once more now that it is there.
-                if ctx.is_shutting_down() {
-                    return Poll::Ready(Ending::Shutdown);
-                }
-                return Poll::Pending;
-            }
-        }
-        // Enough for one turn: let the other connections run, and come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// One read, into a per-thread buffer. Ready(false) at the end of the stream.
-    fn read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+impl<S: Io> Wire for Tcp<S> {
+    /// One read, into a per-thread buffer, its lines handed out.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        on: &mut dyn FnMut(Input<'_>) -> Flow,
+    ) -> Poll<Result<(), Ending>> {
         READ_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
             buf.clear();
-            match self.stream.poll_read_some(cx, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(_)) => {
-                    if let Some(idle) = self.idle.as_mut() {
-                        idle.touch();
-                    }
-                    self.feed(&buf);
-                    Poll::Ready(Ok(true))
+            match ready!(self.stream.poll_read_some(cx, &mut buf)) {
+                Err(e) => Poll::Ready(Err(Ending::Io(e.to_string()))),
+                Ok(0) => Poll::Ready(Err(Ending::ClosedByClient)),
+                Ok(_) => {
+                    self.codec.feed(&buf, &mut |item| on(line_input(item)));
+                    Poll::Ready(Ok(()))
                 }
             }
         })
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
-        let mut handler = LineHandler::new(&mut self.session, &mut self.pending);
-        self.codec.feed(bytes, &mut |item| handler.item(item));
-        let next = handler.next;
-        self.after_lines(next);
+    fn resume(&mut self, on: &mut dyn FnMut(Input<'_>) -> Flow) {
+        self.codec.resume(&mut |item| on(line_input(item)));
     }
 
-    fn resume(&mut self) {
-        let mut handler = LineHandler::new(&mut self.session, &mut self.pending);
-        self.codec.resume(&mut |item| handler.item(item));
-        let next = handler.next;
-        self.after_lines(next);
+    fn is_paused(&self) -> bool {
+        self.codec.is_paused()
     }
 
-    fn after_lines(&mut self, next: Next) {
-        match next {
-            Next::Continue => {}
-            Next::Throttle(until) => self.throttle = Some(Box::pin(sleep_until(until.into()))),
-            // The session waits for a /history answer; poll_run picks it up.
-            Next::Wait => {}
-            Next::End(end) => self.end = Some(end),
-        }
-        // A command may have moved us to another room (whose wake-up list we are not on) or
-        // handed us bytes from the room we left: look for output without waiting to be woken.
-        if self.out == Out::Idle {
-            self.out = Out::Ready;
-        }
+    fn poll_write(&mut self, cx: &mut Context<'_>, lines: &[u8]) -> Poll<io::Result<usize>> {
+        let written = ready!(self.stream.poll_write_some(cx, lines))?;
+        crate::metrics::bytes_out(self.transport, written);
+        Poll::Ready(Ok(written))
     }
 
-    /// Writes what is waiting for this client, without ever waiting for the socket: `Blocked`
-    /// when it is full, `Idle` (with the waker left with the room) when there is nothing more.
-    /// Returns whether anything moved.
-    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        let mut moved = false;
-        for _ in 0..WRITES_PER_TURN {
-            if !self.pending.is_empty() {
-                match self.stream.poll_write_some(cx, &self.pending) {
-                    Poll::Ready(Ok(n)) => {
-                        crate::metrics::bytes_out(self.transport, n);
-                        self.pending.drain(..n);
-                        moved = true;
-                    }
-                    Poll::Pending => {
-                        self.out = Out::Blocked;
-                        // Cut off while the socket is full? The rooms must be able to say so.
-                        self.session.watch(cx.waker());
-                        return Ok(moved);
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                }
-                if self.pending.is_empty() {
-                    self.pending = Vec::new();
-                }
-                continue;
-            }
-            let session = &mut self.session;
-            let (stream, pending, transport) =
-                (&mut self.stream, &mut self.pending, self.transport);
-            let taken = SCRATCH.with(|scratch| -> io::Result<Take> {
-                let mut scratch = scratch.borrow_mut();
-                scratch.clear();
-                let taken = session.take(&mut scratch, WRITE_CHUNK, cx.waker());
-                if matches!(taken, Take::Data | Take::Drained) {
-                    match stream.poll_write_some(cx, &scratch) {
-                        Poll::Ready(Ok(n)) => {
-                            crate::metrics::bytes_out(transport, n);
-                            pending.extend_from_slice(&scratch[n..]);
-                        }
-                        Poll::Pending => pending.extend_from_slice(&scratch),
-                        Poll::Ready(Err(e)) => return Err(e),
-                    }
-                }
-                Ok(taken)
-            })?;
-            match taken {
-                Take::Data | Take::Drained if !self.pending.is_empty() => moved = true,
-                Take::Data => moved = true,
-                // All taken, and the socket took it all too: wait for the room.
-                Take::Drained => {
-                    self.out = Out::Idle;
-                    return self.flush_out(cx).map(|()| true);
-                }
-                Take::Empty => {
-                    self.out = Out::Idle;
-                    return self.flush_out(cx).map(|()| moved);
-                }
-                Take::Gone => {
-                    self.end = Some(End::SlowConsumer);
-                    self.out = Out::Idle;
-                    return Ok(true);
-                }
-            }
-        }
-        self.out = Out::Ready;
-        Ok(true)
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_flush_out(cx)
     }
 
-    /// Pushes out what the stream buffered itself (TLS records); if the socket is full, its
-    /// readiness wakes the task, which then flushes again.
-    fn flush_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.stream.poll_flush_out(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Ok(()),
-        }
+    /// A client that shut down its side may still read (`nc -N`): it gets what was left.
+    fn reachable_after(&self, ending: &Ending) -> bool {
+        !matches!(ending, Ending::Ended(End::SlowConsumer) | Ending::Io(_))
     }
 
-    /// Leaves the room and says goodbye: what was still unread, then the last line.
-    async fn close(mut self, reason: Ending) {
-        let format = self.session.format;
-        let mut out = std::mem::take(&mut self.pending);
-        let announce = !matches!(reason, Ending::Shutdown);
-        let told = match &reason {
-            Ending::Broke(refusal) => refusal.to_string(),
-            _ => String::new(),
-        };
-        let last = match &reason {
-            Ending::Ended(End::SlowConsumer) | Ending::Io(_) => {
-                // Don't wait for a client that is not reading: one attempt at the error line.
-                self.session.leave(&mut Vec::new(), announce);
-                if matches!(reason, Ending::Ended(End::SlowConsumer)) {
-                    let mut line = Vec::new();
-                    Reply::Error(&Refusal::SlowConsumer.to_string()).render(format, &mut line);
-                    let mut cx = Context::from_waker(Waker::noop());
-                    let _ = self.stream.poll_write_some(&mut cx, &line);
-                    let _ = self.stream.poll_flush_out(&mut cx);
-                }
+    /// What was still unread, then the last line; a client that is not reading gets one
+    /// attempt at its error line, and is not waited for.
+    async fn goodbye(mut self, mut out: Vec<u8>, ending: Ending, format: Format) {
+        match &ending {
+            Ending::Ended(End::SlowConsumer) => {
+                let mut line = Vec::new();
+                Reply::Error(&Refusal::SlowConsumer.to_string()).render(format, &mut line);
+                let mut cx = Context::from_waker(Waker::noop());
+                let _ = self.stream.poll_write_some(&mut cx, &line);
+                let _ = self.stream.poll_flush_out(&mut cx);
                 return;
             }
-            Ending::Shutdown => Some(Reply::Notice(Notice::ShuttingDown.text())),
-            Ending::Broke(_) => Some(Reply::Error(&told)),
-            _ => None,
-        };
-        self.session.leave(&mut out, announce);
-        if let Some(reply) = last {
-            reply.render(format, &mut out);
+            Ending::Io(_) => return,
+            Ending::Shutdown => Reply::Notice(Notice::ShuttingDown.text()).render(format, &mut out),
+            Ending::Broke(refusal) => Reply::Error(&refusal.to_string()).render(format, &mut out),
+            _ => {}
         }
-        let linger = matches!(reason, Ending::Ended(End::Quit));
+        let linger = matches!(ending, Ending::Ended(End::Quit));
         finish(self.stream, out, Duration::from_secs(3), linger).await;
     }
 }
 
-/// Hands lines from the codec to the session and stops at the first thing that needs the
-/// connection (a throttle, an end).
-struct LineHandler<'a> {
-    session: &'a mut Session,
-    pending: &'a mut Vec<u8>,
-    now: Instant,
-    next: Next,
-}
-
-impl<'a> LineHandler<'a> {
-    fn new(session: &'a mut Session, pending: &'a mut Vec<u8>) -> Self {
-        LineHandler {
-            session,
-            pending,
-            now: Instant::now(),
-            next: Next::Continue,
-        }
-    }
-
-    fn item(&mut self, item: Item<'_>) -> Flow {
-        self.next = match item {
-            Item::Line(line) => self.session.on_line(line, self.now, self.pending),
-            Item::TooLong => self.session.line_too_long(self.pending),
-        };
-        if self.next == Next::Continue {
-            Flow::Continue
-        } else {
-            Flow::Pause
-        }
+fn line_input(item: Item<'_>) -> Input<'_> {
+    match item {
+        Item::Line(line) => Input::Line(line),
+        Item::TooLong => Input::TooLong,
     }
 }
 

@@ -15,6 +15,7 @@ pub use machat_proto::{codec, protocol, refusal, request};
 // `config`), the cluster's user commands and the store's benchmark.
 pub mod auth;
 mod bus;
+mod client;
 pub mod cluster;
 pub mod config;
 mod connection;

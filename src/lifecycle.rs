@@ -1,7 +1,7 @@
 //! The member lifecycle every transport shares, from a handshake read to a session in its room
 //! and back out: the password check, the name's claim (across the cluster in cluster mode), the
-//! join with its replay, the joined client's life ([`live`], over a transport's [`Link`]), its
-//! end ([`Ending`]), and the log lines and metrics of each step.
+//! join with its replay, the joined client's life ([`live`], the client loop over a
+//! transport's `Wire`), its end ([`Ending`]), and the log lines and metrics of each step.
 //!
 //! A transport adapter (TCP and TLS in `connection`, WebSocket in `web::ws`) reads the
 //! handshake in its own framing, calls these steps in order, and tells a refused client why in
@@ -10,13 +10,12 @@
 //! transport at once.
 
 use std::fmt::Display;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tracing::info;
 
+use crate::client::{Client, Wire};
 use crate::context::Shared;
 use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
@@ -160,28 +159,24 @@ impl Display for Ending {
     }
 }
 
-/// A joined client's connection, as each transport keeps it: the one thing the shared
-/// [`live`] needs from a transport.
-pub trait Link: Send + 'static {
-    /// Serves the client until the connection ends, moving the session's input and output.
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending>;
-    fn session(&self) -> &Session;
-    /// Leaves the rooms and says goodbye in the transport's own form.
-    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send;
-}
-
-/// A joined client's life, the same for every transport: served until it ends, logged, then
-/// its goodbye. A task of its own, holding only the link and what the end needs (a task that
-/// went through the greeting would keep the greeting's state for as long).
-pub async fn live<L: Link>(mut link: L, addr: SocketAddr, ticket: Ticket, ctx: Arc<Shared>) {
-    let ending = std::future::poll_fn(|cx| link.poll_run(cx, &ctx)).await;
+/// A joined client's life, the same for every transport: served by the client loop until
+/// it ends, logged, then its goodbye. A task of its own, holding only the member and what the
+/// end needs (a task that went through the greeting would keep the greeting's state for as
+/// long).
+pub async fn live<W: Wire>(
+    mut member: Client<W>,
+    addr: SocketAddr,
+    ticket: Ticket,
+    ctx: Arc<Shared>,
+) {
+    let ending = std::future::poll_fn(|cx| member.poll_run(cx, &ctx)).await;
     let end = match &ending {
         Ending::Ended(end) => Some(end),
         _ => None,
     };
-    ended(link.session(), addr, &ending, end);
+    ended(member.session(), addr, &ending, end);
     // Boxed: the goodbye's timers exist only while it runs, and do not size the task.
-    Box::pin(link.close(ending)).await;
+    Box::pin(member.close(ending)).await;
     drop(ticket);
 }
 

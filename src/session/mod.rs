@@ -216,11 +216,6 @@ impl Session {
         }
     }
 
-    /// The longest line the client may send (`--max-line`).
-    pub fn max_line(&self) -> usize {
-        self.rules.max_line
-    }
-
     /// The rooms the session is in, for the log.
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
         self.seats.as_slice().iter().map(|h| h.room.name())

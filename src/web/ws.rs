@@ -9,20 +9,18 @@
 //! defaults). Bad input ends only this client, with a close frame that says why. Every frame
 //! the client sends is counted and paced as it is read, under tungstenite ([`FrameMeter`]).
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -37,23 +35,20 @@ use tracing::info;
 use super::api::error;
 use super::frames::{Flood, FrameMeter};
 use super::WebState;
+use crate::client::{Client, Input, Wire};
+use crate::codec::Flow;
 use crate::context::Shared;
-use crate::lifecycle::{self, Ending, Entry, Link};
-use crate::limits::{IdleTimer, Ticket};
+use crate::lifecycle::{self, Ending, Entry};
+use crate::limits::Ticket;
 use crate::metrics::Transport;
 use crate::protocol::{handshake_frame, Format, Handshake, Reply};
 use crate::refusal::{Notice, Refusal};
-use crate::room::Take;
-use crate::session::{End, Next, RateLimit, Session};
+use crate::session::{End, RateLimit};
 
 /// A WebSocket connection: tungstenite over the upgraded HTTP connection, every frame the
 /// client sends counted on the way in (see [`FrameMeter`]).
 type WebSocket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
-/// Bytes taken from the room at once.
-const TAKE_CHUNK: usize = 64 * 1024;
-/// Frames sent in one poll before yielding to other connections.
-const FRAMES_PER_POLL: usize = 256;
 /// tungstenite's read buffer (its default is 128 KiB per client, allocated at the upgrade):
 /// chat frames are small, and an idle connection keeps this buffer for its whole life.
 const WS_READ_BUFFER: usize = 1024;
@@ -254,7 +249,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
             return;
         }
     };
-    let conn = WsConnection::new(socket, session, ctx);
+    let conn = Client::new(Ws::new(socket, ctx), session, ctx);
     // The connection's life is a task of its own, holding only what it needs (this one keeps
     // the upgrade's and the greeting's state for as long as it runs).
     tokio::spawn(lifecycle::live(conn, addr, ticket, state.ctx.clone()));
@@ -304,37 +299,18 @@ fn read_error(e: WsError) -> Ending {
     }
 }
 
-struct WsConnection {
+/// A WebSocket client's side of the client loop: each text frame is one message in, each
+/// line of the session's output one text frame out.
+struct Ws {
     socket: WebSocket,
-    session: Session,
-    /// Complete lines taken from the room, sent one frame each.
-    frames: VecDeque<Bytes>,
-    /// The start of a line whose end the room has not handed over yet.
-    partial: Vec<u8>,
-    /// True while the socket would not take more.
-    blocked: bool,
+    /// `--max-line`: a frame may be as long as the handshake (tungstenite's limit), a message
+    /// no longer than a line.
+    max_line: usize,
     ping: Option<Pin<Box<Interval>>>,
-    /// With `--idle-timeout`: when the client last sent a frame (a pong counts).
-    idle: Option<IdleTimer>,
-    end: Option<Ending>,
 }
 
-impl Link for WsConnection {
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
-        WsConnection::poll_run(self, cx, ctx)
-    }
-
-    fn session(&self) -> &Session {
-        &self.session
-    }
-
-    fn close(self, ending: Ending) -> impl Future<Output = ()> + Send {
-        WsConnection::close(self, ending)
-    }
-}
-
-impl WsConnection {
-    fn new(socket: WebSocket, session: Session, ctx: &Shared) -> Self {
+impl Ws {
+    fn new(socket: WebSocket, ctx: &Shared) -> Self {
         let ping = Duration::try_from_secs_f64(ctx.transport.ws_ping)
             .ok()
             .filter(|d| !d.is_zero())
@@ -342,210 +318,112 @@ impl WsConnection {
                 let start = tokio::time::Instant::now() + every;
                 Box::pin(tokio::time::interval_at(start, every))
             });
-        let mut partial = Vec::new();
-        session.welcome(&mut partial);
-        WsConnection {
+        Ws {
             socket,
-            session,
-            frames: VecDeque::new(),
-            partial,
-            blocked: false,
+            max_line: ctx.transport.max_line,
             ping,
-            idle: IdleTimer::new(ctx.transport.idle_timeout),
-            end: None,
         }
     }
+}
 
-    /// Drives both directions until the connection ends (see the TCP connection's `poll_run`,
-    /// which this follows).
-    fn poll_run(&mut self, cx: &mut Context<'_>, ctx: &Shared) -> Poll<Ending> {
-        if self.blocked && !self.session.present() {
-            return Poll::Ready(Ending::Ended(End::SlowConsumer));
-        }
-        for _ in 0..16 {
-            if let Some(end) = self.end.take() {
-                return Poll::Ready(end);
-            }
-            if ctx.is_shutting_down() {
-                return Poll::Ready(Ending::Shutdown);
-            }
-            let mut progress = false;
-            let mut left = Vec::new();
-            if let Poll::Ready(answered) = self.session.poll_wait(cx, &mut left) {
-                match answered {
-                    Ok(None) => {}
-                    Ok(Some(end)) => return Poll::Ready(Ending::Ended(end)),
-                    Err(_) => return Poll::Ready(Ending::Ended(End::SlowConsumer)),
-                }
-                // What was still unread in a room just left comes before the new room's.
-                self.partial.extend_from_slice(&left);
-                progress = true;
-            }
-            if let Some(ping) = self.ping.as_mut() {
-                if ping.poll_tick(cx).is_ready() {
-                    self.frames.push_back(Bytes::new()); // an empty entry stands for a ping
-                    progress = true;
-                }
-            }
-            if self.idle.as_mut().is_some_and(|idle| idle.poll_expired(cx)) {
-                return Poll::Ready(Ending::broke(Refusal::IdleTimeout));
-            }
-            // The line rate is not paced here but as frames are read (FrameMeter).
-            if !self.session.waiting() {
-                match Pin::new(&mut self.socket).poll_next(cx) {
-                    Poll::Ready(Some(Ok(msg))) => {
-                        self.on_frame(msg);
-                        // A close (or a frame that ends the connection) ends it now: sending
-                        // after the client's close frame would only fail.
-                        if let Some(end) = self.end.take() {
-                            return Poll::Ready(end);
-                        }
-                        progress = true;
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(e)),
-                    Poll::Ready(None) => return Poll::Ready(Ending::ClosedByClient),
-                    Poll::Pending => {}
-                }
-            }
-            match self.poll_send(cx) {
-                Ok(true) => progress = true,
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(Ending::Io(e)),
-            }
-            if !progress {
-                if ctx.is_shutting_down() {
-                    return Poll::Ready(Ending::Shutdown);
-                }
-                if let Some(end) = self.end.take() {
-                    return Poll::Ready(end);
-                }
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    fn on_frame(&mut self, msg: Message) {
-        if let Some(idle) = self.idle.as_mut() {
-            idle.touch();
-        }
-        let text = match msg {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                self.end = Some(binary());
-                return;
-            }
-            Message::Close(_) => {
-                self.end = Some(Ending::ClosedByClient);
-                return;
-            }
-            // tungstenite answers pings itself; pongs only prove the client is there. Both
-            // were counted as they were read (FrameMeter).
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return,
+impl Wire for Ws {
+    /// One frame. The line rate is not paced here but as frames are read ([`FrameMeter`]),
+    /// every frame counted, text or not.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        on: &mut dyn FnMut(Input<'_>) -> Flow,
+    ) -> Poll<Result<(), Ending>> {
+        let frame = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
+            None => return Poll::Ready(Err(Ending::ClosedByClient)),
+            Some(Err(e)) => return Poll::Ready(Err(read_error(e))),
+            Some(Ok(frame)) => frame,
         };
-        if text.len() > self.session.max_line() {
-            self.end = Some(Ending::broke(Refusal::LineTooLong));
-            return;
-        }
-        // What was still unread in a room just left comes before anything of the new room;
-        // answers that belong to no room are bounded by what is already waiting here (the
-        // room streams hold only whole lines, so this ends on one).
-        let next = self
-            .session
-            .on_message(text.as_bytes(), Instant::now(), &mut self.partial);
-        match next {
-            // No Throttle: this session has no line rate of its own (see `serve`).
-            Next::Continue | Next::Wait | Next::Throttle(_) => {}
-            Next::End(end) => self.end = Some(Ending::Ended(end)),
-        }
+        Poll::Ready(match frame {
+            Message::Text(text) if text.len() > self.max_line => {
+                Err(Ending::broke(Refusal::LineTooLong))
+            }
+            Message::Text(text) => {
+                // A whole frame is one message: nothing is held if the session pauses.
+                on(Input::Message(text.as_bytes()));
+                Ok(())
+            }
+            Message::Binary(_) => Err(binary()),
+            // Sending after the client's close frame would only fail: end now.
+            Message::Close(_) => Err(Ending::ClosedByClient),
+            // tungstenite answers pings itself; pongs only prove the client is there.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        })
     }
 
-    /// Sends what is waiting, without waiting: frames already cut, then more from the room.
-    /// Returns whether anything was sent.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Result<bool, String> {
-        let mut sent = 0;
-        while sent < FRAMES_PER_POLL {
-            if self.frames.is_empty() && !self.refill(cx) {
-                break;
-            }
-            match Pin::new(&mut self.socket).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e.to_string()),
-                Poll::Pending => {
-                    self.blocked = true;
-                    // Cut off meanwhile? The rooms wake the wakers they hold: make them ours.
-                    self.session.watch(cx.waker());
-                    return Ok(sent > 0);
+    /// One text frame per line, as long as the socket takes them.
+    fn poll_write(&mut self, cx: &mut Context<'_>, lines: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(io::Error::other)?;
+        // One copy for all the frames of this write; each frame is a slice of it.
+        let all = Bytes::copy_from_slice(lines);
+        let mut taken = 0;
+        while taken < all.len() {
+            if taken > 0 {
+                match Pin::new(&mut self.socket).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                    Poll::Pending => break,
                 }
             }
-            self.blocked = false;
-            let Some(frame) = self.frames.pop_front() else {
-                break;
-            };
-            let msg = if frame.is_empty() {
-                Message::Ping(Bytes::new())
-            } else {
-                crate::metrics::bytes_out(Transport::WebSocket, frame.len());
-                match Utf8Bytes::try_from(frame) {
-                    Ok(text) => Message::Text(text),
-                    Err(_) => continue,
-                }
-            };
-            Pin::new(&mut self.socket)
-                .start_send(msg)
-                .map_err(|e| e.to_string())?;
-            sent += 1;
+            let end = memchr::memchr(b'\n', &all[taken..]).map_or(all.len(), |nl| taken + nl);
+            let line = all.slice(taken..end);
+            taken = (end + 1).min(all.len());
+            if line.is_empty() {
+                continue;
+            }
+            crate::metrics::bytes_out(Transport::WebSocket, line.len());
+            if let Ok(text) = Utf8Bytes::try_from(line) {
+                Pin::new(&mut self.socket)
+                    .start_send(Message::Text(text))
+                    .map_err(io::Error::other)?;
+            }
         }
-        match Pin::new(&mut self.socket).poll_flush(cx) {
-            Poll::Ready(Err(e)) => return Err(e.to_string()),
-            Poll::Ready(Ok(())) => {}
-            Poll::Pending => self.blocked = true,
-        }
-        Ok(sent > 0)
+        Poll::Ready(Ok(taken))
     }
 
-    /// Takes what the room has for this member and cuts it into lines. False when there is
-    /// nothing to send (the room then holds this task's waker).
-    fn refill(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut taken = std::mem::take(&mut self.partial);
-        match self.session.take(&mut taken, TAKE_CHUNK, cx.waker()) {
-            Take::Data | Take::Drained | Take::Empty => {}
-            Take::Gone => self.end = Some(Ending::Ended(End::SlowConsumer)),
-        }
-        let Some(last) = memchr::memrchr(b'\n', &taken) else {
-            self.partial = taken;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket)
+            .poll_flush(cx)
+            .map_err(io::Error::other)
+    }
+
+    /// A ping every `--ws-ping` (skipped while the socket is full: the client is not reading
+    /// anyway, and the slow-consumer rule deals with it).
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ping) = self.ping.as_mut() else {
             return false;
         };
-        let mut lines = BytesMut::from(&taken[..last + 1]);
-        self.partial.extend_from_slice(&taken[last + 1..]);
-        while let Some(nl) = memchr::memchr(b'\n', &lines) {
-            let line = lines.split_to(nl + 1);
-            if nl > 0 {
-                self.frames.push_back(line.freeze().slice(..nl));
+        if ping.poll_tick(cx).is_pending() {
+            return false;
+        }
+        let mut socket = Pin::new(&mut self.socket);
+        if let Poll::Ready(Ok(())) = socket.as_mut().poll_ready(cx) {
+            if socket
+                .as_mut()
+                .start_send(Message::Ping(Bytes::new()))
+                .is_ok()
+            {
+                let _ = socket.poll_flush(cx);
             }
         }
-        !self.frames.is_empty()
+        true
     }
 
-    /// Leaves the room and says goodbye: what was still unread, the last words, a close frame.
-    async fn close(mut self, reason: Ending) {
-        let announce = !matches!(reason, Ending::Shutdown);
-        let mut out = std::mem::take(&mut self.partial);
-        for f in self.frames.drain(..).filter(|f| !f.is_empty()) {
-            out.extend_from_slice(&f);
-            out.push(b'\n');
-        }
-        match reason {
-            // The client closed (tungstenite answers its close frame), is not reading, or is
-            // gone: nothing more can reach it.
-            Ending::Ended(End::SlowConsumer) | Ending::Io(_) | Ending::ClosedByClient => {
-                self.session.leave(&mut Vec::new(), announce);
-                out.clear();
-            }
-            _ => self.session.leave(&mut out, announce),
-        }
-        goodbye(&mut self.socket, &reason, out).await;
+    /// After the client's close, a cut-off or an i/o error nothing more can reach it.
+    fn reachable_after(&self, ending: &Ending) -> bool {
+        !matches!(
+            ending,
+            Ending::Ended(End::SlowConsumer) | Ending::Io(_) | Ending::ClosedByClient
+        )
+    }
+
+    async fn goodbye(mut self, out: Vec<u8>, ending: Ending, _format: Format) {
+        goodbye(&mut self.socket, &ending, out).await;
     }
 }
 
