@@ -3,8 +3,8 @@
 //! A message flows one way through these modules:
 //! socket → [`codec`] (handshake, lines, limits) → `lifecycle` (password, claim, join) →
 //! `session` (commands, rate limit) → `hub` (room registry) → `room` (one log per format, a
-//! cursor per member) → `connection` or `web::ws` (copies from the member's cursor into one
-//! write) → socket.
+//! cursor per member) → `client` (the one poll loop: copies from the member's cursors into one
+//! write) → the transport's `Wire` (`connection` for TCP and TLS, `web::ws`) → socket.
 //! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
 //! the flags. The binary only wires these together; the terminal client is a crate of its own
 //! (`crates/client`).
