@@ -56,6 +56,20 @@ fn handshake_and_lines_in_one_read_lose_nothing() {
     assert_eq!(c.line(), "a:third");
 }
 
+/// `printf '{...}hello\n' | nc -N host 8989`: the client shuts its sending side down at once and
+/// still reads; it gets everything up to its own line, then the close.
+#[test]
+fn a_client_that_stops_sending_still_gets_what_it_said() {
+    let server = App::start(&[]);
+    let mut c = Client::raw(server.addr);
+    c.send("{\"name\":\"a\",\"room\":\"r\"}hello\n");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(c.rest()).unwrap(),
+        "*** a joined\na:hello\n"
+    );
+}
+
 #[test]
 fn handshake_split_over_many_reads_with_whitespace_and_unknown_keys() {
     let server = App::start(&[]);
