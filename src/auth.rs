@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::login_limit::{LoginLimit, Refused, Source};
 use crate::protocol::{name_key, validate_name, Handshake, NameKey};
 use crate::refusal::Refusal;
+use crate::settings::AuthSettings;
 
 /// The one answer to every failed check.
 const FAILED: Refusal = Refusal::AuthenticationFailed;
@@ -318,10 +319,11 @@ impl Users {
         }
     }
 
-    /// Loads the registered names of `data_dir` (none if it has no database yet) and keeps
-    /// them up to date from a thread of its own.
-    pub fn load(data_dir: &Path, require: bool) -> Result<Arc<Users>, AuthError> {
-        let path = db_path(data_dir);
+    /// Loads the registered names of the settings' data directory (none if it has no database
+    /// yet) and keeps them up to date from a thread of its own.
+    pub fn load(settings: &AuthSettings) -> Result<Arc<Users>, AuthError> {
+        let require = settings.require_auth;
+        let path = db_path(&settings.data_dir);
         let users = Arc::new(Users::new(require));
         let mut version = None;
         users.reload(&path, &mut version)?;

@@ -1,4 +1,4 @@
-//! What every connection shares, whatever its transport: the configuration, the hub, the
+//! What every connection shares, whatever its transport: the settings it follows, the hub, the
 //! store, the TLS acceptor, connection ids, the shutdown flag, and the runtimes connections
 //! move between. The application's context: the transports (`connection`, `web`) and the
 //! lifecycle depend on it, and it on none of them.
@@ -14,7 +14,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Users;
 use crate::cluster::Cluster;
-use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
 use crate::limits::Ticket;
 use crate::protocol::Handshake;
@@ -52,9 +51,9 @@ pub struct Greeting {
     pub(crate) leftover: Vec<u8>,
 }
 
-/// What the transports (TCP, TLS, WebSocket) follow, read from the flags once at start: a
-/// transport reads these and never the configuration, so a transport to come (IRC) needs
-/// nothing else.
+/// What the transports (TCP, TLS, WebSocket) follow, made once at start from the
+/// [`crate::settings::Settings`]: a transport reads these and no other settings, so a transport
+/// to come (IRC) needs nothing else.
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
     /// The handshake must be complete within this (`--handshake-timeout`).
@@ -74,33 +73,13 @@ pub struct TransportSettings {
     pub ws_ping: f64,
     /// Origins a browser's WebSocket may come from besides the server's own.
     pub allowed_origins: Vec<String>,
-    /// Whether the server runs in a cluster (the health check says whether NATS is reached).
-    pub clustered: bool,
-}
-
-impl TransportSettings {
-    pub fn from_config(config: &Config) -> Self {
-        TransportSettings {
-            handshake_timeout: config.handshake_timeout(),
-            max_handshake: config.max_handshake,
-            max_line: config.max_line,
-            max_pending: config.max_pending,
-            line_rate: config.max_line_rate,
-            line_burst: config.line_burst,
-            idle_timeout: config.idle_timeout,
-            ws_ping: config.ws_ping,
-            allowed_origins: config.allowed_origins.clone(),
-            clustered: config.nats.is_some(),
-        }
-    }
 }
 
 /// What every connection shares.
 pub struct Shared {
-    /// The flags, for starting up (binding, the store, the web side); connections read
-    /// [`Shared::transport`] and [`Shared::rules`] instead.
-    pub config: Config,
     pub transport: TransportSettings,
+    /// Whether the server runs in a cluster (the health check says whether NATS is reached).
+    pub clustered: bool,
     pub hub: Arc<Hub>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
@@ -114,23 +93,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The context of a server whose transports follow `transport`, rooms `hub` and sessions
+    /// `rules`; `cluster` is there in cluster mode.
     pub fn new(
-        config: Config,
+        transport: TransportSettings,
+        hub: HubSettings,
+        rules: SessionRules,
         store: Arc<dyn Store>,
         tls: Option<TlsAcceptor>,
         users: Arc<Users>,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        let limits = HubSettings {
-            max_pending: config.max_pending,
-            max_rooms: config.max_rooms,
-            max_members: config.max_room_members,
-            max_queued_total: match config.max_queued_total {
-                0 => usize::MAX,
-                n => n,
-            },
-        };
-        let mut hub = Hub::with_settings(limits, store.clone()).with_users(users);
+        let mut hub = Hub::with_settings(hub, store.clone()).with_users(users);
         if let Some(cluster) = &cluster {
             hub = hub.with_cluster(cluster.clone(), cluster.clone());
         }
@@ -139,16 +113,10 @@ impl Shared {
             // From here on the cluster's events reach this hub's rooms.
             cluster.attach(hub.clone());
         }
-        let rules = Arc::new(SessionRules {
-            max_line: config.max_line,
-            max_rooms: config.max_rooms_per_session,
-            history_on_join: config.history_on_join,
-            history_max: config.history_max,
-        });
         Shared {
-            rules,
-            transport: TransportSettings::from_config(&config),
-            config,
+            rules: Arc::new(rules),
+            transport,
+            clustered: cluster.is_some(),
             hub,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),

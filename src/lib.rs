@@ -5,19 +5,18 @@
 //! `session` (commands, rate limit) → `hub` (room registry) → `room` (one log per format, a
 //! cursor per member) → `client` (the one poll loop: copies from the member's cursors into one
 //! write) → the transport's `Wire` (`connection` for TCP and TLS, `web::ws`) → socket.
-//! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`config`]
-//! the flags. The binary only wires these together; the terminal client is a crate of its own
-//! (`crates/client`).
+//! [`server`] accepts and shuts down, [`protocol`] holds the rules and renderings, [`settings`]
+//! what a server follows. The binary reads its flags into [`settings::Settings`] and starts a
+//! server from them; the terminal client is a crate of its own (`crates/client`).
 
 pub use machat_proto::{codec, protocol, refusal, request};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
-// `config`), the cluster's user commands and the store's benchmark.
+// `settings`), the cluster's user commands and the store's benchmark.
 pub mod auth;
 mod bus;
 mod client;
 pub mod cluster;
-pub mod config;
 mod connection;
 mod context;
 mod hub;
@@ -31,6 +30,7 @@ mod replay;
 mod room;
 pub mod server;
 mod session;
+pub mod settings;
 pub mod store;
 mod tls;
 mod transport;

@@ -98,6 +98,10 @@ impl Admission {
         self.max_total
     }
 
+    pub fn max_per_ip(&self) -> usize {
+        self.max_per_ip
+    }
+
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }

@@ -16,13 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::config::Config;
 use crate::connection::{finish, serve, serve_greeted, serve_tls, set_runtime_index};
 use crate::context::{Handoff, Inbox, Shared};
 use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::listen::listen_all;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
+use crate::settings::Settings;
 use crate::web::{Web, WebState};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -39,22 +39,25 @@ pub struct Server {
     /// The web side (`--http`), unless it is off.
     web: Option<Web>,
     metrics: Option<PrometheusHandle>,
+    /// Whether queued bytes have a bound over all rooms (`--max-queued-total` is not 0).
+    budgeted: bool,
 }
 
 impl Server {
-    /// Binds every address `config.addr` resolves to, with the configured backlog.
-    pub async fn bind(config: Config) -> io::Result<Server> {
+    /// Binds every address the chat ports' settings name, with their backlog.
+    pub async fn bind(settings: Settings) -> io::Result<Server> {
         let (soft, _) = raise_fd_limit();
-        let max_total = match config.max_connections {
+        let limits = &settings.limits;
+        let max_total = match limits.max_connections {
             0 => (soft.saturating_sub(64) as usize).max(1),
             n => n,
         };
-        let admission = Arc::new(Admission::new(max_total, config.max_per_ip));
+        let admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
         // A history database that cannot be opened stops the start, with its path and reason.
         // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
-        let cluster = match &config.nats {
-            Some(_) => Some(
-                crate::cluster::Cluster::start(&config)
+        let cluster = match &settings.cluster {
+            Some(cluster) => Some(
+                crate::cluster::Cluster::start(cluster, &settings.history.retention)
                     .await
                     .map_err(io::Error::other)?,
             ),
@@ -62,44 +65,54 @@ impl Server {
         };
         let store = match &cluster {
             Some(cluster) => cluster.store(),
-            None => crate::store::open(&config).map_err(io::Error::other)?,
+            None => crate::store::open(&settings.history).map_err(io::Error::other)?,
         };
         // A certificate that cannot be loaded stops the start, with the file and the reason.
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(crate::tls::acceptor(cert, key).map_err(io::Error::other)?)
-            }
-            _ => None,
+        let tls = match &settings.tls {
+            Some(tls) => Some(crate::tls::acceptor(&tls.cert, &tls.key).map_err(io::Error::other)?),
+            None => None,
         };
-        let users = crate::auth::Users::load(&config.data_dir, config.require_auth)
-            .map_err(io::Error::other)?;
+        let users = crate::auth::Users::load(&settings.auth).map_err(io::Error::other)?;
         if let Some(cluster) = &cluster {
             users.share_with(cluster.registered());
         }
-        if config.require_auth && !users.any() {
+        if settings.auth.require_auth && !users.any() {
             warn!(
                 "--require-auth with no registered names: nobody can join (machat user add NAME)"
             );
         }
-        let listeners = listen_all(&config.addr, config.backlog).await?;
-        let tls_listeners = match &config.tls_addr {
-            Some(addr) => listen_all(addr, config.backlog).await?,
+        let net = &settings.net;
+        let listeners = listen_all(&net.addr, net.backlog).await?;
+        let tls_listeners = match &net.tls_addr {
+            Some(addr) => listen_all(addr, net.backlog).await?,
             None => Vec::new(),
         };
-        let web = Web::bind(&config).await?;
+        let web = Web::bind(&settings.web, net.backlog).await?;
         // The metrics are served on the web side (--http or --metrics-addr); without it,
         // counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());
-        let mut shown = config.clone();
-        shown.nats = shown.nats.as_deref().map(crate::cluster::redact_url);
-        info!(config = ?shown, max_connections = max_total, "configuration");
+        let mut shown = settings.clone();
+        if let Some(cluster) = &mut shown.cluster {
+            cluster.url = crate::cluster::redact_url(&cluster.url);
+        }
+        info!(settings = ?shown, max_connections = max_total, "configuration");
+        let ctx = Shared::new(
+            settings.transport(),
+            settings.hub(),
+            settings.session(),
+            store,
+            tls,
+            users,
+            cluster,
+        );
         Ok(Server {
             listeners,
             tls_listeners,
-            ctx: Arc::new(Shared::new(config, store, tls, users, cluster)),
+            ctx: Arc::new(ctx),
             admission,
             web,
             metrics,
+            budgeted: settings.limits.max_queued_total > 0,
         })
     }
 
@@ -137,7 +150,7 @@ impl Server {
             });
             tasks.push(tokio::spawn(web.run(state)));
         }
-        if self.ctx.config.max_queued_total > 0 {
+        if self.budgeted {
             if let Err(e) = start_budget_enforcer(self.ctx.clone()) {
                 warn!("cannot start the --max-queued-total thread: {e}");
             }
@@ -356,8 +369,8 @@ async fn refuse(stream: TcpStream, reason: String) {
 
 /// Runs a server until SIGINT or SIGTERM: the whole of the `machat` binary. The calling
 /// thread serves the first runtime's share (see [`start`]).
-pub fn run(config: Config) -> io::Result<()> {
-    let (running, first) = launch(config)?;
+pub fn run(settings: Settings) -> io::Result<()> {
+    let (running, first) = launch(settings)?;
     let stop = running.shutdown.clone();
     first.serve(async move {
         wait_for_signal().await;
@@ -393,8 +406,8 @@ impl Running {
 
 /// Binds and serves on threads of its own until [`Running::stop`]: how the in-process test
 /// harness runs a server (the binary uses [`run`]).
-pub fn start(config: Config) -> io::Result<Running> {
-    let (mut running, first) = launch(config)?;
+pub fn start(settings: Settings) -> io::Result<Running> {
+    let (mut running, first) = launch(settings)?;
     running.threads.push(
         std::thread::Builder::new()
             .name("machat-0".into())
@@ -438,13 +451,13 @@ impl First {
 /// serving its share of the connections: a connection's task never moves between threads, and
 /// no thread steals work from another, which on a busy server costs more than it saves. Rooms
 /// are shared by all; a message to a member on another thread wakes that thread.
-fn launch(config: Config) -> io::Result<(Running, First)> {
-    let threads = match config.threads {
+fn launch(settings: Settings) -> io::Result<(Running, First)> {
+    let threads = match settings.net.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let main = runtime()?;
-    let server = main.block_on(Server::bind(config))?;
+    let server = main.block_on(Server::bind(settings))?;
     let addrs = server.local_addrs();
     let tls_addrs = server
         .tls_listeners

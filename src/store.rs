@@ -19,9 +19,9 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Durability, HistoryMode};
 use crate::protocol::Timestamp;
 use crate::refusal::Refusal;
+use crate::settings::{Durability, HistoryMode, HistorySettings};
 pub use machat_proto::message::{History, MessageRef, StoredMessage};
 
 /// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
@@ -132,7 +132,7 @@ pub trait Store: Send + Sync {
 }
 
 /// Retention: how much history each room keeps, and all rooms together.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
     pub max_messages: u64,
     pub max_age: Option<Duration>,
@@ -141,21 +141,17 @@ pub struct Retention {
     pub max_total_bytes: u64,
 }
 
-/// The store the configuration asks for. A database that cannot be opened is an error here.
-pub fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    let retention = Retention {
-        max_messages: config.history_max,
-        max_age: config.history_max_age,
-        max_total_bytes: config.history_max_bytes,
-    };
-    Ok(match config.history {
+/// The store the settings ask for. A database that cannot be opened is an error here.
+pub fn open(settings: &HistorySettings) -> Result<Arc<dyn Store>, StoreError> {
+    let retention = settings.retention;
+    Ok(match settings.mode {
         HistoryMode::Off => Arc::new(NoStore),
         HistoryMode::Memory => Arc::new(MemoryStore::new(retention)),
         HistoryMode::Sqlite => {
-            let sync = config.durability == Durability::Sync;
+            let sync = settings.durability == Durability::Sync;
             let batching = Batching::for_durability(sync);
             Arc::new(SqliteStore::open(
-                &config.data_dir,
+                &settings.data_dir,
                 retention,
                 batching,
                 sync,

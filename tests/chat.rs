@@ -12,7 +12,7 @@ use common::{Client, Endpoint};
 /// `text\n` lines; every byte that comes back is checked.
 #[test]
 fn replays_the_go_client_byte_for_byte() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut mina = Client::raw(server.addr);
     mina.send(r#"{"name":"Mina","room":"devroom"}"#);
     let mut bob = Client::raw(server.addr);
@@ -46,7 +46,7 @@ fn replays_the_go_client_byte_for_byte() {
 
 #[test]
 fn handshake_and_lines_in_one_read_lose_nothing() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut c = Client::raw(server.addr);
     c.send("{\"name\":\"a\",\"room\":\"r\"}hello\nsecond\r\nthird");
     assert_eq!(c.line(), "*** a joined");
@@ -60,7 +60,7 @@ fn handshake_and_lines_in_one_read_lose_nothing() {
 /// still reads; it gets everything up to its own line, then the close.
 #[test]
 fn a_client_that_stops_sending_still_gets_what_it_said() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut c = Client::raw(server.addr);
     c.send("{\"name\":\"a\",\"room\":\"r\"}hello\n");
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -72,7 +72,7 @@ fn a_client_that_stops_sending_still_gets_what_it_said() {
 
 #[test]
 fn handshake_split_over_many_reads_with_whitespace_and_unknown_keys() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut c = Client::raw(server.addr);
     let hs = b" \r\n{ \"room\" :\"r\", \"client\": \"go\", \"extra\": {\"x\": [1,2]},\n \"name\":\"a\" }";
     for chunk in hs.chunks(3) {
@@ -86,7 +86,7 @@ fn handshake_split_over_many_reads_with_whitespace_and_unknown_keys() {
 
 #[test]
 fn everyone_sees_the_same_order() {
-    let server = App::start(&["--max-line-rate", "0"]);
+    let server = App::with(|s| s.limits.line_rate = 0.0);
     let mut clients: Vec<Client> = (0..4)
         .map(|i| server.connect(&format!("u{i}"), "r"))
         .collect();
@@ -121,7 +121,7 @@ fn everyone_sees_the_same_order() {
 
 #[test]
 fn rooms_are_separate_and_go_when_empty_and_names_come_back() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut a = server.connect("a", "one");
     let mut b = server.connect("b", "two");
     a.send("in one\n");
@@ -141,7 +141,7 @@ fn rooms_are_separate_and_go_when_empty_and_names_come_back() {
 
 #[test]
 fn commands() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut a = server.connect("Ann", "r");
     let mut b = server.connect("Bob", "r");
     a.expect("*** Bob joined");
@@ -205,7 +205,7 @@ fn commands() {
 
 #[test]
 fn join_with_a_taken_name_keeps_the_client_where_it_was() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut a = server.connect("a", "one");
     let mut x = server.connect("x", "two");
     let _a2 = server.connect("a", "two");
@@ -218,7 +218,7 @@ fn join_with_a_taken_name_keeps_the_client_where_it_was() {
 
 #[test]
 fn json_format_for_programs() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut j = Client::raw(server.addr);
     j.send(r#"{"name":"prog","room":"r","format":"json"}"#);
     let join: serde_json::Value = serde_json::from_str(&j.line()).unwrap();
@@ -274,7 +274,7 @@ fn json_format_for_programs() {
 
 #[test]
 fn names_cannot_forge_lines_and_text_cannot_drive_terminals() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut a = server.connect("a", "r");
     a.send_bytes(b"\x1b[2J\x1b]0;pwned\x07clear\x1b[31m red\x00\x08 \xff end\ttab\n");
     assert_eq!(
@@ -290,7 +290,7 @@ fn names_cannot_forge_lines_and_text_cannot_drive_terminals() {
 /// a blank line typed later is (as in MaChat).
 #[test]
 fn enter_after_the_handshake_is_not_an_empty_message() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut c = Client::raw(server.addr);
     c.send("{\"name\": \"Mina\", \"room\": \"devroom\"}\r\n");
     c.expect("*** Mina joined");
@@ -303,7 +303,7 @@ fn enter_after_the_handshake_is_not_an_empty_message() {
 /// shutdown must work across threads too.
 #[test]
 fn many_threads_many_rooms() {
-    let server = App::start(&["--threads", "4"]);
+    let server = App::with(|s| s.net.threads = 4);
     let mut clients: Vec<Client> = (0..8)
         .map(|i| server.connect(&format!("u{i}"), &format!("room{i}")))
         .collect();
@@ -341,7 +341,7 @@ fn many_threads_many_rooms() {
 /// (which may span lines) has them as line breaks, each line with the sender's name.
 #[test]
 fn unicode_line_separators_cannot_forge_a_line() {
-    let server = App::start(&["--http", "127.0.0.1:0"]);
+    let server = App::with(|s| s.web.http = Some("127.0.0.1:0".into()));
     let mut watcher = server.connect("Watcher", "r");
     let mut mallory = server.connect("Mallory", "r");
     watcher.expect("*** Mallory joined");
@@ -369,7 +369,7 @@ fn unicode_line_separators_cannot_forge_a_line() {
 /// the real name. Each is refused with the name it is confused with; another room is fine.
 #[test]
 fn lookalike_names_are_refused_beside_the_real_one() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut alice = server.connect("Alice", "r");
     let mut jose = server.connect("Jos\u{e9}", "r");
     alice.expect("*** Jos\u{e9} joined");

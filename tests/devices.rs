@@ -128,7 +128,7 @@ fn a_person_joins_and_leaves_rooms_as_one_member() {
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = App::start(&["--data-dir", d]);
+    let server = App::with(|s| s.set_data_dir(d));
     let mut bob = server.connect("Bob", "r");
     let mut one = Client::raw(server.addr);
     one.send(r#"{"name":"Mina","room":"r","password":"pw"}"#);
@@ -157,7 +157,7 @@ fn a_person_joins_and_leaves_rooms_as_one_member() {
 fn unregistered_names_stay_exclusive() {
     let dir = temp_dir();
     let d = dir.to_str().unwrap();
-    let server = App::start(&["--data-dir", d]);
+    let server = App::with(|s| s.set_data_dir(d));
     let _zed = server.connect("Zed", "r");
     common::expect_refused(
         &server,
@@ -178,7 +178,7 @@ fn an_unregistered_connection_never_shares_with_a_registered_one() {
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = App::start(&["--data-dir", d]);
+    let server = App::with(|s| s.set_data_dir(d));
     // Zed is in the room unregistered, then the name is registered (seen within 2 s).
     let mut guest = server.connect("Zed", "r");
     user_add(&dir, "Zed", "zeds");
@@ -222,7 +222,10 @@ fn a_person_in_many_rooms_on_one_connection_and_in_one_on_another_is_one_member_
     let dir = temp_dir();
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
-    let server = App::start(&["--data-dir", d, "--http", "127.0.0.1:0"]);
+    let server = App::with(|s| {
+        s.set_data_dir(d);
+        s.web.http = Some("127.0.0.1:0".into());
+    });
     let mut bob = server.connect("Bob", "a");
     let mut cat = server.connect("Cat", "b");
 

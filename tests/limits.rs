@@ -10,7 +10,7 @@ use common::{Client, Endpoint, Server};
 
 #[test]
 fn rooms_in_total_are_capped() {
-    let server = App::start(&["--max-rooms", "2"]);
+    let server = App::with(|s| s.limits.max_rooms = 2);
     let mut a = server.connect("A", "r1");
     let _b = server.connect("B", "r2");
     common::expect_refused(
@@ -30,7 +30,7 @@ fn rooms_in_total_are_capped() {
 
 #[test]
 fn members_per_room_are_capped() {
-    let server = App::start(&["--max-room-members", "2"]);
+    let server = App::with(|s| s.limits.max_room_members = 2);
     let mut a = server.connect("A", "small");
     let _b = server.connect("B", "small");
     a.expect("*** B joined");

@@ -66,7 +66,7 @@ fn join(c: &mut Client, room: &str) {
 
 #[test]
 fn a_json_client_in_three_rooms_gets_each_rooms_traffic_in_order_while_sending_to_each() {
-    let server = App::start(&[]);
+    let server = App::start();
     let rooms = ["alpha", "beta", "gamma"];
     let mut mina = v2(&server, "Mina");
     for room in rooms {
@@ -148,7 +148,7 @@ fn a_json_client_in_three_rooms_gets_each_rooms_traffic_in_order_while_sending_t
 
 #[test]
 fn requests_with_an_id_get_it_back_in_their_answer() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut mina = v2(&server, "Mina");
     join(&mut mina, "ops");
     let mut bob = server.connect("Bob", "ops");
@@ -224,7 +224,7 @@ fn requests_with_an_id_get_it_back_in_their_answer() {
 
 #[test]
 fn each_room_resumes_from_its_own_last_id_and_history_is_per_room() {
-    let server = App::start(&[]);
+    let server = App::start();
     let mut ann = server.connect("Ann", "one");
     let mut cat = server.connect("Cat", "two");
     for i in 1..=3 {
@@ -267,7 +267,7 @@ fn each_room_resumes_from_its_own_last_id_and_history_is_per_room() {
 
 #[test]
 fn a_websocket_client_sits_in_three_rooms() {
-    let server = App::start(&["--http", "127.0.0.1:0"]);
+    let server = App::with(|s| s.web.http = Some("127.0.0.1:0".into()));
     let mut ws = ws::ws_open(&server);
     ws::send(&mut ws, r#"{"name":"Mina","version":2}"#);
     let welcome = ws::frame(&mut ws);
@@ -341,7 +341,7 @@ fn ws_messages(ws: &mut Ws, n: usize) -> Vec<Value> {
 
 #[test]
 fn the_rooms_of_one_connection_are_bounded() {
-    let server = App::start(&["--max-rooms-per-session", "2"]);
+    let server = App::with(|s| s.limits.max_rooms_per_session = 2);
     let mut c = Client::raw(server.addr);
     // The handshake's room counts as one.
     c.send(r#"{"name":"Mina","room":"a","version":2,"format":"json"}"#);
@@ -382,7 +382,7 @@ fn a_bound_of_no_rooms_is_refused_at_start() {
 
 #[test]
 fn every_malformed_request_gets_a_clear_error_and_the_connection_stays() {
-    let server = App::start(&["--max-line", "2048"]);
+    let server = App::with(|s| s.limits.max_line = 2048);
     let mut c = v2(&server, "Mina");
     join(&mut c, "ops");
     let long_req = "x".repeat(65);
@@ -469,7 +469,7 @@ fn a_client_that_sends_bad_requests_and_never_reads_is_cut_off() {
 
 #[test]
 fn version_2_is_json_and_other_versions_are_refused() {
-    let server = App::start(&[]);
+    let server = App::start();
     common::expect_refused(
         &server,
         br#"{"name":"Mina","version":2,"format":"text"}"#,
@@ -559,7 +559,7 @@ fn a_version_2_client_that_falls_behind_in_one_room_is_cut_off() {
 /// holds no more seats with version 2 than it could hold connections with version 1.
 #[test]
 fn rooms_beyond_the_first_count_against_the_connection_limits() {
-    let server = App::start(&["--max-per-ip", "3"]);
+    let server = App::with(|s| s.limits.max_per_ip = 3);
     let mut mina = v2(&server, "Mina");
     join(&mut mina, "a"); // the connection's own
     join(&mut mina, "b"); // 2

@@ -35,10 +35,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::bus::{Bus, Envelope, PrivateNote, Refuse};
-use crate::config::Config;
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
 use crate::refusal::Refusal;
+use crate::settings::{ClusterSettings, Retention};
 use crate::store::Store;
 
 pub use history::ClusterStore;
@@ -143,10 +143,16 @@ fn room_of(subject: &str) -> Option<String> {
 impl Cluster {
     /// Connects to NATS, creates the stream and the bucket if they are missing, and starts the
     /// cluster thread. An unreachable NATS stops the start, with the URL and the reason.
-    pub async fn start(config: &Config) -> Result<Arc<Cluster>, String> {
-        let url = config.nats.clone().unwrap_or_default();
+    ///
+    /// `retention` is the history's: in cluster mode history lives in the stream, so it bounds
+    /// the stream.
+    pub async fn start(
+        cluster: &ClusterSettings,
+        retention: &Retention,
+    ) -> Result<Arc<Cluster>, String> {
+        let url = cluster.url.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let settings = Settings::from(config);
+        let settings = Settings::new(cluster, retention);
         std::thread::Builder::new()
             .name("machat-cluster".into())
             .spawn(move || {
@@ -420,7 +426,7 @@ fn refuse(o: Outgoing, why: Refusal) {
     }
 }
 
-/// What the cluster takes from the configuration.
+/// What the cluster's thread takes along: its own settings and the history's bounds.
 #[derive(Clone)]
 struct Settings {
     history_max: u64,
@@ -430,14 +436,14 @@ struct Settings {
     presence_ttl: Duration,
 }
 
-impl From<&Config> for Settings {
-    fn from(c: &Config) -> Self {
+impl Settings {
+    fn new(cluster: &ClusterSettings, retention: &Retention) -> Self {
         Settings {
-            history_max: c.history_max,
-            history_max_age: c.history_max_age,
-            history_max_bytes: c.history_max_bytes,
-            replicas: c.nats_replicas,
-            presence_ttl: Duration::from_secs_f64(c.presence_ttl),
+            history_max: retention.max_messages,
+            history_max_age: retention.max_age,
+            history_max_bytes: retention.max_total_bytes,
+            replicas: cluster.replicas,
+            presence_ttl: cluster.presence_ttl,
         }
     }
 }

@@ -37,7 +37,7 @@ pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
     } else {
         "ok"
     };
-    if state.ctx.transport.clustered {
+    if state.ctx.clustered {
         // In a cluster, history is JetStream's: available exactly while NATS is reachable.
         let cluster = if store.available() {
             "connected"

@@ -18,7 +18,7 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::Response;
 
 use super::api::error;
-use crate::config::Config;
+use crate::settings::WebSettings;
 
 /// The host names the web side answers to (IP addresses are always accepted).
 #[derive(Debug, Clone)]
@@ -42,12 +42,12 @@ impl Hosts {
     /// The accepted names: `localhost`, the hosts of `--http` and `--metrics-addr` when they
     /// are names, and `--allowed-hosts`. An entry that is not a host (`--allowed-hosts a/b`)
     /// is an error, so a typo does not silently lock everyone out.
-    pub fn new(config: &Config) -> Result<Hosts, String> {
+    pub fn new(settings: &WebSettings) -> Result<Hosts, String> {
         let mut hosts = Hosts {
             any: false,
             names: vec!["localhost".to_string()],
         };
-        for entry in &config.allowed_hosts {
+        for entry in &settings.allowed_hosts {
             let entry = entry.trim();
             if entry == "*" {
                 hosts.any = true;
@@ -63,7 +63,7 @@ impl Hosts {
                 }
             }
         }
-        let listens = [config.http_addr(), config.metrics_addr.as_deref()];
+        let listens = [settings.http.as_deref(), settings.metrics_addr.as_deref()];
         for addr in listens.into_iter().flatten() {
             if let Some(Host::Name(name)) = parse(addr.trim()) {
                 hosts.add(name);
@@ -215,12 +215,16 @@ fn port_ok(after: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    fn hosts(args: &[&str]) -> Hosts {
-        let mut all = vec!["machat"];
-        all.extend_from_slice(args);
-        Hosts::new(&Config::try_parse_from(all).unwrap()).unwrap()
+    /// The hosts of the default web settings as `change` leaves them.
+    fn hosts(change: impl FnOnce(&mut WebSettings)) -> Hosts {
+        let mut settings = WebSettings::default();
+        change(&mut settings);
+        Hosts::new(&settings).unwrap()
+    }
+
+    fn list(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
@@ -283,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_default_accepts_addresses_localhost_and_the_http_host() {
-        let h = hosts(&["--http", "chat.internal:8080"]);
+        let h = hosts(|s| s.http = Some("chat.internal:8080".into()));
         for ok in [
             "10.0.0.1",
             "[::1]:1",
@@ -302,18 +306,19 @@ mod tests {
         ] {
             assert!(!h.allows(no), "{no}");
         }
-        let h = hosts(&[
-            "--allowed-hosts",
-            "a.example, B.example.:9",
-            "--metrics-addr",
-            "metrics.internal:9090",
-        ]);
+        let h = hosts(|s| {
+            s.allowed_hosts = list(&["a.example", " B.example.:9"]);
+            s.metrics_addr = Some("metrics.internal:9090".into());
+        });
         for ok in ["a.example", "b.example", "metrics.internal", "localhost"] {
             assert!(h.allows(ok), "{ok}");
         }
         assert!(!h.allows("chat.internal"));
-        assert!(hosts(&["--allowed-hosts", "*"]).allows("anything.example"));
-        let config = Config::try_parse_from(["machat", "--allowed-hosts", "a/b"]).unwrap();
-        assert!(Hosts::new(&config).unwrap_err().contains("a/b"));
+        assert!(hosts(|s| s.allowed_hosts = list(&["*"])).allows("anything.example"));
+        let settings = WebSettings {
+            allowed_hosts: list(&["a/b"]),
+            ..WebSettings::default()
+        };
+        assert!(Hosts::new(&settings).unwrap_err().contains("a/b"));
     }
 }

@@ -31,10 +31,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
-use crate::config::Config;
 use crate::context::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
+use crate::settings::WebSettings;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
 use guard::{Hosts, Token};
 
@@ -61,27 +61,31 @@ pub struct Web {
 }
 
 impl Web {
-    /// Binds every address `--http` (and `--metrics-addr`) resolves to; None when neither is
-    /// on. A bad `--allowed-hosts` entry or a token file that gives no token stops the start
-    /// too.
-    pub async fn bind(config: &Config) -> io::Result<Option<Web>> {
-        let metrics_token = match &config.metrics_token_file {
+    /// Binds every address `--http` (and `--metrics-addr`) resolves to, with the chat ports'
+    /// `backlog`; None when neither is on. A bad `--allowed-hosts` entry or a token file that
+    /// gives no token stops the start too.
+    pub async fn bind(settings: &WebSettings, backlog: u32) -> io::Result<Option<Web>> {
+        let metrics_token = match &settings.metrics_token_file {
             Some(path) => Some(Arc::new(Token::load(path).map_err(io::Error::other)?)),
             None => None,
         };
-        let http = config.http_addr();
-        let metrics_addr = config.metrics_addr.as_deref().map(str::trim);
+        let http = settings
+            .http
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        let metrics_addr = settings.metrics_addr.as_deref().map(str::trim);
         if http.is_none() && metrics_addr.is_none() {
             return Ok(None);
         }
-        let hosts = Hosts::new(config).map_err(io::Error::other)?;
+        let hosts = Hosts::new(settings).map_err(io::Error::other)?;
         let bind = |flag: &'static str, addr: Option<&str>| {
             let addr = addr.map(str::to_owned);
             async move {
                 let Some(addr) = addr else {
                     return Ok(Vec::new());
                 };
-                crate::listen::listen_all(&addr, config.backlog)
+                crate::listen::listen_all(&addr, backlog)
                     .await
                     .map_err(|e| io::Error::new(e.kind(), format!("{flag}: {e}")))
             }
@@ -126,10 +130,9 @@ impl Web {
         };
         // HTTP connections are counted apart from chat connections (a WebSocket is counted
         // again as one when it upgrades), with the same limits.
-        let config = &state.ctx.config;
         let admission = Arc::new(Admission::new(
             state.admission.max_total(),
-            config.max_per_ip,
+            state.admission.max_per_ip(),
         ));
         let edge = Arc::new(Edge {
             hosts: self.hosts.clone(),

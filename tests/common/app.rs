@@ -7,39 +7,39 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use machat::config::Config;
 use machat::server::Running;
+use machat::settings::Settings;
 
 use super::{temp_dir, Endpoint};
 
 pub struct App {
     pub addr: SocketAddr,
-    /// The HTTP side's address, when started with `--http`.
+    /// The HTTP side's address, when the settings turn the web side on.
     pub http: Option<SocketAddr>,
     running: Option<Running>,
-    own_dir: Option<PathBuf>,
+    own_dir: PathBuf,
 }
 
 impl App {
-    /// Starts a server with `-a 127.0.0.1:0`, `--http off` and a data directory of its own,
-    /// unless `args` choose otherwise, and `args`.
-    pub fn start(args: &[&str]) -> App {
-        let mut argv: Vec<String> = vec!["machat".into(), "-a".into(), "127.0.0.1:0".into()];
-        let own_dir = (!args.iter().any(|a| a.contains("data-dir"))).then(temp_dir);
-        if let Some(dir) = &own_dir {
-            argv.push("--data-dir".into());
-            argv.push(dir.display().to_string());
-        }
-        if !args.contains(&"--http") {
-            argv.extend(["--http".into(), "off".into()]);
-        }
+    /// Starts a server from the default settings, except: the chat port on `127.0.0.1:0`, the
+    /// web side off, a data directory of its own and two threads.
+    pub fn start() -> App {
+        App::with(|_| {})
+    }
+
+    /// Starts a server like [`App::start`], with the settings as `change` leaves them.
+    pub fn with(change: impl FnOnce(&mut Settings)) -> App {
+        let mut settings = Settings::default();
+        settings.net.addr = "127.0.0.1:0".into();
+        settings.web.http = None;
         // Two threads, as on the machines the suite runs on: members on both runtimes.
-        if !args.contains(&"--threads") {
-            argv.extend(["--threads".into(), "2".into()]);
-        }
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let config = Config::from_list(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let running = machat::server::start(config).expect("the server starts");
+        settings.net.threads = 2;
+        let own_dir = temp_dir();
+        settings.set_data_dir(&own_dir);
+        change(&mut settings);
+        let shown = format!("{settings:?}");
+        let running = machat::server::start(settings)
+            .unwrap_or_else(|e| panic!("the server starts from {shown}: {e}"));
         App {
             addr: running.addrs[0],
             http: running.http_addrs.first().copied(),
@@ -64,8 +64,7 @@ impl Drop for App {
         if let Some(running) = self.running.take() {
             running.stop();
         }
-        if let Some(dir) = &self.own_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // Not there if `change` chose another directory.
+        let _ = std::fs::remove_dir_all(&self.own_dir);
     }
 }

@@ -1,14 +1,20 @@
-//! Configuration: one struct, filled from flags and `MACHAT_*` environment variables, printed at
-//! start-up. Every limit has a default that suits a public server.
+//! The flags: one struct, filled from the command line and `MACHAT_*` environment variables,
+//! checked, then turned into the library's plain [`Settings`] ([`Config::settings`]). Only the
+//! binary knows about flags; every default here is the matching `Settings` default (a test
+//! holds them together), and suits a public server.
 //!
 //! MaChat's docs write flags Go-style (`-a ADDR`, `-client Mina`), so [`go_style_args`] lets a
-//! single dash introduce any long flag, for every binary of the project.
+//! single dash introduce any long flag, as in the terminal client (which has its own copy).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use machat::settings::{
+    self, AuthSettings, ClusterSettings, HistorySettings, Limits, NetSettings, Retention, Settings,
+    TlsSettings, WebSettings,
+};
 
 /// machat: a MaChat-compatible chat server. Connect with `nc`, `machat-client` or any MaChat
 /// client; flags may be written with one dash or two (`-a ADDR`, `--addr ADDR`).
@@ -222,14 +228,14 @@ pub enum UserAction {
     List,
 }
 
-/// When a stored message counts as safe.
+/// `--durability`: the flag's spelling of [`settings::Durability`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
     Batch,
     Sync,
 }
 
-/// Where history lives.
+/// `--history`: the flag's spelling of [`settings::HistoryMode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HistoryMode {
     Sqlite,
@@ -241,8 +247,6 @@ pub enum HistoryMode {
 /// clap's own: each names the flags to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
-    Args(#[from] clap::Error),
     #[error("--tls-cert and --tls-key go together")]
     TlsPair,
     #[error("--tls-addr needs --tls-cert and --tls-key")]
@@ -298,25 +302,89 @@ impl Config {
         Config::parse_from(go_style_args(std::env::args_os(), &Config::command()))
     }
 
-    /// Parses and checks flags given as a list (the program's name first), as the binary
-    /// would: how the in-process test harness starts a server.
-    pub fn from_list<I, T>(args: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString>,
-    {
-        let args = go_style_args(args.into_iter().map(Into::into), &Config::command());
-        let config = Config::try_parse_from(args)?;
-        config.validate()?;
-        Ok(config)
+    /// The settings these flags ask for. Meant for flags that passed [`Config::validate`];
+    /// numbers it would refuse still give settings (the defaults, for durations), never a
+    /// panic, since `machat user ...` does not validate the server's flags.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings {
+            net: NetSettings {
+                addr: self.addr.clone(),
+                tls_addr: self.tls_addr.clone(),
+                backlog: self.backlog,
+                threads: self.threads,
+            },
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            web: WebSettings {
+                http: self.http_addr().map(str::to_owned),
+                metrics_addr: self.metrics_addr.clone(),
+                metrics_token_file: self.metrics_token_file.clone(),
+                allowed_hosts: self.allowed_hosts.clone(),
+                allowed_origins: self.allowed_origins.clone(),
+                ws_ping: self.ws_ping,
+            },
+            limits: Limits {
+                max_connections: self.max_connections,
+                max_per_ip: self.max_per_ip,
+                handshake_timeout: self.handshake_timeout(),
+                max_handshake: self.max_handshake,
+                max_line: self.max_line,
+                line_rate: self.max_line_rate,
+                line_burst: self.line_burst,
+                idle_timeout: self.idle_timeout,
+                max_pending: self.max_pending,
+                max_queued_total: self.max_queued_total,
+                max_rooms: self.max_rooms,
+                max_room_members: self.max_room_members,
+                max_rooms_per_session: self.max_rooms_per_session,
+            },
+            history: HistorySettings {
+                mode: match self.history {
+                    HistoryMode::Sqlite => settings::HistoryMode::Sqlite,
+                    HistoryMode::Memory => settings::HistoryMode::Memory,
+                    HistoryMode::Off => settings::HistoryMode::Off,
+                },
+                data_dir: PathBuf::new(),
+                durability: match self.durability {
+                    Durability::Batch => settings::Durability::Batch,
+                    Durability::Sync => settings::Durability::Sync,
+                },
+                retention: Retention {
+                    max_messages: self.history_max,
+                    max_age: self.history_max_age,
+                    max_total_bytes: self.history_max_bytes,
+                },
+                on_join: self.history_on_join,
+            },
+            auth: AuthSettings {
+                data_dir: PathBuf::new(),
+                require_auth: self.require_auth,
+            },
+            cluster: self.nats.as_ref().map(|url| {
+                let mut cluster = ClusterSettings::new(url.clone());
+                cluster.replicas = self.nats_replicas;
+                if let Ok(ttl) = Duration::try_from_secs_f64(self.presence_ttl) {
+                    cluster.presence_ttl = ttl;
+                }
+                cluster
+            }),
+        };
+        settings.set_data_dir(&self.data_dir);
+        settings
     }
 
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::try_from_secs_f64(self.handshake_timeout).unwrap_or(Duration::from_secs(10))
+    fn handshake_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.handshake_timeout)
+            .unwrap_or(Limits::default().handshake_timeout)
     }
 
     /// The web side's address, unless it is off.
-    pub fn http_addr(&self) -> Option<&str> {
+    fn http_addr(&self) -> Option<&str> {
         let a = self.http.trim();
         (!a.eq_ignore_ascii_case("off") && !a.is_empty()).then_some(a)
     }
@@ -455,5 +523,56 @@ mod tests {
     fn defaults_validate() {
         assert!(parse(&["machat"]).validate().is_ok());
         assert!(parse(&["machat", "--max-line-rate=-1"]).validate().is_err());
+    }
+
+    /// `machat` with no flags and a server from `Settings::default()` are the same server.
+    #[test]
+    fn default_flags_are_the_default_settings() {
+        assert_eq!(parse(&["machat"]).settings(), Settings::default());
+    }
+
+    #[test]
+    fn flags_reach_their_settings() {
+        let s = parse(&["machat"]);
+        assert_eq!(s.settings().cluster, None);
+        let s = parse(&[
+            "machat",
+            "--http",
+            " OFF ",
+            "--data-dir",
+            "d",
+            "--nats",
+            "nats://a:4222",
+            "--presence-ttl",
+            "2.5",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--history",
+            "memory",
+            "--durability",
+            "sync",
+            "--max-queued-total",
+            "0",
+            "--handshake-timeout",
+            "0.5",
+        ])
+        .settings();
+        assert_eq!(s.web.http, None);
+        assert_eq!(s.history.data_dir, PathBuf::from("d"));
+        assert_eq!(s.auth.data_dir, PathBuf::from("d"));
+        let cluster = s.cluster.clone().unwrap();
+        assert_eq!(cluster.url, "nats://a:4222");
+        assert_eq!(cluster.presence_ttl, Duration::from_millis(2500));
+        let tls = s.tls.clone().unwrap();
+        assert_eq!((tls.cert, tls.key), ("c.pem".into(), "k.pem".into()));
+        assert_eq!(s.history.mode, settings::HistoryMode::Memory);
+        assert_eq!(s.history.durability, settings::Durability::Sync);
+        assert_eq!(s.limits.max_queued_total, 0);
+        assert_eq!(s.hub().max_queued_total, usize::MAX);
+        assert_eq!(s.limits.handshake_timeout, Duration::from_millis(500));
+        let s = parse(&["machat", "--http", " 127.0.0.1:0 "]).settings();
+        assert_eq!(s.web.http.as_deref(), Some("127.0.0.1:0"));
     }
 }

@@ -1,9 +1,14 @@
-//! The machat server: flags in, server out (or `machat user ...`: registered names).
+//! The machat server: flags in, settings made of them, server out (or `machat user ...`:
+//! registered names). The flags live here and nowhere else: the library takes
+//! [`machat::settings::Settings`].
+
+mod config;
 
 use std::error::Error;
 use std::process::ExitCode;
 
-use machat::config::{Command, Config, UserAction};
+use config::{Command, Config, UserAction};
+use machat::settings::{AuthSettings, ClusterSettings};
 
 fn main() -> ExitCode {
     let config = Config::from_args();
@@ -15,7 +20,7 @@ fn main() -> ExitCode {
         eprintln!("machat: {e}");
         return ExitCode::from(2);
     }
-    match machat::server::run(config) {
+    match machat::server::run(config.settings()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("machat: {e}");
@@ -25,9 +30,10 @@ fn main() -> ExitCode {
 }
 
 fn user(config: &Config, action: &UserAction) -> ExitCode {
-    let done = match &config.nats {
-        Some(url) => cluster_user(url, config.nats_replicas, action),
-        None => local_user(config, action),
+    let settings = config.settings();
+    let done = match &settings.cluster {
+        Some(cluster) => cluster_user(cluster, action),
+        None => local_user(&settings.auth, action),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,8 +45,9 @@ fn user(config: &Config, action: &UserAction) -> ExitCode {
 }
 
 /// `machat user ... --nats URL`: the names registered for every node of a cluster.
-fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), Box<dyn Error>> {
+fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Box<dyn Error>> {
     use machat::cluster::users;
+    let (url, replicas) = (cluster.url.as_str(), cluster.replicas);
     let at = machat::cluster::redact_url(url);
     match action {
         UserAction::Add { name } => {
@@ -66,8 +73,8 @@ fn cluster_user(url: &str, replicas: usize, action: &UserAction) -> Result<(), B
     }
 }
 
-fn local_user(config: &Config, action: &UserAction) -> Result<(), Box<dyn Error>> {
-    let dir = &config.data_dir;
+fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Error>> {
+    let dir = &auth.data_dir;
     match action {
         UserAction::Add { name } => {
             let password = machat::auth::read_password(name)?;
