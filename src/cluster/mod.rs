@@ -34,11 +34,13 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, Envelope, PrivateNote, Refuse};
+use crate::bus::{Envelope, PrivateNote};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
+use crate::protocol::RoomEvent;
 use crate::refusal::Refusal;
+use crate::sequencer::{Placed, Refuse, Sequencer};
 use crate::store::Store;
 
 pub use history::ClusterStore;
@@ -330,7 +332,8 @@ impl Cluster {
                 let envelope = serde_json::from_slice::<Envelope>(&message.payload);
                 match (room, envelope) {
                     (Some(room), Ok(envelope)) if envelope.is_clean() => {
-                        hub.deliver(&room, seq, &envelope, &self.seen)
+                        let ours = envelope.person_node() == Some(self.node.as_str());
+                        hub.deliver(&room, seq, &envelope, ours, &self.seen)
                     }
                     _ => {
                         warn!(subject = %message.subject, seq, "not a machat event: skipped");
@@ -642,11 +645,17 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-impl Bus for Cluster {
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) {
+impl Cluster {
+    /// Queues an event for the stream, for [`Cluster::run`] to publish. Never blocks: when the
+    /// queue is full (NATS slower than the rooms for long), the event is refused at once.
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) -> Placed {
         let payload = match serde_json::to_vec(&envelope) {
             Ok(p) => Bytes::from(p),
-            Err(_) => return, // cannot happen: strings and a number
+            Err(e) => {
+                // Cannot happen (strings and a number), but nobody would get it.
+                warn!(room, error = %e, "event refused");
+                return Placed::Refused(Refusal::ClusterNotSent);
+            }
         };
         let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
         let o = Outgoing {
@@ -656,22 +665,44 @@ impl Bus for Cluster {
             sender,
         };
         self.unsettled.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.outgoing.try_send(o) {
-            self.unsettled.fetch_sub(1, Ordering::AcqRel);
-            let o = match e {
-                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-            };
-            warn!(room, "cluster queue full: event refused");
-            refuse(o, Refusal::ClusterBusy);
+        match self.outgoing.try_send(o) {
+            Ok(()) => Placed::Away,
+            Err(_) => {
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+                warn!(room, "cluster queue full: event refused");
+                Placed::Refused(Refusal::ClusterBusy)
+            }
         }
     }
+}
 
-    fn node(&self) -> &str {
-        self.presence.node()
+/// The stream orders every room's events: an event is published, and every node's room
+/// (this one's too) appends it when the feed brings it back. The publish is also the message's
+/// append to the history, since the stream is the store ([`ClusterStore`]).
+impl Sequencer for Cluster {
+    fn message(&self, room: &str, event: &RoomEvent<'_>, sender: &dyn Fn() -> Refuse) -> Placed {
+        self.publish(room, Envelope::from_room_event(event), Some(sender()))
     }
 
-    fn private(&self, room: &str, note: &PrivateNote) {
-        let Ok(payload) = serde_json::to_vec(note) else {
+    fn announce(&self, room: &str, event: &RoomEvent<'_>, person: bool) -> Placed {
+        let envelope = Envelope::from_room_event(event);
+        let envelope = match person {
+            true => envelope.on_node(&self.node),
+            false => envelope,
+        };
+        self.publish(room, envelope, None)
+    }
+
+    /// On core NATS, not the stream (never stored, not ordered with the room's events), and
+    /// lost if NATS is unreachable: as a private message is never in the history either.
+    fn private(&self, room: &str, from: &str, to: &str, text: &str) {
+        let note = PrivateNote {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            text: text.to_owned(),
+            node: self.node.clone(),
+        };
+        let Ok(payload) = serde_json::to_vec(&note) else {
             return;
         };
         let subject = format!("{PRIVATE}.{}", hex(room));

@@ -417,10 +417,6 @@ impl Presence {
             .filter(|(_, node)| *node != *self.node)
             .collect()
     }
-
-    pub fn node(&self) -> &str {
-        &self.node
-    }
 }
 
 #[cfg(test)]
