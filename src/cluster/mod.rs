@@ -19,6 +19,7 @@
 //! on the network: they hand events over through a channel and get answers through oneshots.
 
 mod departures;
+mod error;
 mod history;
 mod presence;
 pub mod users;
@@ -43,6 +44,7 @@ use crate::refusal::Refusal;
 use crate::sequencer::{Placed, Refuse, Sequencer};
 use crate::store::Store;
 
+pub use error::ClusterError;
 pub use history::ClusterStore;
 
 /// The stream that holds every room's events.
@@ -145,7 +147,7 @@ fn room_of(subject: &str) -> Option<String> {
 impl Cluster {
     /// Connects to NATS, creates the stream and the bucket if they are missing, and starts the
     /// cluster thread. An unreachable NATS stops the start, with the URL and the reason.
-    pub async fn start(config: &Config) -> Result<Arc<Cluster>, String> {
+    pub async fn start(config: &Config) -> Result<Arc<Cluster>, ClusterError> {
         let url = config.nats.clone().unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let settings = Settings::from(config);
@@ -158,7 +160,7 @@ impl Cluster {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(format!("cannot start the cluster runtime: {e}")));
+                        let _ = tx.send(Err(ClusterError::Runtime(e)));
                         return;
                     }
                 };
@@ -171,15 +173,16 @@ impl Cluster {
                             }
                         }
                         Err(e) => {
-                            let at = redact_url(&url);
-                            let _ = tx.send(Err(format!("cannot use NATS at {at}: {e}")));
+                            let _ = tx.send(Err(ClusterError::Unusable {
+                                at: redact_url(&url),
+                                source: Box::new(e),
+                            }));
                         }
                     }
                 });
             })
-            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
-        rx.await
-            .map_err(|_| "the cluster thread stopped".to_string())?
+            .map_err(ClusterError::Thread)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
     /// The history store: queries on the stream.
@@ -295,8 +298,11 @@ impl Cluster {
                 ..Default::default()
             };
             let messages = match self.stream.create_consumer(config).await {
-                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(c) => c
+                    .messages()
+                    .await
+                    .map_err(|e| ClusterError::stream(STREAM, e)),
+                Err(e) => Err(ClusterError::stream(STREAM, e)),
             };
             let mut messages = match messages {
                 Ok(m) => m,
@@ -449,7 +455,7 @@ async fn connect(
     url: &str,
     settings: &Settings,
     outgoing: mpsc::Sender<Outgoing>,
-) -> Result<Arc<Cluster>, String> {
+) -> Result<Arc<Cluster>, ClusterError> {
     let node = format!("{:016x}", random_u64());
     let servers = parse_servers(url)?;
     // Counts connections to NATS, so the feed and the presence watcher start over at once
@@ -480,7 +486,7 @@ async fn connect(
         })
         .connect(servers)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ClusterError::Connect)?;
     let js = jetstream::new(client.clone());
     let stream_config = stream::Config {
         name: STREAM.into(),
@@ -500,11 +506,11 @@ async fn connect(
     let mut stream = js
         .get_or_create_stream(stream_config)
         .await
-        .map_err(|e| format!("stream {STREAM}: {e}"))?;
+        .map_err(|e| ClusterError::stream(STREAM, e))?;
     let last = stream
         .info()
         .await
-        .map_err(|e| format!("stream {STREAM}: {e}"))?
+        .map_err(|e| ClusterError::stream(STREAM, e))?
         .state
         .last_sequence;
     let presence = presence::Presence::open(&js, &node, settings, connections.clone()).await?;
@@ -533,11 +539,11 @@ async fn connect(
 }
 
 /// The servers of a `--nats` value (several separated by commas).
-fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
     url.split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad --nats URL: {e}"))
+        .map_err(ClusterError::BadUrl)
 }
 
 /// Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the server's
@@ -561,10 +567,11 @@ fn with_credentials(
 /// NATS 2.9 server. `max_age` zero keeps entries for ever.
 async fn open_bucket(
     js: &jetstream::Context,
-    bucket: &str,
+    bucket: &'static str,
     max_age: Duration,
     replicas: usize,
-) -> Result<jetstream::kv::Store, String> {
+) -> Result<jetstream::kv::Store, ClusterError> {
+    let failed = |e: async_nats::Error| ClusterError::Bucket { bucket, source: e };
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -580,10 +587,8 @@ async fn open_bucket(
     };
     js.get_or_create_stream(config)
         .await
-        .map_err(|e| format!("bucket {bucket}: {e}"))?;
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| format!("bucket {bucket}: {e}"))
+        .map_err(|e| failed(e.into()))?;
+    js.get_key_value(bucket).await.map_err(|e| failed(e.into()))
 }
 
 /// Follows a key-value bucket for ever: `start` each time a watch (re)starts, `apply` for each
@@ -653,7 +658,7 @@ impl Cluster {
             Ok(p) => Bytes::from(p),
             Err(e) => {
                 // Cannot happen (strings and a number), but nobody would get it.
-                warn!(room, error = %e, "event refused");
+                warn!(room, error = %ClusterError::Encode(e), "event refused");
                 return Placed::Refused(Refusal::ClusterNotSent);
             }
         };
