@@ -596,17 +596,6 @@ impl Room {
         inner.count
     }
 
-    /// Appends a room event from a member and wakes the idle readers. Fails if the member was
-    /// cut off meanwhile.
-    pub fn publish(&self, seat: Seat, event: RoomEvent<'_>) -> Result<(), RoomError> {
-        let mut inner = self.lock();
-        if inner.member(seat).is_none() {
-            return Err(RoomError::Gone);
-        }
-        self.publish_locked(&mut inner, event);
-        Ok(())
-    }
-
     /// Sends a message. Where the room is its own order (one server), it takes the room's next
     /// id, is rendered once per format in use and appended; in a cluster it shows when it comes
     /// back (see [`Room::deliver`]), and its id is not known here (0).
