@@ -60,12 +60,10 @@ pub trait Sequencer: Send + Sync {
 pub struct Here;
 
 impl Sequencer for Here {
-    #[inline]
     fn message(&self, _room: &str, _event: &RoomEvent<'_>, _: &dyn Fn() -> Refuse) -> Placed {
         Placed::Local
     }
 
-    #[inline]
     fn announce(&self, _room: &str, _event: &RoomEvent<'_>, _person: bool) -> Placed {
         Placed::Local
     }
