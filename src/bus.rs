@@ -1,11 +1,10 @@
-//! The cluster backplane, as rooms and the hub see it.
+//! Room events as they travel between the nodes of a cluster, and come back to the rooms.
 //!
-//! On one machine a room's log is the only order there is, so the embedded mode needs no bus at
-//! all (`None`). In cluster mode (`--nats`, see [`crate::cluster`]) every node must show a room's
-//! events in one order, so a room does not append what its members say: it hands each event to
-//! the bus, and appends what the bus brings back, on every node, this one included, with the id
-//! the bus gave it. Names must be unique per room across the cluster too, so joins and renames
-//! first claim the name from the bus.
+//! In cluster mode (`--nats`, see [`crate::cluster`]) a room hands each event to its
+//! [`crate::sequencer::Sequencer`], which publishes it in this form; every node's room appends
+//! what the stream brings back ([`crate::room::Room::deliver`]), with the id the stream gave it.
+//! Private messages travel as [`PrivateNote`]s. Owned and serialisable, unlike the borrowed
+//! [`RoomEvent`] a room renders: so one server never builds them.
 
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +110,7 @@ impl Envelope {
         self
     }
 
-    /// The owned form of a room event (ids are the bus's to give, so they are dropped).
+    /// The owned form of a room event (ids are the stream's to give, so they are dropped).
     pub fn from_room_event(event: &RoomEvent<'_>) -> Self {
         let event = match *event {
             RoomEvent::Message { name, text, .. } => Event::Message {
@@ -137,28 +136,6 @@ impl Envelope {
         };
         Envelope::new(event)
     }
-}
-
-/// Tells a message's sender that the cluster could not take it (the text says why). A
-/// callback, so that the bus knows nothing of rooms and members.
-pub type Refuse = Box<dyn FnOnce(&str) + Send>;
-
-/// Where a room's events go in a cluster, to come back in the cluster's order (names are
-/// [`crate::names::Names`]).
-pub trait Bus: Send + Sync {
-    /// Hands a room event to the cluster. Never blocks. It comes back through
-    /// [`crate::hub::Hub::deliver`] on every node with a room of that name, in the cluster's
-    /// order. If it cannot be published, `sender`'s member is told with an error line, so a
-    /// message is never dropped silently.
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>);
-
-    /// This node's name in the cluster, on its persons' joins and leaves.
-    fn node(&self) -> &str;
-
-    /// Passes a private message to the other nodes, for their connections of `to` (and of
-    /// `from`, a person's other devices). Not stored, not ordered with the room's events, and
-    /// lost if NATS is unreachable: as a private message is never in the history either.
-    fn private(&self, room: &str, note: &PrivateNote);
 }
 
 /// A private message between nodes (core NATS, subject `machat.private.<room hex>`).

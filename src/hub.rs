@@ -11,11 +11,12 @@ use crate::auth::Users;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::bus::{Bus, Envelope, PrivateNote};
+use crate::bus::{Envelope, PrivateNote};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::Format;
 use crate::refusal::Refusal;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
+use crate::sequencer::{Here, Sequencer};
 use crate::store::Store;
 
 pub struct Hub {
@@ -30,8 +31,8 @@ pub struct Hub {
     pub users: Arc<Users>,
     /// Who knows a name is taken beyond this server's rooms ([`Alone`] on one server).
     names: Arc<dyn Names>,
-    /// In cluster mode, the backplane every room publishes through (handed to each room).
-    bus: Option<Arc<dyn Bus>>,
+    /// Who orders the rooms' events ([`Here`] on one server), handed to each room.
+    sequencer: Arc<dyn Sequencer>,
 }
 
 /// A claim's answer: at once (one server, or a cluster that could answer without asking), or
@@ -86,14 +87,14 @@ impl Hub {
             budget: Arc::new(Budget::new(settings.max_queued_total)),
             users: Users::none(),
             names: Arc::new(Alone),
-            bus: None,
+            sequencer: Arc::new(Here),
         }
     }
 
-    /// The same hub, in cluster mode: rooms publish through `bus`, names are claimed from
-    /// `names`.
-    pub fn with_cluster(mut self, bus: Arc<dyn Bus>, names: Arc<dyn Names>) -> Self {
-        self.bus = Some(bus);
+    /// The same hub, in cluster mode: rooms' events are ordered by `sequencer`, names are
+    /// claimed from `names`.
+    pub fn with_cluster(mut self, sequencer: Arc<dyn Sequencer>, names: Arc<dyn Names>) -> Self {
+        self.sequencer = sequencer;
         self.names = names;
         self
     }
@@ -163,11 +164,12 @@ impl Hub {
     /// Appends an event the cluster delivered to this node's room of that name, if there is
     /// one, and records `seq` as the point everything up to which this node has seen. Both under
     /// the registry's lock: a room created afterwards starts its history there, so none of the
-    /// room's events is both replayed and delivered live, nor neither.
-    pub fn deliver(&self, room: &str, seq: u64, envelope: &Envelope, seen: &AtomicU64) {
+    /// room's events is both replayed and delivered live, nor neither. `ours`: see
+    /// [`Room::deliver`].
+    pub fn deliver(&self, room: &str, seq: u64, envelope: &Envelope, ours: bool, seen: &AtomicU64) {
         let rooms = self.lock();
         if let Some(r) = rooms.get(room) {
-            r.deliver(seq, envelope);
+            r.deliver(seq, envelope, ours);
         }
         seen.store(seq, Ordering::Release);
     }
@@ -268,7 +270,7 @@ impl Hub {
                     self.max_pending,
                     self.store.clone(),
                     self.budget.clone(),
-                    self.bus.clone(),
+                    self.sequencer.clone(),
                 ));
                 // Under the registry's lock, as deliveries are: nothing slips in between.
                 r.seed_persons(self.names.persons(room));

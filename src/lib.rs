@@ -28,6 +28,7 @@ mod metrics;
 mod names;
 mod replay;
 mod room;
+mod sequencer;
 pub mod server;
 mod session;
 pub mod settings;

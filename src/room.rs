@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use crate::bus::{Bus, Envelope};
+use crate::bus::Envelope;
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
+use crate::sequencer::{Here, Placed, Refuse, Sequencer};
 use crate::store::{Deliver, MessageRef, Pending, PendingCount, PendingSpan, Store, StoredMessage};
 
 /// Bytes queued for members in all rooms together (room logs not yet read by everyone, and
@@ -267,8 +268,8 @@ struct Inner {
     /// leaves tell (see [`Room::deliver`]). Empty (no allocation) without a cluster.
     persons: std::collections::HashMap<String, Vec<String>>,
     /// Cluster mode: a person's first connection on this node, until its join comes back
-    /// from the cluster. If the person was in the room on another node already, the room does
-    /// not show the join, and this connection alone is told it is in.
+    /// from the cluster ([`Placed::Away`]). If the person was in the room on another node
+    /// already, the room does not show the join, and this connection alone is told it is in.
     awaiting_join: Vec<(String, Seat)>,
 }
 
@@ -279,9 +280,9 @@ pub struct Room {
     max_pending: usize,
     store: Arc<dyn Store>,
     budget: Arc<Budget>,
-    /// In cluster mode: where events go instead of this log; they come back through
-    /// [`Room::deliver`], in the cluster's order and with its ids.
-    bus: Option<Arc<dyn Bus>>,
+    /// Who orders this room's events: asked once per event, it says whether the room appends
+    /// it now ([`Here`], one server) or it comes back through [`Room::deliver`] (a cluster).
+    sequencer: Arc<dyn Sequencer>,
     inner: Mutex<Inner>,
 }
 
@@ -314,7 +315,7 @@ pub struct Replay {
 
 impl Room {
     pub fn new(name: &str, max_pending: usize, store: Arc<dyn Store>) -> Self {
-        Self::with_budget(name, max_pending, store, Arc::default(), None)
+        Self::with_budget(name, max_pending, store, Arc::default(), Arc::new(Here))
     }
 
     /// A room whose queued bytes count towards a budget shared with other rooms.
@@ -323,7 +324,7 @@ impl Room {
         max_pending: usize,
         store: Arc<dyn Store>,
         budget: Arc<Budget>,
-        bus: Option<Arc<dyn Bus>>,
+        sequencer: Arc<dyn Sequencer>,
     ) -> Self {
         // Ids continue after the last one ever given in this room, also across restarts.
         let next_id = store.last_id(name) + 1;
@@ -337,7 +338,7 @@ impl Room {
             max_pending,
             store,
             budget,
-            bus,
+            sequencer,
             inner: Mutex::new(Inner {
                 next_id,
                 last_published: next_id - 1,
@@ -456,12 +457,13 @@ impl Room {
             inner.extra += 1;
             self.tell_joined(&mut inner, Seat { slot, id }, name);
         } else {
-            if person && self.bus.is_some() {
+            let placed = self.announce_member(&mut inner, RoomEvent::Join { name }, person);
+            if person && placed == Placed::Away {
+                // Shown or not when it comes back (see `Room::deliver`): till then, waiting.
                 inner
                     .awaiting_join
                     .push((name.to_owned(), Seat { slot, id }));
             }
-            self.announce_member(&mut inner, RoomEvent::Join { name }, person);
         }
         Ok((Seat { slot, id }, history))
     }
@@ -583,9 +585,10 @@ impl Room {
             inner.end_hold(seat.slot);
             inner.copy_out(seat.slot, out, usize::MAX);
             if let Some(m) = inner.remove(seat.slot, self.max_pending) {
-                // In a cluster, members on other nodes must hear of it even when this node's
-                // share of the room is now empty. A person leaves with its last connection.
-                if announce && (inner.count > 0 || self.bus.is_some()) && inner.last_of(&m) {
+                // Told even when nobody is left here: in a cluster, members on other nodes
+                // must hear of it (on one server, an empty room renders it for nobody). A
+                // person leaves with its last connection.
+                if announce && inner.last_of(&m) {
                     self.announce_member(&mut inner, RoomEvent::Leave { name: &m.name }, m.person);
                 }
             }
@@ -593,90 +596,88 @@ impl Room {
         inner.count
     }
 
-    /// Appends a room event from a member and wakes the idle readers. Fails if the member was
-    /// cut off meanwhile.
-    pub fn publish(&self, seat: Seat, event: RoomEvent<'_>) -> Result<(), RoomError> {
-        let mut inner = self.lock();
-        if inner.member(seat).is_none() {
-            return Err(RoomError::Gone);
-        }
-        self.publish_locked(&mut inner, event);
-        Ok(())
-    }
-
-    /// Sends a message: assigns the room's next id, renders it once per format in use, appends.
+    /// Sends a message. Where the room is its own order (one server), it takes the room's next
+    /// id, is rendered once per format in use and appended; in a cluster it shows when it comes
+    /// back (see [`Room::deliver`]), and its id is not known here (0).
     pub fn say(self: &Arc<Self>, seat: Seat, text: &str, action: bool) -> Result<u64, RoomError> {
         let mut inner = self.lock();
         let Some(m) = inner.member_mut(seat) else {
             return Err(RoomError::Gone);
         };
-        // The name is moved out (and back) because publishing needs the whole room mutably;
+        // The name is moved out (and back) because appending needs the whole room mutably;
         // nobody else sees the room until the lock is released.
-        if let Some(bus) = &self.bus {
-            // The cluster gives the id and the order; the message is shown when it comes back.
-            let event = if action {
-                crate::bus::Event::Action {
-                    name: m.name.clone(),
-                    text: text.to_owned(),
-                }
-            } else {
-                crate::bus::Event::Message {
-                    name: m.name.clone(),
-                    text: text.to_owned(),
-                }
-            };
-            drop(inner);
-            let room = self.clone();
-            let tell: crate::bus::Refuse = Box::new(move |why| {
-                // Gone already: nobody to tell.
-                let _ = room.reply(seat, &Reply::Error(why));
-            });
-            bus.publish(&self.name, Envelope::new(event), Some(tell));
-            crate::metrics::message_received();
-            return Ok(0);
-        }
         let name = std::mem::take(&mut m.name);
         let id = inner.next_id;
-        inner.next_id += 1;
+        let event = if action {
+            RoomEvent::Action {
+                id,
+                name: &name,
+                text,
+            }
+        } else {
+            RoomEvent::Message {
+                id,
+                name: &name,
+                text,
+            }
+        };
+        // Made only by a sequencer that may fail after this returns (the lock is gone by then).
+        let sender = || -> Refuse {
+            let room = self.clone();
+            Box::new(move |why| {
+                // Gone already: nobody to tell.
+                let _ = room.reply(seat, &Reply::Error(why));
+            })
+        };
+        let said = match self.sequencer.message(&self.name, &event, &sender) {
+            Placed::Local => {
+                inner.next_id += 1;
+                self.append_message(&mut inner, event);
+                id
+            }
+            Placed::Away => 0,
+            Placed::Refused(why) => {
+                // The member is here: the lock was held since it was found.
+                let _ = self.reply_locked(&mut inner, seat, &Reply::Error(&why.to_string()));
+                0
+            }
+        };
+        if let Some(m) = inner.member_mut(seat) {
+            m.name = name;
+        }
+        crate::metrics::message_received();
+        Ok(said)
+    }
+
+    /// Appends a message this room ordered itself to its log and its store: the store is
+    /// handed it under the room's lock, so it keeps the room's order, and a history query
+    /// queued later sees it.
+    fn append_message(self: &Arc<Self>, inner: &mut Inner, event: RoomEvent<'_>) {
+        let (id, name, text, action) = match event {
+            RoomEvent::Message { id, name, text } => (id, name, text, false),
+            RoomEvent::Action { id, name, text } => (id, name, text, true),
+            _ => return, // members say messages and actions only
+        };
         let ts = Timestamp::now();
         let msg = MessageRef {
             id,
-            name: &name,
+            name,
             text,
             ts,
             action,
         };
         if self.store.durable() {
-            // Handed to the store under the lock (so stored in id order) and delivered by its
-            // writer once it is on disk, in id order.
+            // Delivered by the store's writer once it is on disk, in id order.
             let room = self.clone();
             let stored = msg.to_owned();
             let deliver: Deliver = Box::new(move || room.publish_stored(&stored));
             self.store.append(&self.name, &msg, Some(deliver));
         } else {
-            let event = if action {
-                RoomEvent::Action {
-                    id,
-                    name: &name,
-                    text,
-                }
-            } else {
-                RoomEvent::Message {
-                    id,
-                    name: &name,
-                    text,
-                }
-            };
-            self.publish_at(&mut inner, event, Some(ts));
+            self.publish_at(inner, event, Some(ts));
             if self.store.keeps() {
                 self.store.append(&self.name, &msg, None);
             }
         }
-        if let Some(m) = inner.member_mut(seat) {
-            m.name = name;
-        }
-        crate::metrics::message_received();
-        Ok(id)
     }
 
     /// Publishes a message the store has just made durable.
@@ -766,6 +767,15 @@ impl Room {
     /// Queues a reply for one member, after everything the room sent it so far.
     pub fn reply(&self, seat: Seat, reply: &Reply<'_>) -> Result<(), RoomError> {
         let mut inner = self.lock();
+        self.reply_locked(&mut inner, seat, reply)
+    }
+
+    fn reply_locked(
+        &self,
+        inner: &mut Inner,
+        seat: Seat,
+        reply: &Reply<'_>,
+    ) -> Result<(), RoomError> {
         let Some(m) = inner.member(seat) else {
             return Err(RoomError::Gone);
         };
@@ -809,15 +819,7 @@ impl Room {
         if targets.is_empty() && !elsewhere() {
             return Err(RoomError::NoSuchMember);
         }
-        if let Some(bus) = &self.bus {
-            let note = crate::bus::PrivateNote {
-                from: from.clone(),
-                to: to.to_owned(),
-                text: text.to_owned(),
-                node: bus.node().to_owned(),
-            };
-            bus.private(&self.name, &note);
-        }
+        self.sequencer.private(&self.name, &from, to, text);
         let senders = if from_person {
             inner.find_all(&from)
         } else {
@@ -930,13 +932,10 @@ impl Room {
         }
     }
 
-    /// Tells the room of a join, leave or rename: straight into the log, or (in a cluster)
-    /// through the bus, to come back in the cluster's order.
+    /// Tells the room of a join, leave or rename, as its sequencer places it: into the log
+    /// now, or (in a cluster) when it comes back in the cluster's order.
     fn announce(&self, inner: &mut Inner, event: RoomEvent<'_>) {
-        match &self.bus {
-            Some(bus) => bus.publish(&self.name, Envelope::from_room_event(&event), None),
-            None => self.publish_locked(inner, event),
-        }
+        self.announce_member(inner, event, false);
     }
 
     /// Tells one connection of a person that it is in the room (a private line, as the join
@@ -954,16 +953,13 @@ impl Room {
         inner.push_private(seat.slot, line, self.max_pending);
     }
 
-    /// A member's join or leave: a person's (in a cluster) says which node it is on, so that
-    /// every node can tell the person's first node in the room, and its last.
-    fn announce_member(&self, inner: &mut Inner, event: RoomEvent<'_>, person: bool) {
-        match &self.bus {
-            Some(bus) if person => {
-                let envelope = Envelope::from_room_event(&event).on_node(bus.node());
-                bus.publish(&self.name, envelope, None);
-            }
-            _ => self.announce(inner, event),
+    /// A member's join or leave (see [`Sequencer::announce`] for a `person`'s), or a rename.
+    fn announce_member(&self, inner: &mut Inner, event: RoomEvent<'_>, person: bool) -> Placed {
+        let placed = self.sequencer.announce(&self.name, &event, person);
+        if placed == Placed::Local {
+            self.publish_locked(inner, event);
         }
+        placed
     }
 
     /// Cluster mode, a room just made on this node: the persons other nodes have in it, so
@@ -988,12 +984,12 @@ impl Room {
     ///
     /// A person's join or leave on a node is shown only if it is the person's first node in
     /// the room or its last: every node reads the same events in the same order, so every node
-    /// shows the same one `joined` and one `left`.
-    pub fn deliver(&self, seq: u64, envelope: &Envelope) {
+    /// shows the same one `joined` and one `left`. `ours`: the person's join or leave is this
+    /// node's, the one a connection here may wait for (see [`Inner::awaiting_join`]).
+    pub fn deliver(&self, seq: u64, envelope: &Envelope, ours: bool) {
         let mut inner = self.lock();
         if let Some(node) = envelope.person_node() {
             let shown = inner.person_moved(envelope, node);
-            let ours = self.bus.as_ref().is_some_and(|b| b.node() == node);
             if let (true, crate::bus::Event::Join { name, .. }) = (ours, &envelope.event) {
                 let waiting = inner.awaiting_join.iter().position(|(n, _)| n == name);
                 if let Some(i) = waiting {
@@ -1546,5 +1542,139 @@ mod tests {
         assert_eq!(lines[1]["type"], "message");
         assert_eq!(lines[1]["id"], 1);
         assert_eq!(lines[1]["text"], "hi");
+    }
+
+    /// A sequencer that orders elsewhere, as a cluster's does: it answers `answer` and keeps
+    /// what it was handed.
+    struct Elsewhere {
+        answer: fn() -> Placed,
+        handed: Mutex<Vec<String>>,
+    }
+
+    impl Elsewhere {
+        fn new(answer: fn() -> Placed) -> Arc<Self> {
+            Arc::new(Elsewhere {
+                answer,
+                handed: Mutex::default(),
+            })
+        }
+
+        fn handed(&self) -> Vec<String> {
+            std::mem::take(&mut *self.handed.lock().unwrap())
+        }
+
+        fn note(&self, what: String) -> Placed {
+            self.handed.lock().unwrap().push(what);
+            (self.answer)()
+        }
+    }
+
+    impl Sequencer for Elsewhere {
+        fn message(&self, _: &str, event: &RoomEvent<'_>, _: &dyn Fn() -> Refuse) -> Placed {
+            self.note(format!("{:?}", Envelope::from_room_event(event).event))
+        }
+
+        fn announce(&self, _: &str, event: &RoomEvent<'_>, person: bool) -> Placed {
+            let event = Envelope::from_room_event(event).event;
+            self.note(format!("{event:?} person={person}"))
+        }
+
+        fn private(&self, _: &str, from: &str, to: &str, text: &str) {
+            self.note(format!("private {from}>{to}: {text}"));
+        }
+    }
+
+    fn ordered_by(sequencer: Arc<Elsewhere>) -> Arc<Room> {
+        let store = Arc::new(crate::store::NoStore);
+        Arc::new(Room::with_budget(
+            "r",
+            1 << 20,
+            store,
+            Arc::default(),
+            sequencer,
+        ))
+    }
+
+    fn came_back(event: crate::bus::Event) -> Envelope {
+        Envelope { event, ts: 1 }
+    }
+
+    #[test]
+    fn a_room_ordered_elsewhere_shows_its_events_as_they_come_back() {
+        use crate::bus::Event;
+        let sequencer = Elsewhere::new(|| Placed::Away);
+        let room = ordered_by(sequencer.clone());
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        assert_eq!(room.say(a, "hi", false), Ok(0));
+        room.private(a, "b", "psst", || false).unwrap();
+        assert_eq!(
+            sequencer.handed(),
+            [
+                r#"Join { name: "a", node: None } person=false"#,
+                r#"Join { name: "b", node: None } person=false"#,
+                r#"Message { name: "a", text: "hi" }"#,
+                "private a>b: psst",
+            ]
+        );
+        // Only the private line so far: the rest shows in the order it comes back in.
+        assert_eq!(drain(&room, b), "*** private from a: psst\n");
+        let join = |name: &str| Event::Join {
+            name: name.into(),
+            node: None,
+        };
+        room.deliver(4, &came_back(join("a")), false);
+        room.deliver(5, &came_back(join("b")), false);
+        let hi = Event::Message {
+            name: "a".into(),
+            text: "hi".into(),
+        };
+        room.deliver(9, &came_back(hi), false);
+        assert_eq!(drain(&room, b), "*** a joined\n*** b joined\na:hi\n");
+        // History ends where delivery is.
+        assert_eq!(room.lock().last_published, 9);
+        // A leave is handed on even when nobody is left on this server.
+        room.leave(b, &mut Vec::new(), true);
+        room.leave(a, &mut Vec::new(), true);
+        assert_eq!(sequencer.handed().len(), 2);
+    }
+
+    #[test]
+    fn a_message_the_sequencer_refuses_is_told_to_its_sender_alone() {
+        use crate::refusal::Refusal;
+        let sequencer = Elsewhere::new(|| Placed::Refused(Refusal::ClusterBusy));
+        let room = ordered_by(sequencer);
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        assert_eq!(room.say(a, "hi", false), Ok(0));
+        assert_eq!(
+            drain(&room, a),
+            format!("*** error: {}\n", Refusal::ClusterBusy)
+        );
+        assert_eq!(drain(&room, b), "");
+        // The sender keeps its name (it was lent out while the message was handed over).
+        assert_eq!(room.names(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_persons_join_that_comes_back_unshown_is_told_to_its_connection_alone() {
+        use crate::bus::Event;
+        let sequencer = Elsewhere::new(|| Placed::Away);
+        let room = ordered_by(sequencer.clone());
+        // Mina is in the room on node n2 already.
+        room.seed_persons(vec![("Mina".into(), "n2".into())]);
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let phone = room.join_person(2, "Mina", Format::Text).unwrap();
+        assert_eq!(
+            sequencer.handed()[1],
+            r#"Join { name: "Mina", node: None } person=true"#
+        );
+        let here = Event::Join {
+            name: "Mina".into(),
+            node: Some("n1".into()),
+        };
+        room.deliver(3, &came_back(here), true);
+        assert_eq!(drain(&room, phone), "*** Mina joined\n");
+        assert_eq!(drain(&room, bob), "");
     }
 }

@@ -102,7 +102,9 @@ pub trait Store: Send + Sync {
     /// The highest id ever given in `room` (0 for a new room), so ids are never reused.
     fn last_id(&self, room: &str) -> u64;
     /// Queues a message for storage. Never blocks. A durable store calls `deliver` once the
-    /// message is on disk (from its own thread, in id order); others get `None`.
+    /// message is on disk (from its own thread, in id order); others get `None`. A room calls
+    /// it for the messages it orders itself ([`crate::sequencer::Placed::Local`]): in a
+    /// cluster the stream orders them, and publishing to it is their append.
     fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>);
     /// True if messages must be delivered only once stored (`--durability sync`).
     fn durable(&self) -> bool {

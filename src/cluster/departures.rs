@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::presence::Lapsed;
-use super::{subject, Cluster};
+use super::{subject, Cluster, ClusterError};
 use crate::bus::{Envelope, Event};
 
 /// How many TTLs a lapsed name is tried for before this node stops caring (NATS unreachable, or
@@ -64,7 +64,7 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
 /// Offers the room a `leave` for a lapsed name. True when nothing is left to do: the goodbye is
 /// in the stream, or the name is held again. False to try again later (the bucket has not
 /// expired the name yet, or the room's events moved on meanwhile).
-async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, String> {
+async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, ClusterError> {
     let events = subject(&lapsed.room, false);
     // First where the room's events stand (see the module's doc for why first).
     let last = match cluster
@@ -83,7 +83,12 @@ async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, String>
             m.sequence
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => {
+            return Err(ClusterError::LastEvent {
+                subject: events,
+                source: e.into(),
+            })
+        }
     };
     match cluster.presence.holder(&lapsed.key).await? {
         Some(revision) if revision == lapsed.revision => return Ok(false), // not expired yet
@@ -96,19 +101,23 @@ async fn say_goodbye(cluster: &Cluster, lapsed: &Lapsed) -> Result<bool, String>
         name: lapsed.name.clone(),
         node: lapsed.person_node.clone(),
     });
-    let payload = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+    let payload = serde_json::to_vec(&envelope).map_err(ClusterError::Encode)?;
     let publish = PublishMessage::build()
         .payload(Bytes::from(payload))
         .message_id(format!("gone-{}-{}", lapsed.key, lapsed.revision))
         .expected_last_subject_sequence(last);
+    let failed = |e: async_nats::Error| ClusterError::Publish {
+        subject: events.clone(),
+        source: e,
+    };
     let ack = cluster
         .js
-        .send_publish(events, publish)
+        .send_publish(events.clone(), publish)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.into()))?;
     match ack.await {
         Ok(_) => Ok(true),
         // Most likely the expected sequence: the room's events moved on. Look again.
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(failed(e.into())),
     }
 }

@@ -1,6 +1,7 @@
-//! History in cluster mode: the stream is the store. Appending is publishing (done by the room
-//! through the bus), so this side only answers queries, on the subject that holds a room's
-//! messages, and any node answers for any room.
+//! History in cluster mode: the stream is the store. Appending is publishing (the cluster's
+//! [`crate::sequencer::Sequencer`] does it, for every event a room hands it), so this side only
+//! answers queries, on the subject that holds a room's messages, and any node answers for any
+//! room.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -226,8 +227,17 @@ impl Store for ClusterStore {
         self.cluster.seen.load(Ordering::Acquire)
     }
 
-    /// Nothing to do: the room published the message to the stream, which is the store.
-    fn append(&self, _room: &Arc<str>, _msg: &MessageRef<'_>, _deliver: Option<Deliver>) {}
+    /// Never called: a room hands its store only the messages it ordered itself
+    /// ([`crate::sequencer::Placed::Local`]), and the cluster's sequencer never answers that,
+    /// since its publish to the stream is the append. Were a message handed here anyway, it
+    /// would be in no stream: logged as lost rather than dropped without a word.
+    fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, _deliver: Option<Deliver>) {
+        tracing::error!(
+            room = %room,
+            id = msg.id,
+            "a message was handed to the cluster's store instead of its stream: not kept"
+        );
+    }
 
     fn query(&self, room: &str, after: Option<u64>, until: u64, limit: usize) -> Pending {
         let (tx, rx) = oneshot::channel();

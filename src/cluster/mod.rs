@@ -19,6 +19,7 @@
 //! on the network: they hand events over through a channel and get answers through oneshots.
 
 mod departures;
+mod error;
 mod history;
 mod presence;
 pub mod users;
@@ -34,13 +35,16 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, Envelope, PrivateNote, Refuse};
+use crate::bus::{Envelope, PrivateNote};
 use crate::hub::Hub;
 use crate::names::{ClaimError, Names, PendingClaim};
+use crate::protocol::RoomEvent;
 use crate::refusal::Refusal;
+use crate::sequencer::{Placed, Refuse, Sequencer};
 use crate::settings::{ClusterSettings, Retention};
 use crate::store::Store;
 
+pub use error::ClusterError;
 pub use history::ClusterStore;
 
 /// The stream that holds every room's events.
@@ -149,7 +153,7 @@ impl Cluster {
     pub async fn start(
         cluster: &ClusterSettings,
         retention: &Retention,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let url = cluster.url.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let settings = Settings::new(cluster, retention);
@@ -162,7 +166,7 @@ impl Cluster {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(format!("cannot start the cluster runtime: {e}")));
+                        let _ = tx.send(Err(ClusterError::Runtime(e)));
                         return;
                     }
                 };
@@ -175,15 +179,16 @@ impl Cluster {
                             }
                         }
                         Err(e) => {
-                            let at = redact_url(&url);
-                            let _ = tx.send(Err(format!("cannot use NATS at {at}: {e}")));
+                            let _ = tx.send(Err(ClusterError::Unusable {
+                                at: redact_url(&url),
+                                source: Box::new(e),
+                            }));
                         }
                     }
                 });
             })
-            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
-        rx.await
-            .map_err(|_| "the cluster thread stopped".to_string())?
+            .map_err(ClusterError::Thread)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
     /// The history store: queries on the stream.
@@ -299,8 +304,11 @@ impl Cluster {
                 ..Default::default()
             };
             let messages = match self.stream.create_consumer(config).await {
-                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(c) => c
+                    .messages()
+                    .await
+                    .map_err(|e| ClusterError::stream(STREAM, e)),
+                Err(e) => Err(ClusterError::stream(STREAM, e)),
             };
             let mut messages = match messages {
                 Ok(m) => m,
@@ -336,7 +344,8 @@ impl Cluster {
                 let envelope = serde_json::from_slice::<Envelope>(&message.payload);
                 match (room, envelope) {
                     (Some(room), Ok(envelope)) if envelope.is_clean() => {
-                        hub.deliver(&room, seq, &envelope, &self.seen)
+                        let ours = envelope.person_node() == Some(self.node.as_str());
+                        hub.deliver(&room, seq, &envelope, ours, &self.seen)
                     }
                     _ => {
                         warn!(subject = %message.subject, seq, "not a machat event: skipped");
@@ -452,7 +461,7 @@ async fn connect(
     url: &str,
     settings: &Settings,
     outgoing: mpsc::Sender<Outgoing>,
-) -> Result<Arc<Cluster>, String> {
+) -> Result<Arc<Cluster>, ClusterError> {
     let node = format!("{:016x}", random_u64());
     let servers = parse_servers(url)?;
     // Counts connections to NATS, so the feed and the presence watcher start over at once
@@ -483,7 +492,7 @@ async fn connect(
         })
         .connect(servers)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ClusterError::Connect)?;
     let js = jetstream::new(client.clone());
     let stream_config = stream::Config {
         name: STREAM.into(),
@@ -503,11 +512,11 @@ async fn connect(
     let mut stream = js
         .get_or_create_stream(stream_config)
         .await
-        .map_err(|e| format!("stream {STREAM}: {e}"))?;
+        .map_err(|e| ClusterError::stream(STREAM, e))?;
     let last = stream
         .info()
         .await
-        .map_err(|e| format!("stream {STREAM}: {e}"))?
+        .map_err(|e| ClusterError::stream(STREAM, e))?
         .state
         .last_sequence;
     let presence = presence::Presence::open(&js, &node, settings, connections.clone()).await?;
@@ -536,11 +545,11 @@ async fn connect(
 }
 
 /// The servers of a `--nats` value (several separated by commas).
-fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
     url.split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad --nats URL: {e}"))
+        .map_err(ClusterError::BadUrl)
 }
 
 /// Credentials in the URL (`nats://user:password@host`, `nats://token@host`) are the server's
@@ -564,10 +573,11 @@ fn with_credentials(
 /// NATS 2.9 server. `max_age` zero keeps entries for ever.
 async fn open_bucket(
     js: &jetstream::Context,
-    bucket: &str,
+    bucket: &'static str,
     max_age: Duration,
     replicas: usize,
-) -> Result<jetstream::kv::Store, String> {
+) -> Result<jetstream::kv::Store, ClusterError> {
+    let failed = |e: async_nats::Error| ClusterError::Bucket { bucket, source: e };
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -583,10 +593,8 @@ async fn open_bucket(
     };
     js.get_or_create_stream(config)
         .await
-        .map_err(|e| format!("bucket {bucket}: {e}"))?;
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| format!("bucket {bucket}: {e}"))
+        .map_err(|e| failed(e.into()))?;
+    js.get_key_value(bucket).await.map_err(|e| failed(e.into()))
 }
 
 /// Follows a key-value bucket for ever: `start` each time a watch (re)starts, `apply` for each
@@ -648,11 +656,17 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-impl Bus for Cluster {
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) {
+impl Cluster {
+    /// Queues an event for the stream, for [`Cluster::run`] to publish. Never blocks: when the
+    /// queue is full (NATS slower than the rooms for long), the event is refused at once.
+    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) -> Placed {
         let payload = match serde_json::to_vec(&envelope) {
             Ok(p) => Bytes::from(p),
-            Err(_) => return, // cannot happen: strings and a number
+            Err(e) => {
+                // Cannot happen (strings and a number), but nobody would get it.
+                warn!(room, error = %ClusterError::Encode(e), "event refused");
+                return Placed::Refused(Refusal::ClusterNotSent);
+            }
         };
         let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
         let o = Outgoing {
@@ -662,22 +676,44 @@ impl Bus for Cluster {
             sender,
         };
         self.unsettled.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.outgoing.try_send(o) {
-            self.unsettled.fetch_sub(1, Ordering::AcqRel);
-            let o = match e {
-                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-            };
-            warn!(room, "cluster queue full: event refused");
-            refuse(o, Refusal::ClusterBusy);
+        match self.outgoing.try_send(o) {
+            Ok(()) => Placed::Away,
+            Err(_) => {
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+                warn!(room, "cluster queue full: event refused");
+                Placed::Refused(Refusal::ClusterBusy)
+            }
         }
     }
+}
 
-    fn node(&self) -> &str {
-        self.presence.node()
+/// The stream orders every room's events: an event is published, and every node's room
+/// (this one's too) appends it when the feed brings it back. The publish is also the message's
+/// append to the history, since the stream is the store ([`ClusterStore`]).
+impl Sequencer for Cluster {
+    fn message(&self, room: &str, event: &RoomEvent<'_>, sender: &dyn Fn() -> Refuse) -> Placed {
+        self.publish(room, Envelope::from_room_event(event), Some(sender()))
     }
 
-    fn private(&self, room: &str, note: &PrivateNote) {
-        let Ok(payload) = serde_json::to_vec(note) else {
+    fn announce(&self, room: &str, event: &RoomEvent<'_>, person: bool) -> Placed {
+        let envelope = Envelope::from_room_event(event);
+        let envelope = match person {
+            true => envelope.on_node(&self.node),
+            false => envelope,
+        };
+        self.publish(room, envelope, None)
+    }
+
+    /// On core NATS, not the stream (never stored, not ordered with the room's events), and
+    /// lost if NATS is unreachable: as a private message is never in the history either.
+    fn private(&self, room: &str, from: &str, to: &str, text: &str) {
+        let note = PrivateNote {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            text: text.to_owned(),
+            node: self.node.clone(),
+        };
+        let Ok(payload) = serde_json::to_vec(&note) else {
             return;
         };
         let subject = format!("{PRIVATE}.{}", hex(room));

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tracing::warn;
 
-use super::{hex, unhex, Settings, BUCKET};
+use super::{hex, unhex, ClusterError, Settings, BUCKET};
 use crate::names::ClaimError;
 
 #[derive(Clone)]
@@ -119,7 +119,7 @@ impl Presence {
         node: &str,
         settings: &Settings,
         connections: tokio::sync::watch::Receiver<u64>,
-    ) -> Result<Presence, String> {
+    ) -> Result<Presence, ClusterError> {
         let kv = super::open_bucket(js, BUCKET, settings.presence_ttl, settings.replicas).await?;
         Ok(Presence {
             kv,
@@ -370,11 +370,11 @@ impl Presence {
     }
 
     /// The revision of `key` in the bucket now, if anyone holds it.
-    pub async fn holder(&self, key: &str) -> Result<Option<u64>, String> {
+    pub async fn holder(&self, key: &str) -> Result<Option<u64>, ClusterError> {
         match self.kv.entry(key).await {
             Ok(Some(e)) if e.operation == Operation::Put => Ok(Some(e.revision)),
             Ok(_) => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ClusterError::entry(BUCKET, e)),
         }
     }
 
@@ -416,10 +416,6 @@ impl Presence {
             .filter_map(|s| Some((s.name.clone(), s.person_node.clone()?)))
             .filter(|(_, node)| *node != *self.node)
             .collect()
-    }
-
-    pub fn node(&self) -> &str {
-        &self.node
     }
 }
 

@@ -14,7 +14,7 @@ use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{hex, open_bucket, parse_servers, unhex, with_credentials};
+use super::{hex, open_bucket, parse_servers, unhex, with_credentials, ClusterError};
 
 /// The bucket of registered names.
 pub const USERS: &str = "machat-users";
@@ -29,24 +29,27 @@ fn lock(r: &Registered) -> MutexGuard<'_, crate::auth::ByKey> {
 pub(super) async fn open(
     js: &async_nats::jetstream::Context,
     replicas: usize,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, ClusterError> {
     open_bucket(js, USERS, Duration::ZERO, replicas).await
 }
 
 /// Everything the bucket holds now, by name key.
-pub(super) async fn load(kv: &kv::Store) -> Result<crate::auth::ByKey, String> {
+pub(super) async fn load(kv: &kv::Store) -> Result<crate::auth::ByKey, ClusterError> {
     load_names(kv).await.map(|mut names| {
         names.sort();
         crate::auth::by_key(names)
     })
 }
 
-async fn load_names(kv: &kv::Store) -> Result<Vec<(String, String)>, String> {
-    let mut keys = kv.keys().await.map_err(|e| format!("{USERS}: {e}"))?;
+async fn load_names(kv: &kv::Store) -> Result<Vec<(String, String)>, ClusterError> {
+    let mut keys = kv.keys().await.map_err(|e| ClusterError::entry(USERS, e))?;
     let mut out = Vec::new();
     while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| format!("{USERS}: {e}"))?;
-        let value = kv.get(&key).await.map_err(|e| format!("{USERS}: {e}"))?;
+        let key = key.map_err(|e| ClusterError::entry(USERS, e))?;
+        let value = kv
+            .get(&key)
+            .await
+            .map_err(|e| ClusterError::entry(USERS, e))?;
         if let Some(named) = value.and_then(|v| entry(&key, &v)) {
             out.push(named);
         }
@@ -89,23 +92,25 @@ pub(super) async fn follow(
 }
 
 /// Runs one piece of work on the bucket from the command line (`machat user ... --nats URL`).
-fn with_bucket<T, F, Fut>(url: &str, replicas: usize, work: F) -> Result<T, String>
+fn with_bucket<T, F, Fut>(url: &str, replicas: usize, work: F) -> Result<T, ClusterError>
 where
     F: FnOnce(kv::Store) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(ClusterError::Runtime)?;
     runtime.block_on(async move {
-        let at = super::redact_url(url);
         let servers = parse_servers(url)?;
         let client = with_credentials(async_nats::ConnectOptions::new(), &servers)
             .connection_timeout(Duration::from_secs(5))
             .connect(servers)
             .await
-            .map_err(|e| format!("cannot use NATS at {at}: {e}"))?;
+            .map_err(|e| ClusterError::Unusable {
+                at: super::redact_url(url),
+                source: Box::new(ClusterError::Connect(e)),
+            })?;
         let js = async_nats::jetstream::new(client.clone());
         let kv = open(&js, replicas).await?;
         let result = work(kv).await;
@@ -116,40 +121,43 @@ where
 
 /// `machat user add NAME --nats URL`: registers NAME (or sets its new hash) for the cluster,
 /// unless it is too much like another registered name.
-pub fn add(url: &str, replicas: usize, name: &str, hash: &str) -> Result<(), String> {
+pub fn add(url: &str, replicas: usize, name: &str, hash: &str) -> Result<(), ClusterError> {
     let (key, hash) = (hex(name), Bytes::from(hash.to_owned()));
     with_bucket(url, replicas, |kv| async move {
         let names = load_names(&kv).await?.into_iter().map(|(n, _)| n);
         if let Some(like) = crate::auth::lookalike(name, names) {
-            return Err(format!(
-                "name {name} is too much like {like}, already registered"
-            ));
+            return Err(ClusterError::LooksLike {
+                name: name.to_owned(),
+                like,
+            });
         }
         kv.put(key, hash)
             .await
             .map(|_| ())
-            .map_err(|e| format!("{USERS}: {e}"))
+            .map_err(|e| ClusterError::entry(USERS, e))
     })
 }
 
 /// `machat user remove NAME --nats URL`. False if there was no such name.
-pub fn remove(url: &str, replicas: usize, name: &str) -> Result<bool, String> {
+pub fn remove(url: &str, replicas: usize, name: &str) -> Result<bool, ClusterError> {
     let key = hex(name);
     with_bucket(url, replicas, |kv| async move {
         let there = kv
             .get(&key)
             .await
-            .map_err(|e| format!("{USERS}: {e}"))?
+            .map_err(|e| ClusterError::entry(USERS, e))?
             .is_some();
         if there {
-            kv.delete(&key).await.map_err(|e| format!("{USERS}: {e}"))?;
+            kv.delete(&key)
+                .await
+                .map_err(|e| ClusterError::entry(USERS, e))?;
         }
         Ok(there)
     })
 }
 
 /// `machat user list --nats URL`: the registered names, sorted.
-pub fn list(url: &str, replicas: usize) -> Result<Vec<String>, String> {
+pub fn list(url: &str, replicas: usize) -> Result<Vec<String>, ClusterError> {
     with_bucket(url, replicas, |kv| async move {
         let mut names: Vec<String> = load_names(&kv).await?.into_iter().map(|(n, _)| n).collect();
         names.sort();
