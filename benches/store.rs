@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use machat::protocol::Timestamp;
-use machat::store::{Batching, Retention, SqliteStore, Store, StoredMessage};
+use machat::settings::Retention;
+use machat::store::{Batching, SqliteStore, Store, StoredMessage};
 
 const MESSAGES: u64 = 10_000;
 

@@ -15,6 +15,7 @@
 //! member holds no buffer.
 
 use std::cell::RefCell;
+use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -25,7 +26,6 @@ use tokio::time::{sleep_until, Sleep};
 
 use crate::codec::Flow;
 use crate::context::Shared;
-use crate::lifecycle::Ending;
 use crate::limits::IdleTimer;
 use crate::protocol::Format;
 use crate::refusal::Refusal;
@@ -41,6 +41,45 @@ const TURNS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(WRITE_CHUNK + 1024));
+}
+
+/// Why a connection ended, whatever its transport: for the log, the metrics and the
+/// client's last words (which each transport puts in its own form).
+#[derive(Debug)]
+pub enum Ending {
+    /// Refused before or at the handshake; the text is the client's error.
+    Refused(String),
+    /// The client broke a rule of its transport (a WebSocket frame too long or binary, a
+    /// frame flood) or went silent past `--idle-timeout`: told why, then closed. Boxed: every
+    /// connection keeps room for an `Ending` while it lives, and most never break a rule.
+    Broke(Box<Refusal>),
+    ClosedByClient,
+    Ended(End),
+    Shutdown,
+    /// The TLS handshake failed or did not finish in time.
+    Tls(String),
+    Io(String),
+}
+
+impl Ending {
+    pub fn broke(refusal: Refusal) -> Self {
+        Ending::Broke(Box::new(refusal))
+    }
+}
+
+impl Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Refused(r) => write!(f, "refused: {r}"),
+            Ending::Broke(r) => write!(f, "{r}"),
+            Ending::ClosedByClient => write!(f, "closed by client"),
+            Ending::Ended(End::Quit) => write!(f, "quit"),
+            Ending::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
+            Ending::Shutdown => write!(f, "server shutting down"),
+            Ending::Tls(e) => write!(f, "tls: {e}"),
+            Ending::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
 }
 
 /// One message from the client, as its transport frames it.

@@ -20,15 +20,16 @@ use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{debug, info};
 
-use crate::client::{Client, Input, Wire};
+use crate::client::{Client, Ending, Input, Wire};
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
-use crate::context::{Greeted, Greeting, Handoff, Shared, TransportSettings};
-use crate::lifecycle::{self, Ending, Entry};
+use crate::context::{Greeted, Greeting, Handoff, Shared};
+use crate::lifecycle::{self, Entry};
 use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::refusal::{Notice, Refusal};
 use crate::session::{End, RateLimit};
+use crate::settings::TransportSettings;
 use crate::transport::{Io, READ_CHUNK};
 
 thread_local! {

@@ -7,17 +7,16 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Users;
 use crate::cluster::Cluster;
-use crate::hub::{Hub, HubSettings};
+use crate::hub::Hub;
 use crate::limits::Ticket;
 use crate::protocol::Handshake;
-use crate::session::SessionRules;
+use crate::settings::{HubSettings, SessionRules, TransportSettings};
 use crate::store::Store;
 
 /// A runtime's inbox, for connections handed over from another thread.
@@ -49,30 +48,6 @@ pub struct Greeting {
     pub(crate) id: u64,
     pub(crate) hs: Handshake,
     pub(crate) leftover: Vec<u8>,
-}
-
-/// What the transports (TCP, TLS, WebSocket) follow, made once at start from the
-/// [`crate::settings::Settings`]: a transport reads these and no other settings, so a transport
-/// to come (IRC) needs nothing else.
-#[derive(Debug, Clone)]
-pub struct TransportSettings {
-    /// The handshake must be complete within this (`--handshake-timeout`).
-    pub handshake_timeout: Duration,
-    /// The longest handshake (`--max-handshake`).
-    pub max_handshake: usize,
-    /// The longest line or frame (`--max-line`).
-    pub max_line: usize,
-    /// How far behind a client may fall (`--max-pending`): what a transport may buffer.
-    pub max_pending: usize,
-    /// Lines per second and burst (`--max-line-rate`, `--line-burst`).
-    pub line_rate: f64,
-    pub line_burst: u32,
-    /// Seconds of silence before a connection is closed (`--idle-timeout`; 0 is off).
-    pub idle_timeout: f64,
-    /// Seconds between WebSocket pings (`--ws-ping`; 0 is off).
-    pub ws_ping: f64,
-    /// Origins a browser's WebSocket may come from besides the server's own.
-    pub allowed_origins: Vec<String>,
 }
 
 /// What every connection shares.

@@ -17,6 +17,7 @@ use crate::protocol::Format;
 use crate::refusal::Refusal;
 use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::sequencer::{Here, Sequencer};
+use crate::settings::HubSettings;
 use crate::store::Store;
 
 pub struct Hub {
@@ -44,31 +45,6 @@ pub enum Claim {
 
 /// How long a join or rename waits for the cluster to confirm a name.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The limits the rooms follow, read from the flags once at start.
-#[derive(Debug, Clone, Copy)]
-pub struct HubSettings {
-    /// How far behind a member may fall (`--max-pending`).
-    pub max_pending: usize,
-    /// Rooms at once (`--max-rooms`): a new room beyond is refused.
-    pub max_rooms: usize,
-    /// Members in one room (`--max-room-members`).
-    pub max_members: usize,
-    /// Bytes queued in all rooms together (`--max-queued-total`).
-    pub max_queued_total: usize,
-}
-
-impl HubSettings {
-    /// No limit but `max_pending`.
-    pub fn unbounded(max_pending: usize) -> Self {
-        HubSettings {
-            max_pending,
-            max_rooms: usize::MAX,
-            max_members: usize::MAX,
-            max_queued_total: usize::MAX,
-        }
-    }
-}
 
 impl Hub {
     pub fn new(max_pending: usize, store: Arc<dyn Store>) -> Self {

@@ -9,13 +9,12 @@
 //! hub, the rooms, the claims or the store itself: so a rule added here holds for every
 //! transport at once.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tracing::info;
 
-use crate::client::{Client, Wire};
+use crate::client::{Client, Ending, Wire};
 use crate::context::Shared;
 use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
@@ -118,45 +117,6 @@ pub async fn enter(
         session.start_replay(start);
     }
     Ok(session)
-}
-
-/// Why a connection ended, whatever its transport: for the log, the metrics and the
-/// client's last words (which each transport puts in its own form).
-#[derive(Debug)]
-pub enum Ending {
-    /// Refused before or at the handshake; the text is the client's error.
-    Refused(String),
-    /// The client broke a rule of its transport (a WebSocket frame too long or binary, a
-    /// frame flood) or went silent past `--idle-timeout`: told why, then closed. Boxed: every
-    /// connection keeps room for an `Ending` while it lives, and most never break a rule.
-    Broke(Box<Refusal>),
-    ClosedByClient,
-    Ended(End),
-    Shutdown,
-    /// The TLS handshake failed or did not finish in time.
-    Tls(String),
-    Io(String),
-}
-
-impl Ending {
-    pub fn broke(refusal: Refusal) -> Self {
-        Ending::Broke(Box::new(refusal))
-    }
-}
-
-impl Display for Ending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ending::Refused(r) => write!(f, "refused: {r}"),
-            Ending::Broke(r) => write!(f, "{r}"),
-            Ending::ClosedByClient => write!(f, "closed by client"),
-            Ending::Ended(End::Quit) => write!(f, "quit"),
-            Ending::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
-            Ending::Shutdown => write!(f, "server shutting down"),
-            Ending::Tls(e) => write!(f, "tls: {e}"),
-            Ending::Io(e) => write!(f, "i/o error: {e}"),
-        }
-    }
 }
 
 /// A joined client's life, the same for every transport: served by the client loop until

@@ -11,11 +11,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::context::TransportSettings;
-pub use crate::hub::HubSettings;
-pub use crate::session::SessionRules;
-pub use crate::store::Retention;
-
 /// Everything a server is started from.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Settings {
@@ -259,6 +254,81 @@ impl ClusterSettings {
             presence_ttl: Duration::from_secs(15),
         }
     }
+}
+
+// What each layer is handed at start-up (by the methods below): defined here, at the bottom,
+// so that settings depend on no layer and every layer on settings alone.
+
+/// What the transports (TCP, TLS, WebSocket) follow, made once at start from the
+/// [`crate::settings::Settings`]: a transport reads these and no other settings, so a transport
+/// to come (IRC) needs nothing else.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// The handshake must be complete within this (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// The longest handshake (`--max-handshake`).
+    pub max_handshake: usize,
+    /// The longest line or frame (`--max-line`).
+    pub max_line: usize,
+    /// How far behind a client may fall (`--max-pending`): what a transport may buffer.
+    pub max_pending: usize,
+    /// Lines per second and burst (`--max-line-rate`, `--line-burst`).
+    pub line_rate: f64,
+    pub line_burst: u32,
+    /// Seconds of silence before a connection is closed (`--idle-timeout`; 0 is off).
+    pub idle_timeout: f64,
+    /// Seconds between WebSocket pings (`--ws-ping`; 0 is off).
+    pub ws_ping: f64,
+    /// Origins a browser's WebSocket may come from besides the server's own.
+    pub allowed_origins: Vec<String>,
+}
+
+/// The limits the rooms follow, read from the flags once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HubSettings {
+    /// How far behind a member may fall (`--max-pending`).
+    pub max_pending: usize,
+    /// Rooms at once (`--max-rooms`): a new room beyond is refused.
+    pub max_rooms: usize,
+    /// Members in one room (`--max-room-members`).
+    pub max_members: usize,
+    /// Bytes queued in all rooms together (`--max-queued-total`).
+    pub max_queued_total: usize,
+}
+
+impl HubSettings {
+    /// No limit but `max_pending`.
+    pub fn unbounded(max_pending: usize) -> Self {
+        HubSettings {
+            max_pending,
+            max_rooms: usize::MAX,
+            max_members: usize::MAX,
+            max_queued_total: usize::MAX,
+        }
+    }
+}
+
+/// The rules every session follows, from the server's settings (one copy, shared).
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    /// The longest line a client may send (`--max-line`): what sizes a replay's pages.
+    pub max_line: usize,
+    /// Rooms one version-2 connection may be in at once (`--max-rooms-per-session`).
+    pub max_rooms: usize,
+    /// Messages replayed on joining when the client asks for none (`--history-on-join`).
+    pub history_on_join: u64,
+    /// Most messages replayed on joining (`--history-max`).
+    pub history_max: u64,
+}
+
+/// Retention: how much history each room keeps, and all rooms together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub max_messages: u64,
+    pub max_age: Option<Duration>,
+    /// Most bytes of history kept over all rooms (0: no bound); the oldest go first. Without
+    /// it, writers spread over many rooms fill the disk (or, in memory, the RAM).
+    pub max_total_bytes: u64,
 }
 
 impl Settings {

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::protocol::Timestamp;
 use crate::refusal::Refusal;
-use crate::settings::{Durability, HistoryMode, HistorySettings};
+use crate::settings::{Durability, HistoryMode, HistorySettings, Retention};
 pub use machat_proto::message::{History, MessageRef, StoredMessage};
 
 /// Most messages one replay (`"history"`, `"since"`, `/history`) sends: a bound on what one
@@ -131,16 +131,6 @@ pub trait Store: Send + Sync {
     /// for it may go, once its ids are safe where [`Store::last_id`] will find them again.
     /// Without this, every room name ever used would stay in memory.
     fn forget(&self, _room: &str) {}
-}
-
-/// Retention: how much history each room keeps, and all rooms together.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Retention {
-    pub max_messages: u64,
-    pub max_age: Option<Duration>,
-    /// Most bytes of history kept over all rooms (0: no bound); the oldest go first. Without
-    /// it, writers spread over many rooms fill the disk (or, in memory, the RAM).
-    pub max_total_bytes: u64,
 }
 
 /// The store the settings ask for. A database that cannot be opened is an error here.

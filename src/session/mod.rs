@@ -25,6 +25,7 @@ use crate::refusal::Refusal;
 use crate::replay::{PagedReplay, Step};
 use crate::request::ReqId;
 use crate::room::{Replay, ReplayStart, Room, RoomError, Seat, Take};
+use crate::settings::SessionRules;
 use crate::store::MAX_REPLAY;
 
 pub use rate::RateLimit;
@@ -49,19 +50,6 @@ pub enum Next {
     /// replies keep the order of the commands.
     Wait,
     End(End),
-}
-
-/// The rules every session follows, from the server's settings (one copy, shared).
-#[derive(Debug, Clone)]
-pub struct SessionRules {
-    /// The longest line a client may send (`--max-line`): what sizes a replay's pages.
-    pub max_line: usize,
-    /// Rooms one version-2 connection may be in at once (`--max-rooms-per-session`).
-    pub max_rooms: usize,
-    /// Messages replayed on joining when the client asks for none (`--history-on-join`).
-    pub history_on_join: u64,
-    /// Most messages replayed on joining (`--history-max`).
-    pub history_max: u64,
 }
 
 impl SessionRules {
