@@ -819,7 +819,13 @@ impl Room {
         if targets.is_empty() && !elsewhere() {
             return Err(RoomError::NoSuchMember);
         }
-        self.sequencer.private(&self.name, &from, to, text);
+        if let Placed::Refused(why) = self.sequencer.private(&self.name, &from, to, text) {
+            // The recipient is only elsewhere: nobody gets it, and the sender must know.
+            // (With connections here too, those get it, as the sender's copy shows.)
+            if targets.is_empty() {
+                return self.reply_locked(&mut inner, seat, &Reply::Error(&why.to_string()));
+            }
+        }
         let senders = if from_person {
             inner.find_all(&from)
         } else {
@@ -1579,8 +1585,8 @@ mod tests {
             self.note(format!("{event:?} person={person}"))
         }
 
-        fn private(&self, _: &str, from: &str, to: &str, text: &str) {
-            self.note(format!("private {from}>{to}: {text}"));
+        fn private(&self, _: &str, from: &str, to: &str, text: &str) -> Placed {
+            self.note(format!("private {from}>{to}: {text}"))
         }
     }
 
@@ -1654,6 +1660,27 @@ mod tests {
         assert_eq!(drain(&room, b), "");
         // The sender keeps its name (it was lent out while the message was handed over).
         assert_eq!(room.names(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_private_message_that_cannot_leave_the_node_is_told_to_its_sender() {
+        use crate::refusal::Refusal;
+        let sequencer = Elsewhere::new(|| Placed::Refused(Refusal::ClusterNotSent));
+        let room = ordered_by(sequencer.clone());
+        let a = room.join(1, "a", Format::Text).unwrap();
+        let b = room.join(2, "b", Format::Text).unwrap();
+        sequencer.handed();
+        // "far" is in the room on another node only: nobody gets it, the sender is told.
+        assert_eq!(room.private(a, "far", "psst", || true), Ok(()));
+        assert_eq!(sequencer.handed(), ["private a>far: psst"]);
+        assert_eq!(
+            drain(&room, a),
+            format!("*** error: {}\n", Refusal::ClusterNotSent)
+        );
+        // A recipient here gets it as ever (and its other nodes' connections do not).
+        assert_eq!(room.private(a, "b", "hi", || false), Ok(()));
+        assert_eq!(drain(&room, b), "*** private from a: hi\n");
+        assert_eq!(drain(&room, a), "*** private to b: hi\n");
     }
 
     #[test]

@@ -49,10 +49,11 @@ pub trait Sequencer: Send + Sync {
     /// leave (see `Room::deliver`).
     fn announce(&self, room: &str, event: &RoomEvent<'_>, person: bool) -> Placed;
 
-    /// A private message the room delivered to its own members: whoever else serves the room
-    /// passes it on to theirs. Not ordered, not stored (as a private message never is in the
-    /// history).
-    fn private(&self, room: &str, from: &str, to: &str, text: &str);
+    /// A private message the room delivers to its own members: whoever else serves the room
+    /// passes it on to theirs (`Away`), or says it cannot (`Refused`: the room then tells a
+    /// sender whose recipient is only elsewhere). Not ordered, not stored (as a private message
+    /// never is in the history).
+    fn private(&self, room: &str, from: &str, to: &str, text: &str) -> Placed;
 }
 
 /// One server on its own: each room's lock orders its events and its counter gives the ids.
@@ -69,5 +70,7 @@ impl Sequencer for Here {
     }
 
     /// Nobody else serves the room.
-    fn private(&self, _room: &str, _from: &str, _to: &str, _text: &str) {}
+    fn private(&self, _room: &str, _from: &str, _to: &str, _text: &str) -> Placed {
+        Placed::Local
+    }
 }

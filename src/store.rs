@@ -89,11 +89,12 @@ pub enum StoreError {
     /// Told apart from `Unavailable` for the log; a client is told the same.
     #[error("{}", Refusal::HistoryUnavailable)]
     Query(#[source] rusqlite::Error),
-    /// Cluster mode: JetStream's own text is what the client is told.
-    #[error("{0}")]
+    /// Cluster mode: JetStream's own text is for the log (`{:?}`); a client is told the same
+    /// as for any store that cannot answer, and learns nothing of the cluster's inside.
+    #[error("{}", Refusal::HistoryUnavailable)]
     Stream(#[source] async_nats::Error),
-    /// Cluster mode.
-    #[error("history read timed out")]
+    /// Cluster mode: the stream did not answer in time.
+    #[error("{}", Refusal::HistoryUnavailable)]
     ReadTimedOut,
 }
 
@@ -1582,6 +1583,23 @@ fn room_id(conn: &Connection, room: &str) -> rusqlite::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a client is told when history cannot be read is one text, whatever the store and
+    /// the cause: no file path, no SQLite or NATS error reaches it (they go to the log).
+    #[test]
+    fn a_failed_read_tells_the_client_only_that_history_is_unavailable() {
+        let unavailable = Refusal::HistoryUnavailable.to_string();
+        let stream = async_nats::Error::from(std::io::Error::other("nats: stream not found"));
+        for e in [
+            StoreError::Unavailable,
+            StoreError::Query(rusqlite::Error::InvalidQuery),
+            StoreError::Stream(stream),
+            StoreError::ReadTimedOut,
+        ] {
+            assert_eq!(e.to_string(), unavailable, "{e:?}");
+        }
+        assert_eq!(StoreError::Off.to_string(), Refusal::HistoryOff.to_string());
+    }
 
     fn msg(id: u64) -> StoredMessage {
         StoredMessage {

@@ -339,6 +339,13 @@ fn a_nats_outage_delivers_or_refuses_every_message_and_nodes_reconnect() {
         refusal.starts_with("*** error: message not sent"),
         "{refusal}"
     );
+    // Nor can a private message reach Bob, who is on the other node: Ann is told so, and gets
+    // no copy as if it had gone.
+    ann.send("/msg Bob hush\n");
+    assert_eq!(
+        ann.line(),
+        "*** error: message not sent: the cluster is unavailable, try again"
+    );
     // A join cannot be confirmed either.
     let mut late = Client::raw(b.addr);
     late.send(r#"{"name":"Late","room":"out"}"#);

@@ -188,6 +188,15 @@ fn stored(id: u64, envelope: Envelope) -> Option<StoredMessage> {
 }
 
 /// How many of `room`'s messages have ids in `after + 1 ..= until`.
+/// Logs why a history read failed, with the stream's own words: the client is told only that
+/// history is unavailable (see `StoreError::Stream`).
+fn logged<T>(room: &str, answer: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(e) = &answer {
+        tracing::warn!(room, error = ?e, "history read failed");
+    }
+    answer
+}
+
 async fn count(cluster: &Cluster, room: &str, after: u64, until: u64) -> Result<usize, StoreError> {
     let total = pending_from(cluster, room, after.saturating_add(1)).await?;
     let later = match until.checked_add(1) {
@@ -244,7 +253,7 @@ impl Store for ClusterStore {
         let cluster = self.cluster.clone();
         let room = room.to_owned();
         self.cluster.runtime.spawn(async move {
-            let page = query(&cluster, &room, after, until, limit).await;
+            let page = logged(&room, query(&cluster, &room, after, until, limit).await);
             // `History` is the protocol crate's type, its error the text a client is told.
             let _ = tx.send(page.map_err(|e| e.to_string()));
         });
@@ -256,7 +265,7 @@ impl Store for ClusterStore {
         let cluster = self.cluster.clone();
         let room = room.to_owned();
         self.cluster.runtime.spawn(async move {
-            let _ = tx.send(count(&cluster, &room, after, until).await);
+            let _ = tx.send(logged(&room, count(&cluster, &room, after, until).await));
         });
         rx
     }
@@ -266,7 +275,10 @@ impl Store for ClusterStore {
         let cluster = self.cluster.clone();
         let room = room.to_owned();
         self.cluster.runtime.spawn(async move {
-            let _ = tx.send(last_span(&cluster, &room, until, limit).await);
+            let _ = tx.send(logged(
+                &room,
+                last_span(&cluster, &room, until, limit).await,
+            ));
         });
         rx
     }

@@ -704,9 +704,14 @@ impl Sequencer for Cluster {
         self.publish(room, envelope, None)
     }
 
-    /// On core NATS, not the stream (never stored, not ordered with the room's events), and
-    /// lost if NATS is unreachable: as a private message is never in the history either.
-    fn private(&self, room: &str, from: &str, to: &str, text: &str) {
+    /// On core NATS, not the stream (never stored, not ordered with the room's events, as a
+    /// private message is never in the history either). Refused while NATS is known to be
+    /// unreachable, so that the sender learns it did not go; one lost in the moment NATS goes
+    /// away is logged.
+    fn private(&self, room: &str, from: &str, to: &str, text: &str) -> Placed {
+        if !self.connected() {
+            return Placed::Refused(Refusal::ClusterNotSent);
+        }
         let note = PrivateNote {
             from: from.to_owned(),
             to: to.to_owned(),
@@ -714,7 +719,8 @@ impl Sequencer for Cluster {
             node: self.node.clone(),
         };
         let Ok(payload) = serde_json::to_vec(&note) else {
-            return;
+            // Cannot happen (strings only), but nobody elsewhere would get it.
+            return Placed::Refused(Refusal::ClusterNotSent);
         };
         let subject = format!("{PRIVATE}.{}", hex(room));
         let client = self.client.clone();
@@ -723,6 +729,7 @@ impl Sequencer for Cluster {
                 warn!(error = %e, "a private message did not reach the other nodes");
             }
         });
+        Placed::Away
     }
 }
 
