@@ -12,7 +12,7 @@
 //! `Authorization: Bearer TOKEN`, compared in constant time.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::Response;
@@ -42,7 +42,7 @@ impl Hosts {
     /// The accepted names: `localhost`, the hosts of `--http` and `--metrics-addr` when they
     /// are names, and `--allowed-hosts`. An entry that is not a host (`--allowed-hosts a/b`)
     /// is an error, so a typo does not silently lock everyone out.
-    pub fn new(settings: &WebSettings) -> Result<Hosts, String> {
+    pub fn new(settings: &WebSettings) -> Result<Hosts, GuardError> {
         let mut hosts = Hosts {
             any: false,
             names: vec!["localhost".to_string()],
@@ -56,11 +56,7 @@ impl Hosts {
             match parse(entry) {
                 Some(Host::Name(name)) => hosts.add(name),
                 Some(Host::Ip) => {}
-                None => {
-                    return Err(format!(
-                        "--allowed-hosts: {entry:?} is not a host name (or `*`)"
-                    ))
-                }
+                None => return Err(GuardError::NotAHost(entry.to_owned())),
             }
         }
         let listens = [settings.http.as_deref(), settings.metrics_addr.as_deref()];
@@ -116,25 +112,41 @@ impl Hosts {
     }
 }
 
+/// Why the web side's guards cannot be set up: the start stops, naming the flag and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// An entry that is not a host: refused, so a typo does not silently lock everyone out.
+    #[error("--allowed-hosts: {0:?} is not a host name (or `*`)")]
+    NotAHost(String),
+    #[error("--metrics-token-file {}: {source}", path.display())]
+    TokenUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--metrics-token-file {}: the file is empty (put the token on its first line)", .0.display())]
+    TokenEmpty(PathBuf),
+    #[error("--metrics-token-file {}: the token must be printable ASCII without spaces", .0.display())]
+    TokenNotPrintable(PathBuf),
+}
+
 /// The token `/metrics` requires (`--metrics-token-file`).
 pub struct Token(Vec<u8>);
 
 impl Token {
     /// Reads the token: the file's first line, without the spaces around it. A file that
     /// cannot be read, or gives no token, is an error naming the file.
-    pub fn load(path: &Path) -> Result<Token, String> {
-        let what = format!("--metrics-token-file {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    pub fn load(path: &Path) -> Result<Token, GuardError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GuardError::TokenUnreadable {
+            path: path.to_owned(),
+            source,
+        })?;
         let token = text.lines().next().unwrap_or_default().trim();
         if token.is_empty() {
-            return Err(format!(
-                "{what}: the file is empty (put the token on its first line)"
-            ));
+            return Err(GuardError::TokenEmpty(path.to_owned()));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "{what}: the token must be printable ASCII without spaces"
-            ));
+            return Err(GuardError::TokenNotPrintable(path.to_owned()));
         }
         Ok(Token(token.as_bytes().to_vec()))
     }
@@ -319,6 +331,9 @@ mod tests {
             allowed_hosts: list(&["a/b"]),
             ..WebSettings::default()
         };
-        assert!(Hosts::new(&settings).unwrap_err().contains("a/b"));
+        assert!(Hosts::new(&settings)
+            .unwrap_err()
+            .to_string()
+            .contains("a/b"));
     }
 }
