@@ -15,6 +15,11 @@
 //! running server sees the change within two seconds. In cluster mode the names registered for
 //! the whole cluster (see [`crate::cluster::users`]) count too, and take precedence over the
 //! data directory's.
+//!
+//! A registered name may also be a server admin (`machat user add NAME --admin`, `machat user
+//! admin NAME on|off`), stored with it (the `admin` column; the cluster's record). Only someone
+//! who can write the data directory (or the cluster's bucket) can make one: no client command
+//! grants it. [`Users::is_admin`] is what the moderation commands will ask.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -121,12 +126,36 @@ fn open(path: &Path, create: bool) -> rusqlite::Result<Connection> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let conn = Connection::open_with_flags(path, flags)?;
+    let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(2))?;
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, hash TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS users (
+            name TEXT PRIMARY KEY,
+            hash TEXT NOT NULL,
+            admin INTEGER NOT NULL DEFAULT 0
+        )",
     )?;
+    add_admin_column(&mut conn)?;
     Ok(conn)
+}
+
+fn has_admin_column(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'admin'")?
+        .exists([])
+}
+
+/// A data directory made before server admins has a users table without the `admin` column:
+/// it gets one (nobody an admin), so an old data dir keeps working. Checked again inside an
+/// immediate transaction, so a server and `machat user` migrating at once do not both add it.
+fn add_admin_column(conn: &mut Connection) -> rusqlite::Result<()> {
+    if has_admin_column(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !has_admin_column(&tx)? {
+        tx.execute_batch("ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")?;
+    }
+    tx.commit()
 }
 
 /// Hashes a password with argon2id and a random salt (PHC string format).
@@ -157,11 +186,13 @@ pub fn new_hash(name: &str, password: &str) -> Result<String, AuthError> {
     hash(password)
 }
 
-/// `machat user add NAME`: registers (or re-registers) a name. Refused if the name is too
-/// much like another registered name (the same [`name_key`]).
-pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+/// `machat user add NAME [--admin]`: registers (or re-registers) a name. Refused if the name is
+/// too much like another registered name (the same [`name_key`]). A new password keeps the
+/// admin role the name had: taking it is `machat user admin NAME off`, never a side effect.
+pub fn add_user(data_dir: &Path, name: &str, password: &str, admin: bool) -> Result<(), AuthError> {
     check_name(name)?;
-    if let Some(like) = lookalike(name, list_users(data_dir)?) {
+    let names = list_users(data_dir)?.into_iter().map(|l| l.name);
+    if let Some(like) = lookalike(name, names) {
         return Err(AuthError::Lookalike {
             name: name.to_owned(),
             like,
@@ -175,8 +206,9 @@ pub fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), AuthE
     let path = db_path(data_dir);
     let conn = open(&path, true).map_err(AuthError::database(&path))?;
     conn.execute(
-        "INSERT OR REPLACE INTO users (name, hash) VALUES (?1, ?2)",
-        params![name, hash],
+        "INSERT INTO users (name, hash, admin) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, admin = admin OR excluded.admin",
+        params![name, hash, admin],
     )
     .map_err(AuthError::database(&path))?;
     Ok(())
@@ -200,29 +232,67 @@ pub fn remove_user(data_dir: &Path, name: &str) -> Result<bool, AuthError> {
         .map_err(AuthError::database(&path))
 }
 
+/// `machat user admin NAME on|off`: gives or takes the server admin role. False, and nothing
+/// written, if NAME (exactly as registered) is not registered: only registered names hold roles.
+pub fn set_admin(data_dir: &Path, name: &str, admin: bool) -> Result<bool, AuthError> {
+    let path = db_path(data_dir);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let conn = open(&path, false).map_err(AuthError::database(&path))?;
+    conn.execute(
+        "UPDATE users SET admin = ?2 WHERE name = ?1",
+        params![name, admin],
+    )
+    .map(|n| n > 0)
+    .map_err(AuthError::database(&path))
+}
+
+/// A line of `machat user list`: a registered name and whether it is a server admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub admin: bool,
+}
+
 /// `machat user list`: the registered names, sorted.
-pub fn list_users(data_dir: &Path) -> Result<Vec<String>, AuthError> {
+pub fn list_users(data_dir: &Path) -> Result<Vec<Listed>, AuthError> {
     let path = db_path(data_dir);
     if !path.exists() {
         return Ok(Vec::new());
     }
     let conn = open(&path, false).map_err(AuthError::database(&path))?;
     let mut stmt = conn
-        .prepare("SELECT name FROM users ORDER BY name")
+        .prepare("SELECT name, admin FROM users ORDER BY name")
         .map_err(AuthError::read(&path))?;
     let names = stmt
-        .query_map([], |r| r.get(0))
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+        .query_map([], |r| {
+            Ok(Listed {
+                name: r.get(0)?,
+                admin: r.get(1)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Listed>>>())
         .map_err(AuthError::read(&path))?;
     Ok(names)
 }
 
-/// Registered names (and their hashes), found by either of a name's keys (see
+/// A registered name as the server holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The name as registered (not its key): a look-alike finds this entry, but is not it.
+    pub name: String,
+    /// The argon2id hash, in the PHC string format.
+    pub hash: String,
+    pub admin: bool,
+}
+
+/// Registered names (their hashes and roles), found by either of a name's keys (see
 /// [`crate::protocol::NameKey`]).
 #[derive(Debug, Default)]
 pub struct ByKey {
-    /// `lower` key → (name as registered, hash).
-    entries: HashMap<String, (String, String)>,
+    /// `lower` key → the registration.
+    entries: HashMap<String, Registration>,
     /// `upper` key → `lower` key.
     upper: HashMap<String, String>,
 }
@@ -236,30 +306,30 @@ impl ByKey {
         self.entries.is_empty()
     }
 
-    /// The registered (name, hash) too much like a name of `key`.
-    pub fn get(&self, key: &NameKey) -> Option<&(String, String)> {
+    /// The registration too much like a name of `key`.
+    pub fn get(&self, key: &NameKey) -> Option<&Registration> {
         self.entries.get(&key.lower).or_else(|| {
             let lower = self.upper.get(&key.upper)?;
             self.entries.get(lower)
         })
     }
 
-    /// Registers `name` (a new hash for it, if it is there); false, and nothing changed, if
-    /// another name too much like it is there.
-    pub fn insert(&mut self, name: String, hash: String) -> bool {
-        let key = name_key(&name);
-        if self.get(&key).is_some_and(|(n, _)| *n != name) {
+    /// Registers a name (its new hash and role, if it is there); false, and nothing changed,
+    /// if another name too much like it is there.
+    pub fn insert(&mut self, registration: Registration) -> bool {
+        let key = name_key(&registration.name);
+        if self.get(&key).is_some_and(|r| r.name != registration.name) {
             return false;
         }
         self.upper.insert(key.upper, key.lower.clone());
-        self.entries.insert(key.lower, (name, hash));
+        self.entries.insert(key.lower, registration);
         true
     }
 
     /// Removes `name` itself (not a look-alike of it).
     pub fn remove(&mut self, name: &str) {
         let key = name_key(name);
-        if self.entries.get(&key.lower).is_some_and(|(n, _)| n == name) {
+        if self.entries.get(&key.lower).is_some_and(|r| r.name == name) {
             self.entries.remove(&key.lower);
             self.upper.remove(&key.upper);
         }
@@ -385,10 +455,16 @@ impl Users {
         }
         let conn = open(path, false).map_err(AuthError::database(path))?;
         let mut stmt = conn
-            .prepare("SELECT name, hash FROM users ORDER BY name")
+            .prepare("SELECT name, hash, admin FROM users ORDER BY name")
             .map_err(AuthError::read(path))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map([], |r| {
+                Ok(Registration {
+                    name: r.get(0)?,
+                    hash: r.get(1)?,
+                    admin: r.get(2)?,
+                })
+            })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(AuthError::read(path))?;
         *self.lock() = by_key(rows);
@@ -433,10 +509,29 @@ impl Users {
     /// The hash the name of `key` is registered with: the cluster's, else the data
     /// directory's.
     fn hash_of(&self, key: &NameKey) -> Option<String> {
-        let in_cluster = self
-            .cluster_lock()
-            .and_then(|r| r.get(key).map(|(_, h)| h.clone()));
-        in_cluster.or_else(|| self.lock().get(key).map(|(_, h)| h.clone()))
+        self.registration(key, |r| r.hash.clone())
+    }
+
+    /// What `read` makes of the registration of `key`: the cluster's, else the data
+    /// directory's (the same precedence for the password and the role, so a name is never
+    /// checked against one and given the role of the other).
+    fn registration<T>(&self, key: &NameKey, read: impl Fn(&Registration) -> T) -> Option<T> {
+        let in_cluster = self.cluster_lock().and_then(|r| r.get(key).map(&read));
+        in_cluster.or_else(|| self.lock().get(key).map(&read))
+    }
+
+    /// Whether `name` is a server admin: the registration its key finds is an admin's, and
+    /// `name` is that registration's name exactly, so a case variant or a look-alike of an
+    /// admin's name (which can log in with the admin's password) is no admin. An unregistered
+    /// name is none. The answer follows `machat user` within moments (the file watcher, or the
+    /// cluster's bucket).
+    ///
+    /// It knows names, not connections: the caller asks only for a connection that proved the
+    /// name's password (a session's `person`), since a guest who took a name before it was
+    /// registered still carries it.
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.registration(&name_key(name), |r| r.admin && r.name == name)
+            .unwrap_or(false)
     }
 
     /// Whether `name`, or a name it is too much like, is registered.
@@ -501,10 +596,11 @@ pub type Registered = Arc<Mutex<ByKey>>;
 
 /// Registered names by key; of names with one key (registered before keys were compared), the
 /// first in order wins, and the others are named in the log.
-pub fn by_key(rows: impl IntoIterator<Item = (String, String)>) -> ByKey {
+pub fn by_key(rows: impl IntoIterator<Item = Registration>) -> ByKey {
     let mut out = ByKey::default();
-    for (name, hash) in rows {
-        if !out.insert(name.clone(), hash) {
+    for registration in rows {
+        let name = registration.name.clone();
+        if !out.insert(registration) {
             warn!(name, "a registered name is too much like another: ignored");
         }
     }
@@ -588,18 +684,26 @@ mod tests {
         assert!(!verify("pw", "not a hash"));
     }
 
+    fn reg(name: &str, hash: &str, admin: bool) -> Registration {
+        Registration {
+            name: name.into(),
+            hash: hash.into(),
+            admin,
+        }
+    }
+
     #[test]
     fn registered_names_are_found_by_their_lookalikes() {
         let mut r = ByKey::default();
-        assert!(r.insert("Mina".into(), "h1".into()));
+        assert!(r.insert(reg("Mina", "h1", false)));
         assert!(
-            r.insert("Mina".into(), "h2".into()),
+            r.insert(reg("Mina", "h2", false)),
             "a new hash for the same name"
         );
-        assert!(!r.insert("MINA".into(), "h3".into()));
+        assert!(!r.insert(reg("MINA", "h3", false)));
         for like in ["mina", "\u{41c}ina", "\u{ff2d}ina", "Mina"] {
             assert_eq!(
-                r.get(&name_key(like)).map(|(_, h)| h.as_str()),
+                r.get(&name_key(like)).map(|r| r.hash.as_str()),
                 Some("h2"),
                 "{like}"
             );
@@ -610,25 +714,126 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    fn names(dir: &Path) -> Vec<(String, bool)> {
+        list_users(dir)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.name, l.admin))
+            .collect()
+    }
+
     #[test]
     fn users_are_added_listed_and_removed() {
         let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        add_user(&dir, "Mina", "secret").unwrap();
-        add_user(&dir, "Bob", "other").unwrap();
-        assert!(add_user(&dir, "bad name", "x").is_err());
-        assert!(add_user(&dir, "Empty", "").is_err());
-        let err = add_user(&dir, "BOB", "x").unwrap_err();
+        add_user(&dir, "Mina", "secret", false).unwrap();
+        add_user(&dir, "Bob", "other", false).unwrap();
+        assert!(add_user(&dir, "bad name", "x", false).is_err());
+        assert!(add_user(&dir, "Empty", "", false).is_err());
+        let err = add_user(&dir, "BOB", "x", true).unwrap_err();
         assert!(matches!(err, AuthError::Lookalike { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             "name BOB is too much like Bob, already registered"
         );
-        add_user(&dir, "Bob", "new password").unwrap();
-        assert_eq!(list_users(&dir).unwrap(), ["Bob", "Mina"]);
+        add_user(&dir, "Bob", "new password", false).unwrap();
+        let plain = |n: &[&str]| n.iter().map(|n| (n.to_string(), false)).collect::<Vec<_>>();
+        assert_eq!(names(&dir), plain(&["Bob", "Mina"]));
         assert!(remove_user(&dir, "Bob").unwrap());
         assert!(!remove_user(&dir, "Bob").unwrap());
-        assert_eq!(list_users(&dir).unwrap(), ["Mina"]);
+        assert_eq!(names(&dir), plain(&["Mina"]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_admin_role_is_stored_kept_by_a_new_password_and_only_for_registered_names() {
+        let dir = std::env::temp_dir().join(format!("machat-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!set_admin(&dir, "Root", true).unwrap(), "no database yet");
+        add_user(&dir, "Root", "pw", true).unwrap();
+        add_user(&dir, "Mina", "pw", false).unwrap();
+        assert_eq!(
+            names(&dir),
+            [("Mina".to_string(), false), ("Root".to_string(), true)]
+        );
+        add_user(&dir, "Root", "new pw", false).unwrap();
+        assert_eq!(names(&dir)[1], ("Root".to_string(), true), "a new password");
+        assert!(set_admin(&dir, "Root", false).unwrap());
+        assert!(set_admin(&dir, "Mina", true).unwrap());
+        assert_eq!(
+            names(&dir),
+            [("Mina".to_string(), true), ("Root".to_string(), false)]
+        );
+        assert!(!set_admin(&dir, "Ghost", true).unwrap());
+        assert!(!set_admin(&dir, "MINA", false).unwrap(), "the name exactly");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_registered_name_of_an_admin_is_an_admin() {
+        let users = Users::new(false);
+        *users.lock() = by_key([
+            reg("Admin", "h", true),
+            reg("Mina", "h", false),
+            reg("\u{41c}ax", "h", true),
+        ]);
+        assert!(users.is_admin("Admin"));
+        assert!(users.is_admin("\u{41c}ax"));
+        for not in [
+            "ADMIN",
+            "admin",
+            "\u{410}dmin",  // Cyrillic А
+            "\u{ff21}dmin", // fullwidth Ａ
+            "Max",          // Latin look-alike of the Cyrillic admin
+            "Mina",
+            "Ghost",
+            "",
+        ] {
+            assert!(!users.is_admin(not), "{not}");
+        }
+        assert!(!Users::none().is_admin("Admin"));
+    }
+
+    /// The cluster's registration is the one that counts, for the role as for the password.
+    #[test]
+    fn in_cluster_mode_the_clusters_role_counts() {
+        let users = Users::new(false);
+        *users.lock() = by_key([reg("Admin", "h", true), reg("Local", "h", true)]);
+        let cluster: Registered = Arc::new(Mutex::new(by_key([
+            reg("Admin", "h", false),
+            reg("Root", "h", true),
+        ])));
+        users.share_with(cluster.clone());
+        assert!(!users.is_admin("Admin"));
+        assert!(users.is_admin("Root"));
+        assert!(users.is_admin("Local"), "a name only the data dir has");
+        cluster.lock().unwrap().insert(reg("Admin", "h", true));
+        assert!(users.is_admin("Admin"), "followed from the bucket");
+        cluster.lock().unwrap().remove("Root");
+        assert!(!users.is_admin("Root"));
+    }
+
+    /// A data dir from before server admins: its users table has no admin column.
+    #[test]
+    fn an_old_users_table_gets_the_admin_column() {
+        let dir = std::env::temp_dir().join(format!("machat-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = Connection::open(db_path(&dir)).unwrap();
+        let h = hash("pw").unwrap();
+        old.execute_batch("CREATE TABLE users (name TEXT PRIMARY KEY, hash TEXT NOT NULL)")
+            .unwrap();
+        old.execute("INSERT INTO users VALUES ('Mina', ?1)", [&h])
+            .unwrap();
+        drop(old);
+        let users = Users::new(false);
+        users.reload(&db_path(&dir), &mut None).unwrap();
+        assert!(users.is_registered("Mina") && !users.is_admin("Mina"));
+        assert_eq!(names(&dir), [("Mina".to_string(), false)]);
+        assert!(set_admin(&dir, "Mina", true).unwrap());
+        users.reload(&db_path(&dir), &mut None).unwrap();
+        assert!(users.is_admin("Mina"));
+        assert_eq!(users.hash_of(&name_key("Mina")), Some(h), "the hash kept");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -208,9 +208,9 @@ pub struct Config {
 /// What `machat` does instead of serving.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Registered names: `machat user add NAME` (the password is read from stdin),
-    /// `machat user remove NAME`, `machat user list`. Uses --data-dir, or with --nats the
-    /// cluster's names.
+    /// Registered names: `machat user add NAME [--admin]` (the password is read from stdin),
+    /// `machat user remove NAME`, `machat user admin NAME on|off`, `machat user list`. Uses
+    /// --data-dir, or with --nats the cluster's names.
     User {
         #[command(subcommand)]
         action: UserAction,
@@ -221,11 +221,31 @@ pub enum Command {
 pub enum UserAction {
     /// Registers NAME, or sets a new password for it; the password is read from stdin. With
     /// --nats, for every node of the cluster; otherwise in --data-dir.
-    Add { name: String },
+    Add {
+        name: String,
+        /// Makes NAME a server admin too (a new password keeps the role a name has).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Removes NAME's registration.
     Remove { name: String },
-    /// Lists the registered names.
+    /// Gives (`on`) or takes (`off`) the server admin role of a registered NAME.
+    Admin { name: String, role: OnOff },
+    /// Lists the registered names, an admin's followed by ` (admin)`.
     List,
+}
+
+/// `machat user admin NAME on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
 }
 
 /// `--durability`: the flag's spelling of [`settings::Durability`].
@@ -517,6 +537,31 @@ mod tests {
         assert_eq!(c.history_max_age, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
         assert!(parse_age("3w").is_err() && parse_age("0s").is_err() && parse_age("").is_err());
+    }
+
+    #[test]
+    fn user_subcommands() {
+        let action = |args: &[&str]| match parse(args).command {
+            Some(Command::User { action }) => action,
+            None => panic!("no user command in {args:?}"),
+        };
+        assert!(matches!(
+            action(&["machat", "user", "add", "Mina", "--admin"]),
+            UserAction::Add { name, admin: true } if name == "Mina"
+        ));
+        assert!(matches!(
+            action(&["machat", "user", "add", "Mina"]),
+            UserAction::Add { admin: false, .. }
+        ));
+        assert!(matches!(
+            action(&["machat", "user", "admin", "Mina", "off"]),
+            UserAction::Admin {
+                role: OnOff::Off,
+                ..
+            }
+        ));
+        let bad = ["machat", "user", "admin", "Mina", "yes"].map(OsString::from);
+        assert!(Config::try_parse_from(bad).is_err());
     }
 
     #[test]

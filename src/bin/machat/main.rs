@@ -50,11 +50,12 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
     let (url, replicas) = (cluster.url.as_str(), cluster.replicas);
     let at = machat::cluster::redact_url(url);
     match action {
-        UserAction::Add { name } => {
+        UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
             let hash = machat::auth::new_hash(name, &password)?;
-            users::add(url, replicas, name, &hash)?;
-            eprintln!("machat: {name} is registered in the cluster at {at}");
+            users::add(url, replicas, name, &hash, *admin)?;
+            let role = if *admin { " as an admin" } else { "" };
+            eprintln!("machat: {name} is registered{role} in the cluster at {at}");
             Ok(())
         }
         UserAction::Remove { name } => match users::remove(url, replicas, name)? {
@@ -64,10 +65,16 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
             }
             false => Err(format!("{name} is not registered in the cluster at {at}").into()),
         },
-        UserAction::List => {
-            for n in users::list(url, replicas)? {
-                println!("{n}");
+        UserAction::Admin { name, role } => match users::set_admin(url, replicas, name, role.on())?
+        {
+            true => {
+                eprintln!("machat: {name} {} in the cluster at {at}", now(role.on()));
+                Ok(())
             }
+            false => Err(format!("{name} is not registered in the cluster at {at}").into()),
+        },
+        UserAction::List => {
+            print_list(users::list(url, replicas)?);
             Ok(())
         }
     }
@@ -76,10 +83,11 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
 fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Error>> {
     let dir = &auth.data_dir;
     match action {
-        UserAction::Add { name } => {
+        UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
-            machat::auth::add_user(dir, name, &password)?;
-            eprintln!("machat: {name} is registered in {}", dir.display());
+            machat::auth::add_user(dir, name, &password, *admin)?;
+            let role = if *admin { " as an admin" } else { "" };
+            eprintln!("machat: {name} is registered{role} in {}", dir.display());
             Ok(())
         }
         UserAction::Remove { name } => match machat::auth::remove_user(dir, name)? {
@@ -89,11 +97,33 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
             }
             false => Err(format!("{name} is not registered").into()),
         },
-        UserAction::List => {
-            for n in machat::auth::list_users(dir)? {
-                println!("{n}");
+        UserAction::Admin { name, role } => match machat::auth::set_admin(dir, name, role.on())? {
+            true => {
+                eprintln!("machat: {name} {}", now(role.on()));
+                Ok(())
             }
+            false => Err(format!("{name} is not registered").into()),
+        },
+        UserAction::List => {
+            print_list(machat::auth::list_users(dir)?);
             Ok(())
         }
+    }
+}
+
+fn now(admin: bool) -> &'static str {
+    if admin {
+        "is now an admin"
+    } else {
+        "is no longer an admin"
+    }
+}
+
+/// One name a line, as before server admins; an admin's followed by ` (admin)` (a name cannot
+/// hold a space, so the marker cannot be part of one).
+fn print_list(names: Vec<machat::auth::Listed>) {
+    for n in names {
+        let marker = if n.admin { " (admin)" } else { "" };
+        println!("{}{marker}", n.name);
     }
 }
