@@ -818,3 +818,42 @@ fn private_messages_reach_members_and_persons_on_other_nodes() {
         "{seen:?}"
     );
 }
+
+/// A person on two nodes, one of which is killed: its key on the dead node lapses, but the
+/// person is still in the room through the other node, so no one is told it left; when its
+/// last connection goes, it leaves once.
+#[test]
+fn a_person_whose_node_is_killed_stays_through_its_other_node() {
+    let nats = Nats::start();
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "pw\n");
+    assert!(ok, "{err}");
+    let a = node(&nats, &["--presence-ttl", "2"]);
+    let b = node(&nats, &["--presence-ttl", "2"]);
+    let c = node(&nats, &["--presence-ttl", "2"]);
+    let mut bob = c.connect("Bob", "k");
+    let mut laptop = a.connect_with("Mina", "k", r#","password":"pw""#);
+    laptop.until("*** Mina joined");
+    bob.expect("*** Mina joined");
+    let mut phone = b.connect_with("Mina", "k", r#","password":"pw""#);
+    phone.send("from the phone\n");
+    bob.expect("Mina:from the phone");
+    laptop.until("Mina:from the phone");
+    b.signal("-KILL");
+    // Past the TTL (2 s) and the sweep after it, the room goes on with Mina in it.
+    std::thread::sleep(Duration::from_secs(5));
+    bob.send("still here?\n");
+    let seen = bob.until("Bob:still here?");
+    assert!(seen.is_empty(), "{seen:?}");
+    laptop.until("Bob:still here?");
+    bob.send("/who\n");
+    bob.expect("*** 2 in k: Bob Mina");
+    // The last connection goes: one leave.
+    drop(laptop);
+    bob.expect("*** Mina left");
+    bob.send("after\n");
+    let seen = bob.until("Bob:after");
+    assert!(seen.is_empty(), "a second leave: {seen:?}");
+    bob.send("/who\n");
+    bob.expect("*** 1 in k: Bob");
+    drop(phone);
+}
