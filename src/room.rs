@@ -692,6 +692,14 @@ impl Room {
         self.publish_at(&mut inner, event, Some(m.ts));
     }
 
+    /// Whether `seat`'s member could be renamed `new` right now, as [`Room::rename`] checks,
+    /// without renaming. A rename over many rooms (a version-2 `nick`) asks every room first,
+    /// so a clash in one room does not show a rename and its undoing in the others.
+    pub fn rename_check(&self, seat: Seat, new: &str) -> Result<(), RoomError> {
+        let key = KeyHash::of(&crate::protocol::name_key(new));
+        self.lock().check_free(new, &key, Some(seat.slot))
+    }
+
     /// Renames a member if the new name is free in this room, and tells the room.
     pub fn rename(&self, seat: Seat, new: &str) -> Result<(), RoomError> {
         let key = KeyHash::of(&crate::protocol::name_key(new));

@@ -771,6 +771,73 @@ fn a_version_2_connection_in_two_rooms_spans_nodes() {
     cat.until("*** Mina left");
 }
 
+/// A version-2 `nick` claims the new name in each of the connection's rooms across the
+/// cluster: a name another node holds in one room renames it nowhere; a free one renames it in
+/// every room, seen on the other node.
+#[test]
+fn a_version_2_nick_spans_nodes() {
+    let nats = Nats::start();
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut bob = b.connect("Bob", "one");
+    let mut cat = b.connect("Cat", "two");
+    let _rex = b.connect("Rex", "two");
+    let mut mina = Client::raw(a.addr);
+    mina.send(r#"{"name":"Mina","version":2}"#);
+    json_until(&mut mina, |v| v["type"] == "welcome");
+    for room in ["one", "two"] {
+        mina.send(&format!(
+            "{{\"type\":\"join\",\"room\":\"{room}\",\"req\":\"{room}\"}}\n"
+        ));
+        json_until(&mut mina, |v| v["type"] == "ok" && v["req"] == room);
+    }
+    bob.until("*** Mina joined");
+    cat.until("*** Mina joined");
+
+    // Rex is on node b, in room two only: node a's room does not know; the cluster does.
+    mina.send("{\"type\":\"nick\",\"name\":\"Rex\",\"req\":\"n1\"}\n");
+    let mut answer = Value::Null;
+    json_until(&mut mina, |v| {
+        answer = v.clone();
+        v["req"] == "n1"
+    });
+    assert_eq!(
+        answer["reason"], "name Rex is already taken in room two",
+        "{answer}"
+    );
+    // Rex's claim in room one was given back: another Rex can join it (once the cluster
+    // has the release).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut rex = Client::raw(b.addr);
+        rex.send(r#"{"name":"Rex","room":"one"}"#);
+        if rex.line().ends_with("Rex joined") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Rex's claim in one was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bob.until("*** Rex joined");
+
+    mina.send("{\"type\":\"nick\",\"name\":\"Minnie\",\"req\":\"n2\"}\n");
+    let before = json_until(&mut mina, |v| v["req"] == "n2" && v["type"] == "ok");
+    assert!(before.iter().all(|v| v["type"] != "error"), "{before:?}");
+    // Each room's `nick` event comes when the cluster delivers it, before or after the ok.
+    let mut renamed = before.iter().filter(|v| v["type"] == "nick").count();
+    while renamed < 2 {
+        let seen = json_until(&mut mina, |v| v["type"] == "nick" && v["new"] == "Minnie");
+        assert!(seen.iter().all(|v| v["type"] != "error"), "{seen:?}");
+        renamed += 1;
+    }
+    bob.until("*** Mina is now Minnie");
+    cat.until("*** Mina is now Minnie");
+    mina.send("{\"type\":\"say\",\"room\":\"one\",\"text\":\"hi\"}\n");
+    bob.until("Minnie:hi");
+}
+
 /// Private messages cross nodes: to a member on another node, and to every connection of a
 /// person on either node (the sender's own copies included).
 #[test]

@@ -604,3 +604,195 @@ fn rooms_beyond_the_first_count_against_the_connection_limits() {
         "the closed connection's rooms were not given back"
     );
 }
+
+/// Sends a `nick` request and returns what the client got up to and with its answer (the
+/// `ok` or the `error` with that `req`).
+fn nick(c: &mut Client, name: &str, req: impl Into<Value>) -> (Vec<Value>, Value) {
+    let req = req.into();
+    request(c, json!({"type": "nick", "name": name, "req": req}));
+    let mut seen = Vec::new();
+    loop {
+        let v = line(c);
+        if v["req"] == req {
+            return (seen, v);
+        }
+        seen.push(v);
+    }
+}
+
+/// Issue 12 left `nick` out of version 2: one rename for every room of the connection.
+#[test]
+fn a_version_2_client_renames_itself_in_every_room_it_is_in() {
+    let server = App::start();
+    let rooms = ["alpha", "beta", "gamma"];
+    let mut mina = v2(&server, "Mina");
+    let mut members = Vec::new();
+    for room in rooms {
+        join(&mut mina, room);
+        members.push(server.connect(&format!("T{room}"), room));
+        until(&mut mina, |v| v["type"] == "join" && v["room"] == room);
+    }
+    let (mut seen, answer) = nick(&mut mina, "Minnie", "n1");
+    assert_eq!(answer, json!({"type":"ok","req":"n1"}));
+    // Each room's own `nick` event, in its stream (before or after the ok).
+    while seen.iter().filter(|v| v["type"] == "nick").count() < rooms.len() {
+        seen.push(line(&mut mina));
+    }
+    for room in rooms {
+        let event = seen
+            .iter()
+            .find(|v| v["type"] == "nick" && v["room"] == room)
+            .unwrap_or_else(|| panic!("no nick event in {room}: {seen:?}"));
+        assert_eq!(
+            (event["name"].as_str(), event["new"].as_str()),
+            (Some("Mina"), Some("Minnie")),
+            "{event}"
+        );
+    }
+    for (room, member) in rooms.iter().zip(&mut members) {
+        member.expect("*** Mina is now Minnie");
+        request(
+            &mut mina,
+            json!({"type":"say","room":room,"text":format!("hi {room}")}),
+        );
+        member.expect(&format!("Minnie:hi {room}"));
+    }
+    // The old name is free again, in every room.
+    for room in rooms {
+        server.connect("Mina", room);
+    }
+}
+
+/// A name taken in one room renames the member nowhere, and the new name's claims are given
+/// back in the others.
+#[test]
+fn a_nick_taken_in_one_room_keeps_the_old_name_everywhere() {
+    let server = App::start();
+    let rooms = ["alpha", "beta", "gamma"];
+    let mut mina = v2(&server, "Mina");
+    let mut members = Vec::new();
+    for room in rooms {
+        join(&mut mina, room);
+        members.push(server.connect(&format!("T{room}"), room));
+        until(&mut mina, |v| v["type"] == "join" && v["room"] == room);
+    }
+    let mut minnie = server.connect("Minnie", "beta");
+    until(&mut mina, |v| v["type"] == "join" && v["name"] == "Minnie");
+    members[1].expect("*** Minnie joined");
+
+    let (seen, answer) = nick(&mut mina, "Minnie", "n1");
+    assert_eq!(
+        answer,
+        json!({"type":"error","req":"n1","reason":"name Minnie is already taken in room beta"})
+    );
+    assert!(seen.is_empty(), "{seen:?}");
+    // Too much like a member, in one room: named with that member and that room.
+    let (_, answer) = nick(&mut mina, "MINNIE", "n2");
+    assert_eq!(
+        answer["reason"],
+        "name MINNIE is too much like Minnie, already in room beta"
+    );
+    // Still Mina everywhere: the next line each member sees is her message, under her name.
+    for (room, member) in rooms.iter().zip(&mut members) {
+        request(
+            &mut mina,
+            json!({"type":"say","room":room,"text":"still me"}),
+        );
+        member.expect("Mina:still me");
+    }
+    for _ in rooms {
+        let m = line(&mut mina);
+        assert_eq!(
+            (m["type"].as_str(), m["name"].as_str()),
+            (Some("message"), Some("Mina")),
+            "{m}"
+        );
+    }
+    // Nothing claimed the name in the other rooms: someone else takes it there.
+    for room in ["alpha", "gamma"] {
+        server.connect("Minnie", room);
+    }
+    minnie.expect("Mina:still me");
+    minnie.send("/who\n");
+    minnie.expect("*** 3 in beta: Mina Minnie Tbeta");
+}
+
+/// Every rule of `/nick` holds for the request, with the same texts, and the connection stays.
+#[test]
+fn a_nick_request_is_refused_as_nick_is() {
+    let dir = common::temp_dir();
+    common::user_add(&dir, "Ann", "pw");
+    let data = dir.clone();
+    let server = App::with(move |s| s.set_data_dir(&data));
+    let mut mina = v2(&server, "Mina");
+    join(&mut mina, "ops");
+    let cases: Vec<(String, Value, &str)> = vec![
+        (r#"{"type":"nick","req":1}"#.into(), json!(1), "request is missing \"name\""),
+        (r#"{"type":"nick","name":null,"req":2}"#.into(), json!(2), "request is missing \"name\""),
+        (r#"{"type":"nick","name":["x"],"req":3}"#.into(), json!(3), "\"name\" must be a string"),
+        (r#"{"type":"nick","name":"","req":4}"#.into(), json!(4), "usage: /nick NAME (name must not be empty)"),
+        (r#"{"type":"nick","name":"Mi na","req":5}"#.into(), json!(5), "usage: /nick NAME (name may not contain U+0020 (no whitespace, control characters, ':', '*' or '/'))"),
+        (r#"{"type":"nick","name":"Mina","req":6}"#.into(), json!(6), "you are already called Mina"),
+        (r#"{"type":"nick","name":"Ann","req":7}"#.into(), json!(7), "name Ann needs a password: reconnect with it"),
+        (r#"{"type":"nick","name":"ANN","req":8}"#.into(), json!(8), "name ANN needs a password: reconnect with it"),
+    ];
+    for (input, req, reason) in &cases {
+        mina.send(&format!("{input}\n"));
+        assert_eq!(
+            line(&mut mina),
+            json!({"type":"error","req":req,"reason":reason}),
+            "{input}"
+        );
+    }
+    request(&mut mina, json!({"type":"who","room":"ops","req":"w"}));
+    assert_eq!(line(&mut mina)["members"], json!(["Mina"]));
+
+    // A person (logged in with a registered name's password) keeps it.
+    let mut ann = Client::raw(server.addr());
+    ann.send(r#"{"name":"Ann","version":2,"password":"pw"}"#);
+    assert_eq!(line(&mut ann)["type"], "welcome");
+    join(&mut ann, "ops");
+    let (_, answer) = nick(&mut ann, "Annie", "p");
+    assert_eq!(
+        answer["reason"],
+        "you are logged in as Ann, a registered name: /nick cannot change it"
+    );
+    drop(server);
+
+    // Under --require-auth, the same answer whatever the name.
+    let data = dir.clone();
+    let server = App::with(move |s| {
+        s.set_data_dir(&data);
+        s.auth.require_auth = true;
+    });
+    let mut ann = Client::raw(server.addr());
+    ann.send(r#"{"name":"Ann","version":2,"password":"pw"}"#);
+    assert_eq!(line(&mut ann)["type"], "welcome");
+    for target in ["Annie", "Mina"] {
+        let (_, answer) = nick(&mut ann, target, "r");
+        assert_eq!(
+            answer["reason"],
+            "you can only be your registered name on this server"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In no room, a rename is the session's alone: later joins use the new name.
+#[test]
+fn a_version_2_client_in_no_room_renames_itself() {
+    let server = App::start();
+    let mut bob = server.connect("Bob", "ops");
+    let mut mina = v2(&server, "Mina");
+    let (seen, answer) = nick(&mut mina, "Minnie", 5);
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(answer, json!({"type":"ok","req":5}));
+    // Without a req: no answer.
+    request(&mut mina, json!({"type":"nick","name":"Mimi"}));
+    assert!(mina.quiet_for(Duration::from_millis(300)));
+    join(&mut mina, "ops");
+    bob.expect("*** Mimi joined");
+    request(&mut mina, json!({"type":"say","room":"ops","text":"hello"}));
+    bob.expect("Mimi:hello");
+}

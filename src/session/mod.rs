@@ -7,6 +7,7 @@
 //! so every rule of the chat can be exercised without a socket.
 
 mod commands;
+mod nick;
 mod rate;
 mod requests;
 mod seats;
@@ -93,10 +94,15 @@ pub struct Session {
     pub person: bool,
 }
 
-/// A command that goes on once the cluster has answered a claim.
-struct ClaimWait {
-    answer: Pin<Box<dyn Future<Output = Result<(), ClaimError>> + Send>>,
-    then: AfterClaim,
+/// A claim's answer still on its way from the cluster (see [`Claim::Pending`]).
+type Answer = Pin<Box<dyn Future<Output = Result<(), ClaimError>> + Send>>;
+
+/// A command that goes on once the cluster has answered its claims.
+enum ClaimWait {
+    /// One room's claim: a version-1 `/nick` or `/join`, a version-2 `join`.
+    One { answer: Answer, then: AfterClaim },
+    /// Version 2: a `nick` request, waiting for the new name in every room of the session.
+    Rename(nick::Renaming),
 }
 
 enum AfterClaim {
@@ -305,7 +311,7 @@ impl Session {
         match self.hub.claim_now(room, name, self.id, self.person) {
             Claim::Done(answer) => Some((answer, then)),
             Claim::Pending(answer) => {
-                self.claim_wait = Some(Box::new(ClaimWait { answer, then }));
+                self.claim_wait = Some(Box::new(ClaimWait::One { answer, then }));
                 None
             }
         }
@@ -321,11 +327,26 @@ impl Session {
         out: &mut Vec<u8>,
     ) -> Poll<Result<Option<End>, RoomError>> {
         if let Some(wait) = self.claim_wait.as_mut() {
-            let answer = ready!(wait.answer.as_mut().poll(cx));
+            let answer = match &mut **wait {
+                ClaimWait::One { answer, .. } => ready!(answer.as_mut().poll(cx)),
+                ClaimWait::Rename(renaming) => {
+                    let answer = ready!(renaming.poll(cx));
+                    let Some(wait) = self.claim_wait.take() else {
+                        return Poll::Pending;
+                    };
+                    let ClaimWait::Rename(renaming) = *wait else {
+                        return Poll::Pending;
+                    };
+                    return Poll::Ready(Ok(self.renamed(renaming, answer, out)));
+                }
+            };
             let Some(wait) = self.claim_wait.take() else {
                 return Poll::Pending;
             };
-            return Poll::Ready(match wait.then {
+            let ClaimWait::One { then, .. } = *wait else {
+                return Poll::Pending;
+            };
+            return Poll::Ready(match then {
                 AfterClaim::Enter { room, replay, req } => {
                     Ok(self.entered(&room, replay, req, answer, out))
                 }
@@ -377,15 +398,18 @@ impl Session {
         }
         // A claim still on its way would otherwise hold the name until the cluster's TTL.
         if let Some(wait) = self.claim_wait.take() {
-            match wait.then {
-                AfterClaim::Nick(new) => {
-                    for room in self.seats.as_slice().iter().map(|h| h.room.name()) {
-                        self.hub.release(room, &new, self.id, false);
+            match *wait {
+                ClaimWait::One { then, .. } => match then {
+                    AfterClaim::Nick(new) => {
+                        for room in self.seats.as_slice().iter().map(|h| h.room.name()) {
+                            self.hub.release(room, &new, self.id, false);
+                        }
                     }
-                }
-                AfterClaim::Join(room) | AfterClaim::Enter { room, .. } => {
-                    self.hub.release(&room, &self.name, self.id, self.person)
-                }
+                    AfterClaim::Join(room) | AfterClaim::Enter { room, .. } => {
+                        self.hub.release(&room, &self.name, self.id, self.person)
+                    }
+                },
+                ClaimWait::Rename(renaming) => renaming.release(&self.hub, self.id),
             }
         }
     }

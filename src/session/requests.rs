@@ -4,8 +4,9 @@
 //! An answer about a room the session is in (an `ok` for a message, `who`, the end of a
 //! `history`) goes into that room's stream for this member, after everything the room sent it
 //! before the request, as a version-1 reply does. An answer that belongs to no room (an error,
-//! `rooms`, the `ok` of a `leave`) goes straight to the connection's output, which is bounded
-//! like a room's queue: a client that sends requests and never reads the answers is cut off.
+//! `rooms`, the `ok` of a `leave` or of a `nick`) goes straight to the connection's output,
+//! which is bounded like a room's queue: a client that sends requests and never reads the
+//! answers is cut off.
 
 use std::time::Instant;
 
@@ -70,6 +71,7 @@ impl Session {
                 render_reply(&Reply::Rooms(&rooms, more), req, &mut bytes);
                 return self.to_out(&bytes, out);
             }
+            Kind::Nick { name } => return self.nick_request(name, req, out),
             Kind::Quit => {
                 let mut bytes = Vec::new();
                 render_reply(&Reply::Notice(Notice::Bye.text()), req, &mut bytes);
@@ -152,7 +154,7 @@ impl Session {
                 // Queued behind the replay: the `ok` comes after its last line.
                 self.ok(req, i, None)
             }
-            Kind::Join { .. } | Kind::Rooms | Kind::Quit => Ok(()),
+            Kind::Join { .. } | Kind::Rooms | Kind::Nick { .. } | Kind::Quit => Ok(()),
         }
     }
 
@@ -248,7 +250,12 @@ impl Session {
     }
 
     /// An error, straight to the connection's output.
-    fn refuse(&self, req: Option<&ReqId>, refusal: &Refusal, out: &mut Vec<u8>) -> Result<(), End> {
+    pub(super) fn refuse(
+        &self,
+        req: Option<&ReqId>,
+        refusal: &Refusal,
+        out: &mut Vec<u8>,
+    ) -> Result<(), End> {
         let mut bytes = Vec::new();
         render_reply(&Reply::Error(&refusal.to_string()), req, &mut bytes);
         self.to_out(&bytes, out)
@@ -256,7 +263,7 @@ impl Session {
 
     /// Appends an answer to the connection's output, which may hold no more than a member may
     /// fall behind in a room (`--max-pending`).
-    fn to_out(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), End> {
+    pub(super) fn to_out(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), End> {
         if out.len() + bytes.len() > self.hub.max_pending() {
             return Err(End::SlowConsumer);
         }

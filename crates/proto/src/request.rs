@@ -73,6 +73,11 @@ pub enum Kind {
         room: String,
         limit: Option<u64>,
     },
+    /// Rename the session in every room it is in (`/nick`); the name already follows the
+    /// name rules.
+    Nick {
+        name: String,
+    },
     Quit,
 }
 
@@ -87,7 +92,7 @@ impl Kind {
             | Kind::Msg { room, .. }
             | Kind::Who { room }
             | Kind::History { room, .. } => Some(room),
-            Kind::Rooms | Kind::Quit => None,
+            Kind::Rooms | Kind::Nick { .. } | Kind::Quit => None,
         }
     }
 }
@@ -101,7 +106,7 @@ pub struct BadRequest {
 
 /// The request types, as `docs/PROTOCOL.md` lists them.
 pub const TYPES: &[&str] = &[
-    "join", "leave", "say", "me", "msg", "who", "rooms", "history", "quit",
+    "join", "leave", "say", "me", "msg", "who", "rooms", "history", "nick", "quit",
 ];
 
 /// Reads one request (a line without its line end, or a text frame).
@@ -186,6 +191,12 @@ fn kind(map: &Map<String, Value>) -> Result<Kind, Refusal> {
             room: room()?,
             limit: count("limit")?,
         },
+        "nick" => {
+            let name = string("name")?;
+            // The same answer as `/nick` gives a name that breaks a rule.
+            validate_name(&name).map_err(Refusal::NickUsage)?;
+            Kind::Nick { name }
+        }
         "quit" => Kind::Quit,
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -263,6 +274,12 @@ mod tests {
             (r#"{"type":"rooms"}"#, Kind::Rooms),
             (r#"{"type":"quit"}"#, Kind::Quit),
             (
+                r#"{"type":"nick","name":"Minnie"}"#,
+                Kind::Nick {
+                    name: "Minnie".into(),
+                },
+            ),
+            (
                 r#"{"type":"who","room":"a"}"#,
                 Kind::Who { room: "a".into() },
             ),
@@ -339,6 +356,17 @@ mod tests {
                 r#"{"req":1,"type":"msg","room":"a","to":"B b","text":"x"}"#,
                 Some("1"),
                 "name may not contain",
+            ),
+            (r#"{"req":1,"type":"nick"}"#, Some("1"), "missing \"name\""),
+            (
+                r#"{"req":1,"type":"nick","name":7}"#,
+                Some("1"),
+                "\"name\" must be a string",
+            ),
+            (
+                r#"{"req":1,"type":"nick","name":""}"#,
+                Some("1"),
+                "usage: /nick NAME (name must not be empty)",
             ),
             (
                 r#"{"req":1,"type":"join","room":"a","since":-2}"#,
