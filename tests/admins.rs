@@ -4,37 +4,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{temp_dir, user_add, Client, Nats, Server, TIMEOUT};
 
-/// `machat user ARGS --data-dir DIR` (or `--nats URL`) with `input` on stdin: exit status,
-/// stdout, stderr.
+/// `machat user ARGS` at `place` (`--data-dir DIR` or `--nats URL`) with `input` on stdin:
+/// exit status, stdout, stderr.
 fn machat_user(args: &[&str], place: &[&str], input: &str) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
-        .arg("user")
-        .args(args)
-        .args(place)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let all: Vec<&str> = args.iter().chain(place).copied().collect();
+    common::machat_user(&all, input)
 }
 
 fn local(dir: &Path) -> [&str; 2] {

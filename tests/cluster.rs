@@ -551,29 +551,10 @@ fn the_last_messages_of_a_long_history_interleaved_with_other_rooms() {
 
 /// `machat user ARGS --nats URL` with `input` on stdin: success, stdout, stderr.
 fn user_cmd(nats: &Nats, args: &[&str], input: &str) -> (bool, String, String) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
-        .arg("user")
-        .args(args)
-        .args(["--nats", &nats.url()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("machat user");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("machat user ran");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let url = nats.url();
+    let all: Vec<&str> = args.iter().copied().chain(["--nats", &url]).collect();
+    let (status, out, err) = common::machat_user(&all, input);
+    (status == Some(0), out, err)
 }
 
 #[test]

@@ -376,28 +376,37 @@ impl Client {
     }
 }
 
-/// Registers `name` with `password` in `dir` (`machat user add`, the password on stdin).
-pub fn user_add(dir: &std::path::Path, name: &str, password: &str) {
+/// `machat user ARGS` with `input` on stdin: exit status, stdout, stderr. (`ARGS` names the
+/// place: `--data-dir DIR` or `--nats URL`.)
+pub fn machat_user(args: &[&str], input: &str) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_machat"))
-        .args(["user", "add", name, "--data-dir"])
-        .arg(dir)
+        .arg("user")
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("machat user");
     child
         .stdin
         .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    let out = child.wait_with_output().expect("machat user ran");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Registers `name` with `password` in `dir` (`machat user add`, the password on stdin).
+pub fn user_add(dir: &std::path::Path, name: &str, password: &str) {
+    let dir = dir.to_string_lossy();
+    let (status, _, err) =
+        machat_user(&["add", name, "--data-dir", &dir], &format!("{password}\n"));
+    assert_eq!(status, Some(0), "{err}");
 }
 
 /// Sends a handshake and expects an error line and a close.
