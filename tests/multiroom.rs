@@ -620,18 +620,25 @@ fn nick(c: &mut Client, name: &str, req: impl Into<Value>) -> (Vec<Value>, Value
     }
 }
 
+/// A version-2 client `name` in every room of `rooms`, each with a text member `T<room>` who
+/// joined after it.
+fn in_rooms(server: &App, name: &str, rooms: &[&str]) -> (Client, Vec<Client>) {
+    let mut client = v2(server, name);
+    let mut members = Vec::new();
+    for &room in rooms {
+        join(&mut client, room);
+        members.push(server.connect(&format!("T{room}"), room));
+        until(&mut client, |v| v["type"] == "join" && v["room"] == room);
+    }
+    (client, members)
+}
+
 /// Issue 12 left `nick` out of version 2: one rename for every room of the connection.
 #[test]
 fn a_version_2_client_renames_itself_in_every_room_it_is_in() {
     let server = App::start();
     let rooms = ["alpha", "beta", "gamma"];
-    let mut mina = v2(&server, "Mina");
-    let mut members = Vec::new();
-    for room in rooms {
-        join(&mut mina, room);
-        members.push(server.connect(&format!("T{room}"), room));
-        until(&mut mina, |v| v["type"] == "join" && v["room"] == room);
-    }
+    let (mut mina, mut members) = in_rooms(&server, "Mina", &rooms);
     let (mut seen, answer) = nick(&mut mina, "Minnie", "n1");
     assert_eq!(answer, json!({"type":"ok","req":"n1"}));
     // Each room's own `nick` event, in its stream (before or after the ok).
@@ -669,13 +676,7 @@ fn a_version_2_client_renames_itself_in_every_room_it_is_in() {
 fn a_nick_taken_in_one_room_keeps_the_old_name_everywhere() {
     let server = App::start();
     let rooms = ["alpha", "beta", "gamma"];
-    let mut mina = v2(&server, "Mina");
-    let mut members = Vec::new();
-    for room in rooms {
-        join(&mut mina, room);
-        members.push(server.connect(&format!("T{room}"), room));
-        until(&mut mina, |v| v["type"] == "join" && v["room"] == room);
-    }
+    let (mut mina, mut members) = in_rooms(&server, "Mina", &rooms);
     let mut minnie = server.connect("Minnie", "beta");
     until(&mut mina, |v| v["type"] == "join" && v["name"] == "Minnie");
     members[1].expect("*** Minnie joined");
