@@ -534,6 +534,12 @@ impl Users {
             .unwrap_or(false)
     }
 
+    /// The registered spelling of `name` (or of the registered name it is too much like):
+    /// roles are held by that spelling, whatever case or look-alike a command typed.
+    pub fn registered_name(&self, name: &str) -> Option<String> {
+        self.registration(&name_key(name), |r| r.name.clone())
+    }
+
     /// Whether `name`, or a name it is too much like, is registered.
     pub fn is_registered(&self, name: &str) -> bool {
         self.hash_of(&name_key(name)).is_some()

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::act::{Act, ActKind};
 use crate::protocol::{clean_message, validate_name, RoomEvent, Timestamp};
 
 /// A room event as it travels between nodes: owned, and with the time it was first sent.
@@ -48,6 +49,21 @@ pub enum Event {
         old: String,
         new: String,
     },
+    /// A moderation action (see [`crate::act::Act`]).
+    Act {
+        kind: ActKind,
+        actor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        net: Option<String>,
+    },
 }
 
 /// The longest node name taken from the stream (ours are 16 hex digits).
@@ -80,6 +96,24 @@ impl Envelope {
                 name_ok(name) && node.as_ref().is_none_or(|n| n.len() <= MAX_NODE)
             }
             Event::Nick { old, new } => name_ok(old) && name_ok(new),
+            Event::Act {
+                actor,
+                target,
+                text,
+                net,
+                ..
+            } => {
+                name_ok(actor)
+                    && target.as_deref().is_none_or(name_ok)
+                    && text.as_deref().is_none_or(|t| {
+                        t.len() <= crate::moderation::command::MAX_TEXT
+                            && (t.is_empty() || text_ok(t))
+                            && !t.contains('\n')
+                    })
+                    && net
+                        .as_deref()
+                        .is_none_or(|n| n.parse::<crate::moderation::Net>().is_ok())
+            }
         }
     }
 
@@ -91,6 +125,23 @@ impl Envelope {
             Event::Join { name, .. } => RoomEvent::Join { name },
             Event::Leave { name, .. } => RoomEvent::Leave { name },
             Event::Nick { old, new } => RoomEvent::Nick { old, new },
+            Event::Act {
+                kind,
+                actor,
+                target,
+                text,
+                until,
+                id,
+                net,
+            } => RoomEvent::Act(Act {
+                kind: *kind,
+                actor,
+                target: target.as_deref(),
+                text: text.as_deref(),
+                until: until.map(Timestamp),
+                id: *id,
+                net: net.as_deref(),
+            }),
         }
     }
 
@@ -132,6 +183,15 @@ impl Envelope {
             RoomEvent::Nick { old, new } => Event::Nick {
                 old: old.into(),
                 new: new.into(),
+            },
+            RoomEvent::Act(act) => Event::Act {
+                kind: act.kind,
+                actor: act.actor.into(),
+                target: act.target.map(Into::into),
+                text: act.text.map(Into::into),
+                until: act.until.map(|t| t.0),
+                id: act.id,
+                net: act.net.map(Into::into),
             },
         };
         Envelope::new(event)

@@ -75,6 +75,7 @@ impl Display for Ending {
             Ending::ClosedByClient => write!(f, "closed by client"),
             Ending::Ended(End::Quit) => write!(f, "quit"),
             Ending::Ended(End::SlowConsumer) => write!(f, "slow consumer: outbound queue full"),
+            Ending::Ended(End::Removed) => write!(f, "closed out of the room by a moderator"),
             Ending::Shutdown => write!(f, "server shutting down"),
             Ending::Tls(e) => write!(f, "tls: {e}"),
             Ending::Io(e) => write!(f, "i/o error: {e}"),
@@ -354,6 +355,11 @@ impl<W: Wire> Client<W> {
                 Take::Empty => {
                     self.out = Out::Idle;
                     return self.flush_wire(cx).map(|()| moved);
+                }
+                Take::Parted => {
+                    self.end = Some(End::Removed);
+                    self.out = Out::Idle;
+                    return Ok(true);
                 }
                 Take::Gone => {
                     self.end = Some(End::SlowConsumer);

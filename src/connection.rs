@@ -358,7 +358,7 @@ impl<S: Io> Wire for Tcp<S> {
             Ending::Broke(refusal) => Reply::Error(&refusal.to_string()).render(format, &mut out),
             _ => {}
         }
-        let linger = matches!(ending, Ending::Ended(End::Quit));
+        let linger = matches!(ending, Ending::Ended(End::Quit | End::Removed));
         finish(self.stream, out, Duration::from_secs(3), linger).await;
     }
 }

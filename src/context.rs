@@ -69,17 +69,20 @@ pub struct Shared {
 
 impl Shared {
     /// The context of a server whose transports follow `transport`, rooms `hub` and sessions
-    /// `rules`; `cluster` is there in cluster mode.
+    /// `rules`, with its registered names and moderation rules; `cluster` is there in cluster
+    /// mode.
     pub fn new(
         transport: TransportSettings,
         hub: HubSettings,
         rules: SessionRules,
         store: Arc<dyn Store>,
         tls: Option<TlsAcceptor>,
-        users: Arc<Users>,
+        (users, policy): (Arc<Users>, Arc<crate::moderation::Policy>),
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        let mut hub = Hub::with_settings(hub, store.clone()).with_users(users);
+        let mut hub = Hub::with_settings(hub, store.clone())
+            .with_users(users)
+            .with_policy(policy);
         if let Some(cluster) = &cluster {
             hub = hub.with_cluster(cluster.clone(), cluster.clone());
         }

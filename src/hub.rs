@@ -4,6 +4,7 @@
 //! session holds its `Arc<Room>`, messages go straight to the room.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -12,10 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::bus::{Envelope, PrivateNote};
+use crate::moderation::{Policy, Who};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::Format;
 use crate::refusal::Refusal;
-use crate::room::{Budget, Replay, ReplayStart, Room, RoomError, Seat};
+use crate::room::{Budget, Joiner, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::sequencer::{Here, Sequencer};
 use crate::settings::HubSettings;
 use crate::store::Store;
@@ -34,6 +36,8 @@ pub struct Hub {
     names: Arc<dyn Names>,
     /// Who orders the rooms' events ([`Here`] on one server), handed to each room.
     sequencer: Arc<dyn Sequencer>,
+    /// The moderation rules: who may enter and speak where, and who may act on whom.
+    pub policy: Arc<Policy>,
 }
 
 /// A claim's answer: at once (one server, or a cluster that could answer without asking), or
@@ -64,6 +68,85 @@ impl Hub {
             users: Users::none(),
             names: Arc::new(Alone),
             sequencer: Arc::new(Here),
+            policy: Arc::new(Policy::open_to_all()),
+        }
+    }
+
+    /// The same hub, following `policy`.
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether `room` exists: someone is in it (here, or on another node), or it has kept
+    /// settings. A join of a room that does not is a creation (see `--room-creation`).
+    pub fn exists(&self, room: &str) -> bool {
+        self.lock().contains_key(room)
+            || self.policy.has_record(room)
+            || (self.names.shared() && !self.names.members(room).is_empty())
+    }
+
+    /// Whether `who` may enter `room` (bans, modes, `--room-creation`); Ok(true) if the room
+    /// is new (see [`Hub::entered`]).
+    pub fn admit(&self, room: &str, who: &Who<'_>, key: Option<&str>) -> Result<bool, Refusal> {
+        let exists = self.exists(room);
+        self.policy.admit(room, who, key, exists)?;
+        Ok(!exists)
+    }
+
+    /// After a join: a new room is owned by its registered creator, and the member is shown
+    /// the topic (if one is set), after its own join line.
+    pub fn entered(&self, room: &Room, seat: Seat, who: &Who<'_>, new: bool, format: Format) {
+        if new {
+            self.policy
+                .created(room.name(), who.person.then_some(who.name));
+        }
+        if let Some(topic) = self.policy.record(room.name()).and_then(|r| r.topic) {
+            let mut line = Vec::new();
+            crate::session::render_topic(room.name(), &topic, format, &mut line);
+            let _ = room.send_to(seat, line);
+        }
+    }
+
+    /// Closes every connection a server ban covers out of every room on this node (each is
+    /// told why); returns how many. Server admins are never covered.
+    pub fn enforce_server_bans(&self) -> usize {
+        let why = Refusal::ServerBanned(String::new()).to_string();
+        let why = crate::protocol::Reply::Error(&why);
+        let banned = |name: &str, addr: IpAddr| {
+            !self.users.is_admin(name)
+                && self
+                    .policy
+                    .server_ban(&crate::protocol::name_key(name), Some(addr))
+                    .is_some()
+        };
+        let mut closed = 0;
+        for room in self.live_rooms() {
+            closed += room.close_out_where(banned, &why);
+        }
+        closed
+    }
+
+    /// The rooms this hub has now (for `/wall`, server bans and the admin API).
+    pub fn live_rooms(&self) -> Vec<Arc<Room>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The room called `name`, if it has members on this node.
+    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Shows a moderation action in a room that may have no members on this node (a wall
+    /// notice reaches every room of the cluster).
+    pub fn act_anywhere(&self, room: &str, act: crate::act::Act<'_>) {
+        match self.room(room) {
+            Some(r) => r.act(act),
+            None => {
+                let _ = self
+                    .sequencer
+                    .announce(room, &crate::protocol::RoomEvent::Act(act), false);
+            }
         }
     }
 
@@ -212,15 +295,8 @@ impl Hub {
 
     /// Joins `room` (creating it), unless `name` is already taken there. A `person`
     /// connection may join its person's other connections (see [`Room::join_replaying`]).
-    pub fn join(
-        &self,
-        room: &str,
-        id: u64,
-        name: &str,
-        format: Format,
-        person: bool,
-    ) -> Result<(Arc<Room>, Seat), RoomError> {
-        self.join_replaying(room, id, name, format, None, person)
+    pub fn join(&self, room: &str, who: Joiner<'_>) -> Result<(Arc<Room>, Seat), RoomError> {
+        self.join_replaying(room, who, None)
             .map(|(room, seat, _)| (room, seat))
     }
 
@@ -228,11 +304,8 @@ impl Hub {
     pub fn join_replaying(
         &self,
         room: &str,
-        id: u64,
-        name: &str,
-        format: Format,
+        who: Joiner<'_>,
         replay: Option<Replay>,
-        person: bool,
     ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
@@ -256,7 +329,7 @@ impl Hub {
         };
         // Joining under the registry's lock means a room being emptied cannot be dropped from
         // the registry while someone joins it.
-        match entry.join_replaying(id, name, format, replay, person) {
+        match entry.join_replaying(who, replay) {
             Ok((seat, history)) => Ok((entry, seat, history)),
             Err(e) => {
                 if entry.member_count() == 0 {

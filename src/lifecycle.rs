@@ -18,6 +18,7 @@ use crate::client::{Client, Ending, Wire};
 use crate::context::Shared;
 use crate::limits::{SeatPass, Ticket};
 use crate::metrics::Transport;
+use crate::moderation::Who;
 use crate::protocol::{Format, Handshake};
 use crate::refusal::Refusal;
 use crate::session::{End, RateLimit, Session};
@@ -74,18 +75,43 @@ pub async fn enter(
     entry: Entry,
 ) -> Result<Session, Refusal> {
     let person = ctx.hub.users.proved(id);
+    let admin = person && ctx.hub.users.is_admin(&hs.name);
+    let who = Who {
+        name: &hs.name,
+        addr: addr.ip(),
+        person,
+        admin,
+    };
+    // A server ban keeps its target out whatever room it asks for, or none.
+    ctx.hub
+        .policy
+        .server_admit(&who)
+        .map_err(|refusal| refused(id, addr, refusal))?;
     let Some(room_name) = hs.room.as_deref() else {
         info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), person, "entered");
-        return Ok(many_rooms(ctx, id, hs.name, entry, person));
+        return Ok(many_rooms(ctx, id, addr, hs.name, entry, (person, admin)));
     };
+    let key = hs.key.as_ref().map(|k| k.0.as_str());
+    let new = ctx
+        .hub
+        .admit(room_name, &who, key)
+        .map_err(|refusal| refused(id, addr, refusal))?;
     let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
     if let Err(e) = ctx.hub.claim(room_name, &hs.name, id, person).await {
         let refusal = ctx.hub.claim_refusal(&e, &hs.name, room_name);
         return Err(refused(id, addr, refusal));
     }
-    let joined = ctx
-        .hub
-        .join_replaying(room_name, id, &hs.name, entry.format, replay, person);
+    let joined = ctx.hub.join_replaying(
+        room_name,
+        crate::room::Joiner {
+            id,
+            name: &hs.name,
+            format: entry.format,
+            person,
+            addr: addr.ip(),
+        },
+        replay,
+    );
     let (room, seat, history) = match joined {
         Ok(joined) => joined,
         Err(e) => {
@@ -94,12 +120,13 @@ pub async fn enter(
             return Err(refused(id, addr, refusal));
         }
     };
+    ctx.hub.entered(&room, seat, &who, new, entry.format);
     info!(id, name = %hs.name, room = %room_name, format = ?entry.format, version = hs.version, transport = entry.transport.label(), person, "joined");
     let rules = ctx.rules.clone();
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if hs.version >= 2 {
-        let mut session = many_rooms(ctx, id, hs.name, entry, person);
+        let mut session = many_rooms(ctx, id, addr, hs.name, entry, (person, admin));
         session.add(room, seat, history);
         return Ok(session);
     }
@@ -113,6 +140,8 @@ pub async fn enter(
         rules,
     );
     session.person = person;
+    session.admin = admin;
+    session.addr = addr.ip();
     if let Some(start) = history {
         session.start_replay(start);
     }
@@ -141,7 +170,14 @@ pub async fn live<W: Wire>(
 }
 
 /// A version-2 session, in no room yet.
-fn many_rooms(ctx: &Shared, id: u64, name: String, entry: Entry, person: bool) -> Session {
+fn many_rooms(
+    ctx: &Shared,
+    id: u64,
+    addr: SocketAddr,
+    name: String,
+    entry: Entry,
+    (person, admin): (bool, bool),
+) -> Session {
     let rules = ctx.rules.clone();
     let mut session = Session::many(
         ctx.hub.clone(),
@@ -150,8 +186,10 @@ fn many_rooms(ctx: &Shared, id: u64, name: String, entry: Entry, person: bool) -
         entry.limit,
         rules,
         Some(entry.pass),
+        addr.ip(),
     );
     session.person = person;
+    session.admin = admin;
     session
 }
 

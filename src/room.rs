@@ -11,11 +11,14 @@
 //! room traffic in the order things happened.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
+use crate::act::Act;
 use crate::bus::Envelope;
+use crate::moderation::Net;
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
 use crate::sequencer::{Here, Placed, Refuse, Sequencer};
 use crate::store::{Deliver, MessageRef, Pending, PendingCount, PendingSpan, Store, StoredMessage};
@@ -125,6 +128,9 @@ pub enum Take {
     Empty,
     /// The member is no longer in this room: it was cut off as a slow consumer.
     Gone,
+    /// The member was closed out of this room (kicked or banned): what it had not read, the
+    /// reason last, waits for [`Room::leave`] to hand it over.
+    Parted,
 }
 
 /// Why a join, rename or private message was refused.
@@ -195,6 +201,9 @@ struct Member {
     /// others (one `joined`, one `left`, one name in `/who`). A bool, in the padding after
     /// `waiting`: an idle member does not grow.
     person: bool,
+    /// Where the connection comes from: a ban by address closes it out, and the admin API
+    /// lists it.
+    addr: IpAddr,
 }
 
 /// Where a replay (history on joining, `/history`) stands in a member's stream. The replay is
@@ -271,6 +280,9 @@ struct Inner {
     /// from the cluster ([`Placed::Away`]). If the person was in the room on another node
     /// already, the room does not show the join, and this connection alone is told it is in.
     awaiting_join: Vec<(String, Seat)>,
+    /// Members closed out of the room (kicked, banned) whose connections have not yet taken
+    /// what was left for them (see [`Take::Parted`]). Counted in `private_total`.
+    parted: Vec<(Seat, Vec<u8>)>,
 }
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
@@ -304,6 +316,20 @@ pub enum ReplaySize {
     Last(PendingSpan),
     After(u64, PendingCount),
 }
+
+/// Who joins a room: the connection, the name and format it has there, and what the room
+/// must know of it (a person's connections share a name; a ban by address finds it).
+#[derive(Debug, Clone, Copy)]
+pub struct Joiner<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub format: Format,
+    pub person: bool,
+    pub addr: IpAddr,
+}
+
+/// The address of members joined without one (the room's own tests).
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// What a joining member wants replayed before live messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +379,7 @@ impl Room {
                 extra: 0,
                 persons: std::collections::HashMap::new(),
                 awaiting_join: Vec::new(),
+                parted: Vec::new(),
             }),
         }
     }
@@ -388,14 +415,26 @@ impl Room {
 
     /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
     pub fn join(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
-        self.join_replaying(id, name, format, None, false)
-            .map(|(seat, _)| seat)
+        let who = Joiner {
+            id,
+            name,
+            format,
+            person: false,
+            addr: LOOPBACK,
+        };
+        self.join_replaying(who, None).map(|(seat, _)| seat)
     }
 
     /// Adds another connection of a person (see [`Room::join_replaying`]).
     pub fn join_person(&self, id: u64, name: &str, format: Format) -> Result<Seat, RoomError> {
-        self.join_replaying(id, name, format, None, true)
-            .map(|(seat, _)| seat)
+        let who = Joiner {
+            id,
+            name,
+            format,
+            person: true,
+            addr: LOOPBACK,
+        };
+        self.join_replaying(who, None).map(|(seat, _)| seat)
     }
 
     /// Joins, and (if asked) queries the history up to the moment of joining: the query is
@@ -407,12 +446,16 @@ impl Room {
     /// other clash (a guest's name, a look-alike, a guest joining a person) is refused as ever.
     pub fn join_replaying(
         &self,
-        id: u64,
-        name: &str,
-        format: Format,
+        who: Joiner<'_>,
         replay: Option<Replay>,
-        person: bool,
     ) -> Result<(Seat, Option<ReplayStart>), RoomError> {
+        let Joiner {
+            id,
+            name,
+            format,
+            person,
+            addr,
+        } = who;
         let key = KeyHash::of(&crate::protocol::name_key(name));
         let mut inner = self.lock();
         let shares = inner.check_join(name, &key, person)?;
@@ -437,6 +480,7 @@ impl Room {
                 })
             }),
             person,
+            addr,
         };
         let slot = match inner.free.pop() {
             Some(slot) => {
@@ -567,6 +611,11 @@ impl Room {
         }
     }
 
+    /// Deletes a stored message of this room (see [`Store::delete`]).
+    pub fn delete(&self, id: u64, only_by: Option<&str>) -> crate::store::PendingDelete {
+        self.store.delete(&self.name, id, only_by)
+    }
+
     /// False when this server keeps no history at all (`--history off`).
     pub fn history_kept(&self) -> bool {
         self.store.keeps()
@@ -581,7 +630,9 @@ impl Room {
     /// it was sent is lost, and (if `announce`) tells the others. Returns how many members remain.
     pub fn leave(&self, seat: Seat, out: &mut Vec<u8>, announce: bool) -> usize {
         let mut inner = self.lock();
-        if inner.member(seat).is_some() {
+        if let Some(bytes) = inner.take_parted(seat) {
+            out.extend_from_slice(&bytes);
+        } else if inner.member(seat).is_some() {
             inner.end_hold(seat.slot);
             inner.copy_out(seat.slot, out, usize::MAX);
             if let Some(m) = inner.remove(seat.slot, self.max_pending) {
@@ -746,7 +797,8 @@ impl Room {
 
     /// False once the member left or was cut off.
     pub fn contains(&self, seat: Seat) -> bool {
-        self.lock().member(seat).is_some()
+        let inner = self.lock();
+        inner.member(seat).is_some() || inner.parted.iter().any(|(s, _)| *s == seat)
     }
 
     /// Wakes every member's connection, whatever it is waiting for (at shutdown).
@@ -906,6 +958,9 @@ impl Room {
     pub fn take(&self, seat: Seat, out: &mut Vec<u8>, max: usize, waker: &Waker) -> Take {
         let mut inner = self.lock();
         if inner.member(seat).is_none() {
+            if inner.parted.iter().any(|(s, _)| *s == seat) {
+                return Take::Parted;
+            }
             return Take::Gone;
         }
         let copied = inner.copy_out(seat.slot, out, max);
@@ -1052,7 +1107,104 @@ impl Room {
                 self.cut_off_laggards(inner, format);
             }
         }
+        if let RoomEvent::Act(act) = event {
+            if act.kind.expels() {
+                self.expel(inner, &act);
+            }
+        }
         inner.wake_all();
+    }
+
+    /// Closes the target of a kick or a ban out of the room, on every node (each node does it
+    /// for its own connections as the event reaches it): each connection keeps what it had
+    /// not read (the kick or ban line last) until it takes it, then its seat is gone. Whoever
+    /// leaves the room with it is told as any leave is.
+    fn expel(&self, inner: &mut Inner, act: &Act<'_>) {
+        let key = act
+            .target
+            .map(|t| KeyHash::of(&crate::protocol::name_key(t)));
+        let net = act.net.and_then(|n| n.parse::<Net>().ok());
+        let hit: Vec<usize> = inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, m)| {
+                let m = m.as_ref()?;
+                let by_name = key.is_some_and(|k| m.key.clashes(&k));
+                let by_addr = net.is_some_and(|n| n.contains(m.addr));
+                (by_name || by_addr).then_some(slot)
+            })
+            .collect();
+        self.close_out(inner, hit, None);
+    }
+
+    /// Closes the connections in `slots` out of the room (see [`Room::expel`]); `last` is a
+    /// line each gets after what it had not read.
+    fn close_out(&self, inner: &mut Inner, slots: Vec<usize>, last: Option<&Reply<'_>>) {
+        let mut gone = Vec::new();
+        for slot in slots {
+            inner.end_hold(slot);
+            let mut bytes = Vec::new();
+            inner.copy_out(slot, &mut bytes, usize::MAX);
+            let Some(m) = inner.remove(slot, self.max_pending) else {
+                continue;
+            };
+            if let Some(reply) = last {
+                reply.render(m.format, &mut bytes);
+            }
+            tracing::info!(room = %self.name, name = %m.name, "closed out of the room");
+            inner.private_total += bytes.len();
+            inner.parted.push((Seat { slot, id: m.id }, bytes));
+            m.wake();
+            if inner.last_of(&m) {
+                gone.push((m.name, m.person));
+            }
+        }
+        for (name, person) in gone {
+            self.announce_member(inner, RoomEvent::Leave { name: &name }, person);
+        }
+    }
+
+    /// Closes every connection `matches` picks (by name and address) out of the room, each
+    /// told `why` last: a ban on the whole server, which no room event carries.
+    pub fn close_out_where(
+        &self,
+        matches: impl Fn(&str, IpAddr) -> bool,
+        why: &Reply<'_>,
+    ) -> usize {
+        let mut inner = self.lock();
+        let hit: Vec<usize> = inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, m)| {
+                m.as_ref()
+                    .filter(|m| matches(&m.name, m.addr))
+                    .map(|_| slot)
+            })
+            .collect();
+        let n = hit.len();
+        self.close_out(&mut inner, hit, Some(why));
+        inner.wake_all();
+        n
+    }
+
+    /// Shows a moderation action in the room, in its order (on every node of a cluster); a
+    /// kick or a ban closes its target out as it is shown (see [`Room::expel`]).
+    pub fn act(&self, act: Act<'_>) {
+        let mut inner = self.lock();
+        self.announce(&mut inner, RoomEvent::Act(act));
+    }
+
+    /// The connections in the room: name, address, and whether a person's (for the admin API).
+    pub fn members(&self) -> Vec<(String, IpAddr, bool)> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.addr, m.person))
+            .collect()
     }
 
     /// Removes every reader of `format`'s log that is more than `max_pending` behind, and drops
@@ -1275,6 +1427,14 @@ impl Inner {
         }
         log.clear_if_caught_up(check_floor(max_pending));
         Some(m)
+    }
+
+    /// What a member closed out of the room had left to read, once.
+    fn take_parted(&mut self, seat: Seat) -> Option<Vec<u8>> {
+        let i = self.parted.iter().position(|(s, _)| *s == seat)?;
+        let (_, bytes) = self.parted.swap_remove(i);
+        self.private_total -= bytes.len();
+        Some(bytes)
     }
 
     /// Ends a member's replay in place (it is leaving): its page joins the private lines.

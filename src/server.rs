@@ -81,6 +81,16 @@ impl Server {
                 "--require-auth with no registered names: nobody can join (machat user add NAME)"
             );
         }
+        // Moderation records that cannot be read stop the start: serving without the bans
+        // that were made would let everyone banned back in.
+        let keeper: Arc<dyn crate::moderation::keep::Keeper> = match &cluster {
+            Some(cluster) => cluster.rules_keeper(),
+            None => Arc::new(crate::moderation::keep::SqliteKeeper::new(
+                &settings.auth.data_dir,
+            )),
+        };
+        let policy = crate::moderation::Policy::new(keeper, settings.moderation.room_creation)
+            .map_err(io::Error::other)?;
         let net = &settings.net;
         let listeners = listen_all(&net.addr, net.backlog).await?;
         let tls_listeners = match &net.tls_addr {
@@ -102,7 +112,7 @@ impl Server {
             settings.session(),
             store,
             tls,
-            users,
+            (users, Arc::new(policy)),
             cluster,
         );
         Ok(Server {

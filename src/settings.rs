@@ -21,6 +21,7 @@ pub struct Settings {
     pub limits: Limits,
     pub history: HistorySettings,
     pub auth: AuthSettings,
+    pub moderation: ModerationSettings,
     /// Cluster mode: rooms, history and names shared over NATS JetStream; none: one machine.
     pub cluster: Option<ClusterSettings>,
 }
@@ -243,6 +244,28 @@ impl Default for AuthSettings {
             require_auth: false,
         }
     }
+}
+
+/// Who may do what beyond chatting: creating rooms, and the admin API.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModerationSettings {
+    /// Who may create a room that does not exist yet (`--room-creation`).
+    pub room_creation: RoomCreation,
+    /// A file whose first line is the bearer token of `/api/admin/...`
+    /// (`--admin-token-file`); none: no admin API.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Who may create rooms (`--room-creation`). A room exists while someone is in it, or while
+/// it has kept settings (an owner, a topic, a ban, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoomCreation {
+    #[default]
+    Anyone,
+    /// Registered names, logged in with their password.
+    Registered,
+    /// Server admins.
+    Admins,
 }
 
 impl ClusterSettings {

@@ -64,6 +64,9 @@ pub enum ClusterError {
     /// `machat user add`: registering it would make two names that look alike.
     #[error("name {name} is too much like {like}, already registered")]
     LooksLike { name: String, like: String },
+    /// Other nodes kept changing a bucket's entry while this one tried to write it.
+    #[error("the {0} bucket's entry kept changing; gave up")]
+    Contended(&'static str),
 }
 
 impl ClusterError {

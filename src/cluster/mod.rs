@@ -22,6 +22,7 @@ mod departures;
 mod error;
 mod history;
 mod presence;
+mod rules;
 pub mod users;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -82,6 +83,9 @@ pub struct Cluster {
     users_kv: jetstream::kv::Store,
     /// The cluster's registered names, kept up to date from `users_kv`.
     registered: users::Registered,
+    /// The moderation records (see [`rules`]), and what they were at start.
+    rules_kv: jetstream::kv::Store,
+    rules_loaded: std::sync::Mutex<Vec<(String, crate::moderation::record::RoomRecord)>>,
 }
 
 /// An event on its way to the stream.
@@ -198,7 +202,25 @@ impl Cluster {
 
     /// Starts delivering the stream's events to the hub's rooms.
     pub fn attach(&self, hub: Arc<Hub>) {
+        // The watch replays the bucket's current state first: started here, once the hub is
+        // there to hand it to.
+        self.runtime.spawn(rules::follow(
+            self.rules_kv.clone(),
+            hub.clone(),
+            self.connections.clone(),
+        ));
         let _ = self.hub.set(hub);
+    }
+
+    /// Where moderation records are kept in the cluster (see [`rules`]).
+    pub fn rules_keeper(&self) -> Arc<dyn crate::moderation::keep::Keeper> {
+        let loaded =
+            std::mem::take(&mut *self.rules_loaded.lock().unwrap_or_else(|e| e.into_inner()));
+        Arc::new(rules::ClusterKeeper::new(
+            self.rules_kv.clone(),
+            self.runtime.clone(),
+            loaded,
+        ))
     }
 
     /// The registered names of the whole cluster (see [`users`]).
@@ -525,6 +547,10 @@ async fn connect(
     let registered = users::load(&users_kv).await?;
     info!(registered = registered.len(), "cluster: registered names");
     let registered = Arc::new(std::sync::Mutex::new(registered));
+    // So is every ban.
+    let rules_kv = rules::open(&js, settings.replicas).await?;
+    let rules_loaded = rules::load(&rules_kv).await?;
+    info!(records = rules_loaded.len(), "cluster: moderation records");
     info!(node, stream = STREAM, last, "cluster mode: joined");
     Ok(Arc::new(Cluster {
         node,
@@ -541,6 +567,8 @@ async fn connect(
         connections,
         users_kv,
         registered,
+        rules_kv,
+        rules_loaded: std::sync::Mutex::new(rules_loaded),
     }))
 }
 

@@ -12,7 +12,33 @@ use crate::refusal::{Notice, Refusal};
 use crate::room::{Room, RoomError, Seat};
 use crate::store::MAX_REPLAY;
 
+/// `/me ACTION` (an action is speech, as a message is).
+fn is_me(text: &str) -> bool {
+    let lower = text.get(..4).map(str::to_ascii_lowercase);
+    lower.as_deref() == Some("/me ") || lower.as_deref() == Some("/me\t")
+}
+
 impl Session {
+    /// The commands the caller may use in `room`, for `/help`.
+    pub(super) fn help(&self, room: &str) -> Vec<&'static str> {
+        use crate::moderation::command::USAGE;
+        use crate::moderation::record::Rank;
+        let rank = self.hub.policy.rank(room, &self.who());
+        let mut list: Vec<&'static str> = crate::protocol::HELP.to_vec();
+        for (verb, usage) in USAGE {
+            let need = match *verb {
+                "topic" | "mode" | "delete" => Rank::Member,
+                "op" | "deop" => Rank::Owner,
+                "sban" | "unsban" | "wall" => Rank::Admin,
+                _ => Rank::Op,
+            };
+            if rank >= need {
+                list.push(usage);
+            }
+        }
+        list
+    }
+
     /// The one room of a version-1 session (a version-2 session never gets here).
     fn one(&self) -> Option<(&Arc<Room>, Seat)> {
         match &self.seats {
@@ -25,6 +51,15 @@ impl Session {
         let Some((room, seat)) = self.one() else {
             return Next::Continue;
         };
+        let speaks = !text.starts_with('/') || text.starts_with("//") || is_me(text);
+        if speaks {
+            if let Err(refusal) = self.hub.policy.speech(room.name(), &self.who()) {
+                return match self.error(refusal) {
+                    Ok(_) => self.after(now),
+                    Err(_) => Next::End(End::SlowConsumer),
+                };
+            }
+        }
         let result = if text.starts_with("//") {
             room.say(seat, &text[1..], false).map(|_| ())
         } else if let Some(cmd) = text.strip_prefix('/') {
@@ -73,7 +108,13 @@ impl Session {
                 let (rooms, more) = self.hub.rooms(100);
                 self.reply(&Reply::Rooms(&rooms, more))?;
             }
-            "join" => return self.join(args, out),
+            "join" => {
+                let (name, key) = match args.split_once([' ', '\t']) {
+                    Some((name, key)) => (name, Some(key.trim())),
+                    None => (args, None),
+                };
+                return self.join(name, key, out);
+            }
             "nick" => {
                 if let Err(e) = validate_name(args) {
                     return self.error(Refusal::NickUsage(e));
@@ -127,7 +168,10 @@ impl Session {
                 let _ = self.reply(&Reply::Notice(Notice::Bye.text()));
                 return Ok(Some(End::Quit));
             }
-            "help" => self.reply(&Reply::Help)?,
+            "help" => {
+                let help = self.help(room.name());
+                self.reply(&Reply::Help(&help))?;
+            }
             "history" => {
                 let n = match args {
                     "" => 20,
@@ -145,10 +189,38 @@ impl Session {
                 let start = room.history(seat, n)?;
                 self.start_replay(start);
             }
-            _ => {
-                let shown: String = verb.chars().take(32).collect();
-                return self.error(Refusal::UnknownCommand(shown));
-            }
+            verb => match crate::moderation::command::parse(verb, args) {
+                Some(Ok(command)) => {
+                    let format = self.format;
+                    let to = room.clone();
+                    self.moderate(
+                        &room,
+                        seat,
+                        command,
+                        Box::new(move |answer| {
+                            let mut bytes = Vec::new();
+                            match answer {
+                                Ok(lines) => {
+                                    for line in &lines {
+                                        Reply::Notice(line).render(format, &mut bytes);
+                                    }
+                                }
+                                Err(refusal) => {
+                                    Reply::Error(&refusal.to_string()).render(format, &mut bytes)
+                                }
+                            }
+                            if !bytes.is_empty() {
+                                let _ = to.send_to(seat, bytes);
+                            }
+                        }),
+                    );
+                }
+                Some(Err(refusal)) => return self.error(refusal),
+                None => {
+                    let shown: String = verb.chars().take(32).collect();
+                    return self.error(Refusal::UnknownCommand(shown));
+                }
+            },
         }
         Ok(None)
     }
@@ -183,12 +255,20 @@ impl Session {
         }
     }
 
-    fn join(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
+    fn join(
+        &mut self,
+        room: &str,
+        key: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<End>, RoomError> {
         if let Err(e) = validate_room(room) {
             return self.error(Refusal::JoinUsage(e));
         }
         if self.one().is_some_and(|(r, _)| r.name() == room) {
             return self.error(Refusal::AlreadyIn(room.into()));
+        }
+        if let Err(refusal) = self.hub.admit(room, &self.who(), key) {
+            return self.error(refusal);
         }
         match self.claim(room, AfterClaim::Join(room.to_owned())) {
             Some((answer, then)) => self.claimed(answer, then, out),
@@ -198,11 +278,12 @@ impl Session {
 
     fn join_now(&mut self, room: &str, out: &mut Vec<u8>) -> Result<Option<End>, RoomError> {
         // Take the seat in the new room first, so a taken name leaves the client where it was.
-        let joined = self
-            .hub
-            .join(room, self.id, &self.name, self.format, self.person);
+        let new = !self.hub.exists(room);
+        let joined = self.hub.join(room, self.joiner(self.format));
         match joined {
             Ok((new_room, seat)) => {
+                self.hub
+                    .entered(&new_room, seat, &self.who(), new, self.format);
                 let old = std::mem::replace(&mut self.seats, Seats::One(Held::new(new_room, seat)));
                 if let Seats::One(old) = old {
                     self.hub.leave(&old.room, old.seat, out, true);

@@ -60,9 +60,10 @@ impl Session {
             room,
             history,
             since,
+            key,
         } = &kind
         {
-            return self.join_request(room, *history, *since, req, out);
+            return self.join_request(room, (*history, *since), key.as_deref(), req, out);
         }
         match kind {
             Kind::Rooms => {
@@ -111,6 +112,9 @@ impl Session {
                 if action && text.trim().is_empty() {
                     return self.refuse(req, &Refusal::RequestEmpty("text"), out);
                 }
+                if let Err(refusal) = self.hub.policy.speech(room.name(), &self.who()) {
+                    return self.refuse(req, &refusal, out);
+                }
                 let id = room.say(seat, &text, action).map_err(gone)?;
                 self.ok(req, i, (id > 0).then_some(id))
             }
@@ -154,6 +158,55 @@ impl Session {
                 // Queued behind the replay: the `ok` comes after its last line.
                 self.ok(req, i, None)
             }
+            Kind::Command { text, .. } => {
+                let (verb, args) = match text[1..].find([' ', '\t']) {
+                    Some(i) => (&text[1..=i], text[i + 1..].trim()),
+                    None => (&text[1..], ""),
+                };
+                let verb = verb.to_ascii_lowercase();
+                if verb == "help" {
+                    let help = self.help(room.name());
+                    let mut bytes = Vec::new();
+                    render_reply(&Reply::Help(&help), req, &mut bytes);
+                    return room.send_to(seat, bytes).map_err(gone);
+                }
+                let command = match crate::moderation::command::parse(&verb, args) {
+                    Some(Ok(command)) => command,
+                    Some(Err(refusal)) => return self.refuse(req, &refusal, out),
+                    None => {
+                        let shown: String = verb.chars().take(32).collect();
+                        return self.refuse(req, &Refusal::UnknownCommand(shown), out);
+                    }
+                };
+                let (to, req) = (room.clone(), req.cloned());
+                self.moderate(
+                    &room,
+                    seat,
+                    command,
+                    Box::new(move |answer| {
+                        let mut bytes = Vec::new();
+                        match answer {
+                            Ok(lines) => {
+                                for line in &lines {
+                                    render_reply(&Reply::Notice(line), req.as_ref(), &mut bytes);
+                                }
+                                if let Some(req) = &req {
+                                    render_ok(req, None, &mut bytes);
+                                }
+                            }
+                            Err(refusal) => render_reply(
+                                &Reply::Error(&refusal.to_string()),
+                                req.as_ref(),
+                                &mut bytes,
+                            ),
+                        }
+                        if !bytes.is_empty() {
+                            let _ = to.send_to(seat, bytes);
+                        }
+                    }),
+                );
+                Ok(())
+            }
             Kind::Join { .. } | Kind::Rooms | Kind::Nick { .. } | Kind::Quit => Ok(()),
         }
     }
@@ -161,13 +214,16 @@ impl Session {
     fn join_request(
         &mut self,
         room: &str,
-        history: Option<u64>,
-        since: Option<u64>,
+        (history, since): (Option<u64>, Option<u64>),
+        key: Option<&str>,
         req: Option<&ReqId>,
         out: &mut Vec<u8>,
     ) -> Result<(), End> {
         if self.seats.find(room).is_some() {
             return self.refuse(req, &Refusal::AlreadyIn(room.into()), out);
+        }
+        if let Err(refusal) = self.hub.admit(room, &self.who(), key) {
+            return self.refuse(req, &refusal, out);
         }
         if self.seats.len() >= self.rules.max_rooms {
             let max = self.rules.max_rooms;
@@ -204,16 +260,14 @@ impl Session {
         let req = req.as_ref();
         let refusal = match claimed {
             Ok(()) => {
-                let joined = self.hub.join_replaying(
-                    room,
-                    self.id,
-                    &self.name,
-                    Format::Json,
-                    replay,
-                    self.person,
-                );
+                let new = !self.hub.exists(room);
+                let joined = self
+                    .hub
+                    .join_replaying(room, self.joiner(Format::Json), replay);
                 match joined {
                     Ok((joined, seat, history)) => {
+                        self.hub
+                            .entered(&joined, seat, &self.who(), new, Format::Json);
                         self.add(joined, seat, history);
                         let last = self.seats.len() - 1;
                         return self.ok(req, last, None).err();

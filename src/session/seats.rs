@@ -54,6 +54,8 @@ pub struct Many {
     spare: Vec<u32>,
     /// Counts the rooms beyond the first against the connection limits.
     pass: Option<SeatPass>,
+    /// Seats in rooms that closed the session out (a kick, a ban), for the session to leave.
+    parted: Vec<Held>,
 }
 
 /// Where a session's seats ring when their room has something for them.
@@ -114,6 +116,7 @@ impl Seats {
             bell: Arc::default(),
             next_tag: 0,
             spare: Vec::new(),
+            parted: Vec::new(),
         }))
     }
 
@@ -208,6 +211,14 @@ impl Seats {
         }
     }
 
+    /// The seats of rooms that closed the session out since the last call.
+    pub fn take_parted(&mut self) -> Vec<Held> {
+        match self {
+            Seats::One(_) => Vec::new(),
+            Seats::Many(many) => std::mem::take(&mut many.parted),
+        }
+    }
+
     /// False once the session was cut off in any of its rooms.
     pub fn present(&self) -> bool {
         self.as_slice().iter().all(|h| h.room.contains(h.seat))
@@ -258,12 +269,27 @@ impl Seats {
             };
             match h.room.take(h.seat, out, max - used, waker) {
                 Take::Gone => return Take::Gone,
+                Take::Parted => {
+                    // Closed out of that room alone: the session stays in its others.
+                    many.rings.remove(i);
+                    let held = many.list.remove(i);
+                    if let (false, Some(pass)) = (many.list.is_empty(), many.pass.as_mut()) {
+                        pass.give_back();
+                    }
+                    many.parted.push(held);
+                    more.push(u32::MAX);
+                }
                 Take::Data => more.push(tag),
                 Take::Drained | Take::Empty => {}
             }
         }
         rang.clear();
         many.spare = rang;
+        // A parted seat's last lines wait in its room for the session to take (`parted`).
+        more.retain(|&tag| tag != u32::MAX);
+        if !many.parted.is_empty() {
+            return Take::Data;
+        }
         if !more.is_empty() {
             let mut state = many.bell.state();
             for tag in more {

@@ -451,6 +451,8 @@ async fn goodbye(socket: &mut WebSocket, reason: &Ending, mut out: Vec<u8>) {
             Some(close(CloseCode::Policy, &refusal.close_reason()))
         }
         Ending::Ended(End::Quit) => Some(close(CloseCode::Normal, Notice::Bye.text())),
+        // The room's kick or ban line, already in `out`, says who and why.
+        Ending::Ended(End::Removed) => Some(close(CloseCode::Policy, "closed out of the room")),
         Ending::Shutdown => {
             let notice = Notice::ShuttingDown.text();
             Reply::Notice(notice).render(Format::Json, &mut out);

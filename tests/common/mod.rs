@@ -269,6 +269,36 @@ impl Client {
         }
     }
 
+    /// A connection from another loopback address (`127.0.0.2`): what a ban by address must
+    /// tell apart from the test's other clients.
+    pub fn raw_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = runtime.block_on(async {
+            let socket = match source {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            socket.connect(addr).await.expect("connect")
+        });
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
     pub fn send(&mut self, s: &str) {
         self.send_bytes(s.as_bytes());
     }

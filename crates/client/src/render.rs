@@ -172,7 +172,7 @@ mod tests {
             (Reply::Rooms(&rooms, 0), "Bob"),
             (Reply::Rooms(&rooms, 101), "Bob"),
             (Reply::Rooms(&one_room, 0), "Bob"),
-            (Reply::Help, "Bob"),
+            (Reply::Help(machat_proto::protocol::HELP), "Bob"),
             (private(true), "Bob"),
             (private(false), "Mina"),
             (

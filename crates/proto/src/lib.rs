@@ -3,6 +3,7 @@
 //! a byte stream. No tokio and no I/O: the server, the client and the fuzz targets share it,
 //! and the fuzz targets build nothing else.
 
+pub mod act;
 pub mod codec;
 pub mod message;
 pub mod protocol;

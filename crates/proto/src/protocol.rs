@@ -43,6 +43,8 @@ pub struct Handshake {
     pub since: Option<u64>,
     /// `"password"`: for a registered name.
     pub password: Option<Secret>,
+    /// `"key"`: the password of a room with a key (mode `+key`).
+    pub key: Option<Secret>,
 }
 
 /// A password: never printed, not even in debug output.
@@ -124,14 +126,16 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
     };
     let history = count("history")?;
     let since = count("since")?;
-    let password = match map.get("password") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(p)) if p.len() <= MAX_PASSWORD => Some(Secret(p.clone())),
-        Some(Value::String(_)) => {
-            return Err(format!("\"password\" is longer than {MAX_PASSWORD} bytes"))
+    let secret = |key: &str| -> Result<Option<Secret>, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(p)) if p.len() <= MAX_PASSWORD => Ok(Some(Secret(p.clone()))),
+            Some(Value::String(_)) => Err(format!("\"{key}\" is longer than {MAX_PASSWORD} bytes")),
+            Some(_) => Err(format!("\"{key}\" must be a string")),
         }
-        Some(_) => return Err("\"password\" must be a string".into()),
     };
+    let password = secret("password")?;
+    let key = secret("key")?;
     Ok(Handshake {
         name,
         room,
@@ -140,6 +144,7 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
         history,
         since,
         password,
+        key,
     })
 }
 
@@ -410,6 +415,8 @@ pub enum RoomEvent<'a> {
         old: &'a str,
         new: &'a str,
     },
+    /// A moderation action (see [`crate::act`]).
+    Act(crate::act::Act<'a>),
 }
 
 #[derive(Serialize)]
@@ -458,6 +465,7 @@ impl RoomEvent<'_> {
             RoomEvent::Join { name } => push_notice(out, format_args!("{name} joined")),
             RoomEvent::Leave { name } => push_notice(out, format_args!("{name} left")),
             RoomEvent::Nick { old, new } => push_notice(out, format_args!("{old} is now {new}")),
+            RoomEvent::Act(act) => return act.render_text(out),
         }
         out.push(b'\n');
     }
@@ -470,6 +478,7 @@ impl RoomEvent<'_> {
             RoomEvent::Join { name } => ("join", None, name, None, None),
             RoomEvent::Leave { name } => ("leave", None, name, None, None),
             RoomEvent::Nick { old, new } => ("nick", None, old, Some(new), None),
+            RoomEvent::Act(act) => return act.render_json(room, ts, out),
         };
         let ev = JsonRoomEvent {
             kind,
@@ -586,7 +595,8 @@ pub enum Reply<'a> {
         text: &'a str,
         incoming: bool,
     },
-    Help,
+    /// The commands the caller may use (see [`HELP`] for everyone's).
+    Help(&'a [&'a str]),
 }
 
 /// The commands `/help` lists, in order.
@@ -641,8 +651,8 @@ impl Reply<'_> {
                             }
                         }
                     }
-                    Reply::Help => {
-                        push_notice(out, format_args!("commands: {}", HELP.join(", ")));
+                    Reply::Help(commands) => {
+                        push_notice(out, format_args!("commands: {}", commands.join(", ")));
                     }
                 }
                 out.push(b'\n');
@@ -674,7 +684,7 @@ impl Reply<'_> {
             Reply::Private { from, to, text, .. } => json!({
                 "type": "private", "from": from, "to": to, "text": text, "ts": Timestamp::now()
             }),
-            Reply::Help => json!({"type": "help", "commands": HELP}),
+            Reply::Help(commands) => json!({"type": "help", "commands": commands}),
         }
     }
 }

@@ -150,6 +150,57 @@ pub enum Refusal {
     /// A WebSocket message in more than 128 frames.
     #[error("too many fragments")]
     Fragments,
+
+    // Moderation (docs/PROTOCOL.md, "Moderation"). `rest` is ` until 2026-12-08 10:00 UTC: why`,
+    // each part only when there is one.
+    #[error("you are banned from this server{0}")]
+    ServerBanned(String),
+    #[error("you are banned from {room}{rest}")]
+    BannedFrom { room: String, rest: String },
+    #[error("{0} is invite only")]
+    InviteOnly(String),
+    #[error("{0} needs a key")]
+    NeedsKey(String),
+    #[error("wrong key for {0}")]
+    WrongKey(String),
+    /// `--room-creation registered|admins`, and the room does not exist.
+    #[error("{room} does not exist, and only {who} can create rooms on this server")]
+    CannotCreate { room: String, who: &'static str },
+    #[error("you are muted in {0}")]
+    Muted(String),
+    #[error("{0} is moderated: only operators and those they give voice may speak")]
+    Moderated(String),
+    /// A command the caller's rank does not allow: `what` is `an operator in ROOM`, `the
+    /// owner of ROOM` or `a server admin`.
+    #[error("{command} needs you to be {what}")]
+    NotAllowed { command: String, what: String },
+    #[error("you cannot {command} {name}: their rank is equal to or above yours")]
+    Outranks { command: String, name: String },
+    #[error("{0} is not registered: only registered names hold roles")]
+    NotRegistered(String),
+    #[error("no message {id} in {room}")]
+    NoSuchMessage { id: u64, room: String },
+    #[error("message {0} is not yours")]
+    NotYourMessage(u64),
+    /// A moderation command used wrongly: its usage line.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    /// A duration, address or network that does not read (its own text says why).
+    #[error("{0}")]
+    BadArgument(String),
+    #[error("{target} is not {what} in {room}")]
+    NotListed {
+        target: String,
+        what: &'static str,
+        room: String,
+    },
+    #[error("text too long (at most {0} bytes)")]
+    TextTooLong(usize),
+    /// A version-2 `command` whose text is not one `/command` line.
+    #[error("\"text\" must be one line starting with /")]
+    RequestCommand,
+    #[error("unknown mode {0} (modes: +closed, +key KEY, +moderated, and - to unset)")]
+    UnknownMode(String),
 }
 
 impl Refusal {

@@ -44,6 +44,8 @@ pub enum Kind {
         room: String,
         history: Option<u64>,
         since: Option<u64>,
+        /// The room's key (mode `+key`).
+        key: Option<String>,
     },
     Leave {
         room: String,
@@ -78,6 +80,12 @@ pub enum Kind {
     Nick {
         name: String,
     },
+    /// A command in a room, as a version-1 line would give it (`/kick Bob spam`): the
+    /// moderation commands, `/topic`, `/mode`, `/bans`, `/modlog`, `/delete`, `/help`.
+    Command {
+        room: String,
+        text: String,
+    },
     Quit,
 }
 
@@ -91,7 +99,8 @@ impl Kind {
             | Kind::Me { room, .. }
             | Kind::Msg { room, .. }
             | Kind::Who { room }
-            | Kind::History { room, .. } => Some(room),
+            | Kind::History { room, .. }
+            | Kind::Command { room, .. } => Some(room),
             Kind::Rooms | Kind::Nick { .. } | Kind::Quit => None,
         }
     }
@@ -106,7 +115,7 @@ pub struct BadRequest {
 
 /// The request types, as `docs/PROTOCOL.md` lists them.
 pub const TYPES: &[&str] = &[
-    "join", "leave", "say", "me", "msg", "who", "rooms", "history", "nick", "quit",
+    "join", "leave", "say", "me", "msg", "who", "rooms", "history", "nick", "command", "quit",
 ];
 
 /// Reads one request (a line without its line end, or a text frame).
@@ -161,6 +170,11 @@ fn kind(map: &Map<String, Value>) -> Result<Kind, Refusal> {
             room: room()?,
             history: count("history")?,
             since: count("since")?,
+            key: match map.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) if k.len() <= 1024 => Some(k.clone()),
+                Some(_) => return Err(Refusal::RequestNotString("key")),
+            },
         },
         "leave" => Kind::Leave { room: room()? },
         "say" => Kind::Say {
@@ -196,6 +210,14 @@ fn kind(map: &Map<String, Value>) -> Result<Kind, Refusal> {
             // The same answer as `/nick` gives a name that breaks a rule.
             validate_name(&name).map_err(Refusal::NickUsage)?;
             Kind::Nick { name }
+        }
+        "command" => {
+            let room = room()?;
+            let text = string("text")?;
+            if !text.starts_with('/') || text.contains(['\n', '\r']) {
+                return Err(Refusal::RequestCommand);
+            }
+            Kind::Command { room, text }
         }
         "quit" => Kind::Quit,
         other => {
@@ -258,9 +280,22 @@ mod tests {
             Kind::Join {
                 room: "ops".into(),
                 history: Some(5),
-                since: None
+                since: None,
+                key: None,
             }
         );
+        let r = parse(r#"{"type":"join","room":"ops","key":"s3cret"}"#).unwrap();
+        assert!(matches!(r.kind, Kind::Join { key: Some(k), .. } if k == "s3cret"));
+        let r = parse(r#"{"type":"command","room":"ops","text":"/kick Bob spam"}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            Kind::Command {
+                room: "ops".into(),
+                text: "/kick Bob spam".into()
+            }
+        );
+        let bad = parse(r#"{"type":"command","room":"ops","text":"kick Bob"}"#).unwrap_err();
+        assert_eq!(bad.refusal, Refusal::RequestCommand);
         let r = parse(r#"{"req":7,"type":"say","room":"ops","text":"two\nlines"}"#).unwrap();
         assert_eq!(r.req.as_ref().map(ReqId::as_json), Some("7"));
         assert_eq!(

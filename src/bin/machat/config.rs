@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use machat::settings::{
-    self, AuthSettings, ClusterSettings, HistorySettings, Limits, NetSettings, Retention, Settings,
-    TlsSettings, WebSettings,
+    self, AuthSettings, ClusterSettings, HistorySettings, Limits, ModerationSettings, NetSettings,
+    Retention, RoomCreation, Settings, TlsSettings, WebSettings,
 };
 
 /// machat: a MaChat-compatible chat server. Connect with `nc`, `machat-client` or any MaChat
@@ -161,6 +161,22 @@ pub struct Config {
     #[arg(long, env = "MACHAT_REQUIRE_AUTH")]
     pub require_auth: bool,
 
+    /// Who may create a room that does not exist yet: `anyone`, `registered` (names logged in
+    /// with their password) or `admins` (server admins). A room created by a registered name
+    /// is owned by it.
+    #[arg(
+        long,
+        env = "MACHAT_ROOM_CREATION",
+        value_enum,
+        default_value = "anyone"
+    )]
+    pub room_creation: RoomCreationArg,
+
+    /// Enables the admin API (`/api/admin/...` on the web side): the file's first line is the
+    /// bearer token it requires.
+    #[arg(long, env = "MACHAT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -233,6 +249,14 @@ pub enum UserAction {
     Admin { name: String, role: OnOff },
     /// Lists the registered names, an admin's followed by ` (admin)`.
     List,
+}
+
+/// `--room-creation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomCreationArg {
+    Anyone,
+    Registered,
+    Admins,
 }
 
 /// `machat user admin NAME on|off`.
@@ -384,6 +408,14 @@ impl Config {
             auth: AuthSettings {
                 data_dir: PathBuf::new(),
                 require_auth: self.require_auth,
+            },
+            moderation: ModerationSettings {
+                room_creation: match self.room_creation {
+                    RoomCreationArg::Anyone => RoomCreation::Anyone,
+                    RoomCreationArg::Registered => RoomCreation::Registered,
+                    RoomCreationArg::Admins => RoomCreation::Admins,
+                },
+                admin_token_file: self.admin_token_file.clone(),
             },
             cluster: self.nats.as_ref().map(|url| {
                 let mut cluster = ClusterSettings::new(url.clone());

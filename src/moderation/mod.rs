@@ -1,0 +1,17 @@
+//! Moderation: who may do what in a room and on the server, and what is kept of it.
+//!
+//! [`record`] is what a room keeps between visits (roles, topic, bans, mutes, invitations,
+//! modes, its log); [`policy`] holds every record and answers the questions the chat asks
+//! (may this connection enter, may it speak, what rank is it); [`keep`] is the seam to where
+//! records are stored (SQLite here, a NATS bucket in a cluster); [`command`] reads the
+//! commands. The session carries a command out (`session::moderate`), and rooms show what was
+//! done as [`crate::act::Act`] events.
+
+pub mod command;
+pub mod keep;
+pub mod net;
+pub mod policy;
+pub mod record;
+
+pub use net::Net;
+pub use policy::{Policy, Who};

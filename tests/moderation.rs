@@ -1,0 +1,430 @@
+//! Moderation over real sockets (issue 13): roles, kick, ban, mute, topics, modes, and what
+//! every member sees, on TCP text, TCP JSON, version 2 and WebSocket, across a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{temp_dir, user_add, Client, Server, TIMEOUT};
+
+/// A data dir with `Mina` (the test rooms' owner), `Ann` and `Root` (a server admin).
+fn people() -> PathBuf {
+    let dir = temp_dir();
+    user_add(&dir, "Mina", "minapw");
+    user_add(&dir, "Ann", "annpw");
+    let d = dir.to_str().unwrap();
+    let (code, _, err) =
+        common::machat_user(&["add", "Root", "--admin", "--data-dir", d], "rootpw\n");
+    assert_eq!(code, Some(0), "{err}");
+    dir
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--data-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// A text client logged in as a registered name (or a guest when `password` is empty).
+fn text(server: &Server, name: &str, password: &str, room: &str) -> Client {
+    let mut c = Client::raw(server.addr);
+    if password.is_empty() {
+        c.send(&format!(r#"{{"name":"{name}","room":"{room}"}}"#));
+    } else {
+        c.send(&format!(
+            r#"{{"name":"{name}","room":"{room}","password":"{password}"}}"#
+        ));
+    }
+    c.expect(&format!("*** {name} joined"));
+    c
+}
+
+/// Sends a line and waits for `want`, skipping other lines.
+fn say(c: &mut Client, line: &str, want: &str) {
+    c.send(&format!("{line}\n"));
+    c.until(want);
+}
+
+/// Reads lines until one starts with `want`; returns it.
+fn until_prefix(c: &mut Client, want: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let l = c
+            .line_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("no {want:?}...; saw {seen:?}"));
+        if l.starts_with(want) {
+            return l;
+        }
+        seen.push(l);
+    }
+}
+
+#[test]
+fn an_operator_kicks_and_everyone_sees_who_why_and_the_kicked_is_closed_out() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    // Mina creates the room: it is hers.
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    let mut bob = text(&server, "Bob", "", "dev");
+    mina.expect("*** Bob joined");
+    let mut carl = text(&server, "Carl", "", "dev");
+    mina.expect("*** Carl joined");
+    bob.expect("*** Carl joined");
+
+    mina.send("/kick bob spam\n");
+    mina.expect("*** Mina kicked Bob: spam");
+    mina.expect("*** Bob left");
+    carl.expect("*** Mina kicked Bob: spam");
+    carl.expect("*** Bob left");
+    // The kicked member reads why, last, and its connection (one room: version 1) ends.
+    bob.expect("*** Mina kicked Bob: spam");
+    assert!(bob.closed());
+    // A kick is no ban: Bob may come back.
+    let mut bob = text(&server, "Bob", "", "dev");
+    mina.expect("*** Bob joined");
+    // Nobody else may kick, and nobody kicks who is not there.
+    say(
+        &mut bob,
+        "/kick Carl",
+        "*** error: /kick needs you to be an operator in dev",
+    );
+    say(
+        &mut mina,
+        "/kick Zed",
+        "*** error: no one called Zed in this room",
+    );
+    say(&mut carl, "hello", "Carl:hello");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ranks_decide_who_may_act_on_whom() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    let mut ann = text(&server, "Ann", "annpw", "dev");
+    mina.expect("*** Ann joined");
+    // Only registered names hold roles, in their registered spelling.
+    say(
+        &mut mina,
+        "/op Bob",
+        "*** error: Bob is not registered: only registered names hold roles",
+    );
+    say(&mut mina, "/op ann", "*** Mina made Ann an operator");
+    ann.until("*** Mina made Ann an operator");
+    // An operator cannot act on the owner, nor give operator (the owner's).
+    say(
+        &mut ann,
+        "/kick Mina",
+        "*** error: you cannot kick Mina: their rank is equal to or above yours",
+    );
+    say(
+        &mut ann,
+        "/op Mina",
+        "*** error: /op needs you to be the owner of dev",
+    );
+    say(
+        &mut ann,
+        "/mute Mina 10m",
+        "*** error: you cannot mute Mina: their rank is equal to or above yours",
+    );
+    // A guest taking a registered name's look-alike is refused at the door, so it can never
+    // hold the role: the name is the registered one's, with its password.
+    let mut fake = Client::raw(server.addr);
+    fake.send(r#"{"name":"ANN","room":"dev"}"#);
+    assert!(fake.line().starts_with("*** error: "));
+    say(&mut mina, "/deop Ann", "*** Mina took operator from Ann");
+    say(
+        &mut ann,
+        "/topic hi",
+        "*** error: /topic needs you to be an operator in dev",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_muted_member_is_told_and_reaches_no_one_until_unmuted_or_the_mute_ends() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    let mut bob = text(&server, "Bob", "", "dev");
+    mina.expect("*** Bob joined");
+    mina.send("/mute Bob 2s flooding\n");
+    let line = until_prefix(&mut mina, "*** Mina muted Bob until ");
+    assert!(line.ends_with(" UTC: flooding"), "{line}");
+    assert_eq!(until_prefix(&mut bob, "*** Mina muted Bob"), line);
+    bob.send("buy now\n/me shouts\n");
+    bob.expect("*** error: you are muted in dev");
+    bob.expect("*** error: you are muted in dev");
+    assert!(mina.quiet_for(Duration::from_millis(300)));
+    // It ends by itself.
+    std::thread::sleep(Duration::from_millis(2100));
+    say(&mut bob, "back", "Bob:back");
+    mina.expect("Bob:back");
+    say(&mut mina, "/mute Bob", "*** Mina muted Bob");
+    bob.until("*** Mina muted Bob");
+    say(&mut bob, "x", "*** error: you are muted in dev");
+    say(&mut mina, "/unmute Bob", "*** Mina unmuted Bob");
+    say(&mut bob, "free", "Bob:free");
+    say(
+        &mut mina,
+        "/unmute Bob",
+        "*** error: Bob is not muted in dev",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bans_topics_roles_and_modes_survive_a_restart() {
+    let dir = people();
+    {
+        let server = start(&dir, &[]);
+        let mut mina = text(&server, "Mina", "minapw", "dev");
+        let mut bob = text(&server, "Bob", "", "dev");
+        mina.expect("*** Bob joined");
+        say(&mut mina, "/ban Bob spam", "*** Mina banned Bob: spam");
+        bob.expect("*** Mina banned Bob: spam");
+        assert!(bob.closed());
+        say(
+            &mut mina,
+            "/topic release on Friday",
+            "*** Mina set the topic: release on Friday",
+        );
+        say(&mut mina, "/op Ann", "*** Mina made Ann an operator");
+        say(
+            &mut mina,
+            "/mode +moderated",
+            "*** Mina set modes +moderated",
+        );
+        // Refused at the door, with the reason; again as "bob" and as a look-alike.
+        for name in ["Bob", "bob", "Вob"] {
+            common::expect_refused(
+                &server,
+                format!(r#"{{"name":"{name}","room":"dev"}}"#).as_bytes(),
+                "you are banned from dev: spam",
+            );
+        }
+        // Writes are in the background: give them a moment before the restart.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let server = start(&dir, &[]);
+    common::expect_refused(
+        &server,
+        br#"{"name":"Bob","room":"dev"}"#,
+        "you are banned from dev: spam",
+    );
+    let mut carl = Client::raw(server.addr);
+    carl.send(r#"{"name":"Carl","room":"dev"}"#);
+    carl.expect("*** Carl joined");
+    carl.expect("*** topic of dev: release on Friday (set by Mina)");
+    // Moderated: a guest may not speak; the operator may, and may give voice.
+    say(
+        &mut carl,
+        "hi",
+        "*** error: dev is moderated: only operators and those they give voice may speak",
+    );
+    let mut ann = text(&server, "Ann", "annpw", "dev");
+    ann.expect("*** topic of dev: release on Friday (set by Mina)");
+    say(&mut ann, "I can", "Ann:I can");
+    say(&mut ann, "/bans", "*** bans in dev: 1");
+    ann.expect("*** Bob banned by Mina: spam");
+    say(
+        &mut carl,
+        "/bans",
+        "*** error: /bans needs you to be an operator in dev",
+    );
+    say(&mut ann, "/unban Bob", "*** Ann unbanned Bob");
+    let mut bob = Client::raw(server.addr);
+    bob.send(r#"{"name":"Bob","room":"dev"}"#);
+    bob.expect("*** Bob joined");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn closed_and_keyed_rooms_say_why_and_let_in_who_they_should() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    say(&mut mina, "/mode +closed", "*** Mina set modes +closed");
+    common::expect_refused(
+        &server,
+        br#"{"name":"Bob","room":"dev"}"#,
+        "dev is invite only",
+    );
+    say(
+        &mut mina,
+        "/invite Bob",
+        "*** error: Bob is not registered: only registered names hold roles",
+    );
+    say(&mut mina, "/invite Ann", "*** Mina invited Ann");
+    let mut ann = text(&server, "Ann", "annpw", "dev");
+    say(
+        &mut mina,
+        "/mode -closed +key s3cret",
+        "*** Mina set modes -closed +key",
+    );
+    ann.until("*** Mina set modes -closed +key");
+    common::expect_refused(
+        &server,
+        br#"{"name":"Bob","room":"dev"}"#,
+        "dev needs a key",
+    );
+    common::expect_refused(
+        &server,
+        br#"{"name":"Bob","room":"dev","key":"nope"}"#,
+        "wrong key for dev",
+    );
+    let mut bob = Client::raw(server.addr);
+    bob.send(r#"{"name":"Bob","room":"dev","key":"s3cret"}"#);
+    bob.expect("*** Bob joined");
+    // `/join ROOM KEY` as well; the key is shown to operators only.
+    let mut carl = text(&server, "Carl", "", "lobby");
+    say(&mut carl, "/join dev", "*** error: dev needs a key");
+    say(&mut carl, "/join dev s3cret", "*** Carl joined");
+    say(&mut carl, "/mode", "*** modes of dev: +key");
+    say(&mut mina, "/mode", "*** modes of dev: +key (key: s3cret)");
+    say(
+        &mut mina,
+        "/mode +secret",
+        "*** error: unknown mode +secret (modes: +closed, +key KEY, +moderated, and - to unset)",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_ban_by_address_closes_out_every_name_from_it() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut spam = Client::raw_from(server.addr, other);
+    spam.send(r#"{"name":"Spammer","room":"dev"}"#);
+    spam.expect("*** Spammer joined");
+    mina.expect("*** Spammer joined");
+    mina.send("/ban 127.0.0.2/32 bots\n");
+    let seen = mina.until("*** banned 127.0.0.2 from dev");
+    assert_eq!(
+        seen,
+        ["*** Mina banned an address: bots", "*** Spammer left"]
+    );
+    spam.until("*** Mina banned an address: bots");
+    assert!(spam.closed());
+    // Whatever name it takes next.
+    let mut again = Client::raw_from(server.addr, other);
+    again.send(r#"{"name":"Innocent","room":"dev"}"#);
+    assert_eq!(again.line(), "*** error: you are banned from dev: bots");
+    say(
+        &mut mina,
+        "/ban 10.0.0.0/33",
+        "*** error: 10.0.0.0/33 is not an address or a network (ADDRESS or ADDRESS/BITS)",
+    );
+    say(
+        &mut mina,
+        "/ban Bob 5x",
+        "*** error: 5x is not a duration (like 30s, 10m, 2h, 7d, 2w)",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn room_creation_can_be_kept_for_registered_names_or_admins() {
+    let dir = people();
+    let server = start(&dir, &["--room-creation", "registered"]);
+    common::expect_refused(
+        &server,
+        br#"{"name":"Bob","room":"new"}"#,
+        "new does not exist, and only registered users can create rooms on this server",
+    );
+    let _ann = text(&server, "Ann", "annpw", "new");
+    // Now it exists: anyone may join.
+    let _bob = text(&server, "Bob", "", "new");
+    drop(server);
+    let server = start(&dir, &["--room-creation", "admins"]);
+    common::expect_refused(
+        &server,
+        br#"{"name":"Ann","room":"other","password":"annpw"}"#,
+        "only admins can create rooms",
+    );
+    let mut root = text(&server, "Root", "rootpw", "other");
+    // Ann's room from before is hers, and kept: it exists.
+    let _ann = text(&server, "Ann", "annpw", "new");
+    root.send("/help\n");
+    let help = until_prefix(&mut root, "*** commands: /who");
+    assert!(
+        help.contains("/sban") && help.contains("/kick NAME [REASON]"),
+        "{help}"
+    );
+    let mut bob = text(&server, "Bob", "", "new");
+    bob.send("/help\n");
+    let help = until_prefix(&mut bob, "*** commands: /who");
+    // A member sees what it may use: no operator's commands.
+    assert!(
+        help.contains("/topic") && help.contains("/delete ID"),
+        "{help}"
+    );
+    assert!(!help.contains("/kick") && !help.contains("/sban"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admins_ban_from_the_whole_server_and_send_notices_to_every_room() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut root = text(&server, "Root", "rootpw", "ops");
+    let mut bob = text(&server, "Bob", "", "dev");
+    let mut carl = text(&server, "Carl", "", "lobby");
+    root.send("/wall maintenance at 10\n");
+    root.expect("*** notice from Root: maintenance at 10");
+    root.expect("*** notice sent to 3 rooms");
+    bob.expect("*** notice from Root: maintenance at 10");
+    carl.expect("*** notice from Root: maintenance at 10");
+    say(
+        &mut carl,
+        "/wall hi",
+        "*** error: /wall needs you to be a server admin",
+    );
+    say(
+        &mut root,
+        "/sban Bob 1h spam",
+        "*** banned Bob from the server (1 connections closed here)",
+    );
+    let line = bob.line_within(TIMEOUT);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.starts_with("*** error: you are banned from this server")),
+        "{line:?} {:?}",
+        server.log.lock().unwrap()
+    );
+    assert!(bob.closed());
+    let mut again = Client::raw(server.addr);
+    again.send(r#"{"name":"Bob","room":"elsewhere"}"#);
+    let line = again.line();
+    assert!(
+        line.starts_with("*** error: you are banned from this server until "),
+        "{line}"
+    );
+    assert!(line.ends_with(": spam"), "{line}");
+    say(&mut root, "/unsban bob", "*** unbanned bob from the server");
+    let _bob = text(&server, "Bob", "", "dev");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_action_is_in_the_moderation_log() {
+    let dir = people();
+    let server = start(&dir, &[]);
+    let mut mina = text(&server, "Mina", "minapw", "dev");
+    let _bob = text(&server, "Bob", "", "dev");
+    mina.expect("*** Bob joined");
+    say(&mut mina, "/kick Bob bye", "*** Mina kicked Bob: bye");
+    say(&mut mina, "/topic t", "*** Mina set the topic: t");
+    mina.send("/modlog 2\n");
+    mina.until("*** moderation log of dev: 2 entries");
+    let kick = mina.line();
+    assert!(kick.ends_with(" Mina kick Bob: bye"), "{kick}");
+    let topic = mina.line();
+    assert!(topic.ends_with(" Mina topic: t"), "{topic}");
+    let _ = TIMEOUT;
+    let _ = std::fs::remove_dir_all(&dir);
+}
