@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -49,6 +49,21 @@ pub struct Span {
 
 /// A [`Span`] whose answer arrives later.
 pub type PendingSpan = oneshot::Receiver<Result<Span, StoreError>>;
+
+/// What deleting a stored message found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// It was there and is gone; its author's name (as stored).
+    Done { name: String },
+    /// No stored message of the room has that id (never was, already deleted, or dropped by
+    /// retention).
+    NotFound,
+    /// It is there, but `only_by` was given and is not its author: nothing deleted.
+    NotYours,
+}
+
+/// A [`Deleted`] whose answer arrives later (after the appends queued before it).
+pub type PendingDelete = oneshot::Receiver<Result<Deleted, StoreError>>;
 
 /// Why a store cannot open, or cannot answer. Opening keeps the file and SQLite's (or the
 /// system's) reason, so a caller can tell a missing directory from an unwritable or a corrupt
@@ -86,7 +101,8 @@ pub enum StoreError {
     Off,
     #[error("{}", Refusal::HistoryUnavailable)]
     Unavailable,
-    /// Told apart from `Unavailable` for the log; a client is told the same.
+    /// A read (or a delete) that SQLite failed. Told apart from `Unavailable` for the log; a
+    /// client is told the same.
     #[error("{}", Refusal::HistoryUnavailable)]
     Query(#[source] rusqlite::Error),
     /// Cluster mode: JetStream's own text is for the log (`{:?}`); a client is told the same
@@ -124,6 +140,13 @@ pub trait Store: Send + Sync {
     /// Where the last `limit` messages with ids up to `until` start, and how many there are,
     /// without handing them over (a replay then reads them a page at a time).
     fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan;
+    /// Deletes message `id` of `room` from history (moderation): every later query, count,
+    /// span and replay skips it, as if it had never been stored, but the id is never given
+    /// again ([`Store::last_id`] is unchanged), so a client's `since` still means what it meant.
+    /// `only_by`: delete only if that name (exact string) is the author's, so a person can
+    /// take back their own message without a moderator's rights. Handled after every append
+    /// queued before it: a message appended and deleted at once ends deleted.
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
@@ -193,6 +216,12 @@ fn answer_span(span: Result<Span, StoreError>) -> PendingSpan {
     rx
 }
 
+fn answer_delete(deleted: Result<Deleted, StoreError>) -> PendingDelete {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(deleted);
+    rx
+}
+
 /// The span of the last `limit` ids up to `until`, from ids given newest first.
 pub fn span_of_newest(newest_first: impl Iterator<Item = u64>, until: u64, limit: usize) -> Span {
     let mut span = Span {
@@ -230,6 +259,9 @@ impl Store for NoStore {
     fn last_span(&self, _room: &str, _until: u64, _limit: usize) -> PendingSpan {
         answer_span(Err(StoreError::Off))
     }
+    fn delete(&self, _room: &str, _id: u64, _only_by: Option<&str>) -> PendingDelete {
+        answer_delete(Err(StoreError::Off))
+    }
     fn available(&self) -> bool {
         false
     }
@@ -244,7 +276,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct MemoryRooms {
     /// Only rooms with stored messages: a room's entry (and its last id) goes with its last
-    /// message, so memory follows the history that exists.
+    /// message, so memory follows the history that exists. (Not when a delete took that last
+    /// message: see [`MemoryRooms::delete`].)
     rooms: HashMap<String, MemoryLog>,
     /// Each stored message's room and id, oldest first: what the total bound drops first.
     /// Entries of messages already gone by a room's own retention are skipped when met, and
@@ -287,6 +320,30 @@ impl MemoryRooms {
         if log.msgs.is_empty() {
             self.rooms.remove(room);
         }
+    }
+
+    /// Removes message `id` of `room` wherever it is in the room's log. Its entry in `order`
+    /// stays, to be skipped when met (`drop_oldest` drops only the oldest message, and only
+    /// if it has that id) and swept with the others. The room's entry stays even if this was
+    /// its last message: its last id must outlive it (unlike with retention, whose oldest
+    /// messages go, the newest id can be the one deleted).
+    fn delete(&mut self, room: &str, id: u64, only_by: Option<&str>) -> Deleted {
+        let Some(log) = self.rooms.get_mut(room) else {
+            return Deleted::NotFound;
+        };
+        let Ok(at) = log.msgs.binary_search_by_key(&id, |m| m.id) else {
+            return Deleted::NotFound;
+        };
+        if only_by.is_some_and(|name| log.msgs[at].name != name) {
+            return Deleted::NotYours;
+        }
+        let Some(m) = log.msgs.remove(at) else {
+            return Deleted::NotFound;
+        };
+        self.count -= 1;
+        self.bytes = self.bytes.saturating_sub(memory_cost(&m));
+        self.sweep_order();
+        Deleted::Done { name: m.name }
     }
 
     /// Forgets the order of messages that are gone, when they are most of it.
@@ -401,6 +458,10 @@ impl Store for MemoryStore {
         answer_span(Ok(span))
     }
 
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        answer_delete(Ok(self.lock().delete(room, id, only_by)))
+    }
+
     fn available(&self) -> bool {
         true
     }
@@ -480,6 +541,13 @@ enum Op {
         until: u64,
         limit: usize,
         reply: oneshot::Sender<History>,
+    },
+    /// Answered like a query: after the appends queued before it are committed.
+    Delete {
+        room: String,
+        id: u64,
+        only_by: Option<String>,
+        reply: oneshot::Sender<Result<Deleted, StoreError>>,
     },
 }
 
@@ -842,6 +910,27 @@ impl Store for SqliteStore {
         rx
     }
 
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Delete {
+            room: room.to_owned(),
+            id,
+            only_by: only_by.map(str::to_owned),
+            reply,
+        };
+        let sent = self.ops.try_send(op);
+        // Also cuts a batch's gathering short: the appends before it are committed at once.
+        self.ops.urgent();
+        if let Err(
+            TrySendError::Full(Op::Delete { reply, .. })
+            | TrySendError::Disconnected(Op::Delete { reply, .. }),
+        ) = sent
+        {
+            let _ = reply.send(Err(StoreError::Unavailable));
+        }
+        rx
+    }
+
     fn available(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
@@ -939,8 +1028,9 @@ impl Writer {
                     Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
                     // After the batch: the room's last appends came before its forget.
                     Op::Forget(room) => forgotten.push(room),
-                    // A query answers after everything queued before it is committed.
-                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } => {
+                    // A query (or a delete) answers after everything queued before it is
+                    // committed.
+                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } | Op::Delete { .. } => {
                         queries.push(op);
                         break;
                     }
@@ -1005,6 +1095,14 @@ impl Writer {
                         reply,
                     } => {
                         let _ = reply.send(self.span_of_last(&room, until, limit));
+                    }
+                    Op::Delete {
+                        room,
+                        id,
+                        only_by,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.delete(&room, id, only_by.as_deref()));
                     }
                     _ => {}
                 }
@@ -1201,6 +1299,92 @@ impl Writer {
             warn!("history query failed: {e}");
             StoreError::Query(e)
         })
+    }
+
+    /// Deletes message `id` of `room`: its chunk (the first whose last id is at or above it)
+    /// is rewritten without it, in one transaction, or deleted with it if it was the chunk's
+    /// only message. Every read, count and span then skips it with no filter of their own, and
+    /// retention's counts stay true: the chunk's `count` and `first_ts` are rewritten with it,
+    /// and its `last_id` follows its new last message (so a chunk's key stays its last id).
+    /// The room's last id (in `rooms`) is left alone: the id is never given again.
+    fn delete(
+        &mut self,
+        room: &str,
+        id: u64,
+        only_by: Option<&str>,
+    ) -> Result<Deleted, StoreError> {
+        let Some(rid) = self.known_rid(room) else {
+            return Ok(Deleted::NotFound);
+        };
+        let result = (|| -> rusqlite::Result<(Deleted, u64)> {
+            let tx = self.conn.transaction()?;
+            let chunk: Option<(i64, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT last_id, data FROM chunks WHERE rid = ?1 AND last_id >= ?2
+                     ORDER BY last_id LIMIT 1",
+                    params![rid, sql_id(id)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((last_id, data)) = chunk else {
+                return Ok((Deleted::NotFound, 0));
+            };
+            let mut msgs = decode(&data);
+            let Some(at) = msgs.iter().position(|m| m.id == id) else {
+                return Ok((Deleted::NotFound, 0));
+            };
+            if only_by.is_some_and(|name| msgs[at].name != name) {
+                return Ok((Deleted::NotYours, 0));
+            }
+            let gone = msgs.remove(at);
+            let old_len = data.len() as u64;
+            let freed = match (msgs.first(), msgs.last()) {
+                (Some(first), Some(last)) => {
+                    let mut data = Vec::with_capacity(data.len());
+                    for m in &msgs {
+                        encode(&m.as_ref(), &mut data);
+                    }
+                    let freed = old_len.saturating_sub(data.len() as u64);
+                    tx.execute(
+                        "UPDATE chunks SET last_id = ?3, count = ?4, first_ts = ?5, data = ?6
+                         WHERE rid = ?1 AND last_id = ?2",
+                        params![
+                            rid,
+                            last_id,
+                            sql_id(last.id),
+                            msgs.len() as i64,
+                            first.ts.0 as i64,
+                            data
+                        ],
+                    )?;
+                    freed
+                }
+                _ => {
+                    tx.execute(
+                        "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
+                        params![rid, last_id],
+                    )?;
+                    old_len
+                }
+            };
+            tx.commit()?;
+            Ok((Deleted::Done { name: gone.name }, freed))
+        })();
+        match result {
+            Ok((deleted, freed)) => {
+                if matches!(deleted, Deleted::Done { .. }) {
+                    self.total_bytes = self.total_bytes.saturating_sub(freed);
+                    if let Some(stored) = self.stored.get_mut(&rid) {
+                        *stored = stored.saturating_sub(1);
+                    }
+                }
+                Ok(deleted)
+            }
+            Err(e) => {
+                warn!(room, id, "history delete failed: {e}");
+                Err(StoreError::Query(e))
+            }
+        }
     }
 
     /// The first `limit` messages after `after`, oldest first.

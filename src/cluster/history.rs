@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
@@ -16,8 +17,8 @@ use super::{subject, Cluster};
 use crate::bus::{Envelope, Event};
 use crate::protocol::Timestamp;
 use crate::store::{
-    span_of_newest, Deliver, MessageRef, Pending, PendingCount, PendingSpan, Span, Store,
-    StoreError, StoredMessage,
+    span_of_newest, Deleted, Deliver, MessageRef, Pending, PendingCount, PendingDelete,
+    PendingSpan, Span, Store, StoreError, StoredMessage,
 };
 
 /// How long one message of a query may take to arrive before the query gives up.
@@ -230,6 +231,66 @@ async fn last_span(
     Ok(span_of_newest(ids, until, limit))
 }
 
+/// A stream request, bounded like every read of a query.
+async fn within<T>(request: impl std::future::Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(READ_WAIT, request)
+        .await
+        .map_err(|_| StoreError::ReadTimedOut)
+}
+
+/// The history message of `room` at sequence `id`, as a query would show it; None if the
+/// stream has no message there, or one that is not a (clean) message of that room: another
+/// room's, a join or a leave, or a forged line that queries skip anyway.
+async fn stored_at(
+    cluster: &Cluster,
+    room: &str,
+    id: u64,
+) -> Result<Option<StoredMessage>, StoreError> {
+    if id == 0 {
+        return Ok(None); // sequences start at 1
+    }
+    let raw = match within(cluster.stream.get_raw_message(id)).await? {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(StoreError::Stream(e.into())),
+    };
+    if raw.subject.as_str() != subject(room, true) {
+        return Ok(None);
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&raw.payload) else {
+        return Ok(None);
+    };
+    Ok(envelope.is_clean().then(|| stored(id, envelope)).flatten())
+}
+
+/// Deletes message `id` of `room` from the stream. The stream keeps its sequence numbers, so
+/// the id is never given again; consumers skip the gap, and with them every query, count and
+/// span (the pending counts they are built on count only the messages that are there).
+async fn delete(
+    cluster: &Cluster,
+    room: &str,
+    id: u64,
+    only_by: Option<&str>,
+) -> Result<Deleted, StoreError> {
+    let Some(message) = stored_at(cluster, room, id).await? else {
+        return Ok(Deleted::NotFound);
+    };
+    if only_by.is_some_and(|name| message.name != name) {
+        return Ok(Deleted::NotYours);
+    }
+    let failed: async_nats::Error = match within(cluster.stream.delete_message(id)).await? {
+        Ok(true) => return Ok(Deleted::Done { name: message.name }),
+        Ok(false) => "the stream did not delete the message".into(),
+        Err(e) => e.into(),
+    };
+    // Gone meanwhile (another node's delete, or the stream's retention): not ours to report
+    // as a failure.
+    match stored_at(cluster, room, id).await? {
+        None => Ok(Deleted::NotFound),
+        Some(_) => Err(StoreError::Stream(failed)),
+    }
+}
+
 impl Store for ClusterStore {
     /// Where this node's feed is: a room created now has seen nothing after it.
     fn last_id(&self, _room: &str) -> u64 {
@@ -279,6 +340,21 @@ impl Store for ClusterStore {
                 &room,
                 last_span(&cluster, &room, until, limit).await,
             ));
+        });
+        rx
+    }
+
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        let (tx, rx) = oneshot::channel();
+        let cluster = self.cluster.clone();
+        let room = room.to_owned();
+        let only_by = only_by.map(str::to_owned);
+        self.cluster.runtime.spawn(async move {
+            let deleted = delete(&cluster, &room, id, only_by.as_deref()).await;
+            if let Err(e) = &deleted {
+                tracing::warn!(room, id, error = ?e, "history delete failed");
+            }
+            let _ = tx.send(deleted);
         });
         rx
     }
