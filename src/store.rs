@@ -1864,6 +1864,305 @@ mod tests {
         assert_eq!(ids(page), vec![29]);
     }
 
+    /// Waits for a store's answer to a delete.
+    fn delete(store: &dyn Store, room: &str, id: u64, only_by: Option<&str>) -> Deleted {
+        store
+            .delete(room, id, only_by)
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Deletes from a room of 10 messages in three chunks (in SQLite: a count between the
+    /// groups commits each as one): in the middle of a chunk, at its start, a whole chunk, the
+    /// room's newest. Every read skips what went; ids are not given again. Leaves the room
+    /// with 1, 2, 3, 7, 8, 9, 11.
+    fn check_delete(store: &dyn Store) {
+        let room: Arc<str> = Arc::from("d");
+        for group in [1..=3, 4..=6, 7..=10] {
+            for id in group {
+                let name = if id == 4 { "b" } else { "a" };
+                let m = StoredMessage {
+                    name: name.into(),
+                    ..msg(id)
+                };
+                store.append(&room, &m.as_ref(), None);
+            }
+            let _ = store.count("d", 0, 0).blocking_recv();
+        }
+        let all = || {
+            ids(store
+                .query("d", None, u64::MAX, 100)
+                .blocking_recv()
+                .unwrap())
+        };
+        let count = |after, until| store.count("d", after, until).blocking_recv().unwrap();
+        let span = |until, limit| store.last_span("d", until, limit).blocking_recv().unwrap();
+        let done = |name: &str| Deleted::Done { name: name.into() };
+        // In the middle of a chunk; a second time it is not found.
+        assert_eq!(delete(store, "d", 5, None), done("a"));
+        assert_eq!(delete(store, "d", 5, None), Deleted::NotFound);
+        for (room, id) in [
+            ("d", 99),
+            ("d", 0),
+            ("d", u64::MAX),
+            ("nobody", 1),
+            ("other", 5),
+        ] {
+            assert_eq!(
+                delete(store, room, id, None),
+                Deleted::NotFound,
+                "{room} {id}"
+            );
+        }
+        // Only its author's, by the exact name.
+        assert_eq!(delete(store, "d", 4, Some("a")), Deleted::NotYours);
+        assert_eq!(delete(store, "d", 4, Some("B")), Deleted::NotYours);
+        assert_eq!(all(), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        assert_eq!(delete(store, "d", 4, Some("b")), done("b"));
+        assert_eq!(all(), vec![1, 2, 3, 6, 7, 8, 9, 10]);
+        assert_eq!(count(0, u64::MAX).unwrap(), 8);
+        assert_eq!(count(3, 6).unwrap(), 1);
+        assert_eq!(count(3, 5).unwrap(), 0);
+        assert_eq!(span(u64::MAX, 7).unwrap(), Span { after: 1, count: 7 });
+        assert_eq!(span(6, 2).unwrap(), Span { after: 2, count: 2 });
+        let page = store.query("d", Some(2), 8, 2).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![3, 6]);
+        let page = store.query("d", Some(3), 8, 2).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![6, 7]);
+        // The last of what was a chunk of its own, then the room's newest.
+        assert_eq!(delete(store, "d", 6, None), done("a"));
+        assert_eq!(count(0, u64::MAX).unwrap(), 7);
+        assert_eq!(count(2, 7).unwrap(), 2);
+        assert_eq!(delete(store, "d", 10, Some("a")), done("a"));
+        assert_eq!(all(), vec![1, 2, 3, 7, 8, 9]);
+        assert_eq!(span(u64::MAX, 3).unwrap(), Span { after: 6, count: 3 });
+        // The id of the deleted newest message is not given again.
+        assert_eq!(store.last_id("d"), 10);
+        store.append(&room, &msg(11).as_ref(), None);
+        assert_eq!(store.last_id("d"), 11);
+        let last = store.query("d", None, u64::MAX, 3).blocking_recv().unwrap();
+        assert_eq!(ids(last), vec![8, 9, 11]);
+        let after = store
+            .query("d", Some(9), u64::MAX, 3)
+            .blocking_recv()
+            .unwrap();
+        assert_eq!(ids(after), vec![11]);
+        assert_eq!(count(0, u64::MAX).unwrap(), 7);
+    }
+
+    #[test]
+    fn no_store_refuses_to_delete() {
+        let deleted = NoStore.delete("r", 1, None).blocking_recv().unwrap();
+        assert!(matches!(deleted, Err(StoreError::Off)), "{deleted:?}");
+    }
+
+    #[test]
+    fn the_memory_store_deletes_one_message() {
+        let store = MemoryStore::new(Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 0,
+        });
+        check_delete(&store);
+        // A room's only message: its id still outlives it.
+        store.append(&Arc::from("one"), &msg(1).as_ref(), None);
+        assert_eq!(
+            delete(&store, "one", 1, None),
+            Deleted::Done { name: "a".into() }
+        );
+        assert_eq!(store.last_id("one"), 1);
+        assert_eq!(
+            store
+                .count("one", 0, u64::MAX)
+                .blocking_recv()
+                .unwrap()
+                .unwrap(),
+            0
+        );
+    }
+
+    /// The total bound drops the oldest messages in the order they came: a deleted one in the
+    /// middle of that order is skipped when met, and its cost was given back at once.
+    #[test]
+    fn the_memory_total_bound_skips_a_deleted_message() {
+        let cost = memory_cost(&msg(1));
+        let store = MemoryStore::new(Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 5 * cost,
+        });
+        let room: Arc<str> = Arc::from("r");
+        for id in 1..=5 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(
+            delete(&store, "r", 3, None),
+            Deleted::Done { name: "a".into() }
+        );
+        store.append(&room, &msg(6).as_ref(), None);
+        let kept = || {
+            ids(store
+                .query("r", None, u64::MAX, 100)
+                .blocking_recv()
+                .unwrap())
+        };
+        assert_eq!(kept(), vec![1, 2, 4, 5, 6]);
+        for id in 7..=9 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(kept(), vec![5, 6, 7, 8, 9]);
+        let inner = store.lock();
+        assert_eq!((inner.count, inner.bytes), (5, 5 * cost));
+    }
+
+    fn sqlite_dir_store(dir: &Path, max_messages: u64) -> SqliteStore {
+        let retention = Retention {
+            max_messages,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        SqliteStore::open(dir, retention, Batching::default(), false).unwrap()
+    }
+
+    #[test]
+    fn the_sqlite_store_deletes_one_message_for_good() {
+        let dir = fresh_dir("delete-");
+        {
+            let store = sqlite_dir_store(&dir, 100);
+            check_delete(&store);
+            store.close();
+        }
+        // On disk: still deleted after a restart, and the ids go on after the deleted newest.
+        let store = sqlite_dir_store(&dir, 100);
+        let all = ids(store
+            .query("d", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(all, vec![1, 2, 3, 7, 8, 9, 11]);
+        assert_eq!(delete(&store, "d", 5, None), Deleted::NotFound);
+        assert_eq!(store.last_id("d"), 11);
+        assert_eq!(
+            store
+                .count("d", 0, u64::MAX)
+                .blocking_recv()
+                .unwrap()
+                .unwrap(),
+            7
+        );
+        // A room's only message: its id still outlives it, also across a restart.
+        store.append(&Arc::from("one"), &msg(1).as_ref(), None);
+        assert_eq!(
+            delete(&store, "one", 1, None),
+            Deleted::Done { name: "a".into() }
+        );
+        store.close();
+        drop(store);
+        let store = sqlite_dir_store(&dir, 100);
+        assert_eq!(store.last_id("one"), 1);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A delete waits for the appends queued before it, and cuts their batch's gathering
+    /// short: a message appended and deleted at once ends deleted, and soon.
+    #[test]
+    fn a_message_deleted_while_its_batch_gathers_ends_deleted() {
+        let dir = fresh_dir("delete-queued-");
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        let batching = Batching {
+            window: Duration::from_secs(30),
+            max_messages: 1000,
+        };
+        let store = SqliteStore::open(&dir, retention, batching, false).unwrap();
+        let room: Arc<str> = Arc::from("r");
+        let started = Instant::now();
+        for id in 1..=3 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(
+            delete(&store, "r", 3, None),
+            Deleted::Done { name: "a".into() }
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let kept = ids(store
+            .query("r", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(kept, vec![1, 2]);
+        store.close();
+        drop(store);
+        let store = SqliteStore::open(&dir, retention, batching, false).unwrap();
+        let kept = ids(store
+            .query("r", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(kept, vec![1, 2]);
+        assert_eq!(store.last_id("r"), 3);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Retention counts a room's messages from its chunks' counts (summed on open, then kept
+    /// up to date): deletes keep both true, so it still keeps exactly the newest.
+    #[test]
+    fn retention_after_deletes_keeps_exactly_the_newest() {
+        let dir = fresh_dir("delete-prune-");
+        let room: Arc<str> = Arc::from("r");
+        let kept = |store: &SqliteStore| {
+            ids(store
+                .query("r", None, u64::MAX, 1000)
+                .blocking_recv()
+                .unwrap())
+        };
+        {
+            let store = sqlite_dir_store(&dir, 1000);
+            for id in 1..=20 {
+                store.append(&room, &msg(id).as_ref(), None);
+                if id % 5 == 0 {
+                    flush(&store);
+                }
+            }
+            for id in [12, 18] {
+                assert_eq!(
+                    delete(&store, "r", id, None),
+                    Deleted::Done { name: "a".into() }
+                );
+            }
+            store.close();
+        }
+        // Counted from the file: 19 messages, 10 kept.
+        let store = sqlite_dir_store(&dir, 10);
+        store.append(&room, &msg(21).as_ref(), None);
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![10, 11, 13, 14, 15, 16, 17, 19, 20, 21]);
+        // Counted in memory: two deleted and two new make 10 again, and nothing more goes.
+        for id in [15, 20] {
+            assert_eq!(
+                delete(&store, "r", id, None),
+                Deleted::Done { name: "a".into() }
+            );
+        }
+        for id in 22..=23 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![10, 11, 13, 14, 16, 17, 19, 21, 22, 23]);
+        // And one more over the bound drops exactly the oldest.
+        store.append(&room, &msg(24).as_ref(), None);
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![11, 13, 14, 16, 17, 19, 21, 22, 23, 24]);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn chunks_round_trip_and_survive_damage() {
         let msgs: Vec<StoredMessage> = (1..=3).map(msg).collect();
