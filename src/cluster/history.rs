@@ -367,3 +367,195 @@ impl Store for ClusterStore {
         self.cluster.close();
     }
 }
+
+/// With a real `nats-server -js` (as tests/cluster.rs runs it; scripts/test.sh installs it).
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+    use crate::settings::{ClusterSettings, Retention};
+
+    /// A JetStream server on an ephemeral loopback port; killed, and its store removed, when
+    /// dropped.
+    struct Nats {
+        child: Child,
+        dir: PathBuf,
+        url: String,
+    }
+
+    impl Nats {
+        fn start() -> Nats {
+            let dir =
+                std::env::temp_dir().join(format!("machat-history-nats-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("nats-server");
+            let mut child = Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", "0", "-sd"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start nats-server (apt-get install nats-server)");
+            let stderr = child.stderr.take().expect("stderr");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut port = None;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+                        port = at.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+                    }
+                    if line.contains("Server is ready") {
+                        let _ = tx.send(port);
+                    }
+                }
+            });
+            let port: u16 = rx
+                .recv_timeout(Duration::from_secs(10))
+                .ok()
+                .flatten()
+                .expect("nats-server did not start");
+            Nats {
+                child,
+                dir,
+                url: format!("nats://127.0.0.1:{port}"),
+            }
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A deleted message leaves a gap in the sequence: every read skips it (the short room's
+    /// read of its ids, and the long room's search by pending counts alike), and only a
+    /// message of that room, by that author if asked, is deleted.
+    #[test]
+    fn a_deleted_message_is_a_gap_every_read_skips() {
+        let nats = Nats::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let settings = ClusterSettings {
+            url: nats.url.clone(),
+            replicas: 1,
+            presence_ttl: Duration::from_secs(30),
+        };
+        let retention = Retention {
+            max_messages: 10_000,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        let cluster = rt.block_on(Cluster::start(&settings, &retention)).unwrap();
+        let store = cluster.store();
+        // Published as the nodes do, acknowledged in order: the sequences, which are the ids.
+        let publish = |events: Vec<(&str, bool, Event)>| -> Vec<u64> {
+            rt.block_on(async {
+                let mut acks = Vec::new();
+                for (room, message, event) in events {
+                    let payload = serde_json::to_vec(&Envelope::new(event)).unwrap();
+                    let ack = cluster.js.publish(subject(room, message), payload.into());
+                    acks.push(ack.await.unwrap());
+                }
+                let mut seqs = Vec::new();
+                for ack in acks {
+                    seqs.push(ack.await.unwrap().sequence);
+                }
+                seqs
+            })
+        };
+        let says = |name: &str, text: &str| Event::Message {
+            name: name.into(),
+            text: text.into(),
+        };
+        let seqs = publish(vec![
+            ("r", true, says("Ann", "one")),
+            ("r", true, says("Bob", "two")),
+            (
+                "r",
+                false,
+                Event::Join {
+                    name: "Ann".into(),
+                    node: None,
+                },
+            ),
+            ("other", true, says("Ann", "elsewhere")),
+            ("r", true, says("Ann", "five")),
+            (
+                "r",
+                true,
+                Event::Action {
+                    name: "Ann".into(),
+                    text: "waves".into(),
+                },
+            ),
+            ("r", true, says("Ann", "seven")),
+        ]);
+        let [one, two, join, elsewhere, five, six, seven] = seqs[..] else {
+            panic!("{seqs:?}");
+        };
+        let delete = |room: &str, id: u64, only_by: Option<&str>| {
+            store
+                .delete(room, id, only_by)
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+        };
+        let done = |name: &str| Deleted::Done { name: name.into() };
+        for (room, id) in [("r", join), ("r", elsewhere), ("r", 0), ("r", seven + 100)] {
+            assert_eq!(delete(room, id, None), Deleted::NotFound, "{room} {id}");
+        }
+        assert_eq!(delete("r", two, Some("Ann")), Deleted::NotYours);
+        assert_eq!(delete("r", five, None), done("Ann"));
+        assert_eq!(delete("r", five, None), Deleted::NotFound);
+        let ids = |room: &str, after: Option<u64>, limit: usize| -> Vec<u64> {
+            let page = store.query(room, after, u64::MAX, limit).blocking_recv();
+            page.unwrap().unwrap().iter().map(|m| m.id).collect()
+        };
+        let count = |room: &str, after: u64| {
+            let n = store.count(room, after, u64::MAX).blocking_recv();
+            n.unwrap().unwrap()
+        };
+        let span = |room: &str, limit: usize| {
+            let span = store.last_span(room, u64::MAX, limit).blocking_recv();
+            span.unwrap().unwrap()
+        };
+        assert_eq!(ids("r", None, 100), vec![one, two, six, seven]);
+        assert_eq!(ids("r", Some(two), 100), vec![six, seven]);
+        assert_eq!(count("r", 0), 4);
+        assert_eq!(count("r", two), 2);
+        let after = two - 1;
+        assert_eq!(span("r", 3), Span { after, count: 3 });
+        assert_eq!(delete("r", two, Some("Bob")), done("Bob"));
+        assert_eq!(delete("r", seven, None), done("Ann"));
+        assert_eq!(ids("r", None, 100), vec![one, six]);
+        assert_eq!(ids("other", None, 100), vec![elsewhere]);
+        // A room long enough for the search by pending counts: gaps among its last ten.
+        let long: Vec<(&str, bool, Event)> = (0..1100)
+            .map(|i| ("long", true, says("Ann", &format!("m{i}"))))
+            .collect();
+        let seqs = publish(long);
+        for i in [1095, 1098] {
+            assert_eq!(delete("long", seqs[i], None), done("Ann"));
+        }
+        let last: Vec<u64> = (1088..1100)
+            .filter(|i| ![1095, 1098].contains(i))
+            .map(|i| seqs[i])
+            .collect();
+        let after = seqs[1088] - 1;
+        assert_eq!(span("long", 10), Span { after, count: 10 });
+        assert_eq!(count("long", after), 10);
+        assert_eq!(ids("long", None, 10), last);
+        assert_eq!(ids("long", Some(after), 10), last);
+        drop(nats);
+    }
+}
