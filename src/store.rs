@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -49,6 +49,21 @@ pub struct Span {
 
 /// A [`Span`] whose answer arrives later.
 pub type PendingSpan = oneshot::Receiver<Result<Span, StoreError>>;
+
+/// What deleting a stored message found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// It was there and is gone; its author's name (as stored).
+    Done { name: String },
+    /// No stored message of the room has that id (never was, already deleted, or dropped by
+    /// retention).
+    NotFound,
+    /// It is there, but `only_by` was given and is not its author: nothing deleted.
+    NotYours,
+}
+
+/// A [`Deleted`] whose answer arrives later (after the appends queued before it).
+pub type PendingDelete = oneshot::Receiver<Result<Deleted, StoreError>>;
 
 /// Why a store cannot open, or cannot answer. Opening keeps the file and SQLite's (or the
 /// system's) reason, so a caller can tell a missing directory from an unwritable or a corrupt
@@ -86,7 +101,8 @@ pub enum StoreError {
     Off,
     #[error("{}", Refusal::HistoryUnavailable)]
     Unavailable,
-    /// Told apart from `Unavailable` for the log; a client is told the same.
+    /// A read (or a delete) that SQLite failed. Told apart from `Unavailable` for the log; a
+    /// client is told the same.
     #[error("{}", Refusal::HistoryUnavailable)]
     Query(#[source] rusqlite::Error),
     /// Cluster mode: JetStream's own text is for the log (`{:?}`); a client is told the same
@@ -124,6 +140,13 @@ pub trait Store: Send + Sync {
     /// Where the last `limit` messages with ids up to `until` start, and how many there are,
     /// without handing them over (a replay then reads them a page at a time).
     fn last_span(&self, room: &str, until: u64, limit: usize) -> PendingSpan;
+    /// Deletes message `id` of `room` from history (moderation): every later query, count,
+    /// span and replay skips it, as if it had never been stored, but the id is never given
+    /// again ([`Store::last_id`] is unchanged), so a client's `since` still means what it meant.
+    /// `only_by`: delete only if that name (exact string) is the author's, so a person can
+    /// take back their own message without a moderator's rights. Handled after every append
+    /// queued before it: a message appended and deleted at once ends deleted.
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete;
     /// False while writes are failing (the disk is full, say).
     fn available(&self) -> bool;
     /// Writes everything queued and marks the store as cleanly closed (at shutdown).
@@ -213,6 +236,12 @@ fn answer_span(span: Result<Span, StoreError>) -> PendingSpan {
     rx
 }
 
+fn answer_delete(deleted: Result<Deleted, StoreError>) -> PendingDelete {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(deleted);
+    rx
+}
+
 /// The span of the last `limit` ids up to `until`, from ids given newest first.
 pub fn span_of_newest(newest_first: impl Iterator<Item = u64>, until: u64, limit: usize) -> Span {
     let mut span = Span {
@@ -250,6 +279,9 @@ impl Store for NoStore {
     fn last_span(&self, _room: &str, _until: u64, _limit: usize) -> PendingSpan {
         answer_span(Err(StoreError::Off))
     }
+    fn delete(&self, _room: &str, _id: u64, _only_by: Option<&str>) -> PendingDelete {
+        answer_delete(Err(StoreError::Off))
+    }
     fn available(&self) -> bool {
         false
     }
@@ -264,7 +296,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct MemoryRooms {
     /// Only rooms with stored messages: a room's entry (and its last id) goes with its last
-    /// message, so memory follows the history that exists.
+    /// message, so memory follows the history that exists. (Not when a delete took that last
+    /// message: see [`MemoryRooms::delete`].)
     rooms: HashMap<String, MemoryLog>,
     /// Each stored message's room and id, oldest first: what the total bound drops first.
     /// Entries of messages already gone by a room's own retention are skipped when met, and
@@ -307,6 +340,30 @@ impl MemoryRooms {
         if log.msgs.is_empty() {
             self.rooms.remove(room);
         }
+    }
+
+    /// Removes message `id` of `room` wherever it is in the room's log. Its entry in `order`
+    /// stays, to be skipped when met (`drop_oldest` drops only the oldest message, and only
+    /// if it has that id) and swept with the others. The room's entry stays even if this was
+    /// its last message: its last id must outlive it (unlike with retention, whose oldest
+    /// messages go, the newest id can be the one deleted).
+    fn delete(&mut self, room: &str, id: u64, only_by: Option<&str>) -> Deleted {
+        let Some(log) = self.rooms.get_mut(room) else {
+            return Deleted::NotFound;
+        };
+        let Ok(at) = log.msgs.binary_search_by_key(&id, |m| m.id) else {
+            return Deleted::NotFound;
+        };
+        if only_by.is_some_and(|name| log.msgs[at].name != name) {
+            return Deleted::NotYours;
+        }
+        let Some(m) = log.msgs.remove(at) else {
+            return Deleted::NotFound;
+        };
+        self.count -= 1;
+        self.bytes = self.bytes.saturating_sub(memory_cost(&m));
+        self.sweep_order();
+        Deleted::Done { name: m.name }
     }
 
     /// Forgets the order of messages that are gone, when they are most of it.
@@ -421,6 +478,10 @@ impl Store for MemoryStore {
         answer_span(Ok(span))
     }
 
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        answer_delete(Ok(self.lock().delete(room, id, only_by)))
+    }
+
     fn available(&self) -> bool {
         true
     }
@@ -500,6 +561,13 @@ enum Op {
         until: u64,
         limit: usize,
         reply: oneshot::Sender<History>,
+    },
+    /// Answered like a query: after the appends queued before it are committed.
+    Delete {
+        room: String,
+        id: u64,
+        only_by: Option<String>,
+        reply: oneshot::Sender<Result<Deleted, StoreError>>,
     },
 }
 
@@ -862,6 +930,27 @@ impl Store for SqliteStore {
         rx
     }
 
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Delete {
+            room: room.to_owned(),
+            id,
+            only_by: only_by.map(str::to_owned),
+            reply,
+        };
+        let sent = self.ops.try_send(op);
+        // Also cuts a batch's gathering short: the appends before it are committed at once.
+        self.ops.urgent();
+        if let Err(
+            TrySendError::Full(Op::Delete { reply, .. })
+            | TrySendError::Disconnected(Op::Delete { reply, .. }),
+        ) = sent
+        {
+            let _ = reply.send(Err(StoreError::Unavailable));
+        }
+        rx
+    }
+
     fn available(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
@@ -959,8 +1048,9 @@ impl Writer {
                     Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
                     // After the batch: the room's last appends came before its forget.
                     Op::Forget(room) => forgotten.push(room),
-                    // A query answers after everything queued before it is committed.
-                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } => {
+                    // A query (or a delete) answers after everything queued before it is
+                    // committed.
+                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } | Op::Delete { .. } => {
                         queries.push(op);
                         break;
                     }
@@ -1025,6 +1115,14 @@ impl Writer {
                         reply,
                     } => {
                         let _ = reply.send(self.span_of_last(&room, until, limit));
+                    }
+                    Op::Delete {
+                        room,
+                        id,
+                        only_by,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.delete(&room, id, only_by.as_deref()));
                     }
                     _ => {}
                 }
@@ -1221,6 +1319,92 @@ impl Writer {
             warn!("history query failed: {e}");
             StoreError::Query(e)
         })
+    }
+
+    /// Deletes message `id` of `room`: its chunk (the first whose last id is at or above it)
+    /// is rewritten without it, in one transaction, or deleted with it if it was the chunk's
+    /// only message. Every read, count and span then skips it with no filter of their own, and
+    /// retention's counts stay true: the chunk's `count` and `first_ts` are rewritten with it,
+    /// and its `last_id` follows its new last message (so a chunk's key stays its last id).
+    /// The room's last id (in `rooms`) is left alone: the id is never given again.
+    fn delete(
+        &mut self,
+        room: &str,
+        id: u64,
+        only_by: Option<&str>,
+    ) -> Result<Deleted, StoreError> {
+        let Some(rid) = self.known_rid(room) else {
+            return Ok(Deleted::NotFound);
+        };
+        let result = (|| -> rusqlite::Result<(Deleted, u64)> {
+            let tx = self.conn.transaction()?;
+            let chunk: Option<(i64, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT last_id, data FROM chunks WHERE rid = ?1 AND last_id >= ?2
+                     ORDER BY last_id LIMIT 1",
+                    params![rid, sql_id(id)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((last_id, data)) = chunk else {
+                return Ok((Deleted::NotFound, 0));
+            };
+            let mut msgs = decode(&data);
+            let Some(at) = msgs.iter().position(|m| m.id == id) else {
+                return Ok((Deleted::NotFound, 0));
+            };
+            if only_by.is_some_and(|name| msgs[at].name != name) {
+                return Ok((Deleted::NotYours, 0));
+            }
+            let gone = msgs.remove(at);
+            let old_len = data.len() as u64;
+            let freed = match (msgs.first(), msgs.last()) {
+                (Some(first), Some(last)) => {
+                    let mut data = Vec::with_capacity(data.len());
+                    for m in &msgs {
+                        encode(&m.as_ref(), &mut data);
+                    }
+                    let freed = old_len.saturating_sub(data.len() as u64);
+                    tx.execute(
+                        "UPDATE chunks SET last_id = ?3, count = ?4, first_ts = ?5, data = ?6
+                         WHERE rid = ?1 AND last_id = ?2",
+                        params![
+                            rid,
+                            last_id,
+                            sql_id(last.id),
+                            msgs.len() as i64,
+                            first.ts.0 as i64,
+                            data
+                        ],
+                    )?;
+                    freed
+                }
+                _ => {
+                    tx.execute(
+                        "DELETE FROM chunks WHERE rid = ?1 AND last_id = ?2",
+                        params![rid, last_id],
+                    )?;
+                    old_len
+                }
+            };
+            tx.commit()?;
+            Ok((Deleted::Done { name: gone.name }, freed))
+        })();
+        match result {
+            Ok((deleted, freed)) => {
+                if matches!(deleted, Deleted::Done { .. }) {
+                    self.total_bytes = self.total_bytes.saturating_sub(freed);
+                    if let Some(stored) = self.stored.get_mut(&rid) {
+                        *stored = stored.saturating_sub(1);
+                    }
+                }
+                Ok(deleted)
+            }
+            Err(e) => {
+                warn!(room, id, "history delete failed: {e}");
+                Err(StoreError::Query(e))
+            }
+        }
     }
 
     /// The first `limit` messages after `after`, oldest first.
@@ -1698,6 +1882,305 @@ mod tests {
         assert_eq!(ids(page), vec![26, 27, 28]);
         let page = store.query("r", Some(28), 29, 3).blocking_recv().unwrap();
         assert_eq!(ids(page), vec![29]);
+    }
+
+    /// Waits for a store's answer to a delete.
+    fn delete(store: &dyn Store, room: &str, id: u64, only_by: Option<&str>) -> Deleted {
+        store
+            .delete(room, id, only_by)
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Deletes from a room of 10 messages in three chunks (in SQLite: a count between the
+    /// groups commits each as one): in the middle of a chunk, at its start, a whole chunk, the
+    /// room's newest. Every read skips what went; ids are not given again. Leaves the room
+    /// with 1, 2, 3, 7, 8, 9, 11.
+    fn check_delete(store: &dyn Store) {
+        let room: Arc<str> = Arc::from("d");
+        for group in [1..=3, 4..=6, 7..=10] {
+            for id in group {
+                let name = if id == 4 { "b" } else { "a" };
+                let m = StoredMessage {
+                    name: name.into(),
+                    ..msg(id)
+                };
+                store.append(&room, &m.as_ref(), None);
+            }
+            let _ = store.count("d", 0, 0).blocking_recv();
+        }
+        let all = || {
+            ids(store
+                .query("d", None, u64::MAX, 100)
+                .blocking_recv()
+                .unwrap())
+        };
+        let count = |after, until| store.count("d", after, until).blocking_recv().unwrap();
+        let span = |until, limit| store.last_span("d", until, limit).blocking_recv().unwrap();
+        let done = |name: &str| Deleted::Done { name: name.into() };
+        // In the middle of a chunk; a second time it is not found.
+        assert_eq!(delete(store, "d", 5, None), done("a"));
+        assert_eq!(delete(store, "d", 5, None), Deleted::NotFound);
+        for (room, id) in [
+            ("d", 99),
+            ("d", 0),
+            ("d", u64::MAX),
+            ("nobody", 1),
+            ("other", 5),
+        ] {
+            assert_eq!(
+                delete(store, room, id, None),
+                Deleted::NotFound,
+                "{room} {id}"
+            );
+        }
+        // Only its author's, by the exact name.
+        assert_eq!(delete(store, "d", 4, Some("a")), Deleted::NotYours);
+        assert_eq!(delete(store, "d", 4, Some("B")), Deleted::NotYours);
+        assert_eq!(all(), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        assert_eq!(delete(store, "d", 4, Some("b")), done("b"));
+        assert_eq!(all(), vec![1, 2, 3, 6, 7, 8, 9, 10]);
+        assert_eq!(count(0, u64::MAX).unwrap(), 8);
+        assert_eq!(count(3, 6).unwrap(), 1);
+        assert_eq!(count(3, 5).unwrap(), 0);
+        assert_eq!(span(u64::MAX, 7).unwrap(), Span { after: 1, count: 7 });
+        assert_eq!(span(6, 2).unwrap(), Span { after: 2, count: 2 });
+        let page = store.query("d", Some(2), 8, 2).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![3, 6]);
+        let page = store.query("d", Some(3), 8, 2).blocking_recv().unwrap();
+        assert_eq!(ids(page), vec![6, 7]);
+        // The last of what was a chunk of its own, then the room's newest.
+        assert_eq!(delete(store, "d", 6, None), done("a"));
+        assert_eq!(count(0, u64::MAX).unwrap(), 7);
+        assert_eq!(count(2, 7).unwrap(), 2);
+        assert_eq!(delete(store, "d", 10, Some("a")), done("a"));
+        assert_eq!(all(), vec![1, 2, 3, 7, 8, 9]);
+        assert_eq!(span(u64::MAX, 3).unwrap(), Span { after: 6, count: 3 });
+        // The id of the deleted newest message is not given again.
+        assert_eq!(store.last_id("d"), 10);
+        store.append(&room, &msg(11).as_ref(), None);
+        assert_eq!(store.last_id("d"), 11);
+        let last = store.query("d", None, u64::MAX, 3).blocking_recv().unwrap();
+        assert_eq!(ids(last), vec![8, 9, 11]);
+        let after = store
+            .query("d", Some(9), u64::MAX, 3)
+            .blocking_recv()
+            .unwrap();
+        assert_eq!(ids(after), vec![11]);
+        assert_eq!(count(0, u64::MAX).unwrap(), 7);
+    }
+
+    #[test]
+    fn no_store_refuses_to_delete() {
+        let deleted = NoStore.delete("r", 1, None).blocking_recv().unwrap();
+        assert!(matches!(deleted, Err(StoreError::Off)), "{deleted:?}");
+    }
+
+    #[test]
+    fn the_memory_store_deletes_one_message() {
+        let store = MemoryStore::new(Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 0,
+        });
+        check_delete(&store);
+        // A room's only message: its id still outlives it.
+        store.append(&Arc::from("one"), &msg(1).as_ref(), None);
+        assert_eq!(
+            delete(&store, "one", 1, None),
+            Deleted::Done { name: "a".into() }
+        );
+        assert_eq!(store.last_id("one"), 1);
+        assert_eq!(
+            store
+                .count("one", 0, u64::MAX)
+                .blocking_recv()
+                .unwrap()
+                .unwrap(),
+            0
+        );
+    }
+
+    /// The total bound drops the oldest messages in the order they came: a deleted one in the
+    /// middle of that order is skipped when met, and its cost was given back at once.
+    #[test]
+    fn the_memory_total_bound_skips_a_deleted_message() {
+        let cost = memory_cost(&msg(1));
+        let store = MemoryStore::new(Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 5 * cost,
+        });
+        let room: Arc<str> = Arc::from("r");
+        for id in 1..=5 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(
+            delete(&store, "r", 3, None),
+            Deleted::Done { name: "a".into() }
+        );
+        store.append(&room, &msg(6).as_ref(), None);
+        let kept = || {
+            ids(store
+                .query("r", None, u64::MAX, 100)
+                .blocking_recv()
+                .unwrap())
+        };
+        assert_eq!(kept(), vec![1, 2, 4, 5, 6]);
+        for id in 7..=9 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(kept(), vec![5, 6, 7, 8, 9]);
+        let inner = store.lock();
+        assert_eq!((inner.count, inner.bytes), (5, 5 * cost));
+    }
+
+    fn sqlite_dir_store(dir: &Path, max_messages: u64) -> SqliteStore {
+        let retention = Retention {
+            max_messages,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        SqliteStore::open(dir, retention, Batching::default(), false).unwrap()
+    }
+
+    #[test]
+    fn the_sqlite_store_deletes_one_message_for_good() {
+        let dir = fresh_dir("delete-");
+        {
+            let store = sqlite_dir_store(&dir, 100);
+            check_delete(&store);
+            store.close();
+        }
+        // On disk: still deleted after a restart, and the ids go on after the deleted newest.
+        let store = sqlite_dir_store(&dir, 100);
+        let all = ids(store
+            .query("d", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(all, vec![1, 2, 3, 7, 8, 9, 11]);
+        assert_eq!(delete(&store, "d", 5, None), Deleted::NotFound);
+        assert_eq!(store.last_id("d"), 11);
+        assert_eq!(
+            store
+                .count("d", 0, u64::MAX)
+                .blocking_recv()
+                .unwrap()
+                .unwrap(),
+            7
+        );
+        // A room's only message: its id still outlives it, also across a restart.
+        store.append(&Arc::from("one"), &msg(1).as_ref(), None);
+        assert_eq!(
+            delete(&store, "one", 1, None),
+            Deleted::Done { name: "a".into() }
+        );
+        store.close();
+        drop(store);
+        let store = sqlite_dir_store(&dir, 100);
+        assert_eq!(store.last_id("one"), 1);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A delete waits for the appends queued before it, and cuts their batch's gathering
+    /// short: a message appended and deleted at once ends deleted, and soon.
+    #[test]
+    fn a_message_deleted_while_its_batch_gathers_ends_deleted() {
+        let dir = fresh_dir("delete-queued-");
+        let retention = Retention {
+            max_messages: 100,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        let batching = Batching {
+            window: Duration::from_secs(30),
+            max_messages: 1000,
+        };
+        let store = SqliteStore::open(&dir, retention, batching, false).unwrap();
+        let room: Arc<str> = Arc::from("r");
+        let started = Instant::now();
+        for id in 1..=3 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        assert_eq!(
+            delete(&store, "r", 3, None),
+            Deleted::Done { name: "a".into() }
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let kept = ids(store
+            .query("r", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(kept, vec![1, 2]);
+        store.close();
+        drop(store);
+        let store = SqliteStore::open(&dir, retention, batching, false).unwrap();
+        let kept = ids(store
+            .query("r", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(kept, vec![1, 2]);
+        assert_eq!(store.last_id("r"), 3);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Retention counts a room's messages from its chunks' counts (summed on open, then kept
+    /// up to date): deletes keep both true, so it still keeps exactly the newest.
+    #[test]
+    fn retention_after_deletes_keeps_exactly_the_newest() {
+        let dir = fresh_dir("delete-prune-");
+        let room: Arc<str> = Arc::from("r");
+        let kept = |store: &SqliteStore| {
+            ids(store
+                .query("r", None, u64::MAX, 1000)
+                .blocking_recv()
+                .unwrap())
+        };
+        {
+            let store = sqlite_dir_store(&dir, 1000);
+            for id in 1..=20 {
+                store.append(&room, &msg(id).as_ref(), None);
+                if id % 5 == 0 {
+                    flush(&store);
+                }
+            }
+            for id in [12, 18] {
+                assert_eq!(
+                    delete(&store, "r", id, None),
+                    Deleted::Done { name: "a".into() }
+                );
+            }
+            store.close();
+        }
+        // Counted from the file: 19 messages, 10 kept.
+        let store = sqlite_dir_store(&dir, 10);
+        store.append(&room, &msg(21).as_ref(), None);
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![10, 11, 13, 14, 15, 16, 17, 19, 20, 21]);
+        // Counted in memory: two deleted and two new make 10 again, and nothing more goes.
+        for id in [15, 20] {
+            assert_eq!(
+                delete(&store, "r", id, None),
+                Deleted::Done { name: "a".into() }
+            );
+        }
+        for id in 22..=23 {
+            store.append(&room, &msg(id).as_ref(), None);
+        }
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![10, 11, 13, 14, 16, 17, 19, 21, 22, 23]);
+        // And one more over the bound drops exactly the oldest.
+        store.append(&room, &msg(24).as_ref(), None);
+        flush(&store);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(kept(&store), vec![11, 13, 14, 16, 17, 19, 21, 22, 23, 24]);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

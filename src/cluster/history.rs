@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
@@ -16,8 +17,8 @@ use super::{subject, Cluster};
 use crate::bus::{Envelope, Event};
 use crate::protocol::Timestamp;
 use crate::store::{
-    span_of_newest, Deliver, MessageRef, Pending, PendingCount, PendingSpan, Span, Store,
-    StoreError, StoredMessage,
+    span_of_newest, Deleted, Deliver, MessageRef, Pending, PendingCount, PendingDelete,
+    PendingSpan, Span, Store, StoreError, StoredMessage,
 };
 
 /// How long one message of a query may take to arrive before the query gives up.
@@ -230,6 +231,66 @@ async fn last_span(
     Ok(span_of_newest(ids, until, limit))
 }
 
+/// A stream request, bounded like every read of a query.
+async fn within<T>(request: impl std::future::Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(READ_WAIT, request)
+        .await
+        .map_err(|_| StoreError::ReadTimedOut)
+}
+
+/// The history message of `room` at sequence `id`, as a query would show it; None if the
+/// stream has no message there, or one that is not a (clean) message of that room: another
+/// room's, a join or a leave, or a forged line that queries skip anyway.
+async fn stored_at(
+    cluster: &Cluster,
+    room: &str,
+    id: u64,
+) -> Result<Option<StoredMessage>, StoreError> {
+    if id == 0 {
+        return Ok(None); // sequences start at 1
+    }
+    let raw = match within(cluster.stream.get_raw_message(id)).await? {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(StoreError::Stream(e.into())),
+    };
+    if raw.subject.as_str() != subject(room, true) {
+        return Ok(None);
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&raw.payload) else {
+        return Ok(None);
+    };
+    Ok(envelope.is_clean().then(|| stored(id, envelope)).flatten())
+}
+
+/// Deletes message `id` of `room` from the stream. The stream keeps its sequence numbers, so
+/// the id is never given again; consumers skip the gap, and with them every query, count and
+/// span (the pending counts they are built on count only the messages that are there).
+async fn delete(
+    cluster: &Cluster,
+    room: &str,
+    id: u64,
+    only_by: Option<&str>,
+) -> Result<Deleted, StoreError> {
+    let Some(message) = stored_at(cluster, room, id).await? else {
+        return Ok(Deleted::NotFound);
+    };
+    if only_by.is_some_and(|name| message.name != name) {
+        return Ok(Deleted::NotYours);
+    }
+    let failed: async_nats::Error = match within(cluster.stream.delete_message(id)).await? {
+        Ok(true) => return Ok(Deleted::Done { name: message.name }),
+        Ok(false) => "the stream did not delete the message".into(),
+        Err(e) => e.into(),
+    };
+    // Gone meanwhile (another node's delete, or the stream's retention): not ours to report
+    // as a failure.
+    match stored_at(cluster, room, id).await? {
+        None => Ok(Deleted::NotFound),
+        Some(_) => Err(StoreError::Stream(failed)),
+    }
+}
+
 impl Store for ClusterStore {
     /// Where this node's feed is: a room created now has seen nothing after it.
     fn last_id(&self, _room: &str) -> u64 {
@@ -283,11 +344,218 @@ impl Store for ClusterStore {
         rx
     }
 
+    fn delete(&self, room: &str, id: u64, only_by: Option<&str>) -> PendingDelete {
+        let (tx, rx) = oneshot::channel();
+        let cluster = self.cluster.clone();
+        let room = room.to_owned();
+        let only_by = only_by.map(str::to_owned);
+        self.cluster.runtime.spawn(async move {
+            let deleted = delete(&cluster, &room, id, only_by.as_deref()).await;
+            if let Err(e) = &deleted {
+                tracing::warn!(room, id, error = ?e, "history delete failed");
+            }
+            let _ = tx.send(deleted);
+        });
+        rx
+    }
+
     fn available(&self) -> bool {
         self.cluster.connected()
     }
 
     fn close(&self) {
         self.cluster.close();
+    }
+}
+
+/// With a real `nats-server -js` (as tests/cluster.rs runs it; scripts/test.sh installs it).
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+    use crate::settings::{ClusterSettings, Retention};
+
+    /// A JetStream server on an ephemeral loopback port; killed, and its store removed, when
+    /// dropped.
+    struct Nats {
+        child: Child,
+        dir: PathBuf,
+        url: String,
+    }
+
+    impl Nats {
+        fn start() -> Nats {
+            let dir =
+                std::env::temp_dir().join(format!("machat-history-nats-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("nats-server");
+            let mut child = Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", "0", "-sd"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start nats-server (apt-get install nats-server)");
+            let stderr = child.stderr.take().expect("stderr");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut port = None;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+                        port = at.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+                    }
+                    if line.contains("Server is ready") {
+                        let _ = tx.send(port);
+                    }
+                }
+            });
+            let port: u16 = rx
+                .recv_timeout(Duration::from_secs(10))
+                .ok()
+                .flatten()
+                .expect("nats-server did not start");
+            Nats {
+                child,
+                dir,
+                url: format!("nats://127.0.0.1:{port}"),
+            }
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A deleted message leaves a gap in the sequence: every read skips it (the short room's
+    /// read of its ids, and the long room's search by pending counts alike), and only a
+    /// message of that room, by that author if asked, is deleted.
+    #[test]
+    fn a_deleted_message_is_a_gap_every_read_skips() {
+        let nats = Nats::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let settings = ClusterSettings {
+            url: nats.url.clone(),
+            replicas: 1,
+            presence_ttl: Duration::from_secs(30),
+        };
+        let retention = Retention {
+            max_messages: 10_000,
+            max_age: None,
+            max_total_bytes: 0,
+        };
+        let cluster = rt.block_on(Cluster::start(&settings, &retention)).unwrap();
+        let store = cluster.store();
+        // Published as the nodes do, acknowledged in order: the sequences, which are the ids.
+        let publish = |events: Vec<(&str, bool, Event)>| -> Vec<u64> {
+            rt.block_on(async {
+                let mut acks = Vec::new();
+                for (room, message, event) in events {
+                    let payload = serde_json::to_vec(&Envelope::new(event)).unwrap();
+                    let ack = cluster.js.publish(subject(room, message), payload.into());
+                    acks.push(ack.await.unwrap());
+                }
+                let mut seqs = Vec::new();
+                for ack in acks {
+                    seqs.push(ack.await.unwrap().sequence);
+                }
+                seqs
+            })
+        };
+        let says = |name: &str, text: &str| Event::Message {
+            name: name.into(),
+            text: text.into(),
+        };
+        let seqs = publish(vec![
+            ("r", true, says("Ann", "one")),
+            ("r", true, says("Bob", "two")),
+            (
+                "r",
+                false,
+                Event::Join {
+                    name: "Ann".into(),
+                    node: None,
+                },
+            ),
+            ("other", true, says("Ann", "elsewhere")),
+            ("r", true, says("Ann", "five")),
+            (
+                "r",
+                true,
+                Event::Action {
+                    name: "Ann".into(),
+                    text: "waves".into(),
+                },
+            ),
+            ("r", true, says("Ann", "seven")),
+        ]);
+        let [one, two, join, elsewhere, five, six, seven] = seqs[..] else {
+            panic!("{seqs:?}");
+        };
+        let delete = |room: &str, id: u64, only_by: Option<&str>| {
+            store
+                .delete(room, id, only_by)
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+        };
+        let done = |name: &str| Deleted::Done { name: name.into() };
+        for (room, id) in [("r", join), ("r", elsewhere), ("r", 0), ("r", seven + 100)] {
+            assert_eq!(delete(room, id, None), Deleted::NotFound, "{room} {id}");
+        }
+        assert_eq!(delete("r", two, Some("Ann")), Deleted::NotYours);
+        assert_eq!(delete("r", five, None), done("Ann"));
+        assert_eq!(delete("r", five, None), Deleted::NotFound);
+        let ids = |room: &str, after: Option<u64>, limit: usize| -> Vec<u64> {
+            let page = store.query(room, after, u64::MAX, limit).blocking_recv();
+            page.unwrap().unwrap().iter().map(|m| m.id).collect()
+        };
+        let count = |room: &str, after: u64| {
+            let n = store.count(room, after, u64::MAX).blocking_recv();
+            n.unwrap().unwrap()
+        };
+        let span = |room: &str, limit: usize| {
+            let span = store.last_span(room, u64::MAX, limit).blocking_recv();
+            span.unwrap().unwrap()
+        };
+        assert_eq!(ids("r", None, 100), vec![one, two, six, seven]);
+        assert_eq!(ids("r", Some(two), 100), vec![six, seven]);
+        assert_eq!(count("r", 0), 4);
+        assert_eq!(count("r", two), 2);
+        let after = two - 1;
+        assert_eq!(span("r", 3), Span { after, count: 3 });
+        assert_eq!(delete("r", two, Some("Bob")), done("Bob"));
+        assert_eq!(delete("r", seven, None), done("Ann"));
+        assert_eq!(ids("r", None, 100), vec![one, six]);
+        assert_eq!(ids("other", None, 100), vec![elsewhere]);
+        // A room long enough for the search by pending counts: gaps among its last ten.
+        let long: Vec<(&str, bool, Event)> = (0..1100)
+            .map(|i| ("long", true, says("Ann", &format!("m{i}"))))
+            .collect();
+        let seqs = publish(long);
+        for i in [1095, 1098] {
+            assert_eq!(delete("long", seqs[i], None), done("Ann"));
+        }
+        let last: Vec<u64> = (1088..1100)
+            .filter(|i| ![1095, 1098].contains(i))
+            .map(|i| seqs[i])
+            .collect();
+        let after = seqs[1088] - 1;
+        assert_eq!(span("long", 10), Span { after, count: 10 });
+        assert_eq!(count("long", after), 10);
+        assert_eq!(ids("long", None, 10), last);
+        assert_eq!(ids("long", Some(after), 10), last);
+        drop(nats);
     }
 }
