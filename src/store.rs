@@ -155,27 +155,7 @@ pub trait Store: Send + Sync {
     /// for it may go, once its ids are safe where [`Store::last_id`] will find them again.
     /// Without this, every room name ever used would stay in memory.
     fn forget(&self, _room: &str) {}
-    /// Deletes message `id` of `room` from history (TEMPORARY default until the stores'
-    /// implementations land).
-    fn delete(&self, _room: &str, _id: u64, _only_by: Option<&str>) -> PendingDelete {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Err(StoreError::Unavailable));
-        rx
-    }
 }
-
-/// What deleting a stored message found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Deleted {
-    /// It was there and is gone; its author's name (as stored).
-    Done { name: String },
-    /// No stored message of the room has that id.
-    NotFound,
-    /// It is there, but was asked to be deleted only if by someone else.
-    NotYours,
-}
-
-pub type PendingDelete = oneshot::Receiver<Result<Deleted, StoreError>>;
 
 /// The store the settings ask for. A database that cannot be opened is an error here.
 pub fn open(settings: &HistorySettings) -> Result<Arc<dyn Store>, StoreError> {
