@@ -103,7 +103,7 @@ impl Hub {
         }
         if let Some(topic) = self.policy.record(room.name()).and_then(|r| r.topic) {
             let mut line = Vec::new();
-            crate::session::render_topic(room.name(), &topic, format, &mut line);
+            crate::moderation::render_topic(room.name(), &topic, format, &mut line);
             let _ = room.send_to(seat, line);
         }
     }
@@ -259,6 +259,29 @@ impl Hub {
             names.dedup();
         }
         names
+    }
+
+    /// The members of `room` by name, here and (in a cluster) on other nodes.
+    pub fn members_of(&self, room: &str) -> Vec<String> {
+        match self.room(room) {
+            Some(r) => self.who(&r),
+            None => {
+                let mut names = self.names.members(room);
+                names.sort_unstable();
+                names.dedup();
+                names
+            }
+        }
+    }
+
+    /// Deletes a stored message of `room` (see [`Store::delete`]).
+    pub fn delete_message(
+        &self,
+        room: &str,
+        id: u64,
+        only_by: Option<&str>,
+    ) -> crate::store::PendingDelete {
+        self.store.delete(room, id, only_by)
     }
 
     /// The same hub, knowing the registered names.

@@ -26,6 +26,7 @@ mod listen;
 mod login_limit;
 mod metrics;
 mod moderation;
+mod moderator;
 mod names;
 mod replay;
 mod room;

@@ -611,11 +611,6 @@ impl Room {
         }
     }
 
-    /// Deletes a stored message of this room (see [`Store::delete`]).
-    pub fn delete(&self, id: u64, only_by: Option<&str>) -> crate::store::PendingDelete {
-        self.store.delete(&self.name, id, only_by)
-    }
-
     /// False when this server keeps no history at all (`--history off`).
     pub fn history_kept(&self) -> bool {
         self.store.keeps()

@@ -113,7 +113,7 @@ fn name(verb: &'static str, s: &str) -> Result<String, Refusal> {
     if s.is_empty() {
         return Err(Refusal::Usage(usage(verb)));
     }
-    validate_name(s).map_err(|e| Refusal::BadArgument(format!("{}: {e}", usage(verb))))?;
+    validate_name(s).map_err(|e| Refusal::BadArgument(format!("usage: {}: {e}", usage(verb))))?;
     Ok(s.to_owned())
 }
 

@@ -15,3 +15,28 @@ pub mod record;
 
 pub use net::Net;
 pub use policy::{Policy, Who};
+
+use crate::act::{Act, ActKind};
+use crate::protocol::{Format, Reply, Timestamp};
+use record::Topic;
+
+/// Renders a room's topic as a joining member is shown it.
+pub fn render_topic(room: &str, topic: &Topic, format: Format, out: &mut Vec<u8>) {
+    match format {
+        Format::Text => Reply::Notice(&format!(
+            "topic of {room}: {} (set by {})",
+            topic.text, topic.by
+        ))
+        .render(format, out),
+        Format::Json => Act {
+            kind: ActKind::Topic,
+            actor: &topic.by,
+            target: None,
+            text: Some(&topic.text),
+            until: None,
+            id: None,
+            net: None,
+        }
+        .render_json(room, Timestamp(topic.at), out),
+    }
+}

@@ -194,8 +194,7 @@ impl Session {
                     let format = self.format;
                     let to = room.clone();
                     self.moderate(
-                        &room,
-                        seat,
+                        room.name(),
                         command,
                         Box::new(move |answer| {
                             let mut bytes = Vec::new();

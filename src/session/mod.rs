@@ -31,7 +31,6 @@ use crate::room::{Replay, ReplayStart, Room, RoomError, Seat, Take};
 use crate::settings::SessionRules;
 use crate::store::MAX_REPLAY;
 
-pub use moderate::render_topic;
 pub use rate::RateLimit;
 pub use seats::{Held, Seats};
 

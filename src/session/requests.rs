@@ -180,8 +180,7 @@ impl Session {
                 };
                 let (to, req) = (room.clone(), req.cloned());
                 self.moderate(
-                    &room,
-                    seat,
+                    room.name(),
                     command,
                     Box::new(move |answer| {
                         let mut bytes = Vec::new();

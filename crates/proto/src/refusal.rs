@@ -89,7 +89,7 @@ pub enum Refusal {
     #[error("\"{0}\" must not be empty")]
     RequestEmpty(&'static str),
     /// The type as sent, cut to 32 characters.
-    #[error("unknown request type \"{0}\" (one of join, leave, say, me, msg, nick, who, rooms, history, quit)")]
+    #[error("unknown request type \"{0}\" (one of join, leave, say, me, msg, nick, who, rooms, history, command, quit)")]
     RequestType(String),
     #[error("\"limit\" must be from 1 to 1000")]
     HistoryLimit,
