@@ -184,6 +184,8 @@ impl Server {
         // Everything said is written before the process ends.
         let store = self.ctx.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        let policy = self.ctx.hub.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.close()).await;
         info!(still_open = self.admission.open(), "stopped");
     }
 }

@@ -339,6 +339,8 @@ fn room_creation_can_be_kept_for_registered_names_or_admins() {
     let _ann = text(&server, "Ann", "annpw", "new");
     // Now it exists: anyone may join.
     let _bob = text(&server, "Bob", "", "new");
+    // The creation is stored in the background: a moment before the server is killed.
+    std::thread::sleep(Duration::from_millis(300));
     drop(server);
     let server = start(&dir, &["--room-creation", "admins"]);
     common::expect_refused(
@@ -359,10 +361,7 @@ fn room_creation_can_be_kept_for_registered_names_or_admins() {
     bob.send("/help\n");
     let help = until_prefix(&mut bob, "*** commands: /who");
     // A member sees what it may use: no operator's commands.
-    assert!(
-        help.contains("/topic") && help.contains("/delete ID"),
-        "{help}"
-    );
+    assert!(help.ends_with("/help, /topic, /mode, /delete ID"), "{help}");
     assert!(!help.contains("/kick") && !help.contains("/sban"), "{help}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -427,4 +426,216 @@ fn every_action_is_in_the_moderation_log() {
     assert!(topic.ends_with(" Mina topic: t"), "{topic}");
     let _ = TIMEOUT;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod across_transports {
+    use super::*;
+    use common::ws::{frame, json_client, json_line, next, send, until, ws_join, Got};
+    use serde_json::Value;
+
+    /// Reads JSON lines until one matches; returns it.
+    fn json_until(c: &mut Client, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = json_line(c);
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn json_and_websocket_members_see_each_action_as_an_event_and_a_kicked_socket_is_closed() {
+        let dir = people();
+        let server = start(&dir, &["--http", "127.0.0.1:0"]);
+        let mut mina = text(&server, "Mina", "minapw", "dev");
+        let mut json = json_client(&server, "Jay", "dev");
+        let mut ws = ws_join(&server, "Web", "dev");
+        mina.until("*** Web joined");
+        say(
+            &mut mina,
+            "/topic release on Friday",
+            "*** Mina set the topic: release on Friday",
+        );
+        let topic = json_until(&mut json, |v| v["type"] == "topic");
+        assert_eq!(topic["actor"], "Mina");
+        assert_eq!(topic["text"], "release on Friday");
+        assert_eq!(topic["room"], "dev");
+        until(&mut ws, |v| {
+            v["type"] == "topic" && v["text"] == "release on Friday"
+        });
+
+        mina.send("/ban Web 1h spam\n");
+        let ban = json_until(&mut json, |v| v["type"] == "ban");
+        assert_eq!(ban["target"], "Web");
+        assert_eq!(ban["reason"], "spam");
+        assert!(
+            ban["until"].as_str().is_some_and(|u| u.ends_with('Z')),
+            "{ban}"
+        );
+        assert_eq!(json_line(&mut json)["type"], "leave");
+        // The socket gets the ban event, then a close frame saying why.
+        let seen = until(&mut ws, |v| v["type"] == "ban");
+        assert!(seen.iter().all(|v| v["type"] != "error"), "{seen:?}");
+        match next(&mut ws, TIMEOUT) {
+            Got::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1008);
+                assert_eq!(f.reason.as_str(), "closed out of the room");
+            }
+            other => panic!("wanted a close, got {other:?}"),
+        }
+        // And it is refused on the way back in, over WebSocket too.
+        let mut again = common::ws::ws_open(&server);
+        send(&mut again, r#"{"name":"Web","room":"dev"}"#);
+        let refused = frame(&mut again);
+        assert_eq!(refused["type"], "error");
+        assert!(
+            refused["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("you are banned from dev until ")),
+            "{refused}"
+        );
+        // A JSON client joining is shown the topic after its join.
+        let mut late = Client::raw(server.addr);
+        late.send(r#"{"name":"Late","room":"dev","format":"json"}"#);
+        assert_eq!(json_line(&mut late)["type"], "join");
+        let topic = json_line(&mut late);
+        assert_eq!(topic["type"], "topic");
+        assert_eq!(topic["text"], "release on Friday");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A version-2 client: commands as requests with `req`, and a kick that takes it out of one
+    /// room while it stays in the others.
+    #[test]
+    fn a_version_2_client_moderates_with_requests_and_a_kick_leaves_its_other_rooms() {
+        let dir = people();
+        let server = start(&dir, &[]);
+        let mut mina = Client::raw(server.addr);
+        mina.send(r#"{"name":"Mina","version":2,"password":"minapw"}"#);
+        assert_eq!(json_line(&mut mina)["type"], "welcome");
+        mina.send("{\"type\":\"join\",\"room\":\"dev\",\"req\":1}\n");
+        json_until(&mut mina, |v| v["type"] == "ok" && v["req"] == 1);
+        let mut bob = Client::raw(server.addr);
+        bob.send(r#"{"name":"Bob","version":2}"#);
+        assert_eq!(json_line(&mut bob)["type"], "welcome");
+        bob.send("{\"type\":\"join\",\"room\":\"dev\",\"req\":1}\n{\"type\":\"join\",\"room\":\"lobby\",\"req\":2}\n");
+        json_until(&mut bob, |v| v["type"] == "ok" && v["req"] == 2);
+
+        // A command the caller may not use: an error with its req; the connection stays.
+        bob.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/kick Mina\",\"req\":\"k\"}\n");
+        let refused = json_until(&mut bob, |v| v["type"] == "error");
+        assert_eq!(refused["req"], "k");
+        assert_eq!(
+            refused["reason"],
+            "/kick needs you to be an operator in dev"
+        );
+
+        mina.send(
+            "{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/kick bob bye\",\"req\":\"x\"}\n",
+        );
+        let kick = json_until(&mut mina, |v| v["type"] == "kick");
+        assert_eq!(
+            (kick["actor"].as_str(), kick["target"].as_str()),
+            (Some("Mina"), Some("Bob"))
+        );
+        json_until(&mut mina, |v| v["type"] == "ok" && v["req"] == "x");
+        let kicked = json_until(&mut bob, |v| v["type"] == "kick");
+        assert_eq!(kicked["room"], "dev");
+        // Out of dev, still in lobby, still connected.
+        bob.send("{\"type\":\"say\",\"room\":\"dev\",\"text\":\"hi\",\"req\":3}\n");
+        let err = json_until(&mut bob, |v| v["type"] == "error");
+        assert_eq!(err["reason"], "you are not in dev");
+        bob.send("{\"type\":\"say\",\"room\":\"lobby\",\"text\":\"still here\",\"req\":4}\n");
+        json_until(&mut bob, |v| v["type"] == "ok" && v["req"] == 4);
+        // Lines a command answers with come as notices with the req, then ok.
+        mina.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/topic\",\"req\":\"t\"}\n");
+        let notice = json_until(&mut mina, |v| v["type"] == "notice");
+        assert_eq!(notice["req"], "t");
+        assert_eq!(notice["text"], "no topic in dev");
+        assert_eq!(
+            json_line(&mut mina),
+            serde_json::json!({"type":"ok","req":"t"})
+        );
+        // A join with the room's key.
+        mina.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/mode +key k3y\"}\n");
+        json_until(&mut mina, |v| v["type"] == "mode");
+        bob.send("{\"type\":\"join\",\"room\":\"dev\",\"req\":5}\n");
+        let err = json_until(&mut bob, |v| v["type"] == "error");
+        assert_eq!(
+            (err["req"].as_i64(), err["reason"].as_str()),
+            (Some(5), Some("dev needs a key"))
+        );
+        bob.send("{\"type\":\"join\",\"room\":\"dev\",\"key\":\"k3y\",\"req\":6}\n");
+        json_until(&mut bob, |v| v["type"] == "ok" && v["req"] == 6);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deleted_message_leaves_history_and_everyone_is_told() {
+        let dir = people();
+        let server = start(&dir, &["--http", "127.0.0.1:0"]);
+        let mut mina = text(&server, "Mina", "minapw", "dev");
+        let mut json = json_client(&server, "Jay", "dev");
+        let mut bob = text(&server, "Bob", "", "dev");
+        json.send("first\n");
+        let first = json_until(&mut json, |v| v["type"] == "message")["id"]
+            .as_u64()
+            .unwrap();
+        json.send("second\n");
+        let second = json_until(&mut json, |v| {
+            v["type"] == "message" && v["text"] == "second"
+        })["id"]
+            .as_u64()
+            .unwrap();
+        // A member deletes only its own.
+        say(
+            &mut bob,
+            &format!("/delete {first}"),
+            &format!("*** error: message {first} is not yours"),
+        );
+        json.send(&format!("/delete {first}\n"));
+        let deleted = json_until(&mut json, |v| v["type"] == "delete");
+        assert_eq!(
+            (deleted["id"].as_u64(), deleted["actor"].as_str()),
+            (Some(first), Some("Jay"))
+        );
+        mina.until(&format!("*** Jay deleted message {first}"));
+        // An operator deletes anyone's; twice is an error.
+        mina.send(&format!("/delete {second}\n"));
+        let got = until_prefix(&mut mina, "*** ");
+        assert_eq!(
+            got,
+            format!("*** Mina deleted message {second}"),
+            "{:?}",
+            server.log.lock().unwrap()
+        );
+        say(
+            &mut mina,
+            &format!("/delete {second}"),
+            &format!("*** error: no message {second} in dev"),
+        );
+        say(
+            &mut mina,
+            "/delete 999999",
+            "*** error: no message 999999 in dev",
+        );
+        // Gone from replay and from the HTTP history, ids kept for what remains.
+        json.send("third\n");
+        json_until(&mut json, |v| {
+            v["type"] == "message" && v["text"] == "third"
+        });
+        say(&mut bob, "/history 10", "*** history: 1 message");
+        bob.expect("Jay:third");
+        bob.expect("*** end of history");
+        let (status, body) = common::ws::get_json(server.http.unwrap(), "/api/rooms/dev/messages");
+        assert_eq!(status, 200);
+        let texts: Vec<&str> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["text"].as_str())
+            .collect();
+        assert_eq!(texts, ["third"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -8,6 +8,7 @@
 //! A change is written as read, edit, write-if-unchanged (the entry's revision), retried when
 //! another node wrote in between: two operators acting on one room at once both count.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +78,8 @@ pub(super) async fn load(kv: &kv::Store) -> Result<Vec<(String, RoomRecord)>, Cl
 pub struct ClusterKeeper {
     kv: kv::Store,
     runtime: tokio::runtime::Handle,
+    /// Changes on their way to the bucket (shutdown waits for them).
+    unsettled: Arc<std::sync::atomic::AtomicUsize>,
     /// What the bucket held at start (handed over once).
     loaded: Mutex<Vec<(String, RoomRecord)>>,
 }
@@ -90,6 +93,7 @@ impl ClusterKeeper {
         ClusterKeeper {
             kv,
             runtime,
+            unsettled: Arc::default(),
             loaded: Mutex::new(loaded),
         }
     }
@@ -103,11 +107,21 @@ impl Keeper for ClusterKeeper {
 
     fn update(&self, scope: &str, edit: Edit) {
         let (kv, key, scope) = (self.kv.clone(), key_of(scope), scope.to_owned());
+        let unsettled = self.unsettled.clone();
+        unsettled.fetch_add(1, Ordering::AcqRel);
         self.runtime.spawn(async move {
             if let Err(e) = write(&kv, &key, &edit).await {
                 error!(room = %scope, error = %e, "a moderation change was not stored in the cluster");
             }
+            unsettled.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    fn close(&self) {
+        let deadline = std::time::Instant::now() + crate::moderation::keep::CLOSE_WAIT;
+        while self.unsettled.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Where moderation records are kept: the seam between the policy (one server or a cluster
-//! node, the same code) and its storage. One server keeps them in a SQLite table beside the
-//! history and the registered names (`history.db` in `--data-dir`); a cluster keeps them in a
+//! node, the same code) and its storage. One server keeps them in a SQLite file of their own
+//! in `--data-dir` (`moderation.db`: in `history.db` a moderation write would make the
+//! history's writer wait, or fail with "database is locked"); a cluster keeps them in a
 //! NATS key-value bucket every node watches (`crate::cluster::rules`).
 //!
 //! A change travels as an edit (a function on a record), not as the record it made: the
@@ -41,7 +42,12 @@ pub trait Keeper: Send + Sync {
     /// Applies `edit` to the kept record of `key` (a room's name, or [`SERVER`]), in the
     /// background and in the order the edits were given.
     fn update(&self, key: &str, edit: Edit);
+    /// Waits (a few seconds at most) until every change given so far is stored: at shutdown.
+    fn close(&self) {}
 }
+
+/// How long [`Keeper::close`] waits for changes still on their way.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps nothing (tests of the rules alone).
 pub struct Forget;
@@ -53,12 +59,21 @@ impl Keeper for Forget {
     fn update(&self, _key: &str, _edit: Edit) {}
 }
 
-/// Records in the `moderation` table of `history.db`, written by a thread of its own so that
-/// a command never waits for the disk.
+/// Records in `moderation.db` in the data dir, written by a thread of its own so that a
+/// command never waits for the disk.
 pub struct SqliteKeeper {
     path: PathBuf,
-    writer: mpsc::Sender<(String, Edit)>,
+    writer: mpsc::Sender<Job>,
 }
+
+/// What the writer thread is handed: a change, or a request to say when all before it are done.
+enum Job {
+    Change(String, Edit),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The file in the data dir.
+pub const FILE: &str = "moderation.db";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS moderation (
     scope TEXT PRIMARY KEY,
@@ -71,21 +86,29 @@ fn open(path: &Path, create: bool) -> rusqlite::Result<Connection> {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags)?;
-    // The history's writer and `machat user` share the file.
+    // The writer thread and a start-up read never overlap, but a backup tool may hold it.
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
     Ok(conn)
 }
 
 impl SqliteKeeper {
     pub fn new(data_dir: &Path) -> Self {
-        let path = crate::auth::db_path(data_dir);
-        let (tx, rx) = mpsc::channel::<(String, Edit)>();
+        let path = data_dir.join(FILE);
+        let (tx, rx) = mpsc::channel::<Job>();
         let (dir, file) = (data_dir.to_owned(), path.clone());
         let spawned = std::thread::Builder::new()
             .name("machat-moderation".into())
             .spawn(move || {
                 let mut conn = None;
-                while let Ok((key, edit)) = rx.recv() {
+                while let Ok(job) = rx.recv() {
+                    let (key, edit) = match job {
+                        Job::Change(key, edit) => (key, edit),
+                        Job::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     if conn.is_none() {
                         conn = std::fs::create_dir_all(&dir)
                             .map_err(|e| error!("cannot create {}: {e}", dir.display()))
@@ -173,8 +196,15 @@ impl Keeper for SqliteKeeper {
     }
 
     fn update(&self, key: &str, edit: Edit) {
-        if self.writer.send((key.to_owned(), edit)).is_err() {
+        if self.writer.send(Job::Change(key.to_owned(), edit)).is_err() {
             error!(room = %key, "the moderation writer is gone: a change was not stored");
+        }
+    }
+
+    fn close(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.writer.send(Job::Flush(tx)).is_ok() && rx.recv_timeout(CLOSE_WAIT).is_err() {
+            warn!("moderation changes may not all be stored: the writer did not finish in time");
         }
     }
 }

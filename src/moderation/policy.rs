@@ -96,6 +96,11 @@ impl Policy {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits until every change made so far is stored (at shutdown).
+    pub fn close(&self) {
+        self.keeper.close();
+    }
+
     /// A copy of a room's record (or the server's, for [`SERVER`]).
     pub fn record(&self, key: &str) -> Option<RoomRecord> {
         let state = self.read();

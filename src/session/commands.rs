@@ -25,9 +25,13 @@ impl Session {
         use crate::moderation::record::Rank;
         let rank = self.hub.policy.rank(room, &self.who());
         let mut list: Vec<&'static str> = crate::protocol::HELP.to_vec();
+        if rank < Rank::Op {
+            // What a member may do: read the topic and modes, delete its own messages.
+            list.extend(["/topic", "/mode", "/delete ID"]);
+            return list;
+        }
         for (verb, usage) in USAGE {
             let need = match *verb {
-                "topic" | "mode" | "delete" => Rank::Member,
                 "op" | "deop" => Rank::Owner,
                 "sban" | "unsban" | "wall" => Rank::Admin,
                 _ => Rank::Op,

@@ -207,7 +207,7 @@ fn scripted_session(extra_address: Option<&str>) -> Vec<u8> {
     obs.type_in("/rooms\n");
     obs.wait_out("*** 1 room: r(2)");
     obs.type_in("/help\n");
-    obs.wait_out("*** commands: /who, /rooms, /join ROOM, /nick NAME, /me ACTION, /msg NAME TEXT, /history [N], /quit, /help");
+    obs.wait_out("*** commands: /who, /rooms, /join ROOM, /nick NAME, /me ACTION, /msg NAME TEXT, /history [N], /quit, /help, /topic, /mode, /delete ID");
     obs.type_in("/me smiles\n");
     obs.wait_out("* Obs smiles");
     obs.type_in("/history 3\n");
