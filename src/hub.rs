@@ -15,7 +15,7 @@ use std::pin::Pin;
 use crate::bus::{Envelope, PrivateNote};
 use crate::moderation::{Policy, Who};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
-use crate::protocol::Format;
+use crate::protocol::{Format, RoomEvent};
 use crate::refusal::Refusal;
 use crate::room::{Budget, Joiner, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::sequencer::{Here, Sequencer};
@@ -104,7 +104,7 @@ impl Hub {
         if let Some(topic) = self.policy.record(room.name()).and_then(|r| r.topic) {
             let mut line = Vec::new();
             crate::moderation::render_topic(room.name(), &topic, format, &mut line);
-            let _ = room.send_to(seat, line);
+            room.greet(seat, line);
         }
     }
 
@@ -226,6 +226,11 @@ impl Hub {
     /// room's events is both replayed and delivered live, nor neither. `ours`: see
     /// [`Room::deliver`].
     pub fn deliver(&self, room: &str, seq: u64, envelope: &Envelope, ours: bool, seen: &AtomicU64) {
+        if let RoomEvent::Act(act) = envelope.as_room_event(seq) {
+            // The rules change on this node as the room shows the change, before the bucket's
+            // copy arrives: a mute shown here holds here at once.
+            self.policy.observe(room, &act);
+        }
         let rooms = self.lock();
         if let Some(r) = rooms.get(room) {
             r.deliver(seq, envelope, ours);

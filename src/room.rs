@@ -280,6 +280,10 @@ struct Inner {
     /// from the cluster ([`Placed::Away`]). If the person was in the room on another node
     /// already, the room does not show the join, and this connection alone is told it is in.
     awaiting_join: Vec<(String, Seat)>,
+    /// Cluster mode: connections whose join is on its way through the cluster, with what
+    /// they are to be shown right after their join line (the topic): held until the join
+    /// comes back, so it does not come first.
+    greetings: Vec<(Seat, String, Vec<u8>)>,
     /// Members closed out of the room (kicked, banned) whose connections have not yet taken
     /// what was left for them (see [`Take::Parted`]). Counted in `private_total`.
     parted: Vec<(Seat, Vec<u8>)>,
@@ -379,6 +383,7 @@ impl Room {
                 extra: 0,
                 persons: std::collections::HashMap::new(),
                 awaiting_join: Vec::new(),
+                greetings: Vec::new(),
                 parted: Vec::new(),
             }),
         }
@@ -502,6 +507,11 @@ impl Room {
             self.tell_joined(&mut inner, Seat { slot, id }, name);
         } else {
             let placed = self.announce_member(&mut inner, RoomEvent::Join { name }, person);
+            if placed == Placed::Away {
+                inner
+                    .greetings
+                    .push((Seat { slot, id }, name.to_owned(), Vec::new()));
+            }
             if person && placed == Placed::Away {
                 // Shown or not when it comes back (see `Room::deliver`): till then, waiting.
                 inner
@@ -1052,6 +1062,30 @@ impl Room {
     /// node's, the one a connection here may wait for (see [`Inner::awaiting_join`]).
     pub fn deliver(&self, seq: u64, envelope: &Envelope, ours: bool) {
         let mut inner = self.lock();
+        self.deliver_locked(&mut inner, seq, envelope, ours);
+        if let crate::bus::Event::Join { name, .. } = &envelope.event {
+            // Whoever waited for this join to show is shown its greeting now, after it.
+            while let Some(i) = inner.greetings.iter().position(|(_, n, _)| n == name) {
+                let (seat, _, bytes) = inner.greetings.swap_remove(i);
+                if !bytes.is_empty() && inner.member(seat).is_some() {
+                    inner.push_private(seat.slot, bytes, self.max_pending);
+                }
+            }
+        }
+    }
+
+    /// Shows a member, right after its own join line, what a joining member is shown (the
+    /// topic); in a cluster, once its join has come back.
+    pub fn greet(&self, seat: Seat, bytes: Vec<u8>) {
+        let mut inner = self.lock();
+        if let Some(g) = inner.greetings.iter_mut().find(|(s, _, _)| *s == seat) {
+            g.2.extend_from_slice(&bytes);
+        } else if inner.member(seat).is_some() {
+            inner.push_private(seat.slot, bytes, self.max_pending);
+        }
+    }
+
+    fn deliver_locked(&self, inner: &mut Locked<'_>, seq: u64, envelope: &Envelope, ours: bool) {
         if let Some(node) = envelope.person_node() {
             let shown = inner.person_moved(envelope, node);
             if let (true, crate::bus::Event::Join { name, .. }) = (ours, &envelope.event) {
@@ -1059,7 +1093,7 @@ impl Room {
                 if let Some(i) = waiting {
                     let (_, seat) = inner.awaiting_join.swap_remove(i);
                     if !shown {
-                        self.tell_joined(&mut inner, seat, name);
+                        self.tell_joined(inner, seat, name);
                     }
                 }
             }
@@ -1068,7 +1102,7 @@ impl Room {
             }
         }
         self.publish_at(
-            &mut inner,
+            inner,
             envelope.as_room_event(seq),
             Some(Timestamp(envelope.ts)),
         );
@@ -1409,6 +1443,7 @@ impl Inner {
         let m = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.awaiting_join.retain(|(_, seat)| seat.slot != slot);
+        self.greetings.retain(|(seat, _, _)| seat.slot != slot);
         self.count -= 1;
         if !self.last_of(&m) {
             self.extra -= 1;

@@ -916,3 +916,83 @@ fn a_person_whose_node_is_killed_stays_through_its_other_node() {
     }
     drop(phone);
 }
+
+/// Moderation in a cluster (issue 13): a ban, a mute, a topic and a delete made on node A hold
+/// on node B at once; a mute's expiry ends it on both; a server ban closes out who it covers on
+/// every node.
+#[test]
+fn moderation_made_on_one_node_holds_on_the_other_at_once() {
+    let nats = Nats::start();
+    for (name, pw) in [("Mina", "minapw"), ("Root", "rootpw")] {
+        let (ok, _, err) = user_cmd(&nats, &["add", name], &format!("{pw}\n"));
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = user_cmd(&nats, &["admin", "Root", "on"], "");
+    assert!(ok, "{err}");
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let mut mina = a.connect_with("Mina", "mod", r#","password":"minapw""#);
+    mina.expect("*** Mina joined");
+    let mut bob = b.connect("Bob", "mod");
+    let mut carl = b.connect("Carl", "mod");
+    mina.until("*** Carl joined");
+
+    // A mute made on A holds on B (where Bob is) at once, and ends by itself on both.
+    mina.send("/mute Bob 2s\n");
+    mina.until_prefix("*** Mina muted Bob until ");
+    bob.until_prefix("*** Mina muted Bob until ");
+    bob.send("hello\n");
+    bob.expect("*** error: you are muted in mod");
+    std::thread::sleep(Duration::from_millis(2100));
+    bob.send("again\n");
+    bob.expect("Bob:again");
+    mina.until("Bob:again");
+
+    // A topic: shown to a member joining on B.
+    mina.send("/topic cluster day\n");
+    mina.until("*** Mina set the topic: cluster day");
+    let mut dave = b.connect("Dave", "mod");
+    dave.expect("*** topic of mod: cluster day (set by Mina)");
+
+    // A delete made on A: B's members are told, and B's history no longer has it.
+    carl.send("oops\n");
+    mina.until("Carl:oops");
+    carl.send("/history 1\n");
+    carl.until("*** history: 1 message");
+    carl.expect("Carl:oops");
+    carl.expect("*** end of history");
+    // Ids in a cluster are the stream's: ask B's history API-free, through a JSON client.
+    let mut jay = json_join(&b, "Jay", "mod", r#","history":1"#);
+    let seen = json_until(&mut jay, |v| v["type"] == "end_of_history");
+    let oops = messages(&seen)
+        .into_iter()
+        .find(|(_, _, t)| t == "oops")
+        .map(|(id, _, _)| id)
+        .expect("oops in history");
+    mina.send(&format!("/delete {oops}\n"));
+    mina.until(&format!("*** Mina deleted message {oops}"));
+    carl.until(&format!("*** Mina deleted message {oops}"));
+    carl.send("/history 5\n");
+    let replay = carl.until("*** end of history");
+    assert!(replay.iter().all(|l| l != "Carl:oops"), "{replay:?}");
+
+    // A ban made on A closes Bob out on B, and B refuses him at once.
+    mina.send("/ban Bob spam\n");
+    mina.until("*** Mina banned Bob: spam");
+    bob.until("*** Mina banned Bob: spam");
+    assert!(bob.closed());
+    mina.until("*** Bob left");
+    let mut back = b.connect_with("Bob", "mod", "");
+    assert_eq!(back.line(), "*** error: you are banned from mod: spam");
+
+    // A server ban by an admin on A: Carl, on B, is closed out there too.
+    let mut root = a.connect_with("Root", "ops", r#","password":"rootpw""#);
+    root.expect("*** Root joined");
+    root.send("/sban Carl\n");
+    root.until_prefix("*** banned Carl from the server");
+    let last = carl.until_prefix("*** error: you are banned from this server");
+    assert_eq!(last, "*** error: you are banned from this server");
+    assert!(carl.closed());
+    let mut again = b.connect_with("Carl", "elsewhere", "");
+    assert_eq!(again.line(), "*** error: you are banned from this server");
+}

@@ -46,20 +46,6 @@ fn say(c: &mut Client, line: &str, want: &str) {
     c.until(want);
 }
 
-/// Reads lines until one starts with `want`; returns it.
-fn until_prefix(c: &mut Client, want: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-        let l = c
-            .line_within(TIMEOUT)
-            .unwrap_or_else(|| panic!("no {want:?}...; saw {seen:?}"));
-        if l.starts_with(want) {
-            return l;
-        }
-        seen.push(l);
-    }
-}
-
 #[test]
 fn an_operator_kicks_and_everyone_sees_who_why_and_the_kicked_is_closed_out() {
     let dir = people();
@@ -151,9 +137,9 @@ fn a_muted_member_is_told_and_reaches_no_one_until_unmuted_or_the_mute_ends() {
     let mut bob = text(&server, "Bob", "", "dev");
     mina.expect("*** Bob joined");
     mina.send("/mute Bob 2s flooding\n");
-    let line = until_prefix(&mut mina, "*** Mina muted Bob until ");
+    let line = mina.until_prefix("*** Mina muted Bob until ");
     assert!(line.ends_with(" UTC: flooding"), "{line}");
-    assert_eq!(until_prefix(&mut bob, "*** Mina muted Bob"), line);
+    assert_eq!(bob.until_prefix("*** Mina muted Bob"), line);
     bob.send("buy now\n/me shouts\n");
     bob.expect("*** error: you are muted in dev");
     bob.expect("*** error: you are muted in dev");
@@ -352,14 +338,14 @@ fn room_creation_can_be_kept_for_registered_names_or_admins() {
     // Ann's room from before is hers, and kept: it exists.
     let _ann = text(&server, "Ann", "annpw", "new");
     root.send("/help\n");
-    let help = until_prefix(&mut root, "*** commands: /who");
+    let help = root.until_prefix("*** commands: /who");
     assert!(
         help.contains("/sban") && help.contains("/kick NAME [REASON]"),
         "{help}"
     );
     let mut bob = text(&server, "Bob", "", "new");
     bob.send("/help\n");
-    let help = until_prefix(&mut bob, "*** commands: /who");
+    let help = bob.until_prefix("*** commands: /who");
     // A member sees what it may use: no operator's commands.
     assert!(help.ends_with("/help, /topic, /mode, /delete ID"), "{help}");
     assert!(!help.contains("/kick") && !help.contains("/sban"), "{help}");
@@ -602,7 +588,7 @@ mod across_transports {
         mina.until(&format!("*** Jay deleted message {first}"));
         // An operator deletes anyone's; twice is an error.
         mina.send(&format!("/delete {second}\n"));
-        let got = until_prefix(&mut mina, "*** ");
+        let got = mina.until_prefix("*** ");
         assert_eq!(
             got,
             format!("*** Mina deleted message {second}"),

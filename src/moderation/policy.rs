@@ -10,8 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::keep::{Edit, KeepError, Keeper, SERVER};
-use super::record::{Ban, LogEntry, Rank, RoomRecord};
+use super::net::Net;
+use super::record::{
+    add_name, lift, put_ban, remove_name, Ban, LogEntry, Rank, RoomRecord, Target, Topic,
+};
 use crate::act::human_time;
+use crate::act::{Act, ActKind};
 use crate::protocol::{name_key, NameKey, Timestamp};
 use crate::refusal::Refusal;
 use crate::settings::RoomCreation;
@@ -140,6 +144,79 @@ impl Policy {
             }
         }
         self.keeper.update(key, edit);
+    }
+
+    /// Applies what a room event of another node (or this one) says was changed, to this
+    /// node's copy only: the stored record (see [`Policy::replaced`]) follows moments later and
+    /// replaces it. What an event does not carry (a key, an unbanned network) waits for it.
+    pub fn observe(&self, room: &str, act: &Act<'_>) {
+        let now = now_ms();
+        let ban = |target: Target| Ban {
+            target,
+            by: act.actor.to_owned(),
+            reason: act.text.unwrap_or("").to_owned(),
+            at: now,
+            until: act.until.map(|t| t.0),
+        };
+        let name = act.target.map(|t| Target::Name(t.to_owned()));
+        let mut state = self.write();
+        let r = state.rooms.entry(room.to_owned()).or_default();
+        match (act.kind, name) {
+            (ActKind::Mute, Some(t)) => put_ban(&mut r.mutes, ban(t)),
+            (ActKind::Unmute, Some(t)) => {
+                lift(&mut r.mutes, &t, now);
+            }
+            (ActKind::Ban, Some(t)) => put_ban(&mut r.bans, ban(t)),
+            (ActKind::Ban, None) => {
+                if let Some(net) = act.net.and_then(|n| n.parse::<Net>().ok()) {
+                    put_ban(&mut r.bans, ban(Target::Net(net)));
+                }
+            }
+            (ActKind::Unban, Some(t)) => {
+                lift(&mut r.bans, &t, now);
+            }
+            (ActKind::Op, Some(Target::Name(n))) => {
+                add_name(&mut r.ops, &n);
+            }
+            (ActKind::Deop, Some(Target::Name(n))) => {
+                remove_name(&mut r.ops, &n);
+            }
+            (ActKind::Voice, Some(Target::Name(n))) => {
+                add_name(&mut r.voiced, &n);
+            }
+            (ActKind::Devoice, Some(Target::Name(n))) => {
+                remove_name(&mut r.voiced, &n);
+            }
+            (ActKind::Invite, Some(Target::Name(n))) => {
+                add_name(&mut r.invites, &n);
+            }
+            (ActKind::Topic, _) => {
+                r.topic = act.text.filter(|t| !t.is_empty()).map(|t| Topic {
+                    text: t.to_owned(),
+                    by: act.actor.to_owned(),
+                    at: now,
+                })
+            }
+            (ActKind::Mode, _) => {
+                for m in act.text.unwrap_or("").split_whitespace() {
+                    match m {
+                        "+closed" => r.closed = true,
+                        "-closed" => r.closed = false,
+                        "+moderated" => r.moderated = true,
+                        "-moderated" => r.moderated = false,
+                        "-key" => r.key = None,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        if r.guards_speech() {
+            self.guarded.store(true, Ordering::Release);
+        }
+        if r.is_empty() {
+            state.rooms.remove(room);
+        }
     }
 
     /// A record as the cluster stored it (`None`: deleted), replacing this node's copy.

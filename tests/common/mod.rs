@@ -380,6 +380,20 @@ impl Client {
         }
     }
 
+    /// Reads lines until one starts with `want`; returns that line.
+    pub fn until_prefix(&mut self, want: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            let l = self
+                .line_within(TIMEOUT)
+                .unwrap_or_else(|| panic!("no {want:?}...; saw {seen:?}"));
+            if l.starts_with(want) {
+                return l;
+            }
+            seen.push(l);
+        }
+    }
+
     /// True if the server closed the connection (after any lines), within the timeout.
     pub fn closed(&mut self) -> bool {
         let deadline = Instant::now() + TIMEOUT;
