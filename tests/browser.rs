@@ -810,3 +810,83 @@ fn shift_enter_makes_a_multi_line_message() {
     );
     assert_eq!(ann.messages().len(), 1, "{}", ann.dump());
 }
+
+/// Moderation as a person on the page sees it (issue 13): the topic in the header, a deleted
+/// message disappearing (also after a reload), and a kick ending the session with the reason
+/// instead of reconnecting.
+#[test]
+fn the_page_shows_the_topic_a_delete_and_a_kick() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir();
+    common::user_add(&dir, "Mina", "minapw");
+    let server = Server::start(&["--http", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+    let http = server.http.expect("the HTTP address");
+    let mut mina = Client::raw(server.addr);
+    mina.send(r#"{"name":"Mina","room":"lobby","password":"minapw"}"#);
+    mina.expect("*** Mina joined");
+    let mut carl = server.connect("Carl", "lobby");
+    mina.expect("*** Carl joined");
+    mina.send("/topic release on Friday\n");
+    mina.expect("*** Mina set the topic: release on Friday");
+
+    let mut driver = Driver::start();
+    let ann = driver.browser();
+    ann.join(http, "Ann", "lobby");
+    let topic = |ann: &Browser, want: &str| {
+        ann.wait_js(
+            &format!("the topic {want:?} in the header"),
+            "return document.getElementById('topic').textContent === arguments[0]",
+            json!([want]),
+        );
+    };
+    // Shown on joining, and changed live.
+    topic(&ann, "release on Friday");
+    mina.send("/topic ship it\n");
+    topic(&ann, "ship it");
+
+    carl.send("oops, wrong room\n");
+    carl.until("Carl:oops, wrong room");
+    ann.wait_entry("message", "Carl", "oops, wrong room");
+    let id = ann
+        .messages()
+        .into_iter()
+        .find(|(_, _, t)| t == "oops, wrong room")
+        .map(|(id, _, _)| id)
+        .expect("the message's id");
+    mina.send(&format!("/delete {id}\n"));
+    mina.until(&format!("*** Mina deleted message {id}"));
+    let gone = "return !Array.from(document.querySelectorAll('#log .entry.message .text')) \
+                .some(t => t.textContent === arguments[0]) \
+                && Array.from(document.querySelectorAll('#log .entry.act')) \
+                .some(e => e.textContent.includes('Mina deleted a message'))";
+    ann.wait_js(
+        "the deleted message gone",
+        gone,
+        json!(["oops, wrong room"]),
+    );
+    // A reload redraws the log from what the tab kept: still gone.
+    ann.refresh();
+    ann.wait_connected("Ann");
+    ann.wait_js(
+        "still gone after a reload",
+        gone,
+        json!(["oops, wrong room"]),
+    );
+
+    mina.send("/kick Ann bye\n");
+    mina.until("*** Mina kicked Ann: bye");
+    ann.wait_js(
+        "the login form with why",
+        "return !document.getElementById('login').hidden \
+         && document.getElementById('login-error').textContent === arguments[0]",
+        json!(["Mina kicked Ann: bye"]),
+    );
+    // It does not come back by itself.
+    mina.until("*** Ann left");
+    assert!(
+        mina.quiet_for(Duration::from_millis(1500)),
+        "the page rejoined after a kick"
+    );
+    drop(ann);
+    let _ = std::fs::remove_dir_all(&dir);
+}

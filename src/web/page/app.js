@@ -17,8 +17,36 @@
     login: $("login"), loginForm: $("login-form"), name: $("name"), room: $("room"),
     loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
     memberCount: $("member-count"), composer: $("composer"), input: $("input"),
-    status: $("status"), where: $("where"), leave: $("leave"),
+    status: $("status"), where: $("where"), leave: $("leave"), topic: $("topic"),
   };
+
+  // Moderation events (docs/PROTOCOL.md section 18), as the room's text lines say them.
+  const ACTS = new Set(["topic", "kick", "ban", "unban", "mute", "unmute", "op", "deop",
+    "voice", "devoice", "invite", "mode", "delete", "wall"]);
+
+  function actText(ev) {
+    const who = ev.target || "an address";
+    let tail = "";
+    if (ev.until) tail += " until " + new Date(ev.until).toLocaleString();
+    if (ev.reason) tail += ": " + ev.reason;
+    switch (ev.type) {
+      case "topic": return ev.text ? ev.actor + " set the topic: " + ev.text : ev.actor + " cleared the topic";
+      case "kick": return ev.actor + " kicked " + who + tail;
+      case "ban": return ev.actor + " banned " + who + tail;
+      case "unban": return ev.actor + " unbanned " + who;
+      case "mute": return ev.actor + " muted " + who + tail;
+      case "unmute": return ev.actor + " unmuted " + who;
+      case "op": return ev.actor + " made " + who + " an operator";
+      case "deop": return ev.actor + " took operator from " + who;
+      case "voice": return ev.actor + " gave " + who + " voice";
+      case "devoice": return ev.actor + " took voice from " + who;
+      case "invite": return ev.actor + " invited " + who;
+      case "mode": return ev.actor + " set modes " + (ev.modes || "");
+      case "delete": return ev.actor + " deleted a message";
+      case "wall": return "notice from " + ev.actor + ": " + (ev.text || "");
+      default: return "";
+    }
+  }
 
   // What survives a reload of this tab: who we are, where, the last message id seen per room,
   // and the displayed entries (raw server events).
@@ -165,9 +193,17 @@
         body.append(span("text", "end of history"));
         break;
       default:
-        body.append(span("text", JSON.stringify(ev)));
+        if (ACTS.has(ev.type)) {
+          e.classList.add("act");
+          body.append(span("text", actText(ev)));
+        } else {
+          body.append(span("text", JSON.stringify(ev)));
+        }
     }
     e.appendChild(body);
+    if ((ev.type === "message" || ev.type === "action") && typeof ev.id === "number") {
+      e.dataset.msg = ev.room + "\n" + ev.id; // found again when it is deleted
+    }
     if (ev.replay) e.classList.add("replay");
     if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
       e.dataset.id = String(ev.id);
@@ -331,6 +367,7 @@
         }
         if (ev.name === session.name && ev.room !== session.room) {
           session.room = ev.room; // after /join ROOM: show what was said there lately
+          showTopic("");
           members.clear();
           showWhere();
           rememberLast();
@@ -384,8 +421,34 @@
         show(ev);
         return;
       default:
+        if (ACTS.has(ev.type)) return act(ev);
         show(ev);
     }
+  }
+
+  // A moderation event: a deleted message disappears (here and from what a reload shows),
+  // the topic goes to the header, and a kick or ban of ourselves ends the session with why.
+  function act(ev) {
+    if (ev.type === "delete") {
+      const key = ev.room + "\n" + ev.id;
+      for (const e of el.log.querySelectorAll(".entry[data-msg]")) {
+        if (e.dataset.msg === key) e.remove();
+      }
+      session.entries = session.entries.filter((x) =>
+        !((x.type === "message" || x.type === "action") && x.room === ev.room && x.id === ev.id));
+      saveSoon();
+    }
+    if (ev.type === "topic" && ev.room === session.room) showTopic(ev.text);
+    show(ev);
+    if ((ev.type === "kick" || ev.type === "ban") && ev.target === session.name &&
+        ev.room === session.room) {
+      stop(actText(ev));
+    }
+  }
+
+  function showTopic(text) {
+    el.topic.textContent = text || "";
+    el.topic.title = text ? "Topic: " + text : "";
   }
 
   function send(text) {
