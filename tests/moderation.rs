@@ -533,6 +533,12 @@ mod across_transports {
         assert_eq!(err["reason"], "you are not in dev");
         bob.send("{\"type\":\"say\",\"room\":\"lobby\",\"text\":\"still here\",\"req\":4}\n");
         json_until(&mut bob, |v| v["type"] == "ok" && v["req"] == 4);
+        // A command's text is cleaned as a line is: no escape reaches the others.
+        mina.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/topic \\u001b[31mred\\u0007 alert\"}\n");
+        let topic = json_until(&mut mina, |v| v["type"] == "topic");
+        assert_eq!(topic["text"], "red alert");
+        mina.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/topic -\"}\n");
+        json_until(&mut mina, |v| v["type"] == "topic" && v["text"] == "");
         // Lines a command answers with come as notices with the req, then ok.
         mina.send("{\"type\":\"command\",\"room\":\"dev\",\"text\":\"/topic\",\"req\":\"t\"}\n");
         let notice = json_until(&mut mina, |v| v["type"] == "notice");

@@ -45,6 +45,9 @@ pub struct Policy {
     guarded: AtomicBool,
 }
 
+/// Most rooms one registered name comes to own by creating them.
+pub const MAX_OWNED: usize = 100;
+
 pub fn now_ms() -> u64 {
     Timestamp::now().0
 }
@@ -369,11 +372,26 @@ impl Policy {
     }
 
     /// A room just made by `owner` (a registered name), or by a guest (`None`): its record
-    /// begins with its owner and a log entry. A guest's room gets no record.
+    /// begins with its owner and a log entry. A guest's room gets no record, nor does the
+    /// room of a name that owns [`MAX_OWNED`] already: records are kept for ever, and one
+    /// account must not be able to make the server keep a million of them.
     pub fn created(&self, room: &str, owner: Option<&str>) {
         let Some(owner) = owner else {
             return;
         };
+        let owned = {
+            let state = self.read();
+            let mine = |r: &&RoomRecord| r.owner.as_deref() == Some(owner);
+            state.rooms.values().filter(mine).count()
+        };
+        if owned >= MAX_OWNED {
+            tracing::info!(
+                room,
+                owner,
+                "room not owned: its creator owns {MAX_OWNED} rooms already"
+            );
+            return;
+        }
         let owner = owner.to_owned();
         self.change(
             room,
@@ -488,6 +506,18 @@ mod tests {
             }),
         );
         assert!(p.speech("dev", &bob).is_ok());
+    }
+
+    #[test]
+    fn one_name_owns_a_bounded_number_of_rooms() {
+        let p = Policy::open_to_all();
+        for i in 0..MAX_OWNED + 5 {
+            p.created(&format!("r{i}"), Some("Mina"));
+        }
+        assert_eq!(p.rooms().len(), MAX_OWNED);
+        // A guest's room is kept nowhere.
+        p.created("guests", None);
+        assert!(!p.has_record("guests"));
     }
 
     #[test]

@@ -159,9 +159,12 @@ impl Session {
                 self.ok(req, i, None)
             }
             Kind::Command { text, .. } => {
-                let (verb, args) = match text[1..].find([' ', '\t']) {
-                    Some(i) => (&text[1..=i], text[i + 1..].trim()),
-                    None => (&text[1..], ""),
+                // Cleaned as a version-1 line is: a topic or reason reaches every member.
+                let text = crate::protocol::clean_line(text.as_bytes());
+                let text = text.strip_prefix('/').unwrap_or(&text);
+                let (verb, args) = match text.find([' ', '\t']) {
+                    Some(i) => (&text[..i], text[i..].trim()),
+                    None => (text, ""),
                 };
                 let verb = verb.to_ascii_lowercase();
                 if verb == "help" {
