@@ -136,13 +136,17 @@ impl Moderator {
             .ok_or_else(|| Refusal::NoSuchMember(name.into()))
     }
 
+    /// The log entry of an action about to be carried out (every check passed); the server's
+    /// log gets the same line, so the audit trail survives even a lost record.
     fn entry(
         &self,
+        room: &str,
         action: ActKind,
         target: Option<String>,
         reason: &str,
         until: Option<u64>,
     ) -> LogEntry {
+        audit(room, &self.name, action, target.as_deref(), reason);
         LogEntry {
             at: now_ms(),
             actor: self.name.clone(),
@@ -220,7 +224,7 @@ impl Moderator {
                     by: self.name.clone(),
                     at: now_ms(),
                 });
-                let entry = self.entry(ActKind::Topic, None, &text, None);
+                let entry = self.entry(rn, ActKind::Topic, None, &text, None);
                 policy.change(rn, logged(entry, move |r| r.topic = topic.clone()));
                 room.act(self.act(ActKind::Topic, None, Some(&text)));
                 Ok(none())
@@ -229,7 +233,7 @@ impl Moderator {
                 let mine = self.need(rn, Rank::Op, "kick")?;
                 let target = self.member_called(rn, &name)?;
                 self.outranks(mine, rn, &target, "kick")?;
-                let entry = self.entry(ActKind::Kick, Some(target.clone()), &reason, None);
+                let entry = self.entry(rn, ActKind::Kick, Some(target.clone()), &reason, None);
                 policy.change(rn, logged(entry, |_| {}));
                 room.act(self.act(ActKind::Kick, Some(&target), Some(&reason)));
                 Ok(none())
@@ -245,7 +249,7 @@ impl Moderator {
                 }
                 let until = until_of(time);
                 let ban = self.ban_of(target.clone(), &reason, until);
-                let entry = self.entry(ActKind::Ban, Some(target.shown()), &reason, until);
+                let entry = self.entry(rn, ActKind::Ban, Some(target.shown()), &reason, until);
                 policy.change(
                     rn,
                     logged(entry, move |r| put_ban(&mut r.bans, ban.clone())),
@@ -280,7 +284,7 @@ impl Moderator {
                         room: rn.into(),
                     });
                 }
-                let entry = self.entry(ActKind::Unban, Some(target.shown()), "", None);
+                let entry = self.entry(rn, ActKind::Unban, Some(target.shown()), "", None);
                 let lifted = target.clone();
                 policy.change(
                     rn,
@@ -309,7 +313,7 @@ impl Moderator {
                 }
                 let until = until_of(time);
                 let ban = self.ban_of(target.clone(), &reason, until);
-                let entry = self.entry(ActKind::Ban, Some(target.shown()), &reason, until);
+                let entry = self.entry(rn, ActKind::Ban, Some(target.shown()), &reason, until);
                 policy.change(
                     SERVER,
                     logged(entry, move |r| put_ban(&mut r.bans, ban.clone())),
@@ -337,7 +341,7 @@ impl Moderator {
                         room: "the server".into(),
                     });
                 }
-                let entry = self.entry(ActKind::Unban, Some(target.shown()), "", None);
+                let entry = self.entry(rn, ActKind::Unban, Some(target.shown()), "", None);
                 let lifted = target.clone();
                 policy.change(
                     SERVER,
@@ -372,7 +376,7 @@ impl Moderator {
                 self.outranks(mine, rn, &name, "mute")?;
                 let until = until_of(time);
                 let ban = self.ban_of(Target::Name(name.clone()), &reason, until);
-                let entry = self.entry(ActKind::Mute, Some(name.clone()), &reason, until);
+                let entry = self.entry(rn, ActKind::Mute, Some(name.clone()), &reason, until);
                 policy.change(
                     rn,
                     logged(entry, move |r| put_ban(&mut r.mutes, ban.clone())),
@@ -394,7 +398,7 @@ impl Moderator {
                     });
                 }
                 let target = Target::Name(name.clone());
-                let entry = self.entry(ActKind::Unmute, Some(name.clone()), "", None);
+                let entry = self.entry(rn, ActKind::Unmute, Some(name.clone()), "", None);
                 policy.change(
                     rn,
                     logged(entry, move |r| {
@@ -433,7 +437,7 @@ impl Moderator {
                     })
                     .collect();
                 let shown = shown.join(" ");
-                let entry = self.entry(ActKind::Mode, None, &shown, None);
+                let entry = self.entry(rn, ActKind::Mode, None, &shown, None);
                 policy.change(
                     rn,
                     logged(entry, move |r| {
@@ -452,7 +456,7 @@ impl Moderator {
             Command::Wall(text) => {
                 self.need(rn, Rank::Admin, "wall")?;
                 let (rooms, _) = self.hub.rooms(usize::MAX);
-                let entry = self.entry(ActKind::Wall, None, &text, None);
+                let entry = self.entry(rn, ActKind::Wall, None, &text, None);
                 policy.change(SERVER, logged(entry, |_| {}));
                 for (r, _) in &rooms {
                     self.hub
@@ -530,7 +534,7 @@ impl Moderator {
         if on && has {
             return Ok(vec![format!("{registered} is already {what} in {rn}")]);
         }
-        let entry = self.entry(kind, Some(registered.clone()), "", None);
+        let entry = self.entry(rn, kind, Some(registered.clone()), "", None);
         let who = registered.clone();
         self.hub.policy.change(
             rn,
@@ -571,6 +575,13 @@ impl Moderator {
             let policy = hub.policy.clone();
             match pending.await {
                 Ok(Ok(Deleted::Done { name })) => {
+                    audit(
+                        &rn,
+                        &actor,
+                        ActKind::Delete,
+                        Some(&format!("{id} by {name}")),
+                        "",
+                    );
                     let entry = LogEntry {
                         at: now_ms(),
                         actor: actor.clone(),
@@ -602,6 +613,19 @@ impl Moderator {
         });
         Ok(())
     }
+}
+
+/// One line in the server's log per moderation action (`room` is empty for the server's own
+/// record: `/sban`, `/wall`).
+fn audit(room: &str, actor: &str, action: ActKind, target: Option<&str>, reason: &str) {
+    tracing::info!(
+        room,
+        actor,
+        action = action.as_str(),
+        target = target.unwrap_or(""),
+        reason,
+        "moderation"
+    );
 }
 
 /// Where a command's answer goes: lines for the caller alone, or why not.

@@ -631,3 +631,145 @@ mod across_transports {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Every moderation command, typed by an owner on each transport (TCP text, TCP JSON,
+/// WebSocket), shows the same line to a text member, and the commands that answer only their
+/// caller answer in the caller's format.
+#[test]
+fn every_command_works_from_text_json_and_websocket() {
+    use common::ws::{frame, send, until, ws_open, Ws};
+    use serde_json::Value;
+
+    enum Conn {
+        Text(Client),
+        Json(Client),
+        Ws(Box<Ws>),
+    }
+    impl Conn {
+        fn line(&mut self, line: &str) {
+            match self {
+                Conn::Text(c) | Conn::Json(c) => c.send(&format!("{line}\n")),
+                Conn::Ws(ws) => send(ws, line),
+            }
+        }
+        /// The next notice for this caller alone that starts with `start`, as its text (in
+        /// plain text, room lines are notices too: those before it are skipped).
+        fn notice(&mut self, start: &str) -> String {
+            let is_notice = |v: &Value| {
+                v["type"] == "notice" && v["text"].as_str().is_some_and(|t| t.starts_with(start))
+            };
+            match self {
+                Conn::Text(c) => c
+                    .until_prefix(&format!("*** {start}"))
+                    .trim_start_matches("*** ")
+                    .to_owned(),
+                Conn::Json(c) => loop {
+                    let v: Value = serde_json::from_str(&c.line()).unwrap();
+                    if is_notice(&v) {
+                        return v["text"].as_str().unwrap().to_owned();
+                    }
+                },
+                Conn::Ws(ws) => loop {
+                    let v = frame(ws);
+                    if is_notice(&v) {
+                        return v["text"].as_str().unwrap().to_owned();
+                    }
+                },
+            }
+        }
+    }
+
+    let dir = people();
+    let server = start(&dir, &["--http", "127.0.0.1:0"]);
+    for kind in ["text", "json", "ws"] {
+        let room = format!("r{kind}");
+        let hs =
+            format!(r#"{{"name":"Mina","room":"{room}","password":"minapw","format":"json"}}"#);
+        let mut mina = match kind {
+            "text" => Conn::Text(text(&server, "Mina", "minapw", &room)),
+            "json" => {
+                let mut c = Client::raw(server.addr);
+                c.send(&hs);
+                c.until_prefix("{\"type\":\"join\"");
+                Conn::Json(c)
+            }
+            _ => {
+                let mut ws = ws_open(&server);
+                send(&mut ws, &hs);
+                until(&mut ws, |v| v["type"] == "join");
+                Conn::Ws(Box::new(ws))
+            }
+        };
+        let mut carl = text(&server, "Carl", "", &room);
+        let _ann = text(&server, "Ann", "annpw", &room);
+        carl.until("*** Ann joined");
+        carl.send("a message to delete\n");
+        carl.until("Carl:a message to delete");
+        // Carl's message is the room's first: id 1.
+        let mut bob = text(&server, "Bob", "", &room);
+        carl.until("*** Bob joined");
+        let shown = [
+            ("/topic hi", "*** Mina set the topic: hi"),
+            (
+                "/mode +moderated +closed",
+                "*** Mina set modes +moderated +closed",
+            ),
+            (
+                "/mode -moderated -closed",
+                "*** Mina set modes -moderated -closed",
+            ),
+            ("/voice ann", "*** Mina gave Ann voice"),
+            ("/devoice Ann", "*** Mina took voice from Ann"),
+            ("/op Ann", "*** Mina made Ann an operator"),
+            ("/deop Ann", "*** Mina took operator from Ann"),
+            ("/invite Ann", "*** Mina invited Ann"),
+            ("/mute Bob 1h noise", "*** Mina muted Bob until "),
+            ("/unmute Bob", "*** Mina unmuted Bob"),
+            ("/delete 1", "*** Mina deleted message 1"),
+            ("/kick Bob out", "*** Mina kicked Bob: out"),
+            ("/ban Bob 5m", "*** Mina banned Bob until "),
+            ("/unban Bob", "*** Mina unbanned Bob"),
+            ("/topic -", "*** Mina cleared the topic"),
+        ];
+        for (command, line) in shown {
+            mina.line(command);
+            let got = carl.until_prefix("*** Mina ");
+            assert!(got.starts_with(line), "{kind}: {command}: {got:?}");
+        }
+        assert!(bob.closed(), "{kind}: kicked");
+        let answered = [
+            ("/topic", "no topic in "),
+            ("/mode", "modes of "),
+            ("/bans", "bans in "),
+            ("/modlog 3", "moderation log of "),
+            ("/uninvite Ann", "Ann is no longer invited to "),
+        ];
+        for (command, start) in answered {
+            mina.line(command);
+            let got = mina.notice(start);
+            assert!(got.starts_with(start), "{kind}: {command}: {got:?}");
+        }
+        // And a refusal, in the caller's format, the connection staying.
+        mina.line("/kick Nobody");
+        match &mut mina {
+            Conn::Text(c) => assert_eq!(
+                c.until_prefix("*** error"),
+                "*** error: no one called Nobody in this room"
+            ),
+            Conn::Json(c) => assert_eq!(
+                c.until_prefix("{\"type\":\"error\""),
+                r#"{"type":"error","reason":"no one called Nobody in this room"}"#
+            ),
+            Conn::Ws(ws) => {
+                let v = loop {
+                    let v = frame(ws);
+                    if v["type"] == "error" {
+                        break v;
+                    }
+                };
+                assert_eq!(v["reason"], "no one called Nobody in this room");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
