@@ -326,6 +326,11 @@ impl ByKey {
         true
     }
 
+    /// Every registration, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Registration> {
+        self.entries.values()
+    }
+
     /// Removes `name` itself (not a look-alike of it).
     pub fn remove(&mut self, name: &str) {
         let key = name_key(name);
@@ -594,6 +599,80 @@ impl Users {
         drop(turn);
         Err(FAILED)
     }
+
+    /// Counts a request that must carry a bearer token (the admin API's) against the
+    /// failed-login limit of its address, as a password is counted: `right` is whether it
+    /// carries the token (compared by the caller, in constant time). The attempt is counted as
+    /// a failure before anything else, under a name no registered name can have, so token
+    /// guesses hold back the token from their address after [`crate::login_limit::NAME_FREE`]
+    /// failures (2 s, then 4, 8, ... up to a minute after the last one) and count towards the
+    /// address's failures over all names (and password guesses towards the token's address
+    /// limit). A held-back address is refused whatever it sends, the right token included. A
+    /// refusal is answered [`FAIL_DELAY`] after the attempt began, like a failed login; a right
+    /// token passes at once.
+    pub async fn token_attempt(&self, ip: IpAddr, right: bool) -> Result<(), TokenRefused> {
+        let answer_at = tokio::time::Instant::now() + FAIL_DELAY;
+        let refused = |why| async move {
+            tokio::time::sleep_until(answer_at).await;
+            Err(why)
+        };
+        let Ok(turn) = self.limit.turn(Source::of(ip)).await else {
+            return refused(TokenRefused::HeldBack).await;
+        };
+        if self.limit.reserve(&turn, TOKEN, Instant::now()).is_err() {
+            return refused(TokenRefused::HeldBack).await;
+        }
+        if right {
+            self.limit.succeeded(&turn, TOKEN);
+            return Ok(());
+        }
+        let refusal = refused(TokenRefused::Wrong).await;
+        drop(turn);
+        refusal
+    }
+
+    /// Every registered name and whether it is a server admin, sorted by name: the cluster's,
+    /// and those of the data directory the cluster's do not hide (the registration
+    /// [`Users::is_admin`] and the password check use).
+    pub fn listed(&self) -> Vec<Listed> {
+        let local: Vec<Registration> = self.lock().iter().cloned().collect();
+        let mut out = Vec::new();
+        if let Some(cluster) = self.cluster_lock() {
+            out.extend(cluster.iter().map(|r| Listed {
+                name: r.name.clone(),
+                admin: r.admin,
+            }));
+            out.extend(
+                local
+                    .into_iter()
+                    .filter(|r| cluster.get(&name_key(&r.name)).is_none())
+                    .map(|r| Listed {
+                        name: r.name,
+                        admin: r.admin,
+                    }),
+            );
+        } else {
+            out.extend(local.into_iter().map(|r| Listed {
+                name: r.name,
+                admin: r.admin,
+            }));
+        }
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// What token attempts are counted under in the failed-login limit: a name key no name has
+/// (a name has no control characters, and neither has its key).
+const TOKEN: &str = "\u{0}bearer token";
+
+/// Why [`Users::token_attempt`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefused {
+    /// No token, or another one.
+    Wrong,
+    /// The address is held back after its failures (or has too many attempts under way).
+    HeldBack,
 }
 
 /// Names registered elsewhere (the cluster's, in its key-value bucket), found by their keys
@@ -817,6 +896,70 @@ mod tests {
         assert!(users.is_admin("Admin"), "followed from the bucket");
         cluster.lock().unwrap().remove("Root");
         assert!(!users.is_admin("Root"));
+    }
+
+    #[tokio::test]
+    async fn token_attempts_count_towards_the_failed_login_limit() {
+        let users = Arc::new(Users::new(false));
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        for _ in 0..10 {
+            assert_eq!(
+                users.token_attempt(ip, true).await,
+                Ok(()),
+                "right costs nothing"
+            );
+        }
+        // Wrong tokens are refused after the failures' delay (two at a time per address).
+        let started = Instant::now();
+        let wrong: Vec<_> = (0..crate::login_limit::NAME_FREE)
+            .map(|_| {
+                let users = users.clone();
+                tokio::spawn(async move { users.token_attempt(ip, false).await })
+            })
+            .collect();
+        for w in wrong {
+            assert_eq!(w.await.unwrap(), Err(TokenRefused::Wrong));
+        }
+        assert!(started.elapsed() >= FAIL_DELAY);
+        // Then the address is held back, the right token included; another is not.
+        assert_eq!(
+            users.token_attempt(ip, true).await,
+            Err(TokenRefused::HeldBack)
+        );
+        assert_eq!(
+            users.token_attempt([192, 0, 2, 2].into(), true).await,
+            Ok(())
+        );
+        // The failures are the address's, in the same tables as failed logins.
+        let (names, sources, _) = users.limit.sizes();
+        assert_eq!((names, sources), (1, 2));
+    }
+
+    #[test]
+    fn registered_names_are_listed_with_the_clusters_first() {
+        let users = Users::new(false);
+        *users.lock() = by_key([reg("Mina", "h", false), reg("Root", "h", true)]);
+        let listed = |users: &Users| -> Vec<(String, bool)> {
+            users
+                .listed()
+                .into_iter()
+                .map(|l| (l.name, l.admin))
+                .collect()
+        };
+        let own = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+        };
+        assert_eq!(listed(&users), own(&[("Mina", false), ("Root", true)]));
+        let cluster: Registered = Arc::new(Mutex::new(by_key([
+            reg("ROOT", "h", false),
+            reg("Ann", "h", true),
+        ])));
+        users.share_with(cluster);
+        assert_eq!(
+            listed(&users),
+            own(&[("Ann", true), ("Mina", false), ("ROOT", false)]),
+            "the cluster's ROOT hides the data dir's Root"
+        );
     }
 
     /// A data dir from before server admins: its users table has no admin column.

@@ -97,7 +97,8 @@ impl Server {
             Some(addr) => listen_all(addr, net.backlog).await?,
             None => Vec::new(),
         };
-        let web = Web::bind(&settings.web, net.backlog).await?;
+        let admin_token_file = settings.moderation.admin_token_file.as_deref();
+        let web = Web::bind(&settings.web, admin_token_file, net.backlog).await?;
         // The metrics are served on the web side (--http or --metrics-addr); without it,
         // counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());

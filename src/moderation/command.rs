@@ -117,13 +117,18 @@ fn name(verb: &'static str, s: &str) -> Result<String, Refusal> {
     Ok(s.to_owned())
 }
 
+/// Whether a ban's target reads as an address or a network (then it is one, and must parse
+/// as one), rather than a name. The admin API reads its targets by the same rule.
+pub fn looks_like_net(s: &str) -> bool {
+    s.contains('/') || s.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// An address or network if the word reads as one, else a name.
 fn target(verb: &'static str, s: &str) -> Result<Target, Refusal> {
     if s.is_empty() {
         return Err(Refusal::Usage(usage(verb)));
     }
-    let looks_like_net = s.contains('/') || s.parse::<std::net::IpAddr>().is_ok();
-    if looks_like_net {
+    if looks_like_net(s) {
         return s
             .parse::<Net>()
             .map(Target::Net)

@@ -16,8 +16,8 @@ use crate::refusal::Refusal;
 use crate::replay::PageSize;
 use crate::store::MAX_REPLAY;
 
-/// How long the API waits for the history store.
-const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the API waits for the history store (and the admin API for a command's answer).
+pub(super) const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn error(status: StatusCode, reason: &str) -> Response {
     (status, axum::Json(json!({ "error": reason }))).into_response()

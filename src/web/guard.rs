@@ -1,5 +1,5 @@
-//! What web requests pass before anything is served: the host they are for, and the token
-//! `/metrics` may require.
+//! What web requests pass before anything is served: the host they are for, and the tokens
+//! `/metrics` and the admin API may require.
 //!
 //! **DNS rebinding.** A page on `rebind.attacker.example` can point that name at this server's
 //! address once the page is loaded; the browser then treats the server as the page's own origin
@@ -8,8 +8,9 @@
 //! request is served only if its `Host` is an IP address, `localhost`, the host of `--http` (or
 //! of `--metrics-addr`) or a name in `--allowed-hosts`; anything else gets `421`.
 //!
-//! **The metrics token** (`--metrics-token-file`): `/metrics` then requires
-//! `Authorization: Bearer TOKEN`, compared in constant time.
+//! **The tokens** (`--metrics-token-file`, `--admin-token-file`): `/metrics`, and the admin
+//! API under `/api/admin/`, then require `Authorization: Bearer TOKEN`, compared in constant
+//! time (the admin API's check, and what counts its failures, is `super::admin::gate`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -118,35 +119,45 @@ pub enum GuardError {
     /// An entry that is not a host: refused, so a typo does not silently lock everyone out.
     #[error("--allowed-hosts: {0:?} is not a host name (or `*`)")]
     NotAHost(String),
-    #[error("--metrics-token-file {}: {source}", path.display())]
+    /// `flag` is the token file's flag (`--metrics-token-file`, `--admin-token-file`).
+    #[error("{flag} {}: {source}", path.display())]
     TokenUnreadable {
+        flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("--metrics-token-file {}: the file is empty (put the token on its first line)", .0.display())]
-    TokenEmpty(PathBuf),
-    #[error("--metrics-token-file {}: the token must be printable ASCII without spaces", .0.display())]
-    TokenNotPrintable(PathBuf),
+    #[error("{flag} {}: the file is empty (put the token on its first line)", path.display())]
+    TokenEmpty { flag: &'static str, path: PathBuf },
+    #[error("{flag} {}: the token must be printable ASCII without spaces", path.display())]
+    TokenNotPrintable { flag: &'static str, path: PathBuf },
 }
 
-/// The token `/metrics` requires (`--metrics-token-file`).
+/// A bearer token a path requires: `/metrics` (`--metrics-token-file`), the admin API
+/// (`--admin-token-file`).
 pub struct Token(Vec<u8>);
 
 impl Token {
-    /// Reads the token: the file's first line, without the spaces around it. A file that
-    /// cannot be read, or gives no token, is an error naming the file.
-    pub fn load(path: &Path) -> Result<Token, GuardError> {
+    /// Reads the token of `flag`: the file's first line, without the spaces around it. A file
+    /// that cannot be read, or gives no token, is an error naming the flag and the file.
+    pub fn load(flag: &'static str, path: &Path) -> Result<Token, GuardError> {
         let text = std::fs::read_to_string(path).map_err(|source| GuardError::TokenUnreadable {
+            flag,
             path: path.to_owned(),
             source,
         })?;
         let token = text.lines().next().unwrap_or_default().trim();
         if token.is_empty() {
-            return Err(GuardError::TokenEmpty(path.to_owned()));
+            return Err(GuardError::TokenEmpty {
+                flag,
+                path: path.to_owned(),
+            });
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(GuardError::TokenNotPrintable(path.to_owned()));
+            return Err(GuardError::TokenNotPrintable {
+                flag,
+                path: path.to_owned(),
+            });
         }
         Ok(Token(token.as_bytes().to_vec()))
     }

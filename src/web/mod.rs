@@ -1,11 +1,13 @@
 //! The web side, on its own port (`--http`): the chat page, the WebSocket endpoint, a small
-//! read-only HTTP API and the Prometheus metrics, served by axum.
+//! read-only HTTP API, the admin API (`--admin-token-file`) and the Prometheus metrics, served
+//! by axum.
 //!
 //! WebSocket clients are one more transport at the edge: they join the same rooms through the
 //! same hub and read the same JSON log as JSON-over-TCP clients (see [`ws`]). The page is
 //! static HTML, CSS and JS compiled into the binary: nothing to build, nothing fetched from
 //! elsewhere, so it works offline.
 
+mod admin;
 mod api;
 mod deadline;
 mod frames;
@@ -14,6 +16,7 @@ mod ws;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,23 +61,42 @@ pub struct Web {
     hosts: Hosts,
     /// `--metrics-token-file`: what /metrics requires.
     metrics_token: Option<Arc<Token>>,
+    /// `--admin-token-file`: what the admin API requires; none: no admin API.
+    admin_token: Option<Arc<Token>>,
 }
 
 impl Web {
     /// Binds every address `--http` (and `--metrics-addr`) resolves to, with the chat ports'
     /// `backlog`; None when neither is on. A bad `--allowed-hosts` entry or a token file that
-    /// gives no token stops the start too.
-    pub async fn bind(settings: &WebSettings, backlog: u32) -> io::Result<Option<Web>> {
-        let metrics_token = match &settings.metrics_token_file {
-            Some(path) => Some(Arc::new(Token::load(path).map_err(io::Error::other)?)),
-            None => None,
+    /// gives no token (`--metrics-token-file`, `admin_token_file`: `--admin-token-file`) stops
+    /// the start too.
+    pub async fn bind(
+        settings: &WebSettings,
+        admin_token_file: Option<&Path>,
+        backlog: u32,
+    ) -> io::Result<Option<Web>> {
+        let load = |flag, path: Option<&Path>| -> io::Result<Option<Arc<Token>>> {
+            match path {
+                Some(path) => Ok(Some(Arc::new(
+                    Token::load(flag, path).map_err(io::Error::other)?,
+                ))),
+                None => Ok(None),
+            }
         };
+        let metrics_token = load(
+            "--metrics-token-file",
+            settings.metrics_token_file.as_deref(),
+        )?;
+        let admin_token = load("--admin-token-file", admin_token_file)?;
         let http = settings
             .http
             .as_deref()
             .map(str::trim)
             .filter(|a| !a.is_empty());
         let metrics_addr = settings.metrics_addr.as_deref().map(str::trim);
+        if http.is_none() && admin_token.is_some() {
+            warn!("--admin-token-file does nothing without --http: the admin API is off");
+        }
         if http.is_none() && metrics_addr.is_none() {
             return Ok(None);
         }
@@ -95,6 +117,7 @@ impl Web {
             metrics_listeners: bind("--metrics-addr", metrics_addr).await?,
             hosts,
             metrics_token,
+            admin_token,
         }))
     }
 
@@ -119,14 +142,21 @@ impl Web {
             info!("metrics listening on {addr} (http)");
         }
         let metrics = metrics_route(self.metrics_token.clone());
+        let admin = self.admin_token.clone().map(|token| admin::Gate {
+            token,
+            users: state.ctx.hub.users.clone(),
+        });
+        if admin.is_some() && !self.listeners.is_empty() {
+            info!("admin api on /api/admin/");
+        }
         let (app, metrics_app) = if self.metrics_listeners.is_empty() {
-            (router(state.clone(), Some(metrics)), None)
+            (router(state.clone(), Some(metrics), admin), None)
         } else {
             let alone = Router::new()
                 .route("/metrics", metrics)
                 .fallback(not_found)
                 .with_state(state.clone());
-            (router(state.clone(), None), Some(alone))
+            (router(state.clone(), None, admin), Some(alone))
         };
         // HTTP connections are counted apart from chat connections (a WebSocket is counted
         // again as one when it upgrades), with the same limits.
@@ -284,8 +314,13 @@ async fn serve_connection<I>(
     let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
 }
 
-/// The web side's routes; /metrics among them unless it has a listener of its own.
-fn router(state: Arc<WebState>, metrics: Option<MethodRouter<Arc<WebState>>>) -> Router {
+/// The web side's routes; /metrics among them unless it has a listener of its own, and the
+/// admin API with its token.
+fn router(
+    state: Arc<WebState>,
+    metrics: Option<MethodRouter<Arc<WebState>>>,
+    admin: Option<admin::Gate>,
+) -> Router {
     let mut router = Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
@@ -297,7 +332,17 @@ fn router(state: Arc<WebState>, metrics: Option<MethodRouter<Arc<WebState>>>) ->
     if let Some(metrics) = metrics {
         router = router.route("/metrics", metrics);
     }
-    router.fallback(not_found).with_state(state)
+    let router = match &admin {
+        Some(_) => router.merge(admin::routes()),
+        None => router,
+    };
+    let router = router.fallback(not_found).with_state(state);
+    match admin {
+        // In front of every route and of the fallback: an admin path is checked before it is
+        // routed, so an unknown one without the token gets 401 like a known one.
+        Some(gate) => router.layer(axum::middleware::from_fn_with_state(gate, admin::gate)),
+        None => router,
+    }
 }
 
 /// `GET /metrics`, behind the token when there is one.
