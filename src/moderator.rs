@@ -54,7 +54,6 @@ pub enum Via {
         admin: bool,
     },
     /// The admin API (`--admin-token-file`): a server admin everywhere.
-    #[allow(dead_code)] // until the admin API lands (web::admin)
     AdminApi,
 }
 
