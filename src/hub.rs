@@ -101,7 +101,7 @@ impl Hub {
             self.policy
                 .created(room.name(), who.person.then_some(who.name));
         }
-        if let Some(topic) = self.policy.record(room.name()).and_then(|r| r.topic) {
+        if let Some(topic) = self.policy.topic(room.name()) {
             let mut line = Vec::new();
             crate::moderation::render_topic(room.name(), &topic, format, &mut line);
             room.greet(seat, line);

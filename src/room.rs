@@ -1558,6 +1558,18 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// Every idle connection is a member somewhere (BENCHMARKS.md, I1).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_idle_member_stays_small() {
+        let member = std::mem::size_of::<Member>();
+        println!(
+            "Member: {member} bytes, Inner: {}",
+            std::mem::size_of::<Inner>()
+        );
+        assert!(member <= 176, "{member}");
+    }
+
     fn new_room(name: &str, max_pending: usize) -> Room {
         Room::new(name, max_pending, Arc::new(crate::store::NoStore))
     }

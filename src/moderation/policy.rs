@@ -117,6 +117,11 @@ impl Policy {
         state.rooms.get(key).cloned()
     }
 
+    /// A room's topic (a join shows it: the rest of the record is not copied).
+    pub fn topic(&self, room: &str) -> Option<Topic> {
+        self.read().rooms.get(room).and_then(|r| r.topic.clone())
+    }
+
     /// The rooms that have a record, sorted.
     pub fn rooms(&self) -> Vec<String> {
         let mut v: Vec<String> = self.read().rooms.keys().cloned().collect();
@@ -250,6 +255,10 @@ impl Policy {
             return Ok(());
         }
         let state = self.read();
+        // A name's key costs a few allocations: only where there is a ban to compare it with.
+        if state.server.bans.is_empty() {
+            return Ok(());
+        }
         match state
             .server
             .banned(&name_key(who.name), Some(who.addr), now_ms())
@@ -288,7 +297,6 @@ impl Policy {
         }
         self.server_admit(who)?;
         let now = now_ms();
-        let nk = name_key(who.name);
         let state = self.read();
         let Some(record) = state.rooms.get(room) else {
             return self.may_create(room, who, exists);
@@ -301,7 +309,10 @@ impl Policy {
         if rank >= Rank::Op {
             return Ok(());
         }
-        if let Some(ban) = record.banned(&nk, Some(who.addr), now) {
+        let banned = (!record.bans.is_empty())
+            .then(|| record.banned(&name_key(who.name), Some(who.addr), now))
+            .flatten();
+        if let Some(ban) = banned {
             return Err(Refusal::BannedFrom {
                 room: room.into(),
                 rest: until_and_why(ban),
