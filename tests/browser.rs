@@ -890,3 +890,87 @@ fn the_page_shows_the_topic_a_delete_and_a_kick() {
     drop(ann);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `/join` bug of issue 14: after `/join big` the page showed devroom's conversation above
+/// big's, and back in devroom its log ended with big's messages under an empty "recent
+/// messages" header. Each room now keeps its own log.
+#[test]
+fn joining_another_room_shows_that_rooms_own_log() {
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let http = server.http.expect("the HTTP address");
+    let mut dev = server.connect("Dev", "devroom");
+    let mut big = server.connect("Big", "big");
+    dev.send("in devroom\n");
+    dev.expect("Dev:in devroom");
+    let mut driver = Driver::start();
+    let ann = driver.browser();
+    ann.join(http, "Ann", "devroom");
+    ann.wait_entry("message", "Dev", "in devroom");
+    ann.say("said in devroom");
+    dev.until("Ann:said in devroom");
+    big.send("in big\n");
+    big.expect("Big:in big");
+
+    let texts = |ann: &Browser| -> Vec<String> {
+        ann.messages()
+            .into_iter()
+            .map(|m| format!("{}:{}", m.1, m.2))
+            .collect()
+    };
+    let headers = |ann: &Browser| -> Value {
+        ann.js(
+            "return Array.from(document.querySelectorAll('#log .entry.history'), e => e.textContent)",
+            json!([]),
+        )
+    };
+    ann.say("/join big");
+    ann.wait_entry("message", "Big", "in big");
+    assert_eq!(texts(&ann), ["Big:in big"], "{}", ann.dump());
+    ann.say("back soon");
+    big.until("Ann:back soon");
+
+    ann.say("/join devroom");
+    ann.wait_members(&["Ann", "Dev"]);
+    dev.send("while you were away\n");
+    dev.until("Dev:while you were away");
+    ann.wait_entry("message", "Dev", "while you were away");
+    assert_eq!(
+        texts(&ann),
+        [
+            "Dev:in devroom",
+            "Ann:said in devroom",
+            "Dev:while you were away"
+        ],
+        "{}",
+        ann.dump()
+    );
+    // No header with nothing under it: devroom's replay held nothing new.
+    for h in headers(&ann).as_array().unwrap() {
+        assert!(
+            !h.as_str()
+                .unwrap_or("")
+                .contains("recent messages in devroom"),
+            "{h}"
+        );
+    }
+    // And big keeps its own, after a reload too.
+    ann.refresh();
+    ann.wait_connected("Ann");
+    assert_eq!(
+        texts(&ann),
+        [
+            "Dev:in devroom",
+            "Ann:said in devroom",
+            "Dev:while you were away"
+        ]
+    );
+    ann.say("/join big");
+    ann.wait_entry("message", "Ann", "back soon");
+    assert_eq!(
+        texts(&ann),
+        ["Big:in big", "Ann:back soon"],
+        "{}",
+        ann.dump()
+    );
+}

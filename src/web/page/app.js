@@ -49,7 +49,8 @@
   }
 
   // What survives a reload of this tab: who we are, where, the last message id seen per room,
-  // and the displayed entries (raw server events).
+  // and the displayed entries (raw server events), each tagged with the room it was shown in
+  // (`in`): every room keeps its own log, and the page shows the current room's.
   let session = null; // {name, room, lastIds: {room: id}, entries: [event]}
   let ws = null;
   let joined = false; // our own join event arrived on the current socket
@@ -64,6 +65,10 @@
   let resuming = false; // the handshake asked for "since"
   let lastSent = ""; // given back to the message box if the server refuses it as too long
   let quietWho = 0; // /who replies we asked for ourselves (to fill the member list)
+  // The new messages of a replay we asked for ourselves (on joining, after a /join), shown at
+  // its end under a header that counts them: none new, no header.
+  let replayed = [];
+  let replayHeader = null;
   const seen = new Set(); // room + "\n" + id of every message shown
   const members = new Set();
 
@@ -219,18 +224,44 @@
     return el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 60;
   }
 
-  // Shows an event and keeps it for a reload.
+  // Shows an event in the current room's log and keeps it for a reload.
   function show(ev, persist) {
     if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
+    if (!ev.in) ev.in = session.room;
     const stick = nearBottom();
     el.log.appendChild(render(ev));
     while (el.log.childElementCount > KEEP) el.log.firstElementChild.remove();
     if (persist !== false) {
       session.entries.push(ev);
-      if (session.entries.length > KEEP) session.entries.splice(0, session.entries.length - KEEP);
+      // At most KEEP entries per room: drop this room's oldest.
+      let mine = 0;
+      for (const x of session.entries) if (x.in === ev.in) mine++;
+      for (let i = 0; mine > KEEP && i < session.entries.length; ) {
+        if (session.entries[i].in === ev.in) {
+          session.entries.splice(i, 1);
+          mine--;
+        } else {
+          i++;
+        }
+      }
       saveSoon();
     }
     if (stick) el.log.scrollTop = el.log.scrollHeight;
+  }
+
+  // Draws the current room's log from what the tab kept of it (on start, and when /join
+  // moves the page to another room).
+  function redraw() {
+    el.log.replaceChildren();
+    seen.clear();
+    for (const ev of session.entries) {
+      if ((ev.in || session.room) !== session.room) continue;
+      if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
+        seen.add(ev.room + "\n" + ev.id);
+      }
+      el.log.appendChild(render(ev));
+    }
+    el.log.scrollTop = el.log.scrollHeight;
   }
 
   function local(text, cls) {
@@ -337,10 +368,20 @@
         else if (enterHistory > 0) { enterHistory--; inReplay = "enter"; }
         else inReplay = "command";
         if (inReplay === "command") show(Object.assign({ replay: true }, ev));
-        else if (ev.count > 0) show(Object.assign({ resumed: inReplay === "join" && resuming }, ev), false);
+        else {
+          replayed = [];
+          replayHeader = Object.assign({ resumed: inReplay === "join" && resuming }, ev);
+        }
         return;
       case "end_of_history":
         if (inReplay === "command") show(ev);
+        else if (replayHeader && replayed.length > 0) {
+          // Only what this room's log did not show yet, counted as such.
+          show(Object.assign(replayHeader, { count: replayed.length }), false);
+          for (const m of replayed) show(m);
+        }
+        replayed = [];
+        replayHeader = null;
         inReplay = null;
         return;
       case "message":
@@ -354,7 +395,8 @@
         seen.add(key);
         const last = session.lastIds[ev.room];
         if (typeof last !== "number" || ev.id > last) session.lastIds[ev.room] = ev.id;
-        show(ev);
+        if (inReplay && replayHeader) replayed.push(ev);
+        else show(ev);
         return;
       }
       case "join":
@@ -366,8 +408,9 @@
           setStatus("connected", "connected");
         }
         if (ev.name === session.name && ev.room !== session.room) {
-          session.room = ev.room; // after /join ROOM: show what was said there lately
+          session.room = ev.room; // after /join ROOM: this room's own log, then what is new
           showTopic("");
+          redraw();
           members.clear();
           showWhere();
           rememberLast();
@@ -507,17 +550,9 @@
     session.auto = !!resume;
     if (!Array.isArray(session.entries)) session.entries = [];
     if (!session.lastIds || typeof session.lastIds !== "object") session.lastIds = {};
-    el.log.replaceChildren();
-    seen.clear();
     members.clear();
     drawMembers();
-    for (const ev of session.entries) {
-      if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
-        seen.add(ev.room + "\n" + ev.id);
-      }
-      el.log.appendChild(render(ev));
-    }
-    el.log.scrollTop = el.log.scrollHeight;
+    redraw();
     el.loginError.textContent = "";
     showWhere();
     rememberLast();
