@@ -974,3 +974,72 @@ fn joining_another_room_shows_that_rooms_own_log() {
         ann.dump()
     );
 }
+
+/// Reading (issue 14): http(s) links are links (and nothing else is: a `javascript:` URL stays
+/// text), `code` and fenced blocks are code, a message mentioning the reader is marked, each
+/// day starts with a separator, and the room's name stays in sight at phone width.
+#[test]
+fn links_code_mentions_and_days_are_shown_safely() {
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let http = server.http.expect("the HTTP address");
+    let mut bob = server.connect("Bob", "lobby");
+    let mut driver = Driver::start();
+    let ann = driver.browser();
+    ann.join(http, "Ann", "lobby");
+    bob.until("*** Ann joined");
+    for line in [
+        "see https://example.com/a?b=1, and javascript:alert(1) or JavaScript://x",
+        "run `cargo test` now",
+        "```fn main() {}```",
+        "@ann look",
+        "ann: you too",
+        "not for @annie",
+    ] {
+        bob.send(&format!("{line}\n"));
+        bob.until(&format!("Bob:{line}"));
+    }
+    ann.wait_entry("message", "Bob", "not for @annie");
+    let links = ann.js(
+        "return Array.from(document.querySelectorAll('#log a'), a => [a.getAttribute('href'), a.rel, a.textContent])",
+        json!([]),
+    );
+    assert_eq!(
+        links,
+        json!([[
+            "https://example.com/a?b=1",
+            "noopener noreferrer",
+            "https://example.com/a?b=1"
+        ]])
+    );
+    let code = ann.js(
+        "return Array.from(document.querySelectorAll('#log .entry code'), c => c.textContent)",
+        json!([]),
+    );
+    assert_eq!(code, json!(["cargo test", "fn main() {}"]));
+    let mentioned = ann.js(
+        "return Array.from(document.querySelectorAll('#log .entry.mention .text'), t => t.textContent)",
+        json!([]),
+    );
+    assert_eq!(mentioned, json!(["@ann look", "ann: you too"]));
+    // One day, one separator, before the first entry.
+    let days = ann.js(
+        "return Array.from(document.querySelectorAll('#log .day'), d => d.textContent)",
+        json!([]),
+    );
+    assert_eq!(days.as_array().map(Vec::len), Some(1), "{days}");
+    let first = ann.js(
+        "return document.getElementById('log').firstElementChild.className",
+        json!([]),
+    );
+    assert_eq!(first, "day");
+    // At phone width the room's name is still shown.
+    block(&ann.rt, "resize", ann.client.set_window_size(390, 844));
+    let shown = ann.js(
+        "const w = document.getElementById('where'); \
+         return getComputedStyle(w).display !== 'none' && w.getBoundingClientRect().width > 0 \
+         && w.textContent.includes('lobby')",
+        json!([]),
+    );
+    assert_eq!(shown, true);
+}

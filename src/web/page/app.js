@@ -130,6 +130,97 @@
     return s;
   }
 
+  // A message's text as nodes: ```fenced blocks```, `inline code` and http(s) links, every
+  // piece of text a text node (never markup); other schemes (javascript:, data:) stay text.
+  // The element's textContent is the message's text but for the fences' backticks.
+  function richText(text) {
+    const out = span("text", "");
+    const parts = text.split(/```/);
+    parts.forEach((part, i) => {
+      const fenced = i % 2 === 1 && i < parts.length - 1;
+      if (fenced) {
+        const pre = document.createElement("pre");
+        const code = document.createElement("code");
+        code.textContent = part.replace(/^\n/, "");
+        pre.appendChild(code);
+        out.appendChild(pre);
+        return;
+      }
+      if (i > 0 && i % 2 === 1) out.appendChild(document.createTextNode("```"));
+      inline(out, part);
+    });
+    return out;
+  }
+
+  function inline(out, text) {
+    const bits = text.split(/(`[^`\n]+`)/);
+    for (const bit of bits) {
+      if (bit.length > 2 && bit.startsWith("`") && bit.endsWith("`")) {
+        const code = document.createElement("code");
+        code.textContent = bit.slice(1, -1);
+        out.appendChild(code);
+      } else {
+        links(out, bit);
+      }
+    }
+  }
+
+  function links(out, text) {
+    const re = /\bhttps?:\/\/[^\s<>"']+/gi;
+    let at = 0;
+    for (const m of text.matchAll(re)) {
+      let url = m[0].replace(/[.,;:!?)\]]+$/, "");
+      let ok = false;
+      try {
+        const u = new URL(url);
+        ok = u.protocol === "http:" || u.protocol === "https:";
+      } catch (e) { ok = false; }
+      if (!ok) continue;
+      out.appendChild(document.createTextNode(text.slice(at, m.index)));
+      const a = document.createElement("a");
+      a.href = url;
+      a.textContent = url;
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      out.appendChild(a);
+      at = m.index + url.length;
+    }
+    out.appendChild(document.createTextNode(text.slice(at)));
+  }
+
+  // Whether a message is addressed to `me`: `@Me` anywhere, or a line starting `Me:`/`Me,`.
+  function mentions(text, me) {
+    if (!me) return false;
+    const esc = me.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    return new RegExp("(^|[^\\w@])@" + esc + "(?![\\w])", "iu").test(text) ||
+      new RegExp("^" + esc + "[:,]", "imu").test(text);
+  }
+
+  function day(ts) {
+    const d = ts ? new Date(ts) : new Date();
+    return isNaN(d) ? "" : d.toDateString();
+  }
+
+  function dayLabel(ts) {
+    const d = new Date(ts);
+    return d.toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+  }
+
+  let lastDay = ""; // the day of the last entry drawn, for the separators
+
+  // A separator before the first entry of each day.
+  function separate(ev) {
+    const ts = ev.ts || ev.localTs;
+    const d = day(ts);
+    if (!d || d === lastDay) return;
+    lastDay = d;
+    const sep = document.createElement("div");
+    sep.className = "day";
+    sep.setAttribute("role", "separator");
+    sep.textContent = dayLabel(ts);
+    el.log.appendChild(sep);
+  }
+
   function nameSpan(name) {
     const s = span("name", name);
     s.style.setProperty("--hue", String(hue(name)));
@@ -151,10 +242,10 @@
     body.className = "body";
     switch (ev.type) {
       case "message":
-        body.append(nameSpan(ev.name), span("text", ev.text));
+        body.append(nameSpan(ev.name), richText(ev.text));
         break;
       case "action":
-        body.append("* ", nameSpan(ev.name), " ", span("text", ev.text));
+        body.append("* ", nameSpan(ev.name), " ", richText(ev.text));
         break;
       case "join":
         body.append(nameSpan(ev.name), " joined " + ev.room);
@@ -216,6 +307,8 @@
     }
     if (ev.name === session.name && (ev.type === "message" || ev.type === "action")) {
       e.classList.add("mine");
+    } else if ((ev.type === "message" || ev.type === "action") && mentions(ev.text, session.name)) {
+      e.classList.add("mention");
     }
     return e;
   }
@@ -229,6 +322,7 @@
     if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
     if (!ev.in) ev.in = session.room;
     const stick = nearBottom();
+    separate(ev);
     el.log.appendChild(render(ev));
     while (el.log.childElementCount > KEEP) el.log.firstElementChild.remove();
     if (persist !== false) {
@@ -254,8 +348,10 @@
   function redraw() {
     el.log.replaceChildren();
     seen.clear();
+    lastDay = "";
     for (const ev of session.entries) {
       if ((ev.in || session.room) !== session.room) continue;
+      separate(ev);
       if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
         seen.add(ev.room + "\n" + ev.id);
       }
