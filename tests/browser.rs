@@ -1034,7 +1034,7 @@ fn links_code_mentions_and_days_are_shown_safely() {
     );
     assert_eq!(first, "day");
     // At phone width the room's name is still shown.
-    block(&ann.rt, "resize", ann.client.set_window_size(390, 844));
+    block(&ann.rt, "resize", ann.client.set_window_size(390, 844)).unwrap();
     let shown = ann.js(
         "const w = document.getElementById('where'); \
          return getComputedStyle(w).display !== 'none' && w.getBoundingClientRect().width > 0 \
