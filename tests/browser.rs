@@ -1042,4 +1042,10 @@ fn links_code_mentions_and_days_are_shown_safely() {
         json!([]),
     );
     assert_eq!(shown, true);
+    // It can be added to a home screen: a manifest and its icon, allowed by the page's policy.
+    let icon = ann.js(
+        "return fetch(document.querySelector('link[rel=manifest]').href)          .then(r => r.json()).then(m => fetch(m.icons[0].src))          .then(r => r.ok && r.headers.get('content-type'))",
+        json!([]),
+    );
+    assert_eq!(icon, "image/svg+xml");
 }

@@ -31,7 +31,12 @@ fn the_page_is_served_with_a_strict_policy() {
         head.contains("content-security-policy: default-src 'none'"),
         "{head}"
     );
-    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+    for (path, kind) in [
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+        ("/manifest.webmanifest", "application/manifest+json"),
+        ("/icon.svg", "image/svg+xml"),
+    ] {
         let (status, head, body) = get(http, path);
         assert_eq!(status, 200, "{path}");
         assert!(head.to_ascii_lowercase().contains(kind), "{path}: {head}");

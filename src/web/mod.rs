@@ -325,6 +325,8 @@ fn router(
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
+        .route("/manifest.webmanifest", get(manifest))
+        .route("/icon.svg", get(icon_svg))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/api/rooms", get(api::rooms))
@@ -357,11 +359,14 @@ fn metrics_route(token: Option<Arc<Token>>) -> MethodRouter<Arc<WebState>> {
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
+/// What a phone needs to add the page to its home screen.
+const MANIFEST: &str = include_str!("page/manifest.webmanifest");
+const ICON_SVG: &str = include_str!("page/icon.svg");
 
 /// The page may run only its own script and style, and talk only to this server: even if
 /// user text ever reached the DOM as markup, an injected script would not run.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   manifest-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn page(body: &'static str, content_type: &'static str) -> Response {
     let mut headers = HeaderMap::new();
@@ -392,6 +397,14 @@ async fn app_js() -> Response {
 
 async fn style_css() -> Response {
     page(STYLE_CSS, "text/css; charset=utf-8")
+}
+
+async fn manifest() -> Response {
+    page(MANIFEST, "application/manifest+json")
+}
+
+async fn icon_svg() -> Response {
+    page(ICON_SVG, "image/svg+xml")
 }
 
 async fn not_found() -> Response {
