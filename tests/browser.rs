@@ -1049,3 +1049,46 @@ fn links_code_mentions_and_days_are_shown_safely() {
     );
     assert_eq!(icon, "image/svg+xml");
 }
+
+/// Others' joins and leaves in a row are one line, with the names a click away, and can be
+/// hidden (remembered across a reload): a busy room's comings and goings do not push the
+/// conversation off the screen (issue 14).
+#[test]
+fn joins_and_leaves_are_collapsed_and_can_be_hidden() {
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let http = server.http.expect("the HTTP address");
+    let mut driver = Driver::start();
+    let ann = driver.browser();
+    ann.join(http, "Ann", "lobby");
+    let bob = server.connect("Bob", "lobby");
+    let _cy = server.connect("Cy", "lobby");
+    let mut dee = server.connect("Dee", "lobby");
+    drop(bob);
+    dee.until("*** Bob left");
+    let line = "return Array.from(document.querySelectorAll('#log .entry.presence'), \
+                e => [e.querySelector('.text').textContent, e.title])";
+    ann.wait_js(
+        "one line for three joins and a leave",
+        &format!("{line}.some(p => p[0] === '3 joined, 1 left')"),
+        json!([]),
+    );
+    let lines = ann.js(line, json!([]));
+    assert_eq!(
+        lines,
+        json!([["3 joined, 1 left", "joined: Bob, Cy, Dee; left: Bob"]])
+    );
+    ann.click("#log .entry.presence");
+    let open = ann.js(
+        "return getComputedStyle(document.querySelector('#log .entry.presence .detail')).display",
+        json!([]),
+    );
+    assert_eq!(open, "inline");
+    ann.click("#quiet");
+    let hidden = "return getComputedStyle(document.querySelector('#log .entry.presence')).display === 'none' \
+                  && document.getElementById('quiet').getAttribute('aria-pressed') === 'true'";
+    assert_eq!(ann.js(hidden, json!([])), true);
+    ann.refresh();
+    ann.wait_connected("Ann");
+    ann.wait_js("still hidden after a reload", hidden, json!([]));
+}

@@ -18,7 +18,9 @@
     loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
     memberCount: $("member-count"), composer: $("composer"), input: $("input"),
     status: $("status"), where: $("where"), leave: $("leave"), topic: $("topic"),
+    quiet: $("quiet"),
   };
+  const QUIET_KEY = "machat.quiet";
 
   // Moderation events (docs/PROTOCOL.md section 18), as the room's text lines say them.
   const ACTS = new Set(["topic", "kick", "ban", "unban", "mute", "unmute", "op", "deop",
@@ -317,13 +319,46 @@
     return el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 60;
   }
 
+  // Others' joins and leaves in a row are one line ("3 joined, 1 left", the names on hover and
+  // on a click), so a busy room's comings and goings do not push the conversation away.
+  function presence(ev) {
+    return (ev.type === "join" || ev.type === "leave") && ev.name !== session.name;
+  }
+
+  function place(ev) {
+    const prev = el.log.lastElementChild;
+    if (presence(ev) && prev && prev.classList.contains("presence")) {
+      const group = JSON.parse(prev.dataset.group || "[]");
+      group.push([ev.type, ev.name]);
+      prev.dataset.group = JSON.stringify(group);
+      const joined = group.filter((g) => g[0] === "join").map((g) => g[1]);
+      const left = group.filter((g) => g[0] === "leave").map((g) => g[1]);
+      const parts = [];
+      if (joined.length) parts.push(joined.length + " joined");
+      if (left.length) parts.push(left.length + " left");
+      const detail = (joined.length ? "joined: " + joined.join(", ") : "") +
+        (joined.length && left.length ? "; " : "") + (left.length ? "left: " + left.join(", ") : "");
+      const body = prev.querySelector(".body");
+      body.replaceChildren(span("text", parts.join(", ")), span("detail", " (" + detail + ")"));
+      prev.title = detail;
+      return;
+    }
+    const e = render(ev);
+    if (presence(ev)) {
+      e.classList.add("presence");
+      e.dataset.group = JSON.stringify([[ev.type, ev.name]]);
+      e.addEventListener("click", () => e.classList.toggle("open"));
+    }
+    el.log.appendChild(e);
+  }
+
   // Shows an event in the current room's log and keeps it for a reload.
   function show(ev, persist) {
     if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
     if (!ev.in) ev.in = session.room;
     const stick = nearBottom();
     separate(ev);
-    el.log.appendChild(render(ev));
+    place(ev);
     while (el.log.childElementCount > KEEP) el.log.firstElementChild.remove();
     if (persist !== false) {
       session.entries.push(ev);
@@ -355,7 +390,7 @@
       if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
         seen.add(ev.room + "\n" + ev.id);
       }
-      el.log.appendChild(render(ev));
+      place(ev);
     }
     el.log.scrollTop = el.log.scrollHeight;
   }
@@ -620,10 +655,21 @@
     showLogin(true);
   }
 
+  // Joins and leaves shown or hidden, remembered by the browser.
+  function setQuiet(on) {
+    el.log.classList.toggle("quiet", on);
+    el.quiet.setAttribute("aria-pressed", String(on));
+    el.quiet.textContent = on ? "Joins: hidden" : "Joins: shown";
+    save(localStorage, QUIET_KEY, on);
+  }
+  el.quiet.addEventListener("click", () => setQuiet(!el.log.classList.contains("quiet")));
+  setQuiet(load(localStorage, QUIET_KEY) === true);
+
   function showLogin(on) {
     el.login.hidden = !on;
     el.chat.hidden = on;
     el.leave.hidden = on;
+    el.quiet.hidden = on;
     if (on) el.name.focus(); else el.input.focus();
   }
 
