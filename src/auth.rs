@@ -20,6 +20,10 @@
 //! admin NAME on|off`), stored with it (the `admin` column; the cluster's record). Only someone
 //! who can write the data directory (or the cluster's bucket) can make one: no client command
 //! grants it. [`Users::is_admin`] is what the moderation commands will ask.
+//!
+//! A handshake may prove a registered name with a session token from `POST /api/login`
+//! ([`crate::logins`]) instead of its password: the same limiter, delay and refusal, and the
+//! same person.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
