@@ -20,6 +20,10 @@
 //! admin NAME on|off`), stored with it (the `admin` column; the cluster's record). Only someone
 //! who can write the data directory (or the cluster's bucket) can make one: no client command
 //! grants it. [`Users::is_admin`] is what the moderation commands will ask.
+//!
+//! A handshake may prove a registered name with a session token from `POST /api/login`
+//! ([`crate::logins`]) instead of its password: the same limiter, delay and refusal, and the
+//! same person.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -370,6 +374,15 @@ pub struct Users {
     /// transports in between carry nothing new. An entry whose connection ended in between is
     /// dropped after [`PROOF_KEPT`].
     proofs: Mutex<HashMap<u64, Instant>>,
+    /// Session tokens (`POST /api/login`), which a handshake may carry instead of the
+    /// password; set once at start.
+    logins: OnceLock<crate::logins::Logins>,
+}
+
+/// What a login attempt offers as proof of a registered name.
+enum Proof<'a> {
+    Password(Option<&'a str>),
+    Token(&'a str),
 }
 
 /// How long a proof waits for its connection to enter (the claim waits 5 s at most).
@@ -391,6 +404,7 @@ impl Users {
             limit: LoginLimit::new(FAIL_DELAY),
             hashing: Semaphore::new(HASHING),
             proofs: Mutex::new(HashMap::new()),
+            logins: OnceLock::new(),
         }
     }
 
@@ -477,6 +491,16 @@ impl Users {
         Ok(())
     }
 
+    /// Where session tokens are kept, and how long they last (set once, at start).
+    pub fn use_logins(&self, logins: crate::logins::Logins) {
+        let _ = self.logins.set(logins);
+    }
+
+    /// Session tokens, if the server keeps them.
+    pub fn logins(&self) -> Option<&crate::logins::Logins> {
+        self.logins.get()
+    }
+
     /// Cluster mode: the cluster's registered names count too.
     pub fn share_with(&self, registered: Registered) {
         let _ = self.cluster.set(registered);
@@ -555,12 +579,44 @@ impl Users {
     /// otherwise, after the fixed delay, the reason to send. What it admits is told apart
     /// ([`Login`]): only a connection that proved the password may share its name with the
     /// person's other connections.
+    ///
+    /// A handshake without a password may carry a session token instead (`"token"`, from
+    /// `POST /api/login`): a live token issued to the registered name proves it as the
+    /// password does, and a wrong or expired one fails as a wrong password does, counted by
+    /// the same limiter and answered after the same delay.
     pub async fn check(&self, ip: IpAddr, hs: &Handshake) -> Result<Login, Refusal> {
         let key = name_key(&hs.name);
-        let stored = self.hash_of(&key);
+        let stored = self.registration(&key, |r| (r.name.clone(), r.hash.clone()));
         if stored.is_none() && !self.require {
             return Ok(Login::Guest);
         }
+        let proof = match (&hs.password, &hs.token) {
+            (None, Some(token)) => Proof::Token(&token.0),
+            (password, _) => Proof::Password(password.as_ref().map(|p| p.0.as_str())),
+        };
+        self.verify_login(ip, &key, stored, proof).await?;
+        Ok(Login::Person)
+    }
+
+    /// `POST /api/login`: checks a registered name's password exactly as a handshake does (the
+    /// same limiter, delay and refusals; a look-alike is the registered name), except that an
+    /// unregistered name fails: only registered names get tokens. Ok: the registered spelling.
+    pub async fn log_in(&self, ip: IpAddr, name: &str, password: &str) -> Result<String, Refusal> {
+        let key = name_key(name);
+        let stored = self.registration(&key, |r| (r.name.clone(), r.hash.clone()));
+        self.verify_login(ip, &key, stored, Proof::Password(Some(password)))
+            .await
+    }
+
+    /// The check itself, for the name of `key` registered as `stored` (its spelling and
+    /// hash; None: not registered, which fails). Ok: the registered spelling.
+    async fn verify_login(
+        &self,
+        ip: IpAddr,
+        key: &NameKey,
+        stored: Option<(String, String)>,
+        proof: Proof<'_>,
+    ) -> Result<String, Refusal> {
         let started = Instant::now();
         let answer_at = tokio::time::Instant::from_std(started + FAIL_DELAY);
         // Wait for this address's turn; the turn is held until the answer, failures included.
@@ -580,20 +636,37 @@ impl Users {
                 Refused::Busy => FAILED,
             });
         }
-        let password = hs.password.as_ref().map(|p| p.0.clone());
-        let real = stored.is_some() && password.is_some();
-        let hash = stored.unwrap_or_else(|| stand_in().to_owned());
-        let password = password.unwrap_or_default();
-        // The permit bounds the CPU and memory spent hashing at once.
-        let verified = match self.hashing.acquire().await {
-            Ok(_permit) => tokio::task::spawn_blocking(move || verify(&password, &hash))
-                .await
-                .unwrap_or(false),
-            Err(_) => false,
+        let name = stored.as_ref().map(|(name, _)| name.clone());
+        let proved = match proof {
+            Proof::Password(password) => {
+                let real = stored.is_some() && password.is_some();
+                let hash = stored.map_or_else(|| stand_in().to_owned(), |(_, hash)| hash);
+                let password = password.unwrap_or_default().to_owned();
+                // The permit bounds the CPU and memory spent hashing at once.
+                let verified = match self.hashing.acquire().await {
+                    Ok(_permit) => tokio::task::spawn_blocking(move || verify(&password, &hash))
+                        .await
+                        .unwrap_or(false),
+                    Err(_) => false,
+                };
+                real && verified
+            }
+            // A token is found by its hash; it must be the registered name's (the spelling
+            // it was issued to is the one a look-alike finds now).
+            Proof::Token(token) => match (&name, self.logins.get()) {
+                (Some(name), Some(logins)) => logins
+                    .find(token)
+                    .await
+                    .map_err(|e| warn!("cannot check a session token: {e}"))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|issued| &issued.name == name),
+                _ => false,
+            },
         };
-        if real && verified {
+        if let (true, Some(name)) = (proved, name) {
             self.limit.succeeded(&turn, &key.lower);
-            return Ok(Login::Person);
+            return Ok(name);
         }
         tokio::time::sleep_until(answer_at).await;
         drop(turn);

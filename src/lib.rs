@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod listen;
 mod login_limit;
+pub mod logins;
 mod metrics;
 mod moderation;
 mod moderator;

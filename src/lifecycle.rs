@@ -32,9 +32,9 @@ pub fn refused(id: u64, addr: SocketAddr, refusal: Refusal) -> Refusal {
     refusal
 }
 
-/// Checks the handshake's name and password (`Users::check`: registered names, their
-/// look-alikes and `--require-auth`), with the same delay for every failure. A registered
-/// name whose password was proved is noted for [`enter`] (see `Users::prove`): such a
+/// Checks the handshake's name and password, or session token (`Users::check`: registered
+/// names, their look-alikes and `--require-auth`), with the same delay for every failure. A
+/// registered name whose password (or token) was proved is noted for [`enter`] (see `Users::prove`): such a
 /// connection is a person's, and may share the name with the person's other connections.
 pub async fn authenticate(
     ctx: &Shared,

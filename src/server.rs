@@ -76,6 +76,14 @@ impl Server {
         if let Some(cluster) = &cluster {
             users.share_with(cluster.registered());
         }
+        // Session tokens (`POST /api/login`): the cluster's bucket, or a file of their own.
+        let logins = match &cluster {
+            Some(cluster) => crate::logins::Keeper::Cluster(Box::new(cluster.logins_keeper())),
+            None => crate::logins::Keeper::Sqlite(crate::logins::SqliteLogins::new(
+                &settings.auth.data_dir,
+            )),
+        };
+        users.use_logins(crate::logins::Logins::new(logins, settings.auth.login_ttl));
         if settings.auth.require_auth && !users.any() {
             warn!(
                 "--require-auth with no registered names: nobody can join (machat user add NAME)"

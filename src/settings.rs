@@ -152,6 +152,8 @@ pub struct AuthSettings {
     pub data_dir: PathBuf,
     /// Only registered names may join, each with its password (`--require-auth`).
     pub require_auth: bool,
+    /// How long a session token from `POST /api/login` lasts (`--login-ttl`).
+    pub login_ttl: Duration,
 }
 
 /// Cluster mode on NATS JetStream.
@@ -242,6 +244,7 @@ impl Default for AuthSettings {
         AuthSettings {
             data_dir: DEFAULT_DATA_DIR.into(),
             require_auth: false,
+            login_ttl: crate::logins::DEFAULT_TTL,
         }
     }
 }

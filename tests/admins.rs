@@ -158,6 +158,7 @@ fn a_running_server_follows_a_change_of_role() {
     let users = machat::auth::Users::load(&machat::settings::AuthSettings {
         data_dir: dir.clone(),
         require_auth: false,
+        ..Default::default()
     })
     .unwrap();
     assert!(users.is_registered("Mina") && !users.is_admin("Mina"));

@@ -21,6 +21,7 @@
 mod departures;
 mod error;
 mod history;
+pub mod logins;
 mod presence;
 mod rules;
 pub mod users;
@@ -86,6 +87,8 @@ pub struct Cluster {
     /// The moderation records (see [`rules`]), and what they were at start.
     rules_kv: jetstream::kv::Store,
     rules_loaded: std::sync::Mutex<Vec<(String, crate::moderation::record::RoomRecord)>>,
+    /// The session tokens (see [`logins`]).
+    logins_kv: jetstream::kv::Store,
 }
 
 /// An event on its way to the stream.
@@ -221,6 +224,11 @@ impl Cluster {
             self.runtime.clone(),
             loaded,
         ))
+    }
+
+    /// Where session tokens are kept in the cluster (see [`logins`]).
+    pub fn logins_keeper(&self) -> logins::ClusterLogins {
+        logins::ClusterLogins::new(self.logins_kv.clone(), self.runtime.clone())
     }
 
     /// The registered names of the whole cluster (see [`users`]).
@@ -551,6 +559,7 @@ async fn connect(
     let rules_kv = rules::open(&js, settings.replicas).await?;
     let rules_loaded = rules::load(&rules_kv).await?;
     info!(records = rules_loaded.len(), "cluster: moderation records");
+    let logins_kv = logins::open(&js, settings.replicas).await?;
     info!(node, stream = STREAM, last, "cluster mode: joined");
     Ok(Arc::new(Cluster {
         node,
@@ -569,6 +578,7 @@ async fn connect(
         registered,
         rules_kv,
         rules_loaded: std::sync::Mutex::new(rules_loaded),
+        logins_kv,
     }))
 }
 

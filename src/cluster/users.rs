@@ -146,6 +146,18 @@ where
     F: FnOnce(kv::Store) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClusterError>>,
 {
+    with_kv(url, |js| async move {
+        let kv = open(&js, replicas).await?;
+        work(kv).await
+    })
+}
+
+/// Runs one piece of work on the cluster's JetStream from the command line.
+pub(super) fn with_kv<T, F, Fut>(url: &str, work: F) -> Result<T, ClusterError>
+where
+    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,8 +173,7 @@ where
                 source: Box::new(ClusterError::Connect(e)),
             })?;
         let js = async_nats::jetstream::new(client.clone());
-        let kv = open(&js, replicas).await?;
-        let result = work(kv).await;
+        let result = work(js).await;
         let _ = client.flush().await;
         result
     })

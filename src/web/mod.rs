@@ -12,6 +12,7 @@ mod api;
 mod deadline;
 mod frames;
 mod guard;
+mod login;
 mod ws;
 
 use std::io;
@@ -330,7 +331,8 @@ fn router(
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/api/rooms", get(api::rooms))
-        .route("/api/rooms/{room}/messages", get(api::messages));
+        .route("/api/rooms/{room}/messages", get(api::messages))
+        .merge(login::routes());
     if let Some(metrics) = metrics {
         router = router.route("/metrics", metrics);
     }

@@ -45,9 +45,12 @@ pub struct Handshake {
     pub password: Option<Secret>,
     /// `"key"`: the password of a room with a key (mode `+key`).
     pub key: Option<Secret>,
+    /// `"token"`: a session token from `POST /api/login`, for a registered name instead of
+    /// its password (the password wins when both are given).
+    pub token: Option<Secret>,
 }
 
-/// A password: never printed, not even in debug output.
+/// A password, a room's key or a session token: never printed, not even in debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -136,6 +139,7 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
     };
     let password = secret("password")?;
     let key = secret("key")?;
+    let token = secret("token")?;
     Ok(Handshake {
         name,
         room,
@@ -145,6 +149,7 @@ pub fn parse_handshake(value: Value) -> Result<Handshake, String> {
         since,
         password,
         key,
+        token,
     })
 }
 
@@ -725,6 +730,29 @@ mod tests {
         assert_eq!(h.format, Format::Text);
         let h = parse_handshake(json!({"room": "dev", "name": "Mina", "format": "json"})).unwrap();
         assert_eq!(h.format, Format::Json);
+    }
+
+    #[test]
+    fn handshake_secrets_are_read_and_never_shown() {
+        let h = parse_handshake(json!({
+            "name": "Mina", "room": "r", "password": "pw-1", "key": "k-2", "token": "tk-3"
+        }))
+        .unwrap();
+        assert_eq!(h.password, Some(Secret("pw-1".into())));
+        assert_eq!(h.key, Some(Secret("k-2".into())));
+        assert_eq!(h.token, Some(Secret("tk-3".into())));
+        let shown = format!("{h:?}");
+        assert!(
+            !["pw-1", "k-2", "tk-3"].iter().any(|s| shown.contains(s)),
+            "{shown}"
+        );
+        let h = parse_handshake(json!({"name": "Mina", "room": "r", "token": null})).unwrap();
+        assert_eq!(h.token, None, "null counts as absent");
+        let long = "t".repeat(MAX_PASSWORD + 1);
+        let err = parse_handshake(json!({"name": "a", "room": "r", "token": long})).unwrap_err();
+        assert_eq!(err, "\"token\" is longer than 1024 bytes");
+        let err = parse_handshake(json!({"name": "a", "room": "r", "token": 5})).unwrap_err();
+        assert_eq!(err, "\"token\" must be a string");
     }
 
     #[test]

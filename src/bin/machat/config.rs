@@ -161,6 +161,11 @@ pub struct Config {
     #[arg(long, env = "MACHAT_REQUIRE_AUTH")]
     pub require_auth: bool,
 
+    /// Days a session token from `POST /api/login` (the web page's login) lasts; fractions
+    /// allowed (`0.5` is twelve hours).
+    #[arg(long, env = "MACHAT_LOGIN_TTL", default_value_t = 30.0)]
+    pub login_ttl: f64,
+
     /// Who may create a room that does not exist yet: `anyone`, `registered` (names logged in
     /// with their password) or `admins` (server admins). A room created by a registered name
     /// is owned by it.
@@ -225,7 +230,8 @@ pub struct Config {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// Registered names: `machat user add NAME [--admin]` (the password is read from stdin),
-    /// `machat user remove NAME`, `machat user admin NAME on|off`, `machat user list`. Uses
+    /// `machat user remove NAME`, `machat user admin NAME on|off`, `machat user list`,
+    /// `machat user logout NAME` (revokes its web logins). Uses
     /// --data-dir, or with --nats the cluster's names.
     User {
         #[command(subcommand)]
@@ -249,6 +255,9 @@ pub enum UserAction {
     Admin { name: String, role: OnOff },
     /// Lists the registered names, an admin's followed by ` (admin)`.
     List,
+    /// Revokes every session token of NAME (the web page's logins); connections already open
+    /// stay.
+    Logout { name: String },
 }
 
 /// `--room-creation`.
@@ -315,6 +324,8 @@ pub enum ConfigError {
     RoomLimits,
     #[error("--max-line, --max-handshake and --max-pending must be > 0")]
     SizeLimits,
+    #[error("--login-ttl must be a number of days > 0 (at most 36500)")]
+    LoginTtl,
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` or a number of seconds.
@@ -408,6 +419,7 @@ impl Config {
             auth: AuthSettings {
                 data_dir: PathBuf::new(),
                 require_auth: self.require_auth,
+                login_ttl: self.login_ttl(),
             },
             moderation: ModerationSettings {
                 room_creation: match self.room_creation {
@@ -428,6 +440,13 @@ impl Config {
         };
         settings.set_data_dir(&self.data_dir);
         settings
+    }
+
+    fn login_ttl(&self) -> Duration {
+        Duration::try_from_secs_f64(self.login_ttl * 86_400.0)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(AuthSettings::default().login_ttl)
     }
 
     fn handshake_timeout(&self) -> Duration {
@@ -478,6 +497,9 @@ impl Config {
         }
         if self.max_line == 0 || self.max_handshake == 0 || self.max_pending == 0 {
             return Err(ConfigError::SizeLimits);
+        }
+        if !(self.login_ttl > 0.0 && self.login_ttl <= 36_500.0) {
+            return Err(ConfigError::LoginTtl);
         }
         Ok(())
     }
@@ -592,6 +614,10 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            action(&["machat", "user", "logout", "Mina"]),
+            UserAction::Logout { name } if name == "Mina"
+        ));
         let bad = ["machat", "user", "admin", "Mina", "yes"].map(OsString::from);
         assert!(Config::try_parse_from(bad).is_err());
     }
@@ -649,6 +675,9 @@ mod tests {
         assert_eq!(s.limits.max_queued_total, 0);
         assert_eq!(s.hub().max_queued_total, usize::MAX);
         assert_eq!(s.limits.handshake_timeout, Duration::from_millis(500));
+        let s = parse(&["machat", "--login-ttl", "0.5"]).settings();
+        assert_eq!(s.auth.login_ttl, Duration::from_secs(43_200));
+        assert!(parse(&["machat", "--login-ttl", "0"]).validate().is_err());
         let s = parse(&["machat", "--http", " 127.0.0.1:0 "]).settings();
         assert_eq!(s.web.http.as_deref(), Some("127.0.0.1:0"));
     }

@@ -61,6 +61,10 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
         UserAction::Remove { name } => match users::remove(url, replicas, name)? {
             true => {
                 eprintln!("machat: {name} is no longer registered in the cluster at {at}");
+                let revoked = machat::cluster::logins::revoke_name(url, replicas, name)?;
+                if revoked > 0 {
+                    eprintln!("machat: {revoked} login(s) of {name} revoked");
+                }
                 Ok(())
             }
             false => Err(format!("{name} is not registered in the cluster at {at}").into()),
@@ -75,6 +79,11 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
         },
         UserAction::List => {
             print_list(users::list(url, replicas)?);
+            Ok(())
+        }
+        UserAction::Logout { name } => {
+            let revoked = machat::cluster::logins::revoke_name(url, replicas, name)?;
+            eprintln!("machat: {revoked} login(s) of {name} revoked in the cluster at {at}");
             Ok(())
         }
     }
@@ -93,6 +102,10 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
         UserAction::Remove { name } => match machat::auth::remove_user(dir, name)? {
             true => {
                 eprintln!("machat: {name} is no longer registered");
+                let revoked = machat::logins::revoke_name(dir, name)?;
+                if revoked > 0 {
+                    eprintln!("machat: {revoked} login(s) of {name} revoked");
+                }
                 Ok(())
             }
             false => Err(format!("{name} is not registered").into()),
@@ -106,6 +119,11 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
         },
         UserAction::List => {
             print_list(machat::auth::list_users(dir)?);
+            Ok(())
+        }
+        UserAction::Logout { name } => {
+            let revoked = machat::logins::revoke_name(dir, name)?;
+            eprintln!("machat: {revoked} login(s) of {name} revoked");
             Ok(())
         }
     }
