@@ -1092,3 +1092,127 @@ fn joins_and_leaves_are_collapsed_and_can_be_hidden() {
     ann.wait_connected("Ann");
     ann.wait_js("still hidden after a reload", hidden, json!([]));
 }
+
+/// A registered name logs in on the page (issue 14): the password is traded for a token and
+/// never kept by the browser; the token logs the page back in after a reload; the owner of a
+/// room gets the operators' tools (issue 13) that a guest's page does not show; logging out
+/// revokes the token. A `--require-auth` server says on its form that it needs an account.
+#[test]
+fn a_registered_name_logs_in_and_gets_the_operators_tools() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir();
+    common::user_add(&dir, "Mina", "minapw");
+    let server = Server::start(&["--http", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+    let http = server.http.expect("the HTTP address");
+    let mut driver = Driver::start();
+    let mina = driver.browser();
+    mina.goto(&format!("http://{http}/?name=mina&room=lobby"));
+    mina.wait_js(
+        "the form",
+        "return document.getElementById('name').value === 'mina'",
+        json!([]),
+    );
+    mina.type_into("#password", "minapw");
+    mina.click("#join");
+    // Logged in under the registered spelling.
+    mina.wait_connected("Mina");
+    let kept = mina.js(
+        "return JSON.stringify(localStorage) + JSON.stringify(sessionStorage)",
+        json!([]),
+    );
+    let kept = kept.as_str().unwrap_or("").to_owned();
+    assert!(
+        !kept.contains("minapw"),
+        "the browser kept the password: {kept}"
+    );
+    assert!(kept.contains("machat.login"), "{kept}");
+
+    // Mina created the room: she owns it, and her page shows the tools.
+    let mut bob = server.connect("Bob", "lobby");
+    bob.send("spam spam\n");
+    bob.until("Bob:spam spam");
+    mina.wait_entry("message", "Bob", "spam spam");
+    mina.wait_js(
+        "the tools beside Bob",
+        "return document.querySelectorAll('#members li .tool').length === 3 \
+         && !document.getElementById('edit-topic').hidden",
+        json!([]),
+    );
+    // A guest's page in the same room shows none.
+    let guest = driver.browser();
+    guest.join(http, "Gus", "lobby");
+    guest.wait_entry("message", "Bob", "spam spam");
+    let tools = guest.js(
+        "return document.querySelectorAll('.tool').length + (document.getElementById('edit-topic').hidden ? 0 : 1)",
+        json!([]),
+    );
+    assert_eq!(tools, 0);
+
+    // Delete from the message's menu, the topic from the header, kick from the member list.
+    mina.js(
+        "Array.from(document.querySelectorAll('#log .entry.message')) \
+           .find(e => e.querySelector('.text').textContent === 'spam spam') \
+           .querySelector('.tool[data-act=delete]').click(); return true",
+        json!([]),
+    );
+    bob.until_prefix("*** Mina deleted message ");
+    guest.wait_js(
+        "the message gone for the guest too",
+        "return !Array.from(document.querySelectorAll('#log .entry.message .text')) \
+           .some(t => t.textContent === 'spam spam')",
+        json!([]),
+    );
+    mina.click("#edit-topic");
+    mina.type_into("#topic-input", &format!("launch day{}", &*ENTER));
+    bob.until("*** Mina set the topic: launch day");
+    guest.wait_js(
+        "the topic for the guest",
+        "return document.getElementById('topic').textContent === 'launch day'",
+        json!([]),
+    );
+    mina.click("#members li .tool[data-act=kick]");
+    bob.until("*** Mina kicked Bob");
+    assert!(bob.closed());
+
+    // A reload logs back in with the token alone.
+    mina.refresh();
+    mina.wait_connected("Mina");
+    // Logging out forgets the token and revokes it on the server.
+    let token = mina.js(
+        "return JSON.parse(localStorage.getItem('machat.login')).token",
+        json!([]),
+    );
+    let token = token.as_str().expect("a token").to_owned();
+    mina.click("#logout");
+    mina.wait_js(
+        "the login form, no token kept",
+        "return !document.getElementById('login').hidden && localStorage.getItem('machat.login') === null",
+        json!([]),
+    );
+    let status = mina.wait_js(
+        "the token refused by the server",
+        "return fetch('api/me', {headers: {Authorization: 'Bearer ' + arguments[0]}}) \
+           .then(r => r.status === 401 ? 401 : null)",
+        json!([token]),
+    );
+    assert_eq!(status, 401);
+    drop(mina);
+    drop(guest);
+
+    // A server for registered names only says so on its form.
+    let strict = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--require-auth",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let page = driver.browser();
+    page.goto(&format!("http://{}/", strict.http.unwrap()));
+    page.wait_js(
+        "the form says this server needs an account",
+        "return !document.getElementById('needs-account').hidden",
+        json!([]),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,17 @@ fn the_page_is_served_with_a_strict_policy() {
     let (status, v) = get_json(http, "/no/such/page");
     assert_eq!(status, 404);
     assert_eq!(v["error"], "not found");
+    // What the page needs to know before its form: does this server need an account?
+    assert_eq!(
+        get_json(http, "/api/info"),
+        (200, serde_json::json!({"require_auth": false}))
+    );
+    let strict = web_server(&["--require-auth"]);
+    let (status, v) = get_json(strict.http.unwrap(), "/api/info");
+    assert_eq!(
+        (status, v),
+        (200, serde_json::json!({"require_auth": true}))
+    );
 }
 
 #[test]

@@ -50,6 +50,14 @@ pub(super) async fn healthz(State(state): State<Arc<WebState>>) -> Response {
     axum::Json(json!({ "status": status, "history": history })).into_response()
 }
 
+/// `GET /api/info`: what the page must know before its form is filled: whether only
+/// registered names may join (`--require-auth`), so it can say the server needs an account.
+/// Nothing a handshake would not tell anyone anyway.
+pub(super) async fn info(State(state): State<Arc<WebState>>) -> Response {
+    let require_auth = state.ctx.hub.users.required();
+    axum::Json(json!({ "require_auth": require_auth })).into_response()
+}
+
 #[derive(Deserialize)]
 pub(super) struct RoomsQuery {
     limit: Option<usize>,

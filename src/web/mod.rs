@@ -330,6 +330,7 @@ fn router(
         .route("/icon.svg", get(icon_svg))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
+        .route("/api/info", get(api::info))
         .route("/api/rooms", get(api::rooms))
         .route("/api/rooms/{room}/messages", get(api::messages))
         .merge(login::routes());

@@ -18,8 +18,12 @@
     loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
     memberCount: $("member-count"), composer: $("composer"), input: $("input"),
     status: $("status"), where: $("where"), leave: $("leave"), topic: $("topic"),
-    quiet: $("quiet"),
+    quiet: $("quiet"), editTopic: $("edit-topic"), password: $("password"), account: $("account"),
+    accountName: $("account-name"), logout: $("logout"), needsAccount: $("needs-account"),
   };
+  // A registered name's login: the token the server gave for its password, never the password
+  // itself ({name, token, expires}), kept by the browser until it expires or we log out.
+  const LOGIN_KEY = "machat.login";
   const QUIET_KEY = "machat.quiet";
 
   // Moderation events (docs/PROTOCOL.md section 18), as the room's text lines say them.
@@ -67,6 +71,9 @@
   let resuming = false; // the handshake asked for "since"
   let lastSent = ""; // given back to the message box if the server refuses it as too long
   let quietWho = 0; // /who replies we asked for ourselves (to fill the member list)
+  let quietHelp = 0; // /help replies we asked for ourselves (to learn what we may do here)
+  // What our rank in this room lets us do, as /help tells (an operator may kick).
+  let powers = { op: false };
   // The new messages of a replay we asked for ourselves (on joining, after a /join), shown at
   // its end under a header that counts them: none new, no header.
   let replayed = [];
@@ -301,6 +308,9 @@
     e.appendChild(body);
     if ((ev.type === "message" || ev.type === "action") && typeof ev.id === "number") {
       e.dataset.msg = ev.room + "\n" + ev.id; // found again when it is deleted
+      if (ev.name === session.name || powers.op) {
+        e.appendChild(tool("delete", "Delete this message", "/delete " + ev.id));
+      }
     }
     if (ev.replay) e.classList.add("replay");
     if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
@@ -399,6 +409,22 @@
     show({ type: cls || "notice", text: text, localTs: new Date().toISOString() });
   }
 
+  // An operator's tool: a button whose label comes from the style sheet (so a member's entry
+  // reads as its name alone), named for screen readers.
+  function tool(act, label, command) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "tool";
+    b.dataset.act = act;
+    b.title = label;
+    b.setAttribute("aria-label", label);
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      send(command);
+    });
+    return b;
+  }
+
   function drawMembers() {
     el.members.replaceChildren();
     const names = Array.from(members).sort();
@@ -406,10 +432,42 @@
       const li = document.createElement("li");
       li.appendChild(nameSpan(n));
       if (n === session.name) li.classList.add("me");
+      else if (powers.op) {
+        li.append(tool("kick", "Kick " + n, "/kick " + n),
+          tool("mute", "Mute " + n + " for 10 minutes", "/mute " + n + " 10m"),
+          tool("ban", "Ban " + n, "/ban " + n));
+      }
       el.members.appendChild(li);
     }
     el.memberCount.textContent = "(" + names.length + ")";
+    el.editTopic.hidden = !powers.op;
   }
+
+  // Asks the server what we may do in this room (quietly: the answer is not shown).
+  function askPowers() {
+    if (send("/help")) quietHelp++;
+  }
+
+  el.editTopic.addEventListener("click", () => {
+    const input = document.createElement("input");
+    input.id = "topic-input";
+    input.value = el.topic.textContent;
+    input.maxLength = 500;
+    input.setAttribute("aria-label", "New topic (empty clears it)");
+    el.editTopic.hidden = true;
+    el.topic.replaceWith(input);
+    input.focus();
+    const done = (sendIt) => {
+      if (sendIt) send("/topic " + (input.value.trim() || "-"));
+      input.replaceWith(el.topic);
+      el.editTopic.hidden = !powers.op;
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); done(true); }
+      if (e.key === "Escape") { e.preventDefault(); done(false); }
+    });
+    input.addEventListener("blur", () => { if (input.isConnected) done(false); });
+  });
 
   function setStatus(state, text) {
     el.status.dataset.state = state;
@@ -439,12 +497,15 @@
     joined = false;
     inReplay = null;
     quietWho = 0;
+    quietHelp = 0;
     enterHistory = 0;
     resuming = false;
     const sock = new WebSocket(wsUrl());
     ws = sock;
     sock.onopen = () => {
       const hs = { name: session.name, room: session.room };
+      const login = currentLogin();
+      if (login && login.name === session.name) hs.token = login.token;
       const last = session.lastIds[session.room];
       // A resume asks for everything after the last id seen; a first visit for recent history.
       resuming = typeof last === "number";
@@ -480,6 +541,12 @@
     if (ev.type === "error" && /^history is off/.test(ev.reason) && (!joined || enterHistory > 0)) {
       if (joined) enterHistory--;
       return; // we asked for history on our own; without it the chat works all the same
+    }
+    if (ev.type === "error" && !joined && ev.reason === "authentication failed" && currentLogin()) {
+      // Our token was revoked or has expired: log in again.
+      forgetLogin();
+      stop("your login has ended: log in again");
+      return;
     }
     if (ev.type === "error" && !joined) {
       // A refused handshake: the server closes right after. A taken name on an automatic
@@ -552,6 +619,7 @@
           drawMembers();
         }
         if (ev.name === session.name && send("/who")) quietWho++;
+        if (ev.name === session.name) askPowers();
         show(ev);
         return;
       case "leave":
@@ -572,6 +640,19 @@
           rememberLast();
         }
         drawMembers();
+        show(ev);
+        return;
+      case "help":
+        if (quietHelp > 0) {
+          quietHelp--;
+          const op = ev.commands.some((c) => c.startsWith("/kick"));
+          if (op !== powers.op) {
+            powers.op = op;
+            drawMembers();
+            redraw();
+          }
+          return;
+        }
         show(ev);
         return;
       case "who":
@@ -613,6 +694,8 @@
       saveSoon();
     }
     if (ev.type === "topic" && ev.room === session.room) showTopic(ev.text);
+    // A role given or taken from us changes what we may do: ask again.
+    if ((ev.type === "op" || ev.type === "deop") && ev.target === session.name) askPowers();
     show(ev);
     if ((ev.type === "kick" || ev.type === "ban") && ev.target === session.name &&
         ev.room === session.room) {
@@ -690,6 +773,7 @@
     }
     session.active = true;
     session.auto = !!resume;
+    powers = { op: false };
     if (!Array.isArray(session.entries)) session.entries = [];
     if (!session.lastIds || typeof session.lastIds !== "object") session.lastIds = {};
     members.clear();
@@ -708,13 +792,86 @@
 
   // ---------- user input ----------
 
-  el.loginForm.addEventListener("submit", (e) => {
+  // ---------- logging in ----------
+
+  function currentLogin() {
+    const l = load(localStorage, LOGIN_KEY);
+    if (!l || typeof l.token !== "string" || typeof l.name !== "string") return null;
+    if (l.expires && Date.parse(l.expires) <= Date.now()) return null;
+    return l;
+  }
+
+  function forgetLogin() {
+    try { localStorage.removeItem(LOGIN_KEY); } catch (e) { /* disabled */ }
+    showAccount();
+  }
+
+  function showAccount() {
+    const l = currentLogin();
+    el.account.hidden = !l;
+    el.logout.hidden = !l;
+    el.accountName.textContent = l ? "Logged in as " + l.name + "." : "";
+    if (l && !el.name.value) el.name.value = l.name;
+  }
+
+  // Trades a password for a token (POST /api/login); the password field is emptied at once.
+  async function logIn(name, password) {
+    el.password.value = "";
+    let r;
+    try {
+      r = await fetch("api/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: name, password: password }),
+        cache: "no-store",
+      });
+    } catch (e) {
+      return "cannot reach the server";
+    }
+    let body = {};
+    try { body = await r.json(); } catch (e) { body = {}; }
+    if (!r.ok || typeof body.token !== "string") return body.error || "authentication failed";
+    save(localStorage, LOGIN_KEY, { name: body.name, token: body.token, expires: body.expires });
+    showAccount();
+    return null;
+  }
+
+  el.logout.addEventListener("click", async () => {
+    const l = currentLogin();
+    forgetLogin();
+    if (session && session.active) stop(null);
+    if (l) {
+      try {
+        await fetch("api/logout", { method: "POST", headers: { Authorization: "Bearer " + l.token } });
+      } catch (e) { /* the token is forgotten here either way */ }
+    }
+  });
+
+  el.loginForm.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const name = el.name.value.trim();
+    let name = el.name.value.trim();
     const room = el.room.value.trim();
+    const password = el.password.value;
     if (!name || !room) return;
+    if (password) {
+      el.loginError.textContent = "";
+      const refused = await logIn(name, password);
+      if (refused) {
+        el.loginError.textContent = refused;
+        return;
+      }
+      name = currentLogin().name; // the registered spelling
+      el.name.value = name;
+    }
     start(name, room, false);
   });
+
+  // Whether this server admits registered names only (it then says so on the form).
+  fetch("api/info", { cache: "no-store" })
+    .then((r) => (r.ok ? r.json() : {}))
+    .then((info) => { el.needsAccount.hidden = !(info && info.require_auth === true); })
+    .catch(() => {});
+  showAccount();
 
   el.composer.addEventListener("submit", (e) => {
     e.preventDefault();
