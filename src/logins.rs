@@ -39,7 +39,7 @@ pub const FILE: &str = "logins.db";
 /// Most live tokens of one name; a new one beyond it replaces the oldest.
 pub const MAX_PER_NAME: usize = 100;
 /// How long a token lasts by default (`--login-ttl`).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 86_400);
+pub use crate::settings::DEFAULT_LOGIN_TTL as DEFAULT_TTL;
 /// Random bytes in a token.
 const TOKEN_BYTES: usize = 32;
 
@@ -105,10 +105,22 @@ pub enum LoginsError {
     Gone,
 }
 
+/// An answer of a [`SharedLogins`] store, on its way.
+pub type Answer<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, LoginsError>> + Send + 'a>>;
+
+/// Tokens kept where every node of a cluster finds them (`crate::cluster::logins`): a seam, so
+/// that this module (which `auth` uses) does not depend on the cluster (which uses `auth`).
+pub trait SharedLogins: Send + Sync {
+    fn issue(&self, hash: String, issued: Issued, now: u64) -> Answer<'_, ()>;
+    fn find(&self, hash: String) -> Answer<'_, Option<Issued>>;
+    fn revoke(&self, hash: String) -> Answer<'_, ()>;
+}
+
 /// Where tokens are kept.
 pub enum Keeper {
     Sqlite(SqliteLogins),
-    Cluster(Box<crate::cluster::logins::ClusterLogins>),
+    Cluster(Box<dyn SharedLogins>),
 }
 
 /// The server's tokens: where they are kept, and how long a new one lasts.
@@ -133,7 +145,7 @@ impl Logins {
     /// Issues a token to `name` (its registered spelling), stored before it is returned.
     pub async fn issue(&self, name: &str) -> Result<NewLogin, LoginsError> {
         let (token, hash) = new_token().ok_or(LoginsError::Gone)?;
-        let now = crate::moderation::policy::now_ms();
+        let now = crate::protocol::Timestamp::now().0;
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let issued = Issued {
             name: name.to_owned(),
@@ -153,7 +165,7 @@ impl Logins {
     /// The live (unexpired, unrevoked) token `token`, if it is one.
     pub async fn find(&self, token: &str) -> Result<Option<Issued>, LoginsError> {
         let hash = hash_of(token);
-        let now = crate::moderation::policy::now_ms();
+        let now = crate::protocol::Timestamp::now().0;
         let found = match &self.keeper {
             Keeper::Sqlite(s) => s.find(hash).await?,
             Keeper::Cluster(c) => c.find(hash).await?,

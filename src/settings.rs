@@ -217,6 +217,9 @@ impl Default for Limits {
 /// The directory of the history and the registered names unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "machat-data";
 
+/// How long a session token from `POST /api/login` lasts (`--login-ttl`, 30 days).
+pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 impl Default for Retention {
     fn default() -> Self {
         Retention {
@@ -244,7 +247,7 @@ impl Default for AuthSettings {
         AuthSettings {
             data_dir: DEFAULT_DATA_DIR.into(),
             require_auth: false,
-            login_ttl: crate::logins::DEFAULT_TTL,
+            login_ttl: DEFAULT_LOGIN_TTL,
         }
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{open_bucket, ClusterError};
-use crate::logins::{same_name, Issued, LoginsError, MAX_PER_NAME};
+use crate::logins::{same_name, Answer, Issued, LoginsError, SharedLogins, MAX_PER_NAME};
 
 /// The bucket of session tokens.
 pub const LOGINS: &str = "machat-logins";
@@ -54,12 +54,7 @@ impl ClusterLogins {
             .map_err(|_| LoginsError::Gone)?
     }
 
-    pub(crate) async fn issue(
-        &self,
-        hash: String,
-        issued: Issued,
-        now: u64,
-    ) -> Result<(), LoginsError> {
+    async fn issue(&self, hash: String, issued: Issued, now: u64) -> Result<(), LoginsError> {
         self.run(move |kv| async move {
             let value = serde_json::to_vec(&issued).map_err(failed)?;
             kv.put(&hash, Bytes::from(value)).await.map_err(failed)?;
@@ -82,7 +77,7 @@ impl ClusterLogins {
         .await
     }
 
-    pub(crate) async fn find(&self, hash: String) -> Result<Option<Issued>, LoginsError> {
+    async fn find(&self, hash: String) -> Result<Option<Issued>, LoginsError> {
         self.run(move |kv| async move {
             let value = kv.get(&hash).await.map_err(failed)?;
             Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
@@ -90,7 +85,7 @@ impl ClusterLogins {
         .await
     }
 
-    pub(crate) async fn revoke(&self, hash: String) -> Result<(), LoginsError> {
+    async fn revoke(&self, hash: String) -> Result<(), LoginsError> {
         self.run(move |kv| async move {
             if kv.get(&hash).await.map_err(failed)?.is_some() {
                 kv.purge(&hash).await.map_err(failed)?;
@@ -98,6 +93,20 @@ impl ClusterLogins {
             Ok(())
         })
         .await
+    }
+}
+
+impl SharedLogins for ClusterLogins {
+    fn issue(&self, hash: String, issued: Issued, now: u64) -> Answer<'_, ()> {
+        Box::pin(ClusterLogins::issue(self, hash, issued, now))
+    }
+
+    fn find(&self, hash: String) -> Answer<'_, Option<Issued>> {
+        Box::pin(ClusterLogins::find(self, hash))
+    }
+
+    fn revoke(&self, hash: String) -> Answer<'_, ()> {
+        Box::pin(ClusterLogins::revoke(self, hash))
     }
 }
 
