@@ -1042,6 +1042,17 @@ fn links_code_mentions_and_days_are_shown_safely() {
         json!([]),
     );
     assert_eq!(shown, true);
+    // The member list waits behind a button there.
+    let aside = "return getComputedStyle(document.getElementById('member-list')).display";
+    assert_eq!(ann.js(aside, json!([])), "none");
+    ann.click("#members-toggle");
+    assert_eq!(ann.js(aside, json!([])), "block");
+    let label = ann.js(
+        "const b = document.getElementById('members-toggle'); \
+         return b.textContent + ' ' + b.getAttribute('aria-expanded')",
+        json!([]),
+    );
+    assert_eq!(label, "Members (2) true");
     // It can be added to a home screen: a manifest and its icon, allowed by the page's policy.
     let icon = ann.js(
         "return fetch(document.querySelector('link[rel=manifest]').href)          .then(r => r.json()).then(m => fetch(m.icons[0].src))          .then(r => r.ok && r.headers.get('content-type'))",

@@ -18,7 +18,7 @@
     loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
     memberCount: $("member-count"), composer: $("composer"), input: $("input"),
     status: $("status"), where: $("where"), leave: $("leave"), topic: $("topic"),
-    quiet: $("quiet"), editTopic: $("edit-topic"), password: $("password"), account: $("account"),
+    quiet: $("quiet"), membersToggle: $("members-toggle"), editTopic: $("edit-topic"), password: $("password"), account: $("account"),
     accountName: $("account-name"), logout: $("logout"), needsAccount: $("needs-account"),
   };
   // A registered name's login: the token the server gave for its password, never the password
@@ -440,6 +440,7 @@
       el.members.appendChild(li);
     }
     el.memberCount.textContent = "(" + names.length + ")";
+    el.membersToggle.textContent = "Members (" + names.length + ")";
     el.editTopic.hidden = !powers.op;
   }
 
@@ -746,6 +747,10 @@
     save(localStorage, QUIET_KEY, on);
   }
   el.quiet.addEventListener("click", () => setQuiet(!el.log.classList.contains("quiet")));
+  el.membersToggle.addEventListener("click", () => {
+    const open = el.chat.classList.toggle("show-members");
+    el.membersToggle.setAttribute("aria-expanded", String(open));
+  });
   setQuiet(load(localStorage, QUIET_KEY) === true);
 
   function showLogin(on) {
@@ -753,6 +758,7 @@
     el.chat.hidden = on;
     el.leave.hidden = on;
     el.quiet.hidden = on;
+    el.membersToggle.hidden = on;
     if (on) el.name.focus(); else el.input.focus();
   }
 
