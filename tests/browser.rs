@@ -1053,6 +1053,12 @@ fn links_code_mentions_and_days_are_shown_safely() {
         json!([]),
     );
     assert_eq!(label, "Members (2) true");
+    // A picture at phone size, beside the desktop one of `two_pages_and_a_tcp_client_chat`.
+    let png = ann.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = target_dir().join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("phone.png"), &png).unwrap();
     // It can be added to a home screen: a manifest and its icon, allowed by the page's policy.
     let icon = ann.js(
         "return fetch(document.querySelector('link[rel=manifest]').href)          .then(r => r.json()).then(m => fetch(m.icons[0].src))          .then(r => r.ok && r.headers.get('content-type'))",
