@@ -270,27 +270,7 @@ impl Moderator {
             }
             Command::Unban(target) => {
                 self.need(rn, Rank::Op, "unban")?;
-                let record = policy.record(rn).unwrap_or_default();
-                let now = now_ms();
-                if !record
-                    .bans
-                    .iter()
-                    .any(|b| b.active(now) && b.target.same(&target))
-                {
-                    return Err(Refusal::NotListed {
-                        target: target.shown(),
-                        what: "banned",
-                        room: rn.into(),
-                    });
-                }
-                let entry = self.entry(rn, ActKind::Unban, Some(target.shown()), "", None);
-                let lifted = target.clone();
-                policy.change(
-                    rn,
-                    logged(entry, move |r| {
-                        lift(&mut r.bans, &lifted, now_ms());
-                    }),
-                );
+                self.lift_ban(rn, rn, &target, rn)?;
                 let name = match &target {
                     Target::Name(n) => Some(n.as_str()),
                     Target::Net(_) => None,
@@ -327,27 +307,7 @@ impl Moderator {
             }
             Command::Unsban(target) => {
                 self.need(rn, Rank::Admin, "unsban")?;
-                let record = policy.record(SERVER).unwrap_or_default();
-                let now = now_ms();
-                if !record
-                    .bans
-                    .iter()
-                    .any(|b| b.active(now) && b.target.same(&target))
-                {
-                    return Err(Refusal::NotListed {
-                        target: target.shown(),
-                        what: "banned",
-                        room: "the server".into(),
-                    });
-                }
-                let entry = self.entry(rn, ActKind::Unban, Some(target.shown()), "", None);
-                let lifted = target.clone();
-                policy.change(
-                    SERVER,
-                    logged(entry, move |r| {
-                        lift(&mut r.bans, &lifted, now_ms());
-                    }),
-                );
+                self.lift_ban(rn, SERVER, &target, "the server")?;
                 Ok(vec![format!("unbanned {} from the server", target.shown())])
             }
             Command::Bans => {
@@ -476,6 +436,31 @@ impl Moderator {
             }
             Command::Delete(_) => Ok(none()),
         }
+    }
+
+    /// Lifts the ban on `target` in `scope`'s record (a room's, or [`SERVER`]), and logs it;
+    /// refused if none is in force (`place` names the scope in the refusal).
+    fn lift_ban(&self, rn: &str, scope: &str, target: &Target, place: &str) -> Result<(), Refusal> {
+        let policy = &self.hub.policy;
+        let record = policy.record(scope).unwrap_or_default();
+        let now = now_ms();
+        let banned = |b: &Ban| b.active(now) && b.target.same(target);
+        if !record.bans.iter().any(banned) {
+            return Err(Refusal::NotListed {
+                target: target.shown(),
+                what: "banned",
+                room: place.into(),
+            });
+        }
+        let entry = self.entry(rn, ActKind::Unban, Some(target.shown()), "", None);
+        let lifted = target.clone();
+        policy.change(
+            scope,
+            logged(entry, move |r| {
+                lift(&mut r.bans, &lifted, now_ms());
+            }),
+        );
+        Ok(())
     }
 
     fn ban_of(&self, target: Target, reason: &str, until: Option<u64>) -> Ban {
