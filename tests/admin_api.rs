@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::ws::read_response;
-use common::{temp_dir, user_add, Client, Server, TIMEOUT};
+use common::ws::http_call as call;
+use common::{temp_dir, user_add, Client, Server};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "adm1n-T0ken_for.tests";
@@ -42,37 +42,6 @@ fn start(dir: &Path) -> Server {
         "--admin-token-file",
         file.to_str().unwrap(),
     ])
-}
-
-/// An HTTP request from `from` (a loopback address), with `auth` as the Authorization header
-/// (none if empty) and `body` as a JSON body: (status, head, body).
-fn call(
-    http: SocketAddr,
-    from: [u8; 4],
-    method: &str,
-    path: &str,
-    auth: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let mut c = Client::raw_from(http, IpAddr::from(from));
-    c.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let auth = if auth.is_empty() {
-        String::new()
-    } else {
-        format!("Authorization: {auth}\r\n")
-    };
-    let body_head = if body.is_empty() && method == "GET" {
-        String::new()
-    } else {
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-    };
-    c.send(&format!(
-        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{auth}{body_head}\r\n{body}"
-    ));
-    read_response(&mut c.stream)
 }
 
 fn bearer() -> String {

@@ -9,40 +9,28 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::ws::{self, json_line, read_response};
-use common::{machat_user, temp_dir, user_add, Client, Nats, Server, TIMEOUT};
+use common::ws::{self, json_line};
+use common::{machat_user, temp_dir, user_add, Client, Nats, Server};
 use serde_json::{json, Value};
 
 const HERE: [u8; 4] = [127, 0, 0, 1];
 
-/// An HTTP request from `from` (a loopback address): (status, head, body).
+/// An HTTP request from `from` (a loopback address), with `token` as a bearer token (none if
+/// empty): (status, head, body).
 fn call(
     http: SocketAddr,
     from: [u8; 4],
     method: &str,
     path: &str,
-    auth: &str,
+    token: &str,
     body: &str,
 ) -> (u16, String, String) {
-    let mut c = Client::raw_from(http, IpAddr::from(from));
-    c.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let auth = if auth.is_empty() {
+    let auth = if token.is_empty() {
         String::new()
     } else {
-        format!("Authorization: Bearer {auth}\r\n")
+        format!("Bearer {token}")
     };
-    let body_head = if method == "GET" {
-        String::new()
-    } else {
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        )
-    };
-    c.send(&format!(
-        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{auth}{body_head}\r\n{body}"
-    ));
-    read_response(&mut c.stream)
+    common::ws::http_call(http, from, method, path, &auth, body)
 }
 
 fn parse(body: &str) -> Value {

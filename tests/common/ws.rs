@@ -230,3 +230,34 @@ pub fn json_client(server: &impl Endpoint, name: &str, room: &str) -> Client {
 pub fn json_line(c: &mut Client) -> Value {
     serde_json::from_str(&c.line()).expect("a JSON line")
 }
+
+/// An HTTP request from `from` (a loopback address), with `auth` as the Authorization header
+/// (none if empty) and `body` as a JSON body: (status, head, body).
+pub fn http_call(
+    http: SocketAddr,
+    from: [u8; 4],
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut c = Client::raw_from(http, std::net::IpAddr::from(from));
+    c.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: {auth}\r\n")
+    };
+    let body_head = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    c.send(&format!(
+        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n{auth}{body_head}\r\n{body}"
+    ));
+    read_response(&mut c.stream)
+}
