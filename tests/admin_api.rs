@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::ws::http_call as call;
-use common::{temp_dir, user_add, Client, Server};
+use common::{Client, Server};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "adm1n-T0ken_for.tests";
@@ -16,13 +16,7 @@ const HERE: [u8; 4] = [127, 0, 0, 1];
 
 /// A data dir with `Mina`, `Ann` and `Root` (a server admin), and the admin token's file.
 fn people() -> PathBuf {
-    let dir = temp_dir();
-    user_add(&dir, "Mina", "minapw");
-    user_add(&dir, "Ann", "annpw");
-    let d = dir.to_str().unwrap();
-    let (code, _, err) =
-        common::machat_user(&["add", "Root", "--admin", "--data-dir", d], "rootpw\n");
-    assert_eq!(code, Some(0), "{err}");
+    let dir = common::people();
     std::fs::write(token_file(&dir), format!("{TOKEN}\n")).unwrap();
     dir
 }

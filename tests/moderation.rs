@@ -3,22 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{temp_dir, user_add, Client, Server, TIMEOUT};
-
-/// A data dir with `Mina` (the test rooms' owner), `Ann` and `Root` (a server admin).
-fn people() -> PathBuf {
-    let dir = temp_dir();
-    user_add(&dir, "Mina", "minapw");
-    user_add(&dir, "Ann", "annpw");
-    let d = dir.to_str().unwrap();
-    let (code, _, err) =
-        common::machat_user(&["add", "Root", "--admin", "--data-dir", d], "rootpw\n");
-    assert_eq!(code, Some(0), "{err}");
-    dir
-}
+use common::{people, Client, Server, TIMEOUT};
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--data-dir", dir.to_str().unwrap()];

@@ -196,27 +196,9 @@ impl Session {
             verb => match crate::moderation::command::parse(verb, args) {
                 Some(Ok(command)) => {
                     let format = self.format;
-                    let to = room.clone();
-                    self.moderate(
-                        room.name(),
-                        command,
-                        Box::new(move |answer| {
-                            let mut bytes = Vec::new();
-                            match answer {
-                                Ok(lines) => {
-                                    for line in &lines {
-                                        Reply::Notice(line).render(format, &mut bytes);
-                                    }
-                                }
-                                Err(refusal) => {
-                                    Reply::Error(&refusal.to_string()).render(format, &mut bytes)
-                                }
-                            }
-                            if !bytes.is_empty() {
-                                let _ = to.send_to(seat, bytes);
-                            }
-                        }),
-                    );
+                    let render =
+                        move |reply: &Reply<'_>, out: &mut Vec<u8>| reply.render(format, out);
+                    self.moderate(&room, seat, command, render, None);
                 }
                 Some(Err(refusal)) => return self.error(refusal),
                 None => {

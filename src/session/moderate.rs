@@ -1,10 +1,14 @@
 //! A session's moderation commands: handed to the [`Moderator`] as this connection, which
 //! checks its rank in the room and carries them out.
 
+use std::sync::Arc;
+
 use crate::moderation::command::Command;
 use crate::moderation::Who;
 use crate::moderator::{Answer, Moderator, Via};
-use crate::protocol::Format;
+use crate::protocol::{Format, Reply};
+use crate::request::{render_ok, ReqId};
+use crate::room::{Room, Seat};
 
 use super::Session;
 
@@ -42,8 +46,37 @@ impl Session {
         )
     }
 
-    /// Carries out `cmd` in `room`; the answer goes to `answer`.
-    pub(super) fn moderate(&self, room: &str, cmd: Command, answer: Answer) {
-        self.moderator().run(room, cmd, answer);
+    /// Carries out `cmd` in `room`, where the session sits at `seat`. Its answer goes into
+    /// the room's stream for this seat, after what the room sent before: lines for the caller
+    /// as notices, or the refusal, each rendered by `render` (a version-1 client's format, or a
+    /// version-2 answer with its `req`), then `ok` for a version-2 request with a `req`.
+    pub(super) fn moderate(
+        &self,
+        room: &Arc<Room>,
+        seat: Seat,
+        cmd: Command,
+        render: impl Fn(&Reply<'_>, &mut Vec<u8>) + Send + 'static,
+        ok: Option<ReqId>,
+    ) {
+        let to = room.clone();
+        let answer: Answer = Box::new(move |answer| {
+            let mut bytes = Vec::new();
+            match answer {
+                Ok(lines) => {
+                    for line in &lines {
+                        render(&Reply::Notice(line), &mut bytes);
+                    }
+                    if let Some(req) = &ok {
+                        render_ok(req, None, &mut bytes);
+                    }
+                }
+                Err(refusal) => render(&Reply::Error(&refusal.to_string()), &mut bytes),
+            }
+            if !bytes.is_empty() {
+                // Gone meanwhile: nobody to tell.
+                let _ = to.send_to(seat, bytes);
+            }
+        });
+        self.moderator().run(room.name(), cmd, answer);
     }
 }

@@ -181,32 +181,11 @@ impl Session {
                         return self.refuse(req, &Refusal::UnknownCommand(shown), out);
                     }
                 };
-                let (to, req) = (room.clone(), req.cloned());
-                self.moderate(
-                    room.name(),
-                    command,
-                    Box::new(move |answer| {
-                        let mut bytes = Vec::new();
-                        match answer {
-                            Ok(lines) => {
-                                for line in &lines {
-                                    render_reply(&Reply::Notice(line), req.as_ref(), &mut bytes);
-                                }
-                                if let Some(req) = &req {
-                                    render_ok(req, None, &mut bytes);
-                                }
-                            }
-                            Err(refusal) => render_reply(
-                                &Reply::Error(&refusal.to_string()),
-                                req.as_ref(),
-                                &mut bytes,
-                            ),
-                        }
-                        if !bytes.is_empty() {
-                            let _ = to.send_to(seat, bytes);
-                        }
-                    }),
-                );
+                let (ok, req) = (req.cloned(), req.cloned());
+                let render = move |reply: &Reply<'_>, out: &mut Vec<u8>| {
+                    render_reply(reply, req.as_ref(), out)
+                };
+                self.moderate(&room, seat, command, render, ok);
                 Ok(())
             }
             Kind::Join { .. } | Kind::Rooms | Kind::Nick { .. } | Kind::Quit => Ok(()),

@@ -256,7 +256,11 @@ pub struct Client {
 
 impl Client {
     pub fn raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        Client::on(TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect"))
+    }
+
+    /// A client on a connected stream: short reads (each wait bounds itself), Nagle off.
+    fn on(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -287,16 +291,7 @@ impl Client {
         });
         let stream = stream.into_std().unwrap();
         stream.set_nonblocking(false).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-            start: 0,
-        }
+        Client::on(stream)
     }
 
     pub fn send(&mut self, s: &str) {
@@ -443,6 +438,18 @@ pub fn machat_user(args: &[&str], input: &str) -> (Option<i32>, String, String) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A data dir with `Mina` and `Ann` registered (passwords `minapw`, `annpw`) and `Root`, a
+/// server admin (`rootpw`): the people of the moderation tests.
+pub fn people() -> PathBuf {
+    let dir = temp_dir();
+    user_add(&dir, "Mina", "minapw");
+    user_add(&dir, "Ann", "annpw");
+    let d = dir.to_string_lossy();
+    let (code, _, err) = machat_user(&["add", "Root", "--admin", "--data-dir", &d], "rootpw\n");
+    assert_eq!(code, Some(0), "{err}");
+    dir
 }
 
 /// Registers `name` with `password` in `dir` (`machat user add`, the password on stdin).
