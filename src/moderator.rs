@@ -178,30 +178,13 @@ impl Moderator {
     /// Carries out `cmd` in `room`. The actor's answer (lines for it alone, or why not) goes
     /// to `answer`, at once or, for a delete, once the store has answered.
     pub fn run(&self, room: &str, cmd: Command, answer: Answer) {
-        match self.carry_out(room, cmd, answer) {
-            Ok(None) => {}
-            Ok(Some((answer, lines))) => answer(Ok(lines)),
-            Err((answer, refusal)) => answer(Err(refusal)),
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn carry_out(
-        &self,
-        room: &str,
-        cmd: Command,
-        answer: Answer,
-    ) -> Result<Option<(Answer, Vec<String>)>, (Answer, Refusal)> {
         if let Command::Delete(id) = cmd {
-            return match self.delete(room, id, answer) {
-                Ok(()) => Ok(None),
-                Err((answer, refusal)) => Err((answer, refusal)),
-            };
+            if let Err((answer, refusal)) = self.delete(room, id, answer) {
+                answer(Err(refusal));
+            }
+            return;
         }
-        match self.command_lines(room, cmd) {
-            Ok(lines) => Ok(Some((answer, lines))),
-            Err(refusal) => Err((answer, refusal)),
-        }
+        answer(self.command_lines(room, cmd));
     }
 
     fn command_lines(&self, rn: &str, cmd: Command) -> Result<Vec<String>, Refusal> {
