@@ -370,10 +370,12 @@ impl Policy {
         if !record.guards_speech() {
             return Ok(());
         }
-        if who.person && (who.admin || record.role(who.name) >= Rank::Op) {
+        if who.person && who.admin {
             return Ok(());
         }
-        if record.muted(&name_key(who.name), now_ms()).is_some() {
+        // A mute holds whatever the rank: only a higher rank can have made it (an owner
+        // muting an operator), and an admin is never muted.
+        if !record.mutes.is_empty() && record.muted(&name_key(who.name), now_ms()).is_some() {
             return Err(Refusal::Muted(room.into()));
         }
         if record.moderated && !(who.person && record.role(who.name) >= Rank::Voiced) {
@@ -517,6 +519,48 @@ mod tests {
             }),
         );
         assert!(p.speech("dev", &bob).is_ok());
+    }
+
+    #[test]
+    fn a_mute_holds_for_an_operator_and_moderated_lets_operators_speak() {
+        let p = Policy::open_to_all();
+        p.change(
+            "dev",
+            edit(|r| {
+                r.owner = Some("Mina".into());
+                r.ops.push("Ann".into());
+                r.moderated = true;
+            }),
+        );
+        assert!(p.speech("dev", &who("Ann", true)).is_ok());
+        assert_eq!(
+            p.speech("dev", &who("Bob", false)),
+            Err(Refusal::Moderated("dev".into()))
+        );
+        p.change(
+            "dev",
+            edit(|r| {
+                put_ban(
+                    &mut r.mutes,
+                    Ban {
+                        target: Target::Name("Ann".into()),
+                        by: "Mina".into(),
+                        reason: String::new(),
+                        at: 0,
+                        until: None,
+                    },
+                )
+            }),
+        );
+        assert_eq!(
+            p.speech("dev", &who("Ann", true)),
+            Err(Refusal::Muted("dev".into()))
+        );
+        let admin = Who {
+            admin: true,
+            ..who("Ann", true)
+        };
+        assert!(p.speech("dev", &admin).is_ok());
     }
 
     #[test]
