@@ -67,16 +67,8 @@ fn refused(status: u16, reason: &str) -> (u16, Value) {
 /// A text client logged in as a registered name (or a guest when `password` is empty), from
 /// 127.0.0.1 or another loopback address.
 fn text_from(server: &Server, from: [u8; 4], name: &str, password: &str, room: &str) -> Client {
-    let mut c = Client::raw_from(server.addr, IpAddr::from(from));
-    if password.is_empty() {
-        c.send(&format!(r#"{{"name":"{name}","room":"{room}"}}"#));
-    } else {
-        c.send(&format!(
-            r#"{{"name":"{name}","room":"{room}","password":"{password}"}}"#
-        ));
-    }
-    c.expect(&format!("*** {name} joined"));
-    c
+    let client = Client::raw_from(server.addr, IpAddr::from(from));
+    common::log_in(client, name, password, room)
 }
 
 fn text(server: &Server, name: &str, password: &str, room: &str) -> Client {
@@ -206,33 +198,7 @@ fn the_admin_api_needs_its_token_and_does_not_exist_without_the_flag() {
     assert_eq!(status, 200);
 
     // A token file that is missing or empty stops the start, saying which flag and why.
-    let empty = dir.join("empty.token");
-    std::fs::write(&empty, "\n").unwrap();
-    for (path, why) in [
-        (dir.join("missing.token"), "missing.token"),
-        (empty, "empty"),
-    ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
-            .args([
-                "-a",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--history",
-                "off",
-            ])
-            .arg("--admin-token-file")
-            .arg(&path)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("--admin-token-file") && err.contains(why),
-            "{err}"
-        );
-    }
+    common::token_files_are_checked("--admin-token-file", &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

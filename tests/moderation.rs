@@ -16,16 +16,7 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
 
 /// A text client logged in as a registered name (or a guest when `password` is empty).
 fn text(server: &Server, name: &str, password: &str, room: &str) -> Client {
-    let mut c = Client::raw(server.addr);
-    if password.is_empty() {
-        c.send(&format!(r#"{{"name":"{name}","room":"{room}"}}"#));
-    } else {
-        c.send(&format!(
-            r#"{{"name":"{name}","room":"{room}","password":"{password}"}}"#
-        ));
-    }
-    c.expect(&format!("*** {name} joined"));
-    c
+    common::log_in(Client::raw(server.addr), name, password, room)
 }
 
 /// Sends a line and waits for `want`, skipping other lines.

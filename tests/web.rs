@@ -850,33 +850,7 @@ fn metrics_can_move_to_their_own_port_or_need_a_token() {
     assert!(body.contains("machat_connections"), "{body}");
 
     // A token file that is missing or empty stops the start, saying which and why.
-    let empty = dir.join("empty.token");
-    std::fs::write(&empty, "\n").unwrap();
-    for (path, why) in [
-        (dir.join("missing.token"), "missing.token"),
-        (empty, "empty"),
-    ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_machat"))
-            .args([
-                "-a",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--history",
-                "off",
-            ])
-            .arg("--metrics-token-file")
-            .arg(&path)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("--metrics-token-file") && err.contains(why),
-            "{err}"
-        );
-    }
+    common::token_files_are_checked("--metrics-token-file", &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -440,6 +440,49 @@ pub fn machat_user(args: &[&str], input: &str) -> (Option<i32>, String, String) 
     )
 }
 
+/// A text client on `client` that joins `room` as `name`, with `password` (a registered name)
+/// or as a guest (`password` empty), and has read its join line.
+pub fn log_in(mut client: Client, name: &str, password: &str, room: &str) -> Client {
+    if password.is_empty() {
+        client.send(&format!(r#"{{"name":"{name}","room":"{room}"}}"#));
+    } else {
+        client.send(&format!(
+            r#"{{"name":"{name}","room":"{room}","password":"{password}"}}"#
+        ));
+    }
+    client.expect(&format!("*** {name} joined"));
+    client
+}
+
+/// Starts the server with `flag FILE` for each FILE that is missing or empty: each start must
+/// fail, naming the flag and why.
+pub fn token_files_are_checked(flag: &str, dir: &std::path::Path) {
+    let empty = dir.join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    for (path, why) in [
+        (dir.join("missing.token"), "missing.token"),
+        (empty, "empty"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+            .args([
+                "-a",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--history",
+                "off",
+            ])
+            .arg(flag)
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(why), "{err}");
+    }
+}
+
 /// A data dir with `Mina` and `Ann` registered (passwords `minapw`, `annpw`) and `Root`, a
 /// server admin (`rootpw`): the people of the moderation tests.
 pub fn people() -> PathBuf {
