@@ -543,16 +543,24 @@ fn two_pages_and_a_tcp_client_chat() {
     cy.expect("*** Bob left");
     ann.wait_members(&["Ann", "Cyrus"]);
 
-    // /join moves the page to another room, which shows what was said there lately; a reload
-    // then resumes in the new room.
+    // /join takes the page into another room as well (it stays in devroom: both are in the
+    // sidebar) and shows the new one, with what was said there lately; a reload then comes back
+    // to the same rooms, on the one shown.
     let mut dee = server.connect("Dee", "side");
     dee.send("anyone in side?\n");
     dee.expect("Dee:anyone in side?");
     ann.say("/join side");
-    cy.expect("*** Ann left");
     dee.expect("*** Ann joined");
     ann.wait_members(&["Ann", "Dee"]);
     ann.wait_entry("message", "Dee", "anyone in side?");
+    ann.wait_js(
+        "both rooms in the sidebar, side shown",
+        "return JSON.stringify(Array.from(document.querySelectorAll('#room-list .room'), \
+           b => [b.querySelector('.label').textContent, b.getAttribute('aria-current')])) \
+           === JSON.stringify([['#devroom', null], ['#side', 'page']])",
+        json!([]),
+    );
+    assert!(cy.quiet_for(Duration::from_millis(300)), "Ann left devroom");
     ann.refresh();
     expect_lines(&mut dee, &["*** Ann left", "*** Ann joined"]);
     ann.wait_connected("Ann");
@@ -853,6 +861,9 @@ fn the_page_shows_the_topic_a_delete_and_a_kick() {
         .find(|(_, _, t)| t == "oops, wrong room")
         .map(|(id, _, _)| id)
         .expect("the message's id");
+    mina.send("before the delete\n");
+    mina.until("Mina:before the delete");
+    ann.wait_entry("message", "Mina", "before the delete");
     mina.send(&format!("/delete {id}\n"));
     mina.until(&format!("*** Mina deleted message {id}"));
     let gone = "return !Array.from(document.querySelectorAll('#log .entry.message .text')) \
@@ -864,12 +875,14 @@ fn the_page_shows_the_topic_a_delete_and_a_kick() {
         gone,
         json!(["oops, wrong room"]),
     );
-    // A reload redraws the log from what the tab kept: still gone.
+    // A reload redraws the log from the room's history: still gone (the history lost it).
     ann.refresh();
     ann.wait_connected("Ann");
+    ann.wait_entry("message", "Mina", "before the delete");
     ann.wait_js(
         "still gone after a reload",
-        gone,
+        "return !Array.from(document.querySelectorAll('#log .entry.message .text')) \
+         .some(t => t.textContent === arguments[0])",
         json!(["oops, wrong room"]),
     );
 
@@ -1105,8 +1118,16 @@ fn joins_and_leaves_are_collapsed_and_can_be_hidden() {
     let hidden = "return getComputedStyle(document.querySelector('#log .entry.presence')).display === 'none' \
                   && document.getElementById('quiet').getAttribute('aria-pressed') === 'true'";
     assert_eq!(ann.js(hidden, json!([])), true);
+    // The page redraws its log from the server's history after a reload (joins are not in it):
+    // the next comings and goings are hidden too.
     ann.refresh();
     ann.wait_connected("Ann");
+    let _eve = server.connect("Eve", "lobby");
+    ann.wait_js(
+        "Eve's join",
+        "return document.querySelectorAll('#log .entry.presence').length > 0",
+        json!([]),
+    );
     ann.wait_js("still hidden after a reload", hidden, json!([]));
 }
 
@@ -1231,5 +1252,302 @@ fn a_registered_name_logs_in_and_gets_the_operators_tools() {
         "return !document.getElementById('needs-account').hidden",
         json!([]),
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+impl Browser {
+    /// Logs in on the form with a registered name's password, into `room`.
+    fn log_in(&self, http: SocketAddr, name: &str, password: &str, room: &str) {
+        self.goto(&format!("http://{http}/?name={name}&room={room}"));
+        self.wait_js(
+            "the form",
+            "return document.getElementById('name').value === arguments[0]",
+            json!([name]),
+        );
+        self.type_into("#password", password);
+        self.click("#join");
+        self.wait_connected(name);
+    }
+
+    /// The sidebar: each room or conversation as [label, unread badge, mention badge].
+    fn sidebar(&self) -> Value {
+        self.js(
+            "return Array.from(document.querySelectorAll('#sidebar .room[data-room]'), b => [\
+               b.querySelector('.label').textContent, \
+               (b.querySelector('.badge.unread') || {textContent: ''}).textContent, \
+               (b.querySelector('.badge.mentions') || {textContent: ''}).textContent])",
+            json!([]),
+        )
+    }
+
+    fn wait_sidebar(&self, want: Value) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.sidebar();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sidebar shows {got}, wanted {want}\n{}",
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Clicks the sidebar's entry for `label` (`#room`, or a person's name).
+    fn open(&self, label: &str) {
+        self.js(
+            "Array.from(document.querySelectorAll('#sidebar .room[data-room]')) \
+               .find(b => b.querySelector('.label').textContent === arguments[0]).click(); \
+             return true",
+            json!([label]),
+        );
+        self.wait_js(
+            &format!("{label} shown"),
+            "return document.getElementById('where').textContent === arguments[0]",
+            json!([label
+                .strip_prefix('#')
+                .map_or(format!("@{label}"), |r| format!("#{r}"))]),
+        );
+    }
+
+    /// Joins (or creates) a room from the sidebar's box.
+    fn join_from_sidebar(&self, room: &str) {
+        self.type_into("#new-room-name", &format!("{room}{}", &*ENTER));
+        self.wait_js(
+            &format!("#{room} shown and joined"),
+            "return document.getElementById('where').textContent === '#' + arguments[0] \
+               && Array.from(document.querySelectorAll('#members li'), li => li.textContent.replace(/message$/, '')).length > 0",
+            json!([room]),
+        );
+    }
+}
+
+/// The page as a team chat (issue 14): two accounts on three pages (one at phone size) keep
+/// their rooms, read positions, unread and mention counts across pages and reloads; a mention
+/// raises a notification while the page is hidden; a direct conversation keeps its history
+/// (and takes `/msg` from a text client); "load older" pages back to the first message; the
+/// keyboard switches rooms; logging out ends one device only.
+#[test]
+fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
+    let _serial = one_at_a_time();
+    let dir = common::people();
+    let d = dir.to_str().unwrap().to_string();
+    let server = Server::start(&["--http", "127.0.0.1:0", "--data-dir", &d]);
+    let http = server.http.expect("the HTTP address");
+    // A room with a long history, for "load older".
+    let mut old = server.connect("Old", "archive");
+    let total = 130;
+    for batch in (1..=total).collect::<Vec<_>>().chunks(26) {
+        let lines: String = batch.iter().map(|i| format!("archived {i}\n")).collect();
+        old.send(&lines);
+        old.until(&format!("Old:archived {}", batch[batch.len() - 1]));
+    }
+    drop(old);
+
+    let mut driver = Driver::start();
+    let mina = driver.browser();
+    let phone = driver.browser();
+    let ann = driver.browser();
+    block(&phone.rt, "resize", phone.client.set_window_size(390, 844)).unwrap();
+
+    // Mina logs in on her desktop and is in two rooms.
+    mina.log_in(http, "Mina", "minapw", "dev");
+    mina.join_from_sidebar("ops");
+    mina.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+    // Her phone logs in too: the same rooms come back from her account.
+    phone.log_in(http, "Mina", "minapw", "dev");
+    phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+    // On a phone the rooms are a drawer; the room's name and the message box stay in sight.
+    let drawer = "return getComputedStyle(document.getElementById('sidebar')).display";
+    assert_eq!(phone.js(drawer, json!([])), "none");
+    phone.click("#rooms-toggle");
+    assert_eq!(phone.js(drawer, json!([])), "flex");
+    phone.click("#rooms-toggle");
+    let in_sight = phone.js(
+        "const ok = (id) => { const r = document.getElementById(id).getBoundingClientRect(); \
+           return r.width > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }; \
+         return ok('where') && ok('input')",
+        json!([]),
+    );
+    assert_eq!(in_sight, true);
+
+    // Ann, in ops: what she says is unread for Mina wherever Mina is not reading ops, and a
+    // mention is counted apart.
+    ann.log_in(http, "Ann", "annpw", "ops");
+    ann.say("morning");
+    ann.say("@Mina can you look at the deploy?");
+    mina.wait_sidebar(json!([["#dev", "", ""], ["#ops", "2", "@1"]]));
+    phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "2", "@1"]]));
+    assert_eq!(
+        mina.js("return document.title", json!([])),
+        "(2) machat",
+        "the title counts what is unread"
+    );
+    // A reload keeps the counts (the read position is the account's, on the server).
+    phone.refresh();
+    phone.wait_connected("Mina");
+    phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "2", "@1"]]));
+
+    // Mina reads ops on her desktop: her phone's counts clear too, and the "new messages" line
+    // was above the first unread message.
+    mina.open("#ops");
+    let first_new = mina.js(
+        "const l = document.querySelector('#log .new-line'); \
+         return l && l.nextElementSibling.querySelector('.text').textContent",
+        json!([]),
+    );
+    assert_eq!(first_new, "morning");
+    mina.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+    phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+    assert_eq!(mina.js("return document.title", json!([])), "machat");
+
+    // Hidden, with notifications allowed, a mention raises one (a DM or "all" would too).
+    mina.open("#dev");
+    mina.js(
+        "window.__notes = []; \
+         window.Notification = function (title, o) { window.__notes.push([title, o.body]); }; \
+         window.Notification.permission = 'granted'; \
+         Object.defineProperty(document, 'hidden', {configurable: true, get: () => true}); \
+         Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'}); \
+         return true",
+        json!([]),
+    );
+    ann.join_from_sidebar("dev");
+    ann.say("Mina: release notes are up");
+    let notes = mina.wait_js(
+        "a notification",
+        "return window.__notes.length > 0 && window.__notes",
+        json!([]),
+    );
+    assert_eq!(
+        notes,
+        json!([["Ann in #dev", "Mina: release notes are up"]])
+    );
+    mina.wait_sidebar(json!([["#dev", "1", "@1"], ["#ops", "", ""]]));
+    // Back on the page, Esc marks the room read.
+    mina.js(
+        "delete document.hidden; delete document.visibilityState; return true",
+        json!([]),
+    );
+    mina.type_into("#input", &Key::Escape);
+    mina.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+
+    // Alt+Down / Alt+Up switch rooms.
+    mina.type_into("#input", &format!("{}{}", &*Key::Alt, &*Key::Down));
+    mina.wait_js(
+        "ops after Alt+Down",
+        "return document.getElementById('where').textContent === '#ops'",
+        json!([]),
+    );
+    mina.type_into("#input", &format!("{}{}", &*Key::Alt, &*Key::Up));
+    mina.wait_js(
+        "dev after Alt+Up",
+        "return document.getElementById('where').textContent === '#dev'",
+        json!([]),
+    );
+
+    // A direct conversation, opened from the member list: listed for both of them.
+    ann.js(
+        "Array.from(document.querySelectorAll('#members li')) \
+           .find(li => li.querySelector('.name').textContent === 'Mina') \
+           .querySelector('.dm').click(); return true",
+        json!([]),
+    );
+    ann.wait_js(
+        "the conversation shown",
+        "return document.getElementById('where').textContent === '@Mina'",
+        json!([]),
+    );
+    ann.say("just between us");
+    mina.wait_sidebar(json!([
+        ["#dev", "", ""],
+        ["#ops", "", ""],
+        ["Ann", "1", ""]
+    ]));
+    phone.wait_sidebar(json!([
+        ["#dev", "", ""],
+        ["#ops", "", ""],
+        ["Ann", "1", ""]
+    ]));
+    mina.open("Ann");
+    mina.wait_entry("message", "Ann", "just between us");
+    // A text client's /msg lands in the same conversation.
+    let mut tcp = Client::raw(server.addr);
+    tcp.send(r#"{"name":"Mina","room":"ops","password":"minapw"}"#);
+    tcp.until("*** Mina joined");
+    tcp.send("/msg Ann from my terminal\n");
+    ann.wait_entry("message", "Mina", "from my terminal");
+    drop(tcp);
+    // Its history comes back after a reload, on the phone too.
+    phone.refresh();
+    phone.wait_connected("Mina");
+    phone.click("#rooms-toggle");
+    phone.open("Ann");
+    phone.wait_entry("message", "Ann", "just between us");
+    phone.wait_entry("message", "Mina", "from my terminal");
+    // Nobody else can read it: a guest asking for it is refused.
+    let mut guest = Client::raw(server.addr);
+    let room = mina.js(
+        "return document.querySelector('#sidebar .room[data-room^=\"@\"]').dataset.room",
+        json!([]),
+    );
+    let room = room.as_str().expect("the conversation's room").to_owned();
+    guest.send(&format!(r#"{{"name":"Gus","room":"{room}"}}"#));
+    guest.until_prefix("*** error: rooms starting with @ are direct conversations");
+
+    // "Load older": scrolling up pages back to the first message of a long history.
+    mina.join_from_sidebar("archive");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at_start = mina.js(
+            "const log = document.getElementById('log'); log.scrollTop = 0; \
+             log.dispatchEvent(new Event('scroll')); \
+             return document.querySelector('#log .entry.start') !== null",
+            json!([]),
+        );
+        if at_start == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached the start\n{}",
+            mina.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids: Vec<u64> = mina.messages().iter().map(|m| m.0).collect();
+    assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>());
+
+    // Screenshots of the team chat at desktop and phone sizes.
+    mina.open("#ops");
+    let shots = target_dir().join("browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("team.png"), mina.screenshot()).unwrap();
+    phone.click("#rooms-toggle");
+    std::fs::write(shots.join("phone-rooms.png"), phone.screenshot()).unwrap();
+    if std::env::var_os("MACHAT_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::copy(shots.join("team.png"), docs.join("screenshot.png")).unwrap();
+        std::fs::copy(
+            shots.join("phone-rooms.png"),
+            docs.join("screenshot-phone.png"),
+        )
+        .unwrap();
+    }
+
+    // Logging out on the phone ends that device only.
+    phone.click("#rooms-toggle");
+    phone.click("#logout");
+    phone.wait_js(
+        "the phone's form, no token kept",
+        "return !document.getElementById('login').hidden \
+           && localStorage.getItem('machat.login') === null",
+        json!([]),
+    );
+    ann.say("still there?");
+    mina.wait_entry("message", "Ann", "still there?");
     let _ = std::fs::remove_dir_all(&dir);
 }

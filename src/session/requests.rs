@@ -256,13 +256,14 @@ impl Session {
                     Err(e) => {
                         self.hub.release(room, &self.name, self.id, self.person);
                         match e {
-                            RoomError::NameTaken => taken(&self.name, room),
+                            // Version 2 names the room as the handshake does (section 17).
+                            RoomError::NameTaken => taken(&self.name, &format!("room {room}")),
                             e => self.hub.refusal(&e, &self.name, room),
                         }
                     }
                 }
             }
-            Err(ClaimError::Taken) => taken(&self.name, room),
+            Err(ClaimError::Taken) => taken(&self.name, &format!("room {room}")),
             Err(ClaimError::Unavailable(_)) => Refusal::ClusterUnavailable,
         };
         self.seats.unreserve();

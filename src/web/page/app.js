@@ -1,30 +1,33 @@
-// machat web page: one WebSocket to /ws, JSON frames as in docs/PROTOCOL.md section 6.
-// No framework, no build step. Every piece of text that comes from a user or the server is
-// inserted with textContent / createTextNode, never as HTML.
+// machat web page: one WebSocket to /ws speaking version 2 (docs/PROTOCOL.md sections 17 and
+// 19): one connection in many rooms and direct conversations, each with its own log, unread
+// and mention counts. No framework, no build step. Every piece of text that comes from a user
+// or the server is inserted with textContent / createTextNode, never as HTML.
 "use strict";
 
 (function () {
-  const KEEP = 200; // entries kept in the log (and in sessionStorage)
+  const KEEP = 300; // entries kept per room (older ones come back with "load older")
   const HISTORY = 50; // messages replayed on entering a room
+  const OLDER = 50; // messages per "load older" page
+  const RESUME_MAX = 300; // unread messages fetched at once on joining (else the last HISTORY)
   const BACKOFF_MIN = 500;
   const BACKOFF_MAX = 10000;
   const TAKEN_RETRIES = 8; // an automatic rejoin may race our own old connection's leave
-  const SESSION_KEY = "machat.session";
-  const LAST_KEY = "machat.last";
+  const LOGIN_KEY = "machat.login"; // {name, token, expires}: never the password
+  const QUIET_KEY = "machat.quiet";
+  const LAST_KEY = "machat.last"; // {name, room}: the form's defaults
+  const GUEST_KEY = "machat.guest"; // a guest's rooms: {name, rooms: {room: {read, notify}}}
+  const TAB_KEY = "machat.tab"; // this tab is chatting: {name, current} (a reload comes back)
 
   const $ = (id) => document.getElementById(id);
-  const el = {
-    login: $("login"), loginForm: $("login-form"), name: $("name"), room: $("room"),
-    loginError: $("login-error"), chat: $("chat"), log: $("log"), members: $("members"),
-    memberCount: $("member-count"), composer: $("composer"), input: $("input"),
-    status: $("status"), where: $("where"), leave: $("leave"), topic: $("topic"),
-    quiet: $("quiet"), membersToggle: $("members-toggle"), editTopic: $("edit-topic"), password: $("password"), account: $("account"),
-    accountName: $("account-name"), logout: $("logout"), needsAccount: $("needs-account"),
-  };
-  // A registered name's login: the token the server gave for its password, never the password
-  // itself ({name, token, expires}), kept by the browser until it expires or we log out.
-  const LOGIN_KEY = "machat.login";
-  const QUIET_KEY = "machat.quiet";
+  const el = {};
+  for (const id of ["login", "login-form", "name", "room", "login-error", "chat", "log",
+    "members", "member-count", "composer", "input", "status", "where", "leave", "topic",
+    "quiet", "members-toggle", "edit-topic", "password", "account", "account-name", "logout",
+    "needs-account", "rooms-toggle", "sidebar", "room-list", "dm-list", "dm-form", "dm-name",
+    "dm-hint", "new-room", "new-room-name", "browse", "room-browser", "all-rooms",
+    "notify-enable", "notify", "notify-label"]) {
+    el[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
+  }
 
   // Moderation events (docs/PROTOCOL.md section 18), as the room's text lines say them.
   const ACTS = new Set(["topic", "kick", "ban", "unban", "mute", "unmute", "op", "deop",
@@ -54,32 +57,46 @@
     }
   }
 
-  // What survives a reload of this tab: who we are, where, the last message id seen per room,
-  // and the displayed entries (raw server events), each tagged with the room it was shown in
-  // (`in`): every room keeps its own log, and the page shows the current room's.
-  let session = null; // {name, room, lastIds: {room: id}, entries: [event]}
+  // ---------- state ----------
+
+  let me = null; // {name, person}: who this page chats as
+  let wanted = false; // we want to be connected (false after Log out, /quit or a refusal)
   let ws = null;
-  let joined = false; // our own join event arrived on the current socket
-  let wanted = false; // we want to be connected (false after Leave, /quit or a refusal)
+  let welcomed = false; // the current socket's handshake was accepted
   let backoff = BACKOFF_MIN;
   let timer = null;
   let takenRetries = 0;
-  // While a history replay runs: "join" (asked in the handshake), "enter" (asked after our own
-  // /join to another room) or "command" (the user's /history, shown apart and not de-duplicated).
-  let inReplay = null;
-  let enterHistory = 0; // /history requests we sent ourselves after a /join
-  let resuming = false; // the handshake asked for "since"
   let lastSent = ""; // given back to the message box if the server refuses it as too long
-  let quietWho = 0; // /who replies we asked for ourselves (to fill the member list)
-  let quietHelp = 0; // /help replies we asked for ourselves (to learn what we may do here)
-  // What our rank in this room lets us do, as /help tells (an operator may kick).
-  let powers = { op: false };
-  // The new messages of a replay we asked for ourselves (on joining, after a /join), shown at
-  // its end under a header that counts them: none new, no header.
-  let replayed = [];
-  let replayHeader = null;
-  const seen = new Set(); // room + "\n" + id of every message shown
-  const members = new Set();
+  let reqSeq = 0;
+  const pending = new Map(); // req -> what we asked: {kind, room}
+  const rooms = new Map(); // room name -> Room
+  let current = null; // the room shown
+  let firstRoom = null; // the room asked for on the form (joined even if no mark has it)
+
+  // One room or direct conversation, as this page knows it.
+  function newRoom(name) {
+    return {
+      name: name,
+      with: null, // the other person of a direct conversation
+      entries: [], // events shown in its log, oldest first
+      ids: new Set(), // ids of the messages in `entries`
+      last: 0, // highest message id seen
+      markLast: 0, // the room's last id when the server last told us (marks)
+      read: 0, // the last message id read (the account's, or this browser's for a guest)
+      notify: "all",
+      unread: 0,
+      mentions: 0,
+      approx: false, // more unread than the page has loaded
+      members: new Set(),
+      topic: "",
+      op: false, // our rank here lets us use the operators' tools
+      state: "new", // new -> joining -> joined (or gone)
+      replay: null, // messages of the replay being received: {older, list}
+      atStart: false, // the log reaches the room's first message
+      loadingOlder: false,
+      newFrom: 0, // the "new messages" line goes above the first message after this id
+    };
+  }
 
   // ---------- storage ----------
 
@@ -89,34 +106,27 @@
   function save(store, key, value) {
     try { store.setItem(key, JSON.stringify(value)); } catch (e) { /* full or disabled */ }
   }
-  let saveTimer = null;
-  function saveSoon() {
-    if (saveTimer === null) saveTimer = setTimeout(saveNow, 100);
+  function forget(store, key) {
+    try { store.removeItem(key); } catch (e) { /* disabled */ }
   }
-  function saveNow() {
-    clearTimeout(saveTimer);
-    saveTimer = null;
-    if (session) save(sessionStorage, SESSION_KEY, session);
+
+  // A guest's rooms and read positions live in this browser (a person's on the server).
+  let guestTimer = null;
+  function saveGuest() {
+    if (!me || me.person || guestTimer !== null) return;
+    guestTimer = setTimeout(() => {
+      guestTimer = null;
+      const kept = {};
+      for (const r of rooms.values()) {
+        if (r.state !== "gone") kept[r.name] = { read: r.read, notify: r.notify };
+      }
+      save(localStorage, GUEST_KEY, { name: me.name, rooms: kept });
+    }, 300);
   }
-  // Leaving the page (a reload, another page, or the back/forward cache, which would otherwise
-  // keep the socket open but unread): close the socket ourselves; come back resumes.
-  window.addEventListener("pagehide", () => {
-    saveNow();
-    clearTimeout(timer);
-    timer = null;
-    if (ws) {
-      const s = ws;
-      ws = null;
-      joined = false;
-      s.close();
-    }
-  });
-  window.addEventListener("pageshow", (e) => {
-    if (e.persisted && wanted && !ws) {
-      backoff = BACKOFF_MIN;
-      connect();
-    }
-  });
+
+  function saveTab() {
+    if (me && wanted) save(sessionStorage, TAB_KEY, { name: me.name, current: current });
+  }
 
   // ---------- rendering ----------
 
@@ -178,7 +188,7 @@
     const re = /\bhttps?:\/\/[^\s<>"']+/gi;
     let at = 0;
     for (const m of text.matchAll(re)) {
-      let url = m[0].replace(/[.,;:!?)\]]+$/, "");
+      const url = m[0].replace(/[.,;:!?)\]]+$/, "");
       let ok = false;
       try {
         const u = new URL(url);
@@ -197,12 +207,23 @@
     out.appendChild(document.createTextNode(text.slice(at)));
   }
 
-  // Whether a message is addressed to `me`: `@Me` anywhere, or a line starting `Me:`/`Me,`.
-  function mentions(text, me) {
-    if (!me) return false;
-    const esc = me.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    return new RegExp("(^|[^\\w@])@" + esc + "(?![\\w])", "iu").test(text) ||
-      new RegExp("^" + esc + "[:,]", "imu").test(text);
+  // Whether a message is addressed to `name`: `@Name` anywhere, or a line starting `Name:`/`Name,`.
+  const mentionRes = new Map();
+  function mentions(text, name) {
+    if (!name) return false;
+    let res = mentionRes.get(name);
+    if (!res) {
+      const esc = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      res = [new RegExp("(^|[^\\w@])@" + esc + "(?![\\w])", "iu"),
+        new RegExp("^" + esc + "[:,]", "imu")];
+      mentionRes.clear();
+      mentionRes.set(name, res);
+    }
+    return res[0].test(text) || res[1].test(text);
+  }
+
+  function isMessage(ev) {
+    return ev.type === "message" || ev.type === "action";
   }
 
   function day(ts) {
@@ -215,37 +236,23 @@
     return d.toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
   }
 
-  let lastDay = ""; // the day of the last entry drawn, for the separators
-
-  // A separator before the first entry of each day.
-  function separate(ev) {
-    const ts = ev.ts || ev.localTs;
-    const d = day(ts);
-    if (!d || d === lastDay) return;
-    lastDay = d;
-    const sep = document.createElement("div");
-    sep.className = "day";
-    sep.setAttribute("role", "separator");
-    sep.textContent = dayLabel(ts);
-    el.log.appendChild(sep);
-  }
-
   function nameSpan(name) {
     const s = span("name", name);
     s.style.setProperty("--hue", String(hue(name)));
     return s;
   }
 
-  // One event -> one .entry element (or null for events that are not shown).
+  // One event -> one .entry element.
   function render(ev) {
     const e = document.createElement("div");
     e.className = "entry " + ev.type;
     const time = document.createElement("time");
-    if (ev.ts) {
-      time.dateTime = ev.ts;
-      time.title = new Date(ev.ts).toLocaleString();
+    const ts = ev.ts || ev.localTs;
+    if (ts) {
+      time.dateTime = ts;
+      time.title = new Date(ts).toLocaleString(undefined, { dateStyle: "full", timeStyle: "medium" });
     }
-    time.textContent = hhmm(ev.ts || ev.localTs);
+    time.textContent = hhmm(ts);
     e.appendChild(time);
     const body = document.createElement("span");
     body.className = "body";
@@ -266,7 +273,7 @@
         body.append(nameSpan(ev.name), " is now ", nameSpan(ev.new));
         break;
       case "private":
-        if (ev.from === session.name && ev.to !== session.name) {
+        if (ev.from === me.name && ev.to !== me.name) {
           body.append("private to ", nameSpan(ev.to), ": ", span("text", ev.text));
         } else {
           body.append("private from ", nameSpan(ev.from), ": ", span("text", ev.text));
@@ -281,21 +288,11 @@
       case "who":
         body.append(span("text", ev.members.length + " in " + ev.room + ": " + ev.members.join(" ")));
         break;
-      case "rooms":
-        body.append(span("text", "rooms: " +
-          ev.rooms.map((r) => r.room + " (" + r.members + ")").join(", ") +
-          (ev.more ? " and " + ev.more + " more" : "")));
-        break;
       case "help":
         body.append(span("text", "commands: " + ev.commands.join(", ")));
         break;
-      case "history":
-        body.append(span("text", (ev.replay ? "history of " + ev.room + ": "
-          : ev.resumed ? "missed while away: " : "recent messages in " + ev.room + ": ") +
-          ev.count + (ev.count === 1 ? " message" : " messages")));
-        break;
-      case "end_of_history":
-        body.append(span("text", "end of history"));
+      case "start":
+        body.append(span("text", "the start of " + ev.room));
         break;
       default:
         if (ACTS.has(ev.type)) {
@@ -306,21 +303,15 @@
         }
     }
     e.appendChild(body);
-    if ((ev.type === "message" || ev.type === "action") && typeof ev.id === "number") {
-      e.dataset.msg = ev.room + "\n" + ev.id; // found again when it is deleted
-      if (ev.name === session.name || powers.op) {
-        e.appendChild(tool("delete", "Delete this message", "/delete " + ev.id));
-      }
-    }
-    if (ev.replay) e.classList.add("replay");
-    if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
+    if (isMessage(ev) && typeof ev.id === "number") {
       e.dataset.id = String(ev.id);
-      e.dataset.room = ev.room;
-    }
-    if (ev.name === session.name && (ev.type === "message" || ev.type === "action")) {
-      e.classList.add("mine");
-    } else if ((ev.type === "message" || ev.type === "action") && mentions(ev.text, session.name)) {
-      e.classList.add("mention");
+      e.dataset.msg = ev.room + "\n" + ev.id; // found again when it is deleted
+      const r = rooms.get(ev.room);
+      if (ev.name === me.name || (r && r.op)) {
+        e.appendChild(tool("delete", "Delete this message", ev.room, "/delete " + ev.id));
+      }
+      if (ev.name === me.name) e.classList.add("mine");
+      else if (mentions(ev.text, me.name)) e.classList.add("mention");
     }
     return e;
   }
@@ -332,15 +323,38 @@
   // Others' joins and leaves in a row are one line ("3 joined, 1 left", the names on hover and
   // on a click), so a busy room's comings and goings do not push the conversation away.
   function presence(ev) {
-    return (ev.type === "join" || ev.type === "leave") && ev.name !== session.name;
+    return (ev.type === "join" || ev.type === "leave") && ev.name !== me.name;
   }
 
-  function place(ev) {
-    const prev = el.log.lastElementChild;
+  // The log as drawn: the day of the last entry (for the separators).
+  let lastDay = "";
+
+  function separator(ev) {
+    const ts = ev.ts || ev.localTs;
+    const d = day(ts);
+    if (!d || d === lastDay) return null;
+    lastDay = d;
+    const sep = document.createElement("div");
+    sep.className = "day";
+    sep.setAttribute("role", "separator");
+    sep.textContent = dayLabel(ts);
+    return sep;
+  }
+
+  function newLine() {
+    const line = document.createElement("div");
+    line.className = "new-line";
+    line.setAttribute("role", "separator");
+    line.textContent = "new messages";
+    return line;
+  }
+
+  // Appends `ev`'s element to `into` (the log, or a fragment being built).
+  function place(into, ev, r) {
+    const prev = into.lastElementChild;
     if (presence(ev) && prev && prev.classList.contains("presence")) {
-      const group = JSON.parse(prev.dataset.group || "[]");
+      const group = prev.group;
       group.push([ev.type, ev.name]);
-      prev.dataset.group = JSON.stringify(group);
       const joined = group.filter((g) => g[0] === "join").map((g) => g[1]);
       const left = group.filter((g) => g[0] === "leave").map((g) => g[1]);
       const parts = [];
@@ -348,70 +362,69 @@
       if (left.length) parts.push(left.length + " left");
       const detail = (joined.length ? "joined: " + joined.join(", ") : "") +
         (joined.length && left.length ? "; " : "") + (left.length ? "left: " + left.join(", ") : "");
-      const body = prev.querySelector(".body");
-      body.replaceChildren(span("text", parts.join(", ")), span("detail", " (" + detail + ")"));
+      prev.querySelector(".body").replaceChildren(span("text", parts.join(", ")),
+        span("detail", " (" + detail + ")"));
       prev.title = detail;
       return;
+    }
+    const sep = separator(ev);
+    if (sep) into.appendChild(sep);
+    if (r && r.newFrom && isMessage(ev) && ev.id > r.newFrom && ev.name !== me.name &&
+        !into.querySelector(".new-line")) {
+      into.appendChild(newLine());
     }
     const e = render(ev);
     if (presence(ev)) {
       e.classList.add("presence");
-      e.dataset.group = JSON.stringify([[ev.type, ev.name]]);
+      e.group = [[ev.type, ev.name]];
       e.addEventListener("click", () => e.classList.toggle("open"));
     }
-    el.log.appendChild(e);
+    into.appendChild(e);
   }
 
-  // Shows an event in the current room's log and keeps it for a reload.
-  function show(ev, persist) {
-    if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
-    if (!ev.in) ev.in = session.room;
-    const stick = nearBottom();
-    separate(ev);
-    place(ev);
-    while (el.log.childElementCount > KEEP) el.log.firstElementChild.remove();
-    if (persist !== false) {
-      session.entries.push(ev);
-      // At most KEEP entries per room: drop this room's oldest.
-      let mine = 0;
-      for (const x of session.entries) if (x.in === ev.in) mine++;
-      for (let i = 0; mine > KEEP && i < session.entries.length; ) {
-        if (session.entries[i].in === ev.in) {
-          session.entries.splice(i, 1);
-          mine--;
-        } else {
-          i++;
-        }
-      }
-      saveSoon();
+  // Draws the current room's whole log (on switching rooms, after a replay or older pages).
+  function redraw(keepScroll) {
+    const r = rooms.get(current);
+    const fromBottom = el.log.scrollHeight - el.log.scrollTop;
+    const frag = document.createDocumentFragment();
+    lastDay = "";
+    if (r) for (const ev of r.entries) place(frag, ev, r);
+    el.log.replaceChildren(frag);
+    if (keepScroll) {
+      el.log.scrollTop = el.log.scrollHeight - fromBottom;
+    } else {
+      const line = el.log.querySelector(".new-line");
+      if (line) line.scrollIntoView({ block: "center" });
+      else el.log.scrollTop = el.log.scrollHeight;
     }
+  }
+
+  // Adds an event to room `r`'s log (and to the screen if it is shown).
+  function show(r, ev) {
+    if (!ev.ts && !ev.localTs) ev.localTs = new Date().toISOString();
+    r.entries.push(ev);
+    if (r.entries.length > KEEP) {
+      const gone = r.entries.splice(0, r.entries.length - KEEP);
+      for (const g of gone) if (isMessage(g)) r.ids.delete(g.id);
+      r.atStart = false;
+    }
+    if (r.name !== current) return;
+    const stick = nearBottom();
+    place(el.log, ev, r);
+    while (el.log.childElementCount > KEEP + 40) el.log.firstElementChild.remove();
     if (stick) el.log.scrollTop = el.log.scrollHeight;
   }
 
-  // Draws the current room's log from what the tab kept of it (on start, and when /join
-  // moves the page to another room).
-  function redraw() {
-    el.log.replaceChildren();
-    seen.clear();
-    lastDay = "";
-    for (const ev of session.entries) {
-      if ((ev.in || session.room) !== session.room) continue;
-      separate(ev);
-      if ((ev.type === "message" || ev.type === "action") && !ev.replay) {
-        seen.add(ev.room + "\n" + ev.id);
-      }
-      place(ev);
-    }
-    el.log.scrollTop = el.log.scrollHeight;
-  }
-
+  // A line of our own (not from the server) in the room shown.
   function local(text, cls) {
-    show({ type: cls || "notice", text: text, localTs: new Date().toISOString() });
+    const r = rooms.get(current);
+    if (r) show(r, { type: cls || "notice", text: text, reason: text, room: r.name });
+    else el.loginError.textContent = text;
   }
 
   // An operator's tool: a button whose label comes from the style sheet (so a member's entry
   // reads as its name alone), named for screen readers.
-  function tool(act, label, command) {
+  function tool(act, label, room, command) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "tool";
@@ -420,64 +433,210 @@
     b.setAttribute("aria-label", label);
     b.addEventListener("click", (e) => {
       e.stopPropagation();
-      send(command);
+      request({ type: "command", room: room, text: command });
     });
     return b;
   }
 
   function drawMembers() {
+    const r = rooms.get(current);
     el.members.replaceChildren();
-    const names = Array.from(members).sort();
+    const names = r ? Array.from(r.members).sort() : [];
     for (const n of names) {
       const li = document.createElement("li");
       li.appendChild(nameSpan(n));
-      if (n === session.name) li.classList.add("me");
-      else if (powers.op) {
-        li.append(tool("kick", "Kick " + n, "/kick " + n),
-          tool("mute", "Mute " + n + " for 10 minutes", "/mute " + n + " 10m"),
-          tool("ban", "Ban " + n, "/ban " + n));
+      if (n === me.name) li.classList.add("me");
+      else {
+        if (r.op) {
+          li.append(tool("kick", "Kick " + n, r.name, "/kick " + n),
+            tool("mute", "Mute " + n + " for 10 minutes", r.name, "/mute " + n + " 10m"),
+            tool("ban", "Ban " + n, r.name, "/ban " + n));
+        }
+        if (me.person && !r.with) {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.className = "dm";
+          b.title = "Direct message " + n;
+          b.setAttribute("aria-label", "Direct message " + n);
+          b.addEventListener("click", () => openDm(n));
+          li.append(b);
+        }
       }
       el.members.appendChild(li);
     }
     el.memberCount.textContent = "(" + names.length + ")";
     el.membersToggle.textContent = "Members (" + names.length + ")";
-    el.editTopic.hidden = !powers.op;
+    el.editTopic.hidden = !(r && r.op);
   }
 
-  // Asks the server what we may do in this room (quietly: the answer is not shown).
-  function askPowers() {
-    if (send("/help")) quietHelp++;
+  function showHeader() {
+    const r = rooms.get(current);
+    el.where.textContent = r ? (r.with ? "@" + r.with : "#" + r.name) : "";
+    el.where.title = me ? "You are " + me.name : "";
+    el.topic.textContent = r ? r.topic : "";
+    el.topic.title = r && r.topic ? "Topic: " + r.topic : "";
+    el.notify.value = r ? r.notify : "all";
+    el.notifyLabel.hidden = !r;
   }
-
-  el.editTopic.addEventListener("click", () => {
-    const input = document.createElement("input");
-    input.id = "topic-input";
-    input.value = el.topic.textContent;
-    input.maxLength = 500;
-    input.setAttribute("aria-label", "New topic (empty clears it)");
-    el.editTopic.hidden = true;
-    el.topic.replaceWith(input);
-    input.focus();
-    const done = (sendIt) => {
-      if (sendIt) send("/topic " + (input.value.trim() || "-"));
-      input.replaceWith(el.topic);
-      el.editTopic.hidden = !powers.op;
-    };
-    input.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") { e.preventDefault(); done(true); }
-      if (e.key === "Escape") { e.preventDefault(); done(false); }
-    });
-    input.addEventListener("blur", () => { if (input.isConnected) done(false); });
-  });
 
   function setStatus(state, text) {
     el.status.dataset.state = state;
     el.status.textContent = text;
   }
 
-  function showWhere() {
-    el.where.textContent = session ? session.name + " in " + session.room : "";
-    document.title = session ? session.room + " - machat" : "machat";
+  // ---------- the sidebar, counts and the title ----------
+
+  function label(r) {
+    return r.with ? r.with : "#" + r.name;
+  }
+
+  // The rooms in the sidebar's order: rooms by name, then conversations by the other's name.
+  function ordered() {
+    const list = Array.from(rooms.values()).filter((r) => r.state !== "gone");
+    const plain = list.filter((r) => !r.with).sort((a, b) => a.name.localeCompare(b.name));
+    const dms = list.filter((r) => r.with).sort((a, b) => a.with.localeCompare(b.with));
+    return plain.concat(dms);
+  }
+
+  let sideQueued = false;
+  function drawSideSoon() {
+    if (sideQueued) return;
+    sideQueued = true;
+    requestAnimationFrame(() => { sideQueued = false; drawSide(); });
+    // A hidden page gets no animation frames: the title must change all the same.
+    if (document.hidden) setTimeout(() => { if (sideQueued) { sideQueued = false; drawSide(); } }, 200);
+  }
+
+  function drawSide() {
+    const plain = document.createDocumentFragment();
+    const dms = document.createDocumentFragment();
+    let total = 0;
+    for (const r of ordered()) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "room";
+      b.dataset.room = r.name;
+      if (r.name === current) b.setAttribute("aria-current", "page");
+      const counted = r.notify === "none" ? 0 : r.notify === "mentions" && !r.with ? r.mentions : r.unread;
+      total += counted;
+      b.append(span("label", label(r)));
+      let aria = label(r);
+      if (r.unread > 0) {
+        const u = span("badge unread", r.unread + (r.approx ? "+" : ""));
+        if (r.notify === "none") u.classList.add("muted");
+        b.append(u);
+        aria += ", " + r.unread + (r.approx ? " or more" : "") + " unread";
+        b.classList.add("has-unread");
+      }
+      if (r.mentions > 0) {
+        b.append(span("badge mentions", "@" + r.mentions));
+        aria += ", " + r.mentions + (r.mentions === 1 ? " mention" : " mentions");
+      }
+      if (r.notify !== "all") aria += ", notifications: " + r.notify;
+      b.setAttribute("aria-label", aria);
+      b.addEventListener("click", () => { switchTo(r.name); closeDrawer(); });
+      li.appendChild(b);
+      (r.with ? dms : plain).appendChild(li);
+    }
+    el.roomList.replaceChildren(plain);
+    el.dmList.replaceChildren(dms);
+    const title = (total > 0 ? "(" + total + ") " : "") + "machat";
+    if (document.title !== title) document.title = title;
+  }
+
+  // Counts what in `r` is after its read position, from the messages the page has.
+  function recount(r) {
+    let unread = 0;
+    let ment = 0;
+    let oldest = 0;
+    for (const ev of r.entries) {
+      if (!isMessage(ev)) continue;
+      if (!oldest) oldest = ev.id;
+      if (ev.id <= r.read || ev.name === me.name) continue;
+      unread++;
+      if (mentions(ev.text, me.name)) ment++;
+    }
+    // The page holds only the last messages: the server's last id says how far unread goes.
+    r.approx = false;
+    if (!r.atStart && oldest && oldest > r.read + 1) {
+      const far = Math.max(r.markLast, r.last) - r.read;
+      if (far > unread) {
+        unread = far;
+        r.approx = true;
+      }
+    }
+    if (r.state !== "joined" && !oldest) {
+      const far = r.markLast - r.read;
+      if (far > 0) { unread = far; r.approx = true; }
+    }
+    r.unread = unread;
+    r.mentions = ment;
+    drawSideSoon();
+  }
+
+  // The page is being looked at: what arrives in the room shown is read at once.
+  function looking() {
+    return !document.hidden && el.chat.hidden === false;
+  }
+
+  let readTimer = null;
+  // Marks the room shown as read up to its last message (if the reader is at the bottom).
+  function readCurrent(force) {
+    const r = rooms.get(current);
+    if (!r || r.state !== "joined") return;
+    if (!force && (!looking() || !nearBottom())) return;
+    const top = r.last;
+    if (top <= r.read && r.unread === 0) return;
+    r.read = Math.max(r.read, top);
+    r.unread = 0;
+    r.mentions = 0;
+    r.approx = false;
+    drawSideSoon();
+    saveGuest();
+    if (me.person && readTimer === null) {
+      readTimer = setTimeout(() => {
+        readTimer = null;
+        for (const x of rooms.values()) {
+          if (x.state === "joined" && x.read > (x.readSent || 0)) {
+            x.readSent = x.read;
+            request({ type: "read", room: x.name, id: x.read });
+          }
+        }
+      }, 400);
+    }
+  }
+
+  // ---------- notifications ----------
+
+  function notifyCapable() {
+    return typeof window.Notification === "function";
+  }
+
+  function showNotifyButton() {
+    el.notifyEnable.hidden = !(notifyCapable() && Notification.permission === "default");
+  }
+
+  el.notifyEnable.addEventListener("click", () => {
+    if (!notifyCapable()) return;
+    const asked = Notification.requestPermission();
+    if (asked && asked.then) asked.then(showNotifyButton, showNotifyButton);
+  });
+
+  // A message that should reach the person even while they look elsewhere.
+  function alert(r, ev, mentioned) {
+    if (!looking() || r.name !== current) {
+      const wants = r.notify === "all" || (r.notify === "mentions" && (mentioned || r.with));
+      if (!wants || !(mentioned || r.with || r.notify === "all")) return;
+      if (!document.hidden && document.hasFocus()) return; // seen in the sidebar
+      if (!notifyCapable() || Notification.permission !== "granted") return;
+      try {
+        const n = new Notification(ev.name + (r.with ? "" : " in #" + r.name), {
+          body: ev.text.slice(0, 200), tag: "machat:" + r.name,
+        });
+        n.onclick = () => { window.focus(); switchTo(r.name); };
+      } catch (e) { /* not allowed here */ }
+    }
   }
 
   // ---------- the connection ----------
@@ -490,28 +649,32 @@
     return u.href;
   }
 
+  function request(obj) {
+    if (!ws || ws.readyState !== WebSocket.OPEN || !welcomed) return null;
+    const req = ++reqSeq;
+    obj.req = req;
+    ws.send(JSON.stringify(obj));
+    return req;
+  }
+
   function connect() {
     clearTimeout(timer);
     timer = null;
     if (!wanted) return;
     setStatus("connecting", "connecting...");
-    joined = false;
-    inReplay = null;
-    quietWho = 0;
-    quietHelp = 0;
-    enterHistory = 0;
-    resuming = false;
+    welcomed = false;
+    pending.clear();
+    for (const r of rooms.values()) {
+      if (r.state !== "gone") r.state = "new";
+      r.replay = null;
+      r.loadingOlder = false;
+    }
     const sock = new WebSocket(wsUrl());
     ws = sock;
     sock.onopen = () => {
-      const hs = { name: session.name, room: session.room };
+      const hs = { name: me.name, version: 2 };
       const login = currentLogin();
-      if (login && login.name === session.name) hs.token = login.token;
-      const last = session.lastIds[session.room];
-      // A resume asks for everything after the last id seen; a first visit for recent history.
-      resuming = typeof last === "number";
-      if (resuming) hs.since = last;
-      else hs.history = HISTORY;
+      if (login && login.name === me.name) hs.token = login.token;
       sock.send(JSON.stringify(hs));
     };
     sock.onmessage = (m) => {
@@ -523,13 +686,18 @@
     sock.onclose = (c) => {
       if (sock !== ws) return;
       ws = null;
-      const wasJoined = joined;
-      joined = false;
+      const was = welcomed;
+      welcomed = false;
+      if (c.code === 1009) {
+        // Our message was over the server's limit: say so and give its text back.
+        local("error: line too long", "notice");
+        if (el.input.value === "") { el.input.value = lastSent; grow(); }
+      }
       if (!wanted) {
         setStatus("offline", "not connected");
         return;
       }
-      if (wasJoined) backoff = BACKOFF_MIN;
+      if (was) backoff = BACKOFF_MIN;
       const delay = backoff + Math.floor(Math.random() * backoff * 0.2);
       backoff = Math.min(backoff * 2, BACKOFF_MAX);
       setStatus("reconnecting", "reconnecting in " + (delay / 1000).toFixed(1) + " s" +
@@ -538,186 +706,427 @@
     };
   }
 
-  function handle(ev) {
-    if (ev.type === "error" && /^history is off/.test(ev.reason) && (!joined || enterHistory > 0)) {
-      if (joined) enterHistory--;
-      return; // we asked for history on our own; without it the chat works all the same
+  // Joins `name` (as a room of the sidebar); `switching` shows it once joined.
+  function join(name, opts) {
+    let r = rooms.get(name);
+    if (!r || r.state === "gone") {
+      r = newRoom(name);
+      rooms.set(name, r);
     }
-    if (ev.type === "error" && !joined && ev.reason === "authentication failed" && currentLogin()) {
-      // Our token was revoked or has expired: log in again.
-      forgetLogin();
-      stop("your login has ended: log in again");
-      return;
+    if (opts && opts.key) r.key = opts.key;
+    if (r.state !== "new" || !welcomed) return r;
+    const ask = { type: "join", room: name };
+    if (r.key) ask.key = r.key;
+    if (r.last > 0) {
+      ask.since = r.last; // back after a lost connection: what was missed
+    } else if (r.markLast > r.read && r.read > 0 && r.markLast - r.read <= RESUME_MAX) {
+      ask.since = Math.max(0, r.read - 10); // every unread message, and a little before
+    } else {
+      ask.history = HISTORY;
     }
-    if (ev.type === "error" && !joined) {
-      // A refused handshake: the server closes right after. A taken name on an automatic
-      // rejoin is most likely our own previous connection that the server has not dropped yet.
-      if (/already taken/.test(ev.reason) && session.auto && takenRetries < TAKEN_RETRIES) {
-        takenRetries++;
+    r.state = "joining";
+    const req = request(ask);
+    if (req !== null) pending.set(req, { kind: "join", room: name });
+    drawSideSoon();
+    return r;
+  }
+
+  function leave(name) {
+    const r = rooms.get(name);
+    if (!r) return;
+    if (r.state === "joined" || r.state === "joining") request({ type: "leave", room: name });
+    r.state = "gone";
+    rooms.delete(name);
+    if (current === name) {
+      const next = ordered()[0];
+      if (next) switchTo(next.name);
+      else {
+        current = null;
+        stop(null);
         return;
       }
-      if (!/^history/.test(ev.reason)) {
-        stop(ev.reason);
-        return;
+    }
+    saveGuest();
+    drawSideSoon();
+  }
+
+  function switchTo(name) {
+    const r = rooms.get(name);
+    if (!r) return;
+    if (current !== name) {
+      readCurrent(false);
+      current = name;
+      r.newFrom = r.unread > 0 ? r.read : 0;
+    }
+    showHeader();
+    drawMembers();
+    redraw(false);
+    drawSideSoon();
+    saveTab();
+    save(localStorage, LAST_KEY, { name: me.name, room: r.with ? "" : name });
+    setTimeout(() => readCurrent(false), 0);
+    if (window.matchMedia("(min-width: 641px)").matches) el.input.focus();
+  }
+
+  function welcome(ev) {
+    welcomed = true;
+    takenRetries = 0;
+    backoff = BACKOFF_MIN;
+    me.name = ev.name;
+    setStatus("connected", "connected");
+    if (me.person) return; // the marks come next, then the joins
+    // A guest: the rooms this browser kept, and the one asked for.
+    const kept = load(localStorage, GUEST_KEY);
+    if (kept && kept.name === me.name && kept.rooms && typeof kept.rooms === "object") {
+      for (const [name, k] of Object.entries(kept.rooms)) {
+        const r = rooms.get(name) || newRoom(name);
+        if (!rooms.has(name)) rooms.set(name, r);
+        r.auto = true;
+        if (typeof k.read === "number") r.read = Math.max(r.read, k.read);
+        if (k.notify === "all" || k.notify === "mentions" || k.notify === "none") r.notify = k.notify;
       }
     }
-    switch (ev.type) {
-      case "history":
-        if (!joined) inReplay = "join";
-        else if (enterHistory > 0) { enterHistory--; inReplay = "enter"; }
-        else inReplay = "command";
-        if (inReplay === "command") show(Object.assign({ replay: true }, ev));
-        else {
-          replayed = [];
-          replayHeader = Object.assign({ resumed: inReplay === "join" && resuming }, ev);
-        }
-        return;
-      case "end_of_history":
-        if (inReplay === "command") show(ev);
-        else if (replayHeader && replayed.length > 0) {
-          // Only what this room's log did not show yet, counted as such.
-          show(Object.assign(replayHeader, { count: replayed.length }), false);
-          for (const m of replayed) show(m);
-        }
-        replayed = [];
-        replayHeader = null;
-        inReplay = null;
-        return;
-      case "message":
-      case "action": {
-        if (inReplay === "command") {
-          show(Object.assign({ replay: true }, ev));
-          return;
-        }
-        const key = ev.room + "\n" + ev.id;
-        if (seen.has(key)) return;
-        seen.add(key);
-        const last = session.lastIds[ev.room];
-        if (typeof last !== "number" || ev.id > last) session.lastIds[ev.room] = ev.id;
-        if (inReplay && replayHeader) replayed.push(ev);
-        else show(ev);
-        return;
-      }
-      case "join":
-        if (ev.name === session.name && !joined) {
-          joined = true;
-          takenRetries = 0;
-          session.auto = true;
-          backoff = BACKOFF_MIN;
-          setStatus("connected", "connected");
-        }
-        if (ev.name === session.name && ev.room !== session.room) {
-          session.room = ev.room; // after /join ROOM: this room's own log, then what is new
-          showTopic("");
-          redraw();
-          members.clear();
-          showWhere();
-          rememberLast();
-          if (send("/history " + HISTORY)) enterHistory++;
-        }
-        if (ev.room === session.room) {
-          members.add(ev.name);
-          drawMembers();
-        }
-        if (ev.name === session.name && send("/who")) quietWho++;
-        if (ev.name === session.name) askPowers();
-        show(ev);
-        return;
-      case "leave":
-        if (ev.room === session.room) {
-          members.delete(ev.name);
-          drawMembers();
-        }
-        show(ev);
-        return;
-      case "nick":
-        if (ev.room === session.room) {
-          members.delete(ev.name);
-          members.add(ev.new);
-        }
-        if (ev.name === session.name) {
-          session.name = ev.new;
-          showWhere();
-          rememberLast();
-        }
-        drawMembers();
-        show(ev);
-        return;
-      case "help":
-        if (quietHelp > 0) {
-          quietHelp--;
-          const op = ev.commands.some((c) => c.startsWith("/kick"));
-          if (op !== powers.op) {
-            powers.op = op;
-            drawMembers();
-            redraw();
-          }
-          return;
-        }
-        show(ev);
-        return;
-      case "who":
-        if (ev.room === session.room) {
-          members.clear();
-          for (const n of ev.members) members.add(n);
-          drawMembers();
-        }
-        if (quietWho > 0) quietWho--;
-        else show(ev);
-        return;
-      case "notice":
-        show(ev);
-        if (ev.text === "bye") stop(null);
-        return;
-      case "error":
-        if (ev.reason === "line too long" && el.input.value === "") {
-          el.input.value = lastSent;
-          grow();
-        }
-        show(ev);
-        return;
-      default:
-        if (ACTS.has(ev.type)) return act(ev);
-        show(ev);
+    joinAll();
+  }
+
+  function joinAll() {
+    if (firstRoom && !rooms.has(firstRoom)) rooms.set(firstRoom, newRoom(firstRoom));
+    for (const r of rooms.values()) join(r.name);
+    if (!current || !rooms.has(current)) {
+      const want = firstRoom && rooms.has(firstRoom) ? firstRoom : (ordered()[0] || {}).name;
+      if (want) switchTo(want);
+    } else {
+      switchTo(current);
+    }
+    if (rooms.size === 0) {
+      // Nothing to be in yet: the lobby.
+      firstRoom = "lobby";
+      join("lobby");
+      switchTo("lobby");
     }
   }
 
-  // A moderation event: a deleted message disappears (here and from what a reload shows),
-  // the topic goes to the header, and a kick or ban of ourselves ends the session with why.
+  function applyMark(m, joinIt) {
+    if (!m || typeof m.room !== "string") return;
+    let r = rooms.get(m.room);
+    if (!r) {
+      if (!joinIt) return;
+      r = newRoom(m.room);
+      r.auto = true;
+      rooms.set(m.room, r);
+    }
+    if (typeof m.read === "number" && m.read > r.read) r.read = m.read;
+    if (typeof m.last === "number") r.markLast = Math.max(r.markLast, m.last);
+    if (m.notify === "all" || m.notify === "mentions" || m.notify === "none") r.notify = m.notify;
+    if (typeof m.with === "string") r.with = m.with;
+    if (typeof m.read === "number") r.readSent = Math.max(r.readSent || 0, m.read);
+    recount(r);
+    if (r.name === current) {
+      showHeader();
+      if (r.unread === 0) el.log.querySelectorAll(".new-line").forEach((x) => x.remove());
+    }
+  }
+
+  function handle(ev) {
+    if (!welcomed) {
+      if (ev.type === "welcome") return welcome(ev);
+      if (ev.type === "error") {
+        if (ev.reason === "authentication failed" && currentLogin()) {
+          forgetLogin(); // our token was revoked or has expired: log in again
+          stop("your login has ended: log in again");
+          return;
+        }
+        stop(ev.reason);
+      }
+      return;
+    }
+    const asked = ev.req !== undefined ? pending.get(ev.req) : undefined;
+    if (asked && (ev.type === "ok" || ev.type === "error")) pending.delete(ev.req);
+    switch (ev.type) {
+      case "marks":
+        for (const m of Array.isArray(ev.marks) ? ev.marks : []) applyMark(m, true);
+        if (asked === undefined) joinAll();
+        return;
+      case "mark":
+        applyMark(ev, true);
+        if (rooms.has(ev.room) && rooms.get(ev.room).state === "new") join(ev.room);
+        return;
+      case "unmark": {
+        const r = rooms.get(ev.room);
+        if (r) leave(ev.room);
+        return;
+      }
+      case "ok":
+        if (asked && asked.kind === "join") joined(asked.room);
+        if (asked && asked.kind === "dm" && typeof ev.room === "string") {
+          const r = join(ev.room);
+          if (asked.with) r.with = r.with || asked.with;
+          switchTo(ev.room);
+        }
+        return;
+      case "error":
+        return error(ev, asked);
+      case "history": {
+        const r = rooms.get(ev.room);
+        if (r) r.replay = { older: r.loadingOlder, list: [] };
+        return;
+      }
+      case "end_of_history": {
+        const r = rooms.get(ev.room);
+        if (r && r.replay) endReplay(r);
+        return;
+      }
+      case "message":
+      case "action": {
+        const r = rooms.get(ev.room);
+        if (!r) return;
+        if (r.replay) { r.replay.list.push(ev); return; }
+        message(r, ev);
+        return;
+      }
+      case "join": {
+        const r = rooms.get(ev.room);
+        if (!r) return;
+        r.members.add(ev.name);
+        if (ev.name === me.name && r.state !== "joined") {
+          r.state = "joined";
+          request({ type: "who", room: r.name });
+          askPowers(r);
+        }
+        if (r.name === current) drawMembers();
+        show(r, ev);
+        return;
+      }
+      case "leave": {
+        const r = rooms.get(ev.room);
+        if (!r) return;
+        r.members.delete(ev.name);
+        if (r.name === current) drawMembers();
+        show(r, ev);
+        return;
+      }
+      case "nick": {
+        const r = rooms.get(ev.room);
+        if (ev.name === me.name) me.name = ev.new;
+        if (!r) return;
+        r.members.delete(ev.name);
+        r.members.add(ev.new);
+        if (r.name === current) { drawMembers(); showHeader(); }
+        show(r, ev);
+        return;
+      }
+      case "who": {
+        const r = rooms.get(ev.room);
+        if (!r) return;
+        r.members = new Set(ev.members);
+        if (r.name === current) drawMembers();
+        if (asked) pending.delete(ev.req);
+        if (asked && asked.kind === "who") show(r, ev); // the user's own /who
+        return;
+      }
+      case "help": {
+        const r = asked && asked.kind === "help" ? rooms.get(asked.room) : null;
+        if (asked) pending.delete(ev.req);
+        if (asked && asked.kind === "help") {
+          if (r) {
+            const op = ev.commands.some((c) => c.startsWith("/kick"));
+            if (op !== r.op) {
+              r.op = op;
+              if (r.name === current) { drawMembers(); redraw(true); }
+            }
+          }
+          return;
+        }
+        local("commands: " + ev.commands.join(", "));
+        return;
+      }
+      case "rooms":
+        if (asked) pending.delete(ev.req);
+        return showBrowser(ev);
+      case "topic": {
+        const r = rooms.get(ev.room);
+        if (!r) return;
+        r.topic = ev.text || "";
+        if (r.name === current) showHeader();
+        if (ev.actor) show(r, ev); // a change (on joining, the topic alone has no actor)
+        return;
+      }
+      case "private": {
+        const r = rooms.get(ev.room) || rooms.get(current);
+        if (r) show(r, ev);
+        return;
+      }
+      case "notice": {
+        if (asked) pending.delete(ev.req);
+        const r = rooms.get(ev.room) || (asked && rooms.get(asked.room)) || rooms.get(current);
+        if (r) show(r, ev);
+        if (ev.text === "bye" && asked && asked.kind === "quit") stop(null);
+        return;
+      }
+      default:
+        if (ACTS.has(ev.type)) return act(ev);
+        if (rooms.get(current)) show(rooms.get(current), ev);
+    }
+  }
+
+  // A message in a room we are in, live (not from a replay).
+  function message(r, ev) {
+    if (r.ids.has(ev.id)) return;
+    r.ids.add(ev.id);
+    if (ev.id > r.last) r.last = ev.id;
+    show(r, ev);
+    if (ev.name === me.name) {
+      // What we say we have read: everything up to it.
+      if (ev.id > r.read) { r.read = ev.id; r.unread = 0; r.mentions = 0; r.approx = false; saveGuest(); }
+      drawSideSoon();
+      return;
+    }
+    if (ev.id <= r.read) return;
+    const mentioned = mentions(ev.text, me.name);
+    if (r.name === current && looking() && nearBottom()) {
+      readCurrent(true);
+      return;
+    }
+    r.unread++;
+    if (mentioned) r.mentions++;
+    drawSideSoon();
+    alert(r, ev, mentioned);
+  }
+
+  // A replay has ended: its messages join the room's log in id order, each once.
+  function endReplay(r) {
+    const { older, list } = r.replay;
+    r.replay = null;
+    const fresh = list.filter((m) => !r.ids.has(m.id));
+    for (const m of fresh) {
+      r.ids.add(m.id);
+      if (m.id > r.last) r.last = m.id;
+    }
+    if (older) {
+      r.loadingOlder = false;
+      if (fresh.length === 0) {
+        r.atStart = true;
+        if (!r.entries.length || r.entries[0].type !== "start") {
+          r.entries.unshift({ type: "start", room: r.name, localTs: (r.entries[0] || {}).ts });
+        }
+      } else {
+        r.entries = fresh.concat(r.entries);
+      }
+    } else {
+      // Before what the log holds (a first join) or after it (back after a lost connection).
+      const lastShown = r.entries.reduce((x, e) => (isMessage(e) ? Math.max(x, e.id) : x), 0);
+      const before = fresh.filter((m) => m.id < lastShown);
+      const after = fresh.filter((m) => m.id >= lastShown);
+      r.entries = before.concat(r.entries, after);
+      if (r.entries.length > KEEP) r.entries.splice(0, r.entries.length - KEEP);
+      if (list.length < HISTORY && !r.entries.some((e) => e.type === "start") &&
+          list.length === fresh.length && r.entries.filter(isMessage).length === list.length) {
+        // The whole history fit: this is where the room begins.
+        r.atStart = list.length === 0 || (list[0].id === 1);
+      }
+    }
+    recount(r);
+    if (r.name === current) {
+      if (!older && r.unread > 0 && !r.newFrom) r.newFrom = r.read;
+      redraw(older);
+      setTimeout(() => readCurrent(false), 0);
+    }
+  }
+
+  function joined(name) {
+    const r = rooms.get(name);
+    if (!r) return;
+    if (r.state !== "joined") {
+      r.state = "joined";
+      request({ type: "who", room: r.name });
+      askPowers(r);
+    }
+    r.auto = true; // joining it again by itself (after a lost connection) may race our old one
+    recount(r);
+    saveGuest();
+  }
+
+  // Asks the server what we may do in `r` (quietly: the answer is not shown).
+  function askPowers(r) {
+    const req = request({ type: "command", room: r.name, text: "/help" });
+    if (req !== null) pending.set(req, { kind: "help", room: r.name });
+  }
+
+  function error(ev, asked) {
+    if (asked && /^history (is off|unavailable)/.test(ev.reason)) {
+      // Only the replay is refused: a join goes on (its ok still comes), older pages end here.
+      if (asked.kind === "join") pending.set(ev.req, asked);
+      const r = rooms.get(asked.room);
+      if (r && asked.kind === "older") { r.loadingOlder = false; r.atStart = true; }
+      return;
+    }
+    if (asked && asked.kind === "join") {
+      const r = rooms.get(asked.room);
+      // A rejoin that races our own old connection's leave: try again shortly.
+      if (/already taken/.test(ev.reason) && r && r.auto && takenRetries < TAKEN_RETRIES) {
+        takenRetries++;
+        r.state = "new";
+        setTimeout(() => join(asked.room), 500);
+        return;
+      }
+      if (r) { r.state = "gone"; rooms.delete(asked.room); }
+      saveGuest();
+      drawSideSoon();
+      if (rooms.size === 0) {
+        stop(ev.reason);
+        return;
+      }
+      if (current === asked.room) switchTo(ordered()[0].name);
+      local("error: " + ev.reason);
+      return;
+    }
+    if (asked && (asked.kind === "help" || asked.kind === "read")) return;
+    if (asked && asked.kind === "older") {
+      const r = rooms.get(asked.room);
+      if (r) { r.loadingOlder = false; r.replay = null; }
+    }
+    if (ev.reason === "line too long" && el.input.value === "") {
+      el.input.value = lastSent;
+      grow();
+    }
+    const r = (asked && rooms.get(asked.room)) || rooms.get(current);
+    if (r) show(r, { type: "error", reason: ev.reason, room: r.name });
+  }
+
+  // A moderation event: a deleted message disappears, the topic goes to the header, and a
+  // kick or ban of ourselves takes the room away with why.
   function act(ev) {
+    const r = rooms.get(ev.room);
+    if (!r) return;
     if (ev.type === "delete") {
       const key = ev.room + "\n" + ev.id;
       for (const e of el.log.querySelectorAll(".entry[data-msg]")) {
         if (e.dataset.msg === key) e.remove();
       }
-      session.entries = session.entries.filter((x) =>
-        !((x.type === "message" || x.type === "action") && x.room === ev.room && x.id === ev.id));
-      saveSoon();
+      r.entries = r.entries.filter((x) => !(isMessage(x) && x.id === ev.id));
+      recount(r);
     }
-    if (ev.type === "topic" && ev.room === session.room) showTopic(ev.text);
-    // A role given or taken from us changes what we may do: ask again.
-    if ((ev.type === "op" || ev.type === "deop") && ev.target === session.name) askPowers();
-    show(ev);
-    if ((ev.type === "kick" || ev.type === "ban") && ev.target === session.name &&
-        ev.room === session.room) {
-      stop(actText(ev));
+    if (ev.type === "topic") {
+      r.topic = ev.text || "";
+      if (r.name === current) showHeader();
+    }
+    if ((ev.type === "op" || ev.type === "deop") && ev.target === me.name) askPowers(r);
+    show(r, ev);
+    if ((ev.type === "kick" || ev.type === "ban") && ev.target === me.name) {
+      r.state = "gone";
+      rooms.delete(r.name);
+      saveGuest();
+      drawSideSoon();
+      if (rooms.size === 0) {
+        stop(actText(ev));
+        return;
+      }
+      if (current === r.name) switchTo(ordered()[0].name);
+      local(actText(ev) + " (in #" + r.name + ")");
     }
   }
 
-  function showTopic(text) {
-    el.topic.textContent = text || "";
-    el.topic.title = text ? "Topic: " + text : "";
-  }
-
-  function send(text) {
-    if (ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(text);
-      return true;
-    }
-    return false;
-  }
-
-  // Stops for good: after a refused handshake, /quit or Leave.
+  // Stops for good: after a refused handshake, /quit, leaving the last room or logging out.
   function stop(reason) {
     wanted = false;
     clearTimeout(timer);
@@ -727,17 +1136,155 @@
       ws = null;
       try { s.close(); } catch (e) { /* already closed */ }
     }
-    joined = false;
+    welcomed = false;
     setStatus("offline", "not connected");
-    if (session) {
-      session.active = false;
-      saveNow();
+    forget(sessionStorage, TAB_KEY);
+    if (me) {
+      el.name.value = me.name;
+      el.room.value = current && rooms.get(current) && !rooms.get(current).with ? current : (firstRoom || "");
     }
-    el.name.value = session ? session.name : el.name.value;
-    el.room.value = session ? session.room : el.room.value;
     el.loginError.textContent = reason || "";
     showLogin(true);
   }
+
+  // ---------- older messages ----------
+
+  function loadOlder() {
+    const r = rooms.get(current);
+    if (!r || r.state !== "joined" || r.atStart || r.loadingOlder || r.replay) return;
+    const first = r.entries.find(isMessage);
+    if (!first) { r.atStart = true; return; }
+    const req = request({ type: "history", room: r.name, limit: OLDER, before: first.id });
+    if (req === null) return;
+    r.loadingOlder = true;
+    pending.set(req, { kind: "older", room: r.name });
+  }
+
+  el.log.addEventListener("scroll", () => {
+    if (el.log.scrollTop < 80) loadOlder();
+    if (nearBottom()) readCurrent(false);
+  }, { passive: true });
+
+  // ---------- the room browser, joining, conversations ----------
+
+  el.browse.addEventListener("click", () => {
+    const open = el.roomBrowser.hidden;
+    el.roomBrowser.hidden = !open;
+    el.browse.setAttribute("aria-expanded", String(open));
+    if (open) {
+      const req = request({ type: "rooms" });
+      if (req !== null) pending.set(req, { kind: "rooms" });
+    }
+  });
+
+  function showBrowser(ev) {
+    const frag = document.createDocumentFragment();
+    for (const x of ev.rooms || []) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "room";
+      b.append(span("label", "#" + x.room), span("count", String(x.members)));
+      b.setAttribute("aria-label", "Join " + x.room + ", " + x.members + " in it");
+      b.addEventListener("click", () => { join(x.room); switchTo(x.room); closeDrawer(); });
+      li.appendChild(b);
+      frag.appendChild(li);
+    }
+    if (ev.more) frag.appendChild(span("hint", "and " + ev.more + " more"));
+    if (!ev.rooms || ev.rooms.length === 0) frag.appendChild(span("hint", "no rooms yet"));
+    el.allRooms.replaceChildren(frag);
+    el.roomBrowser.hidden = false;
+  }
+
+  el.newRoom.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = el.newRoomName.value.trim();
+    if (!name) return;
+    el.newRoomName.value = "";
+    join(name);
+    switchTo(name);
+    closeDrawer();
+  });
+
+  function openDm(name) {
+    const req = request({ type: "dm", to: name });
+    if (req !== null) pending.set(req, { kind: "dm", with: name, room: current });
+  }
+
+  el.dmForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = el.dmName.value.trim();
+    if (!name) return;
+    el.dmName.value = "";
+    openDm(name);
+    closeDrawer();
+  });
+
+  el.notify.addEventListener("change", () => {
+    const r = rooms.get(current);
+    if (!r) return;
+    r.notify = el.notify.value;
+    if (me.person) request({ type: "notify", room: r.name, level: r.notify });
+    saveGuest();
+    drawSideSoon();
+  });
+
+  // ---------- the drawer (phones) and the keyboard ----------
+
+  function closeDrawer() {
+    document.body.classList.remove("show-rooms");
+    el.roomsToggle.setAttribute("aria-expanded", "false");
+  }
+  el.roomsToggle.addEventListener("click", () => {
+    const open = document.body.classList.toggle("show-rooms");
+    el.roomsToggle.setAttribute("aria-expanded", String(open));
+  });
+
+  document.addEventListener("keydown", (e) => {
+    if (el.chat.hidden) return;
+    if (e.altKey && (e.key === "ArrowUp" || e.key === "ArrowDown")) {
+      e.preventDefault();
+      const list = ordered();
+      const at = list.findIndex((r) => r.name === current);
+      if (list.length === 0) return;
+      const next = list[(at + (e.key === "ArrowDown" ? 1 : list.length - 1)) % list.length];
+      switchTo(next.name);
+      return;
+    }
+    if (e.key === "Escape" && !(e.target && e.target.id === "topic-input")) {
+      readCurrent(true);
+      el.log.querySelectorAll(".new-line").forEach((x) => x.remove());
+      closeDrawer();
+    }
+  });
+
+  window.addEventListener("focus", () => readCurrent(false));
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) readCurrent(false); });
+
+  // ---------- header buttons ----------
+
+  el.editTopic.addEventListener("click", () => {
+    const r = rooms.get(current);
+    if (!r) return;
+    const input = document.createElement("input");
+    input.id = "topic-input";
+    input.value = r.topic;
+    input.maxLength = 500;
+    input.setAttribute("aria-label", "New topic (empty clears it)");
+    el.editTopic.hidden = true;
+    el.topic.replaceWith(input);
+    input.focus();
+    const done = (sendIt) => {
+      if (sendIt) request({ type: "command", room: r.name, text: "/topic " + (input.value.trim() || "-") });
+      input.replaceWith(el.topic);
+      el.editTopic.hidden = !r.op;
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); done(true); }
+      if (e.key === "Escape") { e.preventDefault(); done(false); }
+    });
+    input.addEventListener("blur", () => { if (input.isConnected) done(false); });
+  });
 
   // Joins and leaves shown or hidden, remembered by the browser.
   function setQuiet(on) {
@@ -753,50 +1300,44 @@
   });
   setQuiet(load(localStorage, QUIET_KEY) === true);
 
+  el.leave.addEventListener("click", () => { if (current) leave(current); });
+
   function showLogin(on) {
     el.login.hidden = !on;
     el.chat.hidden = on;
-    el.leave.hidden = on;
-    el.quiet.hidden = on;
-    el.membersToggle.hidden = on;
-    if (on) el.name.focus(); else el.input.focus();
-  }
-
-  function rememberLast() {
-    save(localStorage, LAST_KEY, { name: session.name, room: session.room });
-    saveSoon();
-  }
-
-  // Starts (or resumes) a session and connects.
-  function start(name, room, resume) {
-    const old = load(sessionStorage, SESSION_KEY);
-    if (resume && old) {
-      session = old;
-    } else if (old && old.name === name && old.room === room && old.lastIds) {
-      session = old; // joining again as the same person: keep the log and resume from it
+    for (const b of [el.leave, el.quiet, el.membersToggle, el.roomsToggle]) b.hidden = on;
+    el.notifyLabel.hidden = on;
+    if (on) {
+      document.title = "machat";
+      el.where.textContent = "";
+      el.topic.textContent = "";
+      el.editTopic.hidden = true;
+      el.name.focus();
     } else {
-      session = { name: name, room: room, lastIds: {}, entries: [] };
+      el.input.focus();
     }
-    session.active = true;
-    session.auto = !!resume;
-    powers = { op: false };
-    if (!Array.isArray(session.entries)) session.entries = [];
-    if (!session.lastIds || typeof session.lastIds !== "object") session.lastIds = {};
-    members.clear();
-    drawMembers();
-    redraw();
+  }
+
+  // Starts chatting as `name`, in the rooms kept for it and `room`.
+  function start(name, room) {
+    const login = currentLogin();
+    me = { name: name, person: !!(login && login.name === name) };
+    rooms.clear();
+    current = null;
+    firstRoom = room || null;
+    el.dmForm.hidden = !me.person;
+    el.dmHint.hidden = me.person;
     el.loginError.textContent = "";
-    showWhere();
-    rememberLast();
-    saveNow();
+    el.log.replaceChildren();
     showLogin(false);
+    showNotifyButton();
     wanted = true;
     backoff = BACKOFF_MIN;
     takenRetries = 0;
+    saveTab();
+    if (room) save(localStorage, LAST_KEY, { name: name, room: room });
     connect();
   }
-
-  // ---------- user input ----------
 
   // ---------- logging in ----------
 
@@ -808,7 +1349,7 @@
   }
 
   function forgetLogin() {
-    try { localStorage.removeItem(LOGIN_KEY); } catch (e) { /* disabled */ }
+    forget(localStorage, LOGIN_KEY);
     showAccount();
   }
 
@@ -845,7 +1386,7 @@
   el.logout.addEventListener("click", async () => {
     const l = currentLogin();
     forgetLogin();
-    if (session && session.active) stop(null);
+    if (wanted) stop(null);
     if (l) {
       try {
         await fetch("api/logout", { method: "POST", headers: { Authorization: "Bearer " + l.token } });
@@ -858,7 +1399,7 @@
     let name = el.name.value.trim();
     const room = el.room.value.trim();
     const password = el.password.value;
-    if (!name || !room) return;
+    if (!name) return;
     if (password) {
       el.loginError.textContent = "";
       const refused = await logIn(name, password);
@@ -869,7 +1410,12 @@
       name = currentLogin().name; // the registered spelling
       el.name.value = name;
     }
-    start(name, room, false);
+    const login = currentLogin();
+    if (!room && !(login && login.name === name)) {
+      el.loginError.textContent = "a room to join, please";
+      return;
+    }
+    start(name, room);
   });
 
   // Whether this server admits registered names only (it then says so on the form).
@@ -878,6 +1424,8 @@
     .then((info) => { el.needsAccount.hidden = !(info && info.require_auth === true); })
     .catch(() => {});
   showAccount();
+
+  // ---------- the message box ----------
 
   el.composer.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -897,23 +1445,83 @@
     el.input.style.height = Math.min(el.input.scrollHeight + 2, 200) + "px";
   }
 
+  // A line typed into the box as the request it stands for: text, or a /command.
+  function requestFor(text, room) {
+    const m = /^\/(\S+)\s*([\s\S]*)$/.exec(text);
+    if (!m || text.startsWith("//")) {
+      return { type: "say", room: room, text: text.startsWith("//") ? text.slice(1) : text };
+    }
+    const verb = m[1].toLowerCase();
+    const args = m[2].trim();
+    const first = args.split(/\s+/)[0] || "";
+    const rest = args.slice(first.length).trim();
+    switch (verb) {
+      case "me": return args ? { type: "me", room: room, text: args } : null;
+      case "msg": return first && rest ? { type: "msg", room: room, to: first, text: rest } : null;
+      case "who": return { type: "who", room: room };
+      case "rooms": return { type: "rooms" };
+      case "nick": return first ? { type: "nick", name: first } : null;
+      case "history": return { type: "history", room: room, limit: Math.min(Math.max(parseInt(first, 10) || 20, 1), 1000) };
+      case "quit": return { type: "quit" };
+      case "join": return first ? { local: "join", room: first, key: rest || undefined } : null;
+      case "leave": case "part": return { local: "leave", room: first || room };
+      case "dm": case "query": return first ? { local: "dm", to: first } : null;
+      default: return { type: "command", room: room, text: text };
+    }
+  }
+
   function submit() {
     const text = el.input.value;
     if (text === "") return;
-    if (!joined || !send(text)) {
+    const r = rooms.get(current);
+    if (!welcomed || !r || r.state !== "joined") {
       el.input.classList.add("blocked");
       setTimeout(() => el.input.classList.remove("blocked"), 400);
       return; // keep the text: it can be sent once the connection is back
     }
-    if (/^\/quit\s*$/i.test(text.trim())) session.active = false;
+    const ask = requestFor(text, r.name);
+    if (ask === null) {
+      local("usage: /me ACTION, /msg NAME TEXT, /nick NAME, /join ROOM, /leave, /dm NAME");
+      return;
+    }
+    if (ask.local === "join") {
+      join(ask.room, { key: ask.key });
+      switchTo(ask.room);
+    } else if (ask.local === "leave") {
+      leave(ask.room);
+    } else if (ask.local === "dm") {
+      openDm(ask.to);
+    } else {
+      const req = request(ask);
+      if (req === null) return;
+      pending.set(req, { kind: ask.type, room: r.name });
+      if (ask.type === "rooms") {
+        el.roomBrowser.hidden = false;
+        document.body.classList.add("show-rooms");
+      }
+    }
     lastSent = text;
     el.input.value = "";
     grow();
   }
 
-  el.leave.addEventListener("click", () => {
-    send("/quit");
-    stop(null);
+  // Leaving the page (a reload, another page, or the back/forward cache, which would otherwise
+  // keep the socket open but unread): close the socket ourselves; coming back reconnects.
+  window.addEventListener("pagehide", () => {
+    clearTimeout(timer);
+    timer = null;
+    if (ws) {
+      const s = ws;
+      ws = null;
+      welcomed = false;
+      s.close();
+    }
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && wanted && !ws) {
+      backoff = BACKOFF_MIN;
+      connect();
+    }
   });
 
   // ---------- start ----------
@@ -922,9 +1530,14 @@
   const last = load(localStorage, LAST_KEY) || {};
   el.name.value = params.get("name") || last.name || "";
   el.room.value = params.get("room") || last.room || "";
-  const previous = load(sessionStorage, SESSION_KEY);
-  if (previous && previous.active && previous.name && previous.room) {
-    start(previous.name, previous.room, true); // a reload: redraw and resume
+  const tab = load(sessionStorage, TAB_KEY);
+  const login = currentLogin();
+  if (tab && typeof tab.name === "string" && tab.name) {
+    // A reload: back in every room, on the one shown before.
+    start(tab.name, null);
+    current = typeof tab.current === "string" ? tab.current : null;
+  } else if (login && !params.get("name")) {
+    start(login.name, params.get("room") || null); // logged in: straight to the chat
   } else {
     showLogin(true);
   }
