@@ -326,8 +326,10 @@
     return (ev.type === "join" || ev.type === "leave") && ev.name !== me.name;
   }
 
-  // The log as drawn: the day of the last entry (for the separators).
+  // The log as drawn: the day of the last entry (for the separators), and whether the "new
+  // messages" line is in it.
   let lastDay = "";
+  let lineDrawn = false;
 
   function separator(ev) {
     const ts = ev.ts || ev.localTs;
@@ -369,8 +371,8 @@
     }
     const sep = separator(ev);
     if (sep) into.appendChild(sep);
-    if (r && r.newFrom && isMessage(ev) && ev.id > r.newFrom && ev.name !== me.name &&
-        !into.querySelector(".new-line")) {
+    if (r && r.newFrom && !lineDrawn && isMessage(ev) && ev.id > r.newFrom && ev.name !== me.name) {
+      lineDrawn = true;
       into.appendChild(newLine());
     }
     const e = render(ev);
@@ -388,6 +390,7 @@
     const fromBottom = el.log.scrollHeight - el.log.scrollTop;
     const frag = document.createDocumentFragment();
     lastDay = "";
+    lineDrawn = false;
     if (r) for (const ev of r.entries) place(frag, ev, r);
     el.log.replaceChildren(frag);
     if (keepScroll) {
@@ -1253,6 +1256,8 @@
     }
     if (e.key === "Escape" && !(e.target && e.target.id === "topic-input")) {
       readCurrent(true);
+      const r = rooms.get(current);
+      if (r) r.newFrom = 0;
       el.log.querySelectorAll(".new-line").forEach((x) => x.remove());
       closeDrawer();
     }
