@@ -104,7 +104,10 @@ pub(super) async fn messages(
         );
     };
     if q.before == Some(0) {
-        return error(StatusCode::BAD_REQUEST, "before must be a whole number >= 1");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "before must be a whole number >= 1",
+        );
     }
     // The last id the answer may hold.
     let until = q.before.map_or(u64::MAX, |b| b - 1);
