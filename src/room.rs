@@ -540,8 +540,22 @@ impl Room {
     /// Begins a replay of the last `limit` stored messages for a member (`/history`): it goes
     /// out where the member stands now, before anything that comes later.
     pub fn history(&self, seat: Seat, limit: usize) -> Result<ReplayStart, RoomError> {
+        self.history_before(seat, limit, None)
+    }
+
+    /// [`Room::history`] of the messages with ids below `before` (older history, a page at a
+    /// time: the client passes the first id it has). Read in pages like any replay.
+    pub fn history_before(
+        &self,
+        seat: Seat,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<ReplayStart, RoomError> {
         let mut inner = self.lock();
-        let until = inner.last_published;
+        let until = match before {
+            Some(before) => inner.last_published.min(before.saturating_sub(1)),
+            None => inner.last_published,
+        };
         let inner = &mut *inner;
         let Some(m) = inner.slots.get_mut(seat.slot).and_then(|m| m.as_mut()) else {
             return Err(RoomError::Gone);

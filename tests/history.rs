@@ -678,3 +678,108 @@ fn a_resume_nobody_reads_does_not_leave_a_ghost() {
     again.expect("*** ghost joined");
     drop(ghost);
 }
+
+/// A version-2 `history` request with `before`: the ids it answered with, after checking the
+/// answer's frame (`history` with its count, the messages, `end_of_history`, `ok`).
+fn older(c: &mut Client, room: &str, limit: u64, before: u64, req: u64) -> Vec<u64> {
+    c.send(&format!(
+        r#"{{"type":"history","room":"{room}","limit":{limit},"before":{before},"req":{req}}}"#
+    ));
+    c.send("\n");
+    let head = json(c);
+    assert_eq!(
+        (head["type"].as_str(), head["room"].as_str()),
+        (Some("history"), Some(room))
+    );
+    let count = head["count"].as_u64().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let m = json(c);
+        assert_eq!(m["type"], "message", "{m}");
+        ids.push(m["id"].as_u64().unwrap());
+    }
+    let end = json(c);
+    assert_eq!(
+        end,
+        serde_json::json!({"type":"end_of_history","room":room})
+    );
+    let ok = json(c);
+    assert_eq!(ok, serde_json::json!({"type":"ok","req":req}));
+    ids
+}
+
+#[test]
+fn older_history_pages_back_to_the_first_message_skipping_deleted_ones() {
+    for mode in ["sqlite", "memory"] {
+        let server = Server::start(&[
+            "--history",
+            mode,
+            "--max-line-rate",
+            "0",
+            "--http",
+            "127.0.0.1:0",
+        ]);
+        let mut a = server.connect("a", "r");
+        send_all(&mut a, 0, 10);
+        a.until("a:m9");
+        a.send("/delete 5\n");
+        a.expect("*** a deleted message 5");
+
+        let mut v2 = Client::raw(server.addr);
+        v2.send(r#"{"name":"v","version":2,"room":"r"}"#);
+        assert_eq!(json(&mut v2)["type"], "welcome");
+        assert_eq!(json(&mut v2)["type"], "join");
+
+        // Paging back: each page is the last N below the first id the client has.
+        assert_eq!(older(&mut v2, "r", 3, 11, 1), [8, 9, 10], "{mode}");
+        assert_eq!(older(&mut v2, "r", 3, 8, 2), [4, 6, 7], "{mode}");
+        assert_eq!(older(&mut v2, "r", 3, 4, 3), [1, 2, 3], "{mode}");
+        // The start of history: count 0.
+        assert_eq!(older(&mut v2, "r", 3, 1, 4), Vec::<u64>::new(), "{mode}");
+        // Far beyond the last id: the last messages.
+        assert_eq!(older(&mut v2, "r", 2, 1_000_000, 5), [9, 10], "{mode}");
+
+        // Bad `before` values: an error with the req, and the connection stays.
+        for (bad, req) in [("0", 6), ("-1", 7), ("\"9\"", 8), ("1.5", 9)] {
+            v2.send(&format!(
+                r#"{{"type":"history","room":"r","limit":3,"before":{bad},"req":{req}}}"#
+            ));
+            v2.send("\n");
+            let err = json(&mut v2);
+            assert_eq!(
+                err,
+                serde_json::json!({"type":"error","req":req,"reason":"\"before\" must be a whole number >= 1"}),
+                "{bad}"
+            );
+        }
+        assert_eq!(older(&mut v2, "r", 1, 2, 10), [1]);
+
+        // The HTTP API pages back the same way.
+        let http = server.http.unwrap();
+        let (status, _, body) = common::ws::get(http, "/api/rooms/r/messages?before=8&limit=3");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [4, 6, 7], "{mode}");
+        assert_eq!(v["last_id"], 7);
+        let (status, _, body) = common::ws::get(http, "/api/rooms/r/messages?before=1");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"room":"r","messages":[],"last_id":0}"#)
+        );
+        let (status, _, body) = common::ws::get(http, "/api/rooms/r/messages?before=0");
+        assert_eq!(status, 400);
+        assert!(
+            body.contains("before must be a whole number >= 1"),
+            "{body}"
+        );
+        let (status, _, body) = common::ws::get(http, "/api/rooms/r/messages?before=x");
+        assert_eq!(status, 400);
+        assert!(body.contains("whole numbers"), "{body}");
+    }
+}

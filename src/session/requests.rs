@@ -141,7 +141,7 @@ impl Session {
                 render_reply(&reply, req, &mut bytes);
                 room.send_to(seat, bytes).map_err(gone)
             }
-            Kind::History { limit, .. } => {
+            Kind::History { limit, before, .. } => {
                 let n = limit.unwrap_or(HISTORY_DEFAULT);
                 if !(1..=MAX_REPLAY as u64).contains(&n) {
                     return self.refuse(req, &Refusal::HistoryLimit, out);
@@ -152,7 +152,8 @@ impl Session {
                 if !room.history_available() {
                     return self.refuse(req, &Refusal::HistoryUnavailable, out);
                 }
-                let start = room.history(seat, n as usize).map_err(gone)?;
+                let start = room.history_before(seat, n as usize, before);
+                let start = start.map_err(gone)?;
                 let replay = PagedReplay::new(start, room.max_pending(), self.rules.max_line);
                 self.seats.as_mut_slice()[i].replay = Some(Box::new(replay));
                 // Queued behind the replay: the `ok` comes after its last line.

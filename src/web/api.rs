@@ -84,11 +84,14 @@ pub(super) async fn rooms(
 pub(super) struct MessagesQuery {
     since: Option<u64>,
     limit: Option<usize>,
+    before: Option<u64>,
 }
 
 /// `GET /api/rooms/{room}/messages?since=ID&limit=N`: stored messages, oldest first: the first
 /// `limit` after `since`, or without `since` the last `limit` (default 100, at most 1000).
-/// `last_id` is the id to pass as `since` for the next page.
+/// `last_id` is the id to pass as `since` for the next page. With `before=ID`, only messages
+/// with ids below it (older history: pass the first id you have).
+
 pub(super) async fn messages(
     State(state): State<Arc<WebState>>,
     Path(room): Path<String>,
@@ -97,9 +100,17 @@ pub(super) async fn messages(
     let Ok(Query(q)) = query else {
         return error(
             StatusCode::BAD_REQUEST,
-            "since and limit must be whole numbers",
+            "since, before and limit must be whole numbers",
         );
     };
+    if q.before == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "before must be a whole number >= 1",
+        );
+    }
+    // The last id the answer may hold.
+    let until = q.before.map_or(u64::MAX, |b| b - 1);
     if let Err(e) = validate_room(&room) {
         return error(StatusCode::BAD_REQUEST, &e);
     }
@@ -115,7 +126,7 @@ pub(super) async fn messages(
     // that cannot answer still gets a proper status.
     let (after, total) = match q.since {
         Some(since) => (since, limit),
-        None => match wait(store.last_span(&room, u64::MAX, limit)).await {
+        None => match wait(store.last_span(&room, until, limit)).await {
             Ok(span) => (span.after, span.count),
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
         },
@@ -124,6 +135,7 @@ pub(super) async fn messages(
         store: store.clone(),
         room,
         after,
+        until,
         left: total,
         last_id: q.since.unwrap_or(0),
         size: PageSize::new(
@@ -178,6 +190,8 @@ struct Paging {
     store: Arc<dyn crate::store::Store>,
     room: String,
     after: u64,
+    /// The last id the answer may hold (`before` - 1).
+    until: u64,
     left: usize,
     last_id: u64,
     size: PageSize,
@@ -202,7 +216,7 @@ impl Paging {
         }
         let page = wait(
             self.store
-                .query(&self.room, Some(self.after), u64::MAX, want),
+                .query(&self.room, Some(self.after), self.until, want),
         )
         .await?;
         self.size.observe(&page);

@@ -86,6 +86,8 @@ pub enum Refusal {
     RequestNotString(&'static str),
     #[error("\"{0}\" must be a whole number >= 0")]
     RequestNotCount(&'static str),
+    #[error("\"{0}\" must be a whole number >= 1")]
+    RequestNotId(&'static str),
     #[error("\"{0}\" must not be empty")]
     RequestEmpty(&'static str),
     /// The type as sent, cut to 32 characters.

@@ -70,10 +70,12 @@ pub enum Kind {
         room: String,
     },
     Rooms,
-    /// The room's last `limit` messages (20 if absent), as `/history`.
+    /// The room's last `limit` messages (20 if absent), as `/history`; with `before`, the
+    /// last `limit` of those with ids below it (older history, a page at a time).
     History {
         room: String,
         limit: Option<u64>,
+        before: Option<u64>,
     },
     /// Rename the session in every room it is in (`/nick`); the name already follows the
     /// name rules.
@@ -204,6 +206,11 @@ fn kind(map: &Map<String, Value>) -> Result<Kind, Refusal> {
         "history" => Kind::History {
             room: room()?,
             limit: count("limit")?,
+            // An id: there is no message below 1, so 0 asks for nothing and is refused.
+            before: match count("before") {
+                Ok(Some(0)) | Err(_) => return Err(Refusal::RequestNotId("before")),
+                Ok(before) => before,
+            },
         },
         "nick" => {
             let name = string("name")?;
@@ -327,6 +334,15 @@ mod tests {
                 Kind::History {
                     room: "a".into(),
                     limit: Some(3),
+                    before: None,
+                },
+            ),
+            (
+                r#"{"type":"history","room":"a","limit":3,"before":41}"#,
+                Kind::History {
+                    room: "a".into(),
+                    limit: Some(3),
+                    before: Some(41),
                 },
             ),
             (
@@ -412,6 +428,26 @@ mod tests {
                 r#"{"req":1,"type":"history","room":"a","limit":"5"}"#,
                 Some("1"),
                 "\"limit\" must be",
+            ),
+            (
+                r#"{"req":1,"type":"history","room":"a","before":0}"#,
+                Some("1"),
+                "\"before\" must be a whole number >= 1",
+            ),
+            (
+                r#"{"req":1,"type":"history","room":"a","before":-3}"#,
+                Some("1"),
+                "\"before\" must be a whole number >= 1",
+            ),
+            (
+                r#"{"req":1,"type":"history","room":"a","before":"9"}"#,
+                Some("1"),
+                "\"before\" must be a whole number >= 1",
+            ),
+            (
+                r#"{"req":1,"type":"history","room":"a","before":2.5}"#,
+                Some("1"),
+                "\"before\" must be a whole number >= 1",
             ),
         ];
         for (line, req, want) in cases {
