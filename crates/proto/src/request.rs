@@ -388,10 +388,7 @@ mod tests {
                     level: Level::Mentions,
                 },
             ),
-            (
-                r#"{"type":"dm","to":"Ann"}"#,
-                Kind::Dm { to: "Ann".into() },
-            ),
+            (r#"{"type":"dm","to":"Ann"}"#, Kind::Dm { to: "Ann".into() }),
             (
                 r#"{"type":"nick","name":"Minnie"}"#,
                 Kind::Nick {
@@ -522,11 +519,7 @@ mod tests {
                 Some("1"),
                 "missing \"level\"",
             ),
-            (
-                r#"{"req":1,"type":"dm"}"#,
-                Some("1"),
-                "missing \"to\"",
-            ),
+            (r#"{"req":1,"type":"dm"}"#, Some("1"), "missing \"to\""),
             (
                 r#"{"req":1,"type":"dm","to":"a b"}"#,
                 Some("1"),
