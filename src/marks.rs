@@ -938,6 +938,83 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_session_that_does_not_read_gets_one_fresh_marks_line() {
+        let marks = Marks::in_memory();
+        let reader = marks.attach("Mina").await;
+        let sleeper = marks.attach("Mina").await;
+        let last = |_: &str| u64::MAX;
+        assert_eq!(marks.change("Mina", add("a"), &last), Outcome::Done);
+        let mut out = Vec::new();
+        for id in 4..3000 {
+            let read = Edit::Read {
+                room: "a".into(),
+                id,
+                at: id,
+            };
+            assert_eq!(marks.change("Mina", read, &last), Outcome::Done);
+            // One device reads as it goes; the other never does.
+            marks.take("Mina", &reader, &mut out, usize::MAX, &last);
+        }
+        assert!(!reader.has());
+        assert!(out.ends_with(b"\"read\":2999,\"last\":18446744073709551615,\"notify\":\"all\"}\n"));
+        assert!(sleeper.state().bytes.len() <= INBOX_MAX);
+        let mut out = Vec::new();
+        marks.take("Mina", &sleeper, &mut out, usize::MAX, &last);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("{\"type\":\"marks\",\"marks\":[{\"room\":\"a\",\"read\":2999,"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+        assert!(!sleeper.has());
+        // Their last session gone, the person's marks leave memory (kept by the keeper).
+        marks.detach("Mina", &reader);
+        marks.detach("Mina", &sleeper);
+        assert!(!marks.is_here("Mina"));
+        let again = marks.attach("Mina").await;
+        assert_eq!(marks.mark("Mina", "a").map(|m| m.read), Some(2999));
+        marks.detach("Mina", &again);
+    }
+
+    /// Counts the writes it is asked for.
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>, MemoryBackend);
+
+    impl Backend for Counting {
+        fn read(&mut self, person: &str) -> Result<Vec<Mark>, MarksError> {
+            self.1.read(person)
+        }
+        fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.write(person, edits)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_reads_is_written_once_a_second() {
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let keeper = Keeper::start(Box::new(Counting(writes.clone(), MemoryBackend::default())));
+        keeper.edit("Mina", add("a"));
+        for id in 4..100_000 {
+            let at = id;
+            keeper.edit(
+                "Mina",
+                Edit::Read {
+                    room: "a".into(),
+                    id,
+                    at,
+                },
+            );
+        }
+        let loaded = keeper.load("Mina").await.unwrap();
+        assert_eq!(
+            loaded[0].read, 99_999,
+            "a load comes after the edits queued before it"
+        );
+        let n = writes.load(Ordering::SeqCst);
+        assert!(n <= 3, "{n} writes");
+    }
+
     #[test]
     fn conversations_are_named_alike_from_both_sides() {
         let room = conversation("Mina", "Ann");
