@@ -286,10 +286,7 @@ fn marks_survive_a_restart_and_the_handshake_room_is_kept() {
         ]})
     );
     // A version-1 handshake keeps nothing.
-    let (_v1, _) = (
-        common::log_in(Client::raw(server.addr()), "Ann", "annpw", "other"),
-        (),
-    );
+    let _v1 = common::log_in(Client::raw(server.addr()), "Ann", "annpw", "other");
     let (_a, marks) = person(&server, "Ann", "annpw");
     assert_eq!(marks["marks"], json!([]));
 }
