@@ -77,12 +77,17 @@ impl Shared {
         rules: SessionRules,
         store: Arc<dyn Store>,
         tls: Option<TlsAcceptor>,
-        (users, policy): (Arc<Users>, Arc<crate::moderation::Policy>),
+        (users, policy, marks): (
+            Arc<Users>,
+            Arc<crate::moderation::Policy>,
+            Arc<crate::marks::Marks>,
+        ),
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
         let mut hub = Hub::with_settings(hub, store.clone())
             .with_users(users)
-            .with_policy(policy);
+            .with_policy(policy)
+            .with_marks(marks);
         if let Some(cluster) = &cluster {
             hub = hub.with_cluster(cluster.clone(), cluster.clone());
         }

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::bus::{Envelope, PrivateNote};
+use crate::marks::{Edit, Marks, Outcome};
 use crate::moderation::{Policy, Who};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::{Format, RoomEvent};
@@ -38,6 +39,8 @@ pub struct Hub {
     sequencer: Arc<dyn Sequencer>,
     /// The moderation rules: who may enter and speak where, and who may act on whom.
     pub policy: Arc<Policy>,
+    /// The marks of the persons with a session here (rooms kept, read positions, levels).
+    pub marks: Arc<Marks>,
 }
 
 /// A claim's answer: at once (one server, or a cluster that could answer without asking), or
@@ -69,6 +72,80 @@ impl Hub {
             names: Arc::new(Alone),
             sequencer: Arc::new(Here),
             policy: Arc::new(Policy::open_to_all()),
+            marks: Arc::new(Marks::in_memory()),
+        }
+    }
+
+    /// The same hub, keeping marks in `marks`.
+    pub fn with_marks(mut self, marks: Arc<Marks>) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// The key of a person's marks: their registered spelling.
+    pub fn person_key(&self, name: &str) -> String {
+        self.users
+            .registered_name(name)
+            .unwrap_or_else(|| name.to_owned())
+    }
+
+    /// The highest message id of `room` (a mark's `last`, the bound of a `read`): its own if
+    /// it has members here, else the store's.
+    pub fn last_id(&self, room: &str) -> u64 {
+        match self.room(room) {
+            Some(r) => r.last_id(),
+            None => self.store.last_id(room),
+        }
+    }
+
+    /// Changes a person's marks (see [`Marks::change`]).
+    pub fn mark(&self, person: &str, edit: Edit) -> Outcome {
+        self.marks.change(person, edit, &|room| self.last_id(room))
+    }
+
+    /// Adds a mark for `room` to `person`'s, read up to the room's last message.
+    pub fn keep_room(&self, person: &str, room: &str, with: Option<&str>) -> Outcome {
+        let edit = Edit::Add {
+            room: room.to_owned(),
+            read: self.last_id(room),
+            with: with.map(str::to_owned),
+            at: crate::marks::now_ms(),
+        };
+        self.mark(person, edit)
+    }
+
+    /// A message of person `from` to person `to` kept in their direct conversation (a `/msg`
+    /// between registered names): both keep the conversation, and its members see the message.
+    /// Returns the conversation's room.
+    pub fn converse(&self, from: &str, to: &str, text: &str) -> String {
+        let room = crate::marks::conversation(from, to);
+        // Posted first: both have seen it (one wrote it, the other got it privately), so a
+        // mark made now is read up to it.
+        self.post(&room, from, text);
+        self.keep_room(from, &room, Some(to));
+        self.keep_room(to, &room, Some(from));
+        room
+    }
+
+    /// A message from `name` to `room`, which may have no members here (see [`Room::post`]).
+    pub fn post(&self, room: &str, name: &str, text: &str) -> u64 {
+        let rooms = self.lock();
+        match rooms.get(room) {
+            Some(r) => r.post(name, text),
+            None => {
+                // A room for this one message, under the registry's lock as a join's creation
+                // is, so ids stay in order; the store keeps its last id as for a room emptied.
+                let r = Arc::new(Room::with_budget(
+                    room,
+                    self.max_pending,
+                    self.store.clone(),
+                    self.budget.clone(),
+                    self.sequencer.clone(),
+                ));
+                let id = r.post(name, text);
+                self.store.forget(room);
+                id
+            }
         }
     }
 
@@ -87,8 +164,28 @@ impl Hub {
     }
 
     /// Whether `who` may enter `room` (bans, modes, `--room-creation`); Ok(true) if the room
-    /// is new (see [`Hub::entered`]).
-    pub fn admit(&self, room: &str, who: &Who<'_>, key: Option<&str>) -> Result<bool, Refusal> {
+    /// is new (see [`Hub::entered`]). A direct conversation (`@`) admits its two parties only,
+    /// on version 2 (`v2`), and follows no other rule.
+    pub fn admit(
+        &self,
+        room: &str,
+        who: &Who<'_>,
+        key: Option<&str>,
+        v2: bool,
+    ) -> Result<bool, Refusal> {
+        if crate::marks::is_conversation(room) {
+            let party = v2
+                && who.person
+                && self
+                    .marks
+                    .mark(&self.person_key(who.name), room)
+                    .is_some_and(|m| m.with.is_some());
+            return if party {
+                Ok(false)
+            } else {
+                Err(Refusal::Conversation)
+            };
+        }
         let exists = self.exists(room);
         self.policy.admit(room, who, key, exists)?;
         Ok(!exists)
@@ -97,7 +194,8 @@ impl Hub {
     /// After a join: a new room is owned by its registered creator, and the member is shown
     /// the topic (if one is set), after its own join line.
     pub fn entered(&self, room: &Room, seat: Seat, who: &Who<'_>, new: bool, format: Format) {
-        if new {
+        // A conversation makes nobody its owner.
+        if new && !crate::marks::is_conversation(room.name()) {
             self.policy
                 .created(room.name(), who.person.then_some(who.name));
         }
@@ -388,7 +486,7 @@ impl Hub {
         let mut list: Vec<(String, usize)> = rooms
             .iter()
             .map(|r| (r.name().to_owned(), r.people()))
-            .filter(|(_, n)| *n > 0)
+            .filter(|(name, n)| *n > 0 && !crate::marks::is_conversation(name))
             .collect();
         let elsewhere = self.names.rooms();
         if !elsewhere.is_empty() {
@@ -399,7 +497,10 @@ impl Hub {
                 let c = all.entry(name).or_insert(0);
                 *c = (*c).max(n);
             }
-            list = all.into_iter().filter(|(_, n)| *n > 0).collect();
+            list = all
+                .into_iter()
+                .filter(|(name, n)| *n > 0 && !crate::marks::is_conversation(name))
+                .collect();
         }
         list.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let more = list.len().saturating_sub(limit);

@@ -25,6 +25,7 @@ mod limits;
 mod listen;
 mod login_limit;
 pub mod logins;
+mod marks;
 mod metrics;
 mod moderation;
 mod moderator;

@@ -87,17 +87,41 @@ pub async fn enter(
         .policy
         .server_admit(&who)
         .map_err(|refusal| refused(id, addr, refusal))?;
+    // A version-2 person's marks, loaded before the handshake's room is admitted (a direct
+    // conversation admits its parties by them) and joined (which keeps it).
+    let v2 = hs.version >= 2;
+    let marks = match v2 && person {
+        true => {
+            let key = ctx.hub.person_key(&hs.name);
+            let inbox = ctx.hub.marks.attach(&key).await;
+            Some((key, inbox))
+        }
+        false => None,
+    };
+    let detach = |marks: &Option<(String, Arc<crate::marks::Inbox>)>| {
+        if let Some((key, inbox)) = marks {
+            ctx.hub.marks.detach(key, inbox);
+        }
+    };
     let Some(room_name) = hs.room.as_deref() else {
         info!(id, name = %hs.name, version = hs.version, transport = entry.transport.label(), person, "entered");
-        return Ok(many_rooms(ctx, id, addr, hs.name, entry, (person, admin)));
+        let mut session = many_rooms(ctx, id, addr, hs.name, entry, (person, admin));
+        if let Some((key, inbox)) = marks {
+            session.keep_marks(key, inbox);
+        }
+        return Ok(session);
     };
     let key = hs.key.as_ref().map(|k| k.0.as_str());
-    let new = ctx
-        .hub
-        .admit(room_name, &who, key)
-        .map_err(|refusal| refused(id, addr, refusal))?;
+    let new = match ctx.hub.admit(room_name, &who, key, v2) {
+        Ok(new) => new,
+        Err(refusal) => {
+            detach(&marks);
+            return Err(refused(id, addr, refusal));
+        }
+    };
     let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
     if let Err(e) = ctx.hub.claim(room_name, &hs.name, id, person).await {
+        detach(&marks);
         let refusal = ctx.hub.claim_refusal(&e, &hs.name, room_name);
         return Err(refused(id, addr, refusal));
     }
@@ -115,6 +139,7 @@ pub async fn enter(
     let (room, seat, history) = match joined {
         Ok(joined) => joined,
         Err(e) => {
+            detach(&marks);
             ctx.hub.release(room_name, &hs.name, id, person);
             let refusal = ctx.hub.refusal(&e, &hs.name, room_name);
             return Err(refused(id, addr, refusal));
@@ -125,9 +150,14 @@ pub async fn enter(
     let rules = ctx.rules.clone();
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
-    if hs.version >= 2 {
+    if v2 {
         let mut session = many_rooms(ctx, id, addr, hs.name, entry, (person, admin));
         session.add(room, seat, history);
+        if let Some((key, inbox)) = marks {
+            session.keep_marks(key, inbox);
+            // Told in the `marks` line after the welcome (or, past the bound, in a notice).
+            session.keep_handshake_room(room_name);
+        }
         return Ok(session);
     }
     let mut session = Session::new(

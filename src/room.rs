@@ -635,6 +635,37 @@ impl Room {
         }
     }
 
+    /// The highest message id the room has given or shown (0: none yet): a mark's `last`.
+    pub fn last_id(&self) -> u64 {
+        let inner = self.lock();
+        inner.last_published.max(inner.next_id.saturating_sub(1))
+    }
+
+    /// A message from `name`, who need not be a member here (a `/msg` kept in a direct
+    /// conversation): ordered, stored and shown as a member's would be. Its id, where the room
+    /// is its own order (0 in a cluster, where it shows when the stream delivers it).
+    pub fn post(self: &Arc<Self>, name: &str, text: &str) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        let event = RoomEvent::Message { id, name, text };
+        let sender = || -> Refuse {
+            let room = self.name.to_string();
+            Box::new(move |why| tracing::warn!(room, why, "a conversation's copy was not kept"))
+        };
+        match self.sequencer.message(&self.name, &event, &sender) {
+            Placed::Local => {
+                inner.next_id += 1;
+                self.append_message(&mut inner, event);
+                id
+            }
+            Placed::Away => 0,
+            Placed::Refused(why) => {
+                tracing::warn!(room = %self.name, %why, "a conversation's copy was not kept");
+                0
+            }
+        }
+    }
+
     /// False when this server keeps no history at all (`--history off`).
     pub fn history_kept(&self) -> bool {
         self.store.keeps()

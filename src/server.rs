@@ -99,6 +99,20 @@ impl Server {
         };
         let policy = crate::moderation::Policy::new(keeper, settings.moderation.room_creation)
             .map_err(io::Error::other)?;
+        // Marks (issue 14): the cluster's bucket, `marks.db` beside the history, or memory when
+        // the history is kept in memory or not at all.
+        let marks_backend: Box<dyn crate::marks::Backend> = match &cluster {
+            Some(cluster) => cluster.marks_backend(),
+            None => match settings.history.mode {
+                crate::settings::HistoryMode::Sqlite => {
+                    Box::new(crate::marks::SqliteBackend::new(&settings.history.data_dir))
+                }
+                _ => Box::<crate::marks::MemoryBackend>::default(),
+            },
+        };
+        let marks = Arc::new(crate::marks::Marks::new(crate::marks::Keeper::start(
+            marks_backend,
+        )));
         let net = &settings.net;
         let listeners = listen_all(&net.addr, net.backlog).await?;
         let tls_listeners = match &net.tls_addr {
@@ -121,7 +135,7 @@ impl Server {
             settings.session(),
             store,
             tls,
-            (users, Arc::new(policy)),
+            (users, Arc::new(policy), marks),
             cluster,
         );
         Ok(Server {
@@ -195,6 +209,8 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         let policy = self.ctx.hub.policy.clone();
         let _ = tokio::task::spawn_blocking(move || policy.close()).await;
+        let marks = self.ctx.hub.marks.clone();
+        let _ = tokio::task::spawn_blocking(move || marks.close()).await;
         info!(still_open = self.admission.open(), "stopped");
     }
 }

@@ -996,3 +996,98 @@ fn moderation_made_on_one_node_holds_on_the_other_at_once() {
     let mut again = b.connect_with("Carl", "elsewhere", "");
     assert_eq!(again.line(), "*** error: you are banned from this server");
 }
+
+/// A version-2 person on `server` past the welcome; returns the `marks` line that follows it.
+fn v2_person(server: &Server, name: &str, password: &str) -> (Client, Value) {
+    let mut c = Client::raw(server.addr);
+    c.send(&format!(
+        r#"{{"name":"{name}","version":2,"password":"{password}"}}"#
+    ));
+    let welcome = json_find(&mut c, |_| true);
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let marks = json_find(&mut c, |_| true);
+    assert_eq!(marks["type"], "marks", "{marks}");
+    (c, marks)
+}
+
+/// The first line that matches (after those that do not).
+fn json_find(c: &mut Client, want: impl Fn(&Value) -> bool) -> Value {
+    let mut found = None;
+    json_until(c, |v| {
+        let hit = want(v);
+        if hit {
+            found = Some(v.clone());
+        }
+        hit
+    });
+    found.unwrap_or_default()
+}
+
+/// Marks (issue 14): a change on one node reaches the person's session on another, and a
+/// direct conversation opened on one node is the other party's on theirs.
+#[test]
+fn marks_and_conversations_reach_every_node() {
+    let nats = Nats::start();
+    for (name, pw) in [("Mina", "minapw\n"), ("Ann", "annpw\n")] {
+        let (ok, _, err) = user_cmd(&nats, &["add", name], pw);
+        assert!(ok, "{err}");
+    }
+    let a = node(&nats, &[]);
+    let b = node(&nats, &[]);
+    let (mut mina_a, _) = v2_person(&a, "Mina", "minapw");
+    let (mut mina_b, _) = v2_person(&b, "Mina", "minapw");
+
+    // A join on A is a mark on B.
+    mina_a.send("{\"type\":\"join\",\"room\":\"dev\",\"req\":\"j\"}\n");
+    let mark = json_find(&mut mina_b, |v| v["type"] == "mark" && v["room"] == "dev");
+    assert_eq!(mark["notify"], "all");
+    mina_a.send("{\"type\":\"notify\",\"room\":\"dev\",\"level\":\"none\",\"req\":\"n\"}\n");
+    let mark = json_find(&mut mina_b, |v| v["type"] == "mark" && v["room"] == "dev");
+    assert_eq!(mark["notify"], "none");
+
+    // A conversation opened on A reaches Ann on B; both join it on their nodes and talk.
+    let (mut ann_b, _) = v2_person(&b, "Ann", "annpw");
+    mina_a.send("{\"type\":\"dm\",\"to\":\"Ann\",\"req\":\"d\"}\n");
+    let ok = json_find(&mut mina_a, |v| v["type"] == "ok" && v["req"] == "d");
+    let room = ok["room"].as_str().unwrap_or_default().to_owned();
+    assert!(room.starts_with('@'), "{ok}");
+    let mark = json_find(&mut ann_b, |v| {
+        v["type"] == "mark" && v["room"] == room.as_str()
+    });
+    assert_eq!(mark["with"], "Mina");
+    ann_b.send(&format!(
+        "{}\n",
+        serde_json::json!({"type": "join", "room": room, "req": "ja"})
+    ));
+    json_find(&mut ann_b, |v| v["type"] == "ok" && v["req"] == "ja");
+    mina_a.send(&format!(
+        "{}\n",
+        serde_json::json!({"type": "join", "room": room, "req": "jm"})
+    ));
+    json_find(&mut mina_a, |v| v["type"] == "ok" && v["req"] == "jm");
+    mina_a.send(&format!(
+        "{}\n",
+        serde_json::json!({"type": "say", "room": room, "text": "across", "req": "s"})
+    ));
+    let msg = json_find(&mut ann_b, |v| v["type"] == "message");
+    assert_eq!(
+        (&msg["name"], &msg["text"]),
+        (&"Mina".into(), &"across".into())
+    );
+
+    // Nobody else joins it, on any node.
+    let mut zed = Client::raw(b.addr);
+    zed.send(r#"{"name":"Zed","version":2}"#);
+    zed.send(&format!(
+        "{}\n",
+        serde_json::json!({"type": "join", "room": room, "req": 1})
+    ));
+    let err = json_find(&mut zed, |v| v["type"] == "error");
+    assert!(
+        err["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("rooms starting with @ are direct conversations"),
+        "{err}"
+    );
+}

@@ -22,6 +22,7 @@ mod departures;
 mod error;
 mod history;
 pub mod logins;
+mod marks;
 mod presence;
 mod rules;
 pub mod users;
@@ -89,6 +90,8 @@ pub struct Cluster {
     rules_loaded: std::sync::Mutex<Vec<(String, crate::moderation::record::RoomRecord)>>,
     /// The session tokens (see [`logins`]).
     logins_kv: jetstream::kv::Store,
+    /// The persons' marks (see [`marks`]).
+    marks_kv: jetstream::kv::Store,
 }
 
 /// An event on its way to the stream.
@@ -212,6 +215,11 @@ impl Cluster {
             hub.clone(),
             self.connections.clone(),
         ));
+        self.runtime.spawn(marks::follow(
+            self.marks_kv.clone(),
+            hub.clone(),
+            self.connections.clone(),
+        ));
         let _ = self.hub.set(hub);
     }
 
@@ -229,6 +237,14 @@ impl Cluster {
     /// Where session tokens are kept in the cluster (see [`logins`]).
     pub fn logins_keeper(&self) -> logins::ClusterLogins {
         logins::ClusterLogins::new(self.logins_kv.clone(), self.runtime.clone())
+    }
+
+    /// Where the persons' marks are kept in the cluster (see [`marks`]).
+    pub fn marks_backend(&self) -> Box<dyn crate::marks::Backend> {
+        Box::new(marks::ClusterMarks::new(
+            self.marks_kv.clone(),
+            self.runtime.clone(),
+        ))
     }
 
     /// The registered names of the whole cluster (see [`users`]).
@@ -560,6 +576,7 @@ async fn connect(
     let rules_loaded = rules::load(&rules_kv).await?;
     info!(records = rules_loaded.len(), "cluster: moderation records");
     let logins_kv = logins::open(&js, settings.replicas).await?;
+    let marks_kv = marks::open(&js, settings.replicas).await?;
     info!(node, stream = STREAM, last, "cluster mode: joined");
     Ok(Arc::new(Cluster {
         node,
@@ -579,6 +596,7 @@ async fn connect(
         rules_kv,
         rules_loaded: std::sync::Mutex::new(rules_loaded),
         logins_kv,
+        marks_kv,
     }))
 }
 

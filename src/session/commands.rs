@@ -161,7 +161,7 @@ impl Session {
                     return self.error(Refusal::MsgUsage);
                 }
                 match self.hub.private(&room, seat, to, text) {
-                    Ok(()) => {}
+                    Ok(()) => self.converse(to, text),
                     Err(RoomError::NoSuchMember) => {
                         return self.error(Refusal::NoSuchMember(to.into()));
                     }
@@ -252,7 +252,7 @@ impl Session {
         if self.one().is_some_and(|(r, _)| r.name() == room) {
             return self.error(Refusal::AlreadyIn(room.into()));
         }
-        if let Err(refusal) = self.hub.admit(room, &self.who(), key) {
+        if let Err(refusal) = self.hub.admit(room, &self.who(), key, false) {
             return self.error(refusal);
         }
         match self.claim(room, AfterClaim::Join(room.to_owned())) {

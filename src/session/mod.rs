@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::hub::{Claim, Hub};
 use crate::limits::SeatPass;
+use crate::marks::Inbox;
 use crate::names::ClaimError;
 use crate::protocol::{Format, Reply};
 use crate::refusal::Refusal;
@@ -102,6 +103,19 @@ pub struct Session {
     /// Where the client connects from (bans by address); set, like `person` and `admin`,
     /// by the lifecycle that made the session.
     pub addr: IpAddr,
+    /// A version-2 person's marks: their key and this session's inbox of pushes. Boxed and
+    /// absent for version 1 and guests, who pay nothing for it.
+    marks: Option<Box<PersonMarks>>,
+}
+
+/// What a version-2 person's session holds of the marks (see [`crate::marks`]).
+struct PersonMarks {
+    /// The registered spelling: the key of the person's marks.
+    person: String,
+    inbox: Arc<Inbox>,
+    /// The handshake's room could not be kept (the person keeps too many): told after the
+    /// `marks` line.
+    full: bool,
 }
 
 /// A claim's answer still on its way from the cluster (see [`Claim::Pending`]).
@@ -151,6 +165,7 @@ impl Session {
             person: false,
             admin: false,
             addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            marks: None,
         }
     }
 
@@ -176,6 +191,7 @@ impl Session {
             person: false,
             admin: false,
             addr,
+            marks: None,
         }
     }
 
@@ -197,6 +213,50 @@ impl Session {
             });
             crate::protocol::push_json(out, &line);
         }
+        if let Some(m) = &self.marks {
+            let hub = &self.hub;
+            hub.marks
+                .snapshot(&m.person, &m.inbox, None, &|r| hub.last_id(r), out);
+            if m.full {
+                let notice =
+                    crate::protocol::Reply::Notice(crate::refusal::Notice::MarksFull.text());
+                notice.render(Format::Json, out);
+            }
+        }
+    }
+
+    /// Makes this version-2 session one of `person`'s devices: it gets their marks after its
+    /// welcome, and every change to them as it happens. `inbox` is from [`Marks::attach`].
+    ///
+    /// [`Marks::attach`]: crate::marks::Marks::attach
+    pub fn keep_marks(&mut self, person: String, inbox: Arc<Inbox>) {
+        if let Some(waker) = self.seats.bell_waker() {
+            inbox.set_waker(waker);
+            self.marks = Some(Box::new(PersonMarks {
+                person,
+                inbox,
+                full: false,
+            }));
+        } else {
+            self.hub.marks.detach(&person, &inbox);
+        }
+    }
+
+    /// The handshake's room, joined by a version-2 person: kept like a `join`'s.
+    pub fn keep_handshake_room(&mut self, room: &str) {
+        let Some(m) = self.marks.as_mut() else {
+            return;
+        };
+        if !crate::marks::is_conversation(room)
+            && self.hub.keep_room(&m.person, room, None) == crate::marks::Outcome::Full
+        {
+            m.full = true;
+        }
+    }
+
+    /// The person's key, for a version-2 person's session.
+    fn marks_key(&self) -> Option<&str> {
+        self.marks.as_ref().map(|m| m.person.as_str())
     }
 
     /// Takes a seat it was given (the handshake's room of a version-2 session), with the replay
@@ -254,7 +314,23 @@ impl Session {
     /// Copies up to about `max` bytes (whole lines) of what the rooms hold for the client into
     /// `out`; see [`Room::take`].
     pub fn take(&mut self, out: &mut Vec<u8>, max: usize, task: &Waker) -> Take {
-        let taken = self.seats.take(out, max, task);
+        let start = out.len();
+        let mut more = false;
+        if let Some(m) = self.marks.as_ref().filter(|m| m.inbox.has()) {
+            let hub = &self.hub;
+            hub.marks
+                .take(&m.person, &m.inbox, out, max, &|r| hub.last_id(r));
+            more = m.inbox.has();
+        }
+        let used = out.len() - start;
+        let mut taken = self.seats.take(out, max.saturating_sub(used), task);
+        if used > 0 || more {
+            taken = match taken {
+                Take::Empty | Take::Drained if more => Take::Data,
+                Take::Empty => Take::Drained,
+                other => other,
+            };
+        }
         // Rooms that closed a version-2 session out: their last lines, and the name's claim
         // there goes back.
         for held in self.seats.take_parted() {
@@ -407,6 +483,10 @@ impl Session {
     /// members stay, and must hear of it.
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
         let announce = announce || self.hub.shared();
+        // A connection that closes changes no mark; the person's other devices keep theirs.
+        if let Some(m) = self.marks.take() {
+            self.hub.marks.detach(&m.person, &m.inbox);
+        }
         let held: Vec<Held> = match &mut self.seats {
             Seats::One(one) => {
                 one.replay = None;

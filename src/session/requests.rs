@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use super::{taken, AfterClaim, End, Next, Session};
+use crate::marks::{Edit, Outcome};
 use crate::names::ClaimError;
 use crate::protocol::{clean_message, Format, Reply};
 use crate::refusal::{Notice, Refusal};
@@ -73,6 +74,43 @@ impl Session {
                 return self.to_out(&bytes, out);
             }
             Kind::Nick { name } => return self.nick_request(name, req, out),
+            Kind::Marks => {
+                let Some(m) = self.marks.as_ref() else {
+                    return self.refuse(req, &Refusal::MarksForPersons, out);
+                };
+                let mut bytes = Vec::new();
+                let hub = &self.hub;
+                hub.marks
+                    .snapshot(&m.person, &m.inbox, req, &|r| hub.last_id(r), &mut bytes);
+                return self.to_out(&bytes, out);
+            }
+            Kind::Read { room, id } => {
+                let Some(person) = self.marks_key() else {
+                    return self.refuse(req, &Refusal::MarksForPersons, out);
+                };
+                // Never past the room's last message: a huge id cannot mark the future read.
+                let id = id.min(self.hub.last_id(&room));
+                let edit = Edit::Read {
+                    room: room.clone(),
+                    id,
+                    at: crate::marks::now_ms(),
+                };
+                let outcome = self.hub.mark(person, edit);
+                return self.marked(outcome, &room, req, out);
+            }
+            Kind::Notify { room, level } => {
+                let Some(person) = self.marks_key() else {
+                    return self.refuse(req, &Refusal::MarksForPersons, out);
+                };
+                let edit = Edit::Notify {
+                    room: room.clone(),
+                    level,
+                    at: crate::marks::now_ms(),
+                };
+                let outcome = self.hub.mark(person, edit);
+                return self.marked(outcome, &room, req, out);
+            }
+            Kind::Dm { to } => return self.dm_request(&to, req, out),
             Kind::Quit => {
                 let mut bytes = Vec::new();
                 render_reply(&Reply::Notice(Notice::Bye.text()), req, &mut bytes);
@@ -95,6 +133,12 @@ impl Session {
         let action = matches!(kind, Kind::Me { .. });
         match kind {
             Kind::Leave { .. } => {
+                if let Some(person) = self.marks_key() {
+                    let edit = Edit::Remove {
+                        room: room.name().to_owned(),
+                    };
+                    self.hub.mark(person, edit);
+                }
                 if let Some(held) = self.seats.remove(i) {
                     self.hub.leave(&held.room, held.seat, out, true);
                     self.hub
@@ -124,7 +168,10 @@ impl Session {
                     return self.refuse(req, &Refusal::RequestEmpty("text"), out);
                 }
                 match self.hub.private(&room, seat, &to, &text) {
-                    Ok(()) => self.ok(req, i, None),
+                    Ok(()) => {
+                        self.converse(&to, &text);
+                        self.ok(req, i, None)
+                    }
                     Err(RoomError::NoSuchMember) => {
                         self.refuse(req, &Refusal::NoSuchMember(to), out)
                     }
@@ -189,7 +236,14 @@ impl Session {
                 self.moderate(&room, seat, command, render, ok);
                 Ok(())
             }
-            Kind::Join { .. } | Kind::Rooms | Kind::Nick { .. } | Kind::Quit => Ok(()),
+            Kind::Join { .. }
+            | Kind::Rooms
+            | Kind::Nick { .. }
+            | Kind::Quit
+            | Kind::Marks
+            | Kind::Read { .. }
+            | Kind::Notify { .. }
+            | Kind::Dm { .. } => Ok(()),
         }
     }
 
@@ -204,7 +258,7 @@ impl Session {
         if self.seats.find(room).is_some() {
             return self.refuse(req, &Refusal::AlreadyIn(room.into()), out);
         }
-        if let Err(refusal) = self.hub.admit(room, &self.who(), key) {
+        if let Err(refusal) = self.hub.admit(room, &self.who(), key, true) {
             return self.refuse(req, &refusal, out);
         }
         if self.seats.len() >= self.rules.max_rooms {
@@ -252,6 +306,9 @@ impl Session {
                             .entered(&joined, seat, &self.who(), new, Format::Json);
                         self.add(joined, seat, history);
                         let last = self.seats.len() - 1;
+                        if let Err(end) = self.keep_joined(room, out) {
+                            return Some(end);
+                        }
                         return self.ok(req, last, None).err();
                     }
                     Err(e) => {
@@ -269,6 +326,93 @@ impl Session {
         };
         self.seats.unreserve();
         self.refuse(req, &refusal, out).err()
+    }
+
+    /// A person joined `room`: they keep it (if they did not), or are told they keep too many.
+    pub(super) fn keep_joined(&self, room: &str, out: &mut Vec<u8>) -> Result<(), End> {
+        let Some(person) = self.marks_key() else {
+            return Ok(());
+        };
+        // A conversation's mark is made by `dm` (with its party); a join keeps it as it is.
+        if crate::marks::is_conversation(room) {
+            return Ok(());
+        }
+        match self.hub.keep_room(person, room, None) {
+            Outcome::Full => {
+                let mut bytes = Vec::new();
+                render_reply(&Reply::Notice(Notice::MarksFull.text()), None, &mut bytes);
+                self.to_out(&bytes, out)
+            }
+            Outcome::Done | Outcome::NoMark => Ok(()),
+        }
+    }
+
+    /// The answer to a `read` or `notify`.
+    fn marked(
+        &self,
+        outcome: Outcome,
+        room: &str,
+        req: Option<&ReqId>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), End> {
+        match outcome {
+            Outcome::NoMark => self.refuse(req, &Refusal::NoMark(room.into()), out),
+            Outcome::Done | Outcome::Full => match req {
+                Some(req) => {
+                    let mut bytes = Vec::new();
+                    render_ok(req, None, &mut bytes);
+                    self.to_out(&bytes, out)
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// `{"type":"dm","to":NAME}`: opens (keeps, for both) the conversation with NAME; the
+    /// client then joins it as any room.
+    fn dm_request(&mut self, to: &str, req: Option<&ReqId>, out: &mut Vec<u8>) -> Result<(), End> {
+        let Some(person) = self.marks_key().map(str::to_owned) else {
+            return self.refuse(req, &Refusal::DmForPersons, out);
+        };
+        // A look-alike of a registered name is that name.
+        let Some(other) = self.hub.users.registered_name(to) else {
+            return self.refuse(req, &Refusal::DmNotRegistered(to.into()), out);
+        };
+        if other == person {
+            return self.refuse(req, &Refusal::DmYourself, out);
+        }
+        let room = crate::marks::conversation(&person, &other);
+        if self.hub.keep_room(&person, &room, Some(&other)) == Outcome::Full {
+            let mut bytes = Vec::new();
+            render_reply(&Reply::Notice(Notice::MarksFull.text()), None, &mut bytes);
+            self.to_out(&bytes, out)?;
+        }
+        // A full party keeps the marks they have: the conversation is not added to theirs.
+        self.hub.keep_room(&other, &room, Some(&person));
+        let mut line = serde_json::json!({ "type": "ok" });
+        if let serde_json::Value::Object(map) = &mut line {
+            if let Some(id) = req.and_then(|r| serde_json::from_str(r.as_json()).ok()) {
+                map.insert("req".into(), id);
+            }
+            map.insert("room".into(), serde_json::Value::String(room));
+        }
+        let mut bytes = Vec::new();
+        crate::protocol::push_json(&mut bytes, &line);
+        self.to_out(&bytes, out)
+    }
+
+    /// A private message a person sent to a registered name: kept in their conversation too.
+    pub(super) fn converse(&self, to: &str, text: &str) {
+        if !self.person {
+            return;
+        }
+        let Some(other) = self.hub.users.registered_name(to) else {
+            return;
+        };
+        let me = self.hub.person_key(&self.name);
+        if other != me {
+            self.hub.converse(&me, &other, text);
+        }
     }
 
     /// `{"type":"ok","req":R}` in room `i`'s stream, when the request had an id.

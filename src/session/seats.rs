@@ -91,6 +91,10 @@ impl Bell {
     }
 }
 
+/// The tag of a ring that is no seat's (see [`Seats::bell_waker`]); seats' tags count up from 0
+/// and never reach it in practice (a seat is added per join).
+const NO_SEAT: u32 = u32::MAX - 1;
+
 /// A seat's waker: rings the bell with the seat's tag.
 struct SeatWaker {
     bell: Arc<Bell>,
@@ -158,6 +162,18 @@ impl Seats {
                 many.rings.push((tag, waker));
                 many.bell.ring(tag);
             }
+        }
+    }
+
+    /// A waker that rings the bell without naming a room (version 2): for what the session
+    /// is pushed besides its rooms (a person's marks). None for version 1.
+    pub fn bell_waker(&self) -> Option<Waker> {
+        match self {
+            Seats::One(_) => None,
+            Seats::Many(many) => Some(Waker::from(Arc::new(SeatWaker {
+                bell: many.bell.clone(),
+                tag: NO_SEAT,
+            }))),
         }
     }
 

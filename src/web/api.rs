@@ -114,6 +114,10 @@ pub(super) async fn messages(
     if let Err(e) = validate_room(&room) {
         return error(StatusCode::BAD_REQUEST, &e);
     }
+    // A direct conversation is its two parties' alone: not even its existence is told.
+    if crate::marks::is_conversation(&room) {
+        return error(StatusCode::NOT_FOUND, "no such room");
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_REPLAY).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, "limit must be from 1 to 1000");

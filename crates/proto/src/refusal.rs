@@ -91,7 +91,7 @@ pub enum Refusal {
     #[error("\"{0}\" must not be empty")]
     RequestEmpty(&'static str),
     /// The type as sent, cut to 32 characters.
-    #[error("unknown request type \"{0}\" (one of join, leave, say, me, msg, nick, who, rooms, history, command, quit)")]
+    #[error("unknown request type \"{0}\" (one of join, leave, say, me, msg, nick, who, rooms, history, command, quit, read, notify, marks, dm)")]
     RequestType(String),
     #[error("\"limit\" must be from 1 to 1000")]
     HistoryLimit,
@@ -203,6 +203,30 @@ pub enum Refusal {
     RequestCommand,
     #[error("unknown mode {0} (modes: +closed, +key KEY, +moderated, and - to unset)")]
     UnknownMode(String),
+
+    // Marks and direct conversations (docs/PROTOCOL.md, section 19).
+    /// A guest's `marks`, `read` or `notify`.
+    #[error("read positions are kept for registered names: log in")]
+    MarksForPersons,
+    /// `read` or `notify` of a room the person keeps no mark for.
+    #[error("you keep no read position for {0}: join it first")]
+    NoMark(String),
+    /// `notify` with another level.
+    #[error("\"level\" must be all, mentions or none")]
+    NotifyLevel,
+    /// A join of an `@` room by anyone but its two parties (a guest, another person, any
+    /// version-1 handshake or `/join`).
+    #[error("rooms starting with @ are direct conversations: open one with {{\"type\":\"dm\",\"to\":\"NAME\"}}")]
+    Conversation,
+    /// `dm` from a guest.
+    #[error("direct conversations are for registered names: log in")]
+    DmForPersons,
+    /// `dm` to a name that is not registered.
+    #[error("{0} is not registered: direct conversations are between registered names")]
+    DmNotRegistered(String),
+    /// `dm` to oneself.
+    #[error("you cannot open a conversation with yourself")]
+    DmYourself,
 }
 
 impl Refusal {
@@ -225,6 +249,9 @@ pub enum Notice {
     /// The server stops (SIGTERM, SIGINT).
     #[error("server shutting down")]
     ShuttingDown,
+    /// A join past a person's marks: the room is joined, and keeps no mark.
+    #[error("you keep 300 rooms and conversations at most: leave some to keep more")]
+    MarksFull,
 }
 
 impl Notice {
@@ -233,6 +260,9 @@ impl Notice {
         match self {
             Notice::Bye => "bye",
             Notice::ShuttingDown => "server shutting down",
+            Notice::MarksFull => {
+                "you keep 300 rooms and conversations at most: leave some to keep more"
+            }
         }
     }
 }
@@ -245,6 +275,7 @@ mod tests {
     fn notices_and_close_reasons_read_as_documented() {
         assert_eq!(Notice::Bye.to_string(), Notice::Bye.text());
         assert_eq!(Notice::ShuttingDown.to_string(), "server shutting down");
+        assert_eq!(Notice::MarksFull.to_string(), Notice::MarksFull.text());
         assert_eq!(Refusal::SlowConsumer.close_reason(), "slow consumer");
         assert_eq!(Refusal::LineTooLong.close_reason(), "line too long");
     }
@@ -286,6 +317,14 @@ mod tests {
             (
                 Refusal::RegisteredNick("Ann".into()),
                 "you are logged in as Ann, a registered name: /nick cannot change it",
+            ),
+            (
+                Refusal::Conversation,
+                "rooms starting with @ are direct conversations: open one with {\"type\":\"dm\",\"to\":\"NAME\"}",
+            ),
+            (
+                Refusal::DmNotRegistered("Zed".into()),
+                "Zed is not registered: direct conversations are between registered names",
             ),
         ];
         for (refusal, text) in cases {

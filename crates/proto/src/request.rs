@@ -89,6 +89,51 @@ pub enum Kind {
         text: String,
     },
     Quit,
+    /// Version 2, a person: moves the read position of `room` forward to `id`.
+    Read {
+        room: String,
+        id: u64,
+    },
+    /// Version 2, a person: the notification level of `room`.
+    Notify {
+        room: String,
+        level: Level,
+    },
+    /// Version 2, a person: every mark again.
+    Marks,
+    /// Version 2, a person: opens the direct conversation with the registered name `to`.
+    Dm {
+        to: String,
+    },
+}
+
+/// A mark's notification level (`notify`): what a client should make noise about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    All,
+    Mentions,
+    None,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::All => "all",
+            Level::Mentions => "mentions",
+            Level::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "all" => Some(Level::All),
+            "mentions" => Some(Level::Mentions),
+            "none" => Some(Level::None),
+            _ => None,
+        }
+    }
 }
 
 impl Kind {
@@ -102,8 +147,10 @@ impl Kind {
             | Kind::Msg { room, .. }
             | Kind::Who { room }
             | Kind::History { room, .. }
-            | Kind::Command { room, .. } => Some(room),
-            Kind::Rooms | Kind::Nick { .. } | Kind::Quit => None,
+            | Kind::Command { room, .. }
+            | Kind::Read { room, .. }
+            | Kind::Notify { room, .. } => Some(room),
+            Kind::Rooms | Kind::Nick { .. } | Kind::Quit | Kind::Marks | Kind::Dm { .. } => None,
         }
     }
 }
@@ -118,6 +165,7 @@ pub struct BadRequest {
 /// The request types, as `docs/PROTOCOL.md` lists them.
 pub const TYPES: &[&str] = &[
     "join", "leave", "say", "me", "msg", "who", "rooms", "history", "nick", "command", "quit",
+    "read", "notify", "marks", "dm",
 ];
 
 /// Reads one request (a line without its line end, or a text frame).
@@ -227,6 +275,23 @@ fn kind(map: &Map<String, Value>) -> Result<Kind, Refusal> {
             Kind::Command { room, text }
         }
         "quit" => Kind::Quit,
+        "read" => {
+            let room = room()?;
+            let id = count("id")?.ok_or(Refusal::RequestMissing("id"))?;
+            Kind::Read { room, id }
+        }
+        "notify" => {
+            let room = room()?;
+            let level = string("level")?;
+            let level = Level::parse(&level).ok_or(Refusal::NotifyLevel)?;
+            Kind::Notify { room, level }
+        }
+        "marks" => Kind::Marks,
+        "dm" => {
+            let to = string("to")?;
+            validate_name(&to).map_err(Refusal::Handshake)?;
+            Kind::Dm { to }
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(Refusal::RequestType(shown));
@@ -315,6 +380,22 @@ mod tests {
         for (line, kind) in [
             (r#"{"type":"rooms"}"#, Kind::Rooms),
             (r#"{"type":"quit"}"#, Kind::Quit),
+            (r#"{"type":"marks"}"#, Kind::Marks),
+            (
+                r#"{"type":"read","room":"a","id":18446744073709551615}"#,
+                Kind::Read {
+                    room: "a".into(),
+                    id: u64::MAX,
+                },
+            ),
+            (
+                r#"{"type":"notify","room":"a","level":"mentions"}"#,
+                Kind::Notify {
+                    room: "a".into(),
+                    level: Level::Mentions,
+                },
+            ),
+            (r#"{"type":"dm","to":"Ann"}"#, Kind::Dm { to: "Ann".into() }),
             (
                 r#"{"type":"nick","name":"Minnie"}"#,
                 Kind::Nick {
@@ -448,6 +529,37 @@ mod tests {
                 r#"{"req":1,"type":"history","room":"a","before":2.5}"#,
                 Some("1"),
                 "\"before\" must be a whole number >= 1",
+            ),
+            (
+                r#"{"req":1,"type":"read","room":"a"}"#,
+                Some("1"),
+                "missing \"id\"",
+            ),
+            (
+                r#"{"req":1,"type":"read","room":"a","id":-1}"#,
+                Some("1"),
+                "\"id\" must be a whole number",
+            ),
+            (
+                r#"{"req":1,"type":"read","room":"a","id":1e30}"#,
+                Some("1"),
+                "\"id\" must be a whole number",
+            ),
+            (
+                r#"{"req":1,"type":"notify","room":"a","level":"loud"}"#,
+                Some("1"),
+                "\"level\" must be all, mentions or none",
+            ),
+            (
+                r#"{"req":1,"type":"notify","room":"a"}"#,
+                Some("1"),
+                "missing \"level\"",
+            ),
+            (r#"{"req":1,"type":"dm"}"#, Some("1"), "missing \"to\""),
+            (
+                r#"{"req":1,"type":"dm","to":"a b"}"#,
+                Some("1"),
+                "name may not contain",
             ),
         ];
         for (line, req, want) in cases {
