@@ -530,14 +530,6 @@ fn two_pages_and_a_tcp_client_chat() {
     let dir = target_dir().join("browser");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("chat.png"), &png).unwrap();
-    // The README's picture, docs/screenshot.png, is replaced only when asked for with
-    // MACHAT_UPDATE_SCREENSHOT=1 (so that a plain test run leaves the work tree clean):
-    //     MACHAT_UPDATE_SCREENSHOT=1 cargo test --test browser two_pages
-    if std::env::var_os("MACHAT_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png");
-        std::fs::copy(dir.join("chat.png"), &docs).unwrap();
-    }
-
     // Closing a page is leaving.
     drop(bob);
     cy.expect("*** Bob left");
@@ -1347,6 +1339,7 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
     mina.log_in(http, "Mina", "minapw", "dev");
     mina.join_from_sidebar("ops");
     mina.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
+    mina.open("#dev");
     // Her phone logs in too: the same rooms come back from her account.
     phone.log_in(http, "Mina", "minapw", "dev");
     phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
@@ -1488,13 +1481,24 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
     guest.send(&format!(r#"{{"name":"Gus","room":"{room}"}}"#));
     guest.until_prefix("*** error: rooms starting with @ are direct conversations");
 
-    // Screenshots of the team chat at desktop and phone sizes.
+    // Screenshots of the team chat at desktop and phone sizes, with something unread.
     mina.open("#ops");
+    let mut cy = server.connect("Cy", "dev");
+    cy.send("standup in 5\n@Mina are you joining? https://example.com/standup\n");
+    cy.until("Cy:@Mina are you joining? https://example.com/standup");
+    mina.wait_js(
+        "dev's counts",
+        "return Array.from(document.querySelectorAll('#sidebar .room .badge'), b => b.textContent).join(' ') === '2 @1'",
+        json!([]),
+    );
     let shots = target_dir().join("browser");
     std::fs::create_dir_all(&shots).unwrap();
     std::fs::write(shots.join("team.png"), mina.screenshot()).unwrap();
     phone.click("#rooms-toggle");
     std::fs::write(shots.join("phone-rooms.png"), phone.screenshot()).unwrap();
+    // The README's pictures, docs/screenshot.png and docs/screenshot-phone.png, are replaced
+    // only when asked for (so that a plain test run leaves the work tree clean):
+    //     MACHAT_UPDATE_SCREENSHOT=1 cargo test --test browser two_accounts
     if std::env::var_os("MACHAT_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
         std::fs::copy(shots.join("team.png"), docs.join("screenshot.png")).unwrap();
@@ -1505,8 +1509,7 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
         .unwrap();
     }
 
-    // Logging out on the phone ends that device only.
-    phone.click("#rooms-toggle");
+    // Logging out on the phone (in its drawer, still open) ends that device only.
     phone.click("#logout");
     phone.wait_js(
         "the phone's form, no token kept",
@@ -1515,6 +1518,7 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
         json!([]),
     );
     ann.say("still there?");
+    mina.open("Ann");
     mina.wait_entry("message", "Ann", "still there?");
     let _ = std::fs::remove_dir_all(&dir);
 }

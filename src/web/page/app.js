@@ -25,7 +25,7 @@
     "quiet", "members-toggle", "edit-topic", "password", "account", "account-name", "logout",
     "needs-account", "rooms-toggle", "sidebar", "room-list", "dm-list", "dm-form", "dm-name",
     "dm-hint", "new-room", "new-room-name", "browse", "room-browser", "all-rooms",
-    "notify-enable", "notify", "notify-label"]) {
+    "notify-enable", "notify", "notify-label", "form-logout"]) {
     el[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id);
   }
 
@@ -94,7 +94,7 @@
       replay: null, // messages of the replay being received: {older, list}
       atStart: false, // the log reaches the room's first message
       loadingOlder: false,
-      newFrom: 0, // the "new messages" line goes above the first message after this id
+      newFrom: -1, // the "new messages" line goes above the first message after this id
     };
   }
 
@@ -264,7 +264,7 @@
         body.append("* ", nameSpan(ev.name), " ", richText(ev.text));
         break;
       case "join":
-        body.append(nameSpan(ev.name), " joined " + ev.room);
+        body.append(nameSpan(ev.name), " joined");
         break;
       case "leave":
         body.append(nameSpan(ev.name), " left");
@@ -371,7 +371,7 @@
     }
     const sep = separator(ev);
     if (sep) into.appendChild(sep);
-    if (r && r.newFrom && !lineDrawn && isMessage(ev) && ev.id > r.newFrom && ev.name !== me.name) {
+    if (r && r.newFrom >= 0 && !lineDrawn && isMessage(ev) && ev.id > r.newFrom && ev.name !== me.name) {
       lineDrawn = true;
       into.appendChild(newLine());
     }
@@ -759,7 +759,7 @@
     if (current !== name) {
       readCurrent(false);
       current = name;
-      r.newFrom = r.unread > 0 ? r.read : 0;
+      r.newFrom = r.unread > 0 ? r.read : -1;
     }
     showHeader();
     drawMembers();
@@ -824,10 +824,7 @@
     if (typeof m.with === "string") r.with = m.with;
     if (typeof m.read === "number") r.readSent = Math.max(r.readSent || 0, m.read);
     recount(r);
-    if (r.name === current) {
-      showHeader();
-      if (r.unread === 0) el.log.querySelectorAll(".new-line").forEach((x) => x.remove());
-    }
+    if (r.name === current) showHeader(); // the "new messages" line stays while it is shown
   }
 
   function handle(ev) {
@@ -1030,7 +1027,7 @@
     }
     recount(r);
     if (r.name === current) {
-      if (!older && r.unread > 0 && !r.newFrom) r.newFrom = r.read;
+      if (!older && r.unread > 0 && r.newFrom < 0) r.newFrom = r.read;
       redraw(older);
       setTimeout(() => readCurrent(false), 0);
     }
@@ -1257,7 +1254,7 @@
     if (e.key === "Escape" && !(e.target && e.target.id === "topic-input")) {
       readCurrent(true);
       const r = rooms.get(current);
-      if (r) r.newFrom = 0;
+      if (r) r.newFrom = -1;
       el.log.querySelectorAll(".new-line").forEach((x) => x.remove());
       closeDrawer();
     }
@@ -1388,7 +1385,7 @@
     return null;
   }
 
-  el.logout.addEventListener("click", async () => {
+  async function logOut() {
     const l = currentLogin();
     forgetLogin();
     if (wanted) stop(null);
@@ -1397,7 +1394,9 @@
         await fetch("api/logout", { method: "POST", headers: { Authorization: "Bearer " + l.token } });
       } catch (e) { /* the token is forgotten here either way */ }
     }
-  });
+  }
+  el.logout.addEventListener("click", logOut);
+  el.formLogout.addEventListener("click", logOut);
 
   el.loginForm.addEventListener("submit", async (e) => {
     e.preventDefault();
