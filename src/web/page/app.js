@@ -386,6 +386,7 @@
 
   // Draws the current room's whole log (on switching rooms, after a replay or older pages).
   function redraw(keepScroll) {
+    queued = []; // drawn with the rest
     const r = rooms.get(current);
     const fromBottom = el.log.scrollHeight - el.log.scrollTop;
     const frag = document.createDocumentFragment();
@@ -400,6 +401,7 @@
       if (line) line.scrollIntoView({ block: "center" });
       else el.log.scrollTop = el.log.scrollHeight;
     }
+    atBottom = nearBottom();
   }
 
   // Adds an event to room `r`'s log (and to the screen if it is shown).
@@ -412,9 +414,31 @@
       r.atStart = false;
     }
     if (r.name !== current) return;
-    const stick = nearBottom();
-    place(el.log, ev, r);
-    while (el.log.childElementCount > KEEP + 40) el.log.firstElementChild.remove();
+    // Drawn at the next frame, with whatever else arrives before it: one layout of the log per
+    // frame, not one per message (at 100 messages a second that was a core).
+    queued.push(ev);
+    if (queued.length === 1) requestAnimationFrame(flush);
+  }
+
+  // What arrived for the room shown since the last frame; whether its log is scrolled to the
+  // bottom (kept from the scroll events, so a message does not make the browser lay out the log
+  // to find out).
+  let queued = [];
+  let atBottom = true;
+
+  function flush() {
+    const batch = queued;
+    queued = [];
+    const r = rooms.get(current);
+    if (!r || batch.length === 0) return;
+    if (batch.length > KEEP) {
+      redraw(!atBottom); // a hidden page's backlog: drawn from the room's log at once
+      return;
+    }
+    const stick = atBottom;
+    for (const ev of batch) place(el.log, ev, r);
+    const extra = el.log.childElementCount - (KEEP + 40);
+    for (let i = 0; i < extra; i++) el.log.firstElementChild.remove();
     if (stick) el.log.scrollTop = el.log.scrollHeight;
   }
 
@@ -983,7 +1007,7 @@
     }
     if (ev.id <= r.read) return;
     const mentioned = mentions(ev.text, me.name);
-    if (r.name === current && looking() && nearBottom()) {
+    if (r.name === current && looking() && atBottom) {
       readCurrent(true);
       return;
     }
@@ -1161,8 +1185,9 @@
   }
 
   el.log.addEventListener("scroll", () => {
+    atBottom = nearBottom();
     if (el.log.scrollTop < 80) loadOlder();
-    if (nearBottom()) readCurrent(false);
+    if (atBottom) readCurrent(false);
   }, { passive: true });
 
   // ---------- the room browser, joining, conversations ----------
