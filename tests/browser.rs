@@ -1481,6 +1481,35 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
     guest.send(&format!(r#"{{"name":"Gus","room":"{room}"}}"#));
     guest.until_prefix("*** error: rooms starting with @ are direct conversations");
 
+    // Browsing the server's rooms (conversations are not listed), joining one, leaving it.
+    let mut zed = server.connect("Zed", "random");
+    ann.click("#browse");
+    let listed = ann.wait_js(
+        "the room list",
+        "const l = Array.from(document.querySelectorAll('#all-rooms .room .label'), e => e.textContent); \
+         return l.includes('#random') && l",
+        json!([]),
+    );
+    assert!(
+        !listed.to_string().contains("#@"),
+        "a conversation is listed: {listed}"
+    );
+    ann.js(
+        "Array.from(document.querySelectorAll('#all-rooms .room')) \
+           .find(b => b.querySelector('.label').textContent === '#random').click(); return true",
+        json!([]),
+    );
+    zed.until("*** Ann joined");
+    ann.wait_members(&["Ann", "Zed"]);
+    ann.click("#leave");
+    zed.until("*** Ann left");
+    ann.wait_js(
+        "random gone from the sidebar",
+        "return !Array.from(document.querySelectorAll('#sidebar .room[data-room] .label'), e => e.textContent).includes('#random')",
+        json!([]),
+    );
+    ann.open("Mina");
+
     // Screenshots of the team chat at desktop and phone sizes, with something unread.
     mina.open("#ops");
     let mut cy = server.connect("Cy", "dev");

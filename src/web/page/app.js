@@ -95,6 +95,7 @@
       atStart: false, // the log reaches the room's first message
       loadingOlder: false,
       newFrom: -1, // the "new messages" line goes above the first message after this id
+      fresh: false, // joined here for the first time: what its first replay shows counts as read
     };
   }
 
@@ -402,6 +403,8 @@
       else el.log.scrollTop = el.log.scrollHeight;
     }
     atBottom = nearBottom();
+    // A log that does not fill its box cannot be scrolled up: fetch older messages at once.
+    if (!keepScroll && el.log.scrollHeight <= el.log.clientHeight + 80) setTimeout(loadOlder, 0);
   }
 
   // Adds an event to room `r`'s log (and to the screen if it is shown).
@@ -738,6 +741,7 @@
     let r = rooms.get(name);
     if (!r || r.state === "gone") {
       r = newRoom(name);
+      r.fresh = true;
       rooms.set(name, r);
     }
     if (opts && opts.key) r.key = opts.key;
@@ -817,7 +821,11 @@
   }
 
   function joinAll() {
-    if (firstRoom && !rooms.has(firstRoom)) rooms.set(firstRoom, newRoom(firstRoom));
+    if (firstRoom && !rooms.has(firstRoom)) {
+      const r = newRoom(firstRoom);
+      r.fresh = true;
+      rooms.set(firstRoom, r);
+    }
     for (const r of rooms.values()) join(r.name);
     if (!current || !rooms.has(current)) {
       const want = firstRoom && rooms.has(firstRoom) ? firstRoom : (ordered()[0] || {}).name;
@@ -1037,6 +1045,12 @@
         r.entries = fresh.concat(r.entries);
       }
     } else {
+      if (r.fresh) {
+        // A room new to this person: its past is not "unread".
+        r.fresh = false;
+        for (const m of list) if (m.id > r.read) r.read = m.id;
+        saveGuest();
+      }
       // Before what the log holds (a first join) or after it (back after a lost connection).
       const lastShown = r.entries.reduce((x, e) => (isMessage(e) ? Math.max(x, e.id) : x), 0);
       const before = fresh.filter((m) => m.id < lastShown);
