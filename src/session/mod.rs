@@ -33,8 +33,8 @@ use crate::settings::SessionRules;
 use crate::store::MAX_REPLAY;
 
 pub use rate::RateLimit;
-pub use seats::{Held, Seats};
 use seats::PersonMarks;
+pub use seats::{Held, Seats};
 
 /// Why a session ends; the reason is logged, and shown to the client where it is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
