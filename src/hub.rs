@@ -72,7 +72,7 @@ impl Hub {
             names: Arc::new(Alone),
             sequencer: Arc::new(Here),
             policy: Arc::new(Policy::open_to_all()),
-            marks: Arc::new(Marks::in_memory()),
+            marks: Marks::in_memory(),
         }
     }
 

@@ -295,8 +295,9 @@ pub enum MarksError {
 pub trait Backend: Send + 'static {
     /// A person's stored marks (none: empty).
     fn read(&mut self, person: &str) -> Result<Vec<Mark>, MarksError>;
-    /// Applies `edits`, in order, to the person's stored marks.
-    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError>;
+    /// Applies `edits`, in order, to the person's stored marks; returns the revision written
+    /// where the store has revisions that a follower sees (the cluster's bucket), else 0.
+    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError>;
 }
 
 /// Marks until the server stops (`--history memory|off`).
@@ -310,13 +311,13 @@ impl Backend for MemoryBackend {
         Ok(self.people.get(person).cloned().unwrap_or_default())
     }
 
-    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError> {
+    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError> {
         let marks = self.people.entry(person.to_owned()).or_default();
         apply_all(marks, edits);
         if marks.is_empty() {
             self.people.remove(person);
         }
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -396,14 +397,14 @@ impl Backend for SqliteBackend {
             .unwrap_or_default())
     }
 
-    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError> {
+    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError> {
         let path = self.path.clone();
         let database = |source| MarksError::Database {
             path: path.clone(),
             source,
         };
         let Some(conn) = self.conn(true)? else {
-            return Ok(());
+            return Ok(0);
         };
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -432,13 +433,15 @@ impl Backend for SqliteBackend {
             )
             .map_err(database)?;
         }
-        tx.commit().map_err(database)
+        tx.commit().map_err(database)?;
+        Ok(0)
     }
 }
 
 /// What the keeper's thread is handed.
 enum Job {
-    Edit(String, Edit),
+    /// An edit, with its number (see [`Written`]).
+    Edit(String, Edit, u64),
     Load(
         String,
         tokio::sync::oneshot::Sender<Result<Vec<Mark>, MarksError>>,
@@ -452,27 +455,37 @@ pub struct Keeper {
     jobs: mpsc::Sender<Job>,
 }
 
+/// Told after each write: the person, the number of the last edit written, and the revision
+/// the backend wrote (0: a store nobody follows).
+pub type Written = Box<dyn Fn(&str, u64, u64) + Send>;
+
 /// Edits of one person waiting for the keeper's thread to write them.
 struct Queued {
     edits: Vec<Edit>,
     due: Instant,
+    /// The number of the last of them.
+    last: u64,
 }
 
 impl Keeper {
-    pub fn start(backend: Box<dyn Backend>) -> Keeper {
+    pub fn start(backend: Box<dyn Backend>, written: Written) -> Keeper {
         let (jobs, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("machat-marks".into())
-            .spawn(move || keep(backend, rx));
+            .spawn(move || keep(backend, rx, written));
         if let Err(e) = spawned {
             error!("cannot start the marks writer: {e}");
         }
         Keeper { jobs }
     }
 
-    /// Queues an edit of `person`'s stored marks.
-    pub fn edit(&self, person: &str, edit: Edit) {
-        if self.jobs.send(Job::Edit(person.to_owned(), edit)).is_err() {
+    /// Queues edit number `seq` of `person`'s stored marks.
+    pub fn edit(&self, person: &str, edit: Edit, seq: u64) {
+        if self
+            .jobs
+            .send(Job::Edit(person.to_owned(), edit, seq))
+            .is_err()
+        {
             error!(person, "the marks writer is gone: a change was not stored");
         }
     }
@@ -499,24 +512,37 @@ impl Keeper {
     }
 }
 
-/// Writes one person's queued edits and notes when.
-fn write(
-    backend: &mut Box<dyn Backend>,
-    written: &mut HashMap<String, Instant>,
-    person: &str,
-    edits: Vec<Edit>,
-) {
-    if let Err(e) = backend.write(person, &edits) {
-        error!(person, "cannot store marks: {e}");
+/// The keeper thread's state besides its queue.
+struct Writer {
+    backend: Box<dyn Backend>,
+    /// When each person was last written, for as long as it matters (one COALESCE).
+    when: HashMap<String, Instant>,
+    told: Written,
+}
+
+impl Writer {
+    /// Writes one person's queued edits, notes when, and says so.
+    fn write(&mut self, person: &str, q: Queued) {
+        let revision = match self.backend.write(person, &q.edits) {
+            Ok(revision) => revision,
+            Err(e) => {
+                error!(person, "cannot store marks: {e}");
+                0
+            }
+        };
+        self.when.insert(person.to_owned(), Instant::now());
+        (self.told)(person, q.last, revision);
     }
-    written.insert(person.to_owned(), Instant::now());
 }
 
 /// The keeper's thread.
-fn keep(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
+fn keep(backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>, told: Written) {
     let mut queued: HashMap<String, Queued> = HashMap::new();
-    // When each person was last written, for as long as it matters (one COALESCE).
-    let mut written: HashMap<String, Instant> = HashMap::new();
+    let mut w = Writer {
+        backend,
+        when: HashMap::new(),
+        told,
+    };
     loop {
         let now = Instant::now();
         let wait = queued
@@ -529,19 +555,21 @@ fn keep(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 for (person, q) in queued.drain() {
-                    write(&mut backend, &mut written, &person, q.edits);
+                    w.write(&person, q);
                 }
                 return;
             }
         };
         let now = Instant::now();
         match job {
-            Some(Job::Edit(person, edit)) => {
+            Some(Job::Edit(person, edit, seq)) => {
                 let urgent = edit.urgent();
                 let q = queued.entry(person.clone()).or_insert_with(|| Queued {
                     edits: Vec::new(),
-                    due: written.get(&person).map_or(now, |t| *t + COALESCE),
+                    due: w.when.get(&person).map_or(now, |t| *t + COALESCE),
+                    last: seq,
                 });
+                q.last = seq;
                 // Reads of one room in a row make one (the latest is the furthest).
                 let merged = match (q.edits.last_mut(), &edit) {
                     (
@@ -567,13 +595,13 @@ fn keep(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
             }
             Some(Job::Load(person, answer)) => {
                 if let Some(q) = queued.remove(&person) {
-                    write(&mut backend, &mut written, &person, q.edits);
+                    w.write(&person, q);
                 }
-                let _ = answer.send(backend.read(&person));
+                let _ = answer.send(w.backend.read(&person));
             }
             Some(Job::Flush(done)) => {
                 for (person, q) in queued.drain() {
-                    write(&mut backend, &mut written, &person, q.edits);
+                    w.write(&person, q);
                 }
                 let _ = done.send(());
             }
@@ -586,10 +614,10 @@ fn keep(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
             .collect();
         for person in due {
             if let Some(q) = queued.remove(&person) {
-                write(&mut backend, &mut written, &person, q.edits);
+                w.write(&person, q);
             }
         }
-        written.retain(|_, t| now.duration_since(*t) < COALESCE);
+        w.when.retain(|_, t| now.duration_since(*t) < COALESCE);
     }
 }
 
@@ -665,13 +693,22 @@ impl Inbox {
 pub struct Marks {
     keeper: Keeper,
     people: Mutex<HashMap<String, Person>>,
+    /// Numbers the edits, so the keeper can say which are written.
+    next_edit: std::sync::atomic::AtomicU64,
 }
 
 struct Person {
     /// Newest change first.
     marks: Vec<Mark>,
     inboxes: Vec<Arc<Inbox>>,
+    /// Edits made here that the followed store may not show yet (cluster mode): a record
+    /// the bucket brings is shown with them applied, so a change made here is never shown
+    /// undone and then redone. (number, the revision that holds it once written, edit)
+    unconfirmed: Vec<(u64, Option<u64>, Edit)>,
 }
+
+/// Most edits a person keeps unconfirmed (a store that stopped answering).
+const UNCONFIRMED_MAX: usize = 1000;
 
 /// What a change did, for the one who asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -682,16 +719,44 @@ pub enum Outcome {
 }
 
 impl Marks {
-    pub fn new(keeper: Keeper) -> Self {
-        Marks {
-            keeper,
-            people: Mutex::new(HashMap::new()),
-        }
+    /// Marks kept by `backend`, written by a keeper thread of their own.
+    pub fn new(backend: Box<dyn Backend>) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Marks>| {
+            let me = me.clone();
+            let told: Written = Box::new(move |person, last, revision| {
+                if let Some(marks) = me.upgrade() {
+                    marks.written(person, last, revision);
+                }
+            });
+            Marks {
+                keeper: Keeper::start(backend, told),
+                people: Mutex::new(HashMap::new()),
+                next_edit: std::sync::atomic::AtomicU64::new(1),
+            }
+        })
     }
 
     /// In memory (tests, and `--history memory|off`).
-    pub fn in_memory() -> Self {
-        Self::new(Keeper::start(Box::<MemoryBackend>::default()))
+    pub fn in_memory() -> Arc<Self> {
+        Self::new(Box::<MemoryBackend>::default())
+    }
+
+    /// The keeper wrote `person`'s edits up to number `last`, as `revision` (0: a store
+    /// nobody follows, so nothing will come back to confirm them).
+    fn written(&self, person: &str, last: u64, revision: u64) {
+        let mut people = self.people();
+        let Some(p) = people.get_mut(person) else {
+            return;
+        };
+        if revision == 0 {
+            p.unconfirmed.retain(|(n, _, _)| *n > last);
+            return;
+        }
+        for (n, rev, _) in &mut p.unconfirmed {
+            if *n <= last && rev.is_none() {
+                *rev = Some(revision);
+            }
+        }
     }
 
     fn people(&self) -> MutexGuard<'_, HashMap<String, Person>> {
@@ -720,6 +785,7 @@ impl Marks {
             .or_insert_with(|| Person {
                 marks: loaded,
                 inboxes: Vec::new(),
+                unconfirmed: Vec::new(),
             })
             .inboxes
             .push(inbox.clone());
@@ -750,10 +816,11 @@ impl Marks {
     /// Applies `edit` to `person`'s marks: here (pushed to each of their sessions on this
     /// node) if they are here, and in the store (and from there to their other nodes).
     pub fn change(&self, person: &str, edit: Edit, last: &dyn Fn(&str) -> u64) -> Outcome {
+        let seq = self.next_edit.fetch_add(1, Ordering::Relaxed);
         let mut people = self.people();
         let Some(p) = people.get_mut(person) else {
             drop(people);
-            self.keeper.edit(person, edit);
+            self.keeper.edit(person, edit, seq);
             return Outcome::Done;
         };
         let applied = edit.apply(&mut p.marks);
@@ -772,8 +839,12 @@ impl Marks {
         for inbox in &p.inboxes {
             inbox.push(&line);
         }
+        if p.unconfirmed.len() >= UNCONFIRMED_MAX {
+            p.unconfirmed.remove(0);
+        }
+        p.unconfirmed.push((seq, None, edit.clone()));
         drop(people);
-        self.keeper.edit(person, edit);
+        self.keeper.edit(person, edit, seq);
         Outcome::Done
     }
 
@@ -836,14 +907,26 @@ impl Marks {
         self.people().contains_key(person)
     }
 
-    /// The person's marks as the store now holds them (the cluster's bucket changed, maybe
-    /// from another node): the difference is pushed to their sessions here.
-    pub fn stored(&self, person: &str, mut marks: Vec<Mark>, last: &dyn Fn(&str) -> u64) {
+    /// The person's marks as the store now holds them at `revision` (the cluster's bucket
+    /// changed, maybe from another node): the difference is pushed to their sessions here.
+    /// Edits made here that the record does not hold yet are applied to it first.
+    pub fn stored(
+        &self,
+        person: &str,
+        mut marks: Vec<Mark>,
+        revision: u64,
+        last: &dyn Fn(&str) -> u64,
+    ) {
         marks.truncate(MAX_MARKS);
         let mut people = self.people();
         let Some(p) = people.get_mut(person) else {
             return;
         };
+        p.unconfirmed
+            .retain(|(_, rev, _)| rev.is_none_or(|r| r > revision));
+        for (_, _, edit) in &p.unconfirmed {
+            edit.apply(&mut marks);
+        }
         let mut lines = Vec::new();
         for old in &p.marks {
             if !marks.iter().any(|m| m.room == old.room) {
@@ -984,7 +1067,7 @@ mod tests {
         fn read(&mut self, person: &str) -> Result<Vec<Mark>, MarksError> {
             self.1.read(person)
         }
-        fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError> {
+        fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             self.1.write(person, edits)
         }
@@ -993,8 +1076,9 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_reads_is_written_once_a_second() {
         let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let keeper = Keeper::start(Box::new(Counting(writes.clone(), MemoryBackend::default())));
-        keeper.edit("Mina", add("a"));
+        let backend = Box::new(Counting(writes.clone(), MemoryBackend::default()));
+        let keeper = Keeper::start(backend, Box::new(|_, _, _| {}));
+        keeper.edit("Mina", add("a"), 1);
         for id in 4..100_000 {
             let at = id;
             keeper.edit(
@@ -1004,6 +1088,7 @@ mod tests {
                     id,
                     at,
                 },
+                id,
             );
         }
         let loaded = keeper.load("Mina").await.unwrap();
@@ -1013,6 +1098,51 @@ mod tests {
         );
         let n = writes.load(Ordering::SeqCst);
         assert!(n <= 3, "{n} writes");
+    }
+
+    /// Writes as a followed store does: each write a new revision.
+    struct Revisions(u64, MemoryBackend);
+
+    impl Backend for Revisions {
+        fn read(&mut self, person: &str) -> Result<Vec<Mark>, MarksError> {
+            self.1.read(person)
+        }
+        fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError> {
+            self.1.write(person, edits)?;
+            self.0 += 1;
+            Ok(self.0 + 10)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_older_than_a_change_made_here_does_not_undo_it() {
+        let marks = Marks::new(Box::new(Revisions(0, MemoryBackend::default())));
+        let inbox = marks.attach("Mina").await;
+        let last = |_: &str| 5;
+        marks.change("Mina", add("a"), &last);
+        // Written as revision 11 (the keeper's thread says so soon).
+        for _ in 0..100 {
+            let confirmed = marks
+                .people()
+                .get("Mina")
+                .is_some_and(|p| p.unconfirmed.first().is_some_and(|u| u.1 == Some(11)));
+            if confirmed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut out = Vec::new();
+        marks.take("Mina", &inbox, &mut out, usize::MAX, &last);
+        // The bucket brings an older record (another node's write before ours): nothing moves.
+        marks.stored("Mina", Vec::new(), 10, &last);
+        assert!(!inbox.has());
+        assert!(marks.mark("Mina", "a").is_some());
+        // Then a newer one without it (removed on another node): the removal is pushed.
+        marks.stored("Mina", Vec::new(), 12, &last);
+        let mut out = Vec::new();
+        marks.take("Mina", &inbox, &mut out, usize::MAX, &last);
+        assert_eq!(out, b"{\"type\":\"unmark\",\"room\":\"a\"}\n");
+        marks.detach("Mina", &inbox);
     }
 
     #[test]

@@ -110,9 +110,7 @@ impl Server {
                 _ => Box::<crate::marks::MemoryBackend>::default(),
             },
         };
-        let marks = Arc::new(crate::marks::Marks::new(crate::marks::Keeper::start(
-            marks_backend,
-        )));
+        let marks = crate::marks::Marks::new(marks_backend);
         let net = &settings.net;
         let listeners = listen_all(&net.addr, net.backlog).await?;
         let tls_listeners = match &net.tls_addr {

@@ -408,6 +408,14 @@ fn a_conversation_is_its_two_parties_alone() {
         r#"{{"name":"Guest","version":2,"room":"{room}"}}"#
     ));
     assert_eq!(line(&mut c)["reason"], refused);
+    let mut c = Client::raw(server.addr());
+    c.send(&format!(
+        r#"{{"name":"Ann","version":2,"password":"annpw","room":"{room}","history":5}}"#
+    ));
+    assert_eq!(line(&mut c)["type"], "welcome");
+    assert_eq!(line(&mut c)["marks"][0]["room"], room.as_str());
+    let msg = until(&mut c, |v| v["type"] == "message");
+    assert_eq!(msg["text"], "just us");
 
     // Hidden from every listing, and the HTTP history does not know it.
     request(&mut mina, json!({"type": "rooms", "req": "r"}));

@@ -396,7 +396,7 @@ fn every_malformed_request_gets_a_clear_error_and_the_connection_stays() {
         (
             r#"{"type":"shout","room":"ops","req":2}"#.into(),
             json!(2),
-            "unknown request type \"shout\" (one of join, leave, say, me, msg, nick, who, rooms, history, command, quit)",
+            "unknown request type \"shout\" (one of join, leave, say, me, msg, nick, who, rooms, history, command, quit, read, notify, marks, dm)",
         ),
         (r#"{"type":"say","text":"hi","req":3}"#.into(), json!(3), "request is missing \"room\""),
         (r#"{"type":"say","room":"ops","req":4}"#.into(), json!(4), "request is missing \"text\""),

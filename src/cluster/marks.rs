@@ -83,7 +83,7 @@ impl Backend for ClusterMarks {
         })
     }
 
-    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<(), MarksError> {
+    fn write(&mut self, person: &str, edits: &[Edit]) -> Result<u64, MarksError> {
         let (kv, key, person) = (self.kv.clone(), key_of(person), person.to_owned());
         let edits = edits.to_vec();
         self.run(async move {
@@ -99,15 +99,16 @@ impl Backend for ClusterMarks {
                 let before = book.marks.clone();
                 apply_all(&mut book.marks, &edits);
                 if book.marks == before {
-                    return Ok(());
+                    // Nothing to write: what is stored (at this revision) holds the edits.
+                    return Ok(revision.unwrap_or(0));
                 }
                 let value = Bytes::from(book.to_json());
                 let written = match revision {
-                    Some(rev) => kv.update(&key, value, rev).await.map(|_| ()).is_ok(),
-                    None => kv.create(&key, value).await.map(|_| ()).is_ok(),
+                    Some(rev) => kv.update(&key, value, rev).await.ok(),
+                    None => kv.create(&key, value).await.ok(),
                 };
-                if written {
-                    return Ok(());
+                if let Some(revision) = written {
+                    return Ok(revision);
                 }
                 // Another node wrote first: edit what it wrote.
             }
@@ -134,7 +135,8 @@ pub(super) async fn follow(
             Operation::Put => Book::parse(&person, &entry.value).marks,
             Operation::Delete | Operation::Purge => Vec::new(),
         };
-        hub.marks.stored(&person, marks, &|room| hub.last_id(room));
+        hub.marks
+            .stored(&person, marks, entry.revision, &|room| hub.last_id(room));
     };
     super::follow_bucket(kv, connections, "the marks", || {}, apply).await;
 }

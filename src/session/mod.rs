@@ -33,6 +33,7 @@ use crate::settings::SessionRules;
 use crate::store::MAX_REPLAY;
 
 pub use rate::RateLimit;
+use seats::PersonMarks;
 pub use seats::{Held, Seats};
 
 /// Why a session ends; the reason is logged, and shown to the client where it is an error.
@@ -103,19 +104,6 @@ pub struct Session {
     /// Where the client connects from (bans by address); set, like `person` and `admin`,
     /// by the lifecycle that made the session.
     pub addr: IpAddr,
-    /// A version-2 person's marks: their key and this session's inbox of pushes. Boxed and
-    /// absent for version 1 and guests, who pay nothing for it.
-    marks: Option<Box<PersonMarks>>,
-}
-
-/// What a version-2 person's session holds of the marks (see [`crate::marks`]).
-struct PersonMarks {
-    /// The registered spelling: the key of the person's marks.
-    person: String,
-    inbox: Arc<Inbox>,
-    /// The handshake's room could not be kept (the person keeps too many): told after the
-    /// `marks` line.
-    full: bool,
 }
 
 /// A claim's answer still on its way from the cluster (see [`Claim::Pending`]).
@@ -165,7 +153,6 @@ impl Session {
             person: false,
             admin: false,
             addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            marks: None,
         }
     }
 
@@ -191,7 +178,6 @@ impl Session {
             person: false,
             admin: false,
             addr,
-            marks: None,
         }
     }
 
@@ -213,7 +199,7 @@ impl Session {
             });
             crate::protocol::push_json(out, &line);
         }
-        if let Some(m) = &self.marks {
+        if let Some(m) = self.seats.marks() {
             let hub = &self.hub;
             hub.marks
                 .snapshot(&m.person, &m.inbox, None, &|r| hub.last_id(r), out);
@@ -230,21 +216,21 @@ impl Session {
     ///
     /// [`Marks::attach`]: crate::marks::Marks::attach
     pub fn keep_marks(&mut self, person: String, inbox: Arc<Inbox>) {
-        if let Some(waker) = self.seats.bell_waker() {
-            inbox.set_waker(waker);
-            self.marks = Some(Box::new(PersonMarks {
-                person,
-                inbox,
-                full: false,
-            }));
-        } else {
+        let Some(waker) = self.seats.bell_waker() else {
             self.hub.marks.detach(&person, &inbox);
-        }
+            return;
+        };
+        inbox.set_waker(waker);
+        self.seats.set_marks(PersonMarks {
+            person,
+            inbox,
+            full: false,
+        });
     }
 
     /// The handshake's room, joined by a version-2 person: kept like a `join`'s.
     pub fn keep_handshake_room(&mut self, room: &str) {
-        let Some(m) = self.marks.as_mut() else {
+        let Some(m) = self.seats.marks_mut() else {
             return;
         };
         if !crate::marks::is_conversation(room)
@@ -256,7 +242,7 @@ impl Session {
 
     /// The person's key, for a version-2 person's session.
     fn marks_key(&self) -> Option<&str> {
-        self.marks.as_ref().map(|m| m.person.as_str())
+        self.seats.marks().map(|m| m.person.as_str())
     }
 
     /// Takes a seat it was given (the handshake's room of a version-2 session), with the replay
@@ -316,7 +302,7 @@ impl Session {
     pub fn take(&mut self, out: &mut Vec<u8>, max: usize, task: &Waker) -> Take {
         let start = out.len();
         let mut more = false;
-        if let Some(m) = self.marks.as_ref().filter(|m| m.inbox.has()) {
+        if let Some(m) = self.seats.marks().filter(|m| m.inbox.has()) {
             let hub = &self.hub;
             hub.marks
                 .take(&m.person, &m.inbox, out, max, &|r| hub.last_id(r));
@@ -484,7 +470,7 @@ impl Session {
     pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
         let announce = announce || self.hub.shared();
         // A connection that closes changes no mark; the person's other devices keep theirs.
-        if let Some(m) = self.marks.take() {
+        if let Some(m) = self.seats.take_marks() {
             self.hub.marks.detach(&m.person, &m.inbox);
         }
         let held: Vec<Held> = match &mut self.seats {

@@ -75,7 +75,7 @@ impl Session {
             }
             Kind::Nick { name } => return self.nick_request(name, req, out),
             Kind::Marks => {
-                let Some(m) = self.marks.as_ref() else {
+                let Some(m) = self.seats.marks() else {
                     return self.refuse(req, &Refusal::MarksForPersons, out);
                 };
                 let mut bytes = Vec::new();

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
 use crate::limits::SeatPass;
+use crate::marks::Inbox;
 use crate::refusal::Refusal;
 use crate::replay::PagedReplay;
 use crate::room::{Room, Seat, Take};
@@ -56,6 +57,19 @@ pub struct Many {
     pass: Option<SeatPass>,
     /// Seats in rooms that closed the session out (a kick, a ban), for the session to leave.
     parted: Vec<Held>,
+    /// A person's marks (version 2 only, hence here and not in the session, which every
+    /// idle version-1 connection holds).
+    marks: Option<PersonMarks>,
+}
+
+/// What a version-2 person's session holds of the marks (see [`crate::marks`]).
+pub struct PersonMarks {
+    /// The registered spelling: the key of the person's marks.
+    pub person: String,
+    pub inbox: Arc<Inbox>,
+    /// The handshake's room could not be kept (the person keeps too many): told after the
+    /// `marks` line.
+    pub full: bool,
 }
 
 /// Where a session's seats ring when their room has something for them.
@@ -121,7 +135,37 @@ impl Seats {
             next_tag: 0,
             spare: Vec::new(),
             parted: Vec::new(),
+            marks: None,
         }))
+    }
+
+    /// A version-2 person's marks, if this is one.
+    pub fn marks(&self) -> Option<&PersonMarks> {
+        match self {
+            Seats::One(_) => None,
+            Seats::Many(many) => many.marks.as_ref(),
+        }
+    }
+
+    pub fn marks_mut(&mut self) -> Option<&mut PersonMarks> {
+        match self {
+            Seats::One(_) => None,
+            Seats::Many(many) => many.marks.as_mut(),
+        }
+    }
+
+    /// Makes the session a person's device (version 2; a version-1 session keeps none).
+    pub fn set_marks(&mut self, marks: PersonMarks) {
+        if let Seats::Many(many) = self {
+            many.marks = Some(marks);
+        }
+    }
+
+    pub fn take_marks(&mut self) -> Option<PersonMarks> {
+        match self {
+            Seats::One(_) => None,
+            Seats::Many(many) => many.marks.take(),
+        }
     }
 
     pub fn as_slice(&self) -> &[Held] {
