@@ -88,6 +88,7 @@ impl Graces {
         if self.grace.is_zero() || (!person && !self.guests) {
             return false;
         }
+        let addr = addr.to_canonical();
         let mut state = self.state();
         if state.closed || state.queue.len() >= MAX_GHOSTS {
             return false;

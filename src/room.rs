@@ -1521,7 +1521,9 @@ impl Inner {
         }
         let clashing = self.ghosts.iter().enumerate();
         for (i, g) in clashing.filter(|(_, g)| g.key.clashes(key)) {
-            let same = g.name == name && g.person == person && (person || g.addr == addr);
+            // An address as IPv4 whether it came over IPv4 or IPv6 (a dual-stack listener).
+            let here = g.addr.to_canonical() == addr.to_canonical();
+            let same = g.name == name && g.person == person && (person || here);
             if same {
                 entering = Entering::Returns(i);
             } else if g.name == name {

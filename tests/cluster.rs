@@ -996,3 +996,61 @@ fn moderation_made_on_one_node_holds_on_the_other_at_once() {
     let mut again = b.connect_with("Carl", "elsewhere", "");
     assert_eq!(again.line(), "*** error: you are banned from this server");
 }
+
+/// The leave grace across nodes: a person whose connection on node A drops and who comes
+/// back on node B within the grace is seen by nobody to leave or join; when its last
+/// connection drops and it does not come back, `left` comes once, on both nodes. A guest's
+/// name is the cluster's, held for one connection: a guest gets no grace in a cluster.
+#[test]
+fn a_person_back_on_another_node_within_the_grace_is_no_news() {
+    let nats = Nats::start();
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "pw\n");
+    assert!(ok, "{err}");
+    let a = node(&nats, &["--leave-grace", "3"]);
+    let b = node(&nats, &["--leave-grace", "3"]);
+    let mut bob = a.connect("Bob", "r");
+    let mut cy = b.connect("Cy", "r");
+    bob.until("*** Cy joined");
+
+    let mina = a.connect_with("Mina", "r", r#","password":"pw""#);
+    bob.expect("*** Mina joined");
+    cy.expect("*** Mina joined");
+    drop(mina);
+    assert!(a.wait_log("kept for the leave grace"));
+    let mut mina = b.connect_with("Mina", "r", r#","password":"pw""#);
+    mina.expect("*** Mina joined");
+    // Past node A's grace: still nothing shown anywhere.
+    std::thread::sleep(Duration::from_millis(3500));
+    bob.send("quiet\n");
+    bob.expect("Bob:quiet");
+    cy.expect("Bob:quiet");
+    mina.expect("Bob:quiet");
+    bob.send("/who\n");
+    bob.expect("*** 3 in r: Bob Cy Mina");
+
+    // Gone for good: one `left` on each node, once the grace is over.
+    drop(mina);
+    assert!(b.wait_log("kept for the leave grace"));
+    assert!(
+        bob.quiet_for(Duration::from_millis(1000)),
+        "told before the grace"
+    );
+    assert_eq!(
+        bob.line_within(Duration::from_secs(8)).as_deref(),
+        Some("*** Mina left")
+    );
+    cy.expect("*** Mina left");
+    bob.send("after\n");
+    bob.expect("Bob:after");
+    cy.expect("Bob:after");
+
+    // A guest: told at once.
+    let gus = a.connect("Gus", "r");
+    bob.expect("*** Gus joined");
+    cy.expect("*** Gus joined");
+    drop(gus);
+    assert_eq!(
+        bob.line_within(Duration::from_secs(2)).as_deref(),
+        Some("*** Gus left")
+    );
+}

@@ -91,7 +91,6 @@ pub(super) struct MessagesQuery {
 /// `limit` after `since`, or without `since` the last `limit` (default 100, at most 1000).
 /// `last_id` is the id to pass as `since` for the next page. With `before=ID`, only messages
 /// with ids below it (older history: pass the first id you have).
-
 pub(super) async fn messages(
     State(state): State<Arc<WebState>>,
     Path(room): Path<String>,
