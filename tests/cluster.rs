@@ -1054,3 +1054,43 @@ fn a_person_back_on_another_node_within_the_grace_is_no_news() {
         Some("*** Gus left")
     );
 }
+
+/// Older history (`before`) from any node: the stream's ids, read back a page at a time.
+#[test]
+fn older_history_pages_back_from_any_node() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--max-line-rate", "0"]);
+    let b = node(&nats, &[]);
+    let mut lin = json_join(&a, "Lin", "old", "");
+    json_until(&mut lin, |v| v["type"] == "join" && v["name"] == "Lin");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        lin.send(&format!("m{i}\n"));
+        let text = format!("m{i}");
+        json_until(&mut lin, |v| is_text(v, &text));
+    }
+    // The ids, as the history has them.
+    let mut v2 = Client::raw(b.addr);
+    v2.send(r#"{"name":"Vee","version":2,"room":"old"}"#);
+    json_until(&mut v2, |v| v["type"] == "join" && v["name"] == "Vee");
+    let mut page = |limit: u64, before: u64, req: u64| -> Vec<u64> {
+        v2.send(&format!(
+            "{{\"type\":\"history\",\"room\":\"old\",\"limit\":{limit},\"before\":{before},\"req\":{req}}}\n"
+        ));
+        let lines = json_until(&mut v2, |v| v["type"] == "ok" && v["req"] == req);
+        assert_eq!(
+            lines.first().map(|v| v["type"].clone()),
+            Some("history".into())
+        );
+        assert_eq!(
+            lines.last().map(|v| v["type"].clone()),
+            Some("end_of_history".into())
+        );
+        messages(&lines).into_iter().map(|(id, _, _)| id).collect()
+    };
+    ids.extend(page(5, u64::MAX, 1));
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(page(2, ids[4], 2), ids[2..4]);
+    assert_eq!(page(2, ids[2], 3), ids[0..2]);
+    assert_eq!(page(2, ids[0], 4), Vec::<u64>::new());
+}
