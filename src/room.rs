@@ -1852,6 +1852,68 @@ mod tests {
     }
 
     #[test]
+    fn a_member_whose_connection_dropped_is_kept_and_comes_back_unseen() {
+        let graces = Arc::new(Graces::new(std::time::Duration::from_secs(60), true));
+        let room = Arc::new(new_room("r", 1 << 20).with_graces(graces.clone()));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let mina = room.join(2, "Mina", Format::Text).unwrap();
+        drain(&room, bob);
+        // Dropped: kept, listed, counted, its name held (a look-alike or /nick too).
+        assert_eq!(room.part(mina, &mut Vec::new(), Parting::Lost), (2, true));
+        assert_eq!(graces.waiting(), 1);
+        assert_eq!(room.names(), ["Bob", "Mina"]);
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        let away = Joiner {
+            id: 3,
+            name: "Mina",
+            format: Format::Text,
+            person: false,
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)),
+        };
+        assert!(!room.would_return(&away));
+        assert_eq!(
+            room.join_replaying(away, None).err(),
+            Some(RoomError::NameTaken)
+        );
+        assert_eq!(
+            room.join(3, "MINA", Format::Text),
+            Err(RoomError::LooksLike("Mina".into()))
+        );
+        assert_eq!(room.rename_check(bob, "Mina"), Err(RoomError::NameTaken));
+        // Back from the same address: only it hears of it.
+        let back = room.join(4, "Mina", Format::Text).unwrap();
+        assert_eq!(drain(&room, back), "*** Mina joined\n");
+        assert_eq!(drain(&room, bob), "");
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        // Its old deadline finds nothing to end.
+        assert!(!room.end_grace(2, true));
+        // Dropped again and not back: the room is told when the grace ends.
+        assert_eq!(room.part(back, &mut Vec::new(), Parting::Lost), (2, true));
+        assert!(room.end_grace(4, true));
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
+        assert_eq!(room.names(), ["Bob"]);
+        // A quit (told) and a shutdown (silent) keep nobody.
+        let zed = room.join(5, "Zed", Format::Text).unwrap();
+        assert_eq!(room.part(zed, &mut Vec::new(), Parting::Told), (1, false));
+        assert_eq!(drain(&room, bob), "*** Zed joined\n*** Zed left\n");
+        assert_eq!(room.part(bob, &mut Vec::new(), Parting::Silent), (0, false));
+    }
+
+    #[test]
+    fn a_kick_ends_a_ghost_and_the_room_is_told() {
+        let graces = Arc::new(Graces::new(std::time::Duration::from_secs(60), true));
+        let room = Arc::new(new_room("r", 1 << 20).with_graces(graces));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let mina = room.join(2, "Mina", Format::Text).unwrap();
+        room.part(mina, &mut Vec::new(), Parting::Lost);
+        drain(&room, bob);
+        let why = Reply::Error("banned");
+        assert_eq!(room.close_out_where(|name, _| name == "Mina", &why), 0);
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
+        assert_eq!(room.names(), ["Bob"]);
+    }
+
+    #[test]
     fn a_person_connected_twice_is_one_member() {
         let room = Arc::new(new_room("r", 1 << 20));
         let bob = room.join(1, "Bob", Format::Text).unwrap();
