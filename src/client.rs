@@ -29,7 +29,7 @@ use crate::context::Shared;
 use crate::limits::IdleTimer;
 use crate::protocol::Format;
 use crate::refusal::Refusal;
-use crate::room::Take;
+use crate::room::{Parting, Take};
 use crate::session::{End, Next, Session};
 
 /// Most bytes copied out of the rooms for one write.
@@ -385,12 +385,19 @@ impl<W: Wire> Client<W> {
     /// client), then the transport's last words.
     pub async fn close(mut self, ending: Ending) {
         let format = self.session.format;
-        let announce = !matches!(ending, Ending::Shutdown);
+        // A connection that closed or dropped may be back in a moment (a reload, a network
+        // change): its rooms wait for the leave grace before they are told. A `/quit`, a
+        // broken rule, a cut-off and a kick are told at once; a shutdown not at all.
+        let how = match ending {
+            Ending::Shutdown => Parting::Silent,
+            Ending::ClosedByClient | Ending::Io(_) => Parting::Lost,
+            _ => Parting::Told,
+        };
         let mut out = std::mem::take(&mut self.pending);
         if self.wire.reachable_after(&ending) {
-            self.session.leave(&mut out, announce);
+            self.session.leave(&mut out, how);
         } else {
-            self.session.leave(&mut Vec::new(), announce);
+            self.session.leave(&mut Vec::new(), how);
             out = Vec::new();
         }
         self.wire.goodbye(out, ending, format).await;

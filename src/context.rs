@@ -141,6 +141,8 @@ impl Shared {
     /// watch the shutdown channel instead).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        // Members within their leave grace go now, as everyone does.
+        self.hub.end_graces();
         self.hub.wake_everyone();
     }
 

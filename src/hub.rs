@@ -14,11 +14,12 @@ use std::pin::Pin;
 
 use crate::bus::{Envelope, PrivateNote};
 use crate::marks::{Edit, Marks, Outcome};
+use crate::grace::{Due, Graces};
 use crate::moderation::{Policy, Who};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::{Format, RoomEvent};
 use crate::refusal::Refusal;
-use crate::room::{Budget, Joiner, Replay, ReplayStart, Room, RoomError, Seat};
+use crate::room::{Budget, Joiner, Parting, Replay, ReplayStart, Room, RoomError, Seat};
 use crate::sequencer::{Here, Sequencer};
 use crate::settings::HubSettings;
 use crate::store::Store;
@@ -41,6 +42,10 @@ pub struct Hub {
     pub policy: Arc<Policy>,
     /// The marks of the persons with a session here (rooms kept, read positions, levels).
     pub marks: Arc<Marks>,
+    /// The leave grace (`--leave-grace`): how long a member whose connection dropped stays.
+    leave_grace: std::time::Duration,
+    /// Its ghosts' deadlines (see [`crate::grace`]), handed to every room.
+    graces: Arc<Graces>,
 }
 
 /// A claim's answer: at once (one server, or a cluster that could answer without asking), or
@@ -73,6 +78,8 @@ impl Hub {
             sequencer: Arc::new(Here),
             policy: Arc::new(Policy::open_to_all()),
             marks: Marks::in_memory(),
+            leave_grace: settings.leave_grace,
+            graces: Arc::new(Graces::new(settings.leave_grace, true)),
         }
     }
 
@@ -251,6 +258,10 @@ impl Hub {
     /// The same hub, in cluster mode: rooms' events are ordered by `sequencer`, names are
     /// claimed from `names`.
     pub fn with_cluster(mut self, sequencer: Arc<dyn Sequencer>, names: Arc<dyn Names>) -> Self {
+        // A guest's name is claimed across the cluster, for one node's connection: a guest
+        // back on another node would find it taken for the grace. So only persons, whose
+        // presence is per node, get a grace in a cluster (see `crate::grace`).
+        self.graces = Arc::new(Graces::new(self.leave_grace, !names.shared()));
         self.sequencer = sequencer;
         self.names = names;
         self
@@ -435,18 +446,22 @@ impl Hub {
     ) -> Result<(Arc<Room>, Seat, Option<ReplayStart>), RoomError> {
         let mut rooms = self.lock();
         let entry = match rooms.get(room) {
-            // Every join holds the registry's lock, so the count cannot grow meanwhile.
-            Some(r) if r.member_count() >= self.max_members => return Err(RoomError::Full),
+            // Every join holds the registry's lock, so the count cannot grow meanwhile. A
+            // member back within its leave grace takes the place it held.
+            Some(r) if r.member_count() >= self.max_members && !r.would_return(&who) => {
+                return Err(RoomError::Full)
+            }
             Some(r) => r.clone(),
             None if rooms.len() >= self.max_rooms => return Err(RoomError::TooManyRooms),
             None => {
-                let r = Arc::new(Room::with_budget(
+                let r = Room::with_budget(
                     room,
                     self.max_pending,
                     self.store.clone(),
                     self.budget.clone(),
                     self.sequencer.clone(),
-                ));
+                );
+                let r = Arc::new(r.with_graces(self.graces.clone()));
                 // Under the registry's lock, as deliveries are: nothing slips in between.
                 r.seed_persons(self.names.persons(room));
                 rooms.insert(room.to_owned(), r.clone());
@@ -469,14 +484,64 @@ impl Hub {
 
     /// Leaves a room (see [`Room::leave`]) and forgets the room if it is now empty.
     pub fn leave(&self, room: &Arc<Room>, seat: Seat, out: &mut Vec<u8>, announce: bool) {
+        let how = if announce {
+            Parting::Told
+        } else {
+            Parting::Silent
+        };
+        self.part(room, seat, out, how);
+    }
+
+    /// [`Hub::leave`] as `how` says (see [`Room::part`]); true if the member stays as a ghost
+    /// for its leave grace: its name's claim is then kept until the grace ends.
+    pub fn part(&self, room: &Arc<Room>, seat: Seat, out: &mut Vec<u8>, how: Parting) -> bool {
         let mut rooms = self.lock();
-        if room.leave(seat, out, announce) == 0 {
-            if let Some(r) = rooms.get(room.name()) {
-                if Arc::ptr_eq(r, room) && r.member_count() == 0 {
-                    rooms.remove(room.name());
-                    self.store.forget(room.name());
-                }
+        let (left, ghost) = room.part(seat, out, how);
+        if left == 0 {
+            self.forget_if_empty(&mut rooms, room);
+        }
+        ghost
+    }
+
+    fn forget_if_empty(&self, rooms: &mut HashMap<String, Arc<Room>>, room: &Arc<Room>) {
+        if let Some(r) = rooms.get(room.name()) {
+            if Arc::ptr_eq(r, room) && r.member_count() == 0 {
+                rooms.remove(room.name());
+                self.store.forget(room.name());
             }
+        }
+    }
+
+    /// Ends ghosts as their leave grace runs out, for ever (one task per server).
+    pub async fn run_graces(self: Arc<Self>) {
+        loop {
+            let due = self.graces.next().await;
+            self.end_grace(&due, true);
+        }
+    }
+
+    /// Ends one ghost's grace: the room is told it left (if `announce` and it did not come
+    /// back meanwhile), its name's claim goes back, and an emptied room is forgotten.
+    fn end_grace(&self, due: &Due, announce: bool) {
+        {
+            let mut rooms = self.lock();
+            if let Some(room) = rooms.get(&*due.room).cloned() {
+                room.end_grace(due.owner, announce);
+                self.forget_if_empty(&mut rooms, &room);
+            }
+        }
+        // Also if it came back: the claim was its old connection's (a person's new one holds
+        // the presence too, so it stays).
+        self.names
+            .release(&due.room, &due.name, due.owner, due.person);
+    }
+
+    /// At shutdown: no more ghosts, and the ones waiting leave now, told only where other
+    /// servers share the rooms (their members stay), as every member's leave at shutdown is.
+    pub fn end_graces(&self) {
+        let announce = self.names.shared();
+        for due in self.graces.close() {
+            self.end_grace(&due, announce);
         }
     }
 

@@ -19,6 +19,7 @@ mod client;
 pub mod cluster;
 mod connection;
 mod context;
+mod grace;
 mod hub;
 mod lifecycle;
 mod limits;

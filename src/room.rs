@@ -18,6 +18,7 @@ use std::task::Waker;
 
 use crate::act::Act;
 use crate::bus::Envelope;
+use crate::grace::Graces;
 use crate::moderation::Net;
 use crate::protocol::{Format, Reply, RoomEvent, Timestamp};
 use crate::sequencer::{Here, Placed, Refuse, Sequencer};
@@ -115,6 +116,41 @@ impl Drop for Locked<'_> {
 pub struct Seat {
     slot: usize,
     id: u64,
+}
+
+/// How a member's connection leaves a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parting {
+    /// The room is told (`left`), now: a `leave`, `/quit`, `/join` elsewhere, a rule broken.
+    Told,
+    /// Nobody is told (shutdown on one server: everyone is leaving).
+    Silent,
+    /// The connection closed or dropped: the member stays as a ghost for the leave grace, if
+    /// it has one (see [`crate::grace`]), else as [`Parting::Told`].
+    Lost,
+}
+
+/// A member whose last connection closed or dropped, kept for the leave grace (see
+/// [`crate::grace`]): it holds its name and its place, and `/who` lists it.
+#[derive(Debug)]
+struct Ghost {
+    /// The connection that left.
+    owner: u64,
+    name: String,
+    key: KeyHash,
+    person: bool,
+    addr: IpAddr,
+}
+
+/// How a join finds the room (see [`Inner::check_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entering {
+    /// The name is free: the room is told.
+    New,
+    /// A person's connection joins the person's others: only it is told.
+    Shares,
+    /// The member comes back within its grace (ghost number N): only it is told.
+    Returns(usize),
 }
 
 /// What [`Room::take`] found for a member.
@@ -287,6 +323,9 @@ struct Inner {
     /// Members closed out of the room (kicked, banned) whose connections have not yet taken
     /// what was left for them (see [`Take::Parted`]). Counted in `private_total`.
     parted: Vec<(Seat, Vec<u8>)>,
+    /// Members within their leave grace (see [`crate::grace`]). Empty (no allocation) unless
+    /// someone's connection dropped in the last seconds.
+    ghosts: Vec<Ghost>,
 }
 
 /// A chat room. Cheap to share (`Arc<Room>`); every method takes the room's lock briefly and
@@ -299,6 +338,8 @@ pub struct Room {
     /// Who orders this room's events: asked once per event, it says whether the room appends
     /// it now ([`Here`], one server) or it comes back through [`Room::deliver`] (a cluster).
     sequencer: Arc<dyn Sequencer>,
+    /// The leave grace's deadlines; none: no grace (a member leaves at once).
+    graces: Option<Arc<Graces>>,
     inner: Mutex<Inner>,
 }
 
@@ -369,6 +410,7 @@ impl Room {
             store,
             budget,
             sequencer,
+            graces: None,
             inner: Mutex::new(Inner {
                 next_id,
                 last_published: next_id - 1,
@@ -385,8 +427,15 @@ impl Room {
                 awaiting_join: Vec::new(),
                 greetings: Vec::new(),
                 parted: Vec::new(),
+                ghosts: Vec::new(),
             }),
         }
+    }
+
+    /// The same room, keeping a member whose connection dropped for the leave grace.
+    pub fn with_graces(mut self, graces: Arc<Graces>) -> Self {
+        self.graces = Some(graces);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -407,15 +456,29 @@ impl Room {
         }
     }
 
-    /// Connections in the room (what `--max-room-members` bounds: each one costs memory).
+    /// Connections in the room, and members within their leave grace (what
+    /// `--max-room-members` bounds: each one costs memory).
     pub fn member_count(&self) -> usize {
-        self.lock().count
+        let inner = self.lock();
+        inner.count + inner.ghosts.len()
     }
 
-    /// Members as the others see them: a person connected several times counts once.
+    /// Members as the others see them: a person connected several times counts once, and a
+    /// member within its leave grace is still there.
     pub fn people(&self) -> usize {
         let inner = self.lock();
-        inner.count - inner.extra
+        inner.count - inner.extra + inner.ghosts.len()
+    }
+
+    /// True if `who` would take back a place held for it by the leave grace (a join then
+    /// needs no new place: a full room still lets it in).
+    pub fn would_return(&self, who: &Joiner<'_>) -> bool {
+        let key = KeyHash::of(&crate::protocol::name_key(who.name));
+        let inner = self.lock();
+        matches!(
+            inner.check_join(who.name, &key, who.person, who.addr),
+            Ok(Entering::Returns(_))
+        )
     }
 
     /// Adds a member (its cursor at the head: it sees what is sent from now on) and tells the room.
@@ -463,7 +526,7 @@ impl Room {
         } = who;
         let key = KeyHash::of(&crate::protocol::name_key(name));
         let mut inner = self.lock();
-        let shares = inner.check_join(name, &key, person)?;
+        let entering = inner.check_join(name, &key, person, addr)?;
         let log = &mut inner.logs[format as usize];
         log.members += 1;
         let member = Member {
@@ -500,7 +563,13 @@ impl Room {
         inner.count += 1;
         let until = inner.last_published;
         let history = replay.map(|r| self.replay_start(r, until));
-        if shares {
+        if let Entering::Returns(ghost) = entering {
+            // Back within its grace: for the others it never left. It alone hears that it is
+            // in, as every connection's first line after its handshake says (the same bytes).
+            let g = inner.ghosts.swap_remove(ghost);
+            tracing::info!(room = %self.name, name, id, was = g.owner, "back within the leave grace");
+            self.tell_joined(&mut inner, Seat { slot, id }, name);
+        } else if entering == Entering::Shares {
             // The room knows the person already; the new connection alone hears that it is in,
             // as every connection's first line after its handshake says.
             inner.extra += 1;
@@ -679,7 +748,19 @@ impl Room {
     /// Removes a member, first moving everything still unread for it to `out` so that nothing
     /// it was sent is lost, and (if `announce`) tells the others. Returns how many members remain.
     pub fn leave(&self, seat: Seat, out: &mut Vec<u8>, announce: bool) -> usize {
+        let how = if announce {
+            Parting::Told
+        } else {
+            Parting::Silent
+        };
+        self.part(seat, out, how).0
+    }
+
+    /// [`Room::leave`], as `how` says; returns how many members remain (ghosts included) and
+    /// whether the member stays as a ghost (its name's claim is then kept for it).
+    pub fn part(&self, seat: Seat, out: &mut Vec<u8>, how: Parting) -> (usize, bool) {
         let mut inner = self.lock();
+        let mut ghost = false;
         if let Some(bytes) = inner.take_parted(seat) {
             out.extend_from_slice(&bytes);
         } else if inner.member(seat).is_some() {
@@ -689,12 +770,62 @@ impl Room {
                 // Told even when nobody is left here: in a cluster, members on other nodes
                 // must hear of it (on one server, an empty room renders it for nobody). A
                 // person leaves with its last connection.
-                if announce && inner.last_of(&m) {
-                    self.announce_member(&mut inner, RoomEvent::Leave { name: &m.name }, m.person);
+                if inner.last_of(&m) {
+                    ghost = how == Parting::Lost && self.haunt(&mut inner, &m);
+                    if !ghost && how != Parting::Silent {
+                        let leave = RoomEvent::Leave { name: &m.name };
+                        self.announce_member(&mut inner, leave, m.person);
+                    }
                 }
             }
         }
-        inner.count
+        (inner.count + inner.ghosts.len(), ghost)
+    }
+
+    /// Keeps `m` (its last connection just dropped) as a ghost, if the leave grace takes it.
+    fn haunt(&self, inner: &mut Inner, m: &Member) -> bool {
+        let Some(graces) = &self.graces else {
+            return false;
+        };
+        if !graces.admit(&self.name, m.id, &m.name, m.person, m.addr) {
+            return false;
+        }
+        tracing::info!(room = %self.name, name = %m.name, id = m.id, "kept for the leave grace");
+        inner.ghosts.push(Ghost {
+            owner: m.id,
+            name: m.name.clone(),
+            key: m.key,
+            person: m.person,
+            addr: m.addr,
+        });
+        true
+    }
+
+    /// The leave grace of the member whose connection `owner` dropped is over: it leaves,
+    /// and (if `announce`) the room is told. False if it came back, or left otherwise.
+    pub fn end_grace(&self, owner: u64, announce: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(i) = inner.ghosts.iter().position(|g| g.owner == owner) else {
+            return false;
+        };
+        let g = inner.ghosts.swap_remove(i);
+        tracing::info!(room = %self.name, name = %g.name, id = owner, "leave grace over");
+        if announce {
+            self.announce_member(&mut inner, RoomEvent::Leave { name: &g.name }, g.person);
+        }
+        true
+    }
+
+    /// Ends the grace of the ghosts `hit` picks (a kick or a ban found them): the room is told
+    /// they left, as it is of a member it closes out.
+    fn exorcise(&self, inner: &mut Inner, hit: impl Fn(&Ghost) -> bool) {
+        if inner.ghosts.iter().any(&hit) {
+            let (gone, kept) = std::mem::take(&mut inner.ghosts).into_iter().partition(hit);
+            inner.ghosts = kept;
+            for g in gone {
+                self.announce_member(inner, RoomEvent::Leave { name: &g.name }, g.person);
+            }
+        }
     }
 
     /// Sends a message. Where the room is its own order (one server), it takes the room's next
@@ -868,6 +999,7 @@ impl Room {
             .iter()
             .flatten()
             .map(|m| m.name.clone())
+            .chain(inner.ghosts.iter().map(|g| g.name.clone()))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -1210,6 +1342,9 @@ impl Room {
             })
             .collect();
         self.close_out(inner, hit, None);
+        self.exorcise(inner, |g| {
+            key.is_some_and(|k| g.key.clashes(&k)) || net.is_some_and(|n| n.contains(g.addr))
+        });
     }
 
     /// Closes the connections in `slots` out of the room (see [`Room::expel`]); `last` is a
@@ -1259,6 +1394,7 @@ impl Room {
             .collect();
         let n = hit.len();
         self.close_out(&mut inner, hit, Some(why));
+        self.exorcise(&mut inner, |g| matches(&g.name, g.addr));
         inner.wake_all();
         n
     }
@@ -1391,21 +1527,43 @@ impl Inner {
         self.slots.iter().enumerate().filter_map(named).collect()
     }
 
-    /// Whether `name` may join: Ok(true) if it is a person's and joins that person's other
-    /// connections (already here under exactly that name), Ok(false) if the name is free.
-    /// A guest never shares, and never with a person; look-alikes stay refused.
-    fn check_join(&self, name: &str, key: &KeyHash, person: bool) -> Result<bool, RoomError> {
-        let mut shares = false;
+    /// Whether `name` may join: [`Entering::Shares`] if it is a person's and joins that
+    /// person's other connections (already here under exactly that name),
+    /// [`Entering::Returns`] if the member comes back within its leave grace (a person under
+    /// exactly its name; a guest under exactly its name and from the same address),
+    /// [`Entering::New`] if the name is free. A guest never shares, and never with a person;
+    /// look-alikes stay refused, of ghosts too: a ghost holds its name as its member did.
+    fn check_join(
+        &self,
+        name: &str,
+        key: &KeyHash,
+        person: bool,
+        addr: IpAddr,
+    ) -> Result<Entering, RoomError> {
+        let mut entering = Entering::New;
         for m in self.slots.iter().flatten().filter(|m| m.key.clashes(key)) {
             if person && m.person && m.name == name {
-                shares = true;
+                entering = Entering::Shares;
             } else if m.name == name {
                 return Err(RoomError::NameTaken);
             } else {
                 return Err(RoomError::LooksLike(m.name.clone()));
             }
         }
-        Ok(shares)
+        let clashing = self.ghosts.iter().enumerate();
+        for (i, g) in clashing.filter(|(_, g)| g.key.clashes(key)) {
+            // An address as IPv4 whether it came over IPv4 or IPv6 (a dual-stack listener).
+            let here = g.addr.to_canonical() == addr.to_canonical();
+            let same = g.name == name && g.person == person && (person || here);
+            if same {
+                entering = Entering::Returns(i);
+            } else if g.name == name {
+                return Err(RoomError::NameTaken);
+            } else {
+                return Err(RoomError::LooksLike(g.name.clone()));
+            }
+        }
+        Ok(entering)
     }
 
     /// Follows a person's join or leave on `node` (cluster mode); true if the room should show
@@ -1463,10 +1621,16 @@ impl Inner {
         key: &KeyHash,
         except: Option<usize>,
     ) -> Result<(), RoomError> {
-        match self.find_key(key, except) {
+        let ghost = || {
+            self.ghosts
+                .iter()
+                .find(|g| g.key.clashes(key))
+                .map(|g| &g.name)
+        };
+        match self.find_key(key, except).map(|m| &m.name).or_else(ghost) {
             None => Ok(()),
-            Some(m) if m.name == name => Err(RoomError::NameTaken),
-            Some(m) => Err(RoomError::LooksLike(m.name.clone())),
+            Some(other) if other == name => Err(RoomError::NameTaken),
+            Some(other) => Err(RoomError::LooksLike(other.clone())),
         }
     }
 
@@ -1716,6 +1880,68 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(room.leave(a, &mut out, true), 0);
         assert_eq!(out, b"*** a joined\na:bye\n");
+    }
+
+    #[test]
+    fn a_member_whose_connection_dropped_is_kept_and_comes_back_unseen() {
+        let graces = Arc::new(Graces::new(std::time::Duration::from_secs(60), true));
+        let room = Arc::new(new_room("r", 1 << 20).with_graces(graces.clone()));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let mina = room.join(2, "Mina", Format::Text).unwrap();
+        drain(&room, bob);
+        // Dropped: kept, listed, counted, its name held (a look-alike or /nick too).
+        assert_eq!(room.part(mina, &mut Vec::new(), Parting::Lost), (2, true));
+        assert_eq!(graces.waiting(), 1);
+        assert_eq!(room.names(), ["Bob", "Mina"]);
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        let away = Joiner {
+            id: 3,
+            name: "Mina",
+            format: Format::Text,
+            person: false,
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)),
+        };
+        assert!(!room.would_return(&away));
+        assert_eq!(
+            room.join_replaying(away, None).err(),
+            Some(RoomError::NameTaken)
+        );
+        assert_eq!(
+            room.join(3, "MINA", Format::Text),
+            Err(RoomError::LooksLike("Mina".into()))
+        );
+        assert_eq!(room.rename_check(bob, "Mina"), Err(RoomError::NameTaken));
+        // Back from the same address: only it hears of it.
+        let back = room.join(4, "Mina", Format::Text).unwrap();
+        assert_eq!(drain(&room, back), "*** Mina joined\n");
+        assert_eq!(drain(&room, bob), "");
+        assert_eq!((room.member_count(), room.people()), (2, 2));
+        // Its old deadline finds nothing to end.
+        assert!(!room.end_grace(2, true));
+        // Dropped again and not back: the room is told when the grace ends.
+        assert_eq!(room.part(back, &mut Vec::new(), Parting::Lost), (2, true));
+        assert!(room.end_grace(4, true));
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
+        assert_eq!(room.names(), ["Bob"]);
+        // A quit (told) and a shutdown (silent) keep nobody.
+        let zed = room.join(5, "Zed", Format::Text).unwrap();
+        assert_eq!(room.part(zed, &mut Vec::new(), Parting::Told), (1, false));
+        assert_eq!(drain(&room, bob), "*** Zed joined\n*** Zed left\n");
+        assert_eq!(room.part(bob, &mut Vec::new(), Parting::Silent), (0, false));
+    }
+
+    #[test]
+    fn a_kick_ends_a_ghost_and_the_room_is_told() {
+        let graces = Arc::new(Graces::new(std::time::Duration::from_secs(60), true));
+        let room = Arc::new(new_room("r", 1 << 20).with_graces(graces));
+        let bob = room.join(1, "Bob", Format::Text).unwrap();
+        let mina = room.join(2, "Mina", Format::Text).unwrap();
+        room.part(mina, &mut Vec::new(), Parting::Lost);
+        drain(&room, bob);
+        let why = Reply::Error("banned");
+        assert_eq!(room.close_out_where(|name, _| name == "Mina", &why), 0);
+        assert_eq!(drain(&room, bob), "*** Mina left\n");
+        assert_eq!(room.names(), ["Bob"]);
     }
 
     #[test]

@@ -181,6 +181,8 @@ impl Server {
             });
             tasks.push(tokio::spawn(web.run(state)));
         }
+        // Ends the leave grace of members whose connection dropped (`--leave-grace`).
+        tokio::spawn(self.ctx.hub.clone().run_graces());
         if self.budgeted {
             if let Err(e) = start_budget_enforcer(self.ctx.clone()) {
                 warn!("cannot start the --max-queued-total thread: {e}");

@@ -105,6 +105,10 @@ pub struct Limits {
     pub max_room_members: usize,
     /// Rooms one version-2 connection may be in at once (`--max-rooms-per-session`).
     pub max_rooms_per_session: usize,
+    /// How long a member whose connection closed or dropped stays in its rooms before they
+    /// are told it left (`--leave-grace`; zero: they are told at once). A reload or a
+    /// reconnect within it shows nobody a `left` and a `joined`.
+    pub leave_grace: Duration,
 }
 
 /// Message history on one machine (in cluster mode, history lives in JetStream and only
@@ -210,6 +214,7 @@ impl Default for Limits {
             max_rooms: 10_000,
             max_room_members: 10_000,
             max_rooms_per_session: 100,
+            leave_grace: Duration::from_secs(10),
         }
     }
 }
@@ -323,6 +328,8 @@ pub struct HubSettings {
     pub max_members: usize,
     /// Bytes queued in all rooms together (`--max-queued-total`).
     pub max_queued_total: usize,
+    /// How long a member whose connection dropped stays (`--leave-grace`; zero: not at all).
+    pub leave_grace: Duration,
 }
 
 impl HubSettings {
@@ -333,6 +340,7 @@ impl HubSettings {
             max_rooms: usize::MAX,
             max_members: usize::MAX,
             max_queued_total: usize::MAX,
+            leave_grace: Duration::ZERO,
         }
     }
 }
@@ -395,6 +403,7 @@ impl Settings {
                 0 => usize::MAX,
                 n => n,
             },
+            leave_grace: l.leave_grace,
         }
     }
 

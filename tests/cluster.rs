@@ -957,6 +957,9 @@ fn moderation_made_on_one_node_holds_on_the_other_at_once() {
     // A delete made on A: B's members are told, and B's history no longer has it.
     carl.send("oops\n");
     mina.until("Carl:oops");
+    // B's history ends where B's room stands: wait until B has shown Carl his own message
+    // (seen on A first, it may not be back on B yet).
+    carl.until("Carl:oops");
     carl.send("/history 1\n");
     carl.until("*** history: 1 message");
     carl.expect("Carl:oops");
@@ -1090,4 +1093,102 @@ fn marks_and_conversations_reach_every_node() {
             .starts_with("rooms starting with @ are direct conversations"),
         "{err}"
     );
+}
+
+/// The leave grace across nodes: a person whose connection on node A drops and who comes
+/// back on node B within the grace is seen by nobody to leave or join; when its last
+/// connection drops and it does not come back, `left` comes once, on both nodes. A guest's
+/// name is the cluster's, held for one connection: a guest gets no grace in a cluster.
+#[test]
+fn a_person_back_on_another_node_within_the_grace_is_no_news() {
+    let nats = Nats::start();
+    let (ok, _, err) = user_cmd(&nats, &["add", "Mina"], "pw\n");
+    assert!(ok, "{err}");
+    let a = node(&nats, &["--leave-grace", "3"]);
+    let b = node(&nats, &["--leave-grace", "3"]);
+    let mut bob = a.connect("Bob", "r");
+    let mut cy = b.connect("Cy", "r");
+    bob.until("*** Cy joined");
+
+    let mina = a.connect_with("Mina", "r", r#","password":"pw""#);
+    bob.expect("*** Mina joined");
+    cy.expect("*** Mina joined");
+    drop(mina);
+    assert!(a.wait_log("kept for the leave grace"));
+    let mut mina = b.connect_with("Mina", "r", r#","password":"pw""#);
+    mina.expect("*** Mina joined");
+    // Past node A's grace: still nothing shown anywhere.
+    std::thread::sleep(Duration::from_millis(3500));
+    bob.send("quiet\n");
+    bob.expect("Bob:quiet");
+    cy.expect("Bob:quiet");
+    mina.expect("Bob:quiet");
+    bob.send("/who\n");
+    bob.expect("*** 3 in r: Bob Cy Mina");
+
+    // Gone for good: one `left` on each node, once the grace is over.
+    drop(mina);
+    assert!(b.wait_log("kept for the leave grace"));
+    assert!(
+        bob.quiet_for(Duration::from_millis(1000)),
+        "told before the grace"
+    );
+    assert_eq!(
+        bob.line_within(Duration::from_secs(8)).as_deref(),
+        Some("*** Mina left")
+    );
+    cy.expect("*** Mina left");
+    bob.send("after\n");
+    bob.expect("Bob:after");
+    cy.expect("Bob:after");
+
+    // A guest: told at once.
+    let gus = a.connect("Gus", "r");
+    bob.expect("*** Gus joined");
+    cy.expect("*** Gus joined");
+    drop(gus);
+    assert_eq!(
+        bob.line_within(Duration::from_secs(2)).as_deref(),
+        Some("*** Gus left")
+    );
+}
+
+/// Older history (`before`) from any node: the stream's ids, read back a page at a time.
+#[test]
+fn older_history_pages_back_from_any_node() {
+    let nats = Nats::start();
+    let a = node(&nats, &["--max-line-rate", "0"]);
+    let b = node(&nats, &[]);
+    let mut lin = json_join(&a, "Lin", "old", "");
+    json_until(&mut lin, |v| v["type"] == "join" && v["name"] == "Lin");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        lin.send(&format!("m{i}\n"));
+        let text = format!("m{i}");
+        json_until(&mut lin, |v| is_text(v, &text));
+    }
+    // The ids, as the history has them.
+    let mut v2 = Client::raw(b.addr);
+    v2.send(r#"{"name":"Vee","version":2,"room":"old"}"#);
+    json_until(&mut v2, |v| v["type"] == "join" && v["name"] == "Vee");
+    let mut page = |limit: u64, before: u64, req: u64| -> Vec<u64> {
+        v2.send(&format!(
+            "{{\"type\":\"history\",\"room\":\"old\",\"limit\":{limit},\"before\":{before},\"req\":{req}}}\n"
+        ));
+        let lines = json_until(&mut v2, |v| v["type"] == "ok" && v["req"] == req);
+        assert_eq!(
+            lines.first().map(|v| v["type"].clone()),
+            Some("history".into())
+        );
+        assert_eq!(
+            lines.last().map(|v| v["type"].clone()),
+            Some("end_of_history".into())
+        );
+        messages(&lines).into_iter().map(|(id, _, _)| id).collect()
+    };
+    ids.extend(page(5, u64::MAX, 1));
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(page(2, ids[4], 2), ids[2..4]);
+    assert_eq!(page(2, ids[2], 3), ids[0..2]);
+    assert_eq!(page(2, ids[0], 4), Vec::<u64>::new());
 }

@@ -28,7 +28,7 @@ use crate::protocol::{Format, Reply};
 use crate::refusal::Refusal;
 use crate::replay::{PagedReplay, Step};
 use crate::request::ReqId;
-use crate::room::{Replay, ReplayStart, Room, RoomError, Seat, Take};
+use crate::room::{Parting, Replay, ReplayStart, Room, RoomError, Seat, Take};
 use crate::settings::SessionRules;
 use crate::store::MAX_REPLAY;
 
@@ -464,11 +464,16 @@ impl Session {
         }
     }
 
-    /// Leaves every room for good, moving what was still unread to `out`. At shutdown the
-    /// rooms are not told (everyone is leaving), unless other servers share them: their
-    /// members stay, and must hear of it.
-    pub fn leave(&mut self, out: &mut Vec<u8>, announce: bool) {
-        let announce = announce || self.hub.shared();
+    /// Leaves every room for good, moving what was still unread to `out`, as `how` says. At
+    /// shutdown ([`Parting::Silent`]) the rooms are not told (everyone is leaving), unless
+    /// other servers share them: their members stay, and must hear of it. A connection that
+    /// dropped ([`Parting::Lost`]) may stay as a ghost for the leave grace, its name's claim
+    /// kept for it (the hub gives it back when the grace ends).
+    pub fn leave(&mut self, out: &mut Vec<u8>, how: Parting) {
+        let how = match how {
+            Parting::Silent if self.hub.shared() => Parting::Told,
+            how => how,
+        };
         // A connection that closes changes no mark; the person's other devices keep theirs.
         if let Some(m) = self.seats.take_marks() {
             self.hub.marks.detach(&m.person, &m.inbox);
@@ -481,9 +486,10 @@ impl Session {
             Seats::Many(_) => self.seats.drain(),
         };
         for h in held {
-            self.hub.leave(&h.room, h.seat, out, announce);
-            self.hub
-                .release(h.room.name(), &self.name, self.id, self.person);
+            if !self.hub.part(&h.room, h.seat, out, how) {
+                self.hub
+                    .release(h.room.name(), &self.name, self.id, self.person);
+            }
         }
         // A claim still on its way would otherwise hold the name until the cluster's TTL.
         if let Some(wait) = self.claim_wait.take() {

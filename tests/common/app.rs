@@ -22,7 +22,7 @@ pub struct App {
 
 impl App {
     /// Starts a server from the default settings, except: the chat port on `127.0.0.1:0`, the
-    /// web side off, a data directory of its own and two threads.
+    /// web side off, a data directory of its own, two threads and no leave grace.
     pub fn start() -> App {
         App::with(|_| {})
     }
@@ -36,6 +36,8 @@ impl App {
         settings.net.threads = 2;
         let own_dir = temp_dir();
         settings.set_data_dir(&own_dir);
+        // No leave grace unless a test sets one (as the binary's harness does).
+        settings.limits.leave_grace = std::time::Duration::ZERO;
         change(&mut settings);
         let shown = format!("{settings:?}");
         let running = machat::server::start(settings)

@@ -96,6 +96,11 @@ impl Server {
             cmd.args(["--http", "off"]);
         }
         let wants_http = http_arg.is_some_and(|i| args.get(i + 1) != Some(&"off"));
+        // No leave grace unless a test asks for one: a client that closes is gone at once, as
+        // the tests of leaving expect (the grace has tests of its own).
+        if !args.iter().any(|a| a.contains("leave-grace")) {
+            cmd.args(["--leave-grace", "0"]);
+        }
         cmd.args(["-a", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")

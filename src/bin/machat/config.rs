@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "MACHAT_MAX_ROOMS_PER_SESSION", default_value_t = 100)]
     pub max_rooms_per_session: usize,
 
+    /// Seconds a member whose connection closed or dropped stays in its rooms (listed, its
+    /// name held) before they are told it left; back within it (a reload, a reconnect), nobody
+    /// sees it leave or join. 0 = off: the room is told at once.
+    #[arg(long, env = "MACHAT_LEAVE_GRACE", default_value_t = 10.0)]
+    pub leave_grace: f64,
+
     /// Lines per second a connection may send, sustained; a faster sender is read more slowly
     /// (nothing is dropped). 0 = no limit.
     #[arg(long, env = "MACHAT_MAX_LINE_RATE", default_value_t = 50.0)]
@@ -320,6 +326,8 @@ pub enum ConfigError {
     NatsReplicas,
     #[error("--history-max must be > 0 (use --history off for no history)")]
     HistoryMax,
+    #[error("--leave-grace must be a number of seconds from 0 to 3600")]
+    LeaveGrace,
     #[error("--max-rooms, --max-room-members and --max-rooms-per-session must be > 0")]
     RoomLimits,
     #[error("--max-line, --max-handshake and --max-pending must be > 0")]
@@ -397,6 +405,8 @@ impl Config {
                 max_rooms: self.max_rooms,
                 max_room_members: self.max_room_members,
                 max_rooms_per_session: self.max_rooms_per_session,
+                leave_grace: Duration::try_from_secs_f64(self.leave_grace)
+                    .unwrap_or(Limits::default().leave_grace),
             },
             history: HistorySettings {
                 mode: match self.history {
@@ -482,6 +492,9 @@ impl Config {
         }
         if !(self.handshake_timeout > 0.0 && self.handshake_timeout.is_finite()) {
             return Err(ConfigError::HandshakeTimeout);
+        }
+        if !(self.leave_grace >= 0.0 && self.leave_grace <= 3600.0) {
+            return Err(ConfigError::LeaveGrace);
         }
         if !(self.presence_ttl >= 1.0 && self.presence_ttl <= 86_400.0) {
             return Err(ConfigError::PresenceTtl);
@@ -675,6 +688,21 @@ mod tests {
         assert_eq!(s.limits.max_queued_total, 0);
         assert_eq!(s.hub().max_queued_total, usize::MAX);
         assert_eq!(s.limits.handshake_timeout, Duration::from_millis(500));
+        let s = parse(&["machat", "--leave-grace", "0"]).settings();
+        assert_eq!(s.limits.leave_grace, Duration::ZERO);
+        assert_eq!(s.hub().leave_grace, Duration::ZERO);
+        let s = parse(&["machat", "--leave-grace", "1.5"]).settings();
+        assert_eq!(s.hub().leave_grace, Duration::from_millis(1500));
+        assert_eq!(
+            Settings::default().limits.leave_grace,
+            Duration::from_secs(10)
+        );
+        assert!(parse(&["machat", "--leave-grace", "7200"])
+            .validate()
+            .is_err());
+        assert!(parse(&["machat", "--leave-grace", "NaN"])
+            .validate()
+            .is_err());
         let s = parse(&["machat", "--login-ttl", "0.5"]).settings();
         assert_eq!(s.auth.login_ttl, Duration::from_secs(43_200));
         assert!(parse(&["machat", "--login-ttl", "0"]).validate().is_err());

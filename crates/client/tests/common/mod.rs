@@ -156,6 +156,11 @@ impl Server {
         if !args.contains(&"--http") {
             cmd.args(["--http", "off"]);
         }
+        // No leave grace unless a test asks for one: a client that closes is gone at once, as
+        // the tests of leaving expect (the grace has tests of its own).
+        if !args.iter().any(|a| a.contains("leave-grace")) {
+            cmd.args(["--leave-grace", "0"]);
+        }
         cmd.args(["-a", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
