@@ -13,8 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::bus::{Envelope, PrivateNote};
-use crate::marks::{Edit, Marks, Outcome};
 use crate::grace::{Due, Graces};
+use crate::marks::{Edit, Marks, Outcome};
 use crate::moderation::{Policy, Who};
 use crate::names::{Alone, ClaimError, Names, PendingClaim};
 use crate::protocol::{Format, RoomEvent};

@@ -1600,3 +1600,35 @@ fn scrolling_up_loads_older_messages_to_the_first() {
     old.send("and one more\n");
     ann.wait_entry("message", "Old", "and one more");
 }
+
+/// A reload is no news (issue 14): with the leave grace, the room sees neither "Ann left" nor
+/// "Ann joined" when her page reloads, and she is back in every room she was in.
+#[test]
+fn a_reload_is_no_news_to_the_room() {
+    let _serial = one_at_a_time();
+    let server = Server::start(&["--http", "127.0.0.1:0", "--leave-grace", "5"]);
+    let http = server.http.expect("the HTTP address");
+    let mut cy = server.connect("Cy", "lobby");
+    let mut dee = server.connect("Dee", "side");
+    let mut driver = Driver::start();
+    let ann = driver.browser();
+    ann.join(http, "Ann", "lobby");
+    cy.expect("*** Ann joined");
+    ann.join_from_sidebar("side");
+    dee.expect("*** Ann joined");
+    ann.refresh();
+    ann.wait_connected("Ann");
+    ann.wait_sidebar(json!([["#lobby", "", ""], ["#side", "", ""]]));
+    cy.send("still here?\n");
+    cy.expect("Cy:still here?");
+    assert!(
+        cy.quiet_for(Duration::from_millis(500)),
+        "lobby heard of the reload"
+    );
+    assert!(
+        dee.quiet_for(Duration::from_millis(100)),
+        "side heard of the reload"
+    );
+    ann.open("#lobby");
+    ann.wait_entry("message", "Cy", "still here?");
+}

@@ -115,14 +115,17 @@
   let guestTimer = null;
   function saveGuest() {
     if (!me || me.person || guestTimer !== null) return;
-    guestTimer = setTimeout(() => {
-      guestTimer = null;
-      const kept = {};
-      for (const r of rooms.values()) {
-        if (r.state !== "gone") kept[r.name] = { read: r.read, notify: r.notify };
-      }
-      save(localStorage, GUEST_KEY, { name: me.name, rooms: kept });
-    }, 300);
+    guestTimer = setTimeout(saveGuestNow, 300);
+  }
+  function saveGuestNow() {
+    clearTimeout(guestTimer);
+    guestTimer = null;
+    if (!me || me.person) return;
+    const kept = {};
+    for (const r of rooms.values()) {
+      if (r.state !== "gone") kept[r.name] = { read: r.read, notify: r.notify };
+    }
+    save(localStorage, GUEST_KEY, { name: me.name, rooms: kept });
   }
 
   function saveTab() {
@@ -624,16 +627,18 @@
     r.approx = false;
     drawSideSoon();
     saveGuest();
-    if (me.person && readTimer === null) {
-      readTimer = setTimeout(() => {
-        readTimer = null;
-        for (const x of rooms.values()) {
-          if (x.state === "joined" && x.read > (x.readSent || 0)) {
-            x.readSent = x.read;
-            request({ type: "read", room: x.name, id: x.read });
-          }
-        }
-      }, 400);
+    if (me.person && readTimer === null) readTimer = setTimeout(sendReads, 400);
+  }
+
+  // Tells the server how far the person has read (at most every 400 ms, and on leaving).
+  function sendReads() {
+    clearTimeout(readTimer);
+    readTimer = null;
+    for (const x of rooms.values()) {
+      if (x.state === "joined" && x.read > (x.readSent || 0)) {
+        x.readSent = x.read;
+        request({ type: "read", room: x.name, id: x.read });
+      }
     }
   }
 
@@ -1551,6 +1556,8 @@
   // Leaving the page (a reload, another page, or the back/forward cache, which would otherwise
   // keep the socket open but unread): close the socket ourselves; coming back reconnects.
   window.addEventListener("pagehide", () => {
+    if (guestTimer !== null) saveGuestNow();
+    if (readTimer !== null) sendReads();
     clearTimeout(timer);
     timer = null;
     if (ws) {
