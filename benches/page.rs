@@ -1134,6 +1134,13 @@ fn row(name: &str, unit: &str, budget: &str, values: Vec<f64>, digits: usize) {
 }
 
 fn main() {
+    // The test suite (`cargo test --all-targets`) runs bench targets too, without `--bench`: a
+    // benchmark is not a test (minutes of Chromium at full load), so then it only says how to
+    // run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/page.rs is a benchmark: run it with `cargo bench --bench page`");
+        return;
+    }
     let runs = env_num("RUNS", 3).max(1);
     let idle_secs = env_num("IDLE_SECS", 30).max(1);
     let load_secs = env_num("LOAD_SECS", 15).max(1);

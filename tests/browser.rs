@@ -1070,6 +1070,15 @@ fn links_code_mentions_and_days_are_shown_safely() {
         json!([]),
     );
     assert_eq!(icon, "image/svg+xml");
+    // And PNGs of 192 and 512 pixels, for home screens that take no SVG.
+    let pngs = ann.js(
+        "return fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json()) \
+           .then(m => Promise.all(m.icons.filter(i => i.type === 'image/png').map(i => \
+             fetch(i.src).then(r => r.blob()).then(b => createImageBitmap(b)) \
+               .then(bmp => i.sizes + '=' + bmp.width + 'x' + bmp.height))))",
+        json!([]),
+    );
+    assert_eq!(pngs, json!(["192x192=192x192", "512x512=512x512"]));
 }
 
 /// Others' joins and leaves in a row are one line, with the names a click away, and can be
@@ -1387,6 +1396,9 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
     phone.wait_sidebar(json!([["#dev", "", ""], ["#ops", "", ""]]));
     assert_eq!(mina.js("return document.title", json!([])), "machat");
 
+    // The phone moves to ops (read), so that nothing new in dev is read there.
+    phone.open("#ops");
+
     // Hidden, with notifications allowed, a mention raises one (a DM or "all" would too).
     mina.open("#dev");
     mina.js(
@@ -1410,6 +1422,27 @@ fn two_accounts_on_three_pages_share_rooms_unread_mentions_and_conversations() {
         json!([["Ann in #dev", "Mina: release notes are up"]])
     );
     mina.wait_sidebar(json!([["#dev", "1", "@1"], ["#ops", "", ""]]));
+    // At "nothing" the room raises none, and the level is the account's: the phone has it too.
+    mina.js(
+        "const s = document.getElementById('notify'); s.value = 'none'; \
+         s.dispatchEvent(new Event('change')); return true",
+        json!([]),
+    );
+    phone.wait_js(
+        "the phone told of the level",
+        "return document.querySelector('#sidebar .room[data-room=dev]').getAttribute('aria-label') \
+           .includes('notifications: none')",
+        json!([]),
+    );
+    ann.say("Mina: and the changelog");
+    mina.wait_entry("message", "Ann", "Mina: and the changelog");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(mina.js("return window.__notes.length", json!([])), 1);
+    mina.js(
+        "const s = document.getElementById('notify'); s.value = 'all'; \
+         s.dispatchEvent(new Event('change')); return true",
+        json!([]),
+    );
     // Back on the page, Esc marks the room read.
     mina.js(
         "delete document.hidden; delete document.visibilityState; return true",

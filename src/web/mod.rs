@@ -328,6 +328,8 @@ fn router(
         .route("/style.css", get(style_css))
         .route("/manifest.webmanifest", get(manifest))
         .route("/icon.svg", get(icon_svg))
+        .route("/icon-192.png", get(icon_192))
+        .route("/icon-512.png", get(icon_512))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/api/info", get(api::info))
@@ -365,13 +367,17 @@ const STYLE_CSS: &str = include_str!("page/style.css");
 /// What a phone needs to add the page to its home screen.
 const MANIFEST: &str = include_str!("page/manifest.webmanifest");
 const ICON_SVG: &str = include_str!("page/icon.svg");
+/// The same icon as PNG, for home screens that take no SVG (iOS, and Chrome's install check
+/// asks for 192 and 512 pixels); rendered once from icon.svg by headless Chromium.
+const ICON_192: &[u8] = include_bytes!("page/icon-192.png");
+const ICON_512: &[u8] = include_bytes!("page/icon-512.png");
 
 /// The page may run only its own script and style, and talk only to this server: even if
 /// user text ever reached the DOM as markup, an injected script would not run.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    manifest-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-fn page(body: &'static str, content_type: &'static str) -> Response {
+fn page(body: impl Into<axum::body::Body>, content_type: &'static str) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -387,7 +393,7 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    (headers, body).into_response()
+    (headers, body.into()).into_response()
 }
 
 async fn index() -> Response {
@@ -404,6 +410,14 @@ async fn style_css() -> Response {
 
 async fn manifest() -> Response {
     page(MANIFEST, "application/manifest+json")
+}
+
+async fn icon_192() -> Response {
+    page(ICON_192, "image/png")
+}
+
+async fn icon_512() -> Response {
+    page(ICON_512, "image/png")
 }
 
 async fn icon_svg() -> Response {

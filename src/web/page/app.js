@@ -658,20 +658,19 @@
     if (asked && asked.then) asked.then(showNotifyButton, showNotifyButton);
   });
 
-  // A message that should reach the person even while they look elsewhere.
-  function alert(r, ev, mentioned) {
-    if (!looking() || r.name !== current) {
-      const wants = r.notify === "all" || (r.notify === "mentions" && (mentioned || r.with));
-      if (!wants || !(mentioned || r.with || r.notify === "all")) return;
-      if (!document.hidden && document.hasFocus()) return; // seen in the sidebar
-      if (!notifyCapable() || Notification.permission !== "granted") return;
-      try {
-        const n = new Notification(ev.name + (r.with ? "" : " in #" + r.name), {
-          body: ev.text.slice(0, 200), tag: "machat:" + r.name,
-        });
-        n.onclick = () => { window.focus(); switchTo(r.name); };
-      } catch (e) { /* not allowed here */ }
-    }
+  // A message that should reach the person while they look elsewhere: at "all" any message, at
+  // "mentions" one that names them or a direct message, at "nothing" none.
+  function notifyOf(r, ev, mentioned) {
+    const wants = r.notify === "all" || (r.notify === "mentions" && (mentioned || r.with));
+    if (!wants) return;
+    if (!document.hidden && document.hasFocus()) return; // the page is in front: the sidebar shows it
+    if (!notifyCapable() || Notification.permission !== "granted") return;
+    try {
+      const n = new Notification(ev.name + (r.with ? "" : " in #" + r.name), {
+        body: ev.text.slice(0, 200), tag: "machat:" + r.name,
+      });
+      n.onclick = () => { window.focus(); switchTo(r.name); };
+    } catch (e) { /* not allowed here */ }
   }
 
   // ---------- the connection ----------
@@ -1027,7 +1026,7 @@
     r.unread++;
     if (mentioned) r.mentions++;
     drawSideSoon();
-    alert(r, ev, mentioned);
+    notifyOf(r, ev, mentioned);
   }
 
   // A replay has ended: its messages join the room's log in id order, each once.
