@@ -60,8 +60,16 @@ impl HandshakeDecoder {
                 if end > self.max {
                     return HandshakeStatus::Invalid(too_large(self.max));
                 }
-                // A number at the very end may still be growing ("12" then "3"); either way it is
-                // not an object, and the caller rejects it, so there is no need to wait.
+                // A number at the very end may still be growing ("12" then "3"), or be followed
+                // by what makes it invalid ("0" then "a"): wait for the byte after it, so that
+                // how the bytes were split never changes the outcome (the property test found
+                // "0" | "a" accepted as the number 0, while "0a" at once is invalid JSON).
+                if matches!(value, Value::Number(_)) && end == self.buf.len() {
+                    if self.buf.len() > self.max {
+                        return HandshakeStatus::Invalid(too_large(self.max));
+                    }
+                    return HandshakeStatus::Incomplete;
+                }
                 let used = end - before;
                 self.buf = Vec::new();
                 HandshakeStatus::Done(value, used)
@@ -702,6 +710,18 @@ mod tests {
             }
         }
         events
+    }
+
+    /// Found by `any_split_gives_the_same_events`: "0" then "a" was the handshake 0 (refused as
+    /// not an object), "0a" at once invalid JSON.
+    #[test]
+    fn a_number_at_the_end_waits_for_the_next_byte() {
+        for stream in [&b"\n\n\n0a"[..], b"12 3", b"42\n", b"7"] {
+            let whole = decode_all(stream, &[]);
+            for cut in 1..stream.len() {
+                assert_eq!(decode_all(stream, &[cut]), whole, "{stream:?} cut at {cut}");
+            }
+        }
     }
 
     proptest! {
