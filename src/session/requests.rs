@@ -159,6 +159,15 @@ impl Session {
                 if let Err(refusal) = self.hub.policy.speech(room.name(), &self.who()) {
                     return self.refuse(req, &refusal, out);
                 }
+                if self.hub.shared() {
+                    // In a cluster the `ok` says the message was handed over, and comes first:
+                    // queued in the room's stream before the hand-over, since the cluster may
+                    // deliver the message back before `say` has even returned (a full run of
+                    // the suite met that order).
+                    self.ok(req, i, None)?;
+                    room.say(seat, &text, action).map_err(gone)?;
+                    return Ok(());
+                }
                 let id = room.say(seat, &text, action).map_err(gone)?;
                 self.ok(req, i, (id > 0).then_some(id))
             }
