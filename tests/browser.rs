@@ -262,17 +262,21 @@ impl Browser {
     }
 
     /// Polls `script` until it returns something other than null/false/undefined, for at most
-    /// `WAIT`; returns that value.
+    /// `WAIT`; returns that value. A script that throws is "not yet": the page may be between
+    /// two states the script expects (a lone join is drawn before it is counted with others);
+    /// the last error is shown if the wait runs out.
     fn wait_js(&self, what: &str, script: &str, args: Value) -> Value {
         let deadline = Instant::now() + WAIT;
+        let mut last_error = None;
         loop {
-            let v = self.js(script, args.clone());
-            if !v.is_null() && v != false {
-                return v;
+            match self.try_js(script, args.clone()) {
+                Ok(v) if !v.is_null() && v != false => return v,
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "waited {WAIT:?} for {what}; the page shows:\n{}",
+                    "waited {WAIT:?} for {what} (last script error: {last_error:?}); the page shows:\n{}",
                     self.dump()
                 );
             }
