@@ -179,7 +179,7 @@ impl<W: Wire> Client<W> {
             pending,
             out: Out::Ready,
             throttle: None,
-            idle: IdleTimer::new(ctx.transport.idle_timeout),
+            idle: IdleTimer::new(ctx.transport().idle_timeout),
             end: None,
         };
         if !member.session.waiting() {

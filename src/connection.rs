@@ -61,7 +61,7 @@ pub async fn serve_tls(
         return;
     };
     let started = tokio::time::Instant::now();
-    let tls = match tokio::time::timeout(ctx.transport.handshake_timeout, acceptor.accept(stream))
+    let tls = match tokio::time::timeout(ctx.transport().handshake_timeout, acceptor.accept(stream))
         .await
     {
         Ok(Ok(tls)) => tls,
@@ -77,7 +77,7 @@ pub async fn serve_tls(
         }
     };
     let left = ctx
-        .transport
+        .transport()
         .handshake_timeout
         .saturating_sub(started.elapsed());
     serve_within(tls, addr, ctx, shutdown, ticket, left).await;
@@ -92,7 +92,7 @@ pub fn serve<S: Io>(
     shutdown: watch::Receiver<bool>,
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
-    let within = ctx.transport.handshake_timeout;
+    let within = ctx.transport().handshake_timeout;
     serve_within(stream, addr, ctx, shutdown, ticket, within)
 }
 
@@ -164,7 +164,7 @@ async fn greet<S: Io>(
     let id = ctx.next_id();
     let tls = stream.is_tls();
     info!(id, %addr, tls, "connect");
-    let handshake = handshake(&mut stream, &ctx.transport, &mut shutdown, within).await;
+    let handshake = handshake(&mut stream, &ctx.transport(), &mut shutdown, within).await;
     let (value, leftover) = match handshake {
         Ok(done) => done,
         Err(reason) => {
@@ -220,7 +220,7 @@ async fn join<S: Io>(
     let format = hs.format;
     let entry = Entry {
         format,
-        limit: RateLimit::new(ctx.transport.line_rate, ctx.transport.line_burst),
+        limit: RateLimit::new(ctx.transport().line_rate, ctx.transport().line_burst),
         transport,
         pass,
     };
@@ -232,7 +232,7 @@ async fn join<S: Io>(
         }
     };
     // What came with the handshake waits until the replay went out.
-    let mut codec = LineCodec::new(ctx.transport.max_line);
+    let mut codec = LineCodec::new(ctx.transport().max_line);
     codec.hold(&leftover);
     let wire = Tcp {
         stream,

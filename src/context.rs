@@ -6,7 +6,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -52,7 +52,9 @@ pub struct Greeting {
 
 /// What every connection shares.
 pub struct Shared {
-    pub transport: TransportSettings,
+    /// What the transports follow; a reload (SIGHUP) swaps it, and a connection reads it when
+    /// it starts (never per line).
+    transport: RwLock<Arc<TransportSettings>>,
     /// Whether the server runs in a cluster (the health check says whether NATS is reached).
     pub clustered: bool,
     pub hub: Arc<Hub>,
@@ -98,7 +100,7 @@ impl Shared {
         }
         Shared {
             rules: Arc::new(rules),
-            transport,
+            transport: RwLock::new(Arc::new(transport)),
             clustered: cluster.is_some(),
             hub,
             next_id: AtomicU64::new(1),
@@ -107,6 +109,19 @@ impl Shared {
             store,
             tls,
         }
+    }
+
+    /// What the transports follow now.
+    pub fn transport(&self) -> Arc<TransportSettings> {
+        self.transport
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// From now on, new connections follow `transport` (a reload).
+    pub fn set_transport(&self, transport: TransportSettings) {
+        *self.transport.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(transport);
     }
 
     pub fn set_runtimes(&self, inboxes: Vec<Inbox>) {

@@ -31,6 +31,7 @@ mod metrics;
 mod moderation;
 mod moderator;
 mod names;
+mod reload;
 mod replay;
 mod room;
 mod sequencer;

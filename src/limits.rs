@@ -18,8 +18,9 @@ use crate::refusal::Refusal;
 /// Counts connections in total and per IP; a [`Ticket`] gives its place back when dropped.
 #[derive(Debug)]
 pub struct Admission {
-    max_total: usize,
-    max_per_ip: usize,
+    /// Both limits change on a reload (SIGHUP); connections already in stay.
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -40,8 +41,8 @@ impl Drop for Ticket {
 impl Admission {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
         Admission {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             total: AtomicUsize::new(0),
             per_ip: Mutex::default(),
         }
@@ -49,11 +50,12 @@ impl Admission {
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr, transport: Transport) -> Result<Ticket, Refusal> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total.load(Ordering::Acquire) >= self.max_total {
+        if self.total.load(Ordering::Acquire) >= self.max_total() {
             return Err(Refusal::ServerFull);
         }
         let n = map.entry(ip).or_insert(0);
-        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+        let max_per_ip = self.max_per_ip();
+        if max_per_ip > 0 && *n >= max_per_ip {
             if *n == 0 {
                 map.remove(&ip);
             }
@@ -71,11 +73,12 @@ impl Admission {
     /// Counts one more seat of `ip` beyond its connections' first, within the limits.
     fn take_seat(&self, ip: IpAddr) -> Result<(), Refusal> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total.load(Ordering::Acquire) >= self.max_total {
+        if self.total.load(Ordering::Acquire) >= self.max_total() {
             return Err(Refusal::ServerFullOfSeats);
         }
         let n = map.entry(ip).or_insert(0);
-        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+        let max_per_ip = self.max_per_ip();
+        if max_per_ip > 0 && *n >= max_per_ip {
             return Err(Refusal::TooManySeatsFromAddress);
         }
         *n += 1;
@@ -95,11 +98,17 @@ impl Admission {
     }
 
     pub fn max_total(&self) -> usize {
-        self.max_total
+        self.max_total.load(Ordering::Relaxed)
     }
 
     pub fn max_per_ip(&self) -> usize {
-        self.max_per_ip
+        self.max_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// New limits (a reload): they apply to the next connection or room taken.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     pub fn open(&self) -> usize {

@@ -22,6 +22,7 @@ use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::listen::listen_all;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
+use crate::reload::Live;
 use crate::settings::Settings;
 use crate::web::{Web, WebState};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,6 +42,8 @@ pub struct Server {
     metrics: Option<PrometheusHandle>,
     /// Whether queued bytes have a bound over all rooms (`--max-queued-total` is not 0).
     budgeted: bool,
+    /// What a reload (SIGHUP) changes while running.
+    live: Live,
 }
 
 impl Server {
@@ -52,7 +55,11 @@ impl Server {
             0 => (soft.saturating_sub(64) as usize).max(1),
             n => n,
         };
+        // Whether the data directory is new: someone who started the server elsewhere sees an
+        // empty one, and the log should tell them before they miss their history.
+        let data_dir_existed = settings.auth.data_dir.exists();
         let admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
+        let http_admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
         // A history database that cannot be opened stops the start, with its path and reason.
         // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
         let cluster = match &settings.cluster {
@@ -68,9 +75,13 @@ impl Server {
             None => crate::store::open(&settings.history).map_err(io::Error::other)?,
         };
         // A certificate that cannot be loaded stops the start, with the file and the reason.
-        let tls = match &settings.tls {
-            Some(tls) => Some(crate::tls::acceptor(&tls.cert, &tls.key).map_err(io::Error::other)?),
-            None => None,
+        let (tls, certificates) = match &settings.tls {
+            Some(tls) => {
+                let (acceptor, certificates) =
+                    crate::tls::acceptor(&tls.cert, &tls.key).map_err(io::Error::other)?;
+                (Some(acceptor), Some(certificates))
+            }
+            None => (None, None),
         };
         let users = crate::auth::Users::load(&settings.auth).map_err(io::Error::other)?;
         if let Some(cluster) = &cluster {
@@ -111,6 +122,18 @@ impl Server {
             },
         };
         let marks = crate::marks::Marks::new(marks_backend);
+        if settings.cluster.is_none() {
+            let dir = &settings.auth.data_dir;
+            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            match data_dir_existed {
+                true => info!("data dir: {}", shown.display()),
+                false if dir.exists() => info!("data dir: {} (new: just created)", shown.display()),
+                false => info!(
+                    "data dir: {} (not created: nothing kept on disk)",
+                    shown.display()
+                ),
+            }
+        }
         let net = &settings.net;
         let listeners = listen_all(&net.addr, net.backlog).await?;
         let tls_listeners = match &net.tls_addr {
@@ -136,15 +159,30 @@ impl Server {
             (users, Arc::new(policy), marks),
             cluster,
         );
+        let ctx = Arc::new(ctx);
+        let live = Live {
+            ctx: ctx.clone(),
+            admission: admission.clone(),
+            http_admission,
+            certificates,
+            hosts: web.as_ref().map(Web::hosts),
+            fd_soft: soft,
+        };
         Ok(Server {
+            live,
             listeners,
             tls_listeners,
-            ctx: Arc::new(ctx),
+            ctx,
             admission,
             web,
             metrics,
             budgeted: settings.limits.max_queued_total > 0,
         })
+    }
+
+    /// What a reload changes while this server runs.
+    pub fn live(&self) -> Live {
+        self.live.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -167,6 +205,27 @@ impl Server {
         {
             info!("tls listening on {addr}");
         }
+        // Where to go, with the addresses as bound.
+        for addr in self.local_addrs() {
+            info!("chat: nc {} {}", addr.ip(), addr.port());
+        }
+        for addr in self
+            .tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            info!("chat over tls: openssl s_client -quiet -connect {addr}");
+        }
+        if let Some(web) = &self.web {
+            let scheme = if self.ctx.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            for addr in web.local_addrs() {
+                info!("web: {scheme}://{addr}/");
+            }
+        }
         let dispatch = Arc::new(Dispatch {
             next: AtomicUsize::new(0),
         });
@@ -178,6 +237,7 @@ impl Server {
                 metrics: self.metrics,
                 shutdown: shutdown.clone(),
                 tls: self.ctx.tls.clone(),
+                http_admission: self.live.http_admission.clone(),
             });
             tasks.push(tokio::spawn(web.run(state)));
         }
@@ -404,13 +464,26 @@ async fn refuse(stream: TcpStream, reason: String) {
     finish(stream, line, Duration::from_secs(1), true).await;
 }
 
+/// Reads the configuration again (SIGHUP): the new settings, or why there are none, naming
+/// the file, the line and the key.
+pub type Reload = Box<dyn FnMut() -> Result<Settings, String> + Send>;
+
 /// Runs a server until SIGINT or SIGTERM: the whole of the `machat` binary. The calling
-/// thread serves the first runtime's share (see [`start`]).
-pub fn run(settings: Settings) -> io::Result<()> {
+/// thread serves the first runtime's share (see [`start`]). SIGHUP calls `reload` and applies
+/// what can change while running (see [`crate::reload`]); without it, SIGHUP only says so.
+pub fn run(settings: Settings, reload: Option<Reload>) -> io::Result<()> {
+    let started = settings.clone();
     let (running, first) = launch(settings)?;
     let stop = running.shutdown.clone();
+    // The handlers are in place before the first "listening on": a SIGHUP right after the
+    // start must not end the server (SIGHUP's default action).
+    let signals = {
+        let _in = first.runtime.enter();
+        Signals::new()
+    };
+    let live = first.server.live();
     first.serve(async move {
-        wait_for_signal().await;
+        signals.serve(reload, live, started).await;
         info!("signal received: shutting down");
         let _ = stop.send(true);
     });
@@ -552,17 +625,56 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process still stops on a signal, just not gracefully.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// The signals the server answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
+struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Needs the runtime that will serve them.
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Reloads on each SIGHUP; returns on SIGINT or SIGTERM. Without handlers the process
+    /// still stops on a signal, just not gracefully.
+    async fn serve(mut self, mut reload: Option<Reload>, live: Live, started: Settings) {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    if s.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let mut running = started.clone();
+        loop {
+            tokio::select! {
+                _ = next(&mut self.int) => return,
+                _ = next(&mut self.term) => return,
+                _ = next(&mut self.hup) => {
+                    let Some(reload) = reload.as_mut() else {
+                        info!("reload: SIGHUP received, but there is no --config file to reload; nothing changed");
+                        continue;
+                    };
+                    match reload() {
+                        Ok(new) => match live.apply(&started, &running, &new) {
+                            Ok(()) => running = new,
+                            Err(why) => warn!("reload failed: {why}; keeping the running configuration"),
+                        },
+                        Err(why) => warn!("reload failed: {why}; keeping the running configuration"),
+                    }
+                }
+            }
+        }
     }
 }

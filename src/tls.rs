@@ -1,16 +1,20 @@
 //! TLS with rustls: the server's certificate and key (PEM files). (The client's trust is in
 //! the machat-client crate.)
 //!
-//! Loading happens once at start-up, so a missing file or a key that does not match the
+//! Loading happens at start-up, so a missing file or a key that does not match the
 //! certificate stops the start with the file's name and the reason, rather than failing every
-//! handshake later.
+//! handshake later. A reload (SIGHUP) loads the files again the same way and, only if they
+//! load, swaps them in ([`Certificates`]): certificates are renewed without a restart, new
+//! connections get the new one and open ones keep theirs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
@@ -70,23 +74,58 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The server side: a certificate chain and its private key.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+/// The certificate and key every new TLS session is offered: read once per handshake, swapped
+/// by [`Certificates::reload`].
+#[derive(Debug)]
+pub struct Certificates {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl Certificates {
+    /// Loads `cert` and `key` again and offers them from now on; on an error the ones in use
+    /// stay.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let loaded = Arc::new(certified_key(cert, key)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(())
+    }
+}
+
+/// A certificate chain and its private key, checked to fit together.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
         path: key.to_owned(),
         source,
     })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::KeyMismatch {
+        cert: cert.to_owned(),
+        source,
+    })
+}
+
+/// The server side: a certificate chain and its private key, and the handle that renews them.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<(TlsAcceptor, Arc<Certificates>), TlsError> {
+    let certificates = Arc::new(Certificates {
+        current: RwLock::new(Arc::new(certified_key(cert, key)?)),
+    });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|source| TlsError::KeyMismatch {
-            cert: cert.to_owned(),
-            source,
-        })?;
+        .with_cert_resolver(certificates.clone());
     // The chat has one protocol; HTTP/1.1 for the web side is negotiated by the client.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certificates))
 }

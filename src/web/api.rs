@@ -144,7 +144,7 @@ pub(super) async fn messages(
         size: PageSize::new(
             API_PAGE_BYTES,
             4 * API_PAGE_BYTES,
-            state.ctx.transport.max_line,
+            state.ctx.transport().max_line,
         ),
         state: PagingState::Done,
     };

@@ -30,6 +30,25 @@ pub struct Hosts {
     names: Vec<String>,
 }
 
+/// The host names in force: a reload (SIGHUP) swaps them, and each HTTP connection takes
+/// them once, when it starts.
+#[derive(Debug)]
+pub struct LiveHosts(std::sync::RwLock<std::sync::Arc<Hosts>>);
+
+impl LiveHosts {
+    pub fn new(hosts: Hosts) -> Self {
+        LiveHosts(std::sync::RwLock::new(std::sync::Arc::new(hosts)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Hosts> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, hosts: Hosts) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(hosts);
+    }
+}
+
 /// A `Host` value, taken apart.
 #[derive(Debug, PartialEq, Eq)]
 enum Host {

@@ -11,7 +11,7 @@ mod admin;
 mod api;
 mod deadline;
 mod frames;
-mod guard;
+pub mod guard;
 mod login;
 mod ws;
 
@@ -40,7 +40,7 @@ use crate::limits::Admission;
 use crate::metrics::Transport;
 use crate::settings::WebSettings;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
-use guard::{Hosts, Token};
+use guard::{Hosts, LiveHosts, Token};
 
 /// What every web request can reach.
 pub struct WebState {
@@ -50,6 +50,9 @@ pub struct WebState {
     pub shutdown: watch::Receiver<bool>,
     /// With a certificate the web side speaks HTTPS (and WSS).
     pub tls: Option<TlsAcceptor>,
+    /// HTTP connections, counted apart from chat connections with the same limits (a reload
+    /// changes both).
+    pub http_admission: Arc<Admission>,
 }
 
 /// The web side's listeners, bound at start-up so a taken port stops the start with a clear
@@ -59,7 +62,7 @@ pub struct Web {
     /// `--metrics-addr`: /metrics alone, here and not on `listeners`.
     metrics_listeners: Vec<TcpListener>,
     /// The host names requests may be for.
-    hosts: Hosts,
+    hosts: Arc<LiveHosts>,
     /// `--metrics-token-file`: what /metrics requires.
     metrics_token: Option<Arc<Token>>,
     /// `--admin-token-file`: what the admin API requires; none: no admin API.
@@ -116,10 +119,15 @@ impl Web {
         Ok(Some(Web {
             listeners: bind("--http", http).await?,
             metrics_listeners: bind("--metrics-addr", metrics_addr).await?,
-            hosts,
+            hosts: Arc::new(LiveHosts::new(hosts)),
             metrics_token,
             admin_token,
         }))
+    }
+
+    /// The host names requests may be for, as a reload changes them.
+    pub fn hosts(&self) -> Arc<LiveHosts> {
+        self.hosts.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -161,10 +169,7 @@ impl Web {
         };
         // HTTP connections are counted apart from chat connections (a WebSocket is counted
         // again as one when it upgrades), with the same limits.
-        let admission = Arc::new(Admission::new(
-            state.admission.max_total(),
-            state.admission.max_per_ip(),
-        ));
+        let admission = state.http_admission.clone();
         let edge = Arc::new(Edge {
             hosts: self.hosts.clone(),
             tls: state.tls.clone(),
@@ -195,7 +200,7 @@ impl Web {
 
 /// How a listener's connections are served: the hosts they may ask for, and TLS.
 struct Edge {
-    hosts: Hosts,
+    hosts: Arc<LiveHosts>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -234,7 +239,7 @@ async fn accept_loop(
             match &edge.tls {
                 None => serve_connection(stream, addr, app, &state, edge.clone()).await,
                 Some(tls) => {
-                    let within = state.ctx.transport.handshake_timeout;
+                    let within = state.ctx.transport().handshake_timeout;
                     match tokio::time::timeout(within, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(stream, addr, app, &state, edge.clone()).await
@@ -264,9 +269,10 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let hosts = edge.hosts.get();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
-        let refused = edge.hosts.check(&req);
+        let refused = hosts.check(&req);
         if refused.is_some() {
             // What the host was, so an operator can tell a name missing from --allowed-hosts.
             let host = req
@@ -296,7 +302,7 @@ async fn serve_connection<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.ctx.transport.handshake_timeout)
+        .header_read_timeout(state.ctx.transport().handshake_timeout)
         // hyper's default lets a response gather ~400 KiB for a client that does not read.
         .max_buf_size(WEB_BUFFER);
     let conn = builder

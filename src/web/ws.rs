@@ -71,7 +71,7 @@ pub(super) async fn upgrade(
         Ok(key) => key,
         Err(not) => return not.answer(),
     };
-    if !origin_allowed(headers, &state.ctx.transport.allowed_origins) {
+    if !origin_allowed(headers, &state.ctx.transport().allowed_origins) {
         info!(%addr, "websocket refused: origin not allowed");
         return error(
             StatusCode::FORBIDDEN,
@@ -90,7 +90,7 @@ pub(super) async fn upgrade(
             return error(StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
     };
-    let config = &state.ctx.transport;
+    let config = &state.ctx.transport();
     // A frame may hold a line of --max-line bytes, or the handshake.
     let max_message = config.max_line.max(config.max_handshake);
     let ws_config = WebSocketConfig::default()
@@ -261,7 +261,7 @@ async fn handshake(
     ctx: &Shared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Handshake, Ending> {
-    let deadline = tokio::time::Instant::now() + ctx.transport.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.transport().handshake_timeout;
     loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
@@ -277,7 +277,7 @@ async fn handshake(
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
         };
-        return handshake_frame(text.as_str(), ctx.transport.max_handshake)
+        return handshake_frame(text.as_str(), ctx.transport().max_handshake)
             .map_err(Ending::Refused);
     }
 }
@@ -311,7 +311,7 @@ struct Ws {
 
 impl Ws {
     fn new(socket: WebSocket, ctx: &Shared) -> Self {
-        let ping = Duration::try_from_secs_f64(ctx.transport.ws_ping)
+        let ping = Duration::try_from_secs_f64(ctx.transport().ws_ping)
             .ok()
             .filter(|d| !d.is_zero())
             .map(|every| {
@@ -320,7 +320,7 @@ impl Ws {
             });
         Ws {
             socket,
-            max_line: ctx.transport.max_line,
+            max_line: ctx.transport().max_line,
             ping,
         }
     }

@@ -3,28 +3,83 @@
 //! [`machat::settings::Settings`].
 
 mod config;
+mod file;
 
 use std::error::Error;
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use config::{Command, Config, UserAction};
+use config::{Command, Config, ConfigAction, UserAction};
+use file::{Failure, Loaded};
 use machat::settings::{AuthSettings, ClusterSettings};
 
 fn main() -> ExitCode {
-    let config = Config::from_args();
-    if let Some(Command::User { action }) = &config.command {
-        return user(&config, action);
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let loaded = match load(&args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let config = &loaded.config;
+    match &config.command {
+        Some(Command::User { action }) => return user(config, action),
+        Some(Command::Config { action }) => return config_command(&args, action),
+        None => {}
     }
     machat::init_logging();
-    if let Err(e) = config.validate() {
-        eprintln!("machat: {e}");
-        return ExitCode::from(2);
+    for line in file::effective(&loaded) {
+        tracing::info!("{line}");
     }
-    match machat::server::run(config.settings()) {
+    // SIGHUP reads the file again, with the same flags and variables over it.
+    let reload: Option<machat::server::Reload> = loaded.file.as_ref().map(|_| {
+        let reload: machat::server::Reload = Box::new(move || match file::load(&args) {
+            Ok(loaded) => Ok(loaded.config.settings()),
+            Err(Failure::Bad(why)) => Err(why),
+            Err(Failure::Usage(e)) => Err(e.to_string().trim().to_owned()),
+        });
+        reload
+    });
+    match machat::server::run(config.settings(), reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("machat: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration from `args` and the file they name, or the exit code of the error
+/// (printed): 2, a usage error, like clap's own.
+fn load(args: &[OsString]) -> Result<Loaded, ExitCode> {
+    match file::load(args) {
+        Ok(loaded) => Ok(loaded),
+        Err(Failure::Usage(e)) => e.exit(),
+        Err(Failure::Bad(why)) => {
+            eprintln!("machat: {why}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `machat config default` and `machat config check FILE`.
+fn config_command(args: &[OsString], action: &ConfigAction) -> ExitCode {
+    match action {
+        ConfigAction::Default => {
+            print!("{}", file::default_file());
+            ExitCode::SUCCESS
+        }
+        ConfigAction::Check { file: path } => {
+            let mut with_file = args.to_vec();
+            with_file.insert(1.min(with_file.len()), path.clone().into());
+            with_file.insert(1.min(with_file.len()), "--config".into());
+            match load(&with_file) {
+                Ok(loaded) => {
+                    for line in file::effective(&loaded) {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
         }
     }
 }
