@@ -401,9 +401,10 @@ pub enum Command {
 pub enum ConfigAction {
     /// Prints a complete configuration file: every setting, what it does, its default.
     Default,
-    /// Checks FILE as `machat --config FILE` would (exit 2 on an error, naming its line) and
-    /// prints the settings it makes, flags and MACHAT_* variables applied.
-    Check { file: PathBuf },
+    /// Checks FILE (or the --config file) as `machat --config FILE` would (exit 2 on an
+    /// error, naming its line) and prints the settings it makes, flags and MACHAT_* variables
+    /// applied.
+    Check { file: Option<PathBuf> },
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

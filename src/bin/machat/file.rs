@@ -151,7 +151,10 @@ pub fn load(args: &[OsString]) -> Result<Loaded, Failure> {
             (Some((line, table, key)), Some(path)) => {
                 let text = e.to_string();
                 let long = format!("--{} ", key.replace('_', "-"));
-                let reason = text.strip_prefix(&long).unwrap_or(&text);
+                let reason = match text.strip_prefix(&long) {
+                    Some(rest) if rest.starts_with("must") => rest,
+                    _ => &text,
+                };
                 format!("{}:{line}: [{table}] {key}: {reason}", path.display())
             }
             _ => e.to_string(),

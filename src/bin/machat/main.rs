@@ -69,17 +69,23 @@ fn config_command(args: &[OsString], action: &ConfigAction) -> ExitCode {
         }
         ConfigAction::Check { file: path } => {
             let mut with_file = args.to_vec();
-            with_file.insert(1.min(with_file.len()), path.clone().into());
-            with_file.insert(1.min(with_file.len()), "--config".into());
-            match load(&with_file) {
-                Ok(loaded) => {
-                    for line in file::effective(&loaded) {
-                        println!("{line}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
+            if let Some(path) = path {
+                // Two files would be one too many: clap says so.
+                with_file.insert(1.min(with_file.len()), path.clone().into());
+                with_file.insert(1.min(with_file.len()), "--config".into());
             }
+            let loaded = match load(&with_file) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            if loaded.file.is_none() {
+                eprintln!("machat: config check: which file? (machat config check FILE)");
+                return ExitCode::from(2);
+            }
+            for line in file::effective(&loaded) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
         }
     }
 }
