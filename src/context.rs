@@ -66,7 +66,8 @@ pub struct Shared {
     /// The TLS side's certificate and key, when `--tls-addr` is given.
     pub tls: Option<TlsAcceptor>,
     /// What every session follows, shared by all of them.
-    pub rules: Arc<SessionRules>,
+    /// A reload swaps it; a session takes it when it starts.
+    rules: RwLock<Arc<SessionRules>>,
 }
 
 impl Shared {
@@ -99,7 +100,7 @@ impl Shared {
             cluster.attach(hub.clone());
         }
         Shared {
-            rules: Arc::new(rules),
+            rules: RwLock::new(Arc::new(rules)),
             transport: RwLock::new(Arc::new(transport)),
             clustered: cluster.is_some(),
             hub,
@@ -109,6 +110,16 @@ impl Shared {
             store,
             tls,
         }
+    }
+
+    /// What a session starting now follows.
+    pub fn rules(&self) -> Arc<SessionRules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// From now on, new sessions follow `rules` (a reload).
+    pub fn set_rules(&self, rules: SessionRules) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 
     /// What the transports follow now.

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::auth::Users;
@@ -28,8 +28,9 @@ pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     max_pending: usize,
     store: Arc<dyn Store>,
-    max_rooms: usize,
-    max_members: usize,
+    /// `--max-rooms` and `--max-room-members`: a reload changes them; read once per join.
+    max_rooms: AtomicUsize,
+    max_members: AtomicUsize,
     /// Bytes queued in all rooms together.
     pub budget: Arc<Budget>,
     /// The registered names (a name can be taken by `/nick` only if it is not one).
@@ -70,8 +71,8 @@ impl Hub {
             rooms: Mutex::new(HashMap::new()),
             max_pending: settings.max_pending,
             store,
-            max_rooms: settings.max_rooms,
-            max_members: settings.max_members,
+            max_rooms: AtomicUsize::new(settings.max_rooms),
+            max_members: AtomicUsize::new(settings.max_members),
             budget: Arc::new(Budget::new(settings.max_queued_total)),
             users: Users::none(),
             names: Arc::new(Alone),
@@ -81,6 +82,21 @@ impl Hub {
             leave_grace: settings.leave_grace,
             graces: Arc::new(Graces::new(settings.leave_grace, true)),
         }
+    }
+
+    fn max_rooms(&self) -> usize {
+        self.max_rooms.load(Ordering::Relaxed)
+    }
+
+    fn max_members(&self) -> usize {
+        self.max_members.load(Ordering::Relaxed)
+    }
+
+    /// New `--max-rooms` and `--max-room-members` (a reload): rooms and members already there
+    /// stay; the next join follows them.
+    pub fn set_room_limits(&self, max_rooms: usize, max_members: usize) {
+        self.max_rooms.store(max_rooms, Ordering::Relaxed);
+        self.max_members.store(max_members, Ordering::Relaxed);
     }
 
     /// The same hub, keeping marks in `marks`.
@@ -448,11 +464,11 @@ impl Hub {
         let entry = match rooms.get(room) {
             // Every join holds the registry's lock, so the count cannot grow meanwhile. A
             // member back within its leave grace takes the place it held.
-            Some(r) if r.member_count() >= self.max_members && !r.would_return(&who) => {
+            Some(r) if r.member_count() >= self.max_members() && !r.would_return(&who) => {
                 return Err(RoomError::Full)
             }
             Some(r) => r.clone(),
-            None if rooms.len() >= self.max_rooms => return Err(RoomError::TooManyRooms),
+            None if rooms.len() >= self.max_rooms() => return Err(RoomError::TooManyRooms),
             None => {
                 let r = Room::with_budget(
                     room,
@@ -586,9 +602,9 @@ impl Hub {
         match err {
             RoomError::Full => Refusal::RoomFull {
                 room: room.into(),
-                max: self.max_members,
+                max: self.max_members(),
             },
-            RoomError::TooManyRooms => Refusal::TooManyRooms(self.max_rooms),
+            RoomError::TooManyRooms => Refusal::TooManyRooms(self.max_rooms()),
             RoomError::LooksLike(like) => Refusal::TooMuchLike {
                 name: name.into(),
                 like: like.clone(),

@@ -119,7 +119,7 @@ pub async fn enter(
             return Err(refused(id, addr, refusal));
         }
     };
-    let replay = ctx.rules.replay(hs.since, hs.history, ctx.store.keeps());
+    let replay = ctx.rules().replay(hs.since, hs.history, ctx.store.keeps());
     if let Err(e) = ctx.hub.claim(room_name, &hs.name, id, person).await {
         detach(&marks);
         let refusal = ctx.hub.claim_refusal(&e, &hs.name, room_name);
@@ -147,7 +147,7 @@ pub async fn enter(
     };
     ctx.hub.entered(&room, seat, &who, new, entry.format);
     info!(id, name = %hs.name, room = %room_name, format = ?entry.format, version = hs.version, transport = entry.transport.label(), person, "joined");
-    let rules = ctx.rules.clone();
+    let rules = ctx.rules();
     // Replayed history goes out before anything from the room, a page at a time as the
     // client takes it (see `replay`).
     if v2 {
@@ -208,7 +208,7 @@ fn many_rooms(
     entry: Entry,
     (person, admin): (bool, bool),
 ) -> Session {
-    let rules = ctx.rules.clone();
+    let rules = ctx.rules();
     let mut session = Session::many(
         ctx.hub.clone(),
         id,

@@ -3,7 +3,8 @@
 //! it) and hands over the new [`Settings`]; nothing here reads a file but the certificate.
 //!
 //! Live: the connection limits, the transports' limits (handshake timeout, line rate and
-//! burst, idle timeout, WebSocket pings), the allowed origins and hosts, and the certificate
+//! burst, idle timeout, WebSocket pings), the room limits (rooms, members, rooms per
+//! session), the allowed origins and hosts, and the certificate
 //! (read again on every reload, so a renewed file under the same name is picked up). Each is
 //! swapped whole, and read by a connection when it starts or by an accept, never per line.
 //! Everything else (listen addresses, the data, history, cluster, sizes that rooms and
@@ -78,6 +79,12 @@ impl Live {
         transport.max_handshake = first.max_handshake;
         transport.max_pending = first.max_pending;
         self.ctx.set_transport(transport);
+        self.ctx
+            .hub
+            .set_room_limits(l.max_rooms, l.max_room_members);
+        let mut rules = started.session();
+        rules.max_rooms = l.max_rooms_per_session;
+        self.ctx.set_rules(rules);
         if let (Some(live), Some(hosts)) = (&self.hosts, hosts) {
             live.set(hosts);
         }
@@ -91,6 +98,15 @@ impl Live {
             ("max_line_rate", old.line_rate != l.line_rate),
             ("line_burst", old.line_burst != l.line_burst),
             ("idle_timeout", old.idle_timeout != l.idle_timeout),
+            ("max_rooms", old.max_rooms != l.max_rooms),
+            (
+                "max_room_members",
+                old.max_room_members != l.max_room_members,
+            ),
+            (
+                "max_rooms_per_session",
+                old.max_rooms_per_session != l.max_rooms_per_session,
+            ),
             ("ws_ping", running.web.ws_ping != new.web.ws_ping),
             (
                 "allowed_origins",
@@ -204,6 +220,9 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<&'static str> {
     ml.line_rate = sl.line_rate;
     ml.line_burst = sl.line_burst;
     ml.idle_timeout = sl.idle_timeout;
+    ml.max_rooms = sl.max_rooms;
+    ml.max_room_members = sl.max_room_members;
+    ml.max_rooms_per_session = sl.max_rooms_per_session;
     masked.web.ws_ping = started.web.ws_ping;
     masked.web.allowed_origins = started.web.allowed_origins.clone();
     masked.web.allowed_hosts = started.web.allowed_hosts.clone();

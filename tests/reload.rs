@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{temp_dir, Client, Endpoint, Server, TIMEOUT};
+use common::{expect_refused, temp_dir, Client, Endpoint, Server, TIMEOUT};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -98,6 +98,30 @@ fn sighup_applies_a_new_connection_limit_and_a_bad_file_keeps_it() {
     );
     let _c = server.connect("c", "r");
     drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sighup_applies_a_new_room_size() {
+    let (dir, file) = config_file("[limits]\nmax_room_members = 1\n");
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    let mut a = server.connect("a", "r");
+    let join_b = br#"{"name":"b","room":"r"}"#;
+    expect_refused(&server, join_b, "room r is full (1 members)");
+    reload(
+        &server,
+        &file,
+        "[limits]\nmax_room_members = 2\n",
+        "reload: applied (changed: max_room_members)",
+        1,
+    );
+    let _b = server.connect("b", "r");
+    a.until("*** b joined");
+    expect_refused(
+        &server,
+        br#"{"name":"c","room":"r"}"#,
+        "room r is full (2 members)",
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
