@@ -552,3 +552,63 @@ pub fn effective(loaded: &Loaded) -> Vec<String> {
     out.push(format!("config from: {}", from.join("; ")));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_args(args: &[&str]) -> Loaded {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match load(&args) {
+            Ok(loaded) => loaded,
+            Err(Failure::Usage(e)) => panic!("{e}"),
+            Err(Failure::Bad(why)) => panic!("{why}"),
+        }
+    }
+
+    /// A flag without a heading would be missing from the file and from `--help`'s groups.
+    #[test]
+    fn every_flag_has_a_heading_of_the_list() {
+        let cmd = Config::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if NOT_IN_FILE.contains(&id) || arg.is_positional() {
+                continue;
+            }
+            let heading = arg.get_help_heading();
+            assert!(
+                heading.is_some_and(|h| HEADINGS.contains(&h)),
+                "--{id} has heading {heading:?}"
+            );
+            assert!(place(arg).is_some());
+        }
+    }
+
+    #[test]
+    fn the_effective_configuration_hides_a_nats_password() {
+        let loaded = load_args(&[
+            "machat",
+            "--nats",
+            "nats://u:secret@h:4222",
+            "config",
+            "default",
+        ]);
+        let lines = effective(&loaded).join("\n");
+        assert!(lines.contains("nats=nats://***@h:4222"), "{lines}");
+        assert!(!lines.contains("secret"));
+        assert!(lines.contains("config from: flags (nats)"), "{lines}");
+    }
+
+    #[test]
+    fn kinds_follow_the_flags_types() {
+        let cmd = Config::command();
+        let kind_of = |id: &str| kind(cmd.get_arguments().find(|a| a.get_id() == id).unwrap());
+        assert_eq!(kind_of("require_auth"), Kind::Bool);
+        assert_eq!(kind_of("allowed_hosts"), Kind::List);
+        assert_eq!(kind_of("max_line_rate"), Kind::Number);
+        assert_eq!(kind_of("max_per_ip"), Kind::Number);
+        assert_eq!(kind_of("data_dir"), Kind::Path);
+        assert_eq!(kind_of("history"), Kind::Text);
+        assert_eq!(kind_of("history_max_age"), Kind::Text);
+    }
+}
