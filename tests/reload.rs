@@ -243,3 +243,44 @@ fn sighup_renews_the_certificate_for_new_connections_only() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The status line of a request to the web side at `addr` for `host`, with `extra` headers.
+fn status(addr: SocketAddr, host: &str, path: &str, extra: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).trim().to_owned()
+}
+
+#[test]
+fn sighup_applies_allowed_origins_and_hosts() {
+    let (dir, file) = config_file("");
+    let server = Server::start(&["--config", file.to_str().unwrap(), "--http", "127.0.0.1:0"]);
+    let http = server.http().unwrap();
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://a.example\r\n";
+    let ws = || status(http, &http.to_string(), "/ws", upgrade);
+    assert!(ws().contains(" 403 "), "{}", ws());
+    assert!(status(http, "chat.example", "/healthz", "").contains(" 421 "));
+    let text =
+        "[web]\nallowed_origins = [\"https://a.example\"]\nallowed_hosts = \"chat.example\"\n";
+    reload(
+        &server,
+        &file,
+        text,
+        "reload: applied (changed: allowed_origins, allowed_hosts)",
+        1,
+    );
+    assert!(ws().contains(" 101 "), "{}", ws());
+    assert!(status(http, "chat.example", "/healthz", "").contains(" 200 "));
+    let _ = std::fs::remove_dir_all(dir);
+}
