@@ -21,6 +21,16 @@ if ! command -v nats-server >/dev/null; then
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 
+# The deployment tests (tests/deploy.rs) install the Debian package with dpkg and build and run
+# the Dockerfile's image with podman (runc: crun refuses this machine's cgroups), on a Debian
+# base made with debootstrap.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+    echo "== installing podman, runc and debootstrap (for tests/deploy.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+             podman runc debootstrap)
+    "${install[@]}" || { apt-get update && "${install[@]}"; }
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -80,9 +80,11 @@ impl Server {
     }
 
     /// Starts `cmd` (the server, possibly wrapped) with `-a 127.0.0.1:0` and `args`, and a
-    /// data directory of its own unless `args` choose one.
+    /// data directory of its own unless `args` choose one or `cmd` names a settings file
+    /// (`--config`: the file's data dir is the one under test).
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
-        let own_dir = if args.iter().any(|a| a.contains("data-dir")) {
+        let configured = cmd.get_args().any(|a| a == "--config");
+        let own_dir = if configured || args.iter().any(|a| a.contains("data-dir")) {
             None
         } else {
             Some(temp_dir())
