@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ws::get;
-use common::{log_in, Client, Server};
+use common::{log_in, Client, Endpoint, Server};
 
 /// The longest a packaging or container command may take (a debootstrap fetches ~40 MB).
 const SLOW: Duration = Duration::from_secs(300);
@@ -121,7 +121,10 @@ fn the_debian_package_installs_and_runs_as_its_own_user() {
         "./lib/systemd/system/machat.service",
         "./etc/machat/machat.toml",
     ] {
-        assert!(contents.contains(path), "{path} not in the package:\n{contents}");
+        assert!(
+            contents.contains(path),
+            "{path} not in the package:\n{contents}"
+        );
     }
     ok(Command::new("dpkg").arg("-i").arg(&deb), SLOW);
     let status = ok(Command::new("dpkg").args(["-s", "machat"]), SLOW);
@@ -233,7 +236,12 @@ fn podman() -> Command {
     cmd
 }
 
-const LIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"];
+const LIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=4096:4096",
+    "--ulimit",
+    "nproc=4096:4096",
+];
 
 /// Names of what one run of the container test makes, removed when it ends.
 struct Podman {
@@ -244,7 +252,10 @@ struct Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = run(podman().args(["rm", "-f", "-t", "0", &self.container]), SLOW);
+        let _ = run(
+            podman().args(["rm", "-f", "-t", "0", &self.container]),
+            SLOW,
+        );
         let _ = run(podman().args(["volume", "rm", "-f", &self.volume]), SLOW);
         let _ = run(podman().args(["rmi", "-f", &self.image]), SLOW);
     }
@@ -314,7 +325,13 @@ fn the_container_image_runs_as_a_user_with_its_data_in_a_volume() {
         SLOW,
     );
     let user = ok(
-        podman().args(["image", "inspect", "--format", "{{.Config.User}}", &names.image]),
+        podman().args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.User}}",
+            &names.image,
+        ]),
         SLOW,
     );
     assert_eq!(user.trim(), "machat");
@@ -344,10 +361,7 @@ fn the_container_image_runs_as_a_user_with_its_data_in_a_volume() {
     assert_eq!((code, page.contains("machat")), (200, true));
     drop(a);
     // A clean stop (SIGTERM, as `docker stop` sends), then a new container on the same volume.
-    ok(
-        podman().args(["stop", "-t", "20", &names.container]),
-        SLOW,
-    );
+    ok(podman().args(["stop", "-t", "20", &names.container]), SLOW);
     drop(server);
     let server = start();
     let mut b = Client::raw(server.addr);
@@ -356,7 +370,13 @@ fn the_container_image_runs_as_a_user_with_its_data_in_a_volume() {
     b.expect("Ann:kept in a volume");
     // The data is the image user's (uid 10001), not root's.
     let mount = ok(
-        podman().args(["volume", "inspect", "--format", "{{.Mountpoint}}", &names.volume]),
+        podman().args([
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Mountpoint}}",
+            &names.volume,
+        ]),
         SLOW,
     );
     use std::os::unix::fs::MetadataExt;
