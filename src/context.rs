@@ -65,6 +65,9 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// What every session follows, shared by all of them.
     pub rules: Arc<SessionRules>,
+    /// Where the web side listens (empty when it is off): a browser that came to a chat port
+    /// is told where the page is.
+    pub web_addrs: Vec<SocketAddr>,
 }
 
 impl Shared {
@@ -106,6 +109,7 @@ impl Shared {
             runtimes: OnceLock::new(),
             store,
             tls,
+            web_addrs: Vec::new(),
         }
     }
 

@@ -52,7 +52,10 @@ impl Server {
             0 => (soft.saturating_sub(64) as usize).max(1),
             n => n,
         };
-        let admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
+        let admission = Arc::new(
+            Admission::new(max_total, limits.max_per_ip)
+                .with_max_waiting(limits.max_handshakes_per_ip),
+        );
         // A history database that cannot be opened stops the start, with its path and reason.
         // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
         let cluster = match &settings.cluster {
@@ -127,7 +130,7 @@ impl Server {
             cluster.url = crate::cluster::redact_url(&cluster.url);
         }
         info!(settings = ?shown, max_connections = max_total, "configuration");
-        let ctx = Shared::new(
+        let mut ctx = Shared::new(
             settings.transport(),
             settings.hub(),
             settings.session(),
@@ -136,6 +139,7 @@ impl Server {
             (users, Arc::new(policy), marks),
             cluster,
         );
+        ctx.web_addrs = web.as_ref().map(Web::local_addrs).unwrap_or_default();
         Ok(Server {
             listeners,
             tls_listeners,

@@ -137,7 +137,7 @@ pub struct Config {
     pub max_handshake: usize,
 
     /// Seconds a new connection has to complete its handshake.
-    #[arg(long, env = "MACHAT_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
+    #[arg(long, env = "MACHAT_HANDSHAKE_TIMEOUT", default_value_t = 60.0)]
     pub handshake_timeout: f64,
 
     /// Listen backlog: connects the kernel queues before accept (a burst of thousands of
@@ -230,6 +230,17 @@ pub struct Config {
     /// members are announced as left. Its names are rewritten every third of this.
     #[arg(long, env = "MACHAT_PRESENCE_TTL", default_value_t = 15.0)]
     pub presence_ttl: f64,
+
+    /// Connections from one IP address that may be in their handshake at once (chat and TLS
+    /// ports); more are refused at once. Bounds slow-loris clients under the long handshake
+    /// timeout. 0 = no limit.
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "MACHAT_MAX_HANDSHAKES_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_handshakes_per_ip: usize,
 }
 
 /// What `machat` does instead of serving.
@@ -407,6 +418,7 @@ impl Config {
                 max_rooms_per_session: self.max_rooms_per_session,
                 leave_grace: Duration::try_from_secs_f64(self.leave_grace)
                     .unwrap_or(Limits::default().leave_grace),
+                max_handshakes_per_ip: self.max_handshakes_per_ip,
             },
             history: HistorySettings {
                 mode: match self.history {
