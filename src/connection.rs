@@ -284,7 +284,8 @@ async fn refuse<S: Io>(stream: S, format: Format, text: &str) {
 
 /// Where a browser that came to a chat port finds the page: the web side's first address,
 /// or, when that is a wildcard (`0.0.0.0`, `[::]`), the host the browser asked for (cleaned by
-/// `sniff`) with the web port. None when the web side is off.
+/// `sniff`) with the web port; `https` when the server has a certificate (the web side serves
+/// HTTPS with it). None when the web side is off.
 fn web_page(ctx: &Shared, head: &HttpHead) -> Option<String> {
     let web = ctx.web_addrs.first()?;
     let host = match web.ip().is_unspecified() {
@@ -294,7 +295,8 @@ fn web_page(ctx: &Shared, head: &HttpHead) -> Option<String> {
             ip => ip.to_string(),
         },
     };
-    Some(format!("http://{host}:{}/", web.port()))
+    let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+    Some(format!("{scheme}://{host}:{}/", web.port()))
 }
 
 /// What a connection's first bytes were: a handshake (and what came after it), or an HTTP
