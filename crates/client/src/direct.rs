@@ -116,15 +116,46 @@ pub async fn run(args: ClientArgs, name: String, tls: Option<TlsConnector>) -> i
 }
 
 /// The reason of a refusal line (`*** error: REASON`, or its JSON form), if `line` is one.
+/// The history errors are not: they come instead of a replay, and the join goes on.
 fn refusal(line: &[u8]) -> Option<String> {
     let line = String::from_utf8_lossy(line);
     let line = line.trim_end();
-    if let Some(reason) = line.strip_prefix("*** error: ") {
-        return Some(reason.to_owned());
+    let reason = match line.strip_prefix("*** error: ") {
+        Some(reason) => reason.to_owned(),
+        None => {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            if value.get("type")?.as_str()? != "error" {
+                return None;
+            }
+            value.get("reason")?.as_str()?.to_owned()
+        }
+    };
+    let history = reason == "history is off on this server" || reason == "history unavailable";
+    (!history).then_some(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_told_from_the_lines_of_a_join() {
+        assert_eq!(
+            refusal(b"*** error: authentication failed\n").as_deref(),
+            Some("authentication failed")
+        );
+        assert_eq!(
+            refusal(br#"{"type":"error","reason":"name a is already taken in room r"}"#).as_deref(),
+            Some("name a is already taken in room r")
+        );
+        for not in [
+            &b"*** Mina joined\n"[..],
+            b"*** error: history is off on this server\n",
+            br#"{"type":"error","reason":"history unavailable"}"#,
+            br#"{"type":"join","room":"r","name":"Mina"}"#,
+            b"Mina:*** error: fake\n",
+        ] {
+            assert_eq!(refusal(not), None, "{:?}", String::from_utf8_lossy(not));
+        }
     }
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("type")?.as_str()? != "error" {
-        return None;
-    }
-    Some(value.get("reason")?.as_str()?.to_owned())
 }

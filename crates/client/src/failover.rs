@@ -25,7 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// packets cannot use up the whole reconnect time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server that has spoken machat's JSON before and neither lets us in nor refuses by then is
-/// taken for stuck (its own handshake timeout is 10 s).
+/// taken for stuck (it answers a handshake as soon as it has read it: a wrong password in about
+/// a second).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// MaChat's Go server says nothing on a join: when no server has ever sent machat's JSON, this
 /// long with the connection still open counts as being in.
