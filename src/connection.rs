@@ -24,12 +24,13 @@ use crate::client::{Client, Ending, Input, Wire};
 use crate::codec::{Flow, HandshakeDecoder, HandshakeStatus, Item, LineCodec};
 use crate::context::{Greeted, Greeting, Handoff, Shared};
 use crate::lifecycle::{self, Entry};
-use crate::limits::{SeatPass, Ticket};
+use crate::limits::{SeatPass, Ticket, Waiting};
 use crate::metrics::Transport;
 use crate::protocol::{parse_handshake, Format, Handshake, Reply};
 use crate::refusal::{Notice, Refusal};
 use crate::session::{End, RateLimit};
 use crate::settings::TransportSettings;
+use crate::sniff::HttpHead;
 use crate::transport::{Io, READ_CHUNK};
 
 thread_local! {
@@ -60,6 +61,18 @@ pub async fn serve_tls(
     let Some(acceptor) = ctx.tls.clone() else {
         return;
     };
+    // Counted from before the TLS handshake, which a slow client may drag out as well. Over
+    // the limit there is no TLS session yet to say why in (as at the connection limits).
+    let waiting = match ticket.start_handshake() {
+        Ok(waiting) => waiting,
+        Err(refusal) => {
+            info!(%addr, reason = %refusal, "disconnect: refused");
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(
+                &refusal.to_string(),
+            ));
+            return;
+        }
+    };
     let started = tokio::time::Instant::now();
     let tls = match tokio::time::timeout(ctx.transport().handshake_timeout, acceptor.accept(stream))
         .await
@@ -80,7 +93,7 @@ pub async fn serve_tls(
         .transport()
         .handshake_timeout
         .saturating_sub(started.elapsed());
-    serve_within(tls, addr, ctx, shutdown, ticket, left).await;
+    serve_within(tls, addr, ctx, shutdown, ticket, (left, Ok(waiting))).await;
 }
 
 /// Serves one client from its first byte to its close. (Not an `async fn` itself: a layer of
@@ -93,7 +106,8 @@ pub fn serve<S: Io>(
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
     let within = ctx.transport().handshake_timeout;
-    serve_within(stream, addr, ctx, shutdown, ticket, within)
+    let waiting = ticket.start_handshake();
+    serve_within(stream, addr, ctx, shutdown, ticket, (within, waiting))
 }
 
 async fn serve_within<S: Io>(
@@ -102,11 +116,11 @@ async fn serve_within<S: Io>(
     ctx: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     ticket: Ticket,
-    within: Duration,
+    (within, waiting): (Duration, Result<Waiting, Refusal>),
 ) {
     // The greeting (handshake), joining and closing are boxed: their timers and buffers are
     // needed for moments, and would otherwise sit in every connection's task for its life.
-    let greeting = Box::pin(greet(stream, addr, &ctx, shutdown, within)).await;
+    let greeting = Box::pin(greet(stream, addr, &ctx, shutdown, (within, waiting))).await;
     let Some((stream, id, hs, leftover)) = greeting else {
         return;
     };
@@ -153,20 +167,39 @@ pub async fn serve_greeted<S: Io>(stream: S, rest: Greeting, ctx: Arc<Shared>) {
     tokio::spawn(lifecycle::live(conn, addr, ticket, ctx));
 }
 
-/// Reads and checks the handshake, or refuses the client with a reason.
+/// Reads and checks the handshake, or refuses the client with a reason. `waiting` is the
+/// connection's place among its address's handshakes (`--max-handshakes-per-ip`), or the
+/// refusal when there was none left.
 async fn greet<S: Io>(
     mut stream: S,
     addr: SocketAddr,
     ctx: &Shared,
     mut shutdown: watch::Receiver<bool>,
-    within: Duration,
+    (within, waiting): (Duration, Result<Waiting, Refusal>),
 ) -> Option<(S, u64, Handshake, Vec<u8>)> {
     let id = ctx.next_id();
     let tls = stream.is_tls();
     info!(id, %addr, tls, "connect");
+    let waiting = match waiting {
+        Ok(waiting) => waiting,
+        Err(refusal) => {
+            let text = lifecycle::refused(id, addr, refusal).to_string();
+            refuse(stream, Format::Text, &text).await;
+            return None;
+        }
+    };
     let handshake = handshake(&mut stream, &ctx.transport(), &mut shutdown, within).await;
+    drop(waiting);
     let (value, leftover) = match handshake {
-        Ok(done) => done,
+        Ok(First::Json(value, leftover)) => (value, leftover),
+        Ok(First::Http(head)) => {
+            info!(id, %addr, reason = "an HTTP request on the chat port", "disconnect");
+            crate::metrics::handshake_rejected("http");
+            let body = crate::refusal::chat_port_page(web_page(ctx, &head).as_deref());
+            let answer = crate::sniff::http_answer(&head, &body);
+            finish(stream, answer, Duration::from_secs(2), true).await;
+            return None;
+        }
         Err(reason) => {
             info!(id, %addr, reason = %reason, "disconnect");
             if let Ending::Refused(text) = &reason {
@@ -249,13 +282,38 @@ async fn refuse<S: Io>(stream: S, format: Format, text: &str) {
     finish(stream, line, Duration::from_secs(2), true).await;
 }
 
-/// Reads until the first JSON value is complete, or the limits say no.
+/// Where a browser that came to a chat port finds the page: the web side's first address,
+/// or, when that is a wildcard (`0.0.0.0`, `[::]`), the host the browser asked for (cleaned by
+/// `sniff`) with the web port; `https` when the server has a certificate (the web side serves
+/// HTTPS with it). None when the web side is off.
+fn web_page(ctx: &Shared, head: &HttpHead) -> Option<String> {
+    let web = ctx.web_addrs.first()?;
+    let host = match web.ip().is_unspecified() {
+        true => head.host.clone().unwrap_or_else(|| "HOST".to_owned()),
+        false => match web.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+    Some(format!("{scheme}://{host}:{}/", web.port()))
+}
+
+/// What a connection's first bytes were: a handshake (and what came after it), or an HTTP
+/// request (a browser on the chat port).
+enum First {
+    Json(serde_json::Value, Vec<u8>),
+    Http(HttpHead),
+}
+
+/// Reads until the first JSON value is complete (or an HTTP request head), or the limits say
+/// no.
 async fn handshake<S: Io>(
     stream: &mut S,
     settings: &TransportSettings,
     shutdown: &mut watch::Receiver<bool>,
     within: Duration,
-) -> Result<(serde_json::Value, Vec<u8>), Ending> {
+) -> Result<First, Ending> {
     let deadline = sleep_until(tokio::time::Instant::now() + within);
     tokio::pin!(deadline);
     let mut decoder = HandshakeDecoder::new(settings.max_handshake);
@@ -271,7 +329,10 @@ async fn handshake<S: Io>(
                 Ok(_) => Poll::Ready(match decoder.feed(&buf) {
                     HandshakeStatus::Incomplete => Ok(None),
                     HandshakeStatus::Invalid(e) => Err(Ending::Refused(e)),
-                    HandshakeStatus::Done(value, used) => Ok(Some((value, buf[used..].to_vec()))),
+                    HandshakeStatus::Http(head) => Ok(Some(First::Http(head))),
+                    HandshakeStatus::Done(value, used) => {
+                        Ok(Some(First::Json(value, buf[used..].to_vec())))
+                    }
                 }),
             }
         })

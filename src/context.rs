@@ -68,6 +68,9 @@ pub struct Shared {
     /// What every session follows, shared by all of them.
     /// A reload swaps it; a session takes it when it starts.
     rules: RwLock<Arc<SessionRules>>,
+    /// Where the web side listens (empty when it is off): a browser that came to a chat port
+    /// is told where the page is.
+    pub web_addrs: Vec<SocketAddr>,
 }
 
 impl Shared {
@@ -109,6 +112,7 @@ impl Shared {
             runtimes: OnceLock::new(),
             store,
             tls,
+            web_addrs: Vec::new(),
         }
     }
 

@@ -1,5 +1,6 @@
-//! Connection limits: how many connections in total and per IP address, and the descriptor
-//! limit they depend on. Counting happens once at accept and once at close, never per message.
+//! Connection limits: how many connections in total and per IP address, how many of an
+//! address's are still in their handshake, and the descriptor limit they depend on. Counting
+//! happens at accept, at the handshake's end and at close, never per message.
 //!
 //! A version-2 connection may sit in many rooms; each room beyond its first counts as one more
 //! connection of its address ([`SeatPass`]), so one address cannot hold more seats than it
@@ -23,6 +24,10 @@ pub struct Admission {
     max_per_ip: AtomicUsize,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// `--max-handshakes-per-ip` (0: no limit), and each address's connections in their
+    /// handshake.
+    max_waiting_per_ip: usize,
+    waiting: Mutex<HashMap<IpAddr, usize>>,
 }
 
 #[derive(Debug)]
@@ -45,7 +50,16 @@ impl Admission {
             max_per_ip: AtomicUsize::new(max_per_ip),
             total: AtomicUsize::new(0),
             per_ip: Mutex::default(),
+            max_waiting_per_ip: 0,
+            waiting: Mutex::default(),
         }
+    }
+
+    /// The same, with at most `max` connections of one address in their handshake at once
+    /// (see [`Ticket::start_handshake`]); 0 = no limit.
+    pub fn with_max_waiting(mut self, max: usize) -> Self {
+        self.max_waiting_per_ip = max;
+        self
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr, transport: Transport) -> Result<Ticket, Refusal> {
@@ -117,12 +131,54 @@ impl Admission {
 }
 
 impl Ticket {
+    /// Counts the connection as one of its address's in their handshake until the returned
+    /// [`Waiting`] is dropped, or refuses it when the address has `--max-handshakes-per-ip`
+    /// already. With the handshake timeout long enough for a person typing into `nc`, this is
+    /// what keeps one address from holding many silent connections (slow loris).
+    pub fn start_handshake(&self) -> Result<Waiting, Refusal> {
+        let admission = &self.admission;
+        if admission.max_waiting_per_ip == 0 {
+            return Ok(Waiting { counted: None });
+        }
+        let mut map = admission.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(self.ip).or_insert(0);
+        if *n >= admission.max_waiting_per_ip {
+            return Err(Refusal::TooManyWaiting);
+        }
+        *n += 1;
+        Ok(Waiting {
+            counted: Some((admission.clone(), self.ip)),
+        })
+    }
+
     /// What the connection's session counts its extra rooms with.
     pub fn seat_pass(&self) -> SeatPass {
         SeatPass {
             admission: self.admission.clone(),
             ip: self.ip,
             held: 0,
+        }
+    }
+}
+
+/// A connection in its handshake, counted against `--max-handshakes-per-ip` until dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    /// None when there is no limit (nothing counted).
+    counted: Option<(Arc<Admission>, IpAddr)>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some((admission, ip)) = self.counted.take() else {
+            return;
+        };
+        let mut map = admission.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
         }
     }
 }
@@ -238,5 +294,39 @@ impl IdleTimer {
             }
             self.sleep.as_mut().reset(due.into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_waiting_are_bounded_per_address_and_given_back() {
+        let admission = Arc::new(Admission::new(100, 0).with_max_waiting(2));
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let tickets: Vec<Ticket> = (0..3)
+            .map(|_| admission.admit(a, Transport::Tcp).unwrap())
+            .collect();
+        let first = tickets[0].start_handshake().unwrap();
+        let second = tickets[1].start_handshake().unwrap();
+        assert_eq!(
+            tickets[2].start_handshake().unwrap_err(),
+            Refusal::TooManyWaiting
+        );
+        // Another address is not held back by this one.
+        let other = admission.admit(b, Transport::Tcp).unwrap();
+        let _other_waiting = other.start_handshake().unwrap();
+        // A handshake that ends gives its place back.
+        drop(first);
+        let _third = tickets[2].start_handshake().unwrap();
+        drop(second);
+        assert_eq!(admission.waiting.lock().unwrap().get(&a), Some(&1));
+        // No limit: nothing is counted.
+        let free = Arc::new(Admission::new(100, 0));
+        let t = free.admit(a, Transport::Tcp).unwrap();
+        let all: Vec<Waiting> = (0..10).map(|_| t.start_handshake().unwrap()).collect();
+        assert!(free.waiting.lock().unwrap().is_empty());
+        drop(all);
     }
 }

@@ -58,7 +58,10 @@ impl Server {
         // Whether the data directory is new: someone who started the server elsewhere sees an
         // empty one, and the log should tell them before they miss their history.
         let data_dir_existed = settings.auth.data_dir.exists();
-        let admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
+        let admission = Arc::new(
+            Admission::new(max_total, limits.max_per_ip)
+                .with_max_waiting(limits.max_handshakes_per_ip),
+        );
         let http_admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
         // A history database that cannot be opened stops the start, with its path and reason.
         // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
@@ -150,7 +153,7 @@ impl Server {
             cluster.url = crate::cluster::redact_url(&cluster.url);
         }
         info!(settings = ?shown, max_connections = max_total, "configuration");
-        let ctx = Shared::new(
+        let mut ctx = Shared::new(
             settings.transport(),
             settings.hub(),
             settings.session(),
@@ -159,6 +162,7 @@ impl Server {
             (users, Arc::new(policy), marks),
             cluster,
         );
+        ctx.web_addrs = web.as_ref().map(Web::local_addrs).unwrap_or_default();
         let ctx = Arc::new(ctx);
         let live = Live {
             ctx: ctx.clone(),

@@ -78,8 +78,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections from one IP address (`--max-per-ip`); 0 = no limit.
     pub max_per_ip: usize,
-    /// Time a new connection has to send its handshake (`--handshake-timeout`), so silent
-    /// connections cannot pile up.
+    /// Time a new connection has to send its handshake (`--handshake-timeout`): long enough
+    /// for a person typing it into `nc`; silent connections cannot pile up beyond
+    /// `max_handshakes_per_ip` from one address.
     pub handshake_timeout: Duration,
     /// The largest handshake, in bytes (`--max-handshake`).
     pub max_handshake: usize,
@@ -109,6 +110,11 @@ pub struct Limits {
     /// are told it left (`--leave-grace`; zero: they are told at once). A reload or a
     /// reconnect within it shows nobody a `left` and a `joined`.
     pub leave_grace: Duration,
+    /// Connections from one IP address still in their handshake, chat and TLS ports
+    /// (`--max-handshakes-per-ip`); past it a new one is refused at once. It bounds what a
+    /// slow-loris address holds for the long handshake timeout (each may buffer
+    /// `max_handshake` bytes). 0 = no limit.
+    pub max_handshakes_per_ip: usize,
 }
 
 /// Message history on one machine (in cluster mode, history lives in JetStream and only
@@ -203,7 +209,7 @@ impl Default for Limits {
         Limits {
             max_connections: 0,
             max_per_ip: 4096,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(60),
             max_handshake: 4096,
             max_line: 8192,
             line_rate: 50.0,
@@ -215,6 +221,7 @@ impl Default for Limits {
             max_room_members: 10_000,
             max_rooms_per_session: 100,
             leave_grace: Duration::from_secs(10),
+            max_handshakes_per_ip: 64,
         }
     }
 }

@@ -728,14 +728,46 @@ fn a_nick_request_is_refused_as_nick_is() {
     let mut mina = v2(&server, "Mina");
     join(&mut mina, "ops");
     let cases: Vec<(String, Value, &str)> = vec![
-        (r#"{"type":"nick","req":1}"#.into(), json!(1), "request is missing \"name\""),
-        (r#"{"type":"nick","name":null,"req":2}"#.into(), json!(2), "request is missing \"name\""),
-        (r#"{"type":"nick","name":["x"],"req":3}"#.into(), json!(3), "\"name\" must be a string"),
-        (r#"{"type":"nick","name":"","req":4}"#.into(), json!(4), "usage: /nick NAME (name must not be empty)"),
-        (r#"{"type":"nick","name":"Mi na","req":5}"#.into(), json!(5), "usage: /nick NAME (name may not contain U+0020 (no whitespace, control characters, ':', '*' or '/'))"),
-        (r#"{"type":"nick","name":"Mina","req":6}"#.into(), json!(6), "you are already called Mina"),
-        (r#"{"type":"nick","name":"Ann","req":7}"#.into(), json!(7), "name Ann needs a password: reconnect with it"),
-        (r#"{"type":"nick","name":"ANN","req":8}"#.into(), json!(8), "name ANN needs a password: reconnect with it"),
+        (
+            r#"{"type":"nick","req":1}"#.into(),
+            json!(1),
+            "request is missing \"name\"",
+        ),
+        (
+            r#"{"type":"nick","name":null,"req":2}"#.into(),
+            json!(2),
+            "request is missing \"name\"",
+        ),
+        (
+            r#"{"type":"nick","name":["x"],"req":3}"#.into(),
+            json!(3),
+            "\"name\" must be a string",
+        ),
+        (
+            r#"{"type":"nick","name":"","req":4}"#.into(),
+            json!(4),
+            "usage: /nick NAME (name must not be empty)",
+        ),
+        (
+            r#"{"type":"nick","name":"Mi na","req":5}"#.into(),
+            json!(5),
+            "usage: /nick NAME (names cannot contain spaces: use _ or - instead)",
+        ),
+        (
+            r#"{"type":"nick","name":"Mina","req":6}"#.into(),
+            json!(6),
+            "you are already called Mina",
+        ),
+        (
+            r#"{"type":"nick","name":"Ann","req":7}"#.into(),
+            json!(7),
+            "name Ann needs a password: reconnect with it",
+        ),
+        (
+            r#"{"type":"nick","name":"ANN","req":8}"#.into(),
+            json!(8),
+            "name ANN needs a password: reconnect with it",
+        ),
     ];
     for (input, req, reason) in &cases {
         mina.send(&format!("{input}\n"));

@@ -300,3 +300,31 @@ fn https_answers_tell_browsers_to_stay_on_https() {
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
     assert!(!answer.contains("strict-transport-security"), "{answer}");
 }
+
+/// Issue 15: a browser going to https://host:TLSPORT/ (the chat's TLS port) gets the same short
+/// HTTP answer as on the plain port, inside TLS, with the web page's https address.
+#[test]
+fn a_browser_on_the_tls_chat_port_is_told_where_the_web_page_is() {
+    let cert = Cert::new();
+    let server = tls_server(&cert, &["--http", "127.0.0.1:0"]);
+    let (tls_addr, http) = (server.tls.unwrap(), server.http.unwrap());
+    let mut tls = tls_connect(&cert, tls_addr);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8(answer).unwrap();
+    let body = format!(
+        "This is machat's chat port: connect with nc, machat-client or a MaChat client. \
+         The web page is at https://{http}/\n\
+         With nc, start with {{\"name\":\"you\",\"room\":\"lobby\"}} and press Enter.\n"
+    );
+    assert_eq!(
+        answer,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    );
+}

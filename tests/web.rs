@@ -139,7 +139,7 @@ fn websocket_bad_input_closes_only_that_client_with_a_code_and_reason() {
 
     let mut ws = ws_open(&server);
     send(&mut ws, "{\"name\":\"a b\",\"room\":\"bad\"}");
-    expect_closed(&mut ws, 1008, "name may not contain");
+    expect_closed(&mut ws, 1008, "names cannot contain spaces");
 
     let mut ws = ws_open(&server);
     send(&mut ws, "{\"name\":\"Calm\",\"room\":\"bad\"}");
@@ -286,7 +286,7 @@ fn http_api_rooms_messages_and_health() {
         ("/api/rooms/api/messages?limit=5000", "limit"),
         ("/api/rooms/api/messages?since=-1", "whole numbers"),
         ("/api/rooms/api/messages?since=abc", "whole numbers"),
-        ("/api/rooms/a%20b/messages", "room may not contain"),
+        ("/api/rooms/a%20b/messages", "rooms cannot contain spaces"),
         ("/api/rooms?limit=x", "limit"),
     ] {
         let (status, v) = get_json(http, path);

@@ -23,6 +23,7 @@
 use libfuzzer_sys::fuzz_target;
 use machat_proto::codec::{HandshakeDecoder, HandshakeStatus, PlainValue};
 use machat_proto::protocol::{parse_handshake, validate_name, validate_room, Handshake};
+use machat_proto::refusal::Refusal;
 use serde_json::Value;
 
 #[path = "common.rs"]
@@ -49,6 +50,8 @@ fn decode(pieces: &[&[u8]], max: usize) -> Outcome {
         match decoder.feed(piece) {
             HandshakeStatus::Incomplete => offset += piece.len(),
             HandshakeStatus::Invalid(e) => return Outcome::Invalid(e),
+            // A browser on the chat port: refused (answered in HTTP), whatever the split.
+            HandshakeStatus::Http(head) => return Outcome::Invalid(format!("http {head:?}")),
             HandshakeStatus::Done(value, used) => {
                 assert!(
                     used <= piece.len(),
@@ -101,7 +104,12 @@ fuzz_target!(|data: &[u8]| {
         Outcome::Invalid(e) if e.starts_with("handshake too large") => {
             assert!(stream.len() > max, "too large at {} <= {max}", stream.len())
         }
-        Outcome::Invalid(e) => assert!(e.starts_with("invalid handshake JSON"), "{e}"),
+        Outcome::Invalid(e) => assert!(
+            e.starts_with("invalid handshake JSON")
+                || *e == Refusal::NotAHandshake.to_string()
+                || e.starts_with("http "),
+            "{e}"
+        ),
         Outcome::NotObject(_) => {}
         Outcome::Object(value, end, verdict) => {
             assert!(*end <= max, "object ends at {end}, past the limit {max}");

@@ -45,10 +45,15 @@ pub struct ClientArgs {
     #[arg(long)]
     pub password_file: Option<std::path::PathBuf>,
 
-    /// With more than one --address: how long to keep trying to reconnect, in seconds, when
-    /// the connection is lost (0 = never; then the client ends as with one address).
+    /// How long to keep trying to reconnect (to the next --address, or the same one), in
+    /// seconds, when the connection is lost (0 = never: the client ends when it is lost).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     pub reconnect_for: Duration,
+
+    /// Show the room's last N messages on joining (0: none, and the handshake is byte for byte
+    /// MaChat's own).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: u64,
 
     /// Set from --password-file or MACHAT_PASSWORD, not a flag.
     #[arg(skip)]
@@ -57,7 +62,13 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub fn from_args() -> Self {
-        ClientArgs::parse_from(go_style_args(std::env::args_os(), &ClientArgs::command()))
+        let cmd = ClientArgs::command();
+        let args: Vec<OsString> = std::env::args_os().collect();
+        if let Some(typo) = misspelt_flag(&args, &cmd) {
+            eprintln!("machat-client: {typo}\n\nFor more information, try '-help'.");
+            std::process::exit(2);
+        }
+        ClientArgs::parse_from(go_style_args(args, &cmd))
     }
 
     /// Reads the password, if one is given.
@@ -79,6 +90,9 @@ impl ClientArgs {
         let mut v = serde_json::json!({"name": name, "room": self.room});
         if self.json {
             v["format"] = "json".into();
+        }
+        if self.history > 0 {
+            v["history"] = self.history.into();
         }
         if let Some(pw) = &self.password {
             v["password"] = pw.as_str().into();
@@ -109,14 +123,9 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a usable number of seconds"))
 }
 
-/// Rewrites `-name` and `-name=value` to `--name...` when `name` is a long flag of `cmd`, the
-/// way Go's `flag` package reads them. Short flags (`-a`) and values are left alone.
-pub fn go_style_args(
-    args: impl IntoIterator<Item = OsString>,
-    cmd: &clap::Command,
-) -> Vec<OsString> {
-    let longs: Vec<String> = cmd
-        .get_arguments()
+/// The long flags of `cmd` (and their aliases), `help` and `version` included.
+fn long_flags(cmd: &clap::Command) -> Vec<String> {
+    cmd.get_arguments()
         .flat_map(|a| {
             a.get_long().into_iter().map(str::to_owned).chain(
                 a.get_all_aliases()
@@ -126,7 +135,64 @@ pub fn go_style_args(
             )
         })
         .chain(["help".to_owned(), "version".to_owned()])
-        .collect();
+        .collect()
+}
+
+/// `unknown flag -romm: did you mean -room?` for the first flag (one dash or two) that is not
+/// one of `cmd`'s but is within two edits of one, written with the dashes the user used. An
+/// unknown flag like no other is left to clap's own error.
+pub fn misspelt_flag(args: &[OsString], cmd: &clap::Command) -> Option<String> {
+    let longs = long_flags(cmd);
+    for arg in args.iter().skip(1) {
+        let Some(s) = arg.to_str() else { continue };
+        if s == "--" {
+            return None;
+        }
+        let (dashes, body) = match (s.strip_prefix("--"), s.strip_prefix('-')) {
+            (Some(body), _) => ("--", body),
+            (None, Some(body)) => ("-", body),
+            (None, None) => continue,
+        };
+        let name = body.split('=').next().unwrap_or(body);
+        if name.is_empty() || longs.iter().any(|l| l == name) {
+            continue;
+        }
+        let (distance, best) = longs
+            .iter()
+            .map(|l| (edit_distance(name, l), l))
+            .min_by_key(|(d, _)| *d)?;
+        if distance <= 2 && distance < name.chars().count() {
+            return Some(format!(
+                "unknown flag {dashes}{name}: did you mean {dashes}{best}?"
+            ));
+        }
+    }
+    None
+}
+
+/// Levenshtein distance over characters: inserting, removing or changing one counts one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let changed = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = changed.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Rewrites `-name` and `-name=value` to `--name...` when `name` is a long flag of `cmd`, the
+/// way Go's `flag` package reads them. Short flags (`-a`) and values are left alone.
+pub fn go_style_args(
+    args: impl IntoIterator<Item = OsString>,
+    cmd: &clap::Command,
+) -> Vec<OsString> {
+    let longs = long_flags(cmd);
     let mut out = Vec::new();
     let mut rest_positional = false;
     for arg in args {
@@ -193,6 +259,52 @@ mod tests {
         assert!(random_name().starts_with("User"));
         assert!(is_quit("/quit") && is_quit("/QUIT now") && is_quit("/quit\tx"));
         assert!(!is_quit(" /quit") && !is_quit("//quit") && !is_quit("/quitter"));
+    }
+
+    #[test]
+    fn a_misspelt_flag_gets_the_right_one_suggested() {
+        let cmd = ClientArgs::command();
+        let check = |a: &[&str]| {
+            let args: Vec<OsString> = a.iter().map(OsString::from).collect();
+            misspelt_flag(&args, &cmd)
+        };
+        assert_eq!(
+            check(&["c", "-romm", "dev"]).as_deref(),
+            Some("unknown flag -romm: did you mean -room?")
+        );
+        assert_eq!(
+            check(&["c", "--clinet=Mina"]).as_deref(),
+            Some("unknown flag --clinet: did you mean --client?")
+        );
+        assert_eq!(
+            check(&["c", "-room", "dev", "-adress", "x"]).as_deref(),
+            Some("unknown flag -adress: did you mean -address?")
+        );
+        assert_eq!(
+            check(&["c", "-pasword-file", "f"]).as_deref(),
+            Some("unknown flag -pasword-file: did you mean -password-file?")
+        );
+        // Known flags, values, and flags like no other are not its business.
+        assert_eq!(check(&["c", "-room", "dev", "--history", "5"]), None);
+        assert_eq!(check(&["c", "-zzzzzz"]), None);
+        assert_eq!(check(&["c", "--", "-romm"]), None);
+        assert_eq!(edit_distance("romm", "room"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn history_is_asked_only_when_wanted() {
+        let args = ["c", "-client", "Mina", "-history", "10"];
+        let c = ClientArgs::try_parse_from(go_style_args(
+            args.iter().map(std::ffi::OsString::from),
+            &ClientArgs::command(),
+        ))
+        .unwrap();
+        assert_eq!(
+            c.handshake("Mina"),
+            br#"{"name":"Mina","room":"lounge","history":10}"#
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// packets cannot use up the whole reconnect time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server that has spoken machat's JSON before and neither lets us in nor refuses by then is
-/// taken for stuck (its own handshake timeout is 10 s).
+/// taken for stuck (it answers a handshake as soon as it has read it: a wrong password in about
+/// a second).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// MaChat's Go server says nothing on a join: when no server has ever sent machat's JSON, this
 /// long with the connection still open counts as being in.
@@ -138,12 +139,10 @@ impl Failover {
     ) -> io::Result<Ending> {
         // At start, as with one address: each address once, in order.
         let (mut at, mut stream) = connect(&args, tls.as_ref()).await?;
-        eprintln!(
-            "machat-client: connected as {name} in {}; type a line and press Enter",
-            args.room
-        );
+        let mut tracker = Tracker::new(name, args.room.clone(), args.json);
+        tracker.show = args.history;
         let mut me = Failover {
-            tracker: Tracker::new(name, args.room.clone(), args.json),
+            tracker,
             args,
             tls,
             stdin: read_stdin(),
@@ -158,13 +157,25 @@ impl Failover {
                 End::Done => return Ok(Ending::Done),
                 End::Lost { refusal, why } => (refusal, why),
             };
-            if !me.tracker.joined_once && refusal.is_some() {
+            let addr = me.args.address[at].clone();
+            let with_password = me.args.password.is_some();
+            match refusal.as_deref() {
                 // Never in: a refusal (a taken name, a wrong password) is the answer, as it
                 // is with one address.
-                eprintln!("machat-client: the server closed the connection");
-                return Ok(Ending::ServerClosed);
+                Some(r) if !me.tracker.joined_once => {
+                    eprintln!("machat-client: the server closed the connection");
+                    crate::refused::advise(r, &me.tracker.name, with_password);
+                    return Ok(Ending::ServerClosed);
+                }
+                // Back after a loss, refused for what retrying will not change (a ban, a
+                // password changed meanwhile): said once, and the end.
+                Some(r) if !crate::refused::may_pass_later(r) => {
+                    eprintln!("machat-client: {addr} refused the join: {r}; not retrying");
+                    crate::refused::advise(r, &me.tracker.name, with_password);
+                    return Ok(Ending::ServerClosed);
+                }
+                _ => {}
             }
-            let addr = me.args.address[at].clone();
             match me.outage.as_mut() {
                 None => {
                     let limit = me.args.reconnect_for;
@@ -454,6 +465,11 @@ impl Failover {
     /// The connection let us in: after an outage, say so and what could be resumed.
     fn now_in(&mut self, conn: &Conn, addr: &str) {
         let Some(o) = self.outage.take() else {
+            // Said once the server let us in, not when the socket connected.
+            eprintln!(
+                "machat-client: connected as {} in {}; type a line and press Enter",
+                self.tracker.name, conn.room
+            );
             if let Some(reason) = &conn.no_history {
                 if !std::mem::replace(&mut self.tracker.history_said, true) {
                     eprintln!(

@@ -2,8 +2,8 @@
 //! each line the server sends. Like MaChat's example client it sends nothing else unless asked
 //! to, so it works against the original Go server too.
 //!
-//! With more than one `-address` it also fails over: when the connection is lost it reconnects
-//! to the next address and resumes by message id, so that a node of a cluster can die without
+//! Unless `-reconnect-for 0` it also fails over: when the connection is lost it reconnects
+//! to the next address (or the same one, if there is one) and resumes by message id, so that a node of a cluster can die without
 //! the user missing or seeing twice any message. To know the ids it asks the server for JSON and
 //! renders each event itself to the very bytes the server sends a plain-text client.
 //!
@@ -15,6 +15,7 @@ mod direct;
 mod failover;
 mod input;
 mod net;
+mod refused;
 mod render;
 mod tls;
 mod tracker;
@@ -59,13 +60,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the client on stdin and stdout: with several addresses (and a reconnect time) the
-/// failover client, else the plain one.
+/// Runs the client on stdin and stdout: with a reconnect time (the default) the failover
+/// client, with one address as with several; with `-reconnect-for 0` the plain one.
 async fn run(mut args: ClientArgs) -> io::Result<Ending> {
     args.load_password()?;
     let name = args.client.clone().unwrap_or_else(random_name);
     let tls = net::tls_connector(&args)?;
-    if args.address.len() > 1 && !args.reconnect_for.is_zero() {
+    if !args.reconnect_for.is_zero() {
         return Failover::start(args, name, tls).await;
     }
     direct::run(args, name, tls).await

@@ -49,6 +49,9 @@ pub struct Tracker {
     pub join_shown: bool,
     /// "The server keeps no history" was said already.
     pub history_said: bool,
+    /// `-history N`: the replay of the first join is shown, N messages (0: asked for one, to
+    /// learn where the room stands, and not shown).
+    pub show: u64,
 }
 
 /// What one connection has shown so far.
@@ -87,6 +90,7 @@ impl Tracker {
             joined_once: false,
             join_shown: false,
             history_said: false,
+            show: 0,
         }
     }
 
@@ -115,7 +119,7 @@ impl Tracker {
     pub fn handshake(&self, ask: Ask, password: Option<&str>) -> Vec<u8> {
         let mut v = serde_json::json!({"name": self.name, "room": self.room, "format": "json"});
         match ask {
-            Ask::Start => v["history"] = 1.into(),
+            Ask::Start => v["history"] = self.show.max(1).into(),
             Ask::Since(id) => v["since"] = id.into(),
         }
         if let Some(pw) = password {
@@ -232,7 +236,7 @@ impl Tracker {
             Some(Block::Ours) if conn.ask == Ask::Start => {
                 let last = self.last.entry(room.to_owned()).or_insert(id);
                 *last = (*last).max(id);
-                return false;
+                return self.show > 0;
             }
             _ => {}
         }

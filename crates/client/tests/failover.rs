@@ -363,6 +363,34 @@ fn a_server_that_answers_in_text_is_printed_as_is() {
     assert_eq!(lines, "hello\n");
 }
 
+/// Issue 15: one `-address` is enough to reconnect: the same server, back on its port, and
+/// the user sees what was missed meanwhile once.
+#[test]
+fn one_address_is_enough_to_reconnect() {
+    let dir = temp_dir();
+    let d = dir.to_str().expect("utf-8 temp dir");
+    let p = free_port();
+    let args = ["--data-dir", d];
+    let mut a = start_on(p, &args);
+    let addr = a.addr.to_string();
+    let mut cli = Cli::spawn(&["-client", "Cli", "-room", "r", "-address", &addr]);
+    cli.wait_out("*** Cli joined");
+    a.signal("-KILL");
+    let _ = a.child.wait();
+    cli.wait_err("reconnecting");
+    let b = start_on(p, &args);
+    let mut other = b.connect("Other", "r");
+    other.send("after the restart\n");
+    other.expect("Other:after the restart");
+    cli.wait_err(&format!("reconnected to {addr}"));
+    cli.wait_out("Other:after the restart");
+    cli.type_in("back\n");
+    other.until("Cli:back");
+    cli.wait_out("Cli:back");
+    assert_eq!(cli.finish().code(), Some(0), "{}", cli.err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_refused_first_join_ends_the_client_as_with_one_address() {
     let server = Server::start(&["--history", "memory"]);

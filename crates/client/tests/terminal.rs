@@ -52,7 +52,12 @@ fn terminal_client_chats_and_exits_cleanly_at_end_of_input() {
 fn terminal_client_exits_non_zero_when_the_server_closes() {
     let mut server = Server::start(&[]);
     let mut watcher = server.connect("watcher", "dev");
-    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    // Without a reconnect time: the lost connection is the end (the reconnect with one address
+    // is tested in failover.rs).
+    let mut child = client_cmd(&server, "Mina")
+        .args(["-reconnect-for", "0"])
+        .spawn()
+        .unwrap();
     watcher.expect("*** Mina joined");
     let _stdin = child.stdin.take();
     // Mina's own copy of her join line goes out on her connection's task, at about the moment
@@ -281,4 +286,135 @@ fn machat_client_connects_with_tls_and_a_private_ca() {
         err.contains("certificate") || err.contains("trusted"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The first minute (issue 15): "connected" only once in, a refusal once with what to do, recent
+// messages on join, a misspelt flag.
+
+/// A name registered without its password: the refusal once on stdout, as the server sent
+/// it, then which flag sends a password; exit 1 at once, without retrying. The same with the
+/// plain client (`-reconnect-for 0`), and "connected" is never said.
+#[test]
+fn a_registered_name_without_its_password_is_told_which_flag_sends_it() {
+    let dir = temp_dir();
+    user_add(&dir, "Zed", "zpw");
+    let server = Server::start(&["--data-dir", dir.to_str().unwrap()]);
+    for extra in [&[][..], &["-reconnect-for", "0"]] {
+        let mut child = client_cmd(&server, "Zed").args(extra).spawn().unwrap();
+        let _stdin = child.stdin.take();
+        let (status, stdout, stderr) = wait_output(child);
+        assert_eq!(status.code(), Some(1), "{extra:?} {stderr}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        assert!(
+            stdout.starts_with("*** error: ") && stdout.contains("authentication failed")
+                || stdout.contains("is registered"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains("if Zed is your registered name, run with -password-file FILE"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("connected as"), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+    }
+    // A wrong password is told apart.
+    let pwfile = dir.join("wrong.txt");
+    std::fs::write(&pwfile, "nope\n").unwrap();
+    let mut child = client_cmd(&server, "Zed")
+        .arg("-password-file")
+        .arg(&pwfile)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let (status, _, stderr) = wait_output(child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the password for Zed was not accepted"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An invalid name is refused once with what to change, and "connected" comes only after the
+/// server let a client in.
+#[test]
+fn a_bad_name_is_refused_once_and_connected_is_said_only_once_in() {
+    let server = Server::start(&[]);
+    let mut child = client_cmd(&server, "Mina Lee").spawn().unwrap();
+    let _stdin = child.stdin.take();
+    let (status, stdout, stderr) = wait_output(child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stdout,
+        "*** error: names cannot contain spaces: use _ or - instead\n"
+    );
+    assert!(
+        stderr.contains("choose another name with -client NAME"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("connected as"), "{stderr}");
+    let mut watcher = server.connect("watcher", "dev");
+    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    watcher.expect("*** Mina joined");
+    drop(child.stdin.take());
+    let (status, _, stderr) = wait_output(child);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("connected as Mina in dev; type a line and press Enter"),
+        "{stderr}"
+    );
+}
+
+/// `-history N` shows the room's last N messages on joining, with one address and with the
+/// plain client; without it, none.
+#[test]
+fn history_flag_shows_recent_messages_on_join() {
+    let server = Server::start(&["--history", "memory"]);
+    let mut watcher = server.connect("watcher", "dev");
+    for i in 1..=3 {
+        watcher.send(&format!("m{i}\n"));
+        watcher.expect(&format!("watcher:m{i}"));
+    }
+    for extra in [&[][..], &["-reconnect-for", "0"]] {
+        let mut child = client_cmd(&server, "Mina")
+            .args(["-history", "2"])
+            .args(extra)
+            .spawn()
+            .unwrap();
+        watcher.expect("*** Mina joined");
+        drop(child.stdin.take());
+        watcher.expect("*** Mina left");
+        let (status, stdout, stderr) = wait_output(child);
+        assert!(status.success(), "{stderr}");
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("watcher:"))
+            .collect();
+        assert_eq!(lines, ["watcher:m2", "watcher:m3"], "{extra:?} {stdout}");
+    }
+    let mut child = client_cmd(&server, "Mina").spawn().unwrap();
+    watcher.expect("*** Mina joined");
+    drop(child.stdin.take());
+    let (status, stdout, stderr) = wait_output(child);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "*** Mina joined\n");
+}
+
+/// A misspelt flag gets the right one suggested, in the form it was typed.
+#[test]
+fn a_misspelt_flag_gets_the_right_one_suggested() {
+    for (flag, want) in [
+        ("-romm", "unknown flag -romm: did you mean -room?"),
+        ("--adress", "unknown flag --adress: did you mean --address?"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_machat-client"))
+            .args([flag, "dev"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
 }

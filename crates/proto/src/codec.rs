@@ -8,6 +8,9 @@
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+use crate::refusal::Refusal;
+use crate::sniff::{sniff, HttpHead, Sniff};
+
 /// Outcome of feeding bytes to a [`HandshakeDecoder`].
 #[derive(Debug, PartialEq)]
 pub enum HandshakeStatus {
@@ -17,6 +20,8 @@ pub enum HandshakeStatus {
     Done(Value, usize),
     /// The stream can never become a valid handshake.
     Invalid(String),
+    /// An HTTP request: a browser (or curl) pointed at the chat port (see [`crate::sniff`]).
+    Http(HttpHead),
 }
 
 /// Accumulates the first JSON value a client sends, however it is split over reads.
@@ -52,6 +57,18 @@ impl HandshakeDecoder {
             }
             return HandshakeStatus::Incomplete;
         };
+        // Not even the start of a JSON value: someone typing into `nc`, or a browser.
+        if typed_not_json(self.buf[start]) {
+            let more = self.buf.len() <= self.max;
+            return match (start, sniff(&self.buf, more)) {
+                (0, Sniff::Undecided) => HandshakeStatus::Incomplete,
+                (0, Sniff::Http(head)) => {
+                    self.buf = Vec::new();
+                    HandshakeStatus::Http(head)
+                }
+                _ => HandshakeStatus::Invalid(Refusal::NotAHandshake.to_string()),
+            };
+        }
         let mut stream =
             serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<PlainValue>();
         match stream.next() {
@@ -85,6 +102,18 @@ impl HandshakeDecoder {
             None => HandshakeStatus::Incomplete,
         }
     }
+}
+
+/// Whether `b`, a first byte, is text that cannot start a JSON value (`hello`, `GET /`, `привет`).
+/// It gets the hint of what to send (or, for a request line, an HTTP answer). A byte that may
+/// start JSON keeps the parser's own words on what is wrong, which say more to someone writing
+/// JSON; so does a control byte (a TLS hello on the plain port, a form feed), which nobody typed.
+fn typed_not_json(b: u8) -> bool {
+    let json = matches!(
+        b,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    );
+    !json && (b.is_ascii_graphic() || b >= 0x80)
 }
 
 /// A JSON value read as JSON says, without serde_json's private conventions.
@@ -405,6 +434,11 @@ impl StreamDecoder {
         if let Some(h) = &mut self.handshake {
             match h.feed(input) {
                 HandshakeStatus::Incomplete => return,
+                HandshakeStatus::Http(head) => {
+                    self.events.push(Event::BadHandshake(format!("{head:?}")));
+                    self.failed = true;
+                    return;
+                }
                 HandshakeStatus::Invalid(e) => {
                     self.events.push(Event::BadHandshake(e));
                     self.failed = true;
@@ -553,6 +587,52 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_json_gets_what_to_send() {
+        let hint = Refusal::NotAHandshake.to_string();
+        for typed in [
+            &b"hello\n"[..],
+            b"Hi there",
+            b"  hello\n",
+            b"\xd0\xbf",
+            b"GET x",
+        ] {
+            let mut h = HandshakeDecoder::new(4096);
+            assert_eq!(
+                h.feed(typed),
+                HandshakeStatus::Invalid(hint.clone()),
+                "{typed:?}"
+            );
+        }
+        // What may start JSON keeps the parser's words, and so do control bytes nobody types.
+        for json in [&b"{\"name\": }"[..], b"nope", b"\x16\x03\x01"] {
+            let mut h = HandshakeDecoder::new(4096);
+            assert!(matches!(
+                h.feed(json),
+                HandshakeStatus::Invalid(e) if e.starts_with("invalid handshake JSON")
+            ));
+        }
+        // A request line waits for its headers, within the limit.
+        let mut h = HandshakeDecoder::new(4096);
+        assert_eq!(
+            h.feed(b"GET / HTTP/1.1\r\nHost: x:1"),
+            HandshakeStatus::Incomplete
+        );
+        assert_eq!(
+            h.feed(b"\r\n\r\n"),
+            HandshakeStatus::Http(HttpHead {
+                head: false,
+                host: Some("x".into())
+            })
+        );
+        let mut h = HandshakeDecoder::new(64);
+        assert_eq!(h.feed(b"GET / HTTP/1.1\r\n"), HandshakeStatus::Incomplete);
+        assert!(matches!(h.feed(&[b'a'; 100]), HandshakeStatus::Http(_)));
+        let mut h = HandshakeDecoder::new(64);
+        assert_eq!(h.feed(&[b'G'; 1][..]), HandshakeStatus::Incomplete);
+        assert_eq!(h.feed(&[b'X'; 100]), HandshakeStatus::Invalid(hint));
+    }
+
+    #[test]
     fn a_number_is_not_judged_before_it_ends() {
         // Found by the handshake fuzzer: a valid handshake was refused ("number out of range")
         // when a read ended inside the digits of `1` and 400 zeros, before its `e-400`.
@@ -685,6 +765,10 @@ mod tests {
                         events.push(Event::BadHandshake(e));
                         return events;
                     }
+                    HandshakeStatus::Http(head) => {
+                        events.push(Event::BadHandshake(format!("{head:?}")));
+                        return events;
+                    }
                     HandshakeStatus::Done(v, used) => {
                         events.push(Event::Handshake(v.to_string()));
                         in_handshake = false;
@@ -735,6 +819,9 @@ mod tests {
                 Just(b" {\"room\":\"r\",\"name\":\"a\"} ".to_vec()),
                 Just(Vec::new()),
                 Just(b"[1,2]".to_vec()),
+                Just(b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec()),
+                Just(b"GET /".to_vec()),
+                Just(b"hello".to_vec()),
             ],
             cuts in proptest::collection::vec(0usize..260, 0..12),
             pause_every in 1usize..5,

@@ -9,3 +9,4 @@ pub mod message;
 pub mod protocol;
 pub mod refusal;
 pub mod request;
+pub mod sniff;

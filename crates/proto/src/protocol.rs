@@ -180,16 +180,30 @@ fn validate_ident(what: &str, s: &str, max: usize) -> Result<(), String> {
         return Err(format!("{what} is longer than {max} characters"));
     }
     if let Some(c) = s.chars().find(|&c| !allowed_in_ident(c)) {
-        let shown = if matches!(c, ':' | '*' | '/') {
-            c.to_string()
-        } else {
-            format!("U+{:04X}", c as u32)
-        };
-        return Err(format!(
-            "{what} may not contain {shown} (no whitespace, control characters, ':', '*' or '/')"
-        ));
+        return Err(format!("{what}s cannot contain {}", forbidden(c)));
     }
     Ok(())
+}
+
+/// What is wrong with a forbidden character, in words a person can act on: the character
+/// itself when it shows (`":"`), its code point when it may not (`U+200B`), and why or what to
+/// do instead.
+fn forbidden(c: char) -> String {
+    use unicode_security::general_security_profile::IdentifierType;
+    use unicode_security::GeneralSecurityProfile;
+    let kind = match c {
+        ' ' => return "spaces: use _ or - instead".to_owned(),
+        ':' => return "\":\" (it ends the name in a message line)".to_owned(),
+        '*' => return "\"*\" (it marks the server's lines)".to_owned(),
+        '/' => return "\"/\" (it starts commands)".to_owned(),
+        c if c.is_control() => "a control character",
+        c if c.is_whitespace() => "a space: use _ or - instead",
+        c if c.identifier_type() == Some(IdentifierType::Default_Ignorable) => {
+            "an invisible character"
+        }
+        _ => "a character that may not show as itself",
+    };
+    format!("U+{:04X} ({kind})", c as u32)
 }
 
 /// The keys names are compared by, for uniqueness in a room and for registration: two names
@@ -770,9 +784,9 @@ mod tests {
             (json!({"name": "a", "room": ""}), "room must not be empty"),
             (
                 json!({"name": "Bob\nAlice", "room": "r"}),
-                "may not contain",
+                "names cannot contain",
             ),
-            (json!({"name": "a:b", "room": "r"}), "may not contain"),
+            (json!({"name": "a:b", "room": "r"}), "names cannot contain"),
             (json!({"name": "a", "room": "r", "format": "xml"}), "format"),
             (
                 json!({"name": "a", "room": "r", "history": -1}),
@@ -815,6 +829,52 @@ mod tests {
         }
         assert!(validate_room(&"r".repeat(64)).is_ok());
         assert!(validate_room(&"r".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn name_refusals_say_what_is_wrong_in_plain_words() {
+        for (name, want) in [
+            (
+                "Mina Lee",
+                "names cannot contain spaces: use _ or - instead",
+            ),
+            (
+                "a:b",
+                "names cannot contain \":\" (it ends the name in a message line)",
+            ),
+            (
+                "***",
+                "names cannot contain \"*\" (it marks the server's lines)",
+            ),
+            ("a/b", "names cannot contain \"/\" (it starts commands)"),
+            (
+                "a\u{1b}[31m",
+                "names cannot contain U+001B (a control character)",
+            ),
+            (
+                "Mina\u{200b}",
+                "names cannot contain U+200B (an invisible character)",
+            ),
+            (
+                "Mina\u{e0100}",
+                "names cannot contain U+E0100 (an invisible character)",
+            ),
+            (
+                "Mina\u{a0}Lee",
+                "names cannot contain U+00A0 (a space: use _ or - instead)",
+            ),
+            (
+                "Mina\u{e000}",
+                "names cannot contain U+E000 (a character that may not show as itself)",
+            ),
+            ("", "name must not be empty"),
+        ] {
+            assert_eq!(validate_name(name).unwrap_err(), want, "{name:?}");
+        }
+        assert_eq!(
+            validate_room("r\tx").unwrap_err(),
+            "rooms cannot contain U+0009 (a control character)"
+        );
     }
 
     #[test]

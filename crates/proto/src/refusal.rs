@@ -113,6 +113,13 @@ pub enum Refusal {
     /// `--max-connections`, at a version-2 `join`.
     #[error("server full: too many connections and rooms")]
     ServerFullOfSeats,
+    /// A first line that is text, not JSON (someone typing into `nc`): what to send instead.
+    #[error("start with {{\"name\":\"you\",\"room\":\"lobby\"}}")]
+    NotAHandshake,
+    /// `--max-handshakes-per-ip`, at connect: too many of the address's connections have not
+    /// sent their handshake yet.
+    #[error("too many connections from your address waiting to start")]
+    TooManyWaiting,
     /// No complete handshake within `--handshake-timeout`.
     #[error("handshake timeout")]
     HandshakeTimeout,
@@ -240,6 +247,19 @@ impl Refusal {
     }
 }
 
+/// The body of the HTTP answer to a browser (or curl) on a chat port: what the port is, and
+/// where the web page is (`web`, as `http://HOST:PORT/`), or that the web side is off.
+pub fn chat_port_page(web: Option<&str>) -> String {
+    let page = match web {
+        Some(url) => format!("The web page is at {url}"),
+        None => "This server's web page is off (--http off).".to_owned(),
+    };
+    format!(
+        "This is machat's chat port: connect with nc, machat-client or a MaChat client. {page}\n\
+         With nc, start with {{\"name\":\"you\",\"room\":\"lobby\"}} and press Enter.\n"
+    )
+}
+
 /// A notice a client can be told (`*** TEXT`, `{"type":"notice","text":"TEXT"}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum Notice {
@@ -278,6 +298,17 @@ mod tests {
         assert_eq!(Notice::MarksFull.to_string(), Notice::MarksFull.text());
         assert_eq!(Refusal::SlowConsumer.close_reason(), "slow consumer");
         assert_eq!(Refusal::LineTooLong.close_reason(), "line too long");
+    }
+
+    #[test]
+    fn the_chat_port_page_says_where_the_web_page_is() {
+        assert_eq!(
+            chat_port_page(Some("http://chat.example.com:8080/")),
+            "This is machat's chat port: connect with nc, machat-client or a MaChat client. \
+             The web page is at http://chat.example.com:8080/\n\
+             With nc, start with {\"name\":\"you\",\"room\":\"lobby\"} and press Enter.\n"
+        );
+        assert!(chat_port_page(None).contains("This server's web page is off (--http off)."));
     }
 
     #[test]
@@ -321,6 +352,14 @@ mod tests {
             (
                 Refusal::Conversation,
                 "rooms starting with @ are direct conversations: open one with {\"type\":\"dm\",\"to\":\"NAME\"}",
+            ),
+            (
+                Refusal::NotAHandshake,
+                "start with {\"name\":\"you\",\"room\":\"lobby\"}",
+            ),
+            (
+                Refusal::TooManyWaiting,
+                "too many connections from your address waiting to start",
             ),
             (
                 Refusal::DmNotRegistered("Zed".into()),

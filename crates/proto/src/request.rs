@@ -472,7 +472,7 @@ mod tests {
             (
                 r#"{"req":1,"type":"say","room":"a/b","text":"hi"}"#,
                 Some("1"),
-                "room may not contain /",
+                "rooms cannot contain \"/\"",
             ),
             (
                 r#"{"req":1,"type":"say","room":"a"}"#,
@@ -487,7 +487,7 @@ mod tests {
             (
                 r#"{"req":1,"type":"msg","room":"a","to":"B b","text":"x"}"#,
                 Some("1"),
-                "name may not contain",
+                "names cannot contain",
             ),
             (r#"{"req":1,"type":"nick"}"#, Some("1"), "missing \"name\""),
             (
@@ -559,7 +559,7 @@ mod tests {
             (
                 r#"{"req":1,"type":"dm","to":"a b"}"#,
                 Some("1"),
-                "name may not contain",
+                "names cannot contain",
             ),
         ];
         for (line, req, want) in cases {

@@ -227,7 +227,7 @@ pub struct Config {
         help_heading = "Limits",
         long,
         env = "MACHAT_HANDSHAKE_TIMEOUT",
-        default_value_t = 10.0
+        default_value_t = 60.0
     )]
     pub handshake_timeout: f64,
 
@@ -376,6 +376,17 @@ pub struct Config {
     /// SIGHUP re-reads it. Relative paths in it are relative to the file's directory.
     #[arg(long, env = "MACHAT_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Connections from one IP address that may be in their handshake at once (chat and TLS
+    /// ports); more are refused at once. Bounds slow-loris clients under the long handshake
+    /// timeout. 0 = no limit.
+    #[arg(
+        long,
+        help_heading = "Limits",
+        env = "MACHAT_MAX_HANDSHAKES_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_handshakes_per_ip: usize,
 }
 
 /// What `machat` does instead of serving.
@@ -587,6 +598,7 @@ impl Config {
                 max_rooms_per_session: self.max_rooms_per_session,
                 leave_grace: Duration::try_from_secs_f64(self.leave_grace)
                     .unwrap_or(Limits::default().leave_grace),
+                max_handshakes_per_ip: self.max_handshakes_per_ip,
             },
             history: HistorySettings {
                 mode: match self.history {
