@@ -45,7 +45,10 @@ fn a_registered_name_needs_its_password_and_failures_all_look_alike() {
     let d = dir.to_str().unwrap();
     let server = Server::start(&["--data-dir", d]);
 
-    let none = failed(&server, r#"{"name":"Mina","room":"r"}"#);
+    // No password at all: said plainly (`/nick Mina` below says as much), after the same delay.
+    let (line, none, mut c) = attempt(&server, r#"{"name":"Mina","room":"r"}"#);
+    assert_eq!(line, "*** error: name Mina is registered: send its password");
+    assert!(c.closed(), "not closed after the refusal");
     let wrong = failed(
         &server,
         r#"{"name":"Mina","room":"r","password":"battery staple"}"#,

@@ -1,7 +1,8 @@
 //! The machat server: flags in, settings made of them, server out (or `machat user ...`:
-//! registered names). The flags live here and nowhere else: the library takes
+//! registered names; `machat backup|export|import`: the data dir, see `admin`). The flags live here and nowhere else: the library takes
 //! [`machat::settings::Settings`].
 
+mod admin;
 mod config;
 
 use std::error::Error;
@@ -14,6 +15,13 @@ fn main() -> ExitCode {
     let config = Config::from_args();
     if let Some(Command::User { action }) = &config.command {
         return user(&config, action);
+    }
+    if let Some(done) = config
+        .command
+        .as_ref()
+        .and_then(|c| admin::run(c, &config.settings().auth))
+    {
+        return exit(done);
     }
     machat::init_logging();
     if let Err(e) = config.validate() {
@@ -32,9 +40,13 @@ fn main() -> ExitCode {
 fn user(config: &Config, action: &UserAction) -> ExitCode {
     let settings = config.settings();
     let done = match &settings.cluster {
-        Some(cluster) => cluster_user(cluster, action),
+        Some(cluster) => cluster_user(cluster, &settings.auth, action),
         None => local_user(&settings.auth, action),
     };
+    exit(done)
+}
+
+fn exit(done: Result<(), Box<dyn Error>>) -> ExitCode {
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -45,14 +57,18 @@ fn user(config: &Config, action: &UserAction) -> ExitCode {
 }
 
 /// `machat user ... --nats URL`: the names registered for every node of a cluster.
-fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Box<dyn Error>> {
+fn cluster_user(
+    cluster: &ClusterSettings,
+    auth: &AuthSettings,
+    action: &UserAction,
+) -> Result<(), Box<dyn Error>> {
     use machat::cluster::users;
     let (url, replicas) = (cluster.url.as_str(), cluster.replicas);
     let at = machat::cluster::redact_url(url);
     match action {
         UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
-            let hash = machat::auth::new_hash(name, &password)?;
+            let hash = machat::auth::new_hash(name, &password, auth.min_password_length)?;
             users::add(url, replicas, name, &hash, *admin)?;
             let role = if *admin { " as an admin" } else { "" };
             eprintln!("machat: {name} is registered{role} in the cluster at {at}");
@@ -86,6 +102,7 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
             eprintln!("machat: {revoked} login(s) of {name} revoked in the cluster at {at}");
             Ok(())
         }
+        UserAction::Passwd { name } => admin::cluster_passwd(cluster, auth, name),
     }
 }
 
@@ -94,7 +111,7 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
     match action {
         UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
-            machat::auth::add_user(dir, name, &password, *admin)?;
+            machat::auth::add_user(auth, name, &password, *admin)?;
             let role = if *admin { " as an admin" } else { "" };
             eprintln!("machat: {name} is registered{role} in {}", dir.display());
             Ok(())
@@ -126,6 +143,7 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
             eprintln!("machat: {revoked} login(s) of {name} revoked");
             Ok(())
         }
+        UserAction::Passwd { name } => admin::passwd(auth, name),
     }
 }
 
