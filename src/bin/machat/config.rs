@@ -688,7 +688,7 @@ mod tests {
     fn data_subcommands() {
         assert!(matches!(
             parse(&["machat", "backup", "b", "--force", "--data-dir", "d"]).command,
-            Some(Command::Backup { dir, force: true }) if dir == PathBuf::from("b")
+            Some(Command::Backup { dir, force: true }) if dir == std::path::Path::new("b")
         ));
         assert!(matches!(
             parse(&["machat", "export", "--room", "r", "--since", "7"]).command,
