@@ -29,6 +29,8 @@ const BUSY: Duration = Duration::from_secs(5);
 pub enum BackupError {
     #[error("{} already exists and is not empty (--force writes over the files in it)", .0.display())]
     Exists(PathBuf),
+    #[error("{} is the data dir itself: back up into another directory", .0.display())]
+    IntoDataDir(PathBuf),
     #[error("nothing to back up: {} holds no machat database", .0.display())]
     Nothing(PathBuf),
     #[error("cannot create {}: {source}", path.display())]
@@ -70,6 +72,11 @@ pub fn backup(data_dir: &Path, out: &Path, force: bool) -> Result<Vec<Copied>, B
         .collect();
     if sources.is_empty() {
         return Err(BackupError::Nothing(data_dir.to_owned()));
+    }
+    // Into the data dir itself, a copy would be renamed over the live file under the server.
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if same(out, data_dir) {
+        return Err(BackupError::IntoDataDir(out.to_owned()));
     }
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if out.exists() && (!out.is_dir() || (non_empty && !force)) {

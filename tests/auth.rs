@@ -532,3 +532,53 @@ fn a_missing_password_is_named_only_where_registration_is_no_secret() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With --nats, `user passwd` changes the cluster's record: a node started after it takes the
+/// new password and refuses the old; a name the cluster does not hold is an error.
+#[test]
+fn user_passwd_works_on_the_clusters_names() {
+    let nats = common::Nats::start();
+    let url = nats.url();
+    let at = ["--nats", url.as_str()];
+    fn with<'a>(args: &[&'a str], at: &[&'a str]) -> Vec<&'a str> {
+        args.iter().chain(at).copied().collect()
+    }
+    let with = |args: &[&'static str]| with(args, &at);
+    let (code, err) = user_cmd(&with(&["add", "Mina", "--admin"]), "first password\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = user_cmd(&with(&["passwd", "Zed"]), "long enough\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("Zed is not registered in the cluster"),
+        "{err}"
+    );
+    let (code, err) = user_cmd(&with(&["passwd", "Mina"]), "short\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("password too short: at least 8 characters"),
+        "{err}"
+    );
+    let (code, err) = user_cmd(&with(&["passwd", "Mina"]), "second password\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("Mina has a new password in the cluster"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(with(&["user", "list"]))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Mina (admin)\n");
+
+    let node = Server::start(&at);
+    let (line, _, _) = attempt(
+        &node,
+        r#"{"name":"Mina","room":"r","password":"second password"}"#,
+    );
+    assert_eq!(line, "*** Mina joined");
+    let (line, _, _) = attempt(
+        &node,
+        r#"{"name":"Mina","room":"r2","password":"first password"}"#,
+    );
+    assert_eq!(line, "*** error: authentication failed");
+}

@@ -195,6 +195,26 @@ fn a_backup_during_a_flood_restores_to_the_same_history_and_goes_on_after_it() {
     let original_last = replay(&server, "r").last().unwrap().0;
     assert!(id > original_last, "{id} reuses an id the original gave");
 
+    // A dir with no database has nothing to back up.
+    let empty = temp_dir();
+    let (code, _, err) = machat(
+        &[
+            "backup",
+            &format!("{b}-none"),
+            "--data-dir",
+            empty.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing to back up"), "{err}");
+    assert!(!Path::new(&format!("{b}-none")).exists());
+
+    // Never into the data dir itself, --force or not.
+    let (code, _, err) = machat(&["backup", &d, "--force", "--data-dir", &d], "");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is the data dir itself"), "{err}");
+
     // --force writes over the copy.
     let (code, _, err) = machat(&["backup", &b, "--force", "--data-dir", &d], "");
     assert_eq!(code, Some(0), "{err}");

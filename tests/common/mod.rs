@@ -80,7 +80,9 @@ impl Server {
     }
 
     /// Starts `cmd` (the server, possibly wrapped) with `-a 127.0.0.1:0` and `args`, and a
-    /// data directory of its own unless `args` choose one.
+    /// data directory of its own unless `args` choose one. One data dir, one server: a test
+    /// that restarts a server on a directory it chose drops the old one first (which kills it
+    /// and waits for it to exit), or the new one refuses to start.
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
         let own_dir = if args.iter().any(|a| a.contains("data-dir")) {
             None

@@ -248,7 +248,7 @@ pub struct Config {
 pub enum Command {
     /// Registered names: `machat user add NAME [--admin]` (the password is read from stdin),
     /// `machat user remove NAME`, `machat user admin NAME on|off`, `machat user list`,
-    /// `machat user logout NAME` (revokes its web logins). Uses
+    /// `machat user logout NAME` (revokes its web logins), `machat user passwd NAME`. Uses
     /// --data-dir, or with --nats the cluster's names.
     User {
         #[command(subcommand)]
