@@ -6,8 +6,8 @@
 //! ([`crate::protocol::name_key`]), so a look-alike of a registered name (`mina`, Cyrillic
 //! `Мina`) is that name: it needs its password. A registered name sent with no password at
 //! all is told so (`name NAME is registered: send its password`) on a server without
-//! `--require-auth`, where `/nick` already says which names are registered. Every other failure answers the same `authentication
-//! failed` after the same delay (measured from the start of the check, which covers the hash's
+//! `--require-auth`, where `/nick` already says which names are registered. Every other
+//! failure answers the same `authentication failed` after the same delay (measured from the start of the check, which covers the hash's
 //! own time), so a guesser learns neither whether the name exists nor which part was wrong; an
 //! unknown name (under `--require-auth`) or a missing password is checked against a stand-in
 //! hash, so it costs the same and waits in the same queue as a wrong password. How often an

@@ -394,3 +394,22 @@ fn a_bad_line_stops_an_import_with_its_number_and_writes_nothing() {
     assert!(!dir.join("history.db").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A cluster keeps its history in JetStream: the data dir commands refuse `--nats` rather than
+/// copy an empty directory that would look like a backup (no NATS server is needed to say so).
+#[test]
+fn the_data_dir_commands_refuse_a_cluster() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap();
+    for args in [vec!["backup", "somewhere"], vec!["export"], vec!["import"]] {
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--data-dir", d, "--nats", "nats://127.0.0.1:1"])
+            .collect();
+        let (code, out, err) = machat(&all, "");
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("a cluster's history is in JetStream"), "{err}");
+        assert!(out.is_empty() && !dir.exists(), "{args:?} did something");
+    }
+}

@@ -5,13 +5,25 @@
 use std::error::Error;
 use std::io::Write;
 
-use machat::settings::{AuthSettings, ClusterSettings};
+use machat::settings::{AuthSettings, ClusterSettings, Settings};
 
 use crate::config::Command;
 
 /// Runs a data command; None if `command` is not one.
-pub fn run(command: &Command, auth: &AuthSettings) -> Option<Result<(), Box<dyn Error>>> {
-    let dir = &auth.data_dir;
+pub fn run(command: &Command, settings: &Settings) -> Option<Result<(), Box<dyn Error>>> {
+    if matches!(command, Command::User { .. }) {
+        return None;
+    }
+    if settings.cluster.is_some() {
+        // A cluster's history is in JetStream, not in a data dir: a copy of the data dir
+        // would be empty and look like a backup.
+        return Some(Err(
+            "backup, export and import work on --data-dir; a cluster's \
+             history is in JetStream (copy its stream with the NATS tools)"
+                .into(),
+        ));
+    }
+    let dir = &settings.history.data_dir;
     Some(match command {
         Command::Backup { dir: out, force } => backup(dir, out, *force),
         Command::Export { room, since } => export(dir, room.as_deref(), *since),

@@ -1,6 +1,6 @@
 //! The machat server: flags in, settings made of them, server out (or `machat user ...`:
-//! registered names; `machat backup|export|import`: the data dir, see `admin`). The flags live here and nowhere else: the library takes
-//! [`machat::settings::Settings`].
+//! registered names; `machat backup|export|import`: the data dir, see `admin`). The flags
+//! live here and nowhere else: the library takes [`machat::settings::Settings`].
 
 mod admin;
 mod config;
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     if let Some(done) = config
         .command
         .as_ref()
-        .and_then(|c| admin::run(c, &config.settings().auth))
+        .and_then(|c| admin::run(c, &config.settings()))
     {
         return exit(done);
     }
