@@ -4,8 +4,10 @@
 //! A registered name can be used only with its password; `--require-auth` closes the server to
 //! unregistered names. Names are looked up by their canonical key
 //! ([`crate::protocol::name_key`]), so a look-alike of a registered name (`mina`, Cyrillic
-//! `Мina`) is that name: it needs its password. Every failure answers the same `authentication
-//! failed` after the same delay (measured from the start of the check, which covers the hash's
+//! `Мina`) is that name: it needs its password. A registered name sent with no password at
+//! all is told so (`name NAME is registered: send its password`) on a server without
+//! `--require-auth`, where `/nick` already says which names are registered. Every other
+//! failure answers the same `authentication failed` after the same delay (measured from the start of the check, which covers the hash's
 //! own time), so a guesser learns neither whether the name exists nor which part was wrong; an
 //! unknown name (under `--require-auth`) or a missing password is checked against a stand-in
 //! hash, so it costs the same and waits in the same queue as a wrong password. How often an
@@ -61,6 +63,8 @@ pub enum AuthError {
     BadName { name: String, reason: String },
     #[error("the password must not be empty")]
     EmptyPassword,
+    #[error("password too short: at least {min} characters")]
+    ShortPassword { min: usize },
     #[error("the password is longer than {max} bytes")]
     LongPassword { max: usize },
     #[error("cannot hash the password: {0}")]
@@ -176,11 +180,16 @@ fn verify(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
-/// The hash to register `name` with, once the name and the password pass the rules.
-pub fn new_hash(name: &str, password: &str) -> Result<String, AuthError> {
+/// The hash to register `name` with, once the name and the password pass the rules: not
+/// empty, at least `min_chars` characters (counted as a person counts them, not in bytes), at
+/// most [`crate::protocol::MAX_PASSWORD`] bytes.
+pub fn new_hash(name: &str, password: &str, min_chars: usize) -> Result<String, AuthError> {
     check_name(name)?;
     if password.is_empty() {
         return Err(AuthError::EmptyPassword);
+    }
+    if password.chars().count() < min_chars {
+        return Err(AuthError::ShortPassword { min: min_chars });
     }
     if password.len() > crate::protocol::MAX_PASSWORD {
         return Err(AuthError::LongPassword {
@@ -193,7 +202,13 @@ pub fn new_hash(name: &str, password: &str) -> Result<String, AuthError> {
 /// `machat user add NAME [--admin]`: registers (or re-registers) a name. Refused if the name is
 /// too much like another registered name (the same [`name_key`]). A new password keeps the
 /// admin role the name had: taking it is `machat user admin NAME off`, never a side effect.
-pub fn add_user(data_dir: &Path, name: &str, password: &str, admin: bool) -> Result<(), AuthError> {
+pub fn add_user(
+    auth: &AuthSettings,
+    name: &str,
+    password: &str,
+    admin: bool,
+) -> Result<(), AuthError> {
+    let data_dir = auth.data_dir.as_path();
     check_name(name)?;
     let names = list_users(data_dir)?.into_iter().map(|l| l.name);
     if let Some(like) = lookalike(name, names) {
@@ -202,7 +217,7 @@ pub fn add_user(data_dir: &Path, name: &str, password: &str, admin: bool) -> Res
             like,
         });
     }
-    let hash = new_hash(name, password)?;
+    let hash = new_hash(name, password, auth.min_password_length)?;
     std::fs::create_dir_all(data_dir).map_err(|source| AuthError::CreateDir {
         path: data_dir.to_owned(),
         source,
@@ -225,6 +240,34 @@ pub fn lookalike(name: &str, registered: impl IntoIterator<Item = String>) -> Op
     registered
         .into_iter()
         .find(|other| other != name && name_key(other).clashes(&key))
+}
+
+/// `machat user passwd NAME`: a new password for a registered NAME (exactly as registered),
+/// which keeps its role. False, and nothing written, if NAME is not registered. The password
+/// must pass the same rules as `machat user add`'s.
+pub fn set_password(auth: &AuthSettings, name: &str, password: &str) -> Result<bool, AuthError> {
+    let path = db_path(&auth.data_dir);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let conn = open(&path, false).map_err(AuthError::database(&path))?;
+    let known: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(AuthError::read(&path))?;
+    if !known {
+        return Ok(false);
+    }
+    let hash = new_hash(name, password, auth.min_password_length)?;
+    conn.execute(
+        "UPDATE users SET hash = ?2 WHERE name = ?1",
+        params![name, hash],
+    )
+    .map(|n| n > 0)
+    .map_err(AuthError::database(&path))
 }
 
 /// `machat user remove NAME`. False if there was no such user.
@@ -594,6 +637,14 @@ impl Users {
             (None, Some(token)) => Proof::Token(&token.0),
             (password, _) => Proof::Password(password.as_ref().map(|p| p.0.as_str())),
         };
+        // No password for a registered name on an open server: what is missing is said (the
+        // name's being registered is no secret there), after the same delay as a failure, and
+        // not counted as one (nothing was guessed). Under --require-auth every name needs a
+        // password, so saying which ones are registered would tell: the one answer stays.
+        if stored.is_some() && !self.require && matches!(proof, Proof::Password(None)) {
+            tokio::time::sleep(FAIL_DELAY).await;
+            return Err(Refusal::RegisteredSendPassword(hs.name.clone()));
+        }
         self.verify_login(ip, &key, stored, proof).await?;
         Ok(Login::Person)
     }
@@ -872,6 +923,55 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    /// The settings of `dir` with passwords of at least `min` characters.
+    fn auth(dir: &Path, min: usize) -> AuthSettings {
+        AuthSettings {
+            data_dir: dir.to_owned(),
+            min_password_length: min,
+            ..AuthSettings::default()
+        }
+    }
+
+    #[test]
+    fn passwords_have_a_minimum_length_in_characters_and_passwd_keeps_the_role() {
+        let dir = std::env::temp_dir().join(format!("machat-passwd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let strict = auth(&dir, 8);
+        let err = add_user(&strict, "Mina", "seven77", false).unwrap_err();
+        assert_eq!(err.to_string(), "password too short: at least 8 characters");
+        // Eight characters of two bytes each: counted as eight, not sixteen or four.
+        add_user(&strict, "Mina", "éééééééé", true).unwrap();
+        assert!(
+            !set_password(&strict, "Bob", "long enough").unwrap(),
+            "not registered"
+        );
+        assert!(
+            !set_password(&strict, "mina", "long enough").unwrap(),
+            "a look-alike"
+        );
+        let err = set_password(&strict, "Mina", "short").unwrap_err();
+        assert_eq!(err.to_string(), "password too short: at least 8 characters");
+        let before = list_hash(&dir, "Mina");
+        assert!(set_password(&strict, "Mina", "long enough").unwrap());
+        let after = list_hash(&dir, "Mina");
+        assert_ne!(before, after);
+        assert!(verify("long enough", &after) && !verify("éééééééé", &after));
+        assert_eq!(
+            names(&dir),
+            [("Mina".to_string(), true)],
+            "the role is kept"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn list_hash(dir: &Path, name: &str) -> String {
+        let conn = open(&db_path(dir), false).unwrap();
+        conn.query_row("SELECT hash FROM users WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
     fn names(dir: &Path) -> Vec<(String, bool)> {
         list_users(dir)
             .unwrap()
@@ -884,17 +984,17 @@ mod tests {
     fn users_are_added_listed_and_removed() {
         let dir = std::env::temp_dir().join(format!("machat-auth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        add_user(&dir, "Mina", "secret", false).unwrap();
-        add_user(&dir, "Bob", "other", false).unwrap();
-        assert!(add_user(&dir, "bad name", "x", false).is_err());
-        assert!(add_user(&dir, "Empty", "", false).is_err());
-        let err = add_user(&dir, "BOB", "x", true).unwrap_err();
+        add_user(&auth(&dir, 1), "Mina", "secret", false).unwrap();
+        add_user(&auth(&dir, 1), "Bob", "other", false).unwrap();
+        assert!(add_user(&auth(&dir, 1), "bad name", "x", false).is_err());
+        assert!(add_user(&auth(&dir, 1), "Empty", "", false).is_err());
+        let err = add_user(&auth(&dir, 1), "BOB", "x", true).unwrap_err();
         assert!(matches!(err, AuthError::Lookalike { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             "name BOB is too much like Bob, already registered"
         );
-        add_user(&dir, "Bob", "new password", false).unwrap();
+        add_user(&auth(&dir, 1), "Bob", "new password", false).unwrap();
         let plain = |n: &[&str]| n.iter().map(|n| (n.to_string(), false)).collect::<Vec<_>>();
         assert_eq!(names(&dir), plain(&["Bob", "Mina"]));
         assert!(remove_user(&dir, "Bob").unwrap());
@@ -908,13 +1008,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("machat-admin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!set_admin(&dir, "Root", true).unwrap(), "no database yet");
-        add_user(&dir, "Root", "pw", true).unwrap();
-        add_user(&dir, "Mina", "pw", false).unwrap();
+        add_user(&auth(&dir, 1), "Root", "pw", true).unwrap();
+        add_user(&auth(&dir, 1), "Mina", "pw", false).unwrap();
         assert_eq!(
             names(&dir),
             [("Mina".to_string(), false), ("Root".to_string(), true)]
         );
-        add_user(&dir, "Root", "new pw", false).unwrap();
+        add_user(&auth(&dir, 1), "Root", "new pw", false).unwrap();
         assert_eq!(names(&dir)[1], ("Root".to_string(), true), "a new password");
         assert!(set_admin(&dir, "Root", false).unwrap());
         assert!(set_admin(&dir, "Mina", true).unwrap());

@@ -12,13 +12,17 @@
 pub use machat_proto::{act, codec, protocol, refusal, request, sniff};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
-// `settings`), the cluster's user commands and the store's benchmark.
+// `settings`; `backup`, `export` and `data_lock` for `machat backup|export|import`), the
+// cluster's user commands and the store's benchmark.
 pub mod auth;
+pub mod backup;
 mod bus;
 mod client;
 pub mod cluster;
 mod connection;
 mod context;
+pub mod data_lock;
+pub mod export;
 mod grace;
 mod hub;
 mod lifecycle;

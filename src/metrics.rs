@@ -170,6 +170,7 @@ pub fn rejection_reason(text: &str) -> &'static str {
         ("server full", "server_full"),
         ("too many connections from", "per_ip_limit"),
         ("authentication", "auth"),
+        ("is registered: send its password", "auth"),
         ("failed logins", "auth_rate_limited"),
         ("is full", "room_full"),
         ("too many rooms", "too_many_rooms"),

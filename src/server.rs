@@ -44,6 +44,9 @@ pub struct Server {
     budgeted: bool,
     /// What a reload (SIGHUP) changes while running.
     live: Live,
+    /// The data dir's lock (none in cluster mode; two if history and names were given two
+    /// dirs), let go only after `run` closed the stores.
+    _data_lock: Vec<crate::data_lock::DataLock>,
 }
 
 impl Server {
@@ -63,6 +66,17 @@ impl Server {
                 .with_max_waiting(limits.max_handshakes_per_ip),
         );
         let http_admission = Arc::new(Admission::new(max_total, limits.max_per_ip));
+        // One data dir, one server: a second one stops here, before it opens a database or
+        // listens. A cluster node keeps what it writes in NATS; the data dir is only read (its
+        // registered names), so it takes no lock.
+        let mut data_lock = Vec::new();
+        if settings.cluster.is_none() {
+            let (history, auth) = (&settings.history.data_dir, &settings.auth.data_dir);
+            for dir in std::iter::once(history).chain((auth != history).then_some(auth)) {
+                let lock = crate::data_lock::DataLock::acquire(dir).map_err(io::Error::other)?;
+                data_lock.push(lock);
+            }
+        }
         // A history database that cannot be opened stops the start, with its path and reason.
         // Cluster mode: NATS must be reachable at start; history then lives in JetStream.
         let cluster = match &settings.cluster {
@@ -181,6 +195,7 @@ impl Server {
             web,
             metrics,
             budgeted: settings.limits.max_queued_total > 0,
+            _data_lock: data_lock,
         })
     }
 

@@ -164,6 +164,9 @@ pub struct AuthSettings {
     pub require_auth: bool,
     /// How long a session token from `POST /api/login` lasts (`--login-ttl`).
     pub login_ttl: Duration,
+    /// The fewest characters a new password may have (`--min-password-length`): what
+    /// `machat user add` and `machat user passwd` accept.
+    pub min_password_length: usize,
 }
 
 /// Cluster mode on NATS JetStream.
@@ -232,6 +235,9 @@ pub const DEFAULT_DATA_DIR: &str = "machat-data";
 /// How long a session token from `POST /api/login` lasts (`--login-ttl`, 30 days).
 pub const DEFAULT_LOGIN_TTL: Duration = Duration::from_secs(30 * 86_400);
 
+/// The fewest characters of a new password (`--min-password-length`).
+pub const DEFAULT_MIN_PASSWORD_LENGTH: usize = 8;
+
 impl Default for Retention {
     fn default() -> Self {
         Retention {
@@ -260,6 +266,7 @@ impl Default for AuthSettings {
             data_dir: DEFAULT_DATA_DIR.into(),
             require_auth: false,
             login_ttl: DEFAULT_LOGIN_TTL,
+            min_password_length: DEFAULT_MIN_PASSWORD_LENGTH,
         }
     }
 }

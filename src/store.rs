@@ -606,6 +606,14 @@ impl Queue {
     }
 }
 
+/// The history database's file name in a data dir (registered names share it).
+pub const FILE: &str = "history.db";
+
+/// The `clean` mark a copy made by `machat backup` carries: the server it was taken from was
+/// running, so a server started on the copy continues its ids after the crash gap (the ids
+/// the original gave after the copy are never given again), and says why.
+pub const BACKUP_MARK: &str = "backup";
+
 /// After a crash, ids continue this far after the last stored one: ids handed out but lost
 /// with the unwritten batch (at most the queue and one batch) are never given again.
 const CRASH_GAP: u64 = QUEUE as u64 + 10_000;
@@ -639,7 +647,7 @@ impl SqliteStore {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join("history.db");
+        let path = dir.join(FILE);
         let cannot_open = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -649,9 +657,17 @@ impl SqliteStore {
             path: path.clone(),
             source,
         })?;
-        if crashed {
-            warn!(path = %path.display(), "the last run did not stop cleanly: the last batch of messages may be lost; ids continue after a gap");
-        }
+        let crashed = match crashed {
+            Prior::Clean => false,
+            Prior::Crashed => {
+                warn!(path = %path.display(), "the last run did not stop cleanly: the last batch of messages may be lost; ids continue after a gap");
+                true
+            }
+            Prior::Restored => {
+                warn!(path = %path.display(), "restored from a backup of a running server: ids continue after a gap");
+                true
+            }
+        };
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -710,7 +726,7 @@ impl SqliteStore {
     }
 }
 
-fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
+pub(crate) fn open_writer(path: &Path, sync: bool) -> rusqlite::Result<Connection> {
     // One thread owns this connection: SQLite's own locking is not needed.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -751,8 +767,16 @@ fn open_writer(path: &PathBuf, sync: bool) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Records that the store is in use; returns true if the previous run did not close it.
-fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
+/// How the store was left by whoever had it before.
+enum Prior {
+    Clean,
+    Crashed,
+    /// A copy from `machat backup` (see [`BACKUP_MARK`]).
+    Restored,
+}
+
+/// Records that the store is in use; says how the previous run left it.
+fn mark_open(conn: &Connection) -> rusqlite::Result<Prior> {
     let clean: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
             r.get(0)
@@ -767,7 +791,12 @@ fn mark_open(conn: &Connection) -> rusqlite::Result<bool> {
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')",
         [],
     )?;
-    Ok(has_messages && clean.as_deref() != Some("1"))
+    Ok(match clean.as_deref() {
+        _ if !has_messages => Prior::Clean,
+        Some("1") => Prior::Clean,
+        Some(BACKUP_MARK) => Prior::Restored,
+        _ => Prior::Crashed,
+    })
 }
 
 /// The bytes of history on disk (a chunk's length is in its record header: no blob is read).
@@ -1684,7 +1713,7 @@ impl Writer {
 
 /// A chunk holds its messages back to back: id, time (ms), action flag, name length (u16),
 /// name, text length (u32), text; numbers little-endian.
-fn encode(m: &MessageRef<'_>, out: &mut Vec<u8>) {
+pub(crate) fn encode(m: &MessageRef<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&m.id.to_le_bytes());
     out.extend_from_slice(&m.ts.0.to_le_bytes());
     out.push(u8::from(m.action));
@@ -1709,7 +1738,7 @@ enum Want {
 }
 
 /// Decodes a chunk; a damaged tail is dropped, never a panic.
-fn decode(data: &[u8]) -> Vec<StoredMessage> {
+pub(crate) fn decode(data: &[u8]) -> Vec<StoredMessage> {
     decode_where(data, |_| Want::Keep)
 }
 

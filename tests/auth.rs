@@ -45,7 +45,13 @@ fn a_registered_name_needs_its_password_and_failures_all_look_alike() {
     let d = dir.to_str().unwrap();
     let server = Server::start(&["--data-dir", d]);
 
-    let none = failed(&server, r#"{"name":"Mina","room":"r"}"#);
+    // No password at all: said plainly (`/nick Mina` below says as much), after the same delay.
+    let (line, none, mut c) = attempt(&server, r#"{"name":"Mina","room":"r"}"#);
+    assert_eq!(
+        line,
+        "*** error: name Mina is registered: send its password"
+    );
+    assert!(c.closed(), "not closed after the refusal");
     let wrong = failed(
         &server,
         r#"{"name":"Mina","room":"r","password":"battery staple"}"#,
@@ -384,17 +390,24 @@ fn a_lookalike_of_a_registered_name_needs_its_password() {
     user_add(&dir, "Mina", "pw");
     let d = dir.to_str().unwrap();
     let server = Server::start(&["--data-dir", d]);
-    // Case, Cyrillic М, fullwidth Ｍ: each asks for Mina's password.
+    // Case, Cyrillic М, fullwidth Ｍ: each asks for Mina's password (a missing one is named).
     for (name, password) in [
         ("mina", ""),
         ("MINA", r#","password":"guess""#),
         ("\u{41c}ina", ""),
         ("\u{ff2d}ina", r#","password":"guess""#),
     ] {
-        failed(
-            &server,
-            &format!(r#"{{"name":"{name}","room":"r"{password}}}"#),
-        );
+        let handshake = format!(r#"{{"name":"{name}","room":"r"{password}}}"#);
+        if password.is_empty() {
+            let (line, _, mut c) = attempt(&server, &handshake);
+            assert_eq!(
+                line,
+                format!("*** error: name {name} is registered: send its password")
+            );
+            assert!(c.closed(), "not closed after the refusal");
+        } else {
+            failed(&server, &handshake);
+        }
     }
     let mut bob = server.connect("Bob", "r");
     for target in ["Mina", "mina", "\u{41c}ina"] {
@@ -421,4 +434,153 @@ fn a_lookalike_of_a_registered_name_needs_its_password() {
     assert!(err.contains("name MINA is too much like Mina"), "{err}");
     assert_eq!(user_list(&dir), "Mina\n");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `machat user ARGS` with `input` on stdin and no test default for the password length: the
+/// flag's own default (8 characters) unless ARGS give one.
+fn user_cmd(args: &[&str], input: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .arg("user")
+        .args(args)
+        .env_remove("MACHAT_MIN_PASSWORD_LENGTH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn user_passwd_sets_a_new_password_and_new_passwords_have_a_minimum_length() {
+    let dir = temp_dir();
+    let d = dir.to_str().unwrap();
+    // Seven characters are too few by default; eight two-byte ones are enough.
+    let (code, err) = user_cmd(&["add", "Mina", "--data-dir", d], "seven77\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err, "machat: password too short: at least 8 characters\n");
+    let (code, err) = user_cmd(&["add", "Mina", "--data-dir", d], "éééééééé\n");
+    assert_eq!(code, Some(0), "{err}");
+    // The flag (or MACHAT_MIN_PASSWORD_LENGTH) sets the minimum.
+    let (code, err) = user_cmd(
+        &["add", "Ann", "--data-dir", d, "--min-password-length", "12"],
+        "eleven char\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("at least 12 characters"), "{err}");
+    assert_eq!(user_list(&dir), "Mina\n");
+
+    // passwd: only a registered name, and the same rule.
+    let (code, err) = user_cmd(&["passwd", "Zed", "--data-dir", d], "long enough\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err, "machat: Zed is not registered\n");
+    let (code, err) = user_cmd(&["passwd", "Mina", "--data-dir", d], "short\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("password too short: at least 8 characters"),
+        "{err}"
+    );
+
+    // The new password replaces the old one; the role stays (checked in src/auth.rs).
+    let server = Server::start(&["--data-dir", d]);
+    let (line, _, _) = attempt(
+        &server,
+        r#"{"name":"Mina","room":"r","password":"éééééééé"}"#,
+    );
+    assert_eq!(line, "*** Mina joined");
+    drop(server);
+    let (code, err) = user_cmd(&["passwd", "Mina", "--data-dir", d], "a new secret\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Mina has a new password"), "{err}");
+    let server = Server::start(&["--data-dir", d]);
+    let (line, _, _) = attempt(
+        &server,
+        r#"{"name":"Mina","room":"r","password":"a new secret"}"#,
+    );
+    assert_eq!(line, "*** Mina joined");
+    let (line, _, _) = attempt(
+        &server,
+        r#"{"name":"Mina","room":"r3","password":"éééééééé"}"#,
+    );
+    assert_eq!(line, "*** error: authentication failed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plain refusal for a missing password is for open servers only: under --require-auth
+/// every name needs one, and telling which are registered would say who has an account.
+#[test]
+fn a_missing_password_is_named_only_where_registration_is_no_secret() {
+    let dir = temp_dir();
+    user_add(&dir, "Mina", "minapw");
+    let d = dir.to_str().unwrap();
+    let open = Server::start(&["--data-dir", d]);
+    let (line, _, _) = attempt(&open, r#"{"name":"mina","room":"r","format":"json"}"#);
+    assert_eq!(
+        line,
+        r#"{"type":"error","reason":"name mina is registered: send its password"}"#
+    );
+    drop(open);
+    let closed = Server::start(&["--data-dir", d, "--require-auth"]);
+    for name in ["Mina", "Nobody"] {
+        let handshake = format!(r#"{{"name":"{name}","room":"r"}}"#);
+        assert!(failed(&closed, &handshake) >= Duration::from_millis(950));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With --nats, `user passwd` changes the cluster's record: a node started after it takes the
+/// new password and refuses the old; a name the cluster does not hold is an error.
+#[test]
+fn user_passwd_works_on_the_clusters_names() {
+    let nats = common::Nats::start();
+    let url = nats.url();
+    let at = ["--nats", url.as_str()];
+    fn with<'a>(args: &[&'a str], at: &[&'a str]) -> Vec<&'a str> {
+        args.iter().chain(at).copied().collect()
+    }
+    let with = |args: &[&'static str]| with(args, &at);
+    let (code, err) = user_cmd(&with(&["add", "Mina", "--admin"]), "first password\n");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = user_cmd(&with(&["passwd", "Zed"]), "long enough\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("Zed is not registered in the cluster"),
+        "{err}"
+    );
+    let (code, err) = user_cmd(&with(&["passwd", "Mina"]), "short\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("password too short: at least 8 characters"),
+        "{err}"
+    );
+    let (code, err) = user_cmd(&with(&["passwd", "Mina"]), "second password\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("Mina has a new password in the cluster"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+        .args(with(&["user", "list"]))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Mina (admin)\n");
+
+    let node = Server::start(&at);
+    let (line, _, _) = attempt(
+        &node,
+        r#"{"name":"Mina","room":"r","password":"second password"}"#,
+    );
+    assert_eq!(line, "*** Mina joined");
+    let (line, _, _) = attempt(
+        &node,
+        r#"{"name":"Mina","room":"r2","password":"first password"}"#,
+    );
+    assert_eq!(line, "*** error: authentication failed");
 }

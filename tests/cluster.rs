@@ -570,7 +570,10 @@ fn names_registered_for_the_cluster_need_their_password_on_every_node() {
     for n in [&a, &b] {
         let mut c = Client::raw(n.addr);
         c.send(r#"{"name":"Mina","room":"reg"}"#);
-        assert_eq!(c.line(), "*** error: authentication failed");
+        assert_eq!(
+            c.line(),
+            "*** error: name Mina is registered: send its password"
+        );
         assert!(c.closed());
     }
     let mut mina = b.connect_with("Mina", "reg", r#","password":"s3cret""#);
@@ -608,7 +611,7 @@ fn names_registered_for_the_cluster_need_their_password_on_every_node() {
         if l == "*** Zed joined" {
             break;
         }
-        assert_eq!(l, "*** error: authentication failed");
+        assert_eq!(l, "*** error: name Zed is registered: send its password");
         assert!(Instant::now() < deadline, "node B never saw Zed removed");
     }
     let (ok, _, err) = user_cmd(&nats, &["remove", "Zed"], "");

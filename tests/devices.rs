@@ -187,7 +187,7 @@ fn an_unregistered_connection_never_shares_with_a_registered_one() {
         let mut probe = Client::raw(server.addr);
         probe.send(r#"{"name":"Zed","room":"other"}"#);
         let line = probe.line();
-        if line == "*** error: authentication failed" {
+        if line == "*** error: name Zed is registered: send its password" {
             break;
         }
         assert!(

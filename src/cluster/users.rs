@@ -236,6 +236,27 @@ pub fn set_admin(
     })
 }
 
+/// `machat user passwd NAME --nats URL`: a new hash for NAME (exactly as registered), keeping
+/// its role. False, and nothing written, if NAME is not registered in the cluster; a change
+/// made meanwhile fails the write rather than being undone by it.
+pub fn set_hash(url: &str, replicas: usize, name: &str, hash: &str) -> Result<bool, ClusterError> {
+    let key = hex(name);
+    with_bucket(url, replicas, |kv| async move {
+        let Some((record, revision)) = current(&kv, &key).await? else {
+            return Ok(false);
+        };
+        let record = Record {
+            hash: hash.to_owned(),
+            ..record
+        }
+        .encode()?;
+        kv.update(&key, record, revision)
+            .await
+            .map_err(|e| ClusterError::entry(USERS, e))?;
+        Ok(true)
+    })
+}
+
 /// `machat user remove NAME --nats URL`. False if there was no such name.
 pub fn remove(url: &str, replicas: usize, name: &str) -> Result<bool, ClusterError> {
     let key = hex(name);

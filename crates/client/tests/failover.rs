@@ -503,6 +503,7 @@ fn the_password_of_a_registered_name_goes_again_with_each_reconnect() {
     let d = dir.to_str().expect("utf-8 temp dir");
     let mut add = Command::new(machat_bin())
         .args(["user", "add", "Cli", "--data-dir", d])
+        .env("MACHAT_MIN_PASSWORD_LENGTH", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

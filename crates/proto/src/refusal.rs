@@ -27,6 +27,11 @@ pub enum Refusal {
     /// `/nick` to a registered name (or a look-alike of one) without `--require-auth`.
     #[error("name {0} needs a password: reconnect with it")]
     NeedsPassword(String),
+    /// A handshake with a registered name (or a look-alike of one) and no password, without
+    /// `--require-auth`: that the name is registered is no secret there (`/nick` says so, and an
+    /// unregistered name would have joined), so the client is told what is missing.
+    #[error("name {0} is registered: send its password")]
+    RegisteredSendPassword(String),
     /// The name is in use where the client wants it; `place` is `room ROOM` at the handshake,
     /// `ROOM` for `/join`, `this room` for `/nick`.
     #[error("name {name} is already taken in {place}")]
@@ -315,6 +320,10 @@ mod tests {
     fn refusals_read_as_the_protocol_documents_them() {
         let cases = [
             (Refusal::AuthenticationFailed, "authentication failed"),
+            (
+                Refusal::RegisteredSendPassword("Mina".into()),
+                "name Mina is registered: send its password",
+            ),
             (
                 Refusal::NameTaken {
                     name: "Mina".into(),

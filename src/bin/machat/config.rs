@@ -387,6 +387,17 @@ pub struct Config {
         default_value_t = 64
     )]
     pub max_handshakes_per_ip: usize,
+
+    /// The fewest characters a new password may have (`machat user add`, `machat user
+    /// passwd`); passwords already registered keep working.
+    #[arg(
+        long,
+        env = "MACHAT_MIN_PASSWORD_LENGTH",
+        default_value_t = settings::DEFAULT_MIN_PASSWORD_LENGTH,
+        help_heading = "Accounts",
+        global = true
+    )]
+    pub min_password_length: usize,
 }
 
 /// What `machat` does instead of serving.
@@ -394,12 +405,33 @@ pub struct Config {
 pub enum Command {
     /// Registered names: `machat user add NAME [--admin]` (the password is read from stdin),
     /// `machat user remove NAME`, `machat user admin NAME on|off`, `machat user list`,
-    /// `machat user logout NAME` (revokes its web logins). Uses
+    /// `machat user logout NAME` (revokes its web logins), `machat user passwd NAME`. Uses
     /// --data-dir, or with --nats the cluster's names.
     User {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Copies every database of --data-dir into DIR (created; refused if it holds files,
+    /// unless --force) while a server may be running. Restore: stop the server, copy DIR's
+    /// files into an empty data dir, start it.
+    Backup {
+        dir: PathBuf,
+        /// Writes over the files of the same names in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Writes the history of --data-dir to stdout as JSON lines (a server may be running).
+    Export {
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+        /// Only messages with ids above this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Reads `machat export`'s JSON lines from stdin into an empty --data-dir, keeping ids;
+    /// a bad line stops it with its number and writes nothing.
+    Import,
     /// The configuration file: `machat config default` prints one with every setting and its
     /// default; `machat config check FILE` checks one and prints the settings it makes.
     Config {
@@ -437,6 +469,9 @@ pub enum UserAction {
     /// Revokes every session token of NAME (the web page's logins); connections already open
     /// stay.
     Logout { name: String },
+    /// Sets a new password for a registered NAME (read from stdin, as for `add`); its role
+    /// stays.
+    Passwd { name: String },
 }
 
 /// `--room-creation`.
@@ -622,6 +657,7 @@ impl Config {
                 data_dir: PathBuf::new(),
                 require_auth: self.require_auth,
                 login_ttl: self.login_ttl(),
+                min_password_length: self.min_password_length,
             },
             moderation: ModerationSettings {
                 room_creation: match self.room_creation {
@@ -823,8 +859,37 @@ mod tests {
             action(&["machat", "user", "logout", "Mina"]),
             UserAction::Logout { name } if name == "Mina"
         ));
+        assert!(matches!(
+            action(&["machat", "user", "passwd", "Mina"]),
+            UserAction::Passwd { name } if name == "Mina"
+        ));
+        let c = parse(&[
+            "machat",
+            "user",
+            "passwd",
+            "Mina",
+            "--min-password-length",
+            "12",
+        ]);
+        assert_eq!(c.settings().auth.min_password_length, 12);
         let bad = ["machat", "user", "admin", "Mina", "yes"].map(OsString::from);
         assert!(Config::try_parse_from(bad).is_err());
+    }
+
+    #[test]
+    fn data_subcommands() {
+        assert!(matches!(
+            parse(&["machat", "backup", "b", "--force", "--data-dir", "d"]).command,
+            Some(Command::Backup { dir, force: true }) if dir == std::path::Path::new("b")
+        ));
+        assert!(matches!(
+            parse(&["machat", "export", "--room", "r", "--since", "7"]).command,
+            Some(Command::Export { room: Some(r), since: 7 }) if r == "r"
+        ));
+        assert!(matches!(
+            parse(&["machat", "import"]).command,
+            Some(Command::Import)
+        ));
     }
 
     #[test]

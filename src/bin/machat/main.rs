@@ -1,7 +1,8 @@
 //! The machat server: flags in, settings made of them, server out (or `machat user ...`:
-//! registered names). The flags live here and nowhere else: the library takes
-//! [`machat::settings::Settings`].
+//! registered names; `machat backup|export|import`: the data dir, see `admin`). The flags
+//! live here and nowhere else: the library takes [`machat::settings::Settings`].
 
+mod admin;
 mod config;
 mod file;
 
@@ -23,7 +24,14 @@ fn main() -> ExitCode {
     match &config.command {
         Some(Command::User { action }) => return user(config, action),
         Some(Command::Config { action }) => return config_command(&args, action),
-        None => {}
+        Some(Command::Backup { .. } | Command::Export { .. } | Command::Import) | None => {}
+    }
+    if let Some(done) = config
+        .command
+        .as_ref()
+        .and_then(|c| admin::run(c, &config.settings()))
+    {
+        return exit(done);
     }
     machat::init_logging();
     for line in file::effective(&loaded) {
@@ -93,9 +101,13 @@ fn config_command(args: &[OsString], action: &ConfigAction) -> ExitCode {
 fn user(config: &Config, action: &UserAction) -> ExitCode {
     let settings = config.settings();
     let done = match &settings.cluster {
-        Some(cluster) => cluster_user(cluster, action),
+        Some(cluster) => cluster_user(cluster, &settings.auth, action),
         None => local_user(&settings.auth, action),
     };
+    exit(done)
+}
+
+fn exit(done: Result<(), Box<dyn Error>>) -> ExitCode {
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -106,14 +118,18 @@ fn user(config: &Config, action: &UserAction) -> ExitCode {
 }
 
 /// `machat user ... --nats URL`: the names registered for every node of a cluster.
-fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Box<dyn Error>> {
+fn cluster_user(
+    cluster: &ClusterSettings,
+    auth: &AuthSettings,
+    action: &UserAction,
+) -> Result<(), Box<dyn Error>> {
     use machat::cluster::users;
     let (url, replicas) = (cluster.url.as_str(), cluster.replicas);
     let at = machat::cluster::redact_url(url);
     match action {
         UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
-            let hash = machat::auth::new_hash(name, &password)?;
+            let hash = machat::auth::new_hash(name, &password, auth.min_password_length)?;
             users::add(url, replicas, name, &hash, *admin)?;
             let role = if *admin { " as an admin" } else { "" };
             eprintln!("machat: {name} is registered{role} in the cluster at {at}");
@@ -147,6 +163,7 @@ fn cluster_user(cluster: &ClusterSettings, action: &UserAction) -> Result<(), Bo
             eprintln!("machat: {revoked} login(s) of {name} revoked in the cluster at {at}");
             Ok(())
         }
+        UserAction::Passwd { name } => admin::cluster_passwd(cluster, auth, name),
     }
 }
 
@@ -155,7 +172,7 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
     match action {
         UserAction::Add { name, admin } => {
             let password = machat::auth::read_password(name)?;
-            machat::auth::add_user(dir, name, &password, *admin)?;
+            machat::auth::add_user(auth, name, &password, *admin)?;
             let role = if *admin { " as an admin" } else { "" };
             eprintln!("machat: {name} is registered{role} in {}", dir.display());
             Ok(())
@@ -187,6 +204,7 @@ fn local_user(auth: &AuthSettings, action: &UserAction) -> Result<(), Box<dyn Er
             eprintln!("machat: {revoked} login(s) of {name} revoked");
             Ok(())
         }
+        UserAction::Passwd { name } => admin::passwd(auth, name),
     }
 }
 
