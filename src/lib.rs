@@ -12,7 +12,8 @@
 pub use machat_proto::{act, codec, protocol, refusal, request};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
-// `settings`), the cluster's user commands and the store's benchmark.
+// `settings`), the cluster's user commands, the store's benchmark and `proxy`'s
+// networks for the flags.
 pub mod auth;
 mod bus;
 mod client;
@@ -31,6 +32,7 @@ mod metrics;
 mod moderation;
 mod moderator;
 mod names;
+pub mod proxy;
 mod replay;
 mod room;
 mod sequencer;

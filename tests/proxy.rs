@@ -1,0 +1,476 @@
+//! Behind a reverse proxy (issue 15), over real sockets: `--trusted-proxies` with `Forwarded`
+//! and `X-Forwarded-For` on the web side, and `--proxy-protocol` (v1 and v2) on the chat and
+//! TLS ports. The test's own loopback address 127.0.0.1 plays the trusted proxy; 127.0.0.2 is
+//! a stranger whose headers count for nothing. Which address the server took is seen in its
+//! log lines, in the failed-login limit and in `--max-per-ip`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use common::ws::read_response;
+use common::{temp_dir, user_add, Client, Server, TIMEOUT};
+use serde_json::json;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+const PROXY: [u8; 4] = [127, 0, 0, 1];
+const STRANGER: [u8; 4] = [127, 0, 0, 2];
+
+/// A raw HTTP/1.1 request from loopback address `from` with `headers` (each ending in CRLF):
+/// (status, head, body).
+fn request(
+    http: SocketAddr,
+    from: [u8; 4],
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut c = Client::raw_from(http, IpAddr::from(from));
+    c.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let body_head = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    c.send(&format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}{body_head}\r\n{body}"
+    ));
+    read_response(&mut c.stream)
+}
+
+/// A request for a host the server does not answer to: refused, and the refusal's log line
+/// names the client's address as the server took it. Returns that address's log text.
+fn seen_as(server: &Server, from: [u8; 4], headers: &str, want: &str) {
+    let (status, _, _) = request(
+        server.http.unwrap(),
+        from,
+        "GET",
+        "/",
+        "not-allowed.example",
+        headers,
+        "",
+    );
+    assert_eq!(status, 421);
+    let line = format!("http refused: host not allowed or missing addr={want}");
+    assert!(
+        server.wait_log(&line),
+        "{headers:?} from {from:?}: no {line:?} in {:#?}",
+        server.log.lock().unwrap()
+    );
+}
+
+fn web_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--http", "127.0.0.1:0", "--trusted-proxies", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn a_trusted_proxy_names_the_client_in_x_forwarded_for() {
+    let server = web_server(&[]);
+    // One hop.
+    seen_as(
+        &server,
+        PROXY,
+        "X-Forwarded-For: 203.0.113.1\r\n",
+        "203.0.113.1:0",
+    );
+    // Several hops: the rightmost that is not a trusted proxy; what the client claimed to the
+    // left of it is not read.
+    seen_as(
+        &server,
+        PROXY,
+        "X-Forwarded-For: 198.51.100.99, 203.0.113.2, 127.0.0.1\r\n",
+        "203.0.113.2:0",
+    );
+    // Several lines are one list, in order.
+    seen_as(
+        &server,
+        PROXY,
+        "X-Forwarded-For: 198.51.100.98\r\nX-Forwarded-For: 203.0.113.3, 127.0.0.1\r\n",
+        "203.0.113.3:0",
+    );
+    // Every hop a trusted proxy: the leftmost.
+    seen_as(
+        &server,
+        PROXY,
+        "X-Forwarded-For: 127.0.0.1, 127.0.0.1\r\n",
+        "127.0.0.1:0",
+    );
+}
+
+#[test]
+fn a_trusted_proxy_names_the_client_in_forwarded() {
+    let server = web_server(&[]);
+    seen_as(
+        &server,
+        PROXY,
+        "Forwarded: for=203.0.113.4;proto=http;by=127.0.0.1\r\n",
+        "203.0.113.4:0",
+    );
+    seen_as(
+        &server,
+        PROXY,
+        "Forwarded: for=\"[2001:db8:cafe::17]:4711\"\r\n",
+        "[2001:db8:cafe::17]:4711",
+    );
+    // Forwarded is read before X-Forwarded-For; the rightmost untrusted hop again.
+    seen_as(
+        &server,
+        PROXY,
+        "X-Forwarded-For: 198.51.100.97\r\nForwarded: for=198.51.100.96, for=203.0.113.5, for=127.0.0.1\r\n",
+        "203.0.113.5:0",
+    );
+}
+
+#[test]
+fn unreadable_forwarding_headers_give_the_proxys_own_address() {
+    let server = web_server(&[]);
+    for headers in [
+        "X-Forwarded-For: unknown\r\n",
+        "X-Forwarded-For: garbage!\r\n",
+        "Forwarded: for=unknown\r\n",
+        "Forwarded: for=_hidden\r\n",
+        "Forwarded: for=\"[2001:db8::1]:80\r\n",
+    ] {
+        let before = server.log.lock().unwrap().len();
+        seen_as(&server, PROXY, headers, "127.0.0.1:");
+        // The refusal logged for this very request names the proxy, not a made-up client.
+        let log = server.log.lock().unwrap();
+        let refusals: Vec<&String> = log[before..]
+            .iter()
+            .filter(|l| l.contains("http refused"))
+            .collect();
+        assert_eq!(refusals.len(), 1, "{headers:?}: {refusals:#?}");
+        assert!(
+            refusals[0].contains("addr=127.0.0.1:"),
+            "{headers:?}: {refusals:#?}"
+        );
+    }
+    // Too long: 9 KiB of hops.
+    let long = format!(
+        "X-Forwarded-For: {}203.0.113.6\r\n",
+        "10.0.0.1, ".repeat(900)
+    );
+    seen_as(&server, PROXY, &long, "127.0.0.1:");
+    assert!(!server.log_contains("addr=203.0.113.6"));
+}
+
+#[test]
+fn forwarding_headers_from_anyone_else_are_ignored() {
+    let server = web_server(&[]);
+    seen_as(
+        &server,
+        STRANGER,
+        "X-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7\r\n",
+        "127.0.0.2:",
+    );
+    assert!(!server.log_contains("203.0.113.7"));
+}
+
+/// `POST /api/login` for `name` through the proxy on behalf of `client` (or from `from`
+/// with the same header): the status.
+fn login(server: &Server, from: [u8; 4], client: &str, name: &str, password: &str) -> u16 {
+    let body = json!({ "name": name, "password": password }).to_string();
+    let headers = format!("X-Forwarded-For: {client}\r\n");
+    let host = server.http.unwrap().to_string();
+    request(
+        server.http.unwrap(),
+        from,
+        "POST",
+        "/api/login",
+        &host,
+        &headers,
+        &body,
+    )
+    .0
+}
+
+#[test]
+fn the_failed_login_limit_holds_back_the_client_not_the_proxy() {
+    let dir = temp_dir();
+    user_add(&dir, "Mina", "minapw");
+    let server = web_server(&["--data-dir", dir.to_str().unwrap()]);
+    // One client behind the proxy guesses four times: it is held back...
+    for _ in 0..4 {
+        assert_eq!(login(&server, PROXY, "203.0.113.10", "Mina", "guess"), 401);
+    }
+    assert_eq!(login(&server, PROXY, "203.0.113.10", "Mina", "minapw"), 429);
+    // ...and everyone else behind the same proxy is not.
+    assert_eq!(login(&server, PROXY, "203.0.113.11", "Mina", "minapw"), 200);
+    // A stranger's header is ignored: its guesses count for its own address, and naming
+    // someone else does not get it out of the hold.
+    for _ in 0..4 {
+        assert_eq!(
+            login(&server, STRANGER, "203.0.113.12", "Mina", "guess"),
+            401
+        );
+    }
+    assert_eq!(
+        login(&server, STRANGER, "203.0.113.13", "Mina", "minapw"),
+        429
+    );
+    assert_eq!(login(&server, PROXY, "203.0.113.12", "Mina", "minapw"), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn websockets_through_the_proxy_count_per_client_for_max_per_ip() {
+    let server = web_server(&["--max-per-ip", "1"]);
+    let http = server.http.unwrap();
+    let upgrade = |client: &str| {
+        let mut c = Client::raw_from(http, IpAddr::from(PROXY));
+        c.send(&format!(
+            "GET /ws HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             X-Forwarded-For: {client}\r\n\r\n"
+        ));
+        let status = c.line();
+        (status, c)
+    };
+    let (first, _a) = upgrade("203.0.113.20");
+    assert!(first.contains(" 101 "), "{first}");
+    // The same client again is over its limit; another client behind the proxy is not.
+    let (again, _b) = upgrade("203.0.113.20");
+    assert!(!again.contains(" 101 "), "{again}");
+    let (other, _c) = upgrade("203.0.113.21");
+    assert!(other.contains(" 101 "), "{other}");
+    assert!(server.wait_log("addr=203.0.113.21:0 transport=\"websocket\""));
+}
+
+/// A chat server that reads PROXY headers from 127.0.0.1.
+fn chat_server(extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--proxy-protocol",
+        "--history",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn handshake(name: &str) -> String {
+    format!("{{\"name\":\"{name}\",\"room\":\"proxied\"}}\n")
+}
+
+/// A PROXY v2 header: `command` 0 (LOCAL) or 1 (PROXY), `family` (0x11 TCP over IPv4, 0x21
+/// TCP over IPv6, 0x00 unspecified), then the address bytes.
+fn v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x20 | command);
+    h.push(family);
+    h.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+    h.extend_from_slice(addresses);
+    h
+}
+
+/// IPv4 source and destination addresses and ports, as v2 carries them.
+fn v2_v4(src: [u8; 4], src_port: u16) -> Vec<u8> {
+    let mut a = src.to_vec();
+    a.extend_from_slice(&[127, 0, 0, 1]);
+    a.extend_from_slice(&src_port.to_be_bytes());
+    a.extend_from_slice(&8989u16.to_be_bytes());
+    a
+}
+
+/// One write: the header and the handshake together, as a proxy's first packet may be.
+fn join_through(server: &Server, header: &[u8], name: &str) -> Client {
+    let mut c = Client::raw_from(server.addr, IpAddr::from(PROXY));
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(handshake(name).as_bytes());
+    c.send_bytes(&bytes);
+    c
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_name_the_chat_client() {
+    let server = chat_server(&["--max-per-ip", "1"]);
+    let mut v1 = join_through(
+        &server,
+        b"PROXY TCP4 192.0.2.1 127.0.0.1 4711 8989\r\n",
+        "Vone",
+    );
+    v1.expect("*** Vone joined");
+    assert!(server.wait_log("addr=192.0.2.1:4711"));
+    let mut v6 = join_through(&server, b"PROXY TCP6 2001:db8::2 ::1 4712 8989\r\n", "Vsix");
+    v6.expect("*** Vsix joined");
+    assert!(server.wait_log("addr=[2001:db8::2]:4712"));
+    let mut two = join_through(&server, &v2(1, 0x11, &v2_v4([192, 0, 2, 3], 4713)), "Vtwo");
+    two.expect("*** Vtwo joined");
+    assert!(server.wait_log("addr=192.0.2.3:4713"));
+    // v2 with extensions (TLVs) after the addresses: skipped.
+    let mut tlv = v2_v4([192, 0, 2, 4], 4714);
+    tlv.extend_from_slice(&[0x04, 0, 1, 42]);
+    let mut ext = join_through(&server, &v2(1, 0x11, &tlv), "Vext");
+    ext.expect("*** Vext joined");
+    assert!(server.wait_log("addr=192.0.2.4:4714"));
+    // --max-per-ip counts the client: 192.0.2.1 again is one too many, though every one of
+    // these connections comes from the proxy's one address.
+    let mut again = join_through(
+        &server,
+        b"PROXY TCP4 192.0.2.1 127.0.0.1 4799 8989\r\n",
+        "Again",
+    );
+    assert_eq!(
+        again.line(),
+        "*** error: too many connections from your address"
+    );
+    drop((v1, v6, two, ext));
+}
+
+#[test]
+fn proxy_protocol_local_and_unknown_are_the_proxy_itself() {
+    let server = chat_server(&[]);
+    let mut local = join_through(&server, &v2(0, 0x00, &[]), "Health");
+    local.expect("*** Health joined");
+    let mut unknown = join_through(&server, b"PROXY UNKNOWN\r\n", "Unknown");
+    unknown.expect("*** Unknown joined");
+    // Both logged with the proxy's own address.
+    let log = server.log.lock().unwrap().clone();
+    let connects: Vec<&String> = log.iter().filter(|l| l.contains(" connect ")).collect();
+    assert_eq!(connects.len(), 2, "{log:#?}");
+    assert!(
+        connects.iter().all(|l| l.contains("addr=127.0.0.1:")),
+        "{connects:#?}"
+    );
+}
+
+#[test]
+fn a_bad_or_missing_proxy_header_closes_the_connection() {
+    let server = chat_server(&["--handshake-timeout", "1"]);
+    for bad in [
+        &b"PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n"[..],
+        &b"PROXY TCP4 192.0.2.1 127.0.0.1 4711\r\n"[..],
+        &[b'P'; 200][..],
+        &b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff"[..],
+        &b"\r\n\r\n\0\r\nQUIT\n\x31\x11\x00\x0c\xc0\x00\x02\x01\x7f\x00\x00\x01\x00\x01\x00\x02"[..],
+        // No header at all: a handshake straight away.
+        handshake("Direct").as_bytes(),
+    ] {
+        let mut c = Client::raw_from(server.addr, IpAddr::from(PROXY));
+        c.send_bytes(bad);
+        assert!(c.rest().is_empty(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    assert!(server.wait_log("disconnect: bad PROXY header"));
+    assert!(!server.log_contains(" connect "));
+    // A trusted peer that sends nothing is closed at the handshake timeout.
+    let mut silent = Client::raw_from(server.addr, IpAddr::from(PROXY));
+    assert!(silent.rest().is_empty());
+    assert!(server.wait_log("no PROXY header within the handshake timeout"));
+}
+
+#[test]
+fn a_proxy_header_from_an_untrusted_peer_is_a_bad_handshake() {
+    let server = chat_server(&[]);
+    let mut c = Client::raw_from(server.addr, IpAddr::from(STRANGER));
+    c.send("PROXY TCP4 192.0.2.9 127.0.0.1 4711 8989\r\n");
+    let line = c.line();
+    assert!(line.starts_with("*** error: "), "{line}");
+    assert!(c.closed());
+    // Others than the proxy join as ever, without a header, as themselves.
+    let mut plain = Client::raw_from(server.addr, IpAddr::from(STRANGER));
+    plain.send(&handshake("Plain"));
+    plain.expect("*** Plain joined");
+    assert!(server.wait_log("addr=127.0.0.2:"));
+    assert!(!server.log_contains("192.0.2.9"));
+}
+
+#[test]
+fn proxy_protocol_needs_trusted_proxies_and_bad_entries_stop_the_start() {
+    for (args, want) in [
+        (
+            &["--proxy-protocol"][..],
+            "--proxy-protocol needs --trusted-proxies",
+        ),
+        (
+            &["--trusted-proxies", "10.0.0.0/8,nonsense"][..],
+            "nonsense",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_machat"))
+            .args(["-a", "127.0.0.1:0", "--http", "off", "--history", "off"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// A self-signed certificate for localhost, as PEM files in a directory of its own.
+fn certificate() -> (std::path::PathBuf, Arc<ClientConfig>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("cert.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (dir, Arc::new(config))
+}
+
+#[test]
+fn on_the_tls_port_the_proxy_header_comes_before_the_client_hello() {
+    let (dir, config) = certificate();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let server = chat_server(&[
+        "--tls-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let tls_addr = server.tls.unwrap();
+    for (header, name) in [
+        (
+            b"PROXY TCP4 192.0.2.30 127.0.0.1 5001 8990\r\n".to_vec(),
+            "SecureOne",
+        ),
+        (v2(1, 0x11, &v2_v4([192, 0, 2, 31], 5002)), "SecureTwo"),
+    ] {
+        let tcp = Client::raw_from(tls_addr, IpAddr::from(PROXY)).stream;
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut tcp: TcpStream = tcp;
+        tcp.write_all(&header).unwrap();
+        let server_name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(config.clone(), server_name).unwrap();
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.write_all(handshake(name).as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\n") {
+            tls.read_exact(&mut b).expect("a line over TLS");
+            got.push(b[0]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!("*** {name} joined\n")
+        );
+    }
+    assert!(server.wait_log("addr=192.0.2.30:5001 tls=true"));
+    assert!(server.wait_log("addr=192.0.2.31:5002 tls=true"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
