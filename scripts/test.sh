@@ -12,6 +12,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 
+# The reverse-proxy test (tests/proxy.rs) runs the README's nginx configuration through a real
+# nginx, on ephemeral loopback ports, with its chat port as a stream proxy (a module of its own).
+if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+    echo "== installing nginx-light and libnginx-mod-stream (for tests/proxy.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-stream)
+    "${install[@]}" || { apt-get update && "${install[@]}"; }
+fi
+
 # The cluster tests (tests/cluster.rs, and the client's failover across nodes in
 # crates/client/tests/failover.rs) start Debian's nats-server with JetStream themselves, on
 # ephemeral loopback ports.

@@ -474,3 +474,152 @@ fn on_the_tls_port_the_proxy_header_comes_before_the_client_hello() {
     assert!(server.wait_log("addr=192.0.2.31:5002 tls=true"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A free loopback port (bound, then let go: nginx needs a number in its configuration).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The README's `nginx` blocks under "Behind a reverse proxy", in order.
+fn readme_nginx_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Behind a reverse proxy")
+        .nth(1)
+        .expect("the README's section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .split("```nginx\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// nginx in the foreground with a configuration of its own in `dir`; killed when dropped.
+struct Nginx(std::process::Child, std::path::PathBuf);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// Waits (bounded) until `port` on loopback accepts connections.
+fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port}");
+}
+
+#[test]
+fn the_readme_nginx_configuration_carries_the_clients_address() {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "nginx is not installed: scripts/test.sh installs nginx-light and libnginx-mod-stream",
+        );
+    let server = chat_server(&["--http", "127.0.0.1:0"]);
+    let (web_port, chat_port) = (free_port(), free_port());
+    let blocks = readme_nginx_blocks();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let fill = |b: &str| {
+        b.replace("listen 80;", &format!("listen 127.0.0.1:{web_port};"))
+            .replace("listen 8989;", &format!("listen 127.0.0.1:{chat_port};"))
+            .replace("127.0.0.1:8080", &server.http.unwrap().to_string())
+            .replace("127.0.0.1:7989", &server.addr.to_string())
+    };
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    // Debian builds the stream module as a module of its own (libnginx-mod-stream).
+    let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
+    let load = if std::path::Path::new(module).exists() {
+        format!("load_module {module};")
+    } else {
+        String::new()
+    };
+    let conf = format!(
+        "{load}\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\naccess_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n{}\n}}\n{}\n",
+        fill(&blocks[0]),
+        fill(&blocks[1]),
+    );
+    std::fs::write(dir.join("nginx.conf"), &conf).unwrap();
+    let child = Command::new(nginx)
+        .args([
+            "-p",
+            d,
+            "-c",
+            &format!("{d}/nginx.conf"),
+            "-e",
+            &format!("{d}/error.log"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx(child, dir.clone());
+    wait_port(web_port);
+    wait_port(chat_port);
+    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
+    // The page, through nginx, from a client at 127.0.0.2.
+    let (status, _, body) = request(web, STRANGER, "GET", "/", "127.0.0.1", "", "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") || body.contains("<!doctype"),
+        "{body}"
+    );
+    // A refused request names the client nginx forwarded for, not nginx.
+    let (status, _, _) = request(web, STRANGER, "GET", "/", "other.example", "", "");
+    assert_eq!(status, 421);
+    assert!(server.wait_log("http refused: host not allowed or missing addr=127.0.0.2:0"));
+    // /ws: the upgrade passes, and the WebSocket is the client's.
+    let stream = Client::raw_from(web, IpAddr::from(STRANGER)).stream;
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://127.0.0.1:{web_port}/ws"
+    ))
+    .unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream).expect("websocket through nginx");
+    ws.send(tungstenite::Message::text(
+        r#"{"name":"Webby","room":"proxied"}"#,
+    ))
+    .unwrap();
+    let first = ws.read().expect("a frame through nginx");
+    assert!(first.to_text().unwrap().contains("Webby"), "{first}");
+    assert!(server.wait_log("addr=127.0.0.2:0 transport=\"websocket\""));
+    // The chat port, through nginx's stream proxy with the PROXY header.
+    let mut chat = Client::raw_from(
+        SocketAddr::from(([127, 0, 0, 1], chat_port)),
+        IpAddr::from(STRANGER),
+    );
+    chat.send(&handshake("Streamy"));
+    chat.expect("*** Streamy joined");
+    let log = server.log.lock().unwrap().clone();
+    // The last chat connect is Streamy's (the first was wait_port's probe, from 127.0.0.1).
+    let connect = log
+        .iter()
+        .filter(|l| l.contains(" connect ") && l.contains("tls=false"))
+        .next_back()
+        .cloned()
+        .unwrap_or_default();
+    assert!(connect.contains("addr=127.0.0.2:"), "{log:#?}");
+}
