@@ -617,8 +617,7 @@ fn the_readme_nginx_configuration_carries_the_clients_address() {
     // The last chat connect is Streamy's (the first was wait_port's probe, from 127.0.0.1).
     let connect = log
         .iter()
-        .filter(|l| l.contains(" connect ") && l.contains("tls=false"))
-        .next_back()
+        .rfind(|l| l.contains(" connect ") && l.contains("tls=false"))
         .cloned()
         .unwrap_or_default();
     assert!(connect.contains("addr=127.0.0.2:"), "{log:#?}");
