@@ -12,11 +12,13 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 
-# The reverse-proxy test (tests/proxy.rs) runs the README's nginx configuration through a real
-# nginx, on ephemeral loopback ports, with its chat port as a stream proxy (a module of its own).
-if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
-    echo "== installing nginx-light and libnginx-mod-stream (for tests/proxy.rs)"
-    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-stream)
+# The reverse-proxy tests (tests/proxy.rs) run the README's nginx and Caddy configurations
+# through a real nginx (its chat port a stream proxy, a module of its own) and Caddy, on
+# ephemeral loopback ports.
+if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
+    || ! command -v caddy >/dev/null; then
+    echo "== installing nginx-light, libnginx-mod-stream and caddy (for tests/proxy.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-stream caddy)
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 

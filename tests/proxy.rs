@@ -579,33 +579,7 @@ fn the_readme_nginx_configuration_carries_the_clients_address() {
     let _nginx = Nginx(child, dir.clone());
     wait_port(web_port);
     wait_port(chat_port);
-    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
-    // The page, through nginx, from a client at 127.0.0.2.
-    let (status, _, body) = request(web, STRANGER, "GET", "/", "127.0.0.1", "", "");
-    assert_eq!(status, 200);
-    assert!(
-        body.contains("<html") || body.contains("<!doctype"),
-        "{body}"
-    );
-    // A refused request names the client nginx forwarded for, not nginx.
-    let (status, _, _) = request(web, STRANGER, "GET", "/", "other.example", "", "");
-    assert_eq!(status, 421);
-    assert!(server.wait_log("http refused: host not allowed or missing addr=127.0.0.2:0"));
-    // /ws: the upgrade passes, and the WebSocket is the client's.
-    let stream = Client::raw_from(web, IpAddr::from(STRANGER)).stream;
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://127.0.0.1:{web_port}/ws"
-    ))
-    .unwrap();
-    let (mut ws, _) = tungstenite::client(req, stream).expect("websocket through nginx");
-    ws.send(tungstenite::Message::text(
-        r#"{"name":"Webby","room":"proxied"}"#,
-    ))
-    .unwrap();
-    let first = ws.read().expect("a frame through nginx");
-    assert!(first.to_text().unwrap().contains("Webby"), "{first}");
-    assert!(server.wait_log("addr=127.0.0.2:0 transport=\"websocket\""));
+    web_through_proxy(&server, web_port, "nginx");
     // The chat port, through nginx's stream proxy with the PROXY header.
     let mut chat = Client::raw_from(
         SocketAddr::from(([127, 0, 0, 1], chat_port)),
@@ -621,4 +595,96 @@ fn the_readme_nginx_configuration_carries_the_clients_address() {
         .cloned()
         .unwrap_or_default();
     assert!(connect.contains("addr=127.0.0.2:"), "{log:#?}");
+}
+
+/// The page, a refused request and a WebSocket through a proxy listening on `web_port`, from
+/// a client at 127.0.0.2: the server sees that client, not the proxy.
+fn web_through_proxy(server: &Server, web_port: u16, proxy: &str) {
+    let web = SocketAddr::from(([127, 0, 0, 1], web_port));
+    let host = web.to_string();
+    let (status, _, body) = request(web, STRANGER, "GET", "/", &host, "", "");
+    assert_eq!(status, 200, "the page through {proxy}");
+    assert!(body.to_ascii_lowercase().contains("<html"), "{body}");
+    // A failed login is the client's (the proxy forwarded for it), not the proxy's.
+    let body = json!({ "name": "Nobody", "password": "guess" }).to_string();
+    let (status, _, _) = request(web, STRANGER, "POST", "/api/login", &host, "", &body);
+    assert_eq!(status, 401, "a login through {proxy}");
+    assert!(
+        server.wait_log("login: authentication failed addr=127.0.0.2:0"),
+        "{proxy}: {:#?}",
+        server.log.lock().unwrap()
+    );
+    // /ws: the upgrade passes, frames flow both ways, and the WebSocket is the client's.
+    let stream = Client::raw_from(web, IpAddr::from(STRANGER)).stream;
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{host}/ws"))
+            .unwrap();
+    let (mut ws, _) = tungstenite::client(req, stream)
+        .unwrap_or_else(|e| panic!("websocket through {proxy}: {e}"));
+    let name = format!("Web{proxy}");
+    ws.send(tungstenite::Message::text(format!(
+        r#"{{"name":"{name}","room":"proxied"}}"#
+    )))
+    .unwrap();
+    let first = ws.read().expect("a frame through the proxy");
+    assert!(first.to_text().unwrap().contains(&name), "{first}");
+    assert!(server.wait_log("addr=127.0.0.2:0 transport=\"websocket\""));
+}
+
+/// The README's `caddy` block under "Behind a reverse proxy".
+fn readme_caddy_block() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Behind a reverse proxy")
+        .nth(1)
+        .expect("the README's section")
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .to_owned();
+    section
+        .split("```caddy\n")
+        .nth(1)
+        .expect("a caddy block")
+        .split("```")
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_readme_caddy_configuration_carries_the_clients_address() {
+    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("caddy is not installed: scripts/test.sh installs it");
+    let server = chat_server(&["--http", "127.0.0.1:0"]);
+    let web_port = free_port();
+    let site = readme_caddy_block()
+        .replace("chat.example.org", &format!("http://127.0.0.1:{web_port}"))
+        .replace("127.0.0.1:8080", &server.http.unwrap().to_string());
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // No admin endpoint (its fixed port would clash between runs), no HTTPS on loopback.
+    std::fs::write(
+        dir.join("Caddyfile"),
+        format!("{{\n    admin off\n    auto_https off\n}}\n{site}"),
+    )
+    .unwrap();
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start caddy");
+    let _caddy = Nginx(child, dir.clone());
+    wait_port(web_port);
+    web_through_proxy(&server, web_port, "caddy");
 }
