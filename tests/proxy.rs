@@ -688,3 +688,38 @@ fn the_readme_caddy_configuration_carries_the_clients_address() {
     wait_port(web_port);
     web_through_proxy(&server, web_port, "caddy");
 }
+
+#[test]
+fn a_ban_by_address_bans_the_client_behind_the_proxy_not_the_proxy() {
+    let dir = common::people();
+    let server = chat_server(&["--data-dir", dir.to_str().unwrap()]);
+    let mut mina = common::log_in(
+        Client::raw_from(server.addr, IpAddr::from(STRANGER)),
+        "Mina",
+        "minapw",
+        "dev",
+    );
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 4711 8989\r\n");
+    let join = |client: &str, name: &str| {
+        let mut c = Client::raw_from(server.addr, IpAddr::from(PROXY));
+        c.send(&format!(
+            "{}{{\"name\":\"{name}\",\"room\":\"dev\"}}\n",
+            v1(client)
+        ));
+        c
+    };
+    let mut spam = join("192.0.2.50", "Spammer");
+    spam.expect("*** Spammer joined");
+    mina.expect("*** Spammer joined");
+    mina.send("/ban 192.0.2.50 bots\n");
+    mina.until("*** banned 192.0.2.50 from dev");
+    spam.until("*** Mina banned an address: bots");
+    assert!(spam.closed());
+    // Whatever name it takes next, through the same proxy.
+    let mut again = join("192.0.2.50", "Innocent");
+    assert_eq!(again.line(), "*** error: you are banned from dev: bots");
+    // Everyone else behind the proxy still gets in.
+    let mut other = join("192.0.2.51", "Other");
+    other.expect("*** Other joined");
+    let _ = std::fs::remove_dir_all(&dir);
+}
