@@ -723,3 +723,30 @@ fn a_ban_by_address_bans_the_client_behind_the_proxy_not_the_proxy() {
     other.expect("*** Other joined");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_proxy_header_split_over_several_packets_is_read_to_its_end_and_no_further() {
+    let server = chat_server(&[]);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(50));
+    // Version 1 in three pieces, the last with the handshake.
+    let mut one = Client::raw_from(server.addr, IpAddr::from(PROXY));
+    one.send("PROXY TCP4 192.");
+    pause();
+    one.send("0.2.60 127.0.0.1 47");
+    pause();
+    one.send(&format!("11 8989\r\n{}", handshake("Split")));
+    one.expect("*** Split joined");
+    assert!(server.wait_log("addr=192.0.2.60:4711"));
+    // Version 2: the fixed part in two pieces, then the addresses, then the handshake alone.
+    let header = v2(1, 0x11, &v2_v4([192, 0, 2, 61], 4712));
+    let mut two = Client::raw_from(server.addr, IpAddr::from(PROXY));
+    two.send_bytes(&header[..7]);
+    pause();
+    two.send_bytes(&header[7..20]);
+    pause();
+    two.send_bytes(&header[20..]);
+    pause();
+    two.send(&handshake("Split2"));
+    two.expect("*** Split2 joined");
+    assert!(server.wait_log("addr=192.0.2.61:4712"));
+}
