@@ -146,7 +146,9 @@ fn unreadable_forwarding_headers_give_the_proxys_own_address() {
         let before = server.log.lock().unwrap().len();
         seen_as(&server, PROXY, headers, "127.0.0.1:");
         // The refusal logged for this very request names the proxy, not a made-up client.
-        let log = server.log.lock().unwrap();
+        let log = wait_for_log(&server, |log| {
+            log[before..].iter().any(|l| l.contains("http refused"))
+        });
         let refusals: Vec<&String> = log[before..]
             .iter()
             .filter(|l| l.contains("http refused"))
@@ -338,7 +340,8 @@ fn proxy_protocol_local_and_unknown_are_the_proxy_itself() {
     let mut unknown = join_through(&server, b"PROXY UNKNOWN\r\n", "Unknown");
     unknown.expect("*** Unknown joined");
     // Both logged with the proxy's own address.
-    let log = server.log.lock().unwrap().clone();
+    let connect_lines = |log: &[String]| log.iter().filter(|l| l.contains(" connect ")).count();
+    let log = wait_for_log(&server, |log| connect_lines(log) >= 2);
     let connects: Vec<&String> = log.iter().filter(|l| l.contains(" connect ")).collect();
     assert_eq!(connects.len(), 2, "{log:#?}");
     assert!(
@@ -587,14 +590,30 @@ fn the_readme_nginx_configuration_carries_the_clients_address() {
     );
     chat.send(&handshake("Streamy"));
     chat.expect("*** Streamy joined");
-    let log = server.log.lock().unwrap().clone();
-    // The last chat connect is Streamy's (the first was wait_port's probe, from 127.0.0.1).
-    let connect = log
-        .iter()
-        .rfind(|l| l.contains(" connect ") && l.contains("tls=false"))
-        .cloned()
-        .unwrap_or_default();
-    assert!(connect.contains("addr=127.0.0.2:"), "{log:#?}");
+    // Streamy's connect line (wait_port's probe came from nginx for 127.0.0.1).
+    wait_for_log(&server, |log| {
+        log.iter().any(|l| {
+            l.contains(" connect ") && l.contains("tls=false") && l.contains("addr=127.0.0.2:")
+        })
+    });
+}
+
+/// The server's log once `done` holds for it (the log is read by a thread of its own, so a
+/// line may come a moment after the answer it goes with); panics with the log after the
+/// timeout.
+fn wait_for_log(server: &Server, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let log = server.log.lock().unwrap().clone();
+        if done(&log) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not in the log: {log:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The page, a refused request and a WebSocket through a proxy listening on `web_port`, from
