@@ -205,19 +205,19 @@ impl Server {
         }
         let plain = self.listeners.into_iter().map(|l| (l, false));
         let tls = self.tls_listeners.into_iter().map(|l| (l, true));
+        let hand = Arc::new(Hand {
+            ctx: self.ctx.clone(),
+            admission: self.admission.clone(),
+            shutdown: shutdown.clone(),
+            dispatch,
+        });
         for (listener, tls) in plain.chain(tls) {
-            let ctx = self.ctx.clone();
-            let admission = self.admission.clone();
-            let shutdown = shutdown.clone();
-            let dispatch = dispatch.clone();
             let listener = Listener {
                 listener,
                 tls,
                 proxy: self.proxy.clone(),
             };
-            tasks.push(tokio::spawn(accept_loop(
-                listener, ctx, admission, shutdown, dispatch,
-            )));
+            tasks.push(tokio::spawn(accept_loop(listener, hand.clone())));
         }
         for t in tasks {
             let _ = t.await;
@@ -363,7 +363,7 @@ struct Listener {
     proxy: Arc<ProxySettings>,
 }
 
-/// What a connection, once admitted, is handed to.
+/// What every accept loop hands its connections to.
 struct Hand {
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
@@ -371,24 +371,12 @@ struct Hand {
     dispatch: Arc<Dispatch>,
 }
 
-async fn accept_loop(
-    listener: Listener,
-    ctx: Arc<Shared>,
-    admission: Arc<Admission>,
-    shutdown: watch::Receiver<bool>,
-    dispatch: Arc<Dispatch>,
-) {
+async fn accept_loop(listener: Listener, hand: Arc<Hand>) {
     let Listener {
         listener,
         tls,
         proxy,
     } = listener;
-    let hand = Arc::new(Hand {
-        ctx,
-        admission,
-        shutdown,
-        dispatch,
-    });
     let mut shutdown = hand.shutdown.clone();
     let mut last_warn: Option<Instant> = None;
     loop {
