@@ -12,6 +12,16 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     "${install[@]}" || { apt-get update && "${install[@]}"; }
 fi
 
+# The reverse-proxy tests (tests/proxy.rs) run the README's nginx and Caddy configurations
+# through a real nginx (its chat port a stream proxy, a module of its own) and Caddy, on
+# ephemeral loopback ports.
+if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
+    || ! command -v caddy >/dev/null; then
+    echo "== installing nginx-light, libnginx-mod-stream and caddy (for tests/proxy.rs)"
+    install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-stream caddy)
+    "${install[@]}" || { apt-get update && "${install[@]}"; }
+fi
+
 # The cluster tests (tests/cluster.rs, and the client's failover across nodes in
 # crates/client/tests/failover.rs) start Debian's nats-server with JetStream themselves, on
 # ephemeral loopback ports.

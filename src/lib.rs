@@ -13,7 +13,7 @@ pub use machat_proto::{act, codec, protocol, refusal, request, sniff};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
 // `settings`; `backup`, `export` and `data_lock` for `machat backup|export|import`), the
-// cluster's user commands and the store's benchmark.
+// cluster's user commands, the store's benchmark and `proxy`'s networks for the flags.
 pub mod auth;
 pub mod backup;
 mod bus;
@@ -35,6 +35,7 @@ mod metrics;
 mod moderation;
 mod moderator;
 mod names;
+pub mod proxy;
 mod reload;
 mod replay;
 mod room;

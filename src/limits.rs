@@ -33,7 +33,8 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// None: counted in the total only (see [`Admission::admit_proxy`]).
+    ip: Option<IpAddr>,
     _open: OpenConnection,
 }
 
@@ -79,17 +80,37 @@ impl Admission {
         self.total.fetch_add(1, Ordering::AcqRel);
         Ok(Ticket {
             admission: self.clone(),
-            ip,
+            ip: Some(ip),
+            _open: OpenConnection::new(transport),
+        })
+    }
+
+    /// Admits a connection from a trusted proxy (`--trusted-proxies`) within the total only:
+    /// it carries many clients, whose own addresses are counted where they become known (a
+    /// PROXY header read, a WebSocket's upgrade).
+    pub fn admit_proxy(self: &Arc<Self>, transport: Transport) -> Result<Ticket, Refusal> {
+        let _map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Acquire) >= self.max_total() {
+            return Err(Refusal::ServerFull);
+        }
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(Ticket {
+            admission: self.clone(),
+            ip: None,
             _open: OpenConnection::new(transport),
         })
     }
 
     /// Counts one more seat of `ip` beyond its connections' first, within the limits.
-    fn take_seat(&self, ip: IpAddr) -> Result<(), Refusal> {
+    fn take_seat(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Acquire) >= self.max_total() {
             return Err(Refusal::ServerFullOfSeats);
         }
+        let Some(ip) = ip else {
+            self.total.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        };
         let n = map.entry(ip).or_insert(0);
         let max_per_ip = self.max_per_ip();
         if max_per_ip > 0 && *n >= max_per_ip {
@@ -100,8 +121,11 @@ impl Admission {
         Ok(())
     }
 
-    fn give_back(&self, ip: IpAddr) {
+    fn give_back(&self, ip: Option<IpAddr>) {
         self.total.fetch_sub(1, Ordering::AcqRel);
+        let Some(ip) = ip else {
+            return;
+        };
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&ip) {
             *n -= 1;
@@ -137,17 +161,19 @@ impl Ticket {
     /// what keeps one address from holding many silent connections (slow loris).
     pub fn start_handshake(&self) -> Result<Waiting, Refusal> {
         let admission = &self.admission;
-        if admission.max_waiting_per_ip == 0 {
+        // A trusted proxy's own connection (no client address known) is not counted: its
+        // clients are, once its PROXY header names them.
+        let (Some(ip), 1..) = (self.ip, admission.max_waiting_per_ip) else {
             return Ok(Waiting { counted: None });
-        }
+        };
         let mut map = admission.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(self.ip).or_insert(0);
+        let n = map.entry(ip).or_insert(0);
         if *n >= admission.max_waiting_per_ip {
             return Err(Refusal::TooManyWaiting);
         }
         *n += 1;
         Ok(Waiting {
-            counted: Some((admission.clone(), self.ip)),
+            counted: Some((admission.clone(), ip)),
         })
     }
 
@@ -188,7 +214,7 @@ impl Drop for Waiting {
 #[derive(Debug)]
 pub struct SeatPass {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
     held: usize,
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connection::{finish, serve, serve_greeted, serve_tls, set_runtime_index};
 use crate::context::{Handoff, Inbox, Shared};
@@ -22,8 +22,9 @@ use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::listen::listen_all;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
+use crate::proxy::header;
 use crate::reload::Live;
-use crate::settings::Settings;
+use crate::settings::{ProxySettings, Settings};
 use crate::web::{Web, WebState};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -47,11 +48,18 @@ pub struct Server {
     /// The data dir's lock (none in cluster mode; two if history and names were given two
     /// dirs), let go only after `run` closed the stores.
     _data_lock: Vec<crate::data_lock::DataLock>,
+    /// Trusted proxies, and whether they send a PROXY header (`--proxy-protocol`).
+    proxy: Arc<ProxySettings>,
 }
 
 impl Server {
     /// Binds every address the chat ports' settings name, with their backlog.
     pub async fn bind(settings: Settings) -> io::Result<Server> {
+        if settings.proxy.protocol && settings.proxy.trusted.is_empty() {
+            return Err(io::Error::other(
+                "--proxy-protocol needs --trusted-proxies: the PROXY header is read only from them",
+            ));
+        }
         let (soft, _) = raise_fd_limit();
         let limits = &settings.limits;
         let max_total = match limits.max_connections {
@@ -158,7 +166,13 @@ impl Server {
             None => Vec::new(),
         };
         let admin_token_file = settings.moderation.admin_token_file.as_deref();
-        let web = Web::bind(&settings.web, admin_token_file, net.backlog).await?;
+        let web = Web::bind(
+            &settings.web,
+            &settings.proxy.trusted,
+            admin_token_file,
+            net.backlog,
+        )
+        .await?;
         // The metrics are served on the web side (--http or --metrics-addr); without it,
         // counting would be for nobody.
         let metrics = web.as_ref().and_then(|_| crate::metrics::install());
@@ -196,6 +210,7 @@ impl Server {
             metrics,
             budgeted: settings.limits.max_queued_total > 0,
             _data_lock: data_lock,
+            proxy: Arc::new(settings.proxy),
         })
     }
 
@@ -269,14 +284,19 @@ impl Server {
         }
         let plain = self.listeners.into_iter().map(|l| (l, false));
         let tls = self.tls_listeners.into_iter().map(|l| (l, true));
+        let hand = Arc::new(Hand {
+            ctx: self.ctx.clone(),
+            admission: self.admission.clone(),
+            shutdown: shutdown.clone(),
+            dispatch,
+        });
         for (listener, tls) in plain.chain(tls) {
-            let ctx = self.ctx.clone();
-            let admission = self.admission.clone();
-            let shutdown = shutdown.clone();
-            let dispatch = dispatch.clone();
-            tasks.push(tokio::spawn(accept_loop(
-                listener, tls, ctx, admission, shutdown, dispatch,
-            )));
+            let listener = Listener {
+                listener,
+                tls,
+                proxy: self.proxy.clone(),
+            };
+            tasks.push(tokio::spawn(accept_loop(listener, hand.clone())));
         }
         for t in tasks {
             let _ = t.await;
@@ -415,14 +435,28 @@ fn spawn_serve(
     }
 }
 
-async fn accept_loop(
+/// A chat or TLS listener, and what its connections start with.
+struct Listener {
     listener: TcpListener,
     tls: bool,
+    proxy: Arc<ProxySettings>,
+}
+
+/// What every accept loop hands its connections to.
+struct Hand {
     ctx: Arc<Shared>,
     admission: Arc<Admission>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     dispatch: Arc<Dispatch>,
-) {
+}
+
+async fn accept_loop(listener: Listener, hand: Arc<Hand>) {
+    let Listener {
+        listener,
+        tls,
+        proxy,
+    } = listener;
+    let mut shutdown = hand.shutdown.clone();
     let mut last_warn: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -432,30 +466,10 @@ async fn accept_loop(
         match accepted {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                let transport = if tls { Transport::Tls } else { Transport::Tcp };
-                match admission.admit(addr.ip(), transport) {
-                    Ok(ticket) => dispatch.send(stream, addr, ticket, tls, &ctx, &shutdown),
-                    Err(refusal) => {
-                        let reason = refusal.to_string();
-                        info!(%addr, reason, "disconnect: refused");
-                        crate::metrics::handshake_rejected(crate::metrics::rejection_reason(
-                            &reason,
-                        ));
-                        if tls {
-                            // No TLS session yet to say why in: just close.
-                            continue;
-                        }
-                        // Each refusal holds its socket for up to 1.5 s; under a flood of
-                        // connects, past a few dozen at once the rest are closed without a word.
-                        if REFUSING.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
-                            tokio::spawn(async move {
-                                refuse(stream, reason).await;
-                                REFUSING.fetch_sub(1, Ordering::AcqRel);
-                            });
-                        } else {
-                            REFUSING.fetch_sub(1, Ordering::AcqRel);
-                        }
-                    }
+                if proxy.protocol && proxy.trusted.contains(addr.ip()) {
+                    proxied(stream, addr, tls, &hand);
+                } else {
+                    admit(stream, addr, tls, &hand);
                 }
             }
             Err(e) => {
@@ -469,6 +483,77 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Admits a connection from `addr` (the client's address) within the limits and hands it to
+/// a runtime, or refuses it.
+fn admit(stream: TcpStream, addr: SocketAddr, tls: bool, hand: &Hand) {
+    let transport = if tls { Transport::Tls } else { Transport::Tcp };
+    match hand.admission.admit(addr.ip(), transport) {
+        Ok(ticket) => hand
+            .dispatch
+            .send(stream, addr, ticket, tls, &hand.ctx, &hand.shutdown),
+        Err(refusal) => {
+            let reason = refusal.to_string();
+            info!(%addr, reason, "disconnect: refused");
+            crate::metrics::handshake_rejected(crate::metrics::rejection_reason(&reason));
+            if tls {
+                // No TLS session yet to say why in: just close.
+                return;
+            }
+            // Each refusal holds its socket for up to 1.5 s; under a flood of
+            // connects, past a few dozen at once the rest are closed without a word.
+            if REFUSING.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+                tokio::spawn(async move {
+                    refuse(stream, reason).await;
+                    REFUSING.fetch_sub(1, Ordering::AcqRel);
+                });
+            } else {
+                REFUSING.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// A connection from a trusted proxy with `--proxy-protocol`: its PROXY header names the
+/// client, within the handshake timeout, before anything else is read (for TLS, before the
+/// ClientHello). Until then it counts in the total only, so waiting headers stay bounded
+/// by `--max-connections`; then it is admitted as the client's. A missing or bad header
+/// closes it without a word: the proxy, not a person, is at the other end.
+fn proxied(mut stream: TcpStream, peer: SocketAddr, tls: bool, hand: &Arc<Hand>) {
+    let transport = if tls { Transport::Tls } else { Transport::Tcp };
+    let held = match hand.admission.admit_proxy(transport) {
+        Ok(held) => held,
+        Err(refusal) => {
+            info!(%peer, reason = %refusal, "disconnect: refused");
+            return;
+        }
+    };
+    let hand = hand.clone();
+    tokio::spawn(async move {
+        let within = hand.ctx.transport().handshake_timeout;
+        let mut shutdown = hand.shutdown.clone();
+        let read = tokio::select! {
+            _ = shutdown.changed() => return,
+            read = tokio::time::timeout(within, header::read(&mut stream)) => read,
+        };
+        let client = match read {
+            Ok(Ok(client)) => client.unwrap_or(peer),
+            Ok(Err(e)) => {
+                info!(%peer, reason = %e, "disconnect: bad PROXY header");
+                crate::metrics::handshake_rejected("proxy_header");
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "disconnect: no PROXY header within the handshake timeout");
+                crate::metrics::handshake_rejected("proxy_header");
+                return;
+            }
+        };
+        debug!(%peer, %client, "PROXY header read");
+        drop(held);
+        admit(stream, client, tls, &hand);
+    });
 }
 
 /// Refusals being written at once (see `accept_loop`).

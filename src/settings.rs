@@ -24,6 +24,19 @@ pub struct Settings {
     pub moderation: ModerationSettings,
     /// Cluster mode: rooms, history and names shared over NATS JetStream; none: one machine.
     pub cluster: Option<ClusterSettings>,
+    /// Behind a reverse proxy: whose word on the client's address is taken.
+    pub proxy: ProxySettings,
+}
+
+/// Behind a reverse proxy (see `proxy`): the peers whose `Forwarded` / `X-Forwarded-For`
+/// headers (web side) and PROXY protocol header (chat and TLS ports) name the client.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProxySettings {
+    /// The trusted proxies (`--trusted-proxies`); empty: every peer is the client.
+    pub trusted: crate::proxy::Trusted,
+    /// Connections from trusted proxies to the chat and TLS ports start with a PROXY protocol
+    /// header (`--proxy-protocol`); needs `trusted`.
+    pub protocol: bool,
 }
 
 /// Where the chat ports listen, and the threads that serve them.

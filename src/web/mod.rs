@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use crate::context::Shared;
 use crate::limits::Admission;
 use crate::metrics::Transport;
+use crate::proxy::{forwarded, Trusted};
 use crate::settings::WebSettings;
 use deadline::{WriteDeadline, WRITE_DEADLINE};
 use guard::{Hosts, LiveHosts, Token};
@@ -67,6 +68,8 @@ pub struct Web {
     metrics_token: Option<Arc<Token>>,
     /// `--admin-token-file`: what the admin API requires; none: no admin API.
     admin_token: Option<Arc<Token>>,
+    /// `--trusted-proxies`: whose `Forwarded` / `X-Forwarded-For` name the client.
+    proxies: Arc<Trusted>,
 }
 
 impl Web {
@@ -76,6 +79,7 @@ impl Web {
     /// the start too.
     pub async fn bind(
         settings: &WebSettings,
+        proxies: &Trusted,
         admin_token_file: Option<&Path>,
         backlog: u32,
     ) -> io::Result<Option<Web>> {
@@ -122,6 +126,7 @@ impl Web {
             hosts: Arc::new(LiveHosts::new(hosts)),
             metrics_token,
             admin_token,
+            proxies: Arc::new(proxies.clone()),
         }))
     }
 
@@ -173,11 +178,13 @@ impl Web {
         let edge = Arc::new(Edge {
             hosts: self.hosts.clone(),
             tls: state.tls.clone(),
+            proxies: self.proxies.clone(),
         });
         // The metrics listener speaks plain HTTP: it is meant for a private address.
         let metrics_edge = Arc::new(Edge {
             hosts: self.hosts,
             tls: None,
+            proxies: self.proxies,
         });
         let web = self.listeners.into_iter().map(|l| (l, &app, &edge));
         let metrics = self.metrics_listeners.into_iter().filter_map(|l| {
@@ -202,6 +209,8 @@ impl Web {
 struct Edge {
     hosts: Arc<LiveHosts>,
     tls: Option<TlsAcceptor>,
+    /// Trusted proxies: a request from one is its forwarded client's.
+    proxies: Arc<Trusted>,
 }
 
 /// Most bytes hyper buffers per connection, each way (its default is about 400 KiB): room
@@ -230,7 +239,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(ticket) = admission.admit(addr.ip(), Transport::Http) else {
+        // A trusted proxy's connection carries many clients: it counts in the total only
+        // (a WebSocket is then counted as its client's when it upgrades).
+        let admitted = match edge.proxies.contains(addr.ip()) {
+            true => admission.admit_proxy(Transport::Http),
+            false => admission.admit(addr.ip(), Transport::Http),
+        };
+        let Ok(ticket) = admitted else {
             continue; // over the limits: closed without a word
         };
         let _ = stream.set_nodelay(true);
@@ -271,6 +286,9 @@ async fn serve_connection<I>(
 {
     let hosts = edge.hosts.get();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Every route takes the client's address from here: behind a trusted proxy, the one
+        // its headers name (see `proxy::forwarded`).
+        let addr = forwarded::client_addr(&edge.proxies, addr, req.headers());
         req.extensions_mut().insert(ConnectInfo(addr));
         let refused = hosts.check(&req);
         if refused.is_some() {

@@ -13,9 +13,10 @@ use std::time::Duration;
 #[cfg(test)]
 use clap::CommandFactory;
 use clap::Parser;
+use machat::proxy::{Trusted, TrustedNet};
 use machat::settings::{
     self, AuthSettings, ClusterSettings, HistorySettings, Limits, ModerationSettings, NetSettings,
-    Retention, RoomCreation, Settings, TlsSettings, WebSettings,
+    ProxySettings, Retention, RoomCreation, Settings, TlsSettings, WebSettings,
 };
 
 /// machat: a MaChat-compatible chat server. Connect with `nc`, `machat-client` or any MaChat
@@ -398,6 +399,25 @@ pub struct Config {
         global = true
     )]
     pub min_password_length: usize,
+
+    /// Reverse proxies whose word on the client's address is taken, comma-separated networks
+    /// or addresses (`127.0.0.1,10.0.0.0/8,fd00::/8`): from them, the web side reads the
+    /// client from `Forwarded` / `X-Forwarded-For` and, with --proxy-protocol, the chat and
+    /// TLS ports from a PROXY header. From anyone else these are ignored. Default: nobody.
+    #[arg(
+        long,
+        env = "MACHAT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        help_heading = "Proxy"
+    )]
+    pub trusted_proxies: Vec<TrustedNet>,
+
+    /// Connections from --trusted-proxies to the chat and TLS ports start with a PROXY
+    /// protocol header (v1 or v2, as nginx's `proxy_protocol on` or HAProxy's `send-proxy`
+    /// send), which names the client; one without a valid header is closed.
+    #[arg(long, env = "MACHAT_PROXY_PROTOCOL", help_heading = "Proxy")]
+    pub proxy_protocol: bool,
 }
 
 /// What `machat` does instead of serving.
@@ -542,6 +562,8 @@ pub enum ConfigError {
     SizeLimits,
     #[error("--login-ttl must be a number of days > 0 (at most 36500)")]
     LoginTtl,
+    #[error("--proxy-protocol needs --trusted-proxies: the PROXY header is read only from them")]
+    ProxyProtocolAlone,
 }
 
 impl ConfigError {
@@ -563,6 +585,7 @@ impl ConfigError {
             RoomLimits => &["max_rooms", "max_room_members", "max_rooms_per_session"],
             SizeLimits => &["max_line", "max_handshake", "max_pending"],
             LoginTtl => &["login_ttl"],
+            ProxyProtocolAlone => &["proxy_protocol", "trusted_proxies"],
         }
     }
 }
@@ -675,6 +698,10 @@ impl Config {
                 }
                 cluster
             }),
+            proxy: ProxySettings {
+                trusted: Trusted::new(self.trusted_proxies.clone()),
+                protocol: self.proxy_protocol,
+            },
         };
         settings.set_data_dir(&self.data_dir);
         settings
@@ -741,6 +768,9 @@ impl Config {
         }
         if !(self.login_ttl > 0.0 && self.login_ttl <= 36_500.0) {
             return Err(ConfigError::LoginTtl);
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::ProxyProtocolAlone);
         }
         Ok(())
     }
@@ -902,6 +932,32 @@ mod tests {
     #[test]
     fn default_flags_are_the_default_settings() {
         assert_eq!(parse(&["machat"]).settings(), Settings::default());
+    }
+
+    #[test]
+    fn proxy_flags_reach_their_settings() {
+        let s = parse(&[
+            "machat",
+            "--trusted-proxies",
+            "127.0.0.1,10.0.0.0/8",
+            "--trusted-proxies",
+            "fd00::/8",
+            "--proxy-protocol",
+        ]);
+        assert!(s.validate().is_ok());
+        let proxy = s.settings().proxy;
+        assert!(proxy.protocol);
+        for ip in ["127.0.0.1", "10.2.3.4", "fd00::1"] {
+            assert!(proxy.trusted.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!proxy.trusted.contains("127.0.0.2".parse().unwrap()));
+        // A bad entry stops the start, naming it.
+        let bad = Config::try_parse_from(["machat", "--trusted-proxies", "10.0.0.1,bogus/8"]);
+        let text = bad.map(|_| ()).unwrap_err().to_string();
+        assert!(text.contains("bogus/8"), "{text}");
+        // The PROXY header is read only from trusted proxies: alone, it is an error.
+        let alone = parse(&["machat", "--proxy-protocol"]).validate();
+        assert!(matches!(alone, Err(ConfigError::ProxyProtocolAlone)));
     }
 
     #[test]
