@@ -155,7 +155,18 @@ fn handshakes_waiting_from_one_address_are_bounded() {
     let server = Server::start(&["--max-handshakes-per-ip", "3"]);
     let mut member = server.connect("member", "r");
     let mut waiting: Vec<Client> = (0..3).map(|_| Client::raw(server.addr)).collect();
-    // The three are counted once the server has accepted them: a fourth is refused at once.
+    // The three are counted once the server has taken them up (each runtime thread counts its
+    // own, so not in the order of the connects): wait for their `connect` lines, the member's
+    // and theirs. Then a fourth is refused at once.
+    let taken_up = || {
+        let log = server.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(" connect id=")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while taken_up() < 4 {
+        assert!(Instant::now() < deadline, "the three were never taken up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut refused = loop {
         let mut c = Client::raw(server.addr);

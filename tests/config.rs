@@ -231,7 +231,7 @@ fn the_default_file_checks_and_means_exactly_the_defaults() {
             .collect()
     };
     assert_eq!(settings(&printed), settings(&defaults));
-    assert_eq!(settings(&printed).len(), 9, "{printed}");
+    assert_eq!(settings(&printed).len(), 10, "{printed}");
     assert_eq!(value(&printed, "limits", "max_per_ip"), "4096");
     assert_eq!(value(&printed, "chat", "addr"), "localhost:8989");
     let _ = std::fs::remove_dir_all(dir);
