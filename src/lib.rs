@@ -9,7 +9,7 @@
 //! what a server follows. The binary reads its flags into [`settings::Settings`] and starts a
 //! server from them; the terminal client is a crate of its own (`crates/client`).
 
-pub use machat_proto::{act, codec, protocol, refusal, request, sniff};
+pub use machat_proto::{act, codec, frame, protocol, refusal, request, sniff};
 
 // Public only what another crate uses: the binaries (`auth` for `machat user`, `server`,
 // `settings`; `backup`, `export` and `data_lock` for `machat backup|export|import`), the

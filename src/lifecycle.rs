@@ -220,6 +220,10 @@ fn many_rooms(
     );
     session.person = person;
     session.admin = admin;
+    // JSON in either form: lines, or a WebSocket's frames.
+    if entry.format.is_json() {
+        session.format = entry.format;
+    }
     session
 }
 

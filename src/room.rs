@@ -100,8 +100,7 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let inner = &mut *self.guard;
-        let now = inner.logs[0].buf.len()
-            + inner.logs[1].buf.len()
+        let now = inner.logs.iter().map(|l| l.buf.len()).sum::<usize>()
             + inner.private_total
             + inner.held_total;
         if now != inner.accounted {
@@ -296,7 +295,7 @@ struct Inner {
     /// The newest message id in the log (with sync durability, behind `next_id` while
     /// messages wait for their commit).
     last_published: u64,
-    logs: [Log; 2],
+    logs: [Log; 3],
     slots: Vec<Option<Member>>,
     free: Vec<usize>,
     count: usize,
@@ -414,7 +413,7 @@ impl Room {
             inner: Mutex::new(Inner {
                 next_id,
                 last_published: next_id - 1,
-                logs: [log(), log()],
+                logs: [log(), log(), log()],
                 slots: Vec::new(),
                 free: Vec::new(),
                 count: 0,
@@ -1199,7 +1198,9 @@ impl Room {
         let event = RoomEvent::Join { name };
         match format {
             Format::Text => event.render_text(&mut line),
-            Format::Json => event.render_json(&self.name, Timestamp::now(), &mut line),
+            Format::Json | Format::Frames => {
+                event.render_json(&self.name, Timestamp::now(), &mut line)
+            }
         }
         inner.push_private(seat.slot, line, self.max_pending);
     }
@@ -1296,7 +1297,7 @@ impl Room {
             inner.last_published = id;
             crate::metrics::delivered(inner.count);
         }
-        for format in [Format::Text, Format::Json] {
+        for format in Format::ALL {
             let log = &mut inner.logs[format as usize];
             if log.members == 0 {
                 continue;
@@ -1306,6 +1307,13 @@ impl Room {
                 Format::Json => {
                     let ts = *ts.get_or_insert_with(Timestamp::now);
                     event.render_json(&self.name, ts, &mut log.buf);
+                }
+                // The WebSocket members' frame, made once for all of them.
+                Format::Frames => {
+                    let ts = *ts.get_or_insert_with(Timestamp::now);
+                    let start = log.buf.len();
+                    event.render_json(&self.name, ts, &mut log.buf);
+                    crate::frame::frame_lines(&mut log.buf, start);
                 }
             }
             log.behind = log.members;
@@ -1738,7 +1746,12 @@ impl Inner {
             if m.cursor < until {
                 let room = max - (out.len() - start_len);
                 let from = (m.cursor - log.base) as usize;
-                let n = line_end(&log.buf[from..], ((until - m.cursor) as usize).min(room));
+                let unread = &log.buf[from..(until - log.base) as usize];
+                let want = unread.len().min(room);
+                let n = match m.format {
+                    Format::Frames => crate::frame::cut(unread, want),
+                    Format::Text | Format::Json => line_end(unread, want),
+                };
                 out.extend_from_slice(&log.buf[from..from + n]);
                 m.cursor += n as u64;
             } else if let Some((_, bytes)) = private_next.then(|| m.private.pop_front()).flatten() {

@@ -987,3 +987,62 @@ fn requests_to_the_websocket_endpoint_that_are_not_upgrades_get_json_errors() {
         (400, "Sec-WebSocket-Key is missing")
     );
 }
+
+/// The rooms' frames go to the socket past tungstenite (made once per room, written in one
+/// write per drain). A client that stops reading makes those writes stop part-way through a
+/// frame; meanwhile the server's pings, its pongs to the client's pings and the replies to the
+/// client's commands (plain lines, framed one by one) must queue behind the frame under way,
+/// never inside it. The client then reads every frame whole, in order.
+#[test]
+fn a_websocket_that_falls_behind_gets_every_frame_whole_among_pings_and_replies() {
+    let server = web_server(&[
+        "--max-pending",
+        "67108864",
+        "--max-line-rate",
+        "0",
+        "--ws-ping",
+        "0.05",
+    ]);
+    let mut tcp = server.connect("Flood", "behind");
+    let mut ws = ws_join(&server, "Behind", "behind");
+    tcp.expect("*** Behind joined");
+    // Lengths that give frames of both short header sizes (payloads under and over 125).
+    let text = |i: usize| format!("{i}:{}", "w".repeat(i % 700));
+    let total = 40_000;
+    let mut whos = 0;
+    for i in 0..total {
+        tcp.send(&format!("{}\n", text(i)));
+        if i % 1000 == 0 {
+            // Without reading: a ping (its pong queues on the server) and a command (its
+            // reply is the session's own line, not a room frame).
+            ws.send(Message::Ping(Vec::new().into())).expect("ping");
+            send(&mut ws, "/who");
+            whos += 1;
+        }
+    }
+    // Only once the flood is all out does the client read.
+    tcp.until(&format!("Flood:{}", text(total - 1)));
+    let mut next_text = 0;
+    let mut who_replies = 0;
+    while next_text < total {
+        match next(&mut ws, TIMEOUT) {
+            Got::Json(v) if v["type"] == "message" => {
+                assert_eq!(v["text"], text(next_text), "message {next_text}");
+                next_text += 1;
+            }
+            Got::Json(v) if v["type"] == "notice" || v["type"] == "who" => who_replies += 1,
+            Got::Json(_) => {}
+            other => panic!("after {next_text} messages: {other:?}"),
+        }
+    }
+    // The last replies may still be on their way after the last message.
+    while who_replies < whos {
+        match next(&mut ws, TIMEOUT) {
+            Got::Json(v) if v["type"] == "notice" || v["type"] == "who" => who_replies += 1,
+            Got::Json(_) => {}
+            other => panic!("{who_replies} of {whos} replies: {other:?}"),
+        }
+    }
+    send(&mut ws, "still whole");
+    until(&mut ws, |v| v["text"] == "still whole");
+}

@@ -28,7 +28,7 @@ pub fn render_topic(room: &str, topic: &Topic, format: Format, out: &mut Vec<u8>
             topic.text, topic.by
         ))
         .render(format, out),
-        Format::Json => Act {
+        Format::Json | Format::Frames => Act {
             kind: ActKind::Topic,
             actor: &topic.by,
             target: None,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{taken, AfterClaim, End, Next, Session};
 use crate::marks::{Edit, Outcome};
 use crate::names::ClaimError;
-use crate::protocol::{clean_message, Format, Reply};
+use crate::protocol::{clean_message, Reply};
 use crate::refusal::{Notice, Refusal};
 use crate::replay::PagedReplay;
 use crate::request::{parse_request, render_ok, render_reply, Kind, ReqId};
@@ -308,11 +308,11 @@ impl Session {
                 let new = !self.hub.exists(room);
                 let joined = self
                     .hub
-                    .join_replaying(room, self.joiner(Format::Json), replay);
+                    .join_replaying(room, self.joiner(self.format), replay);
                 match joined {
                     Ok((joined, seat, history)) => {
                         self.hub
-                            .entered(&joined, seat, &self.who(), new, Format::Json);
+                            .entered(&joined, seat, &self.who(), new, self.format);
                         self.add(joined, seat, history);
                         let last = self.seats.len() - 1;
                         if let Err(end) = self.keep_joined(room, out) {

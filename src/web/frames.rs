@@ -89,6 +89,10 @@ pub struct FrameMeter<I> {
     /// Frames of the message under way so far (0 between messages).
     fragments: u32,
     flood: Option<Flood>,
+    /// True while a frame the server writes itself (see [`FrameMeter::poll_write_frames`]) is
+    /// only partly written: tungstenite's own frames (pongs, pings, the close) wait, so that
+    /// no frame ever lands inside another.
+    frame_open: bool,
 }
 
 impl<I> FrameMeter<I> {
@@ -108,6 +112,7 @@ impl<I> FrameMeter<I> {
             control_last: Instant::now(),
             fragments: 0,
             flood: None,
+            frame_open: false,
         }
     }
 
@@ -253,12 +258,36 @@ impl<I: AsyncRead + Unpin> AsyncRead for FrameMeter<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> FrameMeter<I> {
+    /// Writes frames the server rendered itself (a room's frames, made once for all its
+    /// WebSocket members), past tungstenite. The caller says with
+    /// [`FrameMeter::set_frame_open`] when one is left unfinished.
+    pub fn poll_write_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, frames)
+    }
+
+    /// See [`FrameMeter::poll_write_frames`].
+    pub fn set_frame_open(&mut self, open: bool) {
+        self.frame_open = open;
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for FrameMeter<I> {
+    /// tungstenite's writes. While a frame of the server's own is unfinished they wait; the
+    /// connection's task finishes that frame and then flushes tungstenite, so nothing waits
+    /// on a waker here.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.frame_open {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -267,6 +296,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FrameMeter<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.frame_open {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 

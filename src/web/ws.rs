@@ -1,9 +1,10 @@
 //! WebSocket clients: the same chat as TCP, one message per frame.
 //!
 //! The first text frame is the JSON handshake; every later text frame is one message (it may
-//! span lines). A WebSocket member reads the room's JSON log, the one JSON-over-TCP members
-//! read, and each line of it goes out as one text frame: nothing is rendered for WebSocket
-//! alone. Like the TCP connection, one poll function drives both directions, so a client that
+//! span lines). A WebSocket member reads the room's log of frames ([`Format::Frames`]): each
+//! event's JSON line as a text frame, made once per room, since a server's frames are not
+//! masked and so are the same bytes for every member. They go out as they are, in one write
+//! per drain, like a TCP member's lines. Like the TCP connection, one poll function drives both directions, so a client that
 //! never reads can still be read from and is cut off by the room's slow-consumer rule, and an
 //! idle connection holds only tungstenite's small buffers (sized here, not its 128 KiB
 //! defaults). Bad input ends only this client, with a close frame that says why. Every frame
@@ -52,9 +53,9 @@ type WebSocket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 /// tungstenite's read buffer (its default is 128 KiB per client, allocated at the upgrade):
 /// chat frames are small, and an idle connection keeps this buffer for its whole life.
 const WS_READ_BUFFER: usize = 1024;
-/// How much tungstenite gathers before writing (its default is 128 KiB): a few frames per
-/// write when a burst is sent; flushed at the end of every poll anyway.
-const WS_WRITE_BUFFER: usize = 4096;
+/// How much tungstenite gathers before writing (its default is 128 KiB): nothing, as it only
+/// writes control frames (the session's output goes past it, see [`Ws`]).
+const WS_WRITE_BUFFER: usize = 0;
 /// How long closing waits for the client to take the last frames.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -96,7 +97,7 @@ pub(super) async fn upgrade(
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_write_buffer_size(config.max_pending.max(WS_WRITE_BUFFER * 2))
+        .max_write_buffer_size(config.max_pending.max(4096))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     // Every frame counts towards the line rate (the session then has no limit of its own).
@@ -231,7 +232,7 @@ async fn serve(socket: WebSocket, addr: SocketAddr, state: Arc<WebState>, ticket
         }
     };
     let entry = Entry {
-        format: Format::Json,
+        format: Format::Frames,
         // No line rate here: the FrameMeter spends it on every frame, text or not.
         limit: None,
         transport: Transport::WebSocket,
@@ -299,14 +300,25 @@ fn read_error(e: WsError) -> Ending {
     }
 }
 
-/// A WebSocket client's side of the client loop: each text frame is one message in, each
-/// line of the session's output one text frame out.
+/// A WebSocket client's side of the client loop: each text frame is one message in; out go
+/// the rooms' frames as they are (rendered once per room, [`Format::Frames`]) and every plain
+/// line of the session's own (a reply, a replay) as a frame of its own.
+///
+/// The session's output is written to the socket directly, past tungstenite, in one write per
+/// drain as on TCP; tungstenite writes only its control frames (pongs, pings, the close).
+/// The two never interleave inside a frame: tungstenite is flushed before a frame of ours
+/// starts, and its writes wait while one of ours is unfinished ([`FrameMeter`]).
 struct Ws {
     socket: WebSocket,
     /// `--max-line`: a frame may be as long as the handshake (tungstenite's limit), a message
     /// no longer than a line.
     max_line: usize,
     ping: Option<Pin<Box<Interval>>>,
+    /// Bytes still to write of a frame that began in an earlier write: the output handed in
+    /// next starts with them.
+    mid: usize,
+    /// Frames made here from plain lines, taken from the output but not yet written.
+    backlog: Vec<u8>,
 }
 
 impl Ws {
@@ -322,7 +334,32 @@ impl Ws {
             socket,
             max_line: ctx.transport().max_line,
             ping,
+            mid: 0,
+            backlog: Vec::new(),
         }
+    }
+
+    /// Writes the frames made here from plain lines; Ready once they are all out.
+    fn poll_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.backlog.is_empty() {
+            let meter = self.socket.get_mut();
+            let n = ready!(meter.poll_write_frames(cx, &self.backlog))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            crate::metrics::bytes_out(Transport::WebSocket, n);
+            self.backlog.drain(..n);
+            meter.set_frame_open(!self.backlog.is_empty());
+        }
+        if self.backlog.capacity() > 16 * 1024 {
+            self.backlog = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// True while a frame of ours is unfinished: nothing else may be written.
+    fn frame_open(&self) -> bool {
+        self.mid > 0 || !self.backlog.is_empty()
     }
 }
 
@@ -356,37 +393,51 @@ impl Wire for Ws {
         })
     }
 
-    /// One text frame per line, as long as the socket takes them.
-    fn poll_write(&mut self, cx: &mut Context<'_>, lines: &[u8]) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(io::Error::other)?;
-        // One copy for all the frames of this write; each frame is a slice of it.
-        let all = Bytes::copy_from_slice(lines);
-        let mut taken = 0;
-        while taken < all.len() {
-            if taken > 0 {
-                match Pin::new(&mut self.socket).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
-                    Poll::Pending => break,
-                }
+    /// The rooms' frames as they are, in one write (the hot path: nothing is copied or
+    /// framed per member); plain lines before them become frames of their own first.
+    fn poll_write(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_backlog(cx))?;
+        if self.mid == 0 {
+            // A pong or ping tungstenite queued goes before our next frame, not inside it.
+            ready!(Pin::new(&mut self.socket).poll_flush(cx)).map_err(io::Error::other)?;
+        }
+        let run = crate::frame::frames_run(out, self.mid);
+        if run > 0 {
+            let meter = self.socket.get_mut();
+            let n = ready!(meter.poll_write_frames(cx, &out[..run]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let end = memchr::memchr(b'\n', &all[taken..]).map_or(all.len(), |nl| taken + nl);
-            let line = all.slice(taken..end);
-            taken = (end + 1).min(all.len());
-            if line.is_empty() {
-                continue;
-            }
-            crate::metrics::bytes_out(Transport::WebSocket, line.len());
-            if let Ok(text) = Utf8Bytes::try_from(line) {
-                Pin::new(&mut self.socket)
-                    .start_send(Message::Text(text))
-                    .map_err(io::Error::other)?;
+            crate::metrics::bytes_out(Transport::WebSocket, n);
+            self.mid = crate::frame::left_in_frame(out, self.mid, n);
+            meter.set_frame_open(self.mid > 0);
+            return Poll::Ready(Ok(n));
+        }
+        // Plain lines (the session's own replies): framed here, up to the next frame.
+        let mut end = 0;
+        while end < out.len() {
+            match crate::frame::piece(&out[end..]) {
+                crate::frame::Piece::Line(n) => end += n,
+                crate::frame::Piece::Frame(_) => break,
             }
         }
-        Poll::Ready(Ok(taken))
+        crate::frame::encode(&out[..end], &mut self.backlog);
+        self.socket
+            .get_mut()
+            .set_frame_open(!self.backlog.is_empty());
+        // Taken: what the socket does not take now waits in the backlog.
+        if let Poll::Ready(Err(e)) = self.poll_backlog(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(end))
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_backlog(cx))?;
+        if self.mid > 0 {
+            // The rest of the frame is still with the client loop, which writes it next.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.socket)
             .poll_flush(cx)
             .map_err(io::Error::other)
@@ -395,10 +446,11 @@ impl Wire for Ws {
     /// A ping every `--ws-ping` (skipped while the socket is full: the client is not reading
     /// anyway, and the slow-consumer rule deals with it).
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> bool {
+        let open = self.frame_open();
         let Some(ping) = self.ping.as_mut() else {
             return false;
         };
-        if ping.poll_tick(cx).is_pending() {
+        if ping.poll_tick(cx).is_pending() || open {
             return false;
         }
         let mut socket = Pin::new(&mut self.socket);
@@ -423,11 +475,32 @@ impl Wire for Ws {
     }
 
     async fn goodbye(mut self, out: Vec<u8>, ending: Ending, _format: Format) {
-        goodbye(&mut self.socket, &ending, out).await;
+        // What is left of a frame under way, and the frames made here, go out first.
+        let mid = self.mid.min(out.len());
+        let finish = async {
+            std::future::poll_fn(|cx| self.poll_backlog(cx)).await?;
+            let mut at = 0;
+            while at < mid {
+                let n = std::future::poll_fn(|cx| {
+                    self.socket.get_mut().poll_write_frames(cx, &out[at..mid])
+                })
+                .await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                at += n;
+            }
+            self.socket.get_mut().set_frame_open(false);
+            Ok::<(), io::Error>(())
+        };
+        // If the client does not take what is left, a close frame could not follow it.
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WAIT, finish).await {
+            goodbye(&mut self.socket, &ending, out[mid..].to_vec()).await;
+        }
     }
 }
 
-/// The last frames (`out`: lines of JSON), the reason as an error or notice, and the close
+/// The last frames (`out`: frames and plain lines of JSON, from a frame's start), the reason as an error or notice, and the close
 /// frame; bounded in time, as the client may not be reading.
 async fn goodbye(socket: &mut WebSocket, reason: &Ending, mut out: Vec<u8>) {
     let close = |code: CloseCode, text: &str| {
@@ -467,15 +540,21 @@ async fn goodbye(socket: &mut WebSocket, reason: &Ending, mut out: Vec<u8>) {
         Ending::Io(_) | Ending::Tls(_) => return,
     };
     let send = async {
-        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(text) = Utf8Bytes::try_from(line.to_vec()) else {
-                continue;
-            };
-            crate::metrics::bytes_out(Transport::WebSocket, line.len());
-            socket
-                .send(Message::Text(text))
-                .await
-                .map_err(io::Error::other)?;
+        // The frames (`out` holds the rooms' frames and plain lines), written past tungstenite
+        // once it has sent what it queued, then its close frame.
+        socket.flush().await.map_err(io::Error::other)?;
+        let mut frames = Vec::with_capacity(out.len() + 64);
+        crate::frame::encode(&out, &mut frames);
+        let mut at = 0;
+        while at < frames.len() {
+            let n =
+                std::future::poll_fn(|cx| socket.get_mut().poll_write_frames(cx, &frames[at..]))
+                    .await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            crate::metrics::bytes_out(Transport::WebSocket, n);
+            at += n;
         }
         if let Some(last) = last {
             socket.send(last).await.map_err(io::Error::other)?;

@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod codec;
+pub mod frame;
 pub mod message;
 pub mod protocol;
 pub mod refusal;

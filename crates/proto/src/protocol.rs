@@ -24,6 +24,21 @@ pub const MAX_ROOM_CHARS: usize = 64;
 pub enum Format {
     Text = 0,
     Json = 1,
+    /// JSON for a WebSocket client: every renderer here writes it as [`Format::Json`] lines;
+    /// a room's log of it holds each event as a text frame instead ([`crate::frame`]), made
+    /// once for all its WebSocket members, and the WebSocket transport frames any plain line
+    /// it is handed. Never asked for in a handshake.
+    Frames = 2,
+}
+
+impl Format {
+    /// Every format, in the order of their numbers (a room keeps a log per format).
+    pub const ALL: [Format; 3] = [Format::Text, Format::Json, Format::Frames];
+
+    /// True for the JSON formats (plain lines or frames).
+    pub fn is_json(self) -> bool {
+        !matches!(self, Format::Text)
+    }
 }
 
 /// What a client asked for in its first JSON object.
@@ -537,7 +552,7 @@ pub fn render_history_start(room: &str, format: Format, n: usize, out: &mut Vec<
             push_notice(out, format_args!("history: {n} message{plural}"));
             out.push(b'\n');
         }
-        Format::Json => push_json(
+        Format::Json | Format::Frames => push_json(
             out,
             &serde_json::json!({"type": "history", "room": room, "count": n}),
         ),
@@ -560,7 +575,7 @@ pub fn render_history_messages(
         };
         match format {
             Format::Text => event.render_text(out),
-            Format::Json => event.render_json(room, m.ts, out),
+            Format::Json | Format::Frames => event.render_json(room, m.ts, out),
         }
     }
 }
@@ -572,7 +587,7 @@ pub fn render_history_end(room: &str, format: Format, out: &mut Vec<u8>) {
             push_notice(out, format_args!("end of history"));
             out.push(b'\n');
         }
-        Format::Json => push_json(
+        Format::Json | Format::Frames => push_json(
             out,
             &serde_json::json!({"type": "end_of_history", "room": room}),
         ),
@@ -676,7 +691,7 @@ impl Reply<'_> {
                 }
                 out.push(b'\n');
             }
-            Format::Json => self.render_json(out),
+            Format::Json | Format::Frames => self.render_json(out),
         }
     }
 
