@@ -207,6 +207,15 @@ impl<I> FrameMeter<I> {
     }
 }
 
+/// The most one read from a client's socket takes.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read buffer of every WebSocket on this thread (a read is handed on at once, so a
+    /// connection keeps no buffer of its own between reads).
+    static READ: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for FrameMeter<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -218,7 +227,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for FrameMeter<I> {
             return Poll::Ready(Err(io::Error::other(flood)));
         }
         let start = buf.filled().len();
-        let from_held = this.held_at < this.held.len();
+        let mut from_held = this.held_at < this.held.len();
+        if !from_held && buf.remaining() < READ_CHUNK {
+            // tungstenite reads little at a time (its buffer is small, for idle connections):
+            // read what the socket has in one go, and hand it out from `held`.
+            let n = ready!(READ.with(|chunk| {
+                let mut chunk = chunk.borrow_mut();
+                let mut into = ReadBuf::new(&mut chunk[..]);
+                let read = Pin::new(&mut this.io).poll_read(cx, &mut into);
+                if let Poll::Ready(Ok(())) = read {
+                    this.held.clear();
+                    this.held.extend_from_slice(into.filled());
+                    this.held_at = 0;
+                }
+                read.map_ok(|()| into.filled().len())
+            }))?;
+            if n == 0 {
+                this.held = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+            from_held = true;
+        }
         if from_held {
             let n = (this.held.len() - this.held_at).min(buf.remaining());
             buf.put_slice(&this.held[this.held_at..this.held_at + n]);

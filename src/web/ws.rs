@@ -10,6 +10,7 @@
 //! defaults). Bad input ends only this client, with a close frame that says why. Every frame
 //! the client sends is counted and paced as it is read, under tungstenite ([`FrameMeter`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::time::Interval;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -51,11 +52,15 @@ use crate::session::{End, RateLimit};
 type WebSocket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
 /// tungstenite's read buffer (its default is 128 KiB per client, allocated at the upgrade):
-/// chat frames are small, and an idle connection keeps this buffer for its whole life.
-const WS_READ_BUFFER: usize = 1024;
+/// chat frames are small, and an idle connection keeps this buffer for its whole life (a
+/// longer frame makes it grow as far as that frame needs).
+const WS_READ_BUFFER: usize = 256;
 /// How much tungstenite gathers before writing (its default is 128 KiB): nothing, as it only
 /// writes control frames (the session's output goes past it, see [`Ws`]).
 const WS_WRITE_BUFFER: usize = 0;
+/// Most frames handed to the session in one read (then the client loop writes and looks
+/// at its timers before it reads again).
+const FRAMES_PER_READ: usize = 64;
 /// How long closing waits for the client to take the last frames.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -313,7 +318,8 @@ struct Ws {
     /// `--max-line`: a frame may be as long as the handshake (tungstenite's limit), a message
     /// no longer than a line.
     max_line: usize,
-    ping: Option<Pin<Box<Interval>>>,
+    /// The next ping, and how often: one timer, reset at each ping.
+    ping: Option<(Pin<Box<Sleep>>, Duration)>,
     /// Bytes still to write of a frame that began in an earlier write: the output handed in
     /// next starts with them.
     mid: usize,
@@ -327,8 +333,8 @@ impl Ws {
             .ok()
             .filter(|d| !d.is_zero())
             .map(|every| {
-                let start = tokio::time::Instant::now() + every;
-                Box::pin(tokio::time::interval_at(start, every))
+                let first = tokio::time::Instant::now() + every;
+                (Box::pin(tokio::time::sleep_until(first)), every)
             });
         Ws {
             socket,
@@ -371,26 +377,34 @@ impl Wire for Ws {
         cx: &mut Context<'_>,
         on: &mut dyn FnMut(Input<'_>) -> Flow,
     ) -> Poll<Result<(), Ending>> {
-        let frame = match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
-            None => return Poll::Ready(Err(Ending::ClosedByClient)),
-            Some(Err(e)) => return Poll::Ready(Err(read_error(e))),
-            Some(Ok(frame)) => frame,
-        };
-        Poll::Ready(match frame {
-            Message::Text(text) if text.len() > self.max_line => {
-                Err(Ending::broke(Refusal::LineTooLong))
+        // Every frame already read, as TCP hands out every line of a read: a member's task
+        // then runs once per burst of messages, not once per message.
+        for handled in 0..FRAMES_PER_READ {
+            let frame = match Pin::new(&mut self.socket).poll_next(cx) {
+                Poll::Pending if handled > 0 => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Err(Ending::ClosedByClient)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(read_error(e))),
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            match frame {
+                Message::Text(text) if text.len() > self.max_line => {
+                    return Poll::Ready(Err(Ending::broke(Refusal::LineTooLong)));
+                }
+                Message::Text(text) => {
+                    // A whole frame is one message: nothing is held if the session pauses.
+                    if let Flow::Pause = on(Input::Message(text.as_bytes())) {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Message::Binary(_) => return Poll::Ready(Err(binary())),
+                // Sending after the client's close frame would only fail: end now.
+                Message::Close(_) => return Poll::Ready(Err(Ending::ClosedByClient)),
+                // tungstenite answers pings itself; pongs only prove the client is there.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
-            Message::Text(text) => {
-                // A whole frame is one message: nothing is held if the session pauses.
-                on(Input::Message(text.as_bytes()));
-                Ok(())
-            }
-            Message::Binary(_) => Err(binary()),
-            // Sending after the client's close frame would only fail: end now.
-            Message::Close(_) => Err(Ending::ClosedByClient),
-            // tungstenite answers pings itself; pongs only prove the client is there.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
-        })
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The rooms' frames as they are, in one write (the hot path: nothing is copied or
@@ -447,12 +461,14 @@ impl Wire for Ws {
     /// anyway, and the slow-consumer rule deals with it).
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> bool {
         let open = self.frame_open();
-        let Some(ping) = self.ping.as_mut() else {
+        let Some((ping, every)) = self.ping.as_mut() else {
             return false;
         };
-        if ping.poll_tick(cx).is_pending() || open {
+        if ping.as_mut().poll(cx).is_pending() || open {
             return false;
         }
+        let next = tokio::time::Instant::now() + *every;
+        ping.as_mut().reset(next);
         let mut socket = Pin::new(&mut self.socket);
         if let Poll::Ready(Ok(())) = socket.as_mut().poll_ready(cx) {
             if socket
@@ -571,4 +587,21 @@ fn close_reason(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+#[cfg(test)]
+mod tests {
+    /// Every idle WebSocket holds one of these in its task (BENCHMARKS.md, I1 over WebSocket):
+    /// most of it is tokio-tungstenite's `WebSocketStream`.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_idle_websocket_stays_small() {
+        let client = std::mem::size_of::<crate::client::Client<super::Ws>>();
+        println!(
+            "Client<Ws>: {client} bytes (WebSocketStream {}, FrameMeter {})",
+            std::mem::size_of::<super::WebSocket>(),
+            std::mem::size_of::<super::FrameMeter<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>(
+            )
+        );
+        assert!(client <= 800, "{client}");
+    }
 }
