@@ -49,6 +49,18 @@ pub struct Hub {
     graces: Arc<Graces>,
 }
 
+/// An event the cluster's feed read from the stream, for [`Hub::deliver_batch`].
+pub struct Delivery {
+    /// The room's name (one `Arc` for every event of the room the feed has read lately).
+    pub room: Arc<str>,
+    /// Its place in the stream: the order, and a message's id.
+    pub seq: u64,
+    /// `None`: not a machat event (skipped, but counted as seen).
+    pub envelope: Option<Envelope>,
+    /// A person's join or leave on this node (see [`Room::deliver`]).
+    pub ours: bool,
+}
+
 /// A claim's answer: at once (one server, or a cluster that could answer without asking), or
 /// to wait for.
 pub enum Claim {
@@ -345,22 +357,45 @@ impl Hub {
         self.names.release(room, name, owner, person);
     }
 
-    /// Appends an event the cluster delivered to this node's room of that name, if there is
-    /// one, and records `seq` as the point everything up to which this node has seen. Both under
-    /// the registry's lock: a room created afterwards starts its history there, so none of the
-    /// room's events is both replayed and delivered live, nor neither. `ours`: see
-    /// [`Room::deliver`].
-    pub fn deliver(&self, room: &str, seq: u64, envelope: &Envelope, ours: bool, seen: &AtomicU64) {
-        if let RoomEvent::Act(act) = envelope.as_room_event(seq) {
-            // The rules change on this node as the room shows the change, before the bucket's
-            // copy arrives: a mute shown here holds here at once.
-            self.policy.observe(room, &act);
+    /// Appends the events the cluster delivered, in stream order, each to this node's room of
+    /// its name if there is one, and records the stream sequence up to which this node has
+    /// seen. The registry's lock is held across the batch (taken once, not per event) and
+    /// `seen` is stored before it is let go: a room created meanwhile starts its history
+    /// there, so none of the room's events is both replayed and delivered live, nor neither.
+    /// A run of events of one room looks the room up once. A moderation action lets the lock
+    /// go for the rules to change first (`Policy::observe`), `seen` stored up to it.
+    pub fn deliver_batch(&self, batch: &[Delivery], seen: &AtomicU64) {
+        let Some(last) = batch.last() else { return };
+        let mut rooms = self.lock();
+        let mut current: Option<(&Arc<str>, Option<Arc<Room>>)> = None;
+        let mut done = seen.load(Ordering::Acquire);
+        for d in batch {
+            let Some(envelope) = &d.envelope else {
+                done = d.seq;
+                continue;
+            };
+            if let RoomEvent::Act(act) = envelope.as_room_event(d.seq) {
+                // The rules change on this node as the room shows the change, before the
+                // bucket's copy arrives: a mute shown here holds here at once.
+                seen.store(done, Ordering::Release);
+                drop(rooms);
+                self.policy.observe(&d.room, &act);
+                rooms = self.lock();
+                current = None;
+            }
+            let same = current
+                .as_ref()
+                .is_some_and(|(name, _)| Arc::ptr_eq(name, &d.room) || ***name == *d.room);
+            if !same {
+                current = Some((&d.room, rooms.get(&*d.room).cloned()));
+            }
+            if let Some((_, Some(room))) = &current {
+                room.deliver(d.seq, envelope, d.ours);
+            }
+            done = d.seq;
         }
-        let rooms = self.lock();
-        if let Some(r) = rooms.get(room) {
-            r.deliver(seq, envelope, ours);
-        }
-        seen.store(seq, Ordering::Release);
+        seen.store(done.max(last.seq), Ordering::Release);
+        drop(rooms);
     }
 
     /// Delivers a private message another node passed on to this node's connections in

@@ -6,8 +6,8 @@
 //! [`Placed::Local`], and the room appends the event to its log at once, with its next id, and
 //! hands a message to its [`crate::store::Store`]. In a cluster (`crate::cluster`) every node must
 //! show a room's events in one order, so the event goes to the cluster's stream instead
-//! ([`Placed::Away`]) and comes back through `Hub::deliver` and `Room::deliver` on every node,
-//! this one included, with the stream's sequence as its id. Publishing to the stream is then
+//! ([`Placed::Away`]) and comes back through `Hub::deliver_batch` and `Room::deliver` on every
+//! node, this one included, with the stream's sequence as its id. Publishing to the stream is then
 //! the message's append to the history: the stream is the cluster's store, and its
 //! [`crate::store::Store`] only answers queries.
 //!

@@ -1195,3 +1195,134 @@ fn older_history_pages_back_from_any_node() {
     assert_eq!(page(2, ids[2], 3), ids[0..2]);
     assert_eq!(page(2, ids[0], 4), Vec::<u64>::new());
 }
+
+/// A room's messages as a reader got them: (id, name, text).
+type Seen = Vec<(u64, String, String)>;
+
+/// The messages (id, name, text) a JSON reader gets until it has `n`, each within `TIMEOUT`.
+fn json_messages(c: &mut Client, n: usize) -> Seen {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let l = c
+            .line_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("timed out after {} of {n} messages", got.len()));
+        let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        got.extend(messages(&[v]));
+    }
+    got
+}
+
+#[test]
+fn one_order_per_room_with_many_publishes_in_flight_on_every_node() {
+    // Four senders (two rooms, on two nodes) each write all their lines at once: each node
+    // has many batches in flight to JetStream while its feed hands back batches of both rooms.
+    const N: usize = 1_500;
+    let nats = Nats::start();
+    let flags = ["--max-line-rate", "0", "--max-pending", "16777216"];
+    let a = node(&nats, &flags);
+    let b = node(&nats, &flags);
+    let mut readers = Vec::new();
+    for room in ["p", "q"] {
+        for (n, server) in [("A", &a), ("B", &b)] {
+            let name = format!("Read{n}{room}");
+            let mut c = json_join(server, &name, room, "");
+            json_until(&mut c, |v| {
+                v["type"] == "join" && v["name"] == name.as_str()
+            });
+            readers.push((room, c));
+        }
+    }
+    let mut senders = Vec::new();
+    for room in ["p", "q"] {
+        for (n, server) in [("A", &a), ("B", &b)] {
+            let name = format!("Send{n}{room}");
+            senders.push((name.clone(), server.connect(&name, room)));
+        }
+    }
+    std::thread::scope(|s| {
+        for (name, c) in senders.iter_mut() {
+            let lines: String = (0..N).map(|i| format!("{name} {i}\n")).collect();
+            s.spawn(move || c.send(&lines));
+        }
+    });
+    let mut seen: Vec<(&str, Seen)> = Vec::new();
+    for (room, c) in readers.iter_mut() {
+        seen.push((room, json_messages(c, 2 * N)));
+    }
+    for room in ["p", "q"] {
+        let views: Vec<&Seen> = seen
+            .iter()
+            .filter(|(r, _)| *r == room)
+            .map(|(_, m)| m)
+            .collect();
+        // The same messages in the same order, with the same ids, on both nodes...
+        assert_eq!(views[0], views[1], "the nodes disagree in room {room}");
+        let msgs = views[0];
+        // ...ids growing with the stream...
+        assert!(
+            msgs.windows(2).all(|w| w[0].0 < w[1].0),
+            "ids out of order in {room}"
+        );
+        // ...every sender's lines, each once and in the order it wrote them.
+        for n in ["A", "B"] {
+            let name = format!("Send{n}{room}");
+            let texts: Vec<&str> = msgs
+                .iter()
+                .filter(|(_, who, _)| *who == name)
+                .map(|(_, _, t)| t.as_str())
+                .collect();
+            let want: Vec<String> = (0..N).map(|i| format!("{name} {i}")).collect();
+            assert_eq!(texts, want, "{name}'s lines in room {room}");
+        }
+        // No message of the other room slipped in.
+        assert!(msgs.iter().all(|(_, who, _)| who.ends_with(room)), "{room}");
+    }
+}
+
+#[test]
+fn a_publish_failure_with_many_in_flight_is_refused_to_each_sender() {
+    const N: usize = 1_000;
+    let nats = Nats::start();
+    let a = node(
+        &nats,
+        &["--max-line-rate", "0", "--max-pending", "16777216"],
+    );
+    let mut ann = a.connect("Ann", "fail");
+    let mut bob = a.connect("Bob", "fail");
+    ann.until("*** Bob joined");
+    ann.send("warm\n");
+    ann.until("Ann:warm");
+    bob.until("Ann:warm");
+    // The stream goes away under the node: every publish from now on fails.
+    let url = nats.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        js.delete_stream("MACHAT").await.expect("delete the stream");
+    });
+    let lines: String = (0..N).map(|i| format!("lost {i}\n")).collect();
+    ann.send(&lines);
+    // Each line is refused to Ann (after the retries, ~10 s), none shown as sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    while refused < N {
+        assert!(Instant::now() < deadline, "{refused} of {N} refused");
+        let Some(l) = ann.line_within(TIMEOUT) else {
+            continue;
+        };
+        assert!(!l.starts_with("Ann:lost"), "a lost message was shown: {l}");
+        if l.starts_with("*** error: message not") {
+            refused += 1;
+        }
+    }
+    assert!(
+        a.log_contains("event not confirmed by the cluster"),
+        "no refusal logged"
+    );
+    // Bob never saw any of them.
+    assert!(bob.quiet_for(Duration::from_millis(300)));
+}

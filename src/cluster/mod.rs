@@ -35,11 +35,11 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::bus::{Envelope, PrivateNote};
-use crate::hub::Hub;
+use crate::bus::{Envelope, Outbound, PrivateNote};
+use crate::hub::{Delivery, Hub};
 use crate::names::{ClaimError, Names, PendingClaim};
 use crate::protocol::RoomEvent;
 use crate::refusal::Refusal;
@@ -59,8 +59,16 @@ const SUBJECTS: &str = "machat.room.>";
 /// How long a message that was sent but not confirmed is retried (with the same message id, so
 /// JetStream keeps one copy) before its sender is told it failed.
 const RETRY_FOR: Duration = Duration::from_secs(10);
+/// The first pause between two rounds of retries.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Events waiting to be published; beyond this a sender is told the cluster is busy.
 const QUEUE: usize = 65_536;
+/// Events the feed hands the rooms at once, at most (what the stream has ready).
+const FEED_BATCH: usize = 256;
+/// Events published and not yet confirmed (or being retried), at most.
+const IN_FLIGHT: usize = 4_096;
+/// Payload bytes published and not yet confirmed (or being retried), at most.
+const IN_FLIGHT_BYTES: usize = 8 << 20;
 
 /// A node's connection to the cluster. Cheap to share.
 pub struct Cluster {
@@ -96,12 +104,19 @@ pub struct Cluster {
 
 /// An event on its way to the stream.
 struct Outgoing {
-    subject: String,
+    subject: async_nats::Subject,
     payload: Bytes,
     /// `Nats-Msg-Id`: a retry of the same event is stored once.
     msg_id: String,
     /// Who to tell if it cannot be published (a message's sender).
     sender: Option<Refuse>,
+}
+
+/// An event published and not yet settled, with its place in the in-flight bounds (given
+/// back when it is dropped: confirmed, or refused).
+struct Held {
+    o: Outgoing,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// The subject of a room's events: the room's name in hex, since a name may hold any character
@@ -263,6 +278,12 @@ impl Cluster {
     /// Publishes what the rooms hand over, in order, and never loses one silently: an event
     /// that cannot be sent is refused to its sender at once; one sent but not confirmed is
     /// retried (with the same message id) and refused if it still is not after `RETRY_FOR`.
+    ///
+    /// Publishing does not wait for the acks: they are awaited by [`Cluster::confirm`], in
+    /// order, while more events go out, so that several batches are in flight at once (at
+    /// most [`IN_FLIGHT`] events and [`IN_FLIGHT_BYTES`] of payload; then this loop waits for
+    /// acks, the rooms' queue fills, and past [`QUEUE`] a sender is refused). Waiting for each
+    /// batch's acks before sending the next capped a node at one batch per round trip to NATS.
     async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
         self.runtime.spawn(self.clone().feed());
         self.runtime.spawn(self.clone().privately());
@@ -274,60 +295,152 @@ impl Cluster {
             self.registered.clone(),
             self.connections.clone(),
         ));
+        let events = Arc::new(Semaphore::new(IN_FLIGHT));
+        let bytes = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
+        let (failed_tx, failed) = mpsc::unbounded_channel();
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        self.runtime
+            .spawn(self.clone().confirm(sent, failed_tx.clone()));
+        self.runtime.spawn(self.clone().retry(failed));
         let mut batch = Vec::with_capacity(256);
         while queue.recv_many(&mut batch, 256).await > 0 {
-            let settled = batch.len();
             if !self.connected() {
+                let settled = batch.len();
                 for o in batch.drain(..) {
                     refuse(o, Refusal::ClusterNotSent);
                 }
                 self.unsettled.fetch_sub(settled, Ordering::AcqRel);
                 continue;
             }
-            let mut sent = Vec::with_capacity(batch.len());
             for o in batch.drain(..) {
-                let ack = self.send(&o).await;
-                sent.push((o, ack));
-            }
-            for (o, ack) in sent {
-                let confirmed = match ack {
-                    Some(ack) => ack.await.is_ok(),
-                    None => false,
+                // Neither semaphore is ever closed.
+                let Ok(event) = events.clone().acquire_owned().await else {
+                    return;
                 };
-                if !confirmed {
-                    self.retry(o).await;
+                let cost = o.payload.len().clamp(1, IN_FLIGHT_BYTES) as u32;
+                let Ok(bytes) = bytes.clone().acquire_many_owned(cost).await else {
+                    return;
+                };
+                let held = Held {
+                    o,
+                    _permits: (event, bytes),
+                };
+                let ack = self
+                    .send(&held.o.subject, &held.o.payload, &held.o.msg_id)
+                    .await;
+                // Both receivers live as long as the runtime; were one gone, the sender is
+                // told rather than left waiting.
+                let unheard = match ack {
+                    Some(ack) => sent_tx.send((held, ack)).err().map(|e| e.0 .0),
+                    None => failed_tx.send(held).err().map(|e| e.0),
+                };
+                if let Some(held) = unheard {
+                    refuse(held.o, Refusal::ClusterNotSent);
+                    self.unsettled.fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            self.unsettled.fetch_sub(settled, Ordering::AcqRel);
         }
     }
 
-    async fn send(&self, o: &Outgoing) -> Option<jetstream::context::PublishAckFuture> {
+    /// Awaits the acks of what [`Cluster::run`] published, in the order it was sent (acks
+    /// come back in that order, so each is there or nearly by the time it is looked at); an
+    /// event not confirmed goes to [`Cluster::retry`], the others are settled.
+    async fn confirm(
+        self: Arc<Self>,
+        mut sent: mpsc::UnboundedReceiver<(Held, jetstream::context::PublishAckFuture)>,
+        failed: mpsc::UnboundedSender<Held>,
+    ) {
+        while let Some((held, ack)) = sent.recv().await {
+            if ack.await.is_ok() {
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            } else if let Err(e) = failed.send(held) {
+                // The retrier lives as long as the runtime; were it gone, the sender is told.
+                refuse(e.0.o, Refusal::ClusterUnconfirmed);
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Sends again, with the same message ids, what was not sent or not confirmed, all of it
+    /// at once each round (only while NATS is connected; rounds 50 ms apart, twice as far each
+    /// time nothing was confirmed, up to 1 s), until it is confirmed or, `RETRY_FOR` after its
+    /// first failure, refused to its sender.
+    async fn retry(self: Arc<Self>, mut failed: mpsc::UnboundedReceiver<Held>) {
+        let mut waiting: Vec<(Held, Instant)> = Vec::new();
+        let mut pause = RETRY_PAUSE;
+        loop {
+            if waiting.is_empty() {
+                match failed.recv().await {
+                    Some(held) => waiting.push((held, Instant::now() + RETRY_FOR)),
+                    None => return,
+                }
+            }
+            while let Ok(held) = failed.try_recv() {
+                waiting.push((held, Instant::now() + RETRY_FOR));
+            }
+            let now = Instant::now();
+            let (late, rest): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, d)| *d <= now);
+            waiting = rest;
+            for (held, _) in late {
+                let subject = &held.o.subject;
+                warn!(%subject, "event not confirmed by the cluster: told its sender");
+                refuse(held.o, Refusal::ClusterUnconfirmed);
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            }
+            if waiting.is_empty() {
+                continue;
+            }
+            let mut confirmed_any = false;
+            if self.connected() {
+                let mut acks = Vec::with_capacity(waiting.len());
+                for (held, deadline) in waiting.drain(..) {
+                    let ack = self
+                        .send(&held.o.subject, &held.o.payload, &held.o.msg_id)
+                        .await;
+                    acks.push((held, deadline, ack));
+                }
+                for (held, deadline, ack) in acks {
+                    let confirmed = match ack {
+                        Some(ack) => matches!(
+                            tokio::time::timeout(Duration::from_secs(2), ack).await,
+                            Ok(Ok(_))
+                        ),
+                        None => false,
+                    };
+                    if confirmed {
+                        confirmed_any = true;
+                        self.unsettled.fetch_sub(1, Ordering::AcqRel);
+                    } else {
+                        waiting.push((held, deadline));
+                    }
+                }
+            }
+            pause = match confirmed_any {
+                true => RETRY_PAUSE,
+                false => (pause * 2).min(Duration::from_secs(1)),
+            };
+            if !waiting.is_empty() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Publishes an event; its ack to await, or `None` if it could not be sent. Takes the
+    /// parts it sends, not the `Outgoing` (whose `Refuse` may not be shared across threads).
+    async fn send(
+        &self,
+        subject: &async_nats::Subject,
+        payload: &Bytes,
+        msg_id: &str,
+    ) -> Option<jetstream::context::PublishAckFuture> {
         let publish = jetstream::message::PublishMessage::build()
-            .payload(o.payload.clone())
-            .message_id(&o.msg_id);
+            .payload(payload.clone())
+            .message_id(msg_id);
         self.js
-            .send_publish(o.subject.clone(), publish)
+            .send_publish(subject.clone(), publish)
             .await
             .inspect_err(|e| warn!(error = %e, "cannot publish to the cluster"))
             .ok()
-    }
-
-    async fn retry(&self, o: Outgoing) {
-        let deadline = Instant::now() + RETRY_FOR;
-        while Instant::now() < deadline {
-            if !self.connected() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            if let Some(ack) = self.send(&o).await {
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), ack).await {
-                    return;
-                }
-            }
-        }
-        warn!(subject = %o.subject, "event not confirmed by the cluster: told its sender");
-        refuse(o, Refusal::ClusterUnconfirmed);
     }
 
     /// Reads the stream from where this node started, for ever, and hands each event to the
@@ -340,6 +453,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        let mut rooms = RoomNames::default();
         loop {
             let from = self.seen.load(Ordering::Acquire) + 1;
             let config = consumer::pull::OrderedConfig {
@@ -356,7 +470,7 @@ impl Cluster {
                     .map_err(|e| ClusterError::stream(STREAM, e)),
                 Err(e) => Err(ClusterError::stream(STREAM, e)),
             };
-            let mut messages = match messages {
+            let messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
                     warn!(error = %e, "cannot read the cluster's stream; retrying");
@@ -364,43 +478,92 @@ impl Cluster {
                     continue;
                 }
             };
+            // Whatever the stream has ready, up to FEED_BATCH events, is delivered at once.
+            let mut messages = messages.ready_chunks(FEED_BATCH);
             let mut connections = self.connections.clone();
             connections.mark_unchanged();
+            let mut batch = Vec::with_capacity(FEED_BATCH);
             loop {
-                let message = tokio::select! {
+                let chunk = tokio::select! {
                     m = messages.next() => m,
                     // NATS came back (maybe a new server, maybe restarted): start over now.
                     _ = connections.changed() => break,
                 };
-                let Some(message) = message else { break };
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(error = %e, "reading the cluster's stream failed; resuming");
-                        break;
+                let Some(chunk) = chunk else { break };
+                let mut failed = false;
+                for message in chunk {
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(error = %e, "reading the cluster's stream failed; resuming");
+                            failed = true;
+                            break;
+                        }
+                    };
+                    if let Some(d) = self.read_event(&message, &mut rooms) {
+                        batch.push(d);
                     }
-                };
-                let Ok(seq) = message.info().map(|i| i.stream_sequence) else {
-                    continue;
-                };
-                if seq <= self.seen.load(Ordering::Acquire) {
-                    continue; // already delivered, before a restart of the consumer
                 }
-                let room = room_of(message.subject.as_str());
-                let envelope = serde_json::from_slice::<Envelope>(&message.payload);
-                match (room, envelope) {
-                    (Some(room), Ok(envelope)) if envelope.is_clean() => {
-                        let ours = envelope.person_node() == Some(self.node.as_str());
-                        hub.deliver(&room, seq, &envelope, ours, &self.seen)
-                    }
-                    _ => {
-                        warn!(subject = %message.subject, seq, "not a machat event: skipped");
-                        self.seen.store(seq, Ordering::Release);
-                    }
+                hub.deliver_batch(&batch, &self.seen);
+                batch.clear();
+                if failed {
+                    break;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Cluster {
+    /// What the feed makes of one message of the stream: a delivery (`None` for one this node
+    /// has delivered already, before its consumer restarted). Not a machat event: delivered as
+    /// nothing, so that it counts as seen.
+    fn read_event(&self, message: &jetstream::Message, rooms: &mut RoomNames) -> Option<Delivery> {
+        let seq = message.info().ok()?.stream_sequence;
+        if seq <= self.seen.load(Ordering::Acquire) {
+            return None; // already delivered, before a restart of the consumer
+        }
+        let room = rooms.of(&message.subject);
+        let envelope = serde_json::from_slice::<Envelope>(&message.payload);
+        let (room, envelope) = match (room, envelope) {
+            (Some(room), Ok(envelope)) if envelope.is_clean() => (room, Some(envelope)),
+            _ => {
+                warn!(subject = %message.subject, seq, "not a machat event: skipped");
+                (Arc::from(""), None)
+            }
+        };
+        let ours = envelope
+            .as_ref()
+            .is_some_and(|e| e.person_node() == Some(self.node.as_str()));
+        Some(Delivery {
+            room,
+            seq,
+            envelope,
+            ours,
+        })
+    }
+}
+
+/// The feed's names of rooms by subject: a room's name is decoded from its subject once, not
+/// per event, and every event of the room shares one `Arc`. Forgotten all at once when it
+/// holds [`ROOM_NAMES`] (a node that sees that many rooms decodes again).
+#[derive(Default)]
+struct RoomNames(std::collections::HashMap<String, Arc<str>>);
+
+const ROOM_NAMES: usize = 4_096;
+
+impl RoomNames {
+    fn of(&mut self, subject: &async_nats::Subject) -> Option<Arc<str>> {
+        if let Some(room) = self.0.get(subject.as_str()) {
+            return Some(room.clone());
+        }
+        let room: Arc<str> = room_of(subject.as_str())?.into();
+        if self.0.len() >= ROOM_NAMES {
+            self.0.clear();
+        }
+        self.0.insert(subject.as_str().to_owned(), room.clone());
+        Some(room)
     }
 }
 
@@ -715,20 +878,33 @@ fn random_u64() -> u64 {
 impl Cluster {
     /// Queues an event for the stream, for [`Cluster::run`] to publish. Never blocks: when the
     /// queue is full (NATS slower than the rooms for long), the event is refused at once.
-    fn publish(&self, room: &str, envelope: Envelope, sender: Option<Refuse>) -> Placed {
-        let payload = match serde_json::to_vec(&envelope) {
+    /// `node`: a person's join or leave names this node (see [`crate::bus::Event::Join`]).
+    fn publish(
+        &self,
+        room: &str,
+        event: &RoomEvent<'_>,
+        node: Option<&str>,
+        sender: Option<Refuse>,
+    ) -> Placed {
+        let outbound = Outbound {
+            event,
+            node,
+            ts: crate::protocol::Timestamp::now().0,
+        };
+        let payload = match outbound.to_vec() {
             Ok(p) => Bytes::from(p),
             Err(e) => {
-                // Cannot happen (strings and a number), but nobody would get it.
+                // Cannot happen (strings and numbers), but nobody would get it.
                 warn!(room, error = %ClusterError::Encode(e), "event refused");
                 return Placed::Refused(Refusal::ClusterNotSent);
             }
         };
+        let message = matches!(event, RoomEvent::Message { .. } | RoomEvent::Action { .. });
         let n = self.next_msg.fetch_add(1, Ordering::Relaxed);
         let o = Outgoing {
-            subject: subject(room, envelope.is_message()),
+            subject: subject(room, message).into(),
             payload,
-            msg_id: format!("{}-{n}", self.node),
+            msg_id: msg_id(&self.node, n),
             sender,
         };
         self.unsettled.fetch_add(1, Ordering::AcqRel);
@@ -743,21 +919,28 @@ impl Cluster {
     }
 }
 
+/// An event's `Nats-Msg-Id`: the node and the event's number on it (one string, no
+/// formatting machinery).
+fn msg_id(node: &str, n: u64) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(node.len() + 21);
+    id.push_str(node);
+    id.push('-');
+    let _ = write!(id, "{n}");
+    id
+}
+
 /// The stream orders every room's events: an event is published, and every node's room
 /// (this one's too) appends it when the feed brings it back. The publish is also the message's
 /// append to the history, since the stream is the store ([`ClusterStore`]).
 impl Sequencer for Cluster {
     fn message(&self, room: &str, event: &RoomEvent<'_>, sender: &dyn Fn() -> Refuse) -> Placed {
-        self.publish(room, Envelope::from_room_event(event), Some(sender()))
+        self.publish(room, event, None, Some(sender()))
     }
 
     fn announce(&self, room: &str, event: &RoomEvent<'_>, person: bool) -> Placed {
-        let envelope = Envelope::from_room_event(event);
-        let envelope = match person {
-            true => envelope.on_node(&self.node),
-            false => envelope,
-        };
-        self.publish(room, envelope, None)
+        let node = person.then_some(self.node.as_str());
+        self.publish(room, event, node, None)
     }
 
     /// On core NATS, not the stream (never stored, not ordered with the room's events, as a
