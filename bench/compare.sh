@@ -6,6 +6,7 @@
 #   RUNS=5 TARGETS="machat nats" bench/compare.sh F3
 #   TARGETS="machat-nohist machat" bench/compare.sh F1   # history off vs on (the default)
 #   TARGETS="machat machat-ws" bench/compare.sh F1 I1    # WebSocket clients beside TCP ones
+#   TARGETS="machat-ws nchan" bench/compare.sh F1 F3     # machat over WebSocket and nginx + nchan
 #   TARGETS="machat machat-cluster1 machat-cluster2" bench/compare.sh F1 F2 F3   # cluster mode
 #
 # Every run gets a fresh server on a free loopback port, started here and stopped after the
@@ -39,7 +40,7 @@
 #   I1  19,000 idle connections, 10 per room (Redis: a subscribed connection; NATS: a
 #       connection with one SUB). machat runs with its default flags.
 #
-# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws,
+# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws, nchan,
 # machat-cluster1, machat-cluster2), BENCH_THREADS (1, generator threads),
 # DURATION (override F2/F3 seconds, for quick checks), F1_MESSAGES (override 10000),
 # CLUSTER_F1_MESSAGES (F1 messages per sender for the cluster targets; default F1_MESSAGES),
@@ -71,6 +72,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 need=()
 case " $TARGETS " in *" redis "*) command -v redis-server >/dev/null || need+=(redis-server) ;; esac
 case " $TARGETS " in *" nats "* | *" machat-cluster"*) command -v nats-server >/dev/null || need+=(nats-server) ;; esac
+case " $TARGETS " in *" nchan "*) [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || need+=(nginx-light libnginx-mod-nchan) ;; esac
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -251,6 +253,43 @@ start_server() {
             nats-server -a 127.0.0.1 -p "$port" >"$log" 2>&1 &
             SERVER_PIDS+=($!)
             wait_listening nats "$!" "$log" "$port" || return 1
+            ;;
+        nchan)
+            # nginx + nchan, a pub/sub location over WebSocket: a frame sent is published to the
+            # room's channel and every member gets it (no message kept: machat-nohist's peer).
+            # Two workers, one per core, as machat runs a runtime per core.
+            local dir="$OUT/nchan-$port"
+            rm -rf "$dir"
+            mkdir -p "$dir"
+            DATA_DIRS+=("$dir")
+            cat >"$dir/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+worker_processes 2;
+worker_rlimit_nofile 40000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 30000; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  nchan_shared_memory_size 256M;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location ~ ^/room/(\w+)\$ {
+      nchan_pubsub websocket;
+      nchan_channel_id \$1;
+      nchan_store_messages off;
+    }
+  }
+}
+CONF
+            nginx -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' >"$log" 2>&1 &
+            local master=$!
+            SERVER_PIDS+=("$master")
+            wait_listening nchan "$master" "$log" "$port" || return 1
+            # The workers do the work: the bench adds up every process's CPU and RSS.
+            local w
+            for w in $(pgrep -P "$master"); do SERVER_PIDS+=("$w"); done
             ;;
     esac
     SERVER_PID=${SERVER_PIDS[0]}

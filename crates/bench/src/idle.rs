@@ -137,7 +137,7 @@ async fn conn_run(
     src: Option<std::net::Ipv4Addr>,
     mut phase: watch::Receiver<bool>,
 ) -> Result<u64, String> {
-    if ctx.target == Target::MachatWs {
+    if ctx.target.is_websocket() {
         return conn_run_ws(ctx, idx, room, src, phase).await;
     }
     let name = proto::client_name(idx);
@@ -251,12 +251,13 @@ async fn conn_run_ws(
             .await
             .map_err(|_| "semaphore closed".to_string())?;
         let t0 = Instant::now();
-        wsock = ws::connect(ctx.addr, src, &hs, WS_READ_BUF, t0).await?;
-        loop {
+        let path = ctx.target.ws_path(&room_name);
+        wsock = ws::connect(ctx.addr, &path, src, &hs, WS_READ_BUF, t0).await?;
+        // nchan says nothing on a subscription: open once upgraded.
+        let mut open = ctx.target != Target::MachatWs;
+        while !open {
             if let Some(Message::Text(t)) = ws_frame(wsock.next().await, &mut error)? {
-                if t.as_bytes().starts_with(&joined) {
-                    break;
-                }
+                open = t.as_bytes().starts_with(&joined);
             }
         }
         open_us = t0.elapsed().as_micros() as u64;

@@ -72,6 +72,7 @@ const WRITE_BUF: usize = 64 * 1024;
 /// Read times are in ns since `epoch`.
 pub async fn connect(
     addr: SocketAddr,
+    path: &str,
     src: Option<Ipv4Addr>,
     handshake: &[u8],
     read_buf: usize,
@@ -82,7 +83,7 @@ pub async fn connect(
         epoch,
         read_ns: 0,
     };
-    let url = format!("ws://{addr}/ws");
+    let url = format!("ws://{addr}{path}");
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buf)
         .write_buffer_size(WRITE_BUF)
@@ -92,6 +93,9 @@ pub async fn connect(
         .await
         .map_err(|_| format!("websocket upgrade at {addr}: timed out after 10 s"))?
         .map_err(|e| format!("websocket upgrade at {addr}: {e}"))?;
+    if handshake.is_empty() {
+        return Ok(ws);
+    }
     let text = std::str::from_utf8(handshake).map_err(|e| format!("handshake: {e}"))?;
     ws.send(Message::Text(Utf8Bytes::from(text)))
         .await

@@ -24,7 +24,7 @@ use super::send::{Fill, SendState, BATCH};
 use super::tcp::Tcp;
 use super::ws::WsConn;
 use super::{Ctx, Spec};
-use crate::proto::{self, Target};
+use crate::proto;
 
 /// Where the run is; the connections follow it through a `watch` channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +146,7 @@ pub(super) async fn conn_task(
         is_sender: spec.sender.is_some(),
         ..Default::default()
     };
-    let run = if ctx.target == Target::MachatWs {
+    let run = if ctx.target.is_websocket() {
         conn_run::<WsConn>(&ctx, spec, phase, &mut res).await
     } else {
         conn_run::<Tcp>(&ctx, spec, phase, &mut res).await

@@ -22,7 +22,7 @@ use super::conn::{Io, Out, Transport};
 use super::lat::{lock, node_lat, with_thread_state};
 use super::recv::RecvState;
 use super::{Ctx, Spec};
-use crate::proto;
+use crate::proto::{self, Target};
 use crate::ws::{self, Ws};
 
 /// The read buffer per connection: the most one `read` takes (~100 message frames of ~150
@@ -55,7 +55,16 @@ impl Transport for WsConn {
             &mut handshake,
         );
         let node = ctx.nodes[spec.node];
-        let ws = ws::connect(node, spec.src, &handshake, TUNGSTENITE_READ_BUF, ctx.epoch).await?;
+        let path = ctx.target.ws_path(&spec.room_name);
+        let ws = ws::connect(
+            node,
+            &path,
+            spec.src,
+            &handshake,
+            TUNGSTENITE_READ_BUF,
+            ctx.epoch,
+        )
+        .await?;
         Ok(WsConn {
             ws,
             rbuf: Vec::with_capacity(READ_BUF),
@@ -161,7 +170,11 @@ impl WsConn {
                         // Received when the read that completed it returned.
                         1 => {
                             let now_ns = self.ws.get_ref().read_ns;
-                            recv.on_event(proto::decode_ws_frame(payload), now_ns, agg);
+                            let event = match ctx.target {
+                                Target::Nchan => proto::Event::Text(payload),
+                                _ => proto::decode_ws_frame(payload),
+                            };
+                            recv.on_event(event, now_ns, agg);
                             recv.read_ns = now_ns;
                         }
                         8 => recv.server_error(close_text(payload)),
