@@ -9,9 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -499,27 +498,18 @@ impl Default for Batching {
     }
 }
 
-/// A message encoded for a chunk (see [`encode`]).
-struct Encoded {
-    id: u64,
-    ts: u64,
-    bytes: Vec<u8>,
+/// What a room handed over and the writer has not taken yet: one room's messages, encoded back
+/// to back (see [`encode`]) as they will lie in its chunk.
+struct Appended {
+    room: Arc<str>,
+    data: Vec<u8>,
+    count: usize,
+    first_ts: u64,
+    last_id: u64,
 }
 
-impl Encoded {
-    fn new(m: &MessageRef<'_>) -> Self {
-        let mut bytes = Vec::with_capacity(23 + m.name.len() + m.text.len());
-        encode(m, &mut bytes);
-        Encoded {
-            id: m.id,
-            ts: m.ts.0,
-            bytes,
-        }
-    }
-}
-
+/// Operations other than appends, in the queue's order.
 enum Op {
-    Append(Arc<str>, Encoded, Option<Deliver>),
     Count {
         room: String,
         after: u64,
@@ -551,58 +541,315 @@ enum Op {
     },
 }
 
-/// Most operations queued for the writer; past this, appends are dropped (and logged) rather
-/// than let a stalled disk grow memory without bound.
+impl Op {
+    /// Answers an operation that cannot be queued (the queue is full, or the writer is gone).
+    fn refuse(self) {
+        match self {
+            Op::Query { reply, .. } => {
+                let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
+            }
+            Op::Count { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Unavailable));
+            }
+            Op::Span { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Unavailable));
+            }
+            Op::Delete { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Unavailable));
+            }
+            Op::Close(_) | Op::Forget(_) => {}
+        }
+    }
+}
+
+/// Most messages and operations queued for the writer; past this, appends are dropped (and
+/// logged) rather than let a stalled disk grow memory without bound.
 const QUEUE: usize = 100_000;
 
-/// The writer's queue: unbounded in type (a bounded std channel allocates its whole capacity
-/// up front, megabytes for an idle server), bounded by a count.
+/// Buffers of handed-over messages kept for reuse once written: at most this many bytes.
+const SPARE_BYTES: usize = 256 * 1024;
+
+/// Appends that came one after another, grouped by room, then the operation that followed
+/// them (if any): a query is answered after its segment's appends are committed, and before
+/// the next segment's.
+#[derive(Default)]
+struct Segment {
+    rooms: Vec<Appended>,
+    /// Sync durability: the deliveries, in the order the messages came.
+    delivers: Vec<Deliver>,
+    then: Option<Op>,
+}
+
+/// The writer's queue: everything handed over and not yet taken, under one short lock.
+///
+/// An append takes the lock, copies the message (encoded) to the end of its room's buffer and
+/// returns: no allocation once a room's buffer has grown, no channel, and no wake-up of the
+/// writer except the one that starts a batch (the writer is idle) and the one that ends it
+/// early (the batch is full). The writer takes the whole of it at once.
 struct Queue {
-    tx: Sender<Op>,
-    queued: Arc<AtomicUsize>,
-    urgent: Arc<AtomicBool>,
-    /// The writer thread, to wake early from its gathering sleep.
+    pending: Mutex<Waiting>,
+    /// The writer thread, to wake from its wait.
     writer: std::sync::OnceLock<std::thread::Thread>,
     /// A batch this large is committed without waiting for the window.
     full: usize,
 }
 
-impl Queue {
-    fn try_send(&self, op: Op) -> Result<(), TrySendError<Op>> {
-        if self.queued.load(Ordering::Acquire) >= QUEUE {
-            return Err(TrySendError::Full(op));
+#[derive(Default)]
+struct Waiting {
+    segments: Vec<Segment>,
+    /// Where each room's buffer is in the last segment, by the address of the room's name
+    /// (each room hands over the same `Arc<str>`, which its buffer holds while it is here).
+    by_room: HashMap<usize, usize, BuildAddrHasher>,
+    /// Messages and operations in `segments`.
+    queued: usize,
+    messages: usize,
+    /// When the oldest message in `segments` came: a batch is committed a window after it.
+    since: Option<Instant>,
+    /// A query, a delete or a close waits: stop gathering.
+    urgent: bool,
+    /// The writer waits for work: the first message or operation wakes it.
+    idle: bool,
+    /// The writer is gone: nothing more is taken.
+    closed: bool,
+    spare: Vec<Vec<u8>>,
+    spare_bytes: usize,
+}
+
+impl Waiting {
+    /// Makes sure the last segment takes appends (no operation closes it yet).
+    fn last_open(&mut self) {
+        if self.segments.last().is_none_or(|s| s.then.is_some()) {
+            self.segments.push(Segment::default());
+            // Where rooms are is about the last segment only.
+            self.by_room.clear();
         }
-        let before = self.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send(op).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            TrySendError::Disconnected(e.0)
-        });
-        if before + 1 == self.full {
+    }
+}
+
+/// Why an append was not queued.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a message at the end of its room's buffer. Refused (and the delivery given back)
+    /// past the bound, or once the writer is gone.
+    fn append(
+        &self,
+        room: &Arc<str>,
+        msg: &MessageRef<'_>,
+        deliver: Option<Deliver>,
+    ) -> Result<(), (Refused, Option<Deliver>)> {
+        let mut guard = self.lock();
+        let p = &mut *guard;
+        if p.closed {
+            return Err((Refused::Closed, deliver));
+        }
+        if p.queued >= QUEUE {
+            return Err((Refused::Full, deliver));
+        }
+        let wake = std::mem::take(&mut p.idle);
+        if p.since.is_none() {
+            p.since = Some(Instant::now());
+        }
+        p.queued += 1;
+        p.messages += 1;
+        let full = p.messages == self.full;
+        p.last_open();
+        let key = Arc::as_ptr(room) as *const u8 as usize;
+        let at = match p.by_room.get(&key) {
+            Some(&at) => at,
+            None => {
+                let data = match p.spare.pop() {
+                    Some(buf) => {
+                        p.spare_bytes = p.spare_bytes.saturating_sub(buf.capacity());
+                        buf
+                    }
+                    None => Vec::new(),
+                };
+                let n = p.segments.len();
+                let rooms = &mut p.segments[n - 1].rooms;
+                rooms.push(Appended {
+                    room: room.clone(),
+                    data,
+                    count: 0,
+                    first_ts: msg.ts.0,
+                    last_id: 0,
+                });
+                p.by_room.insert(key, rooms.len() - 1);
+                rooms.len() - 1
+            }
+        };
+        let n = p.segments.len();
+        let segment = &mut p.segments[n - 1];
+        let buf = &mut segment.rooms[at];
+        encode(msg, &mut buf.data);
+        buf.count += 1;
+        buf.last_id = msg.id;
+        if let Some(deliver) = deliver {
+            segment.delivers.push(deliver);
+        }
+        drop(guard);
+        if wake || full {
             self.wake();
         }
-        sent
+        Ok(())
     }
 
-    /// Queues `op` whatever the queue holds (a close, a forget: rare and small).
-    fn send(&self, op: Op) -> bool {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = self.tx.send(op).is_ok();
-        if !sent {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+    /// Queues an operation after everything queued so far. `bounded`: refused past the
+    /// queue's bound (a close or a forget is not: rare, small, and must not be lost).
+    fn push(&self, op: Op, bounded: bool) {
+        let urgent = !matches!(op, Op::Forget(_));
+        let mut p = self.lock();
+        if p.closed || (bounded && p.queued >= QUEUE) {
+            drop(p);
+            op.refuse();
+            return;
         }
-        sent
+        p.queued += 1;
+        p.last_open();
+        if let Some(last) = p.segments.last_mut() {
+            last.then = Some(op);
+        }
+        // The next append starts a new segment.
+        p.by_room.clear();
+        let wake = std::mem::take(&mut p.idle) || urgent;
+        p.urgent |= urgent;
+        drop(p);
+        if wake {
+            self.wake();
+        }
     }
 
-    /// Cuts the writer's gathering short (a full batch, a query, a close).
     fn wake(&self) {
         if let Some(writer) = self.writer.get() {
             writer.unpark();
         }
     }
 
-    fn urgent(&self) {
-        self.urgent.store(true, Ordering::Release);
-        self.wake();
+    /// The writer: waits up to `timeout` for something to do; true if there is.
+    fn wait(&self, timeout: Duration) -> bool {
+        {
+            let mut p = self.lock();
+            if !p.segments.is_empty() {
+                return true;
+            }
+            p.idle = true;
+        }
+        std::thread::park_timeout(timeout);
+        let mut p = self.lock();
+        p.idle = false;
+        !p.segments.is_empty()
+    }
+
+    /// The writer: lets a batch fill (asleep: the senders do not wake it for each message)
+    /// until `window` after its oldest message, or until it is full or something urgent waits.
+    fn gather(&self, window: Duration) {
+        loop {
+            let deadline = {
+                let p = self.lock();
+                if p.urgent || p.messages >= self.full {
+                    return;
+                }
+                match p.since {
+                    Some(since) => since + window,
+                    None => return,
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// The writer: takes everything queued, and when its oldest message came.
+    fn take(&self) -> (Vec<Segment>, Option<Instant>) {
+        let mut p = self.lock();
+        p.by_room.clear();
+        p.queued = 0;
+        p.messages = 0;
+        p.urgent = false;
+        (std::mem::take(&mut p.segments), p.since.take())
+    }
+
+    /// The writer: gives written buffers back for the next batches (up to [`SPARE_BYTES`]).
+    fn give_back(&self, bufs: impl Iterator<Item = Vec<u8>>) {
+        let mut p = self.lock();
+        for mut buf in bufs {
+            if p.spare_bytes + buf.capacity() > SPARE_BYTES {
+                continue;
+            }
+            buf.clear();
+            p.spare_bytes += buf.capacity();
+            p.spare.push(buf);
+        }
+    }
+
+    /// The writer is gone: whatever is still queued is refused (its deliveries run).
+    fn close(&self) -> Vec<Segment> {
+        let mut p = self.lock();
+        p.closed = true;
+        p.by_room.clear();
+        p.queued = 0;
+        p.messages = 0;
+        std::mem::take(&mut p.segments)
+    }
+}
+
+/// Closes the queue when the writer's loop ends, however it ends.
+struct CloseOnExit(Arc<Queue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        refuse_all(self.0.close().into_iter());
+    }
+}
+
+/// What will never be written: its deliveries run (chat goes on), its queries are refused.
+fn refuse_all(segments: impl Iterator<Item = Segment>) {
+    for segment in segments {
+        for deliver in segment.delivers {
+            deliver();
+        }
+        if let Some(op) = segment.then {
+            op.refuse();
+        }
+    }
+}
+
+/// Hashes an address (a `usize` key) with one multiplication: the keys are already unique.
+#[derive(Default, Clone, Copy)]
+struct BuildAddrHasher;
+
+impl std::hash::BuildHasher for BuildAddrHasher {
+    type Hasher = AddrHasher;
+    fn build_hasher(&self) -> AddrHasher {
+        AddrHasher(0)
+    }
+}
+
+struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(26);
     }
 }
 
@@ -620,7 +867,7 @@ const CRASH_GAP: u64 = QUEUE as u64 + 10_000;
 
 /// History in a SQLite file, written by one thread in batches.
 pub struct SqliteStore {
-    ops: Queue,
+    ops: Arc<Queue>,
     /// Highest id handed over per room, so a room that empties and comes back continues after
     /// ids that are still queued. A room's entry goes when the room does and the writer has
     /// put its ids on disk (see [`Writer::forget`]).
@@ -676,16 +923,11 @@ impl SqliteStore {
         reader
             .busy_timeout(Duration::from_secs(2))
             .map_err(cannot_open)?;
-        let (tx, rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let urgent = Arc::new(AtomicBool::new(false));
-        let ops = Queue {
-            tx,
-            queued: queued.clone(),
-            urgent: urgent.clone(),
+        let ops = Arc::new(Queue {
+            pending: Mutex::default(),
             writer: std::sync::OnceLock::new(),
             full: batching.max_messages,
-        };
+        });
         let healthy = Arc::new(AtomicBool::new(true));
         let last_ids = LastIds::default();
         let total_bytes = stored_bytes(&conn).map_err(|source| StoreError::Read {
@@ -697,9 +939,7 @@ impl SqliteStore {
             crashed,
             total_bytes,
             conn,
-            rx,
-            queued,
-            urgent,
+            queue: ops.clone(),
             retention,
             batching,
             healthy: healthy.clone(),
@@ -739,23 +979,23 @@ pub(crate) fn open_writer(path: &Path, sync: bool) -> rusqlite::Result<Connectio
     // NORMAL in WAL mode survives a process crash but may lose the last commits in a power cut;
     // FULL fsyncs every commit.
     conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
+    // A checkpoint copies every page the WAL holds back into the file and (with NORMAL) syncs
+    // both: the default, every 1,000 pages (4 MiB), cost a busy server one every few commits.
+    // A larger WAL checkpoints less often, and a page rewritten by many commits meanwhile
+    // (a room's last chunk, the `rooms` row) is copied once. The file stays at most this size.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
+    // The writer's page cache: the tables' upper levels and the pages being written. SQLite's
+    // default (2 MiB) was filled by the pages of big chunks that are never read again.
+    conn.pragma_update(None, "cache_size", CACHE_KIB)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS rooms (
             rid INTEGER PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             last_id INTEGER NOT NULL DEFAULT 0
         );
-        CREATE TABLE IF NOT EXISTS chunks (
-            rid INTEGER NOT NULL,
-            last_id INTEGER NOT NULL,
-            count INTEGER NOT NULL,
-            first_ts INTEGER NOT NULL,
-            data BLOB NOT NULL,
-            PRIMARY KEY (rid, last_id)
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS chunks_by_age ON chunks (first_ts);
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
+    create_chunks(&conn)?;
     // Reading every page once turns a corrupt file into an error now, not at the first query.
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -765,6 +1005,60 @@ pub(crate) fn open_writer(path: &Path, sync: bool) -> rusqlite::Result<Connectio
         ));
     }
     Ok(conn)
+}
+
+/// Pages the WAL may hold before a checkpoint (SQLite's default is 1,000): 16 MiB of 4 KiB pages.
+const WAL_PAGES: i64 = 4096;
+
+/// The writer connection's page cache, in KiB (negative: SQLite's unit for KiB).
+const CACHE_KIB: i64 = -512;
+
+/// The `chunks` table, made (or brought up to date) on opening.
+///
+/// A chunk is a rowid row, found through the `chunks_by_room` index on `(rid, last_id)`. The
+/// first layout kept the rows themselves in that order (`WITHOUT ROWID`), but there a big
+/// chunk's blob lives in overflow pages that SQLite reads back, whole, each time an insert's
+/// search compares against that row's key: a fast room's commit read the room's last chunks
+/// (about 100 KiB each) again. A rowid table is searched by the integer alone, new chunks go
+/// to its end, and the index's entries are a few bytes. A file in the old layout is copied
+/// into the new one once, in one transaction.
+fn create_chunks(conn: &Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'chunks'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let without_rowid = old.is_some_and(|sql| sql.to_ascii_uppercase().contains("WITHOUT ROWID"));
+    let make = "CREATE TABLE IF NOT EXISTS chunks (
+            rid INTEGER NOT NULL,
+            last_id INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            data BLOB NOT NULL
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS chunks_by_room ON chunks (rid, last_id);
+        CREATE INDEX IF NOT EXISTS chunks_by_age ON chunks (first_ts, rid, last_id);";
+    if !without_rowid {
+        return conn.execute_batch(make);
+    }
+    let copied = conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+        ALTER TABLE chunks RENAME TO chunks_without_rowid;
+        DROP INDEX IF EXISTS chunks_by_age;
+        {make}
+        INSERT INTO chunks (rid, last_id, count, first_ts, data)
+            SELECT rid, last_id, count, first_ts, data FROM chunks_without_rowid
+            ORDER BY rid, last_id;
+        DROP TABLE chunks_without_rowid;
+        COMMIT;"
+    ));
+    if copied.is_err() && !conn.is_autocommit() {
+        // The file stays in the old layout, as it was.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    copied
 }
 
 /// How the store was left by whoever had it before.
@@ -849,26 +1143,19 @@ impl Store for SqliteStore {
 
     fn append(&self, room: &Arc<str>, msg: &MessageRef<'_>, deliver: Option<Deliver>) {
         note_last_id(&self.last_ids, room, msg.id);
-        // Encoded here, in one allocation, ready to be copied into the room's chunk.
-        let encoded = Encoded::new(msg);
-        let op = match self
-            .ops
-            .try_send(Op::Append(room.clone(), encoded, deliver))
-        {
-            Ok(()) => return,
-            Err(TrySendError::Full(op)) => {
+        let Err((why, deliver)) = self.ops.append(room, msg, deliver) else {
+            return;
+        };
+        match why {
+            Refused::Full => {
                 if self.healthy.swap(false, Ordering::AcqRel) {
                     error!("history store is not keeping up: messages are not being stored");
                 }
-                op
             }
-            Err(TrySendError::Disconnected(op)) => {
-                self.healthy.store(false, Ordering::Release);
-                op
-            }
-        };
+            Refused::Closed => self.healthy.store(false, Ordering::Release),
+        }
         // Not stored, but chat goes on: deliver it anyway.
-        if let Op::Append(_, _, Some(deliver)) = op {
+        if let Some(deliver) = deliver {
             deliver();
         }
     }
@@ -886,16 +1173,7 @@ impl Store for SqliteStore {
             limit,
             reply,
         };
-        let sent = self.ops.try_send(op);
-        self.ops.urgent();
-        if let Err(e) = sent {
-            let op = match e {
-                TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
-            };
-            if let Op::Query { reply, .. } = op {
-                let _ = reply.send(Err(Refusal::HistoryUnavailable.to_string()));
-            }
-        }
+        self.ops.push(op, true);
         rx
     }
 
@@ -907,15 +1185,7 @@ impl Store for SqliteStore {
             until,
             reply,
         };
-        let sent = self.ops.try_send(op);
-        self.ops.urgent();
-        if let Err(
-            TrySendError::Full(Op::Count { reply, .. })
-            | TrySendError::Disconnected(Op::Count { reply, .. }),
-        ) = sent
-        {
-            let _ = reply.send(Err(StoreError::Unavailable));
-        }
+        self.ops.push(op, true);
         rx
     }
 
@@ -927,15 +1197,7 @@ impl Store for SqliteStore {
             limit,
             reply,
         };
-        let sent = self.ops.try_send(op);
-        self.ops.urgent();
-        if let Err(
-            TrySendError::Full(Op::Span { reply, .. })
-            | TrySendError::Disconnected(Op::Span { reply, .. }),
-        ) = sent
-        {
-            let _ = reply.send(Err(StoreError::Unavailable));
-        }
+        self.ops.push(op, true);
         rx
     }
 
@@ -947,16 +1209,8 @@ impl Store for SqliteStore {
             only_by: only_by.map(str::to_owned),
             reply,
         };
-        let sent = self.ops.try_send(op);
         // Also cuts a batch's gathering short: the appends before it are committed at once.
-        self.ops.urgent();
-        if let Err(
-            TrySendError::Full(Op::Delete { reply, .. })
-            | TrySendError::Disconnected(Op::Delete { reply, .. }),
-        ) = sent
-        {
-            let _ = reply.send(Err(StoreError::Unavailable));
-        }
+        self.ops.push(op, true);
         rx
     }
 
@@ -966,11 +1220,9 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         let (tx, rx) = mpsc::channel();
-        let sent = self.ops.send(Op::Close(tx));
-        self.ops.urgent();
-        if sent {
-            let _ = rx.recv_timeout(Duration::from_secs(3));
-        }
+        self.ops.push(Op::Close(tx), false);
+        // Returns at once if the writer is already gone (the sender was dropped).
+        let _ = rx.recv_timeout(Duration::from_secs(3));
     }
 
     fn forget(&self, room: &str) {
@@ -987,16 +1239,13 @@ impl Store for SqliteStore {
             }
         }
         // Past the queue's bound too: a lost forget would keep the room in memory for good.
-        self.ops.send(Op::Forget(room.to_owned()));
+        self.ops.push(Op::Forget(room.to_owned()), false);
     }
 }
 
 struct Writer {
     conn: Connection,
-    rx: Receiver<Op>,
-    queued: Arc<AtomicUsize>,
-    /// Set when a query or a close waits in the queue: stop gathering.
-    urgent: Arc<AtomicBool>,
+    queue: Arc<Queue>,
     retention: Retention,
     batching: Batching,
     healthy: Arc<AtomicBool>,
@@ -1018,53 +1267,36 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<(Arc<str>, Encoded, Option<Deliver>)> = Vec::new();
+        // However this ends, the queue refuses what comes after (and runs its deliveries).
+        let _closing = CloseOnExit(self.queue.clone());
+        let mut batch: Vec<Appended> = Vec::new();
+        let mut delivers: Vec<Deliver> = Vec::new();
         loop {
-            // Wait for work; then gather more until the window closes or the batch is full.
-            // Wake at least once a second, so retention runs even when nothing is said.
-            let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(op) => op,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.last_prune.elapsed() > Duration::from_secs(1) {
-                        self.prune();
-                    }
-                    continue;
+            // Wait for work; then let the batch fill until the window closes, it is full or a
+            // query or close waits. Wake at least once a second, so retention runs even when
+            // nothing is said.
+            if !self.queue.wait(Duration::from_secs(1)) {
+                if self.last_prune.elapsed() > Duration::from_secs(1) {
+                    self.prune();
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            let received = Instant::now();
-            let deadline = received + self.batching.window;
-            // Let the batch fill while asleep: the senders then never pay for waking this
-            // thread, one message at a time. A full batch, a query or a close wakes it early.
-            if matches!(first, Op::Append(..)) {
-                loop {
-                    let now = Instant::now();
-                    if now >= deadline
-                        || self.queued.load(Ordering::Acquire) >= self.batching.max_messages
-                        || self.urgent.load(Ordering::Acquire)
-                    {
-                        break;
-                    }
-                    std::thread::park_timeout(deadline - now);
-                }
+                continue;
             }
-            let mut queries = Vec::new();
+            self.queue.gather(self.batching.window);
+            let (segments, since) = self.queue.take();
             let mut forgotten = Vec::new();
-            let mut next = Some(first);
-            while let Some(op) = next.take() {
-                match op {
-                    Op::Append(room, msg, deliver) => batch.push((room, msg, deliver)),
+            let mut segments = segments.into_iter();
+            while let Some(segment) = segments.next() {
+                batch.extend(segment.rooms);
+                delivers.extend(segment.delivers);
+                match segment.then {
+                    None => {}
                     // After the batch: the room's last appends came before its forget.
-                    Op::Forget(room) => forgotten.push(room),
-                    // A query (or a delete) answers after everything queued before it is
-                    // committed.
-                    Op::Query { .. } | Op::Count { .. } | Op::Span { .. } | Op::Delete { .. } => {
-                        queries.push(op);
-                        break;
-                    }
-                    Op::Close(done) => {
-                        self.commit(&mut batch);
+                    Some(Op::Forget(room)) => forgotten.push(room),
+                    Some(Op::Close(done)) => {
+                        self.commit(&mut batch, &mut delivers);
+                        for room in forgotten.drain(..) {
+                            self.forget(&room);
+                        }
                         let r = self.conn.execute(
                             "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')",
                             [],
@@ -1073,68 +1305,27 @@ impl Writer {
                             warn!("cannot mark the history store closed: {e}");
                         }
                         let _ = done.send(());
+                        refuse_all(segments);
                         return;
                     }
-                }
-                if batch.len() >= self.batching.max_messages {
-                    break;
-                }
-                match self.rx.try_recv() {
-                    Ok(op) => {
-                        self.queued.fetch_sub(1, Ordering::AcqRel);
-                        next = Some(op);
+                    // A query (or a delete) answers after everything queued before it is
+                    // committed, and before anything queued after it.
+                    Some(op) => {
+                        self.commit(&mut batch, &mut delivers);
+                        for room in forgotten.drain(..) {
+                            self.forget(&room);
+                        }
+                        self.answer(op);
                     }
-                    Err(_) => break,
                 }
             }
-            if !queries.is_empty() {
-                self.urgent.store(false, Ordering::Release);
-            }
-            if !batch.is_empty() {
-                self.commit(&mut batch);
+            self.commit(&mut batch, &mut delivers);
+            if let Some(since) = since {
                 // The wait of the batch's oldest message: what a sync-durability sender waits.
-                crate::metrics::store_append(received.elapsed());
+                crate::metrics::store_append(since.elapsed());
             }
             for room in forgotten {
                 self.forget(&room);
-            }
-            for q in queries {
-                match q {
-                    Op::Query {
-                        room,
-                        after,
-                        until,
-                        limit,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.read(&room, after, until, limit));
-                    }
-                    Op::Count {
-                        room,
-                        after,
-                        until,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.count_between(&room, after, until));
-                    }
-                    Op::Span {
-                        room,
-                        until,
-                        limit,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.span_of_last(&room, until, limit));
-                    }
-                    Op::Delete {
-                        room,
-                        id,
-                        only_by,
-                        reply,
-                    } => {
-                        let _ = reply.send(self.delete(&room, id, only_by.as_deref()));
-                    }
-                    _ => {}
-                }
             }
             if self.last_prune.elapsed() > Duration::from_secs(1) {
                 self.prune();
@@ -1142,33 +1333,85 @@ impl Writer {
         }
     }
 
-    /// Writes a batch in one transaction, then delivers what waited for it (sync durability).
-    fn commit(&mut self, batch: &mut Vec<(Arc<str>, Encoded, Option<Deliver>)>) {
-        if batch.is_empty() {
-            return;
+    fn answer(&mut self, op: Op) {
+        match op {
+            Op::Query {
+                room,
+                after,
+                until,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.read(&room, after, until, limit));
+            }
+            Op::Count {
+                room,
+                after,
+                until,
+                reply,
+            } => {
+                let _ = reply.send(self.count_between(&room, after, until));
+            }
+            Op::Span {
+                room,
+                until,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.span_of_last(&room, until, limit));
+            }
+            Op::Delete {
+                room,
+                id,
+                only_by,
+                reply,
+            } => {
+                let _ = reply.send(self.delete(&room, id, only_by.as_deref()));
+            }
+            Op::Close(_) | Op::Forget(_) => {}
         }
+    }
+
+    /// Writes a batch in one transaction, then delivers what waited for it (sync durability).
+    fn commit(&mut self, batch: &mut Vec<Appended>, delivers: &mut Vec<Deliver>) {
+        if !batch.is_empty() {
+            self.write(batch);
+            self.queue.give_back(batch.drain(..).map(|a| a.data));
+        }
+        // Delivered even if the write failed: live chat goes on without history.
+        for deliver in delivers.drain(..) {
+            deliver();
+        }
+    }
+
+    /// One row per room per commit: a busy room's batch is one insert, not a thousand. A
+    /// room's messages come in id order (handed over under its lock), already encoded back to
+    /// back as its chunk holds them.
+    fn write(&mut self, batch: &[Appended]) {
         let rids = &mut self.rids;
         let touched = &mut self.touched;
         let mut added: Vec<(i64, u64)> = Vec::new();
         let mut added_bytes = 0u64;
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+        let result = in_transaction(&self.conn, |tx| {
             {
-                // One row per room per commit: a batch of a busy room is one insert, not a
-                // thousand. A room's messages come in id order (appended under its lock).
-                let mut chunks: Vec<(i64, Vec<&Encoded>)> = Vec::new();
-                for (room, m, _) in batch.iter() {
-                    let rid = match rids.get(&**room) {
+                // A room is once in a batch (twice only if it was dropped and made again).
+                let mut chunks: Vec<(i64, Vec<&Appended>)> = Vec::new();
+                let mut at: HashMap<i64, usize> = HashMap::new();
+                for a in batch {
+                    let rid = match rids.get(&*a.room) {
                         Some(rid) => *rid,
                         None => {
-                            let rid = room_id(&tx, room)?;
-                            rids.insert(room.to_string(), rid);
+                            let rid = room_id(tx, &a.room)?;
+                            rids.insert(a.room.to_string(), rid);
                             rid
                         }
                     };
-                    match chunks.iter_mut().find(|(r, _)| *r == rid) {
-                        Some((_, msgs)) => msgs.push(m),
-                        None => chunks.push((rid, vec![m])),
+                    match at.get(&rid) {
+                        Some(&i) => chunks[i].1.push(a),
+                        None => {
+                            at.insert(rid, chunks.len());
+                            chunks.push((rid, vec![a]));
+                        }
                     }
                 }
                 let mut stmt = tx.prepare_cached(
@@ -1177,23 +1420,30 @@ impl Writer {
                 )?;
                 let mut last_ids = tx
                     .prepare_cached("UPDATE rooms SET last_id = MAX(last_id, ?2) WHERE rid = ?1")?;
-                let mut data = Vec::new();
-                for (rid, msgs) in &chunks {
+                let mut joined = Vec::new();
+                for (rid, parts) in &chunks {
+                    let data: &[u8] = match parts.as_slice() {
+                        [one] => &one.data,
+                        _ => {
+                            joined.clear();
+                            for p in parts {
+                                joined.extend_from_slice(&p.data);
+                            }
+                            &joined
+                        }
+                    };
+                    let count: usize = parts.iter().map(|p| p.count).sum();
+                    let last = parts.last().map_or(0, |p| sql_id(p.last_id));
+                    let first_ts = parts.first().map_or(0, |p| p.first_ts as i64);
                     touched.insert(*rid, ());
-                    added.push((*rid, msgs.len() as u64));
-                    data.clear();
-                    for m in msgs {
-                        data.extend_from_slice(&m.bytes);
-                    }
-                    let last = msgs.last().map_or(0, |m| m.id as i64);
-                    let first_ts = msgs.first().map_or(0, |m| m.ts as i64);
-                    stmt.execute(params![rid, last, msgs.len() as i64, first_ts, data])?;
+                    added.push((*rid, count as u64));
+                    stmt.execute(params![rid, last, count as i64, first_ts, data])?;
                     added_bytes += data.len() as u64;
                     last_ids.execute(params![rid, last])?;
                 }
             }
-            tx.commit()
-        })();
+            Ok(())
+        });
         if result.is_err() {
             // A rolled-back transaction may have taken new rooms' rows with it.
             rids.clear();
@@ -1216,12 +1466,6 @@ impl Writer {
                 if self.healthy.swap(false, Ordering::AcqRel) {
                     error!(path = %self.path.display(), "history store cannot write: {e}");
                 }
-            }
-        }
-        // Delivered even if the write failed: live chat goes on without history.
-        for (_, _, deliver) in batch.drain(..) {
-            if let Some(deliver) = deliver {
-                deliver();
             }
         }
     }
@@ -1709,6 +1953,24 @@ impl Writer {
         }
         result
     }
+}
+
+/// Runs `f` in one transaction, begun and committed by cached statements: rusqlite's
+/// `transaction()` and `commit()` parse `BEGIN` and `COMMIT` again each time, which showed in
+/// the writer's profile at 20 commits a second. Rolled back if anything fails.
+fn in_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let done = f(conn).and_then(|v| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(v)
+    });
+    if done.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
 }
 
 /// A chunk holds its messages back to back: id, time (ms), action flag, name length (u16),
@@ -2308,6 +2570,97 @@ mod tests {
         dir
     }
 
+    /// A file written in the first layout (`chunks` WITHOUT ROWID) is copied into the rowid
+    /// layout at open, with every message, and keeps its ids.
+    #[test]
+    fn a_file_in_the_old_layout_is_brought_up_to_date() {
+        let dir = fresh_dir("old-layout-");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join(FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE rooms (rid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                    last_id INTEGER NOT NULL DEFAULT 0);
+                CREATE TABLE chunks (rid INTEGER NOT NULL, last_id INTEGER NOT NULL,
+                    count INTEGER NOT NULL, first_ts INTEGER NOT NULL, data BLOB NOT NULL,
+                    PRIMARY KEY (rid, last_id)) WITHOUT ROWID;
+                CREATE INDEX chunks_by_age ON chunks (first_ts);
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                INSERT INTO meta VALUES ('clean', '1');
+                INSERT INTO rooms VALUES (1, 'old', 3);",
+            )
+            .unwrap();
+            for (last, ids) in [(2i64, 1..=2u64), (3, 3..=3)] {
+                let mut data = Vec::new();
+                for id in ids.clone() {
+                    encode(&msg(id).as_ref(), &mut data);
+                }
+                conn.execute(
+                    "INSERT INTO chunks VALUES (1, ?1, ?2, 0, ?3)",
+                    params![last, ids.count() as i64, data],
+                )
+                .unwrap();
+            }
+        }
+        let store = sqlite_dir_store(&dir, 100);
+        assert_eq!(store.last_id("old"), 3);
+        store.append(&Arc::from("old"), &msg(4).as_ref(), None);
+        let all = ids(store
+            .query("old", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(all, vec![1, 2, 3, 4]);
+        store.close();
+        drop(store);
+        let conn = Connection::open(dir.join(FILE)).unwrap();
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'chunks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.to_ascii_uppercase().contains("WITHOUT ROWID"), "{sql}");
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Appends gather by room, but a query queued between two of a room's messages answers
+    /// with the first and not the second, and both are stored, in order.
+    #[test]
+    fn a_query_between_a_rooms_appends_sees_exactly_those_before_it() {
+        let dir = fresh_dir("segments-");
+        let batching = Batching {
+            window: Duration::from_secs(30),
+            max_messages: 1000,
+        };
+        let store = SqliteStore::open(&dir, Retention::default(), batching, false).unwrap();
+        let (a, b) = (Arc::from("a"), Arc::from("b"));
+        store.append(&a, &msg(1).as_ref(), None);
+        store.append(&b, &msg(1).as_ref(), None);
+        store.append(&a, &msg(2).as_ref(), None);
+        let first = store.query("a", None, u64::MAX, 100);
+        store.append(&a, &msg(3).as_ref(), None);
+        store.append(&b, &msg(2).as_ref(), None);
+        let second = store.query("a", None, u64::MAX, 100);
+        assert_eq!(ids(first.blocking_recv().unwrap()), vec![1, 2]);
+        assert_eq!(ids(second.blocking_recv().unwrap()), vec![1, 2, 3]);
+        let b_all = store.query("b", None, u64::MAX, 100).blocking_recv();
+        assert_eq!(ids(b_all.unwrap()), vec![1, 2]);
+        store.close();
+        drop(store);
+        // One room's messages from two batches are two chunks; after a restart they read as one
+        // sequence.
+        let store = sqlite_dir_store(&dir, 100);
+        let all = ids(store
+            .query("a", None, u64::MAX, 100)
+            .blocking_recv()
+            .unwrap());
+        assert_eq!(all, vec![1, 2, 3]);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn cached_rooms(store: &SqliteStore) -> usize {
         store.last_ids.lock().unwrap().len()
     }
@@ -2341,7 +2694,7 @@ mod tests {
         store.forget("busy");
         flush(&store);
         assert_eq!(cached_rooms(&store), 0);
-        assert!(store.ops.queued.load(Ordering::Acquire) == 0);
+        assert_eq!(store.ops.lock().queued, 0);
         assert_eq!(store.last_id("busy"), 5);
         // Come back before the forget is handled: an append queued after it keeps the entry.
         store.forget("busy");

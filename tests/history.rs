@@ -483,6 +483,120 @@ fn batch_durability_loses_at_most_the_window_through_a_kill_9() {
     check_crash(&received, &stored, &server);
 }
 
+/// Many rooms flooded at once, each by its own sender, with a replay asked in the middle: the
+/// store gathers each batch by room (one buffer per room, cut where a query was queued), and a
+/// kill -9 after the senders stopped for longer than a window loses nothing any reader saw, in
+/// any room, and no id comes back.
+#[test]
+fn batch_durability_keeps_every_rooms_seen_messages_through_a_kill_9() {
+    use std::io::Write;
+    const ROOMS: usize = 8;
+    let dir = temp_dir();
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", &dir_s, "--max-line-rate", "0"];
+    let mut server = Server::start(&args);
+    let room = |r: usize| format!("flood{r}");
+    let senders: Vec<Client> = (0..ROOMS)
+        .map(|r| server.connect(&format!("sender{r}"), &room(r)))
+        .collect();
+    let mut readers: Vec<Client> = (0..ROOMS)
+        .map(|r| connect_json(&server, &format!("reader{r}"), &room(r), "").0)
+        .collect();
+    let mut received: Vec<Messages> = vec![Vec::new(); ROOMS];
+    let read_some = |readers: &mut Vec<Client>, received: &mut Vec<Messages>, wait| {
+        for (r, reader) in readers.iter_mut().enumerate() {
+            // A few lines from each in turn, so no reader falls behind while another is read.
+            for _ in 0..64 {
+                let Some(l) = reader.line_within(wait) else {
+                    break;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                    continue;
+                };
+                if v["type"] == "message" {
+                    received[r].push((
+                        v["id"].as_u64().unwrap(),
+                        v["text"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let mut streams: Vec<std::net::TcpStream> = senders
+            .iter()
+            .map(|c| c.stream.try_clone().unwrap())
+            .collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            // Far under the default retention (10,000 a room): everything sent stays stored.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 400 {
+                for (r, s) in streams.iter_mut().enumerate() {
+                    if s.write_all(format!("r{r}-{i}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut asked = false;
+    while start.elapsed() < Duration::from_millis(600) {
+        if !asked && start.elapsed() > Duration::from_millis(300) {
+            // A replay in the middle of the flood: a query between a room's appends.
+            let (c, _) = connect_json(&server, "joiner", &room(0), r#","history":50"#);
+            drop(c);
+            asked = true;
+        }
+        read_some(&mut readers, &mut received, Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.join();
+    // The senders stop; what they sent is delivered and then committed within a window.
+    std::thread::sleep(Duration::from_millis(300));
+    read_some(&mut readers, &mut received, Duration::from_millis(50));
+    server.signal("-KILL");
+    let _ = server.child.wait();
+    read_some(&mut readers, &mut received, Duration::from_millis(50));
+    drop(server);
+    let restarted = Server::start(&args);
+    for (r, seen) in received.iter().enumerate() {
+        assert!(
+            seen.len() > 20,
+            "room {r}: too little traffic: {}",
+            seen.len()
+        );
+        let stored = all_stored(&restarted, &room(r), 0);
+        assert!(
+            stored.windows(2).all(|w| w[0].0 < w[1].0),
+            "room {r}: stored ids out of order"
+        );
+        let stored_set: std::collections::HashSet<&(u64, String)> = stored.iter().collect();
+        let missing: Vec<&(u64, String)> =
+            seen.iter().filter(|m| !stored_set.contains(m)).collect();
+        assert!(
+            missing.is_empty(),
+            "room {r}: {} received messages not stored, first {:?}",
+            missing.len(),
+            missing.first()
+        );
+        let highest = seen.iter().chain(stored.iter()).map(|m| m.0).max().unwrap();
+        let (mut c, _) = connect_json(&restarted, &format!("after{r}"), &room(r), "");
+        c.send("after the crash\n");
+        let v = json(&mut c);
+        assert_eq!(v["text"], "after the crash");
+        assert!(
+            v["id"].as_u64().unwrap() > highest,
+            "room {r}: id {} reused (highest seen {highest})",
+            v["id"]
+        );
+    }
+}
+
 #[test]
 fn retention_by_age() {
     for mode in ["memory", "sqlite"] {
