@@ -951,7 +951,12 @@ impl SqliteStore {
         };
         let thread = std::thread::Builder::new()
             .name("machat-store".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                if !sync {
+                    yield_to_delivery();
+                }
+                writer.run()
+            })
             .map_err(StoreError::Writer)?;
         let _ = ops.writer.set(thread.thread().clone());
         info!(path = %path.display(), "history store open");
@@ -1043,6 +1048,7 @@ fn create_chunks(conn: &Connection) -> rusqlite::Result<()> {
     if !without_rowid {
         return conn.execute_batch(make);
     }
+    info!("history store: copying the chunks into the current layout (once; time in proportion to the history)");
     let copied = conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
         ALTER TABLE chunks RENAME TO chunks_without_rowid;
@@ -1263,6 +1269,27 @@ struct Writer {
     crashed: bool,
     /// Bytes of history on disk, for `Retention::max_total_bytes`.
     total_bytes: u64,
+}
+
+/// With `--durability batch` the writer is background work: nobody waits for its commits, and
+/// on a busy machine its commit (about 1 ms every 50 ms) pre-empting a room's thread is what
+/// made F2's latency tail (BENCHMARKS.md, issue 16). Nice 10 lets the rooms' threads go first
+/// and still gives the writer its share of a busy core (a tenth of a competing thread's); a
+/// writer that runs late only makes bigger batches, under the queue's bound. With `sync` every
+/// delivery waits for it, so it keeps the rooms' priority.
+fn yield_to_delivery() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on this thread's own id; a failure only leaves the
+        // priority as it was.
+        let done = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+        };
+        if done != 0 {
+            warn!("history writer: cannot lower its priority: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 impl Writer {
