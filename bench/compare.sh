@@ -7,13 +7,15 @@
 #   TARGETS="machat-nohist machat" bench/compare.sh F1   # history off vs on (the default)
 #   TARGETS="machat machat-ws" bench/compare.sh F1 I1    # WebSocket clients beside TCP ones
 #   TARGETS="machat-ws nchan" bench/compare.sh F1 F3     # machat over WebSocket and nginx + nchan
+#   TARGETS="machat-json machat-ws" bench/compare.sh F1  # the same JSON events, TCP lines vs frames
 #   TARGETS="machat machat-cluster1 machat-cluster2" bench/compare.sh F1 F2 F3   # cluster mode
 #
 # Every run gets a fresh server on a free loopback port, started here and stopped after the
 # run; runs go round-robin over the targets (machat, redis, nats), RUNS times.
 #
-# machat targets: `machat` (clients over TCP), `machat-nohist` (the same with --history off) and
-# `machat-ws` (clients over WebSocket, ws://127.0.0.1:HTTPPORT/ws). All three start the same
+# machat targets: `machat` (clients over TCP), `machat-nohist` (the same with --history off),
+# `machat-json` (clients over TCP in the JSON format: the events WebSocket clients get, as lines)
+# and `machat-ws` (clients over WebSocket, ws://127.0.0.1:HTTPPORT/ws). All of them start the same
 # server, with the web side on a second free port (--http 127.0.0.1:HTTPPORT, instead of the
 # default localhost:8080 that another server on this machine may hold), so they differ only in
 # how the bench connects. Scenario flags below apply to all of them.
@@ -40,7 +42,7 @@
 #   I1  19,000 idle connections, 10 per room (Redis: a subscribed connection; NATS: a
 #       connection with one SUB). machat runs with its default flags.
 #
-# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-ws, nchan,
+# Environment: RUNS (3), TARGETS ("machat redis nats"; also machat-nohist, machat-json, machat-ws, nchan,
 # machat-cluster1, machat-cluster2), BENCH_THREADS (1, generator threads),
 # DURATION (override F2/F3 seconds, for quick checks), F1_MESSAGES (override 10000),
 # CLUSTER_F1_MESSAGES (F1 messages per sender for the cluster targets; default F1_MESSAGES),
@@ -88,7 +90,7 @@ command -v python3 >/dev/null || {
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     case " $TARGETS " in
-        *" machat "* | *" machat-nohist "* | *" machat-ws "* | *" machat-cluster"*) cargo build --release --workspace ;;
+        *" machat "* | *" machat-nohist "* | *" machat-ws "* | *" machat-json "* | *" machat-cluster"*) cargo build --release --workspace ;;
         *) cargo build --release -p machat-bench ;;
     esac
 fi
@@ -201,7 +203,7 @@ start_machat() {
 start_server() {
     local target=$1 scenario=$2 port=$3 log=$4 http_port=${5:-}
     case "$target" in
-        machat | machat-nohist | machat-ws)
+        machat | machat-nohist | machat-ws | machat-json)
             # A fresh history database per run (machat-nohist: history off, for the on/off ratio).
             local flags=()
             [ "$target" = machat-nohist ] && flags+=(--history off)
@@ -315,7 +317,7 @@ for scenario in "${SCENARIOS[@]}"; do
             http_port=""
             bench_port=$port
             case "$target" in
-                machat | machat-nohist | machat-ws | machat-cluster1 | machat-cluster2)
+                machat | machat-nohist | machat-ws | machat-json | machat-cluster1 | machat-cluster2)
                     http_port=$(other_free_port "$port")
                     # machat-ws: the bench connects to ws://127.0.0.1:HTTPPORT/ws
                     [ "$target" = machat-ws ] && bench_port=$http_port

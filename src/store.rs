@@ -1287,7 +1287,10 @@ fn yield_to_delivery() {
             libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
         };
         if done != 0 {
-            warn!("history writer: cannot lower its priority: {}", std::io::Error::last_os_error());
+            warn!(
+                "history writer: cannot lower its priority: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

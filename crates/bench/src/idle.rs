@@ -159,8 +159,10 @@ async fn conn_run(
         proto::handshake(ctx.target, &name, &room_name, true, &mut hs);
         write_all(&stream, &hs).await?;
         let target = ctx.target;
+        let json_joined = proto::ws_join_prefix(&name, &room_name);
         let mut is_ready = |ev: &Event<'_>| match (target, ev) {
             (Target::Machat, Event::Notice(n)) => n.starts_with(joined.as_bytes()),
+            (Target::MachatJson, Event::Notice(n)) => n.starts_with(&json_joined),
             (Target::Redis, Event::Subscribed) => true,
             (Target::Nats, Event::Pong) => true,
             _ => false,
