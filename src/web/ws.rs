@@ -423,7 +423,14 @@ impl Wire for Ws {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             crate::metrics::bytes_out(Transport::WebSocket, n);
-            self.mid = crate::frame::left_in_frame(out, self.mid, n);
+            // All of the run written: it ends at a frame's end (the output holds whole frames
+            // after what was left of one), so there is nothing to walk.
+            self.mid = if n < run {
+                crate::frame::left_in_frame(out, self.mid, n)
+            } else {
+                debug_assert_eq!(crate::frame::left_in_frame(out, self.mid, n), 0);
+                0
+            };
             meter.set_frame_open(self.mid > 0);
             return Poll::Ready(Ok(n));
         }

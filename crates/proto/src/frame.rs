@@ -135,6 +135,12 @@ pub fn encode(mut bytes: &[u8], out: &mut Vec<u8>) {
 /// How many of `bytes` are frames, from the start up to the first plain line: `mid` bytes
 /// that finish a frame begun earlier, then whole frames (the last may run past the end).
 pub fn frames_run(bytes: &[u8], mid: usize) -> usize {
+    // A plain line ends with `\n`; a frame of ours has one only in a header that happens to
+    // hold 10 (its JSON escapes newlines). No `\n` at all, the usual case: frames only, with no
+    // walk through their headers.
+    if memchr::memchr(b'\n', bytes).is_none() {
+        return bytes.len();
+    }
     let mut at = mid.min(bytes.len());
     while at < bytes.len() {
         match piece(&bytes[at..]) {
@@ -166,6 +172,9 @@ pub fn left_in_frame(bytes: &[u8], mid: usize, written: usize) -> usize {
 /// bytes: the end of the last whole frame within `want`, or of the first frame if that one is
 /// longer (progress is always made).
 pub fn cut(frames: &[u8], want: usize) -> usize {
+    if want >= frames.len() {
+        return frames.len();
+    }
     let mut at = 0;
     while at < frames.len() {
         let n = frame_len(&frames[at..]).unwrap_or(frames.len() - at);
