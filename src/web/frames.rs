@@ -207,12 +207,14 @@ impl<I> FrameMeter<I> {
     }
 }
 
-/// The most one read from a client's socket takes.
-const READ_CHUNK: usize = 16 * 1024;
+/// The most one read from a client's socket takes. What is read and not yet due (a client
+/// over its line rate) waits in the connection's `held`, so this is also what a flooding
+/// connection can hold: kept small (a sender's burst of chat frames still takes few reads).
+const READ_CHUNK: usize = 4 * 1024;
 
 thread_local! {
     /// The read buffer of every WebSocket on this thread (a read is handed on at once, so a
-    /// connection keeps no buffer of its own between reads).
+    /// connection keeps no buffer of its own between reads, unless frames wait their turn).
     static READ: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
 }
 
