@@ -3,12 +3,13 @@
 //! The first text frame is the JSON handshake; every later text frame is one message (it may
 //! span lines). A WebSocket member reads the room's log of frames ([`Format::Frames`]): each
 //! event's JSON line as a text frame, made once per room, since a server's frames are not
-//! masked and so are the same bytes for every member. They go out as they are, in one write
-//! per drain, like a TCP member's lines. Like the TCP connection, one poll function drives both directions, so a client that
-//! never reads can still be read from and is cut off by the room's slow-consumer rule, and an
-//! idle connection holds only tungstenite's small buffers (sized here, not its 128 KiB
-//! defaults). Bad input ends only this client, with a close frame that says why. Every frame
-//! the client sends is counted and paced as it is read, under tungstenite ([`FrameMeter`]).
+//! masked and so are the same bytes for every member. They go out as they are, in one write per
+//! drain, like a TCP member's lines. Like the TCP connection, one poll function drives both
+//! directions, so a client that never reads can still be read from and is cut off by the room's
+//! slow-consumer rule, and an idle connection holds only tungstenite's small buffers (sized
+//! here, not its 128 KiB defaults). Bad input ends only this client, with a close frame that
+//! says why. Every frame the client sends is counted and paced as it is read, under tungstenite
+//! ([`FrameMeter`]).
 
 use std::future::Future;
 use std::io;
