@@ -221,6 +221,21 @@ impl Server {
         false
     }
 
+    /// Waits up to `limit` for the server (or what wraps it) to exit on its own; its exit
+    /// status, or None when it was still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.pid().to_string()])
