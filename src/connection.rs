@@ -456,3 +456,18 @@ pub async fn finish<S: Io>(mut stream: S, bytes: Vec<u8>, within: Duration, ling
         let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every idle TCP member's task holds this future: the client once, not twice as an
+    /// `async fn` would (its arguments, then the locals they move into).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_idle_connection_holds_its_client_once() {
+        type Member = crate::client::Client<super::Tcp<tokio::net::TcpStream>>;
+        let client = std::mem::size_of::<Member>();
+        let live = crate::lifecycle::live_size::<super::Tcp<tokio::net::TcpStream>>();
+        println!("Client<Tcp>: {client} bytes, live: {live} bytes");
+        assert!(live <= client + 160, "{live}");
+    }
+}

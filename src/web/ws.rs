@@ -611,5 +611,10 @@ mod tests {
             )
         );
         assert!(client <= 800, "{client}");
+        // The task holds the connection's life, which must hold the client once, not twice
+        // as an `async fn` would (its arguments, then the locals they move into).
+        let live = crate::lifecycle::live_size::<super::Ws>();
+        println!("live<Ws>: {live} bytes");
+        assert!(live <= client + 160, "{live}");
     }
 }
