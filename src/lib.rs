@@ -28,6 +28,7 @@ mod hub;
 mod lifecycle;
 mod limits;
 mod listen;
+mod log_gate;
 mod login_limit;
 pub mod logins;
 mod marks;

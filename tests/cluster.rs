@@ -1323,6 +1323,23 @@ fn a_publish_failure_with_many_in_flight_is_refused_to_each_sender() {
         a.log_contains("event not confirmed by the cluster"),
         "no refusal logged"
     );
+    // Logged at most once a second with how many were held back, not once per event: a
+    // node cut off from its stream must not flood its own log.
+    let logged = |what: &str| {
+        let log = a.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(what)).count()
+    };
+    for what in [
+        "event not confirmed by the cluster",
+        "cannot publish to the cluster",
+    ] {
+        let n = logged(what);
+        assert!(n <= 30, "{n} lines of {what:?} for {N} events");
+    }
+    assert!(
+        a.log_contains("held_back="),
+        "the count held back is not said"
+    );
     // Bob never saw any of them.
     assert!(bob.quiet_for(Duration::from_millis(300)));
 }

@@ -193,7 +193,11 @@ fn stored(id: u64, envelope: Envelope) -> Option<StoredMessage> {
 /// history is unavailable (see `StoreError::Stream`).
 fn logged<T>(room: &str, answer: Result<T, StoreError>) -> Result<T, StoreError> {
     if let Err(e) = &answer {
-        tracing::warn!(room, error = ?e, "history read failed");
+        // Every reader's every page fails while the stream is away: one line a second.
+        static FAILED: crate::log_gate::LogGate = crate::log_gate::LogGate::new();
+        if let Some(held_back) = FAILED.admit() {
+            tracing::warn!(room, error = ?e, held_back, "history read failed");
+        }
     }
     answer
 }

@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::bus::{Envelope, Outbound, PrivateNote};
 use crate::hub::{Delivery, Hub};
+use crate::log_gate::LogGate;
 use crate::names::{ClaimError, Names, PendingClaim};
 use crate::protocol::RoomEvent;
 use crate::refusal::Refusal;
@@ -382,8 +383,11 @@ impl Cluster {
             let (late, rest): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, d)| *d <= now);
             waiting = rest;
             for (held, _) in late {
-                let subject = &held.o.subject;
-                warn!(%subject, "event not confirmed by the cluster: told its sender");
+                static UNCONFIRMED: LogGate = LogGate::new();
+                if let Some(held_back) = UNCONFIRMED.admit() {
+                    let subject = &held.o.subject;
+                    warn!(%subject, held_back, "event not confirmed by the cluster: told its sender");
+                }
                 refuse(held.o, Refusal::ClusterUnconfirmed);
                 self.unsettled.fetch_sub(1, Ordering::AcqRel);
             }
@@ -436,10 +440,15 @@ impl Cluster {
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .message_id(msg_id);
+        static CANNOT: LogGate = LogGate::new();
         self.js
             .send_publish(subject.clone(), publish)
             .await
-            .inspect_err(|e| warn!(error = %e, "cannot publish to the cluster"))
+            .inspect_err(|e| {
+                if let Some(held_back) = CANNOT.admit() {
+                    warn!(error = %e, held_back, "cannot publish to the cluster");
+                }
+            })
             .ok()
     }
 
@@ -912,7 +921,10 @@ impl Cluster {
             Ok(()) => Placed::Away,
             Err(_) => {
                 self.unsettled.fetch_sub(1, Ordering::AcqRel);
-                warn!(room, "cluster queue full: event refused");
+                static FULL: LogGate = LogGate::new();
+                if let Some(held_back) = FULL.admit() {
+                    warn!(room, held_back, "cluster queue full: event refused");
+                }
                 Placed::Refused(Refusal::ClusterBusy)
             }
         }
@@ -965,7 +977,10 @@ impl Sequencer for Cluster {
         let client = self.client.clone();
         self.runtime.spawn(async move {
             if let Err(e) = client.publish(subject, Bytes::from(payload)).await {
-                warn!(error = %e, "a private message did not reach the other nodes");
+                static LOST: LogGate = LogGate::new();
+                if let Some(held_back) = LOST.admit() {
+                    warn!(error = %e, held_back, "a private message did not reach the other nodes");
+                }
             }
         });
         Placed::Away
