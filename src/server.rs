@@ -20,6 +20,7 @@ use crate::connection::{finish, serve, serve_greeted, serve_tls, set_runtime_ind
 use crate::context::{Handoff, Inbox, Shared};
 use crate::limits::{raise_fd_limit, Admission, Ticket};
 use crate::listen::listen_all;
+use crate::log_gate::LogGate;
 use crate::metrics::Transport;
 use crate::protocol::{Format, Reply};
 use crate::proxy::header;
@@ -457,7 +458,7 @@ async fn accept_loop(listener: Listener, hand: Arc<Hand>) {
         proxy,
     } = listener;
     let mut shutdown = hand.shutdown.clone();
-    let mut last_warn: Option<Instant> = None;
+    let failing = LogGate::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
@@ -475,9 +476,8 @@ async fn accept_loop(listener: Listener, hand: Arc<Hand>) {
             Err(e) => {
                 // Out of descriptors (or kernel memory): accept fails at once until something
                 // closes, so wait instead of spinning, and say so at most once a second.
-                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    warn!("accept failed: {e}; backing off");
-                    last_warn = Some(Instant::now());
+                if let Some(held_back) = failing.admit() {
+                    warn!(held_back, "accept failed: {e}; backing off");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

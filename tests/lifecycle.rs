@@ -53,18 +53,40 @@ fn running_out_of_descriptors_does_not_spin_or_stop_the_server() {
         "ulimit -n 64 && exec \"$0\" \"$@\"",
         env!("CARGO_BIN_EXE_machat"),
     ]);
-    let server = Server::start_with(cmd, &["--max-connections", "1000"]);
+    let server = Server::start_with(cmd, &["--max-connections", "1000", "--http", "127.0.0.1:0"]);
     let mut first = server.connect("first", "r");
+    let began = Instant::now();
     let mut extra: Vec<Client> = (0..80).map(|_| Client::raw(server.addr)).collect();
+    // The web side's accept loop runs out too.
+    let http = server.http.expect("http");
+    extra.extend((0..10).map(|_| Client::raw(http)));
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         server.wait_log("accept failed"),
         "descriptors never ran out"
     );
+    assert!(
+        server.wait_log("http accept failed"),
+        "the web side never ran out"
+    );
     let cpu_before = server.cpu_secs();
     std::thread::sleep(Duration::from_secs(2));
     let cpu = server.cpu_secs() - cpu_before;
     assert!(cpu < 0.5, "accept loop spun: {cpu} CPU seconds in 2 s");
+    // Each loop retries every 50 ms but says so at most once a second (with how many it
+    // held back): a line a second each, not twenty.
+    let lines = |what: &str| {
+        let log = server.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(what)).count()
+    };
+    let (all, web) = (lines("accept failed"), lines("http accept failed"));
+    let most = began.elapsed().as_secs() as usize + 2;
+    assert!(
+        all - web <= most && web <= most,
+        "{all} accept failures logged, {web} of them http, in {:?}",
+        began.elapsed()
+    );
+    assert!(server.log_contains("held_back="));
     first.send("still here\n");
     first.until("first:still here");
     // Free descriptors: the server recovers and serves newcomers.

@@ -225,6 +225,7 @@ async fn accept_loop(
     edge: Arc<Edge>,
 ) {
     let mut shutdown = state.shutdown.clone();
+    let failing = crate::log_gate::LogGate::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|&stop| stop) => return,
@@ -233,8 +234,11 @@ async fn accept_loop(
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of descriptors, say: wait rather than spin.
-                warn!("http accept failed: {e}; backing off");
+                // Out of descriptors, say: wait rather than spin, and say so at most once a
+                // second.
+                if let Some(held_back) = failing.admit() {
+                    warn!(held_back, "http accept failed: {e}; backing off");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
