@@ -9,6 +9,23 @@ use common::ws::*;
 use common::{Client, Endpoint, Nats, Server, TIMEOUT};
 use serde_json::Value;
 
+/// Runs `f` with a JetStream context on `nats` of its own: another program with access to NATS.
+fn with_jetstream<F, Fut>(nats: &Nats, f: F)
+where
+    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let url = nats.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        f(async_nats::jetstream::new(client)).await;
+    });
+}
+
 fn node(nats: &Nats, args: &[&str]) -> Server {
     let url = nats.url();
     let mut all = vec!["--nats", url.as_str()];
@@ -460,14 +477,7 @@ fn what_others_write_to_the_stream_is_checked_before_any_client_sees_it() {
     let a = node(&nats, &[]);
     let mut ann = a.connect("Ann", "forge");
     // Someone else with access to NATS writes to the room's subjects.
-    let url = nats.url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect to nats");
-        let js = async_nats::jetstream::new(client);
+    with_jetstream(&nats, |js| async move {
         let subject = format!(
             "machat.room.{}.m",
             "forge"
@@ -1294,14 +1304,7 @@ fn a_publish_failure_with_many_in_flight_is_refused_to_each_sender() {
     ann.until("Ann:warm");
     bob.until("Ann:warm");
     // The stream goes away under the node: every publish from now on fails.
-    let url = nats.url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect to nats");
-        let js = async_nats::jetstream::new(client);
+    with_jetstream(&nats, |js| async move {
         js.delete_stream("MACHAT").await.expect("delete the stream");
     });
     let lines: String = (0..N).map(|i| format!("lost {i}\n")).collect();
