@@ -14,6 +14,19 @@ fn json(c: &mut Client) -> Value {
 }
 
 /// Connects in JSON format with extra handshake fields; returns the client after its own join.
+/// A message sent to `room` after a crash gets an id above `highest`: none is reused.
+fn next_id_is_above(server: &Server, name: &str, room: &str, highest: u64) {
+    let (mut c, _) = connect_json(server, name, room, "");
+    c.send("after the crash\n");
+    let v = json(&mut c);
+    assert_eq!(v["text"], "after the crash");
+    assert!(
+        v["id"].as_u64().unwrap() > highest,
+        "room {room}: id {} reused (highest seen {highest})",
+        v["id"]
+    );
+}
+
 fn connect_json(server: &Server, name: &str, room: &str, extra: &str) -> (Client, Vec<Value>) {
     let mut c = Client::raw(server.addr);
     c.send(&format!(
@@ -459,15 +472,7 @@ fn check_crash(received: &[(u64, String)], stored: &[(u64, String)], server: &Se
         .map(|m| m.0)
         .max()
         .unwrap();
-    let (mut c, _) = connect_json(server, "after", "r", "");
-    c.send("after the crash\n");
-    let v = json(&mut c);
-    assert_eq!(v["text"], "after the crash");
-    assert!(
-        v["id"].as_u64().unwrap() > highest,
-        "id {} reused (highest seen {highest})",
-        v["id"]
-    );
+    next_id_is_above(server, "after", "r", highest);
 }
 
 #[test]
@@ -585,15 +590,7 @@ fn batch_durability_keeps_every_rooms_seen_messages_through_a_kill_9() {
             missing.first()
         );
         let highest = seen.iter().chain(stored.iter()).map(|m| m.0).max().unwrap();
-        let (mut c, _) = connect_json(&restarted, &format!("after{r}"), &room(r), "");
-        c.send("after the crash\n");
-        let v = json(&mut c);
-        assert_eq!(v["text"], "after the crash");
-        assert!(
-            v["id"].as_u64().unwrap() > highest,
-            "room {r}: id {} reused (highest seen {highest})",
-            v["id"]
-        );
+        next_id_is_above(&restarted, &format!("after{r}"), &room(r), highest);
     }
 }
 
